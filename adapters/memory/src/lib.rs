@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+
+mod chamber_client;
+mod coordination;
+mod events;
+mod queue;
+mod store;
+
+pub use chamber_client::{ScriptedAnswer, ScriptedChamberClient};
+pub use coordination::{ManualClock, MemoryLeaderLease, MemoryScheduleCheckpoint, SystemClock};
+pub use events::{MemoryChamberChanges, MemoryEventBus};
+pub use queue::MemoryPollQueue;
+pub use store::MemoryStore;

@@ -1,0 +1,51 @@
+//! The port conformance suites against the in-memory adapters.
+
+use std::sync::Arc;
+
+use chamberlain_domain::conformance::coordination::CoordinationFixture;
+use chamberlain_domain::conformance::fixtures::{Advance, StorePorts, T0};
+use chamberlain_domain::conformance::queue::QueueFixture;
+use chamberlain_memory::{
+    ManualClock, MemoryLeaderLease, MemoryPollQueue, MemoryScheduleCheckpoint, MemoryStore,
+};
+
+fn advance(clock: &Arc<ManualClock>) -> Advance {
+    let clock = clock.clone();
+    Arc::new(move |d| {
+        clock.advance(d);
+        Box::pin(async {})
+    })
+}
+
+mod store {
+    use super::*;
+    chamberlain_domain::store_conformance_tests!(async {
+        StorePorts::from_adapter(Arc::new(MemoryStore::new()))
+    });
+}
+
+mod queue {
+    use super::*;
+    chamberlain_domain::queue_conformance_tests!(async {
+        let clock = ManualClock::at(T0);
+        QueueFixture {
+            queue: Arc::new(MemoryPollQueue::new(clock.clone())),
+            advance: advance(&clock),
+            clock,
+            keepalive: None,
+        }
+    });
+}
+
+mod coordination {
+    use super::*;
+    chamberlain_domain::coordination_conformance_tests!(async {
+        let clock = ManualClock::at(T0);
+        CoordinationFixture {
+            lease: Arc::new(MemoryLeaderLease::new(clock.clone())),
+            checkpoint: Arc::new(MemoryScheduleCheckpoint::new()),
+            advance: advance(&clock),
+            keepalive: None,
+        }
+    });
+}

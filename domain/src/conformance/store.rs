@@ -1,0 +1,997 @@
+//! Conformance cases of the repository ports. Every function takes a fresh [`StorePorts`].
+
+use std::time::Duration;
+
+use crate::conformance::fixtures::{self, StorePorts, T0};
+use crate::model::{
+    ApiToken, ApiTokenId, Chamber, ChamberHealth, ChamberState, CorruptionReason, Detector, Email,
+    HealthState, LedgerEntry, Organization, Page, PageRequest, PageSize, PollId, PollOutcome, Role,
+    Section, TokenHash,
+};
+use crate::ports::{
+    ChamberFilter, LedgerQuery, ReadingCursor, ReadingQuery, ReadingScope, StoreError,
+};
+use crate::time::Timestamp;
+
+/// An organization with one section, one chamber (1 s) and two detectors.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub org: Organization,
+    pub section: Section,
+    pub chamber: Chamber,
+    pub detectors: Vec<Detector>,
+}
+
+/// Creates a [`World`] through the ports.
+pub async fn world(p: &StorePorts, label: &str) -> World {
+    let org = fixtures::organization(&format!("org {label}"));
+    p.organizations
+        .create(&org)
+        .await
+        .expect("create organization");
+    let section = fixtures::section(org.id, "growth room");
+    p.sections.create(&section).await.expect("create section");
+    let chamber = fixtures::chamber(org.id, section.id, "chamber-1", 1);
+    let detectors = vec![
+        fixtures::detector(&chamber, "temperature"),
+        fixtures::detector(&chamber, "humidity"),
+    ];
+    p.chambers
+        .create(&chamber, &detectors)
+        .await
+        .expect("create chamber");
+    World {
+        org,
+        section,
+        chamber,
+        detectors,
+    }
+}
+
+fn nf<T>(entity: &'static str) -> Result<T, StoreError> {
+    Err(StoreError::NotFound { entity })
+}
+
+fn slot(seconds: i64) -> Timestamp {
+    Timestamp::from_unix_millis(T0.as_unix_millis() + seconds * 1000)
+}
+
+fn page_of<K>(n: u32) -> PageRequest<K> {
+    PageRequest {
+        after: None,
+        size: PageSize::new(n).expect("valid page size"),
+    }
+}
+
+fn all_readings(scope: ReadingScope) -> ReadingQuery {
+    ReadingQuery {
+        scope,
+        from: Timestamp::from_unix_millis(0),
+        to: Timestamp::from_unix_millis(i64::MAX / 2),
+        page: page_of(1000),
+    }
+}
+
+fn all_ledger(w: &World) -> LedgerQuery {
+    LedgerQuery {
+        chamber_id: w.chamber.id,
+        from: Timestamp::from_unix_millis(0),
+        to: Timestamp::from_unix_millis(i64::MAX / 2),
+        failures_only: false,
+        page: page_of(1000),
+    }
+}
+
+pub async fn sections_crud(p: &StorePorts) {
+    let w = world(p, "sections").await;
+    assert_eq!(
+        p.sections.get(w.org.id, w.section.id).await.unwrap(),
+        w.section
+    );
+
+    let mut dup = fixtures::section(w.org.id, "growth room");
+    assert_eq!(
+        p.sections.create(&dup).await,
+        Err(StoreError::Duplicate {
+            entity: "section",
+            field: "name"
+        })
+    );
+    dup.name = fixtures::name("cold store");
+    p.sections.create(&dup).await.unwrap();
+
+    let orphan = fixtures::section(crate::model::OrganizationId::random(), "nowhere");
+    assert_eq!(
+        p.sections.create(&orphan).await,
+        Err(StoreError::MissingParent {
+            entity: "section",
+            parent: "organization"
+        })
+    );
+
+    let mut renamed = dup.clone();
+    renamed.name = fixtures::name("growth room");
+    assert!(matches!(
+        p.sections.update(&renamed).await,
+        Err(StoreError::Duplicate { .. })
+    ));
+    renamed.name = fixtures::name("cold store 2");
+    p.sections.update(&renamed).await.unwrap();
+    assert_eq!(
+        p.sections.get(w.org.id, dup.id).await.unwrap().name,
+        renamed.name
+    );
+
+    assert_eq!(
+        p.sections.delete(w.org.id, w.section.id).await,
+        Err(StoreError::HasDependents {
+            entity: "section",
+            dependents: "chambers"
+        })
+    );
+    p.sections.delete(w.org.id, dup.id).await.unwrap();
+    assert_eq!(
+        p.sections.get(w.org.id, dup.id).await,
+        Err(StoreError::NotFound { entity: "section" })
+    );
+}
+
+pub async fn chambers_are_created_with_their_detectors_or_not_at_all(p: &StorePorts) {
+    let w = world(p, "chambers").await;
+    let loaded = p
+        .chambers
+        .load_for_poll(w.chamber.id)
+        .await
+        .unwrap()
+        .expect("chamber exists");
+    assert_eq!(loaded.chamber, w.chamber);
+    let mut ids: Vec<_> = loaded.detectors.iter().map(|d| d.id).collect();
+    ids.sort();
+    let mut expected: Vec<_> = w.detectors.iter().map(|d| d.id).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    // Two detectors of one name: refused, and the chamber is not half-created.
+    let c2 = fixtures::chamber(w.org.id, w.section.id, "chamber-2", 5);
+    let twins = vec![
+        fixtures::detector(&c2, "co2"),
+        fixtures::detector(&c2, "co2"),
+    ];
+    assert_eq!(
+        p.chambers.create(&c2, &twins).await,
+        Err(StoreError::Duplicate {
+            entity: "detector",
+            field: "name"
+        })
+    );
+    assert_eq!(
+        p.chambers.get(w.org.id, c2.id).await,
+        Err(StoreError::NotFound { entity: "chamber" })
+    );
+    assert!(
+        p.detectors
+            .list_for_chamber(w.org.id, c2.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Same name in the same section: refused.
+    let same_name = fixtures::chamber(w.org.id, w.section.id, "chamber-1", 5);
+    assert_eq!(
+        p.chambers
+            .create(&same_name, &[fixtures::detector(&same_name, "t")])
+            .await,
+        Err(StoreError::Duplicate {
+            entity: "chamber",
+            field: "name"
+        })
+    );
+    // Unknown section: refused.
+    let lost = fixtures::chamber(w.org.id, crate::model::SectionId::random(), "lost", 5);
+    assert_eq!(
+        p.chambers
+            .create(&lost, &[fixtures::detector(&lost, "t")])
+            .await,
+        Err(StoreError::MissingParent {
+            entity: "chamber",
+            parent: "section"
+        })
+    );
+
+    // Update, filter, active listing.
+    p.chambers
+        .create(&c2, &[fixtures::detector(&c2, "co2")])
+        .await
+        .unwrap();
+    let mut paused = c2.clone();
+    paused.state = ChamberState::Paused;
+    paused.updated_at = T0 + Duration::from_secs(60);
+    p.chambers.update(&paused).await.unwrap();
+    assert_eq!(p.chambers.get(w.org.id, c2.id).await.unwrap(), paused);
+    let active = p
+        .chambers
+        .list(
+            w.org.id,
+            ChamberFilter {
+                state: Some(ChamberState::Active),
+                ..Default::default()
+            },
+            page_of(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        active.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![w.chamber.id]
+    );
+    let everywhere = p.chambers.list_active(page_of(1000)).await.unwrap();
+    assert!(everywhere.items.iter().any(|c| c.id == w.chamber.id));
+    assert!(!everywhere.items.iter().any(|c| c.id == c2.id));
+
+    // Delete takes detectors, readings and ledger with it.
+    p.readings
+        .store_polls(&[fixtures::poll_record(
+            &w.chamber,
+            &w.detectors,
+            slot(1),
+            20.0,
+            None,
+        )])
+        .await
+        .unwrap();
+    p.chambers.delete(w.org.id, w.chamber.id).await.unwrap();
+    assert_eq!(p.chambers.load_for_poll(w.chamber.id).await.unwrap(), None);
+    assert_eq!(
+        p.detectors.get(w.org.id, w.detectors[0].id).await,
+        Err(StoreError::NotFound { entity: "detector" })
+    );
+    assert_eq!(
+        p.chambers.delete(w.org.id, w.chamber.id).await,
+        Err(StoreError::NotFound { entity: "chamber" })
+    );
+}
+
+pub async fn detectors_crud(p: &StorePorts) {
+    let w = world(p, "detectors").await;
+    let extra = fixtures::detector(&w.chamber, "pressure");
+    p.detectors.add(&extra).await.unwrap();
+    assert_eq!(
+        p.detectors
+            .add(&fixtures::detector(&w.chamber, "pressure"))
+            .await,
+        Err(StoreError::Duplicate {
+            entity: "detector",
+            field: "name"
+        })
+    );
+    let mut renamed = extra.clone();
+    renamed.name = fixtures::name("pressure hPa");
+    p.detectors.update(&renamed).await.unwrap();
+    assert_eq!(p.detectors.get(w.org.id, extra.id).await.unwrap(), renamed);
+    assert_eq!(
+        p.detectors
+            .list_for_chamber(w.org.id, w.chamber.id)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    p.detectors.delete(w.org.id, extra.id).await.unwrap();
+    assert_eq!(
+        p.detectors
+            .list_for_chamber(w.org.id, w.chamber.id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+pub async fn tenants_never_see_each_other(p: &StorePorts) {
+    let a = world(p, "a").await;
+    let b = world(p, "b").await;
+    p.readings
+        .store_polls(&[fixtures::poll_record(
+            &a.chamber,
+            &a.detectors,
+            slot(1),
+            20.0,
+            None,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(p.sections.get(b.org.id, a.section.id).await, nf("section"));
+    assert_eq!(p.chambers.get(b.org.id, a.chamber.id).await, nf("chamber"));
+    assert_eq!(
+        p.detectors.get(b.org.id, a.detectors[0].id).await,
+        nf("detector")
+    );
+    assert!(
+        p.detectors
+            .list_for_chamber(b.org.id, a.chamber.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        p.chambers.delete(b.org.id, a.chamber.id).await,
+        nf("chamber")
+    );
+    assert_eq!(
+        p.sections.delete(b.org.id, a.section.id).await,
+        nf("section")
+    );
+    let mut hijack = a.chamber.clone();
+    hijack.organization_id = b.org.id;
+    hijack.section_id = b.section.id;
+    assert_eq!(p.chambers.update(&hijack).await, nf("chamber"));
+    // B's chamber into A's section: the section is not B's.
+    let mut smuggle = b.chamber.clone();
+    smuggle.section_id = a.section.id;
+    assert_eq!(
+        p.chambers.update(&smuggle).await,
+        Err(StoreError::MissingParent {
+            entity: "chamber",
+            parent: "section"
+        })
+    );
+    let b_sections = p.sections.list(b.org.id, page_of(100)).await.unwrap();
+    assert_eq!(
+        b_sections.items.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![b.section.id]
+    );
+    let b_chambers = p
+        .chambers
+        .list(b.org.id, ChamberFilter::default(), page_of(100))
+        .await
+        .unwrap();
+    assert_eq!(
+        b_chambers.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![b.chamber.id]
+    );
+    assert_eq!(
+        p.readings
+            .query(
+                b.org.id,
+                &all_readings(ReadingScope::Detector(a.detectors[0].id))
+            )
+            .await,
+        nf("detector")
+    );
+    assert_eq!(
+        p.readings
+            .query(b.org.id, &all_readings(ReadingScope::Chamber(a.chamber.id)))
+            .await,
+        nf("chamber")
+    );
+    assert!(
+        p.readings
+            .latest(b.org.id, &[a.chamber.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        p.ledger.list(b.org.id, &all_ledger(&a)).await,
+        nf("chamber")
+    );
+    // A's own view is intact.
+    assert_eq!(
+        p.chambers.get(a.org.id, a.chamber.id).await.unwrap(),
+        a.chamber
+    );
+    assert_eq!(
+        p.readings
+            .latest(a.org.id, &[a.chamber.id])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn paging_visits_every_item_exactly_once(p: &StorePorts) {
+    let w = world(p, "paging").await;
+    let mut expected = vec![w.section.id];
+    for i in 0..24 {
+        let s = fixtures::section(w.org.id, &format!("room {i:02}"));
+        p.sections.create(&s).await.unwrap();
+        expected.push(s.id);
+    }
+    expected.sort();
+    let mut seen = Vec::new();
+    let mut request = page_of(10);
+    let mut pages = 0;
+    loop {
+        let Page { items, next } = p.sections.list(w.org.id, request.clone()).await.unwrap();
+        assert!(items.len() <= 10);
+        seen.extend(items.iter().map(|s| s.id));
+        pages += 1;
+        match next {
+            Some(cursor) => request.after = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected);
+
+    // Readings page by (slot, detector) across slots.
+    let records: Vec<_> = (0..7)
+        .map(|s| fixtures::poll_record(&w.chamber, &w.detectors, slot(s), 20.0, None))
+        .collect();
+    p.readings.store_polls(&records).await.unwrap();
+    let mut query = all_readings(ReadingScope::Chamber(w.chamber.id));
+    query.page = page_of(3);
+    let mut cursors: Vec<ReadingCursor> = Vec::new();
+    loop {
+        let page = p.readings.query(w.org.id, &query).await.unwrap();
+        cursors.extend(page.items.iter().map(|r| ReadingCursor {
+            slot: r.slot,
+            detector_id: r.detector_id,
+        }));
+        match page.next {
+            Some(c) => query.page.after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(cursors.len(), 14);
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "strictly ordered, no repeats"
+    );
+}
+
+pub async fn reading_writes_are_idempotent(p: &StorePorts) {
+    let w = world(p, "idempotent").await;
+    let first = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
+    let report = p
+        .readings
+        .store_polls(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert_eq!((report.readings_new, report.ledger_new), (2, 1));
+    assert!(report.existing_polls.is_empty());
+
+    // The same poll again (a redelivery), with different values: stored once, first wins.
+    let again = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 99.0, None);
+    let second = fixtures::poll_record(&w.chamber, &w.detectors, slot(2), 21.0, None);
+    let report = p.readings.store_polls(&[again, second]).await.unwrap();
+    assert_eq!((report.readings_new, report.readings_existing), (2, 2));
+    assert_eq!((report.ledger_new, report.ledger_existing), (1, 1));
+    assert_eq!(report.existing_polls, vec![first.entry.poll]);
+
+    let stored = p
+        .readings
+        .query(
+            w.org.id,
+            &all_readings(ReadingScope::Detector(w.detectors[0].id)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.items.len(), 2);
+    assert_eq!(stored.items[0], first.readings[0]);
+    assert_eq!(
+        p.ledger
+            .list(w.org.id, &all_ledger(&w))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}
+
+pub async fn a_bad_row_refuses_the_whole_batch(p: &StorePorts) {
+    let w = world(p, "bad-row").await;
+    let good = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
+    let mut bad = fixtures::poll_record(&w.chamber, &w.detectors, slot(2), 20.0, None);
+    bad.readings[1].detector_id = crate::model::DetectorId::random();
+    assert_eq!(
+        p.readings.store_polls(&[good.clone(), bad]).await,
+        Err(StoreError::MissingParent {
+            entity: "reading",
+            parent: "detector"
+        })
+    );
+    // A detector of another chamber is refused too.
+    let other = fixtures::chamber(w.org.id, w.section.id, "other", 1);
+    let other_detector = fixtures::detector(&other, "t");
+    p.chambers
+        .create(&other, std::slice::from_ref(&other_detector))
+        .await
+        .unwrap();
+    let mut crossed = fixtures::poll_record(&w.chamber, &w.detectors, slot(3), 20.0, None);
+    crossed.readings[0].detector_id = other_detector.id;
+    assert!(
+        p.readings
+            .store_polls(&[good.clone(), crossed])
+            .await
+            .is_err()
+    );
+    // Unknown chamber.
+    let ghost = fixtures::chamber(w.org.id, w.section.id, "ghost", 1);
+    let ghost_poll = fixtures::poll_record(&ghost, &[], slot(4), 0.0, None);
+    assert_eq!(
+        p.readings.store_polls(&[good, ghost_poll]).await,
+        Err(StoreError::MissingParent {
+            entity: "poll",
+            parent: "chamber"
+        })
+    );
+    // Nothing of any refused batch remains.
+    let stored = p
+        .readings
+        .query(w.org.id, &all_readings(ReadingScope::Chamber(w.chamber.id)))
+        .await
+        .unwrap();
+    assert!(stored.items.is_empty(), "found {:?}", stored.items);
+    assert!(
+        p.ledger
+            .list(w.org.id, &all_ledger(&w))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+pub async fn corrupted_readings_are_stored_like_any_other(p: &StorePorts) {
+    let w = world(p, "corrupted").await;
+    for (i, reason) in CorruptionReason::ALL.into_iter().enumerate() {
+        let record =
+            fixtures::poll_record(&w.chamber, &w.detectors, slot(i as i64), 0.0, Some(reason));
+        p.readings
+            .store_polls(std::slice::from_ref(&record))
+            .await
+            .unwrap();
+        let got = p
+            .readings
+            .query(
+                w.org.id,
+                &ReadingQuery {
+                    from: slot(i as i64),
+                    to: slot(i as i64 + 1),
+                    ..all_readings(ReadingScope::Detector(w.detectors[0].id))
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.items, vec![record.readings[0].clone()]);
+        assert_eq!(got.items[0].value.corruption(), Some(reason));
+        assert_eq!(got.items[0].value.value(), None);
+    }
+    let ledger = p.ledger.list(w.org.id, &all_ledger(&w)).await.unwrap();
+    assert!(
+        ledger
+            .items
+            .iter()
+            .all(|e| matches!(e.outcome, PollOutcome::CorruptedValues { corrupted: 2 }))
+    );
+}
+
+pub async fn time_range_queries_are_half_open_and_span_days(p: &StorePorts) {
+    let w = world(p, "ranges").await;
+    // Slots around three midnights (partition boundaries for adapters that partition by day).
+    let day = 86_400;
+    let slots: Vec<i64> = [day - 1, day, day + 1, 2 * day - 1, 2 * day, 3 * day + 5].into();
+    let batch = fixtures::batch(w.org.id, w.section.id, "trial", slot(day));
+    p.batches.start(&batch).await.unwrap();
+    let records: Vec<_> = slots
+        .iter()
+        .map(|&s| {
+            let mut r =
+                fixtures::poll_record(&w.chamber, &w.detectors, slot(s), s as f64 / 1e5, None);
+            if s >= day && s < 2 * day {
+                r.readings
+                    .iter_mut()
+                    .for_each(|x| x.batch_id = Some(batch.id));
+            }
+            r
+        })
+        .collect();
+    p.readings.store_polls(&records).await.unwrap();
+
+    let q = |scope, from: i64, to: i64| ReadingQuery {
+        scope,
+        from: slot(from),
+        to: slot(to),
+        page: page_of(1000),
+    };
+    let slots_of = |page: Page<crate::model::Reading, ReadingCursor>| {
+        page.items
+            .iter()
+            .map(|r| (r.slot.as_unix_millis() - T0.as_unix_millis()) / 1000)
+            .collect::<Vec<_>>()
+    };
+    let d0 = ReadingScope::Detector(w.detectors[0].id);
+    assert_eq!(
+        slots_of(
+            p.readings
+                .query(w.org.id, &q(d0, day, 2 * day))
+                .await
+                .unwrap()
+        ),
+        vec![day, day + 1, 2 * day - 1]
+    );
+    assert_eq!(
+        slots_of(
+            p.readings
+                .query(w.org.id, &q(d0, 0, 4 * day))
+                .await
+                .unwrap()
+        ),
+        slots
+    );
+    assert_eq!(
+        slots_of(
+            p.readings
+                .query(w.org.id, &q(d0, day - 1, day))
+                .await
+                .unwrap()
+        ),
+        vec![day - 1]
+    );
+    assert!(
+        p.readings
+            .query(w.org.id, &q(d0, 4 * day, 5 * day))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let chamber_range = p
+        .readings
+        .query(
+            w.org.id,
+            &q(ReadingScope::Chamber(w.chamber.id), day, 2 * day + 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(chamber_range.items.len(), 8);
+    let batch_range = p
+        .readings
+        .query(w.org.id, &q(ReadingScope::Batch(batch.id), 0, 4 * day))
+        .await
+        .unwrap();
+    assert_eq!(batch_range.items.len(), 6);
+
+    let latest = p.readings.latest(w.org.id, &[w.chamber.id]).await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].slot, slot(3 * day + 5));
+    assert_eq!(latest[0].readings.len(), 2);
+    let mut expected: Vec<_> = records.last().unwrap().readings.clone();
+    expected.sort_by_key(|r| r.detector_id);
+    let mut got = latest[0].readings.clone();
+    got.sort_by_key(|r| r.detector_id);
+    assert_eq!(got, expected);
+
+    let ledger = p
+        .ledger
+        .list(
+            w.org.id,
+            &LedgerQuery {
+                from: slot(day),
+                to: slot(2 * day),
+                ..all_ledger(&w)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ledger.items.len(), 3);
+}
+
+pub async fn the_ledger_keeps_one_entry_per_poll(p: &StorePorts) {
+    let w = world(p, "ledger").await;
+    let missed: Vec<LedgerEntry> = (0..5)
+        .map(|s| {
+            LedgerEntry::unfetched(
+                PollId {
+                    chamber_id: w.chamber.id,
+                    slot: slot(s),
+                },
+                PollOutcome::Missed,
+                0,
+                slot(10),
+            )
+        })
+        .collect();
+    assert_eq!(p.ledger.record(&missed).await.unwrap(), 5);
+    assert_eq!(p.ledger.record(&missed[3..]).await.unwrap(), 0);
+    // A late worker result for a slot already recorded as missed does not replace it.
+    let late = fixtures::poll_record(&w.chamber, &w.detectors, slot(4), 20.0, None);
+    let report = p.readings.store_polls(&[late]).await.unwrap();
+    assert_eq!(report.ledger_existing, 1);
+    p.readings
+        .store_polls(&[fixtures::poll_record(
+            &w.chamber,
+            &w.detectors,
+            slot(5),
+            20.0,
+            None,
+        )])
+        .await
+        .unwrap();
+    let all = p.ledger.list(w.org.id, &all_ledger(&w)).await.unwrap();
+    assert_eq!(all.items.len(), 6);
+    assert_eq!(all.items[4].outcome, PollOutcome::Missed);
+    let failures = p
+        .ledger
+        .list(
+            w.org.id,
+            &LedgerQuery {
+                failures_only: true,
+                ..all_ledger(&w)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures.items.len(), 5);
+    let ghost = LedgerEntry::unfetched(
+        PollId {
+            chamber_id: crate::model::ChamberId::random(),
+            slot: slot(0),
+        },
+        PollOutcome::Missed,
+        0,
+        slot(1),
+    );
+    assert_eq!(
+        p.ledger.record(&[missed[0].clone(), ghost]).await,
+        Err(StoreError::MissingParent {
+            entity: "poll",
+            parent: "chamber"
+        })
+    );
+}
+
+pub async fn health_writes_use_optimistic_concurrency(p: &StorePorts) {
+    let w = world(p, "health").await;
+    assert_eq!(p.health.get(w.chamber.id).await.unwrap(), None);
+    let fresh = ChamberHealth::unknown(w.chamber.id, T0);
+    assert_eq!(p.health.save(&fresh).await.unwrap(), 1);
+    // A second writer that also started from "no row" loses.
+    assert!(matches!(
+        p.health.save(&fresh).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let mut stored = p.health.get(w.chamber.id).await.unwrap().expect("saved");
+    assert_eq!(stored.version, 1);
+    stored.state = HealthState::Down;
+    stored.consecutive_failures = 12;
+    stored.failing_since = Some(slot(1));
+    stored.last_slot = Some(slot(12));
+    assert_eq!(p.health.save(&stored).await.unwrap(), 2);
+    let again = p.health.get(w.chamber.id).await.unwrap().expect("saved");
+    assert_eq!(
+        again,
+        ChamberHealth {
+            version: 2,
+            ..stored
+        }
+    );
+}
+
+pub async fn a_section_has_at_most_one_open_batch(p: &StorePorts) {
+    let w = world(p, "batches").await;
+    let first = fixtures::batch(w.org.id, w.section.id, "lettuce", slot(0));
+    p.batches.start(&first).await.unwrap();
+    let second = fixtures::batch(w.org.id, w.section.id, "basil", slot(5));
+    assert!(matches!(
+        p.batches.start(&second).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        p.batches
+            .covering(w.section.id, slot(3))
+            .await
+            .unwrap()
+            .map(|b| b.id),
+        Some(first.id)
+    );
+    assert_eq!(
+        p.batches.covering(w.section.id, slot(-1)).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        p.batches.end(w.org.id, first.id, slot(-5)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let ended = p.batches.end(w.org.id, first.id, slot(10)).await.unwrap();
+    assert_eq!(ended.ended_at, Some(slot(10)));
+    assert!(matches!(
+        p.batches.end(w.org.id, first.id, slot(11)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        p.batches.covering(w.section.id, slot(10)).await.unwrap(),
+        None
+    );
+    p.batches.start(&second).await.unwrap();
+    let listed = p
+        .batches
+        .list(w.org.id, Some(w.section.id), page_of(10))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+    let other = world(p, "batches-other").await;
+    assert_eq!(
+        p.batches.get(other.org.id, first.id).await,
+        Err(StoreError::NotFound { entity: "batch" })
+    );
+    assert!(
+        p.batches
+            .list(other.org.id, None, page_of(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        p.sections
+            .delete(w.org.id, w.section.id)
+            .await
+            .map_err(|e| matches!(e, StoreError::HasDependents { .. })),
+        Err(true)
+    );
+}
+
+pub async fn users_and_tokens(p: &StorePorts) {
+    let w = world(p, "users").await;
+    let ada = fixtures::user(w.org.id, "ada@lab.example", Role::Admin);
+    p.users.create(&ada).await.unwrap();
+    let mut dup = fixtures::user(w.org.id, "ADA@lab.example", Role::Viewer);
+    assert_eq!(
+        p.users.create(&dup).await,
+        Err(StoreError::Duplicate {
+            entity: "user",
+            field: "email"
+        })
+    );
+    dup.email = Email::parse("bob@lab.example").unwrap();
+    p.users.create(&dup).await.unwrap();
+    assert_eq!(
+        p.users
+            .find_by_email(&Email::parse("Ada@Lab.example").unwrap())
+            .await
+            .unwrap(),
+        Some(ada.clone())
+    );
+    assert_eq!(
+        p.users
+            .list(w.org.id, page_of(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    let mut promoted = dup.clone();
+    promoted.role = Role::Operator;
+    p.users.update(&promoted).await.unwrap();
+    assert_eq!(
+        p.users.get(w.org.id, dup.id).await.unwrap().role,
+        Role::Operator
+    );
+
+    let token = ApiToken {
+        id: ApiTokenId::random(),
+        organization_id: w.org.id,
+        user_id: ada.id,
+        name: fixtures::name("ci"),
+        hash: TokenHash([42; 32]),
+        role_cap: Role::Operator,
+        created_at: T0,
+        expires_at: Some(slot(3600)),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    p.tokens.create(&token).await.unwrap();
+    assert!(matches!(
+        p.tokens
+            .create(&ApiToken {
+                id: ApiTokenId::random(),
+                ..token.clone()
+            })
+            .await,
+        Err(StoreError::Duplicate { .. })
+    ));
+    assert_eq!(
+        p.tokens.find_by_hash(&TokenHash([42; 32])).await.unwrap(),
+        Some(token.clone())
+    );
+    assert_eq!(
+        p.tokens.find_by_hash(&TokenHash([1; 32])).await.unwrap(),
+        None
+    );
+    p.tokens.touch(token.id, slot(5)).await.unwrap();
+    p.tokens.revoke(w.org.id, token.id, slot(6)).await.unwrap();
+    p.tokens.revoke(w.org.id, token.id, slot(7)).await.unwrap();
+    let stored = p
+        .tokens
+        .find_by_hash(&token.hash)
+        .await
+        .unwrap()
+        .expect("still stored");
+    assert_eq!(
+        (stored.last_used_at, stored.revoked_at),
+        (Some(slot(5)), Some(slot(6)))
+    );
+    let other = world(p, "users-other").await;
+    assert_eq!(
+        p.tokens.revoke(other.org.id, token.id, slot(8)).await,
+        Err(StoreError::NotFound { entity: "token" })
+    );
+    assert!(
+        p.tokens
+            .list(other.org.id, None, page_of(10))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        p.tokens
+            .list(w.org.id, Some(ada.id), page_of(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        p.users.get(other.org.id, ada.id).await,
+        Err(StoreError::NotFound { entity: "user" })
+    );
+
+    p.users.delete(w.org.id, ada.id).await.unwrap();
+    assert_eq!(
+        p.tokens.find_by_hash(&token.hash).await.unwrap(),
+        None,
+        "tokens go with their user"
+    );
+    let orphan = fixtures::user(
+        crate::model::OrganizationId::random(),
+        "x@y.z",
+        Role::Viewer,
+    );
+    assert_eq!(
+        p.users.create(&orphan).await,
+        Err(StoreError::MissingParent {
+            entity: "user",
+            parent: "organization"
+        })
+    );
+}
+
+/// Expands to one `#[tokio::test]` per repository case. `$make` is an expression evaluating to
+/// a future of a fresh [`StorePorts`].
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@cases $make;
+            sections_crud,
+            chambers_are_created_with_their_detectors_or_not_at_all,
+            detectors_crud,
+            tenants_never_see_each_other,
+            paging_visits_every_item_exactly_once,
+            reading_writes_are_idempotent,
+            a_bad_row_refuses_the_whole_batch,
+            corrupted_readings_are_stored_like_any_other,
+            time_range_queries_are_half_open_and_span_days,
+            the_ledger_keeps_one_entry_per_poll,
+            health_writes_use_optimistic_concurrency,
+            a_section_has_at_most_one_open_batch,
+            users_and_tokens
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let ports: $crate::conformance::fixtures::StorePorts = $make.await;
+                $crate::conformance::store::$case(&ports).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+pub mod error;
+pub mod limits;
+pub mod model;
+pub mod parse;
+pub mod ports;
+pub mod schedule;
+pub mod time;
+pub mod usecases;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{Rule, ValidationError};
+pub use time::Timestamp;

@@ -1,0 +1,27 @@
+//! Entities and validated value types. Once built, a value is valid: constructors refuse bad
+//! input with a [`ValidationError`](crate::ValidationError) naming the field and the rule.
+
+mod batch;
+mod chamber;
+mod health;
+mod ids;
+mod paging;
+mod poll;
+mod reading;
+mod tenancy;
+mod values;
+
+pub use batch::Batch;
+pub use chamber::{
+    Chamber, ChamberState, Detector, DetectorKey, EndpointUrl, IntervalFloor, PlausibleRange,
+    PollInterval, PollTimeout, ResponseFormat,
+};
+pub use health::{ChamberHealth, HealthPolicy, HealthState, HealthTransition};
+pub use ids::{ApiTokenId, BatchId, ChamberId, DetectorId, OrganizationId, SectionId, UserId};
+pub use paging::{Page, PageRequest, PageSize};
+pub use poll::{
+    JobMetadata, LedgerEntry, PollId, PollJob, PollKind, PollOutcome, TraceContext, dedup_ttl,
+};
+pub use reading::{CorruptionReason, Finite, Reading, ReadingValue};
+pub use tenancy::{ApiToken, Organization, Role, Section, TokenHash, TokenRefusal, User};
+pub use values::{Description, Email, Name, Unit};

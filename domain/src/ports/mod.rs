@@ -1,0 +1,39 @@
+//! Ports: the object-safe async traits through which use cases reach everything outside the
+//! domain. Use cases hold them as `Arc<dyn Port>`. Each port documents its error contract;
+//! each has one conformance suite (`crate::conformance`, feature `conformance`) that every
+//! adapter's tests run.
+
+mod chamber_client;
+mod coordination;
+mod events;
+mod queue;
+mod storage;
+
+pub use chamber_client::{ChamberClient, FetchError, FetchRequest, FetchedResponse};
+pub use coordination::{Clock, LeaderLease, LeaseError, LeaseGrant, ScheduleCheckpoint};
+pub use events::{
+    ChamberChange, ChamberChanges, ChangeSubscription, DomainEvent, EventPublisher, PublishError,
+    RoutingTag,
+};
+pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
+pub use storage::{
+    ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
+    ChamberWithDetectors, DetectorRepository, LatestReadings, LedgerQuery, OrganizationRepository,
+    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
+    SectionRepository, StoreError, UserRepository, WriteReport,
+};
+
+#[cfg(feature = "mock")]
+pub use chamber_client::MockChamberClient;
+#[cfg(feature = "mock")]
+pub use coordination::{MockClock, MockLeaderLease, MockScheduleCheckpoint};
+#[cfg(feature = "mock")]
+pub use events::{MockChamberChanges, MockEventPublisher};
+#[cfg(feature = "mock")]
+pub use queue::MockPollQueue;
+#[cfg(feature = "mock")]
+pub use storage::{
+    MockApiTokenRepository, MockBatchRepository, MockChamberHealthRepository,
+    MockChamberRepository, MockDetectorRepository, MockOrganizationRepository,
+    MockPollLedgerRepository, MockReadingRepository, MockSectionRepository, MockUserRepository,
+};

@@ -1,0 +1,489 @@
+//! Repository ports: where entities, readings and the ledger are kept.
+//!
+//! Every tenant-scoped call takes the caller's [`OrganizationId`] and only ever sees rows of
+//! that organization: a row of another organization is reported exactly like a missing row
+//! ([`StoreError::NotFound`]), so ids of other tenants cannot even be probed. Calls that are not
+//! tenant-scoped (`load_for_poll`, `list_active`, `find_by_email`, `find_by_hash`) exist for the
+//! scheduler, the workers and authentication, never for API handlers.
+//!
+//! Writes are all-or-nothing: a call that fails leaves nothing of its input behind.
+
+use async_trait::async_trait;
+
+use crate::error::ValidationError;
+use crate::model::{
+    ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId, ChamberState,
+    Detector, DetectorId, Email, LedgerEntry, Organization, OrganizationId, Page, PageRequest,
+    PollId, Reading, Section, SectionId, TokenHash, User, UserId,
+};
+use crate::time::Timestamp;
+
+/// The error contract shared by all repository ports. Each method's docs say which variants it
+/// returns for which case; adapters translate driver errors into these (a unique violation into
+/// `Duplicate`, a foreign-key violation into `MissingParent`, a lost connection or timeout into
+/// `Unavailable`) and never pass a driver error through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No such row in the caller's organization.
+    #[error("{entity} not found")]
+    NotFound { entity: &'static str },
+    /// A uniqueness rule: another row already has this value of `field`.
+    #[error("a {entity} with this {field} already exists")]
+    Duplicate {
+        entity: &'static str,
+        field: &'static str,
+    },
+    /// The row refers to a parent that does not exist (in the caller's organization).
+    #[error("{entity} refers to a {parent} that does not exist")]
+    MissingParent {
+        entity: &'static str,
+        parent: &'static str,
+    },
+    /// The row still has dependents (a section that holds chambers, ...).
+    #[error("{entity} still has {dependents}")]
+    HasDependents {
+        entity: &'static str,
+        dependents: &'static str,
+    },
+    /// The write conflicts with the current state (a concurrent update, a second open batch).
+    #[error("{entity} conflict: {reason}")]
+    Conflict {
+        entity: &'static str,
+        reason: String,
+    },
+    /// A value the store cannot hold (checked again at this edge: NaN, over-long text).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The store cannot be reached or did not answer in time; the call may be retried.
+    #[error("storage unavailable: {message}")]
+    Unavailable { message: String },
+}
+
+impl StoreError {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+        }
+    }
+
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+/// Organizations (tenants).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait OrganizationRepository: Send + Sync {
+    /// # Errors
+    /// `Duplicate { field: "name" }` if the name is taken; `Unavailable`.
+    async fn create(&self, org: &Organization) -> Result<(), StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn get(&self, id: OrganizationId) -> Result<Organization, StoreError>;
+}
+
+/// Sections. Names are unique within an organization.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait SectionRepository: Send + Sync {
+    /// # Errors
+    /// `MissingParent { parent: "organization" }`; `Duplicate { field: "name" }`; `Unavailable`.
+    async fn create(&self, section: &Section) -> Result<(), StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn get(&self, org: OrganizationId, id: SectionId) -> Result<Section, StoreError>;
+
+    /// Sections of `org` ordered by id.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list(
+        &self,
+        org: OrganizationId,
+        page: PageRequest<SectionId>,
+    ) -> Result<Page<Section, SectionId>, StoreError>;
+
+    /// Replaces name and description.
+    ///
+    /// # Errors
+    /// `NotFound`; `Duplicate { field: "name" }`; `Unavailable`.
+    async fn update(&self, section: &Section) -> Result<(), StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `HasDependents` while chambers or batches remain; `Unavailable`.
+    async fn delete(&self, org: OrganizationId, id: SectionId) -> Result<(), StoreError>;
+}
+
+/// Filters for listing chambers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChamberFilter {
+    pub section_id: Option<SectionId>,
+    pub state: Option<ChamberState>,
+}
+
+/// A chamber with its detectors, as a worker needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChamberWithDetectors {
+    pub chamber: Chamber,
+    pub detectors: Vec<Detector>,
+}
+
+/// Chambers. Names are unique within a section.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ChamberRepository: Send + Sync {
+    /// Creates the chamber and its detectors together.
+    ///
+    /// # Errors
+    /// `MissingParent { parent: "section" }` (also when the section is another tenant's);
+    /// `Duplicate { entity: "chamber", field: "name" }`;
+    /// `Duplicate { entity: "detector", field: "name" }` for two detectors of one name;
+    /// `Unavailable`. Nothing is written on error.
+    async fn create(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber, StoreError>;
+
+    /// Chambers of `org` matching `filter`, ordered by id.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list(
+        &self,
+        org: OrganizationId,
+        filter: ChamberFilter,
+        page: PageRequest<ChamberId>,
+    ) -> Result<Page<Chamber, ChamberId>, StoreError>;
+
+    /// Replaces the chamber's mutable fields (everything but id, organization and created_at).
+    ///
+    /// # Errors
+    /// `NotFound`; `MissingParent { parent: "section" }` when moved to an unknown section;
+    /// `Duplicate { field: "name" }`; `Unavailable`.
+    async fn update(&self, chamber: &Chamber) -> Result<(), StoreError>;
+
+    /// Deletes the chamber with its detectors, readings, ledger and health.
+    ///
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<(), StoreError>;
+
+    /// For workers (not tenant-scoped): the chamber and its detectors, or `None` if deleted.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn load_for_poll(
+        &self,
+        id: ChamberId,
+    ) -> Result<Option<ChamberWithDetectors>, StoreError>;
+
+    /// For the scheduler's resync (not tenant-scoped): active chambers of every organization,
+    /// ordered by id.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list_active(
+        &self,
+        page: PageRequest<ChamberId>,
+    ) -> Result<Page<Chamber, ChamberId>, StoreError>;
+}
+
+/// Detectors. Names are unique within a chamber.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait DetectorRepository: Send + Sync {
+    /// # Errors
+    /// `MissingParent { parent: "chamber" }`; `Duplicate { field: "name" }`; `Unavailable`.
+    async fn add(&self, detector: &Detector) -> Result<(), StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn get(&self, org: OrganizationId, id: DetectorId) -> Result<Detector, StoreError>;
+
+    /// The chamber's detectors ordered by id (empty for an unknown chamber).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list_for_chamber(
+        &self,
+        org: OrganizationId,
+        chamber: ChamberId,
+    ) -> Result<Vec<Detector>, StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Duplicate { field: "name" }`; `Unavailable`.
+    async fn update(&self, detector: &Detector) -> Result<(), StoreError>;
+
+    /// Deletes the detector and its readings.
+    ///
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn delete(&self, org: OrganizationId, id: DetectorId) -> Result<(), StoreError>;
+}
+
+/// Batches. At most one open batch per section.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait BatchRepository: Send + Sync {
+    /// # Errors
+    /// `MissingParent { parent: "section" }`; `Conflict` if the section has an open batch;
+    /// `Unavailable`.
+    async fn start(&self, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Ends an open batch at `at` and returns it.
+    ///
+    /// # Errors
+    /// `NotFound`; `Conflict` if already ended or `at` precedes its start; `Unavailable`.
+    async fn end(
+        &self,
+        org: OrganizationId,
+        id: BatchId,
+        at: Timestamp,
+    ) -> Result<Batch, StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn get(&self, org: OrganizationId, id: BatchId) -> Result<Batch, StoreError>;
+
+    /// Batches of `org` (of one section if given), ordered by id.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list(
+        &self,
+        org: OrganizationId,
+        section: Option<SectionId>,
+        page: PageRequest<BatchId>,
+    ) -> Result<Page<Batch, BatchId>, StoreError>;
+
+    /// For workers (not tenant-scoped): the batch of `section` covering `at`, if any.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn covering(
+        &self,
+        section: SectionId,
+        at: Timestamp,
+    ) -> Result<Option<Batch>, StoreError>;
+}
+
+/// One poll's results, stored together: its ledger entry and its readings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollRecord {
+    pub entry: LedgerEntry,
+    pub readings: Vec<Reading>,
+}
+
+/// How many rows a write added; the rest were already there (redelivered polls).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteReport {
+    pub readings_new: u64,
+    pub readings_existing: u64,
+    pub ledger_new: u64,
+    pub ledger_existing: u64,
+    /// Polls whose ledger entry was already stored: redeliveries, whose events and health
+    /// changes were already handled.
+    pub existing_polls: Vec<PollId>,
+}
+
+/// What a reading query covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadingScope {
+    Detector(DetectorId),
+    Chamber(ChamberId),
+    Batch(BatchId),
+}
+
+/// Keyset cursor for reading queries, ordered by (slot, detector).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReadingCursor {
+    pub slot: Timestamp,
+    pub detector_id: DetectorId,
+}
+
+/// Readings of a scope with `from <= slot < to`, ordered by (slot, detector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadingQuery {
+    pub scope: ReadingScope,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub page: PageRequest<ReadingCursor>,
+}
+
+/// The latest slot of a chamber with a stored poll, and its detectors' readings at that slot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestReadings {
+    pub chamber_id: ChamberId,
+    pub slot: Timestamp,
+    pub readings: Vec<Reading>,
+}
+
+/// Readings (and, written with them, the ledger).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ReadingRepository: Send + Sync {
+    /// Stores the polls' ledger entries and readings in one transaction, idempotently: a
+    /// reading already stored for its (detector, slot), or an entry for its poll, is kept as it
+    /// is and counted as existing.
+    ///
+    /// # Errors
+    /// `MissingParent { entity: "reading", parent: "detector" }` if a reading names an unknown
+    /// detector, or one not of the poll's chamber; `MissingParent { entity: "poll", parent:
+    /// "chamber" }`; `Invalid` for more than
+    /// [`MAX_READINGS_PER_WRITE`](crate::limits::MAX_READINGS_PER_WRITE) readings;
+    /// `Unavailable`. Nothing is written on error: one bad row refuses the whole batch.
+    async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError>;
+
+    /// # Errors
+    /// `NotFound { entity }` for a scope that is not in `org`; `Unavailable`.
+    async fn query(
+        &self,
+        org: OrganizationId,
+        query: &ReadingQuery,
+    ) -> Result<Page<Reading, ReadingCursor>, StoreError>;
+
+    /// The latest slot of each of `chambers` with its readings (chambers without readings, or
+    /// not in `org`, are left out).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn latest(
+        &self,
+        org: OrganizationId,
+        chambers: &[ChamberId],
+    ) -> Result<Vec<LatestReadings>, StoreError>;
+}
+
+/// Ledger entries with `from <= slot < to` of one chamber, ordered by slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerQuery {
+    pub chamber_id: ChamberId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    /// Only entries that are not `ok`.
+    pub failures_only: bool,
+    pub page: PageRequest<Timestamp>,
+}
+
+/// The poll ledger: one entry per slot.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait PollLedgerRepository: Send + Sync {
+    /// Records entries for polls that produced no readings (missed, expired, cancelled),
+    /// keeping any entry already stored for the same poll. Returns how many were new.
+    ///
+    /// # Errors
+    /// `MissingParent { parent: "chamber" }`; `Unavailable`. Nothing is written on error.
+    async fn record(&self, entries: &[LedgerEntry]) -> Result<u64, StoreError>;
+
+    /// # Errors
+    /// `NotFound { entity: "chamber" }` if the chamber is not in `org`; `Unavailable`.
+    async fn list(
+        &self,
+        org: OrganizationId,
+        query: &LedgerQuery,
+    ) -> Result<Page<LedgerEntry, Timestamp>, StoreError>;
+}
+
+/// Chamber health, written with optimistic concurrency (several workers may finish polls of one
+/// chamber at once).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ChamberHealthRepository: Send + Sync {
+    /// # Errors
+    /// `Unavailable`.
+    async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>, StoreError>;
+
+    /// Stores `health` if the stored version is still `health.version` (0: no row yet), and
+    /// returns the new version.
+    ///
+    /// # Errors
+    /// `Conflict` if another writer got there first (re-read and retry); `MissingParent {
+    /// parent: "chamber" }`; `Unavailable`.
+    async fn save(&self, health: &ChamberHealth) -> Result<u64, StoreError>;
+}
+
+/// Users. Emails are unique across all organizations (sign-in is by email).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait UserRepository: Send + Sync {
+    /// # Errors
+    /// `MissingParent { parent: "organization" }`; `Duplicate { field: "email" }`; `Unavailable`.
+    async fn create(&self, user: &User) -> Result<(), StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn get(&self, org: OrganizationId, id: UserId) -> Result<User, StoreError>;
+
+    /// For sign-in (not tenant-scoped).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+
+    /// # Errors
+    /// `Unavailable`.
+    async fn list(
+        &self,
+        org: OrganizationId,
+        page: PageRequest<UserId>,
+    ) -> Result<Page<User, UserId>, StoreError>;
+
+    /// # Errors
+    /// `NotFound`; `Duplicate { field: "email" }`; `Unavailable`.
+    async fn update(&self, user: &User) -> Result<(), StoreError>;
+
+    /// Deletes the user and their API tokens.
+    ///
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn delete(&self, org: OrganizationId, id: UserId) -> Result<(), StoreError>;
+}
+
+/// API tokens (hashes only).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ApiTokenRepository: Send + Sync {
+    /// # Errors
+    /// `MissingParent { parent: "user" }`; `Duplicate { field: "hash" }`; `Unavailable`.
+    async fn create(&self, token: &ApiToken) -> Result<(), StoreError>;
+
+    /// For authentication (not tenant-scoped).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Tokens of `org` (of one user if given), ordered by id.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn list(
+        &self,
+        org: OrganizationId,
+        user: Option<UserId>,
+        page: PageRequest<ApiTokenId>,
+    ) -> Result<Page<ApiToken, ApiTokenId>, StoreError>;
+
+    /// Marks the token revoked at `at` (revoking twice keeps the first time).
+    ///
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn revoke(
+        &self,
+        org: OrganizationId,
+        id: ApiTokenId,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Records a use of the token.
+    ///
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    async fn touch(&self, id: ApiTokenId, at: Timestamp) -> Result<(), StoreError>;
+}

@@ -1,0 +1,564 @@
+//! Configuration by lab operators: sections, chambers, detectors and batches, with role checks
+//! and tenant isolation. Every chamber write is published on the change feed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Rule, ValidationError};
+use crate::limits::MAX_DETECTORS_PER_CHAMBER;
+use crate::model::{
+    Batch, BatchId, Chamber, ChamberId, ChamberState, Description, Detector, DetectorId,
+    DetectorKey, EndpointUrl, HealthPolicy, IntervalFloor, Name, Page, PageRequest, PlausibleRange,
+    PollInterval, PollTimeout, ResponseFormat, Role, Section, SectionId, Unit,
+};
+use crate::ports::{
+    BatchRepository, ChamberChange, ChamberChanges, ChamberFilter, ChamberRepository,
+    ChamberWithDetectors, Clock, DetectorRepository, DomainEvent, EventPublisher, RoutingTag,
+    SectionRepository,
+};
+use crate::usecases::{Actor, UseCaseError};
+
+/// A section as a user submits it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewSection {
+    pub name: String,
+    pub description: String,
+}
+
+/// A detector as a user submits it; checked against its chamber's format.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewDetector {
+    pub name: String,
+    pub alias: Option<String>,
+    pub unit: String,
+    pub key: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// A chamber with its detectors, as a user submits it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewChamber {
+    pub section_id: SectionId,
+    pub name: String,
+    pub url: String,
+    pub format: String,
+    pub interval: Duration,
+    /// Default: min(interval, 10 s).
+    pub timeout: Option<Duration>,
+    pub detectors: Vec<NewDetector>,
+}
+
+/// Changes to a chamber; `None` leaves a field as it is. Interval, pause and resume have their
+/// own calls because they move the schedule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChamberPatch {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub section_id: Option<SectionId>,
+    pub timeout: Option<Duration>,
+}
+
+/// Installation-wide settings of chamber administration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub interval_floor: IntervalFloor,
+}
+
+/// The configuration use cases.
+#[derive(Clone)]
+pub struct ChamberAdmin {
+    pub sections: Arc<dyn SectionRepository>,
+    pub chambers: Arc<dyn ChamberRepository>,
+    pub detectors: Arc<dyn DetectorRepository>,
+    pub batches: Arc<dyn BatchRepository>,
+    pub changes: Arc<dyn ChamberChanges>,
+    pub events: Arc<dyn EventPublisher>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: AdminSettings,
+}
+
+impl std::fmt::Debug for ChamberAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChamberAdmin")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+type Result<T> = std::result::Result<T, UseCaseError>;
+
+/// Validates one submitted detector for a chamber of `format`; fields are named
+/// `detectors[index].field`.
+///
+/// # Errors
+/// The first [`ValidationError`] found.
+pub fn validate_detector(
+    format: ResponseFormat,
+    index: usize,
+    d: &NewDetector,
+) -> std::result::Result<(Name, Option<Name>, Unit, DetectorKey, PlausibleRange), ValidationError> {
+    let at = format!("detectors[{index}]");
+    let name = Name::parse(&d.name).map_err(|e| e.within(&at))?;
+    let alias = match d.alias.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(a) => Some(Name::parse(a).map_err(|e| e.for_field("alias").within(&at))?),
+    };
+    let unit = Unit::parse(&d.unit).map_err(|e| e.within(&at))?;
+    let key = DetectorKey::parse(format, &d.key).map_err(|e| e.within(&at))?;
+    let range = PlausibleRange::new(d.min, d.max).map_err(|e| e.within(&at))?;
+    Ok((name, alias, unit, key, range))
+}
+
+impl ChamberAdmin {
+    // ----- sections -----
+
+    /// # Errors
+    /// `Forbidden` below operator; `Invalid` (`section.name`, `section.description`);
+    /// `Duplicate`; `Unavailable`.
+    pub async fn create_section(&self, actor: &Actor, new: NewSection) -> Result<Section> {
+        actor.require(Role::Operator, "create a section")?;
+        let section = Section {
+            id: SectionId::random(),
+            organization_id: actor.organization_id,
+            name: Name::parse(&new.name).map_err(|e| e.within("section"))?,
+            description: Description::parse(&new.description).map_err(|e| e.within("section"))?,
+            created_at: self.clock.now(),
+        };
+        self.sections.create(&section).await?;
+        Ok(section)
+    }
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    pub async fn get_section(&self, actor: &Actor, id: SectionId) -> Result<Section> {
+        actor.require(Role::Viewer, "read sections")?;
+        Ok(self.sections.get(actor.organization_id, id).await?)
+    }
+
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list_sections(
+        &self,
+        actor: &Actor,
+        page: PageRequest<SectionId>,
+    ) -> Result<Page<Section, SectionId>> {
+        actor.require(Role::Viewer, "list sections")?;
+        Ok(self.sections.list(actor.organization_id, page).await?)
+    }
+
+    /// # Errors
+    /// `Forbidden`; `Invalid`; `NotFound`; `Duplicate`; `Unavailable`.
+    pub async fn update_section(
+        &self,
+        actor: &Actor,
+        id: SectionId,
+        new: NewSection,
+    ) -> Result<Section> {
+        actor.require(Role::Operator, "update a section")?;
+        let mut section = self.sections.get(actor.organization_id, id).await?;
+        section.name = Name::parse(&new.name).map_err(|e| e.within("section"))?;
+        section.description =
+            Description::parse(&new.description).map_err(|e| e.within("section"))?;
+        self.sections.update(&section).await?;
+        Ok(section)
+    }
+
+    /// # Errors
+    /// `Forbidden`; `NotFound`; `FailedPrecondition` while it holds chambers or batches;
+    /// `Unavailable`.
+    pub async fn delete_section(&self, actor: &Actor, id: SectionId) -> Result<()> {
+        actor.require(Role::Operator, "delete a section")?;
+        Ok(self.sections.delete(actor.organization_id, id).await?)
+    }
+
+    // ----- chambers -----
+
+    /// Creates a chamber with its detectors, all or nothing.
+    ///
+    /// # Errors
+    /// `Forbidden`; `Invalid` naming the field (`chamber.url`, `detectors[2].key`, ...);
+    /// `NotFound { entity: "section" }`; `Duplicate`; `Unavailable`.
+    pub async fn create_chamber(
+        &self,
+        actor: &Actor,
+        new: NewChamber,
+    ) -> Result<ChamberWithDetectors> {
+        actor.require(Role::Operator, "create a chamber")?;
+        let name = Name::parse(&new.name).map_err(|e| e.within("chamber"))?;
+        let endpoint = EndpointUrl::parse(&new.url).map_err(|e| e.within("chamber"))?;
+        let format = ResponseFormat::parse(&new.format).map_err(|e| e.within("chamber"))?;
+        let interval = PollInterval::new(new.interval, self.settings.interval_floor)
+            .map_err(|e| e.within("chamber"))?;
+        let timeout = match new.timeout {
+            Some(t) => PollTimeout::new(t, interval).map_err(|e| e.within("chamber"))?,
+            None => PollTimeout::default_for(interval),
+        };
+        if new.detectors.is_empty() || new.detectors.len() > MAX_DETECTORS_PER_CHAMBER {
+            return Err(ValidationError::new(
+                "chamber.detectors",
+                Rule::OutOfRange {
+                    min: "1".into(),
+                    max: MAX_DETECTORS_PER_CHAMBER.to_string(),
+                    actual: new.detectors.len().to_string(),
+                },
+            )
+            .into());
+        }
+        // The section must be the caller's: another tenant's section is "not found".
+        self.sections
+            .get(actor.organization_id, new.section_id)
+            .await?;
+        let now = self.clock.now();
+        let chamber = Chamber {
+            id: ChamberId::random(),
+            organization_id: actor.organization_id,
+            section_id: new.section_id,
+            name,
+            endpoint,
+            format,
+            interval,
+            timeout,
+            state: ChamberState::Active,
+            health_policy: HealthPolicy::default(),
+            schedule_since: now,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut detectors = Vec::with_capacity(new.detectors.len());
+        for (i, d) in new.detectors.iter().enumerate() {
+            let (name, alias, unit, key, range) = validate_detector(format, i, d)?;
+            if detectors.iter().any(|x: &Detector| x.name == name) {
+                return Err(ValidationError::new(
+                    format!("detectors[{i}].name"),
+                    Rule::Inconsistent("must be unique within the chamber".into()),
+                )
+                .into());
+            }
+            detectors.push(Detector {
+                id: DetectorId::random(),
+                chamber_id: chamber.id,
+                organization_id: actor.organization_id,
+                name,
+                alias,
+                unit,
+                key,
+                range,
+            });
+        }
+        self.chambers.create(&chamber, &detectors).await?;
+        self.publish_upsert(&chamber).await;
+        Ok(ChamberWithDetectors { chamber, detectors })
+    }
+
+    /// # Errors
+    /// `NotFound`; `Unavailable`.
+    pub async fn get_chamber(&self, actor: &Actor, id: ChamberId) -> Result<ChamberWithDetectors> {
+        actor.require(Role::Viewer, "read chambers")?;
+        let chamber = self.chambers.get(actor.organization_id, id).await?;
+        let detectors = self
+            .detectors
+            .list_for_chamber(actor.organization_id, id)
+            .await?;
+        Ok(ChamberWithDetectors { chamber, detectors })
+    }
+
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list_chambers(
+        &self,
+        actor: &Actor,
+        filter: ChamberFilter,
+        page: PageRequest<ChamberId>,
+    ) -> Result<Page<Chamber, ChamberId>> {
+        actor.require(Role::Viewer, "list chambers")?;
+        Ok(self
+            .chambers
+            .list(actor.organization_id, filter, page)
+            .await?)
+    }
+
+    /// # Errors
+    /// `Forbidden`; `Invalid`; `NotFound` (the chamber, or a target section); `Duplicate`;
+    /// `Unavailable`.
+    pub async fn update_chamber(
+        &self,
+        actor: &Actor,
+        id: ChamberId,
+        patch: ChamberPatch,
+    ) -> Result<Chamber> {
+        actor.require(Role::Operator, "update a chamber")?;
+        let mut chamber = self.chambers.get(actor.organization_id, id).await?;
+        if let Some(name) = &patch.name {
+            chamber.name = Name::parse(name).map_err(|e| e.within("chamber"))?;
+        }
+        if let Some(url) = &patch.url {
+            chamber.endpoint = EndpointUrl::parse(url).map_err(|e| e.within("chamber"))?;
+        }
+        if let Some(t) = patch.timeout {
+            chamber.timeout =
+                PollTimeout::new(t, chamber.interval).map_err(|e| e.within("chamber"))?;
+        }
+        if let Some(section) = patch.section_id {
+            self.sections.get(actor.organization_id, section).await?;
+            chamber.section_id = section;
+        }
+        chamber.updated_at = self.clock.now();
+        self.chambers.update(&chamber).await?;
+        self.publish_upsert(&chamber).await;
+        Ok(chamber)
+    }
+
+    /// Sets the poll interval. The schedule moves to the new interval's grid from the first
+    /// slot after now; a timeout longer than the new interval is shortened to it.
+    ///
+    /// # Errors
+    /// `Forbidden`; `Invalid` (`chamber.interval`); `NotFound`; `Unavailable`.
+    pub async fn set_interval(
+        &self,
+        actor: &Actor,
+        id: ChamberId,
+        interval: Duration,
+    ) -> Result<Chamber> {
+        actor.require(Role::Operator, "change a chamber's interval")?;
+        let interval = PollInterval::new(interval, self.settings.interval_floor)
+            .map_err(|e| e.within("chamber"))?;
+        let mut chamber = self.chambers.get(actor.organization_id, id).await?;
+        if chamber.interval == interval {
+            return Ok(chamber);
+        }
+        let now = self.clock.now();
+        chamber.interval = interval;
+        if chamber.timeout.as_duration() > interval.as_duration() {
+            chamber.timeout = PollTimeout::new(interval.as_duration(), interval)?;
+        }
+        chamber.schedule_since = now;
+        chamber.updated_at = now;
+        self.chambers.update(&chamber).await?;
+        self.publish_upsert(&chamber).await;
+        Ok(chamber)
+    }
+
+    /// Stops polling the chamber; its readings stay.
+    ///
+    /// # Errors
+    /// `Forbidden`; `NotFound`; `Unavailable`.
+    pub async fn pause(&self, actor: &Actor, id: ChamberId) -> Result<Chamber> {
+        self.set_state(actor, id, ChamberState::Paused).await
+    }
+
+    /// Polls the chamber again, from the first slot after now (the paused time is not owed).
+    ///
+    /// # Errors
+    /// `Forbidden`; `NotFound`; `Unavailable`.
+    pub async fn resume(&self, actor: &Actor, id: ChamberId) -> Result<Chamber> {
+        self.set_state(actor, id, ChamberState::Active).await
+    }
+
+    async fn set_state(
+        &self,
+        actor: &Actor,
+        id: ChamberId,
+        state: ChamberState,
+    ) -> Result<Chamber> {
+        actor.require(Role::Operator, "pause or resume a chamber")?;
+        let mut chamber = self.chambers.get(actor.organization_id, id).await?;
+        if chamber.state == state {
+            return Ok(chamber);
+        }
+        let now = self.clock.now();
+        chamber.state = state;
+        chamber.updated_at = now;
+        if state == ChamberState::Active {
+            chamber.schedule_since = now;
+        }
+        self.chambers.update(&chamber).await?;
+        self.publish_upsert(&chamber).await;
+        Ok(chamber)
+    }
+
+    /// Deletes the chamber with its detectors, readings and ledger.
+    ///
+    /// # Errors
+    /// `Forbidden`; `NotFound`; `Unavailable`.
+    pub async fn delete_chamber(&self, actor: &Actor, id: ChamberId) -> Result<()> {
+        actor.require(Role::Operator, "delete a chamber")?;
+        self.chambers.delete(actor.organization_id, id).await?;
+        let change = ChamberChange::Removed {
+            organization_id: actor.organization_id,
+            chamber_id: id,
+        };
+        if let Err(e) = self.changes.publish(&change).await {
+            tracing::warn!(chamber.id = %id, error = %e, "chamber change not published; the scheduler's resync will catch up");
+        }
+        Ok(())
+    }
+
+    async fn publish_upsert(&self, chamber: &Chamber) {
+        let change = ChamberChange::Upserted {
+            chamber: chamber.clone(),
+        };
+        if let Err(e) = self.changes.publish(&change).await {
+            tracing::warn!(chamber.id = %chamber.id, error = %e, "chamber change not published; the scheduler's resync will catch up");
+        }
+    }
+
+    // ----- detectors -----
+
+    /// # Errors
+    /// `Forbidden`; `Invalid` (`detectors[0].key` ...); `NotFound { entity: "chamber" }`;
+    /// `FailedPrecondition` at the detector limit; `Duplicate`; `Unavailable`.
+    pub async fn add_detector(
+        &self,
+        actor: &Actor,
+        chamber: ChamberId,
+        new: NewDetector,
+    ) -> Result<Detector> {
+        actor.require(Role::Operator, "add a detector")?;
+        let c = self.chambers.get(actor.organization_id, chamber).await?;
+        let (name, alias, unit, key, range) = validate_detector(c.format, 0, &new)?;
+        let existing = self
+            .detectors
+            .list_for_chamber(actor.organization_id, chamber)
+            .await?;
+        if existing.len() >= MAX_DETECTORS_PER_CHAMBER {
+            return Err(UseCaseError::FailedPrecondition(format!(
+                "a chamber has at most {MAX_DETECTORS_PER_CHAMBER} detectors"
+            )));
+        }
+        let detector = Detector {
+            id: DetectorId::random(),
+            chamber_id: chamber,
+            organization_id: actor.organization_id,
+            name,
+            alias,
+            unit,
+            key,
+            range,
+        };
+        self.detectors.add(&detector).await?;
+        self.publish_upsert(&c).await;
+        Ok(detector)
+    }
+
+    /// Replaces a detector's settings (name, alias, unit, key, range).
+    ///
+    /// # Errors
+    /// `Forbidden`; `Invalid`; `NotFound`; `Duplicate`; `Unavailable`.
+    pub async fn update_detector(
+        &self,
+        actor: &Actor,
+        id: DetectorId,
+        new: NewDetector,
+    ) -> Result<Detector> {
+        actor.require(Role::Operator, "update a detector")?;
+        let mut detector = self.detectors.get(actor.organization_id, id).await?;
+        let (name, alias, unit, key, range) = validate_detector(detector.key.format(), 0, &new)?;
+        detector.name = name;
+        detector.alias = alias;
+        detector.unit = unit;
+        detector.key = key;
+        detector.range = range;
+        self.detectors.update(&detector).await?;
+        Ok(detector)
+    }
+
+    /// Removes a detector and its readings; the last detector of a chamber cannot be removed.
+    ///
+    /// # Errors
+    /// `Forbidden`; `NotFound`; `FailedPrecondition` for the last detector; `Unavailable`.
+    pub async fn remove_detector(&self, actor: &Actor, id: DetectorId) -> Result<()> {
+        actor.require(Role::Operator, "remove a detector")?;
+        let detector = self.detectors.get(actor.organization_id, id).await?;
+        let siblings = self
+            .detectors
+            .list_for_chamber(actor.organization_id, detector.chamber_id)
+            .await?;
+        if siblings.len() <= 1 {
+            return Err(UseCaseError::FailedPrecondition(
+                "a chamber needs at least one detector; delete the chamber instead".into(),
+            ));
+        }
+        Ok(self.detectors.delete(actor.organization_id, id).await?)
+    }
+
+    // ----- batches -----
+
+    /// Opens a batch in a section now.
+    ///
+    /// # Errors
+    /// `Forbidden`; `Invalid`; `NotFound { entity: "section" }`; `FailedPrecondition` if the
+    /// section already has an open batch; `Unavailable`.
+    pub async fn start_batch(
+        &self,
+        actor: &Actor,
+        section: SectionId,
+        new: NewSection,
+    ) -> Result<Batch> {
+        actor.require(Role::Operator, "start a batch")?;
+        let batch = Batch {
+            id: BatchId::random(),
+            organization_id: actor.organization_id,
+            section_id: section,
+            name: Name::parse(&new.name).map_err(|e| e.within("batch"))?,
+            description: Description::parse(&new.description).map_err(|e| e.within("batch"))?,
+            started_at: self.clock.now(),
+            ended_at: None,
+        };
+        self.sections.get(actor.organization_id, section).await?;
+        self.batches.start(&batch).await?;
+        self.publish_batch(DomainEvent::BatchStarted {
+            routing: batch_routing(&batch),
+            batch: batch.clone(),
+        })
+        .await;
+        Ok(batch)
+    }
+
+    /// Ends an open batch now.
+    ///
+    /// # Errors
+    /// `Forbidden`; `NotFound`; `FailedPrecondition` if already ended; `Unavailable`.
+    pub async fn end_batch(&self, actor: &Actor, id: BatchId) -> Result<Batch> {
+        actor.require(Role::Operator, "end a batch")?;
+        let batch = self
+            .batches
+            .end(actor.organization_id, id, self.clock.now())
+            .await?;
+        self.publish_batch(DomainEvent::BatchEnded {
+            routing: batch_routing(&batch),
+            batch: batch.clone(),
+        })
+        .await;
+        Ok(batch)
+    }
+
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list_batches(
+        &self,
+        actor: &Actor,
+        section: Option<SectionId>,
+        page: PageRequest<BatchId>,
+    ) -> Result<Page<Batch, BatchId>> {
+        actor.require(Role::Viewer, "list batches")?;
+        Ok(self
+            .batches
+            .list(actor.organization_id, section, page)
+            .await?)
+    }
+
+    async fn publish_batch(&self, event: DomainEvent) {
+        if let Err(e) = self.events.publish(std::slice::from_ref(&event)).await {
+            tracing::warn!(error = %e, "batch event not published");
+        }
+    }
+}
+
+fn batch_routing(batch: &Batch) -> RoutingTag {
+    RoutingTag {
+        organization_id: batch.organization_id,
+        section_id: Some(batch.section_id),
+        chamber_id: None,
+    }
+}

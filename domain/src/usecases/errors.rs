@@ -1,0 +1,44 @@
+//! The error every API-facing use case returns: what the gRPC layer maps to status codes.
+
+use crate::error::ValidationError;
+use crate::ports::StoreError;
+use crate::usecases::Forbidden;
+
+/// Why an API-facing use case refused or failed. Variants map one-to-one onto gRPC status codes
+/// (InvalidArgument, PermissionDenied, NotFound, AlreadyExists, FailedPrecondition,
+/// Unavailable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UseCaseError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
+    /// Not found in the caller's organization (other tenants' rows look the same).
+    #[error("{entity} not found")]
+    NotFound { entity: &'static str },
+    #[error("a {entity} with this {field} already exists")]
+    Duplicate {
+        entity: &'static str,
+        field: &'static str,
+    },
+    /// The request conflicts with current state (an open batch, dependents, a concurrent change).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("storage unavailable: {message}")]
+    Unavailable { message: String },
+}
+
+impl From<StoreError> for UseCaseError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { entity } => Self::NotFound { entity },
+            StoreError::MissingParent { parent, .. } => Self::NotFound { entity: parent },
+            StoreError::Duplicate { entity, field } => Self::Duplicate { entity, field },
+            StoreError::HasDependents { .. } | StoreError::Conflict { .. } => {
+                Self::FailedPrecondition(e.to_string())
+            }
+            StoreError::Invalid(v) => Self::Invalid(v),
+            StoreError::Unavailable { message } => Self::Unavailable { message },
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Use cases: the application layer. Each holds its ports as `Arc<dyn Port>` and is the only
+//! way adapters on the driving side (gRPC, CLI, workers, the scheduler) change anything.
+
+mod admin;
+mod authz;
+mod errors;
+mod poll;
+mod queries;
+mod users;
+
+pub use admin::{
+    AdminSettings, ChamberAdmin, ChamberPatch, NewChamber, NewDetector, NewSection,
+    validate_detector,
+};
+pub use authz::{Actor, Forbidden};
+pub use errors::UseCaseError;
+pub use poll::{
+    Completion, Fetched, Handled, PollError, PollHandler, PollSettings, ProcessedPoll,
+    interpret_response,
+};
+pub use queries::{MAX_LATEST_CHAMBERS, ReadingQueries};
+pub use users::{NewUser, UserAdmin};

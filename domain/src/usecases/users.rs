@@ -1,0 +1,132 @@
+//! Organizations and their users.
+
+use std::sync::Arc;
+
+use crate::model::{
+    Email, Name, Organization, OrganizationId, Page, PageRequest, Role, User, UserId,
+};
+use crate::ports::{Clock, OrganizationRepository, UserRepository};
+use crate::usecases::{Actor, UseCaseError};
+
+/// A user as an admin submits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub email: String,
+    pub display_name: String,
+    pub role: String,
+    /// Already hashed by the authentication adapter (argon2, PHC string); none for token-only
+    /// accounts.
+    pub password_hash: Option<String>,
+}
+
+/// Organization and user administration.
+#[derive(Clone)]
+pub struct UserAdmin {
+    pub organizations: Arc<dyn OrganizationRepository>,
+    pub users: Arc<dyn UserRepository>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for UserAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserAdmin").finish_non_exhaustive()
+    }
+}
+
+type Result<T> = std::result::Result<T, UseCaseError>;
+
+impl UserAdmin {
+    /// Creates a tenant with its first admin. An installation-level operation (first start,
+    /// `chamberlain` operator commands): there is no actor yet to check.
+    ///
+    /// # Errors
+    /// `Invalid` (`organization.name`, `user.email`, ...); `Duplicate`; `Unavailable`.
+    pub async fn create_organization(
+        &self,
+        name: &str,
+        admin: NewUser,
+    ) -> Result<(Organization, User)> {
+        let now = self.clock.now();
+        let org = Organization {
+            id: OrganizationId::random(),
+            name: Name::parse(name).map_err(|e| e.within("organization"))?,
+            created_at: now,
+        };
+        let user = self.build_user(
+            org.id,
+            &NewUser {
+                role: "admin".into(),
+                ..admin
+            },
+        )?;
+        self.organizations.create(&org).await?;
+        self.users.create(&user).await?;
+        Ok((org, user))
+    }
+
+    /// # Errors
+    /// `Forbidden` unless admin; `Invalid`; `Duplicate { field: "email" }`; `Unavailable`.
+    pub async fn create_user(&self, actor: &Actor, new: NewUser) -> Result<User> {
+        actor.require(Role::Admin, "create a user")?;
+        let user = self.build_user(actor.organization_id, &new)?;
+        self.users.create(&user).await?;
+        Ok(user)
+    }
+
+    /// # Errors
+    /// `Forbidden` unless admin; `Unavailable`.
+    pub async fn list_users(
+        &self,
+        actor: &Actor,
+        page: PageRequest<UserId>,
+    ) -> Result<Page<User, UserId>> {
+        actor.require(Role::Admin, "list users")?;
+        Ok(self.users.list(actor.organization_id, page).await?)
+    }
+
+    /// Changes a user's role. Admins cannot change their own role (so an organization never
+    /// locks itself out by accident).
+    ///
+    /// # Errors
+    /// `Forbidden`; `Invalid` (`role`); `NotFound`; `FailedPrecondition` for oneself;
+    /// `Unavailable`.
+    pub async fn set_role(&self, actor: &Actor, id: UserId, role: &str) -> Result<User> {
+        actor.require(Role::Admin, "change a user's role")?;
+        let role = Role::parse(role)?;
+        if id == actor.user_id {
+            return Err(UseCaseError::FailedPrecondition(
+                "you cannot change your own role".into(),
+            ));
+        }
+        let mut user = self.users.get(actor.organization_id, id).await?;
+        user.role = role;
+        self.users.update(&user).await?;
+        Ok(user)
+    }
+
+    /// # Errors
+    /// `Forbidden`; `NotFound`; `FailedPrecondition` for oneself; `Unavailable`.
+    pub async fn delete_user(&self, actor: &Actor, id: UserId) -> Result<()> {
+        actor.require(Role::Admin, "delete a user")?;
+        if id == actor.user_id {
+            return Err(UseCaseError::FailedPrecondition(
+                "you cannot delete yourself".into(),
+            ));
+        }
+        Ok(self.users.delete(actor.organization_id, id).await?)
+    }
+
+    fn build_user(&self, org: OrganizationId, new: &NewUser) -> Result<User> {
+        Ok(User {
+            id: UserId::random(),
+            organization_id: org,
+            email: Email::parse(&new.email).map_err(|e| e.within("user"))?,
+            display_name: Name::parse(&new.display_name)
+                .map_err(|e| e.for_field("display_name").within("user"))?,
+            role: Role::parse(&new.role).map_err(|e| e.within("user"))?,
+            password_hash: new.password_hash.clone(),
+            disabled: false,
+            created_at: self.clock.now(),
+        })
+    }
+}
