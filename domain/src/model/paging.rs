@@ -43,10 +43,20 @@ impl Default for PageSize {
 }
 
 /// A page request: items strictly after `after` (in the query's order), at most `size`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest<K> {
     pub after: Option<K>,
     pub size: PageSize,
+}
+
+/// The first page, of the default size.
+impl<K> Default for PageRequest<K> {
+    fn default() -> Self {
+        Self {
+            after: None,
+            size: PageSize::default(),
+        }
+    }
 }
 
 impl<K> PageRequest<K> {

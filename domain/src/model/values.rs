@@ -200,7 +200,7 @@ mod tests {
                 prop_assert!(!n.as_str().is_empty());
                 prop_assert!(n.as_str().chars().count() <= MAX_NAME_CHARS);
                 prop_assert!(!n.as_str().chars().any(char::is_control));
-                prop_assert_eq!(Name::parse(n.as_str()).as_ref(), Ok(&n));
+                prop_assert_eq!(Name::parse(n.as_str()), Ok(n.clone()));
             }
             if let Ok(u) = Unit::parse(&s) {
                 prop_assert!(u.as_str().chars().count() <= MAX_UNIT_CHARS);

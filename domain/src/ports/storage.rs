@@ -11,10 +11,11 @@
 use async_trait::async_trait;
 
 use crate::error::ValidationError;
+use crate::limits::MAX_PAGE_SIZE;
 use crate::model::{
     ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId, ChamberState,
     Detector, DetectorId, Email, LedgerEntry, Organization, OrganizationId, Page, PageRequest,
-    PollId, Reading, Section, SectionId, TokenHash, User, UserId,
+    PageSize, PollId, Reading, Section, SectionId, TokenHash, User, UserId,
 };
 use crate::time::Timestamp;
 
@@ -315,6 +316,19 @@ pub struct ReadingQuery {
     pub page: PageRequest<ReadingCursor>,
 }
 
+impl ReadingQuery {
+    /// Every reading of the scope (the widest range, the largest page): for tests and exports
+    /// that page through everything.
+    pub fn all(scope: ReadingScope) -> Self {
+        Self {
+            scope,
+            from: Timestamp::from_unix_millis(i64::MIN / 2),
+            to: Timestamp::from_unix_millis(i64::MAX / 2),
+            page: PageRequest::first(PageSize::new(MAX_PAGE_SIZE).unwrap_or_default()),
+        }
+    }
+}
+
 /// The latest slot of a chamber with a stored poll, and its detectors' readings at that slot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatestReadings {
@@ -368,6 +382,19 @@ pub struct LedgerQuery {
     /// Only entries that are not `ok`.
     pub failures_only: bool,
     pub page: PageRequest<Timestamp>,
+}
+
+impl LedgerQuery {
+    /// The chamber's whole ledger (the widest range, the largest page).
+    pub fn all(chamber_id: ChamberId) -> Self {
+        Self {
+            chamber_id,
+            from: Timestamp::from_unix_millis(i64::MIN / 2),
+            to: Timestamp::from_unix_millis(i64::MAX / 2),
+            failures_only: false,
+            page: PageRequest::first(PageSize::new(MAX_PAGE_SIZE).unwrap_or_default()),
+        }
+    }
 }
 
 /// The poll ledger: one entry per slot.

@@ -8,3 +8,6 @@ pub use grid::{SlotGrid, stable_chamber_hash};
 pub use planner::{
     CatchUpPolicy, Decision, DuePoll, MissedSlots, SchedulePlanner, ScheduledChamber,
 };
+
+#[cfg(test)]
+mod tests;

@@ -131,6 +131,28 @@ struct Entry {
 }
 
 /// Due times of all active chambers, in memory. See the module docs.
+///
+/// ```
+/// use chamberlain_domain::model::{ChamberId, OrganizationId, PollInterval};
+/// use chamberlain_domain::schedule::{CatchUpPolicy, SchedulePlanner, ScheduledChamber};
+/// use chamberlain_domain::Timestamp;
+///
+/// let start = Timestamp::from_unix_millis(1_767_225_600_000);
+/// let mut planner = SchedulePlanner::new(CatchUpPolicy::Skip, start);
+/// planner.upsert(ScheduledChamber {
+///     id: ChamberId::random(),
+///     organization_id: OrganizationId::random(),
+///     interval: PollInterval::from_secs(10)?,
+///     schedule_since: start,
+/// });
+/// // Sleep until the first slot, then decide it.
+/// let due = planner.next_due().expect("one chamber is scheduled");
+/// let decision = planner.due(due);
+/// assert_eq!(decision.enqueue.len(), 1);
+/// assert_eq!(decision.enqueue[0].poll.slot, due);
+/// assert!(decision.missed.is_empty());
+/// # Ok::<(), chamberlain_domain::ValidationError>(())
+/// ```
 #[derive(Debug)]
 pub struct SchedulePlanner {
     policy: CatchUpPolicy,
@@ -290,6 +312,12 @@ impl SchedulePlanner {
         }
         self.watermark = self.watermark.max(now);
         decision
+    }
+
+    /// Entries in the due-time heap, stale ones included (for tests of its compaction).
+    #[cfg(test)]
+    pub(crate) fn heap_len(&self) -> usize {
+        self.heap.len()
     }
 
     fn is_current(&self, id: ChamberId, generation: u64) -> bool {

@@ -1,0 +1,7 @@
+//! Use-case tests: the domain's rules against the in-memory adapters (and mockall mocks where
+//! a failure must be injected). No running service, no wall clock.
+
+mod administration;
+mod mocked_failures;
+mod polls;
+mod support;

@@ -1,0 +1,233 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::conformance::fixtures::T0;
+use chamberlain_domain::model::{
+    ChamberId, JobMetadata, PollId, PollInterval, PollJob, PollKind, Role,
+};
+use chamberlain_domain::ports::{DomainEvent, LeasedJob, PollQueue};
+use chamberlain_domain::usecases::{
+    Actor, AdminSettings, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, PollHandler,
+    PollSettings, ReadingQueries, UserAdmin,
+};
+use chamberlain_memory::{
+    ManualClock, MemoryChamberChanges, MemoryEventBus, MemoryPollQueue, MemoryStore,
+    ScriptedChamberClient,
+};
+use tokio::sync::broadcast;
+
+/// The whole domain wired to in-memory adapters, on a manual clock.
+pub struct Harness {
+    pub store: Arc<MemoryStore>,
+    pub queue: Arc<MemoryPollQueue>,
+    pub clock: Arc<ManualClock>,
+    pub client: Arc<ScriptedChamberClient>,
+    pub events: Arc<MemoryEventBus>,
+    pub changes: Arc<MemoryChamberChanges>,
+    pub handler: PollHandler,
+    pub admin: ChamberAdmin,
+    pub users: UserAdmin,
+    pub queries: ReadingQueries,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let store = Arc::new(MemoryStore::new());
+        let clock = ManualClock::at(T0);
+        let queue = Arc::new(MemoryPollQueue::new(clock.clone()));
+        let client = Arc::new(ScriptedChamberClient::new());
+        let events = Arc::new(MemoryEventBus::new(1024));
+        let changes = Arc::new(MemoryChamberChanges::new(1024));
+        let handler = PollHandler {
+            chambers: store.clone(),
+            batches: store.clone(),
+            readings: store.clone(),
+            health: store.clone(),
+            queue: queue.clone(),
+            client: client.clone(),
+            events: events.clone(),
+            clock: clock.clone(),
+            settings: PollSettings::default(),
+        };
+        let admin = ChamberAdmin {
+            sections: store.clone(),
+            chambers: store.clone(),
+            detectors: store.clone(),
+            batches: store.clone(),
+            changes: changes.clone(),
+            events: events.clone(),
+            clock: clock.clone(),
+            settings: AdminSettings::default(),
+        };
+        let users = UserAdmin {
+            organizations: store.clone(),
+            users: store.clone(),
+            clock: clock.clone(),
+        };
+        let queries = ReadingQueries {
+            readings: store.clone(),
+            ledger: store.clone(),
+        };
+        Self {
+            store,
+            queue,
+            clock,
+            client,
+            events,
+            changes,
+            handler,
+            admin,
+            users,
+            queries,
+        }
+    }
+
+    /// A new organization and an actor of the given role in it.
+    pub async fn tenant(&self, label: &str, role: Role) -> Actor {
+        let (org, admin) = self
+            .users
+            .create_organization(
+                &format!("org {label}"),
+                NewUser {
+                    email: format!("admin@{label}.example"),
+                    display_name: format!("{label} admin"),
+                    role: "admin".into(),
+                    password_hash: None,
+                },
+            )
+            .await
+            .expect("organization created");
+        let admin_actor = Actor {
+            user_id: admin.id,
+            organization_id: org.id,
+            role: Role::Admin,
+        };
+        if role == Role::Admin {
+            return admin_actor;
+        }
+        let user = self
+            .users
+            .create_user(
+                &admin_actor,
+                NewUser {
+                    email: format!("{role}@{label}.example"),
+                    display_name: format!("{label} {role}"),
+                    role: role.as_str().into(),
+                    password_hash: None,
+                },
+            )
+            .await
+            .expect("user created");
+        Actor {
+            user_id: user.id,
+            organization_id: org.id,
+            role,
+        }
+    }
+
+    /// A section and a JSON chamber at 1 s with detectors `temperature` (/t, -40..=125) and
+    /// `humidity` (/h, 0..=100), answering at `http://chamber.test/<label>`.
+    pub async fn json_chamber(
+        &self,
+        actor: &Actor,
+        label: &str,
+    ) -> chamberlain_domain::ports::ChamberWithDetectors {
+        let section = self
+            .admin
+            .create_section(
+                actor,
+                NewSection {
+                    name: format!("room {label}"),
+                    description: String::new(),
+                },
+            )
+            .await
+            .expect("section created");
+        self.admin
+            .create_chamber(
+                actor,
+                NewChamber {
+                    section_id: section.id,
+                    name: label.into(),
+                    url: format!("http://chamber.test/{label}"),
+                    format: "json".into(),
+                    interval: Duration::from_secs(1),
+                    timeout: None,
+                    detectors: vec![
+                        NewDetector {
+                            name: "temperature".into(),
+                            unit: "°C".into(),
+                            key: "/t".into(),
+                            min: Some(-40.0),
+                            max: Some(125.0),
+                            ..Default::default()
+                        },
+                        NewDetector {
+                            name: "humidity".into(),
+                            unit: "%RH".into(),
+                            key: "/h".into(),
+                            min: Some(0.0),
+                            max: Some(100.0),
+                            ..Default::default()
+                        },
+                    ],
+                },
+            )
+            .await
+            .expect("chamber created")
+    }
+
+    /// Enqueues the poll of `chamber` at `slot` and leases it.
+    pub async fn lease_poll(
+        &self,
+        actor: &Actor,
+        chamber: ChamberId,
+        slot: Timestamp,
+        kind: PollKind,
+    ) -> LeasedJob {
+        self.lease_poll_every(actor, chamber, slot, kind, 1).await
+    }
+
+    /// As [`Harness::lease_poll`], for a job scheduled with an interval of `interval_s`.
+    pub async fn lease_poll_every(
+        &self,
+        actor: &Actor,
+        chamber: ChamberId,
+        slot: Timestamp,
+        kind: PollKind,
+        interval_s: u64,
+    ) -> LeasedJob {
+        let job = PollJob {
+            poll: PollId {
+                chamber_id: chamber,
+                slot,
+            },
+            organization_id: actor.organization_id,
+            interval: PollInterval::from_secs(interval_s).unwrap(),
+            kind,
+            meta: JobMetadata {
+                trace: None,
+                attempt: 1,
+                enqueued_at: slot,
+            },
+        };
+        let report = self.queue.enqueue(&[job]).await.unwrap();
+        assert_eq!(report.new, 1);
+        let mut leased = self
+            .queue
+            .lease(1, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
+        leased.pop().expect("job leased")
+    }
+}
+
+/// Everything published so far (without waiting).
+pub fn drain(rx: &mut broadcast::Receiver<DomainEvent>) -> Vec<DomainEvent> {
+    let mut out = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        out.push(e);
+    }
+    out
+}
