@@ -679,6 +679,13 @@ impl ReadingRepository for MemoryStore {
         }
         Ok(out)
     }
+
+    async fn prune_before(&self, cutoff: Timestamp) -> Result<(), StoreError> {
+        let mut t = self.lock();
+        t.readings.retain(|_, r| r.slot >= cutoff);
+        t.ledger.retain(|(_, slot), _| *slot >= cutoff);
+        Ok(())
+    }
 }
 
 #[async_trait]

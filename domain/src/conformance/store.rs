@@ -964,6 +964,66 @@ pub async fn users_and_tokens(p: &StorePorts) {
     );
 }
 
+pub async fn retention_removes_whole_days_before_the_cutoff(p: &StorePorts) {
+    let w = world(p, "retention").await;
+    let day = 86_400;
+    // Noon of days 0..4, and the last second before midnight of day 1.
+    let slots: Vec<i64> = vec![
+        day / 2,
+        day + day / 2,
+        2 * day - 1,
+        2 * day + day / 2,
+        3 * day + day / 2,
+    ];
+    let records: Vec<_> = slots
+        .iter()
+        .map(|&s| fixtures::poll_record(&w.chamber, &w.detectors, slot(s), 1.0, None))
+        .collect();
+    p.readings.store_polls(&records).await.unwrap();
+    // Cut at the start of day 2 (T0 is a UTC midnight): days 0 and 1 go, days 2 and 3 stay.
+    p.readings.prune_before(slot(2 * day)).await.unwrap();
+    let kept: Vec<i64> = p
+        .readings
+        .query(
+            w.org.id,
+            &all_readings(ReadingScope::Detector(w.detectors[0].id)),
+        )
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| (r.slot.as_unix_millis() - T0.as_unix_millis()) / 1000)
+        .collect();
+    assert_eq!(kept, vec![2 * day + day / 2, 3 * day + day / 2]);
+    let ledger = p.ledger.list(w.org.id, &all_ledger(&w)).await.unwrap();
+    assert_eq!(ledger.items.len(), 2);
+    assert_eq!(
+        p.readings.latest(w.org.id, &[w.chamber.id]).await.unwrap()[0].slot,
+        slot(3 * day + day / 2)
+    );
+    // Writing into the pruned past still works (a late backfill), and pruning again removes it.
+    p.readings.store_polls(&records[..1]).await.unwrap();
+    assert_eq!(
+        p.ledger
+            .list(w.org.id, &all_ledger(&w))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
+    p.readings.prune_before(slot(2 * day)).await.unwrap();
+    assert_eq!(
+        p.ledger
+            .list(w.org.id, &all_ledger(&w))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}
+
 /// Expands to one `#[tokio::test]` per repository case. `$make` is an expression evaluating to
 /// a future of a fresh [`StorePorts`].
 #[macro_export]
@@ -982,7 +1042,8 @@ macro_rules! store_conformance_tests {
             the_ledger_keeps_one_entry_per_poll,
             health_writes_use_optimistic_concurrency,
             a_section_has_at_most_one_open_batch,
-            users_and_tokens
+            users_and_tokens,
+            retention_removes_whole_days_before_the_cutoff
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -371,6 +371,16 @@ pub trait ReadingRepository: Send + Sync {
         org: OrganizationId,
         chambers: &[ChamberId],
     ) -> Result<Vec<LatestReadings>, StoreError>;
+
+    /// Retention: removes readings and ledger entries of every chamber with a slot before
+    /// `cutoff`, at the adapter's granularity. It never removes anything at or after `cutoff`,
+    /// and always removes everything before the start of `cutoff`'s UTC day (an adapter that
+    /// partitions by day drops whole days). The latest readings of a chamber are kept in
+    /// [`ReadingRepository::latest`] only while they are stored.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn prune_before(&self, cutoff: Timestamp) -> Result<(), StoreError>;
 }
 
 /// Ledger entries with `from <= slot < to` of one chamber, ordered by slot.

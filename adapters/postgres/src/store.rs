@@ -1,0 +1,1410 @@
+//! [`PgStore`]: every repository port on PostgreSQL.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+
+use async_trait::async_trait;
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::error::{Rule, ValidationError};
+use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
+use chamberlain_domain::model::{
+    ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId, Detector, DetectorId,
+    Email, LedgerEntry, Organization, OrganizationId, Page, PageRequest, PollId, Reading, Section,
+    SectionId, TokenHash, User, UserId,
+};
+use chamberlain_domain::ports::{
+    ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
+    ChamberWithDetectors, DetectorRepository, LatestReadings, LedgerQuery, OrganizationRepository,
+    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
+    SectionRepository, StoreError, UserRepository, WriteReport,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::PgStore;
+use crate::errors::{corrupt, is_missing_partition, store_error};
+use crate::partitions;
+use crate::rows::{self, millis, split_value, ts};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn not_found(entity: &'static str) -> StoreError {
+    StoreError::NotFound { entity }
+}
+
+fn limit<K>(page: &PageRequest<K>) -> i64 {
+    i64::from(page.size.get()) + 1
+}
+
+fn decode_all<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(f).collect()
+}
+
+impl PgStore {
+    async fn exists(&self, sql: &'static str, a: Uuid, b: Uuid) -> Result<bool> {
+        let row = sqlx::query(sql)
+            .bind(a)
+            .bind(b)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(row.is_some())
+    }
+}
+
+#[async_trait]
+impl OrganizationRepository for PgStore {
+    async fn create(&self, org: &Organization) -> Result<()> {
+        sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(org.id.as_uuid())
+            .bind(org.name.as_str())
+            .bind(ts(org.created_at))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get(&self, id: OrganizationId) -> Result<Organization> {
+        let row = sqlx::query("SELECT id, name, created_at FROM organizations WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref()
+            .map(rows::organization)
+            .unwrap_or(Err(not_found("organization")))
+    }
+}
+
+#[async_trait]
+impl SectionRepository for PgStore {
+    async fn create(&self, s: &Section) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sections (id, organization_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(s.id.as_uuid())
+        .bind(s.organization_id.as_uuid())
+        .bind(s.name.as_str())
+        .bind(s.description.as_str())
+        .bind(ts(s.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get(&self, org: OrganizationId, id: SectionId) -> Result<Section> {
+        let row = sqlx::query("SELECT * FROM sections WHERE organization_id = $1 AND id = $2")
+            .bind(org.as_uuid())
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref()
+            .map(rows::section)
+            .unwrap_or(Err(not_found("section")))
+    }
+
+    async fn list(
+        &self,
+        org: OrganizationId,
+        page: PageRequest<SectionId>,
+    ) -> Result<Page<Section, SectionId>> {
+        let rows = sqlx::query(
+            "SELECT * FROM sections WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
+        )
+        .bind(org.as_uuid())
+        .bind(page.after.map(|a| *a.as_uuid()))
+        .bind(limit(&page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::section)?,
+            page.size,
+            |s| s.id,
+        ))
+    }
+
+    async fn update(&self, s: &Section) -> Result<()> {
+        let done = sqlx::query("UPDATE sections SET name = $3, description = $4 WHERE organization_id = $1 AND id = $2")
+            .bind(s.organization_id.as_uuid())
+            .bind(s.id.as_uuid())
+            .bind(s.name.as_str())
+            .bind(s.description.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(not_found("section"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete(&self, org: OrganizationId, id: SectionId) -> Result<()> {
+        let (o, i) = (*org.as_uuid(), *id.as_uuid());
+        if !self
+            .exists(
+                "SELECT 1 FROM sections WHERE organization_id = $1 AND id = $2",
+                o,
+                i,
+            )
+            .await?
+        {
+            return Err(not_found("section"));
+        }
+        if self
+            .exists(
+                "SELECT 1 FROM chambers WHERE organization_id = $1 AND section_id = $2 LIMIT 1",
+                o,
+                i,
+            )
+            .await?
+        {
+            return Err(StoreError::HasDependents {
+                entity: "section",
+                dependents: "chambers",
+            });
+        }
+        if self
+            .exists(
+                "SELECT 1 FROM batches WHERE organization_id = $1 AND section_id = $2 LIMIT 1",
+                o,
+                i,
+            )
+            .await?
+        {
+            return Err(StoreError::HasDependents {
+                entity: "section",
+                dependents: "batches",
+            });
+        }
+        sqlx::query("DELETE FROM sections WHERE organization_id = $1 AND id = $2")
+            .bind(o)
+            .bind(i)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match store_error(e) {
+                // A chamber or batch created in the meantime: the foreign key says so.
+                StoreError::MissingParent { entity, .. } => StoreError::HasDependents {
+                    entity: "section",
+                    dependents: if entity == "batch" {
+                        "batches"
+                    } else {
+                        "chambers"
+                    },
+                },
+                other => other,
+            })?;
+        Ok(())
+    }
+}
+
+async fn insert_detectors(
+    tx: &mut Transaction<'_, Postgres>,
+    detectors: &[Detector],
+) -> Result<()> {
+    if detectors.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&Detector) -> Uuid| detectors.iter().map(f).collect::<Vec<_>>();
+    let text = |f: fn(&Detector) -> String| detectors.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO detectors (id, organization_id, chamber_id, name, alias, unit, key_kind, key, range_min, range_max) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::float8[], $10::float8[])",
+    )
+    .bind(col(|d| *d.id.as_uuid()))
+    .bind(col(|d| *d.organization_id.as_uuid()))
+    .bind(col(|d| *d.chamber_id.as_uuid()))
+    .bind(text(|d| d.name.to_string()))
+    .bind(detectors.iter().map(|d| d.alias.as_ref().map(ToString::to_string)).collect::<Vec<_>>())
+    .bind(text(|d| d.unit.to_string()))
+    .bind(text(|d| rows::key_kind(&d.key).to_owned()))
+    .bind(text(|d| d.key.to_string()))
+    .bind(detectors.iter().map(|d| d.range.min()).collect::<Vec<_>>())
+    .bind(detectors.iter().map(|d| d.range.max()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+#[async_trait]
+impl ChamberRepository for PgStore {
+    async fn create(&self, c: &Chamber, detectors: &[Detector]) -> Result<()> {
+        let mut names = HashSet::new();
+        for d in detectors {
+            if d.chamber_id != c.id || d.organization_id != c.organization_id {
+                return Err(StoreError::MissingParent {
+                    entity: "detector",
+                    parent: "chamber",
+                });
+            }
+            if !names.insert(&d.name) {
+                return Err(StoreError::Duplicate {
+                    entity: "detector",
+                    field: "name",
+                });
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO chambers ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            rows::CHAMBER_COLUMNS
+        )))
+        .bind(c.id.as_uuid())
+        .bind(c.organization_id.as_uuid())
+        .bind(c.section_id.as_uuid())
+        .bind(c.name.as_str())
+        .bind(c.endpoint.as_str())
+        .bind(c.format.as_str())
+        .bind(c.interval.as_millis() as i64)
+        .bind(millis(c.timeout.as_duration()))
+        .bind(rows::state_str(c.state))
+        .bind(sqlx::types::Json(c.health_policy))
+        .bind(ts(c.schedule_since))
+        .bind(ts(c.created_at))
+        .bind(ts(c.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        insert_detectors(&mut tx, detectors).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM chambers WHERE organization_id = $1 AND id = $2",
+            rows::CHAMBER_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref()
+            .map(rows::chamber)
+            .unwrap_or(Err(not_found("chamber")))
+    }
+
+    async fn list(
+        &self,
+        org: OrganizationId,
+        filter: ChamberFilter,
+        page: PageRequest<ChamberId>,
+    ) -> Result<Page<Chamber, ChamberId>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM chambers WHERE organization_id = $1 \
+             AND ($2::uuid IS NULL OR section_id = $2) AND ($3::text IS NULL OR state = $3) \
+             AND ($4::uuid IS NULL OR id > $4) ORDER BY id LIMIT $5",
+            rows::CHAMBER_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(filter.section_id.map(|s| *s.as_uuid()))
+        .bind(filter.state.map(rows::state_str))
+        .bind(page.after.map(|a| *a.as_uuid()))
+        .bind(limit(&page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::chamber)?,
+            page.size,
+            |c| c.id,
+        ))
+    }
+
+    async fn update(&self, c: &Chamber) -> Result<()> {
+        let (org, id, section) = (
+            *c.organization_id.as_uuid(),
+            *c.id.as_uuid(),
+            *c.section_id.as_uuid(),
+        );
+        if !self
+            .exists(
+                "SELECT 1 FROM chambers WHERE organization_id = $1 AND id = $2",
+                org,
+                id,
+            )
+            .await?
+        {
+            return Err(not_found("chamber"));
+        }
+        if !self
+            .exists(
+                "SELECT 1 FROM sections WHERE organization_id = $1 AND id = $2",
+                org,
+                section,
+            )
+            .await?
+        {
+            return Err(StoreError::MissingParent {
+                entity: "chamber",
+                parent: "section",
+            });
+        }
+        let done = sqlx::query(
+            "UPDATE chambers SET section_id = $3, name = $4, endpoint = $5, format = $6, interval_ms = $7, \
+             timeout_ms = $8, state = $9, health_policy = $10, schedule_since = $11, updated_at = $12 \
+             WHERE organization_id = $1 AND id = $2",
+        )
+        .bind(c.organization_id.as_uuid())
+        .bind(c.id.as_uuid())
+        .bind(c.section_id.as_uuid())
+        .bind(c.name.as_str())
+        .bind(c.endpoint.as_str())
+        .bind(c.format.as_str())
+        .bind(c.interval.as_millis() as i64)
+        .bind(millis(c.timeout.as_duration()))
+        .bind(rows::state_str(c.state))
+        .bind(sqlx::types::Json(c.health_policy))
+        .bind(ts(c.schedule_since))
+        .bind(ts(c.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(not_found("chamber"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        // Ownership first: nothing of another tenant's chamber is touched.
+        let gone = sqlx::query("DELETE FROM chambers WHERE organization_id = $1 AND id = $2")
+            .bind(org.as_uuid())
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if gone.rows_affected() == 0 {
+            return Err(not_found("chamber"));
+        }
+        for sql in [
+            "DELETE FROM readings WHERE chamber_id = $1",
+            "DELETE FROM poll_ledger WHERE chamber_id = $1",
+            "DELETE FROM chamber_latest WHERE chamber_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn load_for_poll(&self, id: ChamberId) -> Result<Option<ChamberWithDetectors>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM chambers WHERE id = $1",
+            rows::CHAMBER_COLUMNS
+        )))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let chamber = rows::chamber(&row)?;
+        let detectors = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM detectors WHERE chamber_id = $1 ORDER BY id",
+            rows::DETECTOR_COLUMNS
+        )))
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Some(ChamberWithDetectors {
+            chamber,
+            detectors: decode_all(&detectors, rows::detector)?,
+        }))
+    }
+
+    async fn list_active(&self, page: PageRequest<ChamberId>) -> Result<Page<Chamber, ChamberId>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM chambers WHERE state = 'active' AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            rows::CHAMBER_COLUMNS
+        )))
+        .bind(page.after.map(|a| *a.as_uuid()))
+        .bind(limit(&page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::chamber)?,
+            page.size,
+            |c| c.id,
+        ))
+    }
+}
+
+#[async_trait]
+impl DetectorRepository for PgStore {
+    async fn add(&self, d: &Detector) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        insert_detectors(&mut tx, std::slice::from_ref(d)).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn get(&self, org: OrganizationId, id: DetectorId) -> Result<Detector> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM detectors WHERE organization_id = $1 AND id = $2",
+            rows::DETECTOR_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref()
+            .map(rows::detector)
+            .unwrap_or(Err(not_found("detector")))
+    }
+
+    async fn list_for_chamber(
+        &self,
+        org: OrganizationId,
+        chamber: ChamberId,
+    ) -> Result<Vec<Detector>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM detectors WHERE organization_id = $1 AND chamber_id = $2 ORDER BY id",
+            rows::DETECTOR_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(chamber.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        decode_all(&rows, rows::detector)
+    }
+
+    async fn update(&self, d: &Detector) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE detectors SET name = $3, alias = $4, unit = $5, key_kind = $6, key = $7, range_min = $8, range_max = $9 \
+             WHERE organization_id = $1 AND id = $2",
+        )
+        .bind(d.organization_id.as_uuid())
+        .bind(d.id.as_uuid())
+        .bind(d.name.as_str())
+        .bind(d.alias.as_ref().map(|a| a.as_str()))
+        .bind(d.unit.as_str())
+        .bind(rows::key_kind(&d.key))
+        .bind(d.key.to_string())
+        .bind(d.range.min())
+        .bind(d.range.max())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(not_found("detector"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete(&self, org: OrganizationId, id: DetectorId) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let row = sqlx::query(
+            "DELETE FROM detectors WHERE organization_id = $1 AND id = $2 RETURNING chamber_id",
+        )
+        .bind(org.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let Some(row) = row else {
+            return Err(not_found("detector"));
+        };
+        let chamber: Uuid = row.try_get("chamber_id").map_err(store_error)?;
+        sqlx::query("DELETE FROM readings WHERE detector_id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        // The chamber's latest values lose this detector.
+        sqlx::query(
+            "UPDATE chamber_latest SET detector_ids = x.d, reading_values = x.v, corruptions = x.c, \
+             requested_at = x.q, received_at = x.r, batch_ids = x.b \
+             FROM (SELECT array_agg(d ORDER BY d) d, array_agg(v ORDER BY d) v, array_agg(c ORDER BY d) c, \
+                   array_agg(q ORDER BY d) q, array_agg(r ORDER BY d) r, array_agg(b ORDER BY d) b \
+                   FROM chamber_latest l, UNNEST(l.detector_ids, l.reading_values, l.corruptions, l.requested_at, l.received_at, l.batch_ids) AS u(d, v, c, q, r, b) \
+                   WHERE l.chamber_id = $1 AND u.d <> $2) x \
+             WHERE chamber_latest.chamber_id = $1",
+        )
+        .bind(chamber)
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)
+    }
+}
+
+#[async_trait]
+impl BatchRepository for PgStore {
+    async fn start(&self, b: &Batch) -> Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO batches ({}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            rows::BATCH_COLUMNS
+        )))
+        .bind(b.id.as_uuid())
+        .bind(b.organization_id.as_uuid())
+        .bind(b.section_id.as_uuid())
+        .bind(b.name.as_str())
+        .bind(b.description.as_str())
+        .bind(ts(b.started_at))
+        .bind(b.ended_at.map(ts))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn end(&self, org: OrganizationId, id: BatchId, at: Timestamp) -> Result<Batch> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE batches SET ended_at = $3 WHERE organization_id = $1 AND id = $2 \
+             AND ended_at IS NULL AND started_at <= $3 RETURNING {}",
+            rows::BATCH_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(id.as_uuid())
+        .bind(ts(at))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if let Some(row) = row {
+            return rows::batch(&row);
+        }
+        let current = BatchRepository::get(self, org, id).await?;
+        let reason = if current.is_open() {
+            "cannot end before it started"
+        } else {
+            "already ended"
+        };
+        Err(StoreError::Conflict {
+            entity: "batch",
+            reason: reason.into(),
+        })
+    }
+
+    async fn get(&self, org: OrganizationId, id: BatchId) -> Result<Batch> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM batches WHERE organization_id = $1 AND id = $2",
+            rows::BATCH_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref()
+            .map(rows::batch)
+            .unwrap_or(Err(not_found("batch")))
+    }
+
+    async fn list(
+        &self,
+        org: OrganizationId,
+        section: Option<SectionId>,
+        page: PageRequest<BatchId>,
+    ) -> Result<Page<Batch, BatchId>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM batches WHERE organization_id = $1 AND ($2::uuid IS NULL OR section_id = $2) \
+             AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
+            rows::BATCH_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(section.map(|s| *s.as_uuid()))
+        .bind(page.after.map(|a| *a.as_uuid()))
+        .bind(limit(&page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::batch)?,
+            page.size,
+            |b| b.id,
+        ))
+    }
+
+    async fn covering(&self, section: SectionId, at: Timestamp) -> Result<Option<Batch>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM batches WHERE section_id = $1 AND started_at <= $2 AND (ended_at IS NULL OR ended_at > $2) \
+             ORDER BY started_at DESC LIMIT 1",
+            rows::BATCH_COLUMNS
+        )))
+        .bind(section.as_uuid())
+        .bind(ts(at))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref().map(rows::batch).transpose()
+    }
+}
+
+/// The columns of a batch of readings, ready to bind as arrays.
+#[derive(Default)]
+struct ReadingColumns {
+    detector: Vec<Uuid>,
+    chamber: Vec<Uuid>,
+    slot: Vec<OffsetDateTime>,
+    value: Vec<Option<f64>>,
+    corruption: Vec<Option<i16>>,
+    requested: Vec<OffsetDateTime>,
+    received: Vec<OffsetDateTime>,
+    batch: Vec<Option<Uuid>>,
+}
+
+impl ReadingColumns {
+    fn push(&mut self, r: &Reading) {
+        let (value, corruption) = split_value(&r.value);
+        self.detector.push(*r.detector_id.as_uuid());
+        self.chamber.push(*r.chamber_id.as_uuid());
+        self.slot.push(ts(r.slot));
+        self.value.push(value);
+        self.corruption.push(corruption);
+        self.requested.push(ts(r.requested_at));
+        self.received.push(ts(r.received_at));
+        self.batch.push(r.batch_id.map(|b| *b.as_uuid()));
+    }
+}
+
+#[derive(Default)]
+struct LedgerColumns {
+    chamber: Vec<Uuid>,
+    slot: Vec<OffsetDateTime>,
+    outcome: Vec<String>,
+    detail: Vec<serde_json::Value>,
+    attempt: Vec<i32>,
+    requested: Vec<Option<OffsetDateTime>>,
+    recorded: Vec<OffsetDateTime>,
+    latency: Vec<Option<i64>>,
+    lateness: Vec<i64>,
+}
+
+impl LedgerColumns {
+    fn push(&mut self, e: &LedgerEntry) -> Result<()> {
+        self.chamber.push(*e.poll.chamber_id.as_uuid());
+        self.slot.push(ts(e.poll.slot));
+        self.outcome.push(e.outcome.code().to_owned());
+        self.detail.push(
+            serde_json::to_value(&e.outcome)
+                .map_err(|err| corrupt("poll_ledger", "detail", err))?,
+        );
+        self.attempt
+            .push(i32::try_from(e.attempt).unwrap_or(i32::MAX));
+        self.requested.push(e.requested_at.map(ts));
+        self.recorded.push(ts(e.recorded_at));
+        self.latency.push(e.latency.map(millis));
+        self.lateness.push(millis(e.lateness));
+        Ok(())
+    }
+}
+
+/// Inserts ledger entries that are not stored yet; returns the polls that were new.
+async fn insert_ledger(
+    tx: &mut Transaction<'_, Postgres>,
+    l: &LedgerColumns,
+) -> std::result::Result<HashSet<(Uuid, OffsetDateTime)>, WriteFailure> {
+    let rows = sqlx::query(
+        "INSERT INTO poll_ledger (chamber_id, slot, outcome, detail, attempt, requested_at, recorded_at, latency_ms, lateness_ms) \
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::int4[], $6::timestamptz[], \
+                              $7::timestamptz[], $8::int8[], $9::int8[]) \
+         ON CONFLICT (chamber_id, slot) DO NOTHING RETURNING chamber_id, slot",
+    )
+    .bind(&l.chamber)
+    .bind(&l.slot)
+    .bind(&l.outcome)
+    .bind(&l.detail)
+    .bind(&l.attempt)
+    .bind(&l.requested)
+    .bind(&l.recorded)
+    .bind(&l.latency)
+    .bind(&l.lateness)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(store_error_keep_partition)?;
+    let mut new = HashSet::with_capacity(rows.len());
+    for r in &rows {
+        new.insert((
+            r.try_get("chamber_id").map_err(store_error)?,
+            r.try_get("slot").map_err(store_error)?,
+        ));
+    }
+    Ok(new)
+}
+
+/// Like [`store_error`], but keeps "no partition" recognisable for the retry.
+fn store_error_keep_partition(e: sqlx::Error) -> WriteFailure {
+    if is_missing_partition(&e) {
+        WriteFailure::MissingPartition
+    } else {
+        WriteFailure::Store(store_error(e))
+    }
+}
+
+enum WriteFailure {
+    MissingPartition,
+    Store(StoreError),
+}
+
+impl From<StoreError> for WriteFailure {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl PgStore {
+    /// Checks that every chamber exists and every reading's detector is its chamber's.
+    async fn check_parents(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        chambers: &[Uuid],
+        r: &ReadingColumns,
+    ) -> Result<()> {
+        let distinct: BTreeSet<Uuid> = chambers.iter().copied().collect();
+        let distinct: Vec<Uuid> = distinct.into_iter().collect();
+        let row = sqlx::query("SELECT count(*) AS n FROM chambers WHERE id = ANY($1)")
+            .bind(&distinct)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        let found: i64 = row.try_get("n").map_err(store_error)?;
+        if found != distinct.len() as i64 {
+            return Err(StoreError::MissingParent {
+                entity: "poll",
+                parent: "chamber",
+            });
+        }
+        if r.detector.is_empty() {
+            return Ok(());
+        }
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM UNNEST($1::uuid[], $2::uuid[]) AS u(detector_id, chamber_id) \
+             WHERE NOT EXISTS (SELECT 1 FROM detectors d WHERE d.id = u.detector_id AND d.chamber_id = u.chamber_id)",
+        )
+        .bind(&r.detector)
+        .bind(&r.chamber)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        let missing: i64 = row.try_get("n").map_err(store_error)?;
+        if missing > 0 {
+            return Err(StoreError::MissingParent {
+                entity: "reading",
+                parent: "detector",
+            });
+        }
+        Ok(())
+    }
+
+    async fn try_store(
+        &self,
+        polls: &[PollRecord],
+        r: &ReadingColumns,
+        l: &LedgerColumns,
+    ) -> std::result::Result<WriteReport, WriteFailure> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        self.check_parents(&mut tx, &l.chamber, r).await?;
+        let new_polls = insert_ledger(&mut tx, l).await?;
+        let inserted = if r.detector.is_empty() {
+            0
+        } else {
+            sqlx::query(
+                "INSERT INTO readings (detector_id, chamber_id, slot, value, corruption, requested_at, received_at, batch_id) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::float8[], $5::int2[], \
+                                      $6::timestamptz[], $7::timestamptz[], $8::uuid[]) \
+                 ON CONFLICT (detector_id, slot) DO NOTHING",
+            )
+            .bind(&r.detector)
+            .bind(&r.chamber)
+            .bind(&r.slot)
+            .bind(&r.value)
+            .bind(&r.corruption)
+            .bind(&r.requested)
+            .bind(&r.received)
+            .bind(&r.batch)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error_keep_partition)?
+            .rows_affected()
+        };
+        update_latest(&mut tx, polls).await?;
+        tx.commit().await.map_err(store_error)?;
+        let total = r.detector.len() as u64;
+        let existing_polls: Vec<PollId> = polls
+            .iter()
+            .map(|p| p.entry.poll)
+            .filter(|p| !new_polls.contains(&(*p.chamber_id.as_uuid(), ts(p.slot))))
+            .collect();
+        Ok(WriteReport {
+            readings_new: inserted,
+            readings_existing: total - inserted,
+            ledger_new: new_polls.len() as u64,
+            ledger_existing: existing_polls.len() as u64,
+            existing_polls,
+        })
+    }
+
+    /// Runs a write, creating the partitions its slots need and retrying once if one was
+    /// missing (a slot outside the partitions created ahead: a late backfill, a clock jump).
+    async fn with_partitions<T, F, Fut>(
+        &self,
+        slots: impl Iterator<Item = Timestamp>,
+        write: F,
+    ) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<T, WriteFailure>>,
+    {
+        match write().await {
+            Ok(v) => Ok(v),
+            Err(WriteFailure::Store(e)) => Err(e),
+            Err(WriteFailure::MissingPartition) => {
+                let days: BTreeSet<i64> = slots.map(partitions::day_of).collect();
+                partitions::ensure_days(&self.pool, &days).await?;
+                match write().await {
+                    Ok(v) => Ok(v),
+                    Err(WriteFailure::Store(e)) => Err(e),
+                    Err(WriteFailure::MissingPartition) => Err(StoreError::unavailable(
+                        "no partition for a slot even after creating it",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Moves each chamber's latest row forward to the newest slot written (never backwards).
+async fn update_latest(tx: &mut Transaction<'_, Postgres>, polls: &[PollRecord]) -> Result<()> {
+    // The newest poll with readings per chamber in this batch.
+    let mut newest: HashMap<ChamberId, &PollRecord> = HashMap::new();
+    for p in polls.iter().filter(|p| !p.readings.is_empty()) {
+        let e = newest.entry(p.entry.poll.chamber_id).or_insert(p);
+        if p.entry.poll.slot > e.entry.poll.slot {
+            *e = p;
+        }
+    }
+    if newest.is_empty() {
+        return Ok(());
+    }
+    let mut flat = ReadingColumns::default();
+    let (mut chamber, mut slot, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for p in newest.values() {
+        let mut readings: Vec<&Reading> = p.readings.iter().collect();
+        readings.sort_by_key(|r| r.detector_id);
+        chamber.push(*p.entry.poll.chamber_id.as_uuid());
+        slot.push(ts(p.entry.poll.slot));
+        lo.push(flat.detector.len() as i32 + 1);
+        readings.iter().for_each(|r| flat.push(r));
+        hi.push(flat.detector.len() as i32);
+    }
+    sqlx::query(
+        "INSERT INTO chamber_latest (chamber_id, slot, detector_ids, reading_values, corruptions, requested_at, received_at, batch_ids) \
+         SELECT p.c, p.s, ($5::uuid[])[p.lo:p.hi], ($6::float8[])[p.lo:p.hi], ($7::int2[])[p.lo:p.hi], \
+                ($8::timestamptz[])[p.lo:p.hi], ($9::timestamptz[])[p.lo:p.hi], ($10::uuid[])[p.lo:p.hi] \
+         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::int4[]) AS p(c, s, lo, hi) \
+         ON CONFLICT (chamber_id) DO UPDATE SET slot = EXCLUDED.slot, detector_ids = EXCLUDED.detector_ids, \
+           reading_values = EXCLUDED.reading_values, corruptions = EXCLUDED.corruptions, \
+           requested_at = EXCLUDED.requested_at, received_at = EXCLUDED.received_at, batch_ids = EXCLUDED.batch_ids \
+         WHERE chamber_latest.slot < EXCLUDED.slot",
+    )
+    .bind(&chamber)
+    .bind(&slot)
+    .bind(&lo)
+    .bind(&hi)
+    .bind(&flat.detector)
+    .bind(&flat.value)
+    .bind(&flat.corruption)
+    .bind(&flat.requested)
+    .bind(&flat.received)
+    .bind(&flat.batch)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+#[async_trait]
+impl ReadingRepository for PgStore {
+    async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport> {
+        let total: usize = polls.iter().map(|p| p.readings.len()).sum();
+        if total > MAX_READINGS_PER_WRITE {
+            return Err(StoreError::Invalid(ValidationError::new(
+                "readings",
+                Rule::TooLong {
+                    max: MAX_READINGS_PER_WRITE,
+                    actual: total,
+                },
+            )));
+        }
+        if polls.is_empty() {
+            return Ok(WriteReport::default());
+        }
+        let mut r = ReadingColumns::default();
+        let mut l = LedgerColumns::default();
+        for p in polls {
+            for reading in &p.readings {
+                if reading.chamber_id != p.entry.poll.chamber_id
+                    || reading.slot != p.entry.poll.slot
+                {
+                    return Err(StoreError::MissingParent {
+                        entity: "reading",
+                        parent: "detector",
+                    });
+                }
+                r.push(reading);
+            }
+            l.push(&p.entry)?;
+        }
+        self.with_partitions(polls.iter().map(|p| p.entry.poll.slot), || {
+            self.try_store(polls, &r, &l)
+        })
+        .await
+    }
+
+    async fn query(
+        &self,
+        org: OrganizationId,
+        q: &ReadingQuery,
+    ) -> Result<Page<Reading, ReadingCursor>> {
+        let (scope_check, column, id) = match q.scope {
+            ReadingScope::Detector(id) => (
+                "SELECT 1 FROM detectors WHERE organization_id = $1 AND id = $2",
+                "detector_id",
+                *id.as_uuid(),
+            ),
+            ReadingScope::Chamber(id) => (
+                "SELECT 1 FROM chambers WHERE organization_id = $1 AND id = $2",
+                "chamber_id",
+                *id.as_uuid(),
+            ),
+            ReadingScope::Batch(id) => (
+                "SELECT 1 FROM batches WHERE organization_id = $1 AND id = $2",
+                "batch_id",
+                *id.as_uuid(),
+            ),
+        };
+        if !self.exists(scope_check, *org.as_uuid(), id).await? {
+            return Err(not_found(match q.scope {
+                ReadingScope::Detector(_) => "detector",
+                ReadingScope::Chamber(_) => "chamber",
+                ReadingScope::Batch(_) => "batch",
+            }));
+        }
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM readings WHERE {column} = $1 AND slot >= $2 AND slot < $3 \
+             AND ($4::timestamptz IS NULL OR (slot, detector_id) > ($4, $5)) \
+             ORDER BY slot, detector_id LIMIT $6",
+            rows::READING_COLUMNS
+        )))
+        .bind(id)
+        .bind(ts(q.from))
+        .bind(ts(q.to))
+        .bind(q.page.after.map(|c| ts(c.slot)))
+        .bind(q.page.after.map(|c| *c.detector_id.as_uuid()))
+        .bind(limit(&q.page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let cursor = |r: &Reading| ReadingCursor {
+            slot: r.slot,
+            detector_id: r.detector_id,
+        };
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::reading)?,
+            q.page.size,
+            cursor,
+        ))
+    }
+
+    async fn latest(
+        &self,
+        org: OrganizationId,
+        chambers: &[ChamberId],
+    ) -> Result<Vec<LatestReadings>> {
+        let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
+        let rows = sqlx::query(
+            "SELECT l.chamber_id, l.slot, l.detector_ids, l.reading_values, l.corruptions, l.requested_at, l.received_at, l.batch_ids \
+             FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
+             WHERE c.organization_id = $1 AND l.chamber_id = ANY($2)",
+        )
+        .bind(org.as_uuid())
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let mut by_chamber = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let c = rows::Cols {
+                row,
+                table: "chamber_latest",
+            };
+            let chamber_id = ChamberId::from_uuid(c.uuid("chamber_id")?);
+            let slot = c.ts("slot")?;
+            let detectors: Vec<Uuid> = c.get("detector_ids")?;
+            let values: Vec<Option<f64>> = c.get("reading_values")?;
+            let corruptions: Vec<Option<i16>> = c.get("corruptions")?;
+            let requested: Vec<OffsetDateTime> = c.get("requested_at")?;
+            let received: Vec<OffsetDateTime> = c.get("received_at")?;
+            let batches: Vec<Option<Uuid>> = c.get("batch_ids")?;
+            let n = detectors.len();
+            if [
+                values.len(),
+                corruptions.len(),
+                requested.len(),
+                received.len(),
+                batches.len(),
+            ]
+            .iter()
+            .any(|l| *l != n)
+            {
+                return Err(corrupt(
+                    "chamber_latest",
+                    "detector_ids",
+                    "arrays of different lengths",
+                ));
+            }
+            let mut readings = Vec::with_capacity(n);
+            for i in 0..n {
+                readings.push(Reading {
+                    detector_id: DetectorId::from_uuid(detectors[i]),
+                    chamber_id,
+                    slot,
+                    value: rows::reading_value(values[i], corruptions[i])?,
+                    requested_at: rows::from_ts(requested[i]),
+                    received_at: rows::from_ts(received[i]),
+                    batch_id: batches[i].map(BatchId::from_uuid),
+                });
+            }
+            by_chamber.insert(
+                chamber_id,
+                LatestReadings {
+                    chamber_id,
+                    slot,
+                    readings,
+                },
+            );
+        }
+        Ok(chambers
+            .iter()
+            .filter_map(|c| by_chamber.remove(c))
+            .collect())
+    }
+
+    async fn prune_before(&self, cutoff: Timestamp) -> Result<()> {
+        let cutoff_day = partitions::day_of(cutoff);
+        let dropped = partitions::drop_before(&self.pool, cutoff_day).await?;
+        sqlx::query("DELETE FROM chamber_latest WHERE slot < $1")
+            .bind(ts(partitions::day_start(cutoff_day)))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if !dropped.is_empty() {
+            tracing::info!(partitions = ?dropped, "retention dropped partitions");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PollLedgerRepository for PgStore {
+    async fn record(&self, entries: &[LedgerEntry]) -> Result<u64> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut l = LedgerColumns::default();
+        for e in entries {
+            l.push(e)?;
+        }
+        let write = || async {
+            let mut tx = self.pool.begin().await.map_err(store_error)?;
+            self.check_parents(&mut tx, &l.chamber, &ReadingColumns::default())
+                .await?;
+            let new = insert_ledger(&mut tx, &l).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(new.len() as u64)
+        };
+        self.with_partitions(entries.iter().map(|e| e.poll.slot), write)
+            .await
+    }
+
+    async fn list(
+        &self,
+        org: OrganizationId,
+        q: &LedgerQuery,
+    ) -> Result<Page<LedgerEntry, Timestamp>> {
+        if !self
+            .exists(
+                "SELECT 1 FROM chambers WHERE organization_id = $1 AND id = $2",
+                *org.as_uuid(),
+                *q.chamber_id.as_uuid(),
+            )
+            .await?
+        {
+            return Err(not_found("chamber"));
+        }
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM poll_ledger WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
+             AND (NOT $4 OR outcome <> 'ok') AND ($5::timestamptz IS NULL OR slot > $5) ORDER BY slot LIMIT $6",
+            rows::LEDGER_COLUMNS
+        )))
+        .bind(q.chamber_id.as_uuid())
+        .bind(ts(q.from))
+        .bind(ts(q.to))
+        .bind(q.failures_only)
+        .bind(q.page.after.map(ts))
+        .bind(limit(&q.page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::ledger_entry)?,
+            q.page.size,
+            |e| e.poll.slot,
+        ))
+    }
+}
+
+#[async_trait]
+impl ChamberHealthRepository for PgStore {
+    async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>> {
+        let row = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = $1")
+            .bind(chamber.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(rows::health).transpose()
+    }
+
+    async fn save(&self, h: &ChamberHealth) -> Result<u64> {
+        let version = i64::try_from(h.version).unwrap_or(i64::MAX);
+        let sql = if h.version == 0 {
+            "INSERT INTO chamber_health (chamber_id, state, consecutive_failures, failing_since, last_slot, changed_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7 + 1) ON CONFLICT (chamber_id) DO NOTHING"
+        } else {
+            "UPDATE chamber_health SET state = $2, consecutive_failures = $3, failing_since = $4, last_slot = $5, \
+             changed_at = $6, version = version + 1 WHERE chamber_id = $1 AND version = $7"
+        };
+        let done = sqlx::query(sql)
+            .bind(h.chamber_id.as_uuid())
+            .bind(rows::health_state_str(h.state))
+            .bind(i32::try_from(h.consecutive_failures).unwrap_or(i32::MAX))
+            .bind(h.failing_since.map(ts))
+            .bind(h.last_slot.map(ts))
+            .bind(ts(h.changed_at))
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                entity: "health",
+                reason: format!("version {} is stale", h.version),
+            });
+        }
+        Ok(h.version + 1)
+    }
+}
+
+#[async_trait]
+impl UserRepository for PgStore {
+    async fn create(&self, u: &User) -> Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO users ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            rows::USER_COLUMNS
+        )))
+        .bind(u.id.as_uuid())
+        .bind(u.organization_id.as_uuid())
+        .bind(u.email.as_str())
+        .bind(u.display_name.as_str())
+        .bind(u.role.as_str())
+        .bind(u.password_hash.as_deref())
+        .bind(u.disabled)
+        .bind(ts(u.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get(&self, org: OrganizationId, id: UserId) -> Result<User> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM users WHERE organization_id = $1 AND id = $2",
+            rows::USER_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref()
+            .map(rows::user)
+            .unwrap_or(Err(not_found("user")))
+    }
+
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM users WHERE email = $1",
+            rows::USER_COLUMNS
+        )))
+        .bind(email.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref().map(rows::user).transpose()
+    }
+
+    async fn list(
+        &self,
+        org: OrganizationId,
+        page: PageRequest<UserId>,
+    ) -> Result<Page<User, UserId>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM users WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
+            rows::USER_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(page.after.map(|a| *a.as_uuid()))
+        .bind(limit(&page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::user)?,
+            page.size,
+            |u| u.id,
+        ))
+    }
+
+    async fn update(&self, u: &User) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE users SET email = $3, display_name = $4, role = $5, password_hash = $6, disabled = $7 \
+             WHERE organization_id = $1 AND id = $2",
+        )
+        .bind(u.organization_id.as_uuid())
+        .bind(u.id.as_uuid())
+        .bind(u.email.as_str())
+        .bind(u.display_name.as_str())
+        .bind(u.role.as_str())
+        .bind(u.password_hash.as_deref())
+        .bind(u.disabled)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(not_found("user"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete(&self, org: OrganizationId, id: UserId) -> Result<()> {
+        let done = sqlx::query("DELETE FROM users WHERE organization_id = $1 AND id = $2")
+            .bind(org.as_uuid())
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(not_found("user"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl ApiTokenRepository for PgStore {
+    async fn create(&self, t: &ApiToken) -> Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO api_tokens ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            rows::TOKEN_COLUMNS
+        )))
+        .bind(t.id.as_uuid())
+        .bind(t.organization_id.as_uuid())
+        .bind(t.user_id.as_uuid())
+        .bind(t.name.as_str())
+        .bind(&t.hash.0[..])
+        .bind(t.role_cap.as_str())
+        .bind(ts(t.created_at))
+        .bind(t.expires_at.map(ts))
+        .bind(t.last_used_at.map(ts))
+        .bind(t.revoked_at.map(ts))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiToken>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM api_tokens WHERE token_hash = $1",
+            rows::TOKEN_COLUMNS
+        )))
+        .bind(&hash.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.as_ref().map(rows::token).transpose()
+    }
+
+    async fn list(
+        &self,
+        org: OrganizationId,
+        user: Option<UserId>,
+        page: PageRequest<ApiTokenId>,
+    ) -> Result<Page<ApiToken, ApiTokenId>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM api_tokens WHERE organization_id = $1 AND ($2::uuid IS NULL OR user_id = $2) \
+             AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
+            rows::TOKEN_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(user.map(|u| *u.as_uuid()))
+        .bind(page.after.map(|a| *a.as_uuid()))
+        .bind(limit(&page))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Page::from_sorted(
+            decode_all(&rows, rows::token)?,
+            page.size,
+            |t| t.id,
+        ))
+    }
+
+    async fn revoke(&self, org: OrganizationId, id: ApiTokenId, at: Timestamp) -> Result<()> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE organization_id = $1 AND id = $2")
+            .bind(org.as_uuid())
+            .bind(id.as_uuid())
+            .bind(ts(at))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(not_found("token"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn touch(&self, id: ApiTokenId, at: Timestamp) -> Result<()> {
+        let done = sqlx::query("UPDATE api_tokens SET last_used_at = GREATEST(COALESCE(last_used_at, $2), $2) WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(ts(at))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(not_found("token"))
+        } else {
+            Ok(())
+        }
+    }
+}
