@@ -570,19 +570,16 @@ impl ReadingRepository for MemoryStore {
         let mut report = WriteReport::default();
         for p in polls {
             let key = (p.entry.poll.chamber_id, p.entry.poll.slot);
-            match t.ledger.entry(key) {
-                Entry::Occupied(_) => {
-                    report.ledger_existing += 1;
-                    report.existing_polls.push(p.entry.poll);
-                }
-                Entry::Vacant(v) => {
-                    v.insert(p.entry.clone());
-                    report.ledger_new += 1;
-                }
-            }
+            let Entry::Vacant(v) = t.ledger.entry(key) else {
+                report.ledger_existing += 1;
+                report.readings_existing += p.readings.len() as u64;
+                report.existing_polls.push(p.entry.poll);
+                continue;
+            };
+            v.insert(p.entry.clone());
+            report.ledger_new += 1;
             for r in &p.readings {
-                let key = (r.detector_id, r.slot);
-                match t.readings.entry(key) {
+                match t.readings.entry((r.detector_id, r.slot)) {
                     Entry::Occupied(_) => report.readings_existing += 1,
                     Entry::Vacant(v) => {
                         v.insert(r.clone());

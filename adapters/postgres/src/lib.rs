@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod encoding;
 mod errors;
 pub mod partitions;
 mod rows;

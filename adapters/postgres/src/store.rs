@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use crate::PgStore;
 use crate::errors::{corrupt, is_missing_partition, store_error};
-use crate::partitions;
-use crate::rows::{self, millis, split_value, ts};
+use crate::rows::{self, millis, ts};
+use crate::{encoding, partitions};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -376,6 +376,14 @@ impl ChamberRepository for PgStore {
 
     async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let detectors: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM detectors WHERE organization_id = $1 AND chamber_id = $2",
+        )
+        .bind(org.as_uuid())
+        .bind(id.as_uuid())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
         // Ownership first: nothing of another tenant's chamber is touched.
         let gone = sqlx::query("DELETE FROM chambers WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -386,8 +394,13 @@ impl ChamberRepository for PgStore {
         if gone.rows_affected() == 0 {
             return Err(not_found("chamber"));
         }
+        // Readings by their key (detector), the ledger by its key (chamber).
+        sqlx::query("DELETE FROM readings WHERE detector_id = ANY($1)")
+            .bind(&detectors)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         for sql in [
-            "DELETE FROM readings WHERE chamber_id = $1",
             "DELETE FROM poll_ledger WHERE chamber_id = $1",
             "DELETE FROM chamber_latest WHERE chamber_id = $1",
         ] {
@@ -527,20 +540,29 @@ impl DetectorRepository for PgStore {
             .await
             .map_err(store_error)?;
         // The chamber's latest values lose this detector.
-        sqlx::query(
-            "UPDATE chamber_latest SET detector_ids = x.d, reading_values = x.v, corruptions = x.c, \
-             requested_at = x.q, received_at = x.r, batch_ids = x.b \
-             FROM (SELECT array_agg(d ORDER BY d) d, array_agg(v ORDER BY d) v, array_agg(c ORDER BY d) c, \
-                   array_agg(q ORDER BY d) q, array_agg(r ORDER BY d) r, array_agg(b ORDER BY d) b \
-                   FROM chamber_latest l, UNNEST(l.detector_ids, l.reading_values, l.corruptions, l.requested_at, l.received_at, l.batch_ids) AS u(d, v, c, q, r, b) \
-                   WHERE l.chamber_id = $1 AND u.d <> $2) x \
-             WHERE chamber_latest.chamber_id = $1",
+        let latest = sqlx::query(
+            "SELECT slot, readings FROM chamber_latest WHERE chamber_id = $1 FOR UPDATE",
         )
         .bind(chamber)
-        .bind(id.as_uuid())
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(store_error)?;
+        if let Some(row) = latest {
+            let c = rows::Cols {
+                row: &row,
+                table: "chamber_latest",
+            };
+            let slot = c.ts("slot")?;
+            let packed: Vec<u8> = c.get("readings")?;
+            let readings = encoding::unpack_latest(ChamberId::from_uuid(chamber), slot, &packed)?;
+            let kept: Vec<&Reading> = readings.iter().filter(|r| r.detector_id != id).collect();
+            sqlx::query("UPDATE chamber_latest SET readings = $2 WHERE chamber_id = $1")
+                .bind(chamber)
+                .bind(encoding::pack_latest(&kept))
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
         tx.commit().await.map_err(store_error)
     }
 }
@@ -647,33 +669,6 @@ impl BatchRepository for PgStore {
     }
 }
 
-/// The columns of a batch of readings, ready to bind as arrays.
-#[derive(Default)]
-struct ReadingColumns {
-    detector: Vec<Uuid>,
-    chamber: Vec<Uuid>,
-    slot: Vec<OffsetDateTime>,
-    value: Vec<Option<f64>>,
-    corruption: Vec<Option<i16>>,
-    requested: Vec<OffsetDateTime>,
-    received: Vec<OffsetDateTime>,
-    batch: Vec<Option<Uuid>>,
-}
-
-impl ReadingColumns {
-    fn push(&mut self, r: &Reading) {
-        let (value, corruption) = split_value(&r.value);
-        self.detector.push(*r.detector_id.as_uuid());
-        self.chamber.push(*r.chamber_id.as_uuid());
-        self.slot.push(ts(r.slot));
-        self.value.push(value);
-        self.corruption.push(corruption);
-        self.requested.push(ts(r.requested_at));
-        self.received.push(ts(r.received_at));
-        self.batch.push(r.batch_id.map(|b| *b.as_uuid()));
-    }
-}
-
 #[derive(Default)]
 struct LedgerColumns {
     chamber: Vec<Uuid>,
@@ -761,40 +756,43 @@ impl From<StoreError> for WriteFailure {
 
 impl PgStore {
     /// Checks that every chamber exists and every reading's detector is its chamber's.
+    /// Checks, in one query, that every chamber exists and every reading's detector is one of
+    /// its chamber's.
     async fn check_parents(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         chambers: &[Uuid],
-        r: &ReadingColumns,
+        readings: &[&Reading],
     ) -> Result<()> {
         let distinct: BTreeSet<Uuid> = chambers.iter().copied().collect();
         let distinct: Vec<Uuid> = distinct.into_iter().collect();
-        let row = sqlx::query("SELECT count(*) AS n FROM chambers WHERE id = ANY($1)")
-            .bind(&distinct)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(store_error)?;
-        let found: i64 = row.try_get("n").map_err(store_error)?;
-        if found != distinct.len() as i64 {
+        let rows = sqlx::query(
+            "SELECT c.id AS chamber_id, array_remove(array_agg(d.id), NULL) AS detectors \
+             FROM chambers c LEFT JOIN detectors d ON d.chamber_id = c.id \
+             WHERE c.id = ANY($1) GROUP BY c.id",
+        )
+        .bind(&distinct)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        if rows.len() != distinct.len() {
             return Err(StoreError::MissingParent {
                 entity: "poll",
                 parent: "chamber",
             });
         }
-        if r.detector.is_empty() {
-            return Ok(());
+        let mut detectors_of: HashMap<Uuid, HashSet<Uuid>> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let chamber: Uuid = row.try_get("chamber_id").map_err(store_error)?;
+            let detectors: Vec<Uuid> = row.try_get("detectors").map_err(store_error)?;
+            detectors_of.insert(chamber, detectors.into_iter().collect());
         }
-        let row = sqlx::query(
-            "SELECT count(*) AS n FROM UNNEST($1::uuid[], $2::uuid[]) AS u(detector_id, chamber_id) \
-             WHERE NOT EXISTS (SELECT 1 FROM detectors d WHERE d.id = u.detector_id AND d.chamber_id = u.chamber_id)",
-        )
-        .bind(&r.detector)
-        .bind(&r.chamber)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(store_error)?;
-        let missing: i64 = row.try_get("n").map_err(store_error)?;
-        if missing > 0 {
+        let known = |r: &&Reading| {
+            detectors_of
+                .get(r.chamber_id.as_uuid())
+                .is_some_and(|ds| ds.contains(r.detector_id.as_uuid()))
+        };
+        if !readings.iter().all(|r| known(&r)) {
             return Err(StoreError::MissingParent {
                 entity: "reading",
                 parent: "detector",
@@ -805,46 +803,46 @@ impl PgStore {
 
     async fn try_store(
         &self,
-        polls: &[PollRecord],
-        r: &ReadingColumns,
+        ordered: &[&PollRecord],
+        all_readings: &[&Reading],
         l: &LedgerColumns,
     ) -> std::result::Result<WriteReport, WriteFailure> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        self.check_parents(&mut tx, &l.chamber, r).await?;
+        self.check_parents(&mut tx, &l.chamber, all_readings)
+            .await?;
+        // The ledger decides: only polls whose entry is new here write their readings, so the
+        // readings insert can never conflict (a concurrent writer of the same poll waits on the
+        // ledger's key and then finds it taken).
         let new_polls = insert_ledger(&mut tx, l).await?;
-        let inserted = if r.detector.is_empty() {
-            0
-        } else {
-            sqlx::query(
-                "INSERT INTO readings (detector_id, chamber_id, slot, value, corruption, requested_at, received_at, batch_id) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::float8[], $5::int2[], \
-                                      $6::timestamptz[], $7::timestamptz[], $8::uuid[]) \
-                 ON CONFLICT (detector_id, slot) DO NOTHING",
-            )
-            .bind(&r.detector)
-            .bind(&r.chamber)
-            .bind(&r.slot)
-            .bind(&r.value)
-            .bind(&r.corruption)
-            .bind(&r.requested)
-            .bind(&r.received)
-            .bind(&r.batch)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error_keep_partition)?
-            .rows_affected()
-        };
-        update_latest(&mut tx, polls).await?;
+        let is_new = |p: &PollId| new_polls.contains(&(*p.chamber_id.as_uuid(), ts(p.slot)));
+        let fresh: Vec<&PollRecord> = ordered
+            .iter()
+            .copied()
+            .filter(|p| is_new(&p.entry.poll))
+            .collect();
+        let mut readings: Vec<&Reading> = fresh.iter().flat_map(|p| &p.readings).collect();
+        readings.sort_by_key(|r| (r.detector_id, r.slot));
+        if !readings.is_empty() {
+            let mut copy = tx
+                .copy_in_raw(encoding::COPY_READINGS)
+                .await
+                .map_err(store_error_keep_partition)?;
+            copy.send(encoding::copy_readings(&readings))
+                .await
+                .map_err(store_error_keep_partition)?;
+            copy.finish().await.map_err(store_error_keep_partition)?;
+        }
+        update_latest(&mut tx, &fresh).await?;
         tx.commit().await.map_err(store_error)?;
-        let total = r.detector.len() as u64;
-        let existing_polls: Vec<PollId> = polls
+        let inserted = readings.len() as u64;
+        let existing_polls: Vec<PollId> = ordered
             .iter()
             .map(|p| p.entry.poll)
-            .filter(|p| !new_polls.contains(&(*p.chamber_id.as_uuid(), ts(p.slot))))
+            .filter(|p| !is_new(p))
             .collect();
         Ok(WriteReport {
             readings_new: inserted,
-            readings_existing: total - inserted,
+            readings_existing: all_readings.len() as u64 - inserted,
             ledger_new: new_polls.len() as u64,
             ledger_existing: existing_polls.len() as u64,
             existing_polls,
@@ -881,10 +879,10 @@ impl PgStore {
 }
 
 /// Moves each chamber's latest row forward to the newest slot written (never backwards).
-async fn update_latest(tx: &mut Transaction<'_, Postgres>, polls: &[PollRecord]) -> Result<()> {
+async fn update_latest(tx: &mut Transaction<'_, Postgres>, polls: &[&PollRecord]) -> Result<()> {
     // The newest poll with readings per chamber in this batch.
     let mut newest: HashMap<ChamberId, &PollRecord> = HashMap::new();
-    for p in polls.iter().filter(|p| !p.readings.is_empty()) {
+    for p in polls.iter().copied().filter(|p| !p.readings.is_empty()) {
         let e = newest.entry(p.entry.poll.chamber_id).or_insert(p);
         if p.entry.poll.slot > e.entry.poll.slot {
             *e = p;
@@ -893,37 +891,27 @@ async fn update_latest(tx: &mut Transaction<'_, Postgres>, polls: &[PollRecord])
     if newest.is_empty() {
         return Ok(());
     }
-    let mut flat = ReadingColumns::default();
-    let (mut chamber, mut slot, mut lo, mut hi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for p in newest.values() {
+    let mut newest: Vec<&PollRecord> = newest.into_values().collect();
+    newest.sort_by_key(|p| p.entry.poll.chamber_id);
+    let mut chamber = Vec::with_capacity(newest.len());
+    let mut slot = Vec::with_capacity(newest.len());
+    let mut packed = Vec::with_capacity(newest.len());
+    for p in &newest {
         let mut readings: Vec<&Reading> = p.readings.iter().collect();
         readings.sort_by_key(|r| r.detector_id);
         chamber.push(*p.entry.poll.chamber_id.as_uuid());
         slot.push(ts(p.entry.poll.slot));
-        lo.push(flat.detector.len() as i32 + 1);
-        readings.iter().for_each(|r| flat.push(r));
-        hi.push(flat.detector.len() as i32);
+        packed.push(encoding::pack_latest(&readings));
     }
     sqlx::query(
-        "INSERT INTO chamber_latest (chamber_id, slot, detector_ids, reading_values, corruptions, requested_at, received_at, batch_ids) \
-         SELECT p.c, p.s, ($5::uuid[])[p.lo:p.hi], ($6::float8[])[p.lo:p.hi], ($7::int2[])[p.lo:p.hi], \
-                ($8::timestamptz[])[p.lo:p.hi], ($9::timestamptz[])[p.lo:p.hi], ($10::uuid[])[p.lo:p.hi] \
-         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::int4[]) AS p(c, s, lo, hi) \
-         ON CONFLICT (chamber_id) DO UPDATE SET slot = EXCLUDED.slot, detector_ids = EXCLUDED.detector_ids, \
-           reading_values = EXCLUDED.reading_values, corruptions = EXCLUDED.corruptions, \
-           requested_at = EXCLUDED.requested_at, received_at = EXCLUDED.received_at, batch_ids = EXCLUDED.batch_ids \
+        "INSERT INTO chamber_latest (chamber_id, slot, readings) \
+         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::bytea[]) \
+         ON CONFLICT (chamber_id) DO UPDATE SET slot = EXCLUDED.slot, readings = EXCLUDED.readings \
          WHERE chamber_latest.slot < EXCLUDED.slot",
     )
     .bind(&chamber)
     .bind(&slot)
-    .bind(&lo)
-    .bind(&hi)
-    .bind(&flat.detector)
-    .bind(&flat.value)
-    .bind(&flat.corruption)
-    .bind(&flat.requested)
-    .bind(&flat.received)
-    .bind(&flat.batch)
+    .bind(&packed)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;
@@ -946,9 +934,13 @@ impl ReadingRepository for PgStore {
         if polls.is_empty() {
             return Ok(WriteReport::default());
         }
-        let mut r = ReadingColumns::default();
+        // Rows go in key order, so concurrent writers touching the same keys (redeliveries, the
+        // same chambers' latest rows) always lock them in the same order and never deadlock.
+        let mut ordered: Vec<&PollRecord> = polls.iter().collect();
+        ordered.sort_by_key(|p| p.entry.poll);
+        let mut readings: Vec<&Reading> = Vec::with_capacity(total);
         let mut l = LedgerColumns::default();
-        for p in polls {
+        for p in &ordered {
             for reading in &p.readings {
                 if reading.chamber_id != p.entry.poll.chamber_id
                     || reading.slot != p.entry.poll.slot
@@ -958,12 +950,12 @@ impl ReadingRepository for PgStore {
                         parent: "detector",
                     });
                 }
-                r.push(reading);
+                readings.push(reading);
             }
             l.push(&p.entry)?;
         }
         self.with_partitions(polls.iter().map(|p| p.entry.poll.slot), || {
-            self.try_store(polls, &r, &l)
+            self.try_store(&ordered, &readings, &l)
         })
         .await
     }
@@ -973,42 +965,61 @@ impl ReadingRepository for PgStore {
         org: OrganizationId,
         q: &ReadingQuery,
     ) -> Result<Page<Reading, ReadingCursor>> {
-        let (scope_check, column, id) = match q.scope {
+        // The detectors whose key ranges to scan, found within the caller's organization (an
+        // unknown or foreign scope is "not found").
+        let (scope_sql, entity, id, batch) = match q.scope {
             ReadingScope::Detector(id) => (
-                "SELECT 1 FROM detectors WHERE organization_id = $1 AND id = $2",
-                "detector_id",
+                "SELECT d.id FROM detectors d WHERE d.organization_id = $1 AND d.id = $2",
+                "detector",
                 *id.as_uuid(),
+                None,
             ),
             ReadingScope::Chamber(id) => (
-                "SELECT 1 FROM chambers WHERE organization_id = $1 AND id = $2",
-                "chamber_id",
+                "SELECT c.id AS owner, d.id FROM chambers c LEFT JOIN detectors d ON d.chamber_id = c.id \
+                 WHERE c.organization_id = $1 AND c.id = $2",
+                "chamber",
                 *id.as_uuid(),
+                None,
             ),
             ReadingScope::Batch(id) => (
-                "SELECT 1 FROM batches WHERE organization_id = $1 AND id = $2",
-                "batch_id",
+                "SELECT b.id AS owner, d.id FROM batches b LEFT JOIN chambers c ON c.section_id = b.section_id \
+                 LEFT JOIN detectors d ON d.chamber_id = c.id WHERE b.organization_id = $1 AND b.id = $2",
+                "batch",
                 *id.as_uuid(),
+                Some(*id.as_uuid()),
             ),
         };
-        if !self.exists(scope_check, *org.as_uuid(), id).await? {
-            return Err(not_found(match q.scope {
-                ReadingScope::Detector(_) => "detector",
-                ReadingScope::Chamber(_) => "chamber",
-                ReadingScope::Batch(_) => "batch",
-            }));
+        let scope = sqlx::query(scope_sql)
+            .bind(org.as_uuid())
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if scope.is_empty() {
+            return Err(not_found(entity));
         }
+        let detectors: Vec<Uuid> = scope
+            .iter()
+            .filter_map(|r| r.try_get::<Option<Uuid>, _>("id").ok().flatten())
+            .collect();
+        // One key-range scan per detector, each in slot order and cut at the page size, then
+        // merged into (slot, detector) order.
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {} FROM readings WHERE {column} = $1 AND slot >= $2 AND slot < $3 \
-             AND ($4::timestamptz IS NULL OR (slot, detector_id) > ($4, $5)) \
-             ORDER BY slot, detector_id LIMIT $6",
-            rows::READING_COLUMNS
+            "SELECT r.* FROM UNNEST($1::uuid[]) AS d(id) CROSS JOIN LATERAL ( \
+                SELECT {cols} FROM readings WHERE detector_id = d.id AND slot >= $2 AND slot < $3 \
+                AND ($4::timestamptz IS NULL OR (slot, detector_id) > ($4, $5)) \
+                AND ($7::uuid IS NULL OR batch_id = $7) \
+                ORDER BY slot LIMIT $6) r \
+             ORDER BY r.slot, r.detector_id LIMIT $6",
+            cols = rows::READING_COLUMNS
         )))
-        .bind(id)
+        .bind(&detectors)
         .bind(ts(q.from))
         .bind(ts(q.to))
         .bind(q.page.after.map(|c| ts(c.slot)))
         .bind(q.page.after.map(|c| *c.detector_id.as_uuid()))
         .bind(limit(&q.page))
+        .bind(batch)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
@@ -1030,8 +1041,7 @@ impl ReadingRepository for PgStore {
     ) -> Result<Vec<LatestReadings>> {
         let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
         let rows = sqlx::query(
-            "SELECT l.chamber_id, l.slot, l.detector_ids, l.reading_values, l.corruptions, l.requested_at, l.received_at, l.batch_ids \
-             FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
+            "SELECT l.chamber_id, l.slot, l.readings FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
              WHERE c.organization_id = $1 AND l.chamber_id = ANY($2)",
         )
         .bind(org.as_uuid())
@@ -1047,41 +1057,8 @@ impl ReadingRepository for PgStore {
             };
             let chamber_id = ChamberId::from_uuid(c.uuid("chamber_id")?);
             let slot = c.ts("slot")?;
-            let detectors: Vec<Uuid> = c.get("detector_ids")?;
-            let values: Vec<Option<f64>> = c.get("reading_values")?;
-            let corruptions: Vec<Option<i16>> = c.get("corruptions")?;
-            let requested: Vec<OffsetDateTime> = c.get("requested_at")?;
-            let received: Vec<OffsetDateTime> = c.get("received_at")?;
-            let batches: Vec<Option<Uuid>> = c.get("batch_ids")?;
-            let n = detectors.len();
-            if [
-                values.len(),
-                corruptions.len(),
-                requested.len(),
-                received.len(),
-                batches.len(),
-            ]
-            .iter()
-            .any(|l| *l != n)
-            {
-                return Err(corrupt(
-                    "chamber_latest",
-                    "detector_ids",
-                    "arrays of different lengths",
-                ));
-            }
-            let mut readings = Vec::with_capacity(n);
-            for i in 0..n {
-                readings.push(Reading {
-                    detector_id: DetectorId::from_uuid(detectors[i]),
-                    chamber_id,
-                    slot,
-                    value: rows::reading_value(values[i], corruptions[i])?,
-                    requested_at: rows::from_ts(requested[i]),
-                    received_at: rows::from_ts(received[i]),
-                    batch_id: batches[i].map(BatchId::from_uuid),
-                });
-            }
+            let packed: Vec<u8> = c.get("readings")?;
+            let readings = encoding::unpack_latest(chamber_id, slot, &packed)?;
             by_chamber.insert(
                 chamber_id,
                 LatestReadings {
@@ -1124,8 +1101,7 @@ impl PollLedgerRepository for PgStore {
         }
         let write = || async {
             let mut tx = self.pool.begin().await.map_err(store_error)?;
-            self.check_parents(&mut tx, &l.chamber, &ReadingColumns::default())
-                .await?;
+            self.check_parents(&mut tx, &l.chamber, &[]).await?;
             let new = insert_ledger(&mut tx, &l).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(new.len() as u64)

@@ -702,6 +702,21 @@ pub async fn the_ledger_keeps_one_entry_per_poll(p: &StorePorts) {
     let late = fixtures::poll_record(&w.chamber, &w.detectors, slot(4), 20.0, None);
     let report = p.readings.store_polls(&[late]).await.unwrap();
     assert_eq!(report.ledger_existing, 1);
+    assert_eq!((report.readings_new, report.readings_existing), (0, 2));
+    let at_slot_4 = ReadingQuery {
+        from: slot(4),
+        to: slot(5),
+        ..all_readings(ReadingScope::Chamber(w.chamber.id))
+    };
+    assert!(
+        p.readings
+            .query(w.org.id, &at_slot_4)
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "readings follow the stored outcome: the slot stays missed"
+    );
     p.readings
         .store_polls(&[fixtures::poll_record(
             &w.chamber,

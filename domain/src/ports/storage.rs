@@ -341,9 +341,11 @@ pub struct LatestReadings {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait ReadingRepository: Send + Sync {
-    /// Stores the polls' ledger entries and readings in one transaction, idempotently: a
-    /// reading already stored for its (detector, slot), or an entry for its poll, is kept as it
-    /// is and counted as existing.
+    /// Stores the polls' ledger entries and readings in one transaction, idempotently. The
+    /// ledger entry decides: a poll whose entry is already stored (a redelivery, or a slot
+    /// recorded as missed before a late result arrived) keeps what is stored, and its readings
+    /// are not written but counted as existing — so the ledger and the readings of a poll always
+    /// come from the same outcome, and `(detector, slot)` is never stored twice.
     ///
     /// # Errors
     /// `MissingParent { entity: "reading", parent: "detector" }` if a reading names an unknown
