@@ -792,7 +792,7 @@ impl PgStore {
                 .get(r.chamber_id.as_uuid())
                 .is_some_and(|ds| ds.contains(r.detector_id.as_uuid()))
         };
-        if !readings.iter().all(|r| known(&r)) {
+        if !readings.iter().all(known) {
             return Err(StoreError::MissingParent {
                 entity: "reading",
                 parent: "detector",

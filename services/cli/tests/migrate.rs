@@ -1,0 +1,154 @@
+//! `chamberlain migrate` as an operator runs it: the real binary, a real database.
+
+use std::process::Command;
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+fn chamberlain() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chamberlain"));
+    cmd.env_remove("CHAMBERLAIN_DATABASE_URL")
+        .env_remove("CHAMBERLAIN_DATA_DIR");
+    cmd
+}
+
+#[tokio::test]
+async fn migrates_an_empty_postgres_database_and_is_safe_to_run_again() {
+    let server = chamberlain_postgres::testing::server_url();
+    let name = format!("chamberlain_cli_{}", uuid_like());
+    let mut admin = PgConnection::connect(&server).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+
+    for run in 0..2 {
+        let out = chamberlain()
+            .args(["migrate", "--database-url", &url])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "run {run}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("migrated"), "{stdout}");
+    }
+    let mut db = PgConnection::connect(&url).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename NOT LIKE '%\\_p2%' ORDER BY 1",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    for t in [
+        "api_tokens",
+        "batches",
+        "chamber_health",
+        "chamber_latest",
+        "chambers",
+        "detectors",
+        "organizations",
+        "poll_ledger",
+        "readings",
+        "sections",
+        "users",
+    ] {
+        assert!(
+            tables.iter().any(|x| x == t),
+            "table {t} missing from {tables:?}"
+        );
+    }
+    let partitions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!(
+        partitions >= 8,
+        "yesterday, today and a week ahead: {partitions}"
+    );
+    db.close().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[test]
+fn migrates_the_embedded_sqlite_database_in_the_data_dir_by_default() {
+    let dir = std::env::temp_dir().join(format!("chamberlain-cli-{}", uuid_like()));
+    let out = chamberlain()
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("chamberlain.db").exists());
+    let again = chamberlain()
+        .arg("migrate")
+        .env("CHAMBERLAIN_DATA_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_setting_is_named_and_exits_with_2() {
+    let out = chamberlain()
+        .arg("migrate")
+        .env("CHAMBERLAIN_DATABASE_URL", "mysql://db/x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--database-url") && err.contains("CHAMBERLAIN_DATABASE_URL"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreachable_server_fails_with_1_and_says_so() {
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = chamberlain()
+        .args([
+            "migrate",
+            "--database-url",
+            &format!("postgres://postgres@127.0.0.1:{port}/x"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unavailable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{}", nanos, std::process::id())
+}
