@@ -1,5 +1,4 @@
-//! Byte layouts the adapter writes itself: PostgreSQL's binary `COPY` stream for readings, and
-//! the packed readings of a `chamber_latest` row.
+//! The packed readings of a `chamber_latest` row: a byte layout the adapter writes and reads.
 
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{BatchId, ChamberId, DetectorId, Reading};
@@ -8,57 +7,6 @@ use uuid::Uuid;
 
 use crate::errors::corrupt;
 use crate::rows::{reading_value, split_value};
-
-/// PostgreSQL's timestamp epoch (2000-01-01) in Unix milliseconds.
-const PG_EPOCH_MS: i64 = 946_684_800_000;
-
-/// The columns the binary `COPY` of [`copy_readings`] fills, in order.
-pub const COPY_READINGS: &str = "COPY readings (detector_id, chamber_id, slot, value, corruption, \
-     requested_at, received_at, batch_id) FROM STDIN WITH (FORMAT binary)";
-
-fn field(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-    buf.extend_from_slice(bytes);
-}
-
-fn null(buf: &mut Vec<u8>) {
-    buf.extend_from_slice(&(-1i32).to_be_bytes());
-}
-
-fn pg_timestamp(t: Timestamp) -> [u8; 8] {
-    ((t.as_unix_millis() - PG_EPOCH_MS).saturating_mul(1000)).to_be_bytes()
-}
-
-/// Readings as a binary `COPY` stream (header, one tuple per reading, trailer).
-pub fn copy_readings(readings: &[&Reading]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(19 + readings.len() * 120 + 2);
-    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.extend_from_slice(&0i32.to_be_bytes()); // flags
-    buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-    for r in readings {
-        buf.extend_from_slice(&8i16.to_be_bytes());
-        field(&mut buf, r.detector_id.as_uuid().as_bytes());
-        field(&mut buf, r.chamber_id.as_uuid().as_bytes());
-        field(&mut buf, &pg_timestamp(r.slot));
-        let (value, corruption) = split_value(&r.value);
-        match value {
-            Some(v) => field(&mut buf, &v.to_be_bytes()),
-            None => null(&mut buf),
-        }
-        match corruption {
-            Some(c) => field(&mut buf, &c.to_be_bytes()),
-            None => null(&mut buf),
-        }
-        field(&mut buf, &pg_timestamp(r.requested_at));
-        field(&mut buf, &pg_timestamp(r.received_at));
-        match r.batch_id {
-            Some(b) => field(&mut buf, b.as_uuid().as_bytes()),
-            None => null(&mut buf),
-        }
-    }
-    buf.extend_from_slice(&(-1i16).to_be_bytes());
-    buf
-}
 
 /// Layout version of a packed `chamber_latest.readings` value.
 const PACKED_V1: u8 = 1;
@@ -199,15 +147,5 @@ mod tests {
             unpack_latest(chamber, slot, &[9]).is_err(),
             "unknown versions are refused"
         );
-    }
-
-    #[test]
-    fn copy_stream_has_header_tuples_and_trailer() {
-        let r = reading(ReadingValue::Measured(Finite::new(1.0).unwrap()), None);
-        let buf = copy_readings(&[&r]);
-        assert!(buf.starts_with(b"PGCOPY\n\xff\r\n\0"));
-        assert!(buf.ends_with(&(-1i16).to_be_bytes()));
-        // header 19 + field count 2 + uuid 2×20 + slot 12 + value 12 + null 4 + 2 timestamps 24 + null 4 + trailer 2
-        assert_eq!(buf.len(), 19 + 2 + 40 + 12 + 12 + 4 + 24 + 4 + 2);
     }
 }
