@@ -1,0 +1,1 @@
+//! In progress: lands with issue 4.
