@@ -1,1 +1,12 @@
-//! In progress: lands with issue 4.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod connection;
+mod lease;
+mod queue;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::RedisConfig;
+pub use lease::{RedisLeaderLease, RedisScheduleCheckpoint};
+pub use queue::RedisPollQueue;

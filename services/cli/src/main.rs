@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Apply the database migrations and create the upcoming partitions (idempotent).
     Migrate(DatabaseArgs),
+    /// Serve a simulated chamber fleet on one address and report lateness, misses and
+    /// duplicates of the polls it receives.
+    Simulate(chamberlain_simulator::SimulateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +132,28 @@ async fn migrate(args: DatabaseArgs) -> Result<(), anyhow::Error> {
     Ok(())
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +169,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Migrate(args) => migrate(args).await,
+            Command::Simulate(args) => chamberlain_simulator::run_cli(args, shutdown_signal())
+                .await
+                .map(|_report| ())
+                .map_err(|e| match e {
+                    chamberlain_simulator::SimulatorError::Config(c) => {
+                        anyhow::Error::new(ConfigError(c.to_string()))
+                    }
+                    other => anyhow::Error::new(other),
+                }),
         }
     });
     match result {

@@ -1,4 +1,4 @@
-//! `chamberlain migrate` as an operator runs it: the real binary, a real database.
+//! The `chamberlain` binary as an operator runs it: real processes, real databases.
 
 use std::process::Command;
 
@@ -151,4 +151,40 @@ fn uuid_like() -> String {
         .unwrap()
         .as_nanos();
     format!("{:x}{}", nanos, std::process::id())
+}
+
+#[test]
+fn simulate_serves_a_fleet_for_its_duration_and_prints_the_report() {
+    let out = chamberlain()
+        .args([
+            "simulate",
+            "--chambers",
+            "3",
+            "--detectors",
+            "2",
+            "--duration",
+            "200ms",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("127.0.0.2"),
+        "binds 127.0.0.2 by default: {stdout}"
+    );
+    let bad = chamberlain()
+        .args(["simulate", "--chambers", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }

@@ -1,0 +1,652 @@
+//! [`RedisPollQueue`]: the poll queue on a Redis Stream with a consumer group.
+//!
+//! - Enqueue: one Lua script per chunk sets each poll's dedup key (`SET NX PX`, TTL from the
+//!   poll's interval) and appends the job to the stream only if the key was new.
+//! - Lease: promote released jobs whose delay has passed (a sorted set), take over jobs whose
+//!   lease expired (`XAUTOCLAIM` with the visibility timeout as minimum idle time), then read new
+//!   ones (`XREADGROUP`, blocking in slices of at most a second on a dedicated connection, so an
+//!   idle worker sees a new job at once and an orphaned one within a second of its expiry).
+//! - Ack and release: a Lua script checks that the receipt still holds the lease (same consumer,
+//!   same delivery count in the pending list) before `XACK` + `XDEL`, so a worker whose lease
+//!   expired cannot remove a job another worker now holds.
+//!
+//! Keys (all under the configured prefix, a hash tag): `q:stream`, `q:delayed`,
+//! `q:dedup:<chamber>:<slot>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chamberlain_domain::model::PollJob;
+use chamberlain_domain::ports::{
+    EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError,
+};
+use redis::Value;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use tokio::sync::Mutex;
+
+use crate::{RedisConfig, connection};
+
+const GROUP: &str = "workers";
+/// Jobs per enqueue script call.
+const ENQUEUE_CHUNK: usize = 500;
+/// Longest single blocking read: bounds how late an orphaned or released job is noticed.
+const BLOCK_SLICE: Duration = Duration::from_secs(1);
+
+const ENQUEUE: &str = r"
+local new = 0
+for i = 2, #ARGV, 3 do
+  if redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'PX', ARGV[i + 1]) then
+    redis.call('XADD', KEYS[1], '*', 'j', ARGV[i + 2], 'a', '0')
+    new = new + 1
+  end
+end
+return new
+";
+
+/// Moves released jobs whose delay has passed back into the stream. Members of the delayed set
+/// are `<extra attempts>:<old id>:<payload>`.
+const PROMOTE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  local a_end = string.find(m, ':', 1, true)
+  local id_end = string.find(m, ':', a_end + 1, true)
+  redis.call('XADD', KEYS[1], '*', 'j', string.sub(m, id_end + 1), 'a', string.sub(m, 1, a_end - 1))
+  redis.call('ZREM', KEYS[2], m)
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local wait = -1
+if nxt[2] then wait = math.max(0, tonumber(nxt[2]) - now) end
+return {#due, wait}
+";
+
+/// ARGV: group, then (id, consumer, deliveries) triples. Acks those still leased as receipted.
+const ACK: &str = r"
+local n = 0
+for i = 2, #ARGV, 3 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[i + 1] and p[1][4] == tonumber(ARGV[i + 2]) then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+";
+
+/// ARGV: group, id, consumer, deliveries, delay ms. Gives a leased job back for redelivery.
+const RELEASE: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if not (p[1] and p[1][2] == ARGV[3] and p[1][4] == tonumber(ARGV[4])) then return 0 end
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if not e[1] then return 0 end
+local f = e[1][2]
+local j, a = nil, 0
+for i = 1, #f, 2 do
+  if f[i] == 'j' then j = f[i + 1] elseif f[i] == 'a' then a = tonumber(f[i + 1]) end
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local extra = a + tonumber(ARGV[4])
+local delay = tonumber(ARGV[5])
+if delay <= 0 then
+  redis.call('XADD', KEYS[1], '*', 'j', j, 'a', tostring(extra))
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now + delay, tostring(extra) .. ':' .. ARGV[2] .. ':' .. j)
+end
+return 1
+";
+
+fn unavailable(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable {
+        message: format!("redis: {e}"),
+    }
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+/// One entry read from the stream.
+struct Entry {
+    id: String,
+    payload: Option<Vec<u8>>,
+    extra_attempts: u32,
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn array(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => &[],
+    }
+}
+
+/// `[id, [field, value, ...]]` entries.
+fn entries(list: &Value) -> Vec<Entry> {
+    array(list)
+        .iter()
+        .filter_map(|e| {
+            let parts = array(e);
+            let id = text(parts.first()?)?;
+            let fields = parts.get(1).map(array).unwrap_or(&[]);
+            let mut entry = Entry {
+                id,
+                payload: None,
+                extra_attempts: 0,
+            };
+            for pair in fields.chunks(2) {
+                match (pair.first().and_then(text).as_deref(), pair.get(1)) {
+                    (Some("j"), Some(v)) => entry.payload = bytes(v).map(<[u8]>::to_vec),
+                    (Some("a"), Some(v)) => {
+                        entry.extra_attempts = text(v).and_then(|s| s.parse().ok()).unwrap_or(0);
+                    }
+                    _ => {}
+                }
+            }
+            Some(entry)
+        })
+        .collect()
+}
+
+/// The poll queue on Redis. Cheap to clone; each clone shares the connections.
+#[derive(Clone)]
+pub struct RedisPollQueue {
+    config: RedisConfig,
+    conn: ConnectionManager,
+    /// Blocking reads use their own connection, kept for reuse between calls.
+    blocking: Arc<Mutex<Option<MultiplexedConnection>>>,
+    consumer: String,
+    stream: String,
+    delayed: String,
+    dedup_prefix: String,
+    enqueue: Arc<redis::Script>,
+    promote: Arc<redis::Script>,
+    ack: Arc<redis::Script>,
+    release: Arc<redis::Script>,
+}
+
+impl std::fmt::Debug for RedisPollQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPollQueue")
+            .field("stream", &self.stream)
+            .field("consumer", &self.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPollQueue {
+    /// Connects and makes sure the stream and its consumer group exist. The consumer name is
+    /// unique to this process start, so a restarted worker never collides with its past self.
+    ///
+    /// # Errors
+    /// `Unavailable` if Redis cannot be reached.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, QueueError> {
+        let conn = connection::manager(config).await.map_err(unavailable)?;
+        let queue = Self {
+            consumer: format!(
+                "{}-{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            stream: config.key("q:stream"),
+            delayed: config.key("q:delayed"),
+            dedup_prefix: config.key("q:dedup:"),
+            config: config.clone(),
+            conn,
+            blocking: Arc::new(Mutex::new(None)),
+            enqueue: Arc::new(redis::Script::new(ENQUEUE)),
+            promote: Arc::new(redis::Script::new(PROMOTE)),
+            ack: Arc::new(redis::Script::new(ACK)),
+            release: Arc::new(redis::Script::new(RELEASE)),
+        };
+        queue.ensure_group().await?;
+        Ok(queue)
+    }
+
+    /// This process's consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Creates the consumer group (and the stream) if missing — at start, and again after a
+    /// Redis restart without persistence lost them.
+    async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {
+                Ok(())
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Runs `f`, recreating the group once if Redis lost it.
+    async fn with_group<T, F, Fut>(&self, f: F) -> Result<T, QueueError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match f().await {
+            Err(e) if is_nogroup(&e) => {
+                tracing::warn!(stream = %self.stream, "consumer group missing (Redis restarted?): recreating it");
+                self.ensure_group().await?;
+                f().await.map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+
+    /// Promotes due released jobs; returns how long until the next one is due.
+    async fn promote_due(&self) -> Result<Option<Duration>, QueueError> {
+        let mut conn = self.conn.clone();
+        let (_, wait_ms): (i64, i64) = self
+            .promote
+            .key(&self.stream)
+            .key(&self.delayed)
+            .arg(1000)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(wait_ms).ok().map(Duration::from_millis))
+    }
+
+    /// Takes over up to `max` jobs whose lease expired, with their delivery counts.
+    async fn reclaim(
+        &self,
+        max: usize,
+        visibility: Duration,
+    ) -> Result<Vec<(Entry, u32)>, QueueError> {
+        let reply: Value = self
+            .with_group(|| {
+                let mut conn = self.conn.clone();
+                async move {
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&self.stream)
+                        .arg(GROUP)
+                        .arg(&self.consumer)
+                        .arg(u64::try_from(visibility.as_millis()).unwrap_or(u64::MAX))
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(max)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
+        let claimed = entries(array(&reply).get(1).unwrap_or(&Value::Nil));
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Delivery counts, to tell attempts and to make receipts of earlier leases stale.
+        let mut conn = self.conn.clone();
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(max.max(claimed.len()) * 4 + 100)
+            .arg(&self.consumer)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let counts: HashMap<String, u32> = array(&pending)
+            .iter()
+            .filter_map(|p| {
+                let p = array(p);
+                let id = text(p.first()?)?;
+                let n = match p.get(3)? {
+                    Value::Int(n) => u32::try_from(*n).ok()?,
+                    _ => return None,
+                };
+                Some((id, n))
+            })
+            .collect();
+        Ok(claimed
+            .into_iter()
+            .map(|e| {
+                let n = counts.get(&e.id).copied().unwrap_or(2);
+                (e, n)
+            })
+            .collect())
+    }
+
+    /// Reads up to `max` new jobs, blocking up to `block` (zero: no blocking).
+    async fn read_new(&self, max: usize, block: Duration) -> Result<Vec<Entry>, QueueError> {
+        let read = |mut conn: MultiplexedConnection| async move {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(max);
+            if !block.is_zero() {
+                cmd.arg("BLOCK")
+                    .arg(u64::try_from(block.as_millis()).unwrap_or(1).max(1));
+            }
+            cmd.arg("STREAMS").arg(&self.stream).arg(">");
+            cmd.query_async::<Value>(&mut conn).await
+        };
+        let reply = if block.is_zero() {
+            let conn = self.conn.clone();
+            self.with_group(|| {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(max);
+                cmd.arg("STREAMS").arg(&self.stream).arg(">");
+                let mut conn = conn.clone();
+                async move { cmd.query_async::<Value>(&mut conn).await }
+            })
+            .await?
+        } else {
+            let mut slot = self.blocking.lock().await;
+            let conn = match slot.take() {
+                Some(c) => c,
+                None => connection::blocking(&self.config, BLOCK_SLICE)
+                    .await
+                    .map_err(unavailable)?,
+            };
+            match read(conn.clone()).await {
+                Ok(v) => {
+                    *slot = Some(conn);
+                    v
+                }
+                Err(e) if is_nogroup(&e) => {
+                    *slot = Some(conn);
+                    drop(slot);
+                    self.ensure_group().await?;
+                    return Ok(Vec::new());
+                }
+                // The connection is dropped; the next call opens a new one.
+                Err(e) => return Err(unavailable(e)),
+            }
+        };
+        // [[stream, [entries...]]] or nil on timeout.
+        Ok(array(&reply)
+            .first()
+            .map(|s| entries(array(s).get(1).unwrap_or(&Value::Nil)))
+            .unwrap_or_default())
+    }
+
+    fn to_leased(
+        &self,
+        entry: Entry,
+        deliveries: u32,
+        out: &mut Vec<LeasedJob>,
+        bad: &mut Vec<String>,
+    ) {
+        let job = entry
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_slice::<PollJob>(p).ok());
+        match job {
+            Some(mut job) => {
+                job.meta.attempt = job
+                    .meta
+                    .attempt
+                    .saturating_add(entry.extra_attempts)
+                    .saturating_add(deliveries.saturating_sub(1));
+                out.push(LeasedJob {
+                    job,
+                    receipt: LeaseReceipt(format!("{}|{}|{deliveries}", self.consumer, entry.id)),
+                });
+            }
+            None => bad.push(entry.id),
+        }
+    }
+
+    /// Removes entries that cannot be read (never redelivered forever).
+    async fn drop_unreadable(&self, ids: Vec<String>) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(stream = %self.stream, count = ids.len(), "removed unreadable poll jobs");
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("XACK")
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(id)
+                .ignore();
+            pipe.cmd("XDEL").arg(&self.stream).arg(id).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+}
+
+fn parse_receipt(r: &LeaseReceipt) -> Option<(&str, &str, &str)> {
+    let mut parts = r.0.rsplitn(3, '|');
+    let deliveries = parts.next()?;
+    let id = parts.next()?;
+    let consumer = parts.next()?;
+    Some((consumer, id, deliveries))
+}
+
+#[async_trait]
+impl PollQueue for RedisPollQueue {
+    async fn enqueue(&self, jobs: &[PollJob]) -> Result<EnqueueReport, QueueError> {
+        let mut report = EnqueueReport::default();
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let mut invocation = self.enqueue.key(&self.stream);
+            invocation.arg(&self.dedup_prefix);
+            for job in chunk {
+                let payload = serde_json::to_vec(job).map_err(|e| QueueError::Corrupt {
+                    message: e.to_string(),
+                })?;
+                invocation
+                    .arg(format!(
+                        "{}:{}",
+                        job.poll.chamber_id.as_uuid().simple(),
+                        job.poll.slot.as_unix_millis()
+                    ))
+                    .arg(u64::try_from(job.dedup_ttl().as_millis()).unwrap_or(u64::MAX))
+                    .arg(payload);
+            }
+            let mut conn = self.conn.clone();
+            let new: u64 = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            report.new += new;
+            report.duplicates += chunk.len() as u64 - new;
+        }
+        Ok(report)
+    }
+
+    async fn lease(
+        &self,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<LeasedJob>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next_delayed = self.promote_due().await?;
+            let mut out = Vec::new();
+            let mut bad = Vec::new();
+            for (entry, deliveries) in self.reclaim(max, visibility).await? {
+                self.to_leased(entry, deliveries, &mut out, &mut bad);
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if out.len() < max {
+                // Block only when nothing is at hand, and never past the next delayed job.
+                let block = if out.is_empty() {
+                    remaining
+                        .min(BLOCK_SLICE)
+                        .min(next_delayed.unwrap_or(Duration::MAX))
+                } else {
+                    Duration::ZERO
+                };
+                for entry in self.read_new(max - out.len(), block).await? {
+                    self.to_leased(entry, 1, &mut out, &mut bad);
+                }
+            }
+            self.drop_unreadable(bad).await?;
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !out.is_empty() || remaining.is_zero() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn ack(&self, receipts: &[LeaseReceipt]) -> Result<u64, QueueError> {
+        let mut total = 0;
+        for chunk in receipts.chunks(1000) {
+            let mut invocation = self.ack.key(&self.stream);
+            invocation.arg(GROUP);
+            let mut any = false;
+            for (consumer, id, deliveries) in chunk.iter().filter_map(parse_receipt) {
+                invocation.arg(id).arg(consumer).arg(deliveries);
+                any = true;
+            }
+            if !any {
+                continue;
+            }
+            let mut conn = self.conn.clone();
+            let n: u64 = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    async fn release(&self, receipt: &LeaseReceipt, delay: Duration) -> Result<(), QueueError> {
+        let Some((consumer, id, deliveries)) = parse_receipt(receipt) else {
+            return Ok(());
+        };
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .release
+            .key(&self.stream)
+            .key(&self.delayed)
+            .arg(GROUP)
+            .arg(id)
+            .arg(consumer)
+            .arg(deliveries)
+            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let mut conn = self.conn.clone();
+        let (groups, delayed_total, (secs, micros)): (Value, u64, (i64, i64)) = redis::pipe()
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .cmd("ZCARD")
+            .arg(&self.delayed)
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let due: u64 = redis::cmd("ZCOUNT")
+            .arg(&self.delayed)
+            .arg("-inf")
+            .arg(now_ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut depth = QueueDepth {
+            delayed: delayed_total - due,
+            ..QueueDepth::default()
+        };
+        let mut last_delivered = String::from("0-0");
+        for g in array(&groups) {
+            let fields = match g {
+                Value::Map(pairs) => pairs
+                    .iter()
+                    .flat_map(|(k, v)| [k.clone(), v.clone()])
+                    .collect(),
+                other => array(other).to_vec(),
+            };
+            let mut name = None;
+            let (mut pending, mut lag) = (0u64, None);
+            let mut last = None;
+            for pair in fields.chunks(2) {
+                match (pair.first().and_then(text).as_deref(), pair.get(1)) {
+                    (Some("name"), Some(v)) => name = text(v),
+                    (Some("pending"), Some(Value::Int(n))) => {
+                        pending = u64::try_from(*n).unwrap_or(0)
+                    }
+                    (Some("lag"), Some(Value::Int(n))) => lag = u64::try_from(*n).ok(),
+                    (Some("last-delivered-id"), Some(v)) => last = text(v),
+                    _ => {}
+                }
+            }
+            if name.as_deref() == Some(GROUP) {
+                depth.leased = pending;
+                if let Some(last) = last {
+                    last_delivered = last;
+                }
+                depth.ready = match lag {
+                    Some(lag) => lag,
+                    None => {
+                        let len: u64 = redis::cmd("XLEN")
+                            .arg(&self.stream)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(unavailable)?;
+                        len.saturating_sub(pending)
+                    }
+                };
+            }
+        }
+        depth.ready += due;
+        if depth.ready > 0 {
+            let next: Value = redis::cmd("XRANGE")
+                .arg(&self.stream)
+                .arg(format!("({last_delivered}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            depth.oldest_ready_enqueued_at = entries(&next)
+                .first()
+                .and_then(|e| e.payload.as_deref())
+                .and_then(|p| serde_json::from_slice::<PollJob>(p).ok())
+                .map(|j| j.meta.enqueued_at);
+        }
+        Ok(depth)
+    }
+}

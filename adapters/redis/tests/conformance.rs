@@ -1,0 +1,49 @@
+//! The queue and coordination conformance suites on Redis: real time, a key prefix per case.
+
+use std::sync::Arc;
+
+use chamberlain_domain::conformance::coordination::CoordinationFixture;
+use chamberlain_domain::conformance::fixtures::Advance;
+use chamberlain_domain::conformance::queue::QueueFixture;
+use chamberlain_memory::SystemClock;
+use chamberlain_redis::testing::TestPrefix;
+use chamberlain_redis::{RedisLeaderLease, RedisPollQueue, RedisScheduleCheckpoint};
+
+/// Redis keys expire in real time: letting time pass means waiting.
+fn real_time() -> Advance {
+    Arc::new(|d| Box::pin(tokio::time::sleep(d)))
+}
+
+mod queue {
+    use super::*;
+    chamberlain_domain::queue_conformance_tests!(async {
+        let prefix = TestPrefix::new();
+        QueueFixture {
+            queue: Arc::new(RedisPollQueue::connect(&prefix.config).await.unwrap()),
+            clock: Arc::new(SystemClock),
+            advance: real_time(),
+            keepalive: Some(Arc::new(prefix)),
+        }
+    });
+}
+
+mod coordination {
+    use super::*;
+    chamberlain_domain::coordination_conformance_tests!(async {
+        let prefix = TestPrefix::new();
+        CoordinationFixture {
+            lease: Arc::new(
+                RedisLeaderLease::connect(&prefix.config, Arc::new(SystemClock))
+                    .await
+                    .unwrap(),
+            ),
+            checkpoint: Arc::new(
+                RedisScheduleCheckpoint::connect(&prefix.config)
+                    .await
+                    .unwrap(),
+            ),
+            advance: real_time(),
+            keepalive: Some(Arc::new(prefix)),
+        }
+    });
+}
