@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
+use chamberlain_domain::conformance::changes::ChangesFixture;
 use chamberlain_domain::conformance::coordination::CoordinationFixture;
 use chamberlain_domain::conformance::fixtures::{Advance, StorePorts, T0};
 use chamberlain_domain::conformance::queue::QueueFixture;
 use chamberlain_memory::{
-    ManualClock, MemoryLeaderLease, MemoryPollQueue, MemoryScheduleCheckpoint, MemoryStore,
+    ManualClock, MemoryChamberChanges, MemoryEventBus, MemoryLeaderLease, MemoryPollQueue,
+    MemoryScheduleCheckpoint, MemoryStore,
 };
 
 fn advance(clock: &Arc<ManualClock>) -> Advance {
@@ -45,6 +47,17 @@ mod coordination {
             lease: Arc::new(MemoryLeaderLease::new(clock.clone())),
             checkpoint: Arc::new(MemoryScheduleCheckpoint::new()),
             advance: advance(&clock),
+            keepalive: None,
+        }
+    });
+}
+
+mod changes {
+    use super::*;
+    chamberlain_domain::changes_conformance_tests!(async {
+        ChangesFixture {
+            changes: Arc::new(MemoryChamberChanges::new(64)),
+            events: Arc::new(MemoryEventBus::new(64)),
             keepalive: None,
         }
     });
