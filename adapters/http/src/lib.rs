@@ -1,1 +1,11 @@
-//! In progress: lands with issue 4.
+#![doc = include_str!("../README.md")]
+
+mod client;
+pub mod config;
+mod connect;
+pub mod egress;
+mod pacing;
+
+pub use client::{ATTEMPT_HEADER, HttpChamberClient, SLOT_HEADER};
+pub use config::{HostPacing, HttpClientConfig};
+pub use egress::{AddressCategory, EgressPolicy, EgressRefusal};

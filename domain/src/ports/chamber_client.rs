@@ -46,7 +46,8 @@ pub enum FetchError {
     /// The body exceeded the configured cap.
     #[error("response larger than {limit_bytes} bytes")]
     TooLarge { limit_bytes: u64 },
-    /// The chamber spoke, but not HTTP we can read (or redirected: redirects are not followed).
+    /// The chamber spoke, but not HTTP we can read. (Redirects are not followed: a 3xx comes back
+    /// as a response with its status.)
     #[error("protocol error: {reason}")]
     Protocol { reason: String },
 }
