@@ -36,6 +36,12 @@ pub(crate) fn is_missing_partition(e: &sqlx::Error) -> bool {
             && db.message().contains("no partition"))
 }
 
+/// Whether PostgreSQL aborted the transaction to break a deadlock or a serialization conflict:
+/// running it again is the remedy.
+pub(crate) fn is_retryable_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
 /// Maps any sqlx error. Constraint violations become the variant their constraint stands for;
 /// everything else (I/O, pool timeouts, statement timeouts, a server going away) becomes
 /// `Unavailable`, which callers may retry.

@@ -10,8 +10,10 @@ use time::OffsetDateTime;
 
 use crate::errors::store_error;
 
-/// The tables partitioned by slot, one partition per UTC day.
-pub const PARTITIONED_TABLES: [&str; 2] = ["readings", "poll_ledger"];
+/// The tables partitioned by slot, one partition per UTC day — in the order a write touches
+/// them (the ledger, then readings), so partition DDL takes their locks in the same order as a
+/// concurrent write and the two can never deadlock.
+pub const PARTITIONED_TABLES: [&str; 2] = ["poll_ledger", "readings"];
 
 const DAY_MS: i64 = 86_400_000;
 

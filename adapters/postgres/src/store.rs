@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::PgStore;
-use crate::errors::{corrupt, is_missing_partition, store_error};
+use crate::errors::{corrupt, is_missing_partition, is_retryable_conflict, store_error};
 use crate::rows::{self, millis, ts};
 use crate::{encoding, partitions};
 
@@ -767,7 +767,9 @@ async fn insert_ledger(
 
 /// Like [`store_error`], but keeps "no partition" recognisable for the retry.
 fn store_error_keep_partition(e: sqlx::Error) -> WriteFailure {
-    if is_missing_partition(&e) {
+    if is_retryable_conflict(&e) {
+        WriteFailure::Conflict
+    } else if is_missing_partition(&e) {
         WriteFailure::MissingPartition
     } else {
         WriteFailure::Store(store_error(e))
@@ -776,6 +778,8 @@ fn store_error_keep_partition(e: sqlx::Error) -> WriteFailure {
 
 enum WriteFailure {
     MissingPartition,
+    /// A deadlock or serialization conflict aborted the transaction: run it again.
+    Conflict,
     Store(StoreError),
 }
 
@@ -903,21 +907,25 @@ impl PgStore {
         F: Fn() -> Fut,
         Fut: Future<Output = std::result::Result<T, WriteFailure>>,
     {
-        match write().await {
-            Ok(v) => Ok(v),
-            Err(WriteFailure::Store(e)) => Err(e),
-            Err(WriteFailure::MissingPartition) => {
-                let days: BTreeSet<i64> = slots.map(partitions::day_of).collect();
-                partitions::ensure_days(&self.pool, &days).await?;
-                match write().await {
-                    Ok(v) => Ok(v),
-                    Err(WriteFailure::Store(e)) => Err(e),
-                    Err(WriteFailure::MissingPartition) => Err(StoreError::unavailable(
-                        "no partition for a slot even after creating it",
-                    )),
+        let days: BTreeSet<i64> = slots.map(partitions::day_of).collect();
+        // A few tries: a missing partition is created, a deadlock or serialization conflict is
+        // run again; anything else is the caller's.
+        let mut last = StoreError::unavailable("write not attempted");
+        for _ in 0..3 {
+            match write().await {
+                Ok(v) => return Ok(v),
+                Err(WriteFailure::Store(e)) => return Err(e),
+                Err(WriteFailure::MissingPartition) => {
+                    partitions::ensure_days(&self.pool, &days).await?;
+                    last =
+                        StoreError::unavailable("no partition for a slot even after creating it");
+                }
+                Err(WriteFailure::Conflict) => {
+                    last = StoreError::unavailable("write aborted by repeated deadlocks");
                 }
             }
         }
+        Err(last)
     }
 }
 

@@ -2,6 +2,14 @@
 #![allow(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chamberlain_domain::ports::{
+    BatchRepository, ChamberHealthRepository, ChamberRepository, Clock, PollLedgerRepository,
+    PollQueue, ReadingRepository,
+};
+use chamberlain_domain::usecases::{PollHandler, PollSettings};
 use std::process::ExitCode;
 
 use chamberlain_domain::ValidationError;
@@ -25,6 +33,179 @@ enum Command {
     /// Serve a simulated chamber fleet on one address and report lateness, misses and
     /// duplicates of the polls it receives.
     Simulate(chamberlain_simulator::SimulateArgs),
+    /// Turn due slots into poll jobs (one leader among any number of replicas).
+    Scheduler(SchedulerArgs),
+    /// Poll chambers: lease jobs, fetch, store readings and the ledger, acknowledge.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RedisArgs {
+    /// The Redis holding the poll queue and the leader lease.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Prefix of every Redis key (a hash tag): installations sharing a Redis differ here.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_REDIS_PREFIX",
+        default_value = "{chamberlain}"
+    )]
+    redis_prefix: String,
+}
+
+impl RedisArgs {
+    fn config(&self) -> Result<chamberlain_redis::RedisConfig, anyhow::Error> {
+        chamberlain_redis::RedisConfig::from_url(&self.redis_url)
+            .map_err(|e| bad_setting("--redis-url", "CHAMBERLAIN_REDIS_URL", &e))?
+            .with_key_prefix(&self.redis_prefix)
+            .map_err(|e| bad_setting("--redis-prefix", "CHAMBERLAIN_REDIS_PREFIX", &e))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct SchedulerArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Seconds between full reloads of the active chambers.
+    #[arg(long, env = "CHAMBERLAIN_SCHEDULER_RESYNC_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    resync_secs: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Polls in flight at once.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
+    /// CIDRs chambers may be polled in although private, loopback, link-local...
+    /// (comma-separated, e.g. 10.20.0.0/16,127.0.0.2/32).
+    #[arg(long, env = "CHAMBERLAIN_EGRESS_ALLOW", default_value = "")]
+    egress_allow: String,
+    /// Largest chamber response read, in bytes.
+    #[arg(long, env = "CHAMBERLAIN_HTTP_BODY_CAP", default_value_t = 1024 * 1024)]
+    body_cap: usize,
+}
+
+/// The repositories a scheduler or worker uses, from whichever store the URL names.
+struct Stores {
+    chambers: Arc<dyn ChamberRepository>,
+    batches: Arc<dyn BatchRepository>,
+    readings: Arc<dyn ReadingRepository>,
+    ledger: Arc<dyn PollLedgerRepository>,
+    health: Arc<dyn ChamberHealthRepository>,
+}
+
+fn stores<S>(store: Arc<S>) -> Stores
+where
+    S: ChamberRepository
+        + BatchRepository
+        + ReadingRepository
+        + PollLedgerRepository
+        + ChamberHealthRepository
+        + 'static,
+{
+    Stores {
+        chambers: store.clone(),
+        batches: store.clone(),
+        readings: store.clone(),
+        ledger: store.clone(),
+        health: store,
+    }
+}
+
+async fn open_stores(args: &DatabaseArgs) -> Result<Stores, anyhow::Error> {
+    Ok(match args.database()? {
+        Database::Postgres(config) => stores(Arc::new(
+            chamberlain_postgres::PgStore::connect(&config).await?,
+        )),
+        Database::Sqlite(config) => stores(Arc::new(
+            chamberlain_sqlite::SqliteStore::connect(&config).await?,
+        )),
+    })
+}
+
+fn holder_name(role: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!("{role}-{host}-{}", std::process::id())
+}
+
+async fn scheduler(args: SchedulerArgs) -> Result<(), anyhow::Error> {
+    let redis = args.redis.config()?;
+    let db = open_stores(&args.database).await?;
+    let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
+    let mut config = chamberlain_scheduler::SchedulerConfig::new(holder_name("scheduler"));
+    config.resync_every = Duration::from_secs(args.resync_secs);
+    let scheduler = chamberlain_scheduler::Scheduler {
+        chambers: db.chambers,
+        ledger: db.ledger,
+        queue: Arc::new(chamberlain_redis::RedisPollQueue::connect(&redis).await?),
+        lease: Arc::new(chamberlain_redis::RedisLeaderLease::connect(&redis, clock.clone()).await?),
+        checkpoint: Arc::new(chamberlain_redis::RedisScheduleCheckpoint::connect(&redis).await?),
+        // Cross-process change notifications arrive with the API; until then the periodic
+        // resync (--resync-secs) is how a scheduler learns of chamber changes.
+        changes: Arc::new(chamberlain_memory::MemoryChamberChanges::default()),
+        clock,
+        config,
+    };
+    tracing::info!(holder = %scheduler.config.holder, "scheduler starting");
+    scheduler.run(shutdown_signal()).await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> Result<(), anyhow::Error> {
+    let redis = args.redis.config()?;
+    let mut http = chamberlain_http::HttpClientConfig::default()
+        .with_body_cap(args.body_cap)
+        .map_err(|e| bad_setting("--body-cap", "CHAMBERLAIN_HTTP_BODY_CAP", &e))?;
+    if !args.egress_allow.trim().is_empty() {
+        http = http
+            .with_egress_allow(&args.egress_allow)
+            .map_err(|e| bad_setting("--egress-allow", "CHAMBERLAIN_EGRESS_ALLOW", &e))?;
+    }
+    let db = open_stores(&args.database).await?;
+    let queue: Arc<dyn PollQueue> =
+        Arc::new(chamberlain_redis::RedisPollQueue::connect(&redis).await?);
+    let cached = Arc::new(chamberlain_worker::CachedChambers::new(
+        db.chambers,
+        db.batches,
+        Duration::from_secs(2),
+    ));
+    let handler = PollHandler {
+        chambers: cached.clone(),
+        batches: cached,
+        readings: db.readings,
+        health: db.health,
+        queue: queue.clone(),
+        client: Arc::new(chamberlain_http::HttpChamberClient::new(&http)),
+        events: Arc::new(chamberlain_memory::MemoryEventBus::default()),
+        clock: Arc::new(chamberlain_memory::SystemClock),
+        settings: PollSettings::default(),
+    };
+    let config = chamberlain_worker::WorkerConfig {
+        concurrency: usize::try_from(args.concurrency).unwrap_or(512),
+        ..chamberlain_worker::WorkerConfig::default()
+    };
+    let _ = db.ledger;
+    tracing::info!(concurrency = config.concurrency, "worker starting");
+    let report = chamberlain_worker::Worker {
+        handler,
+        queue,
+        config,
+    }
+    .run(shutdown_signal())
+    .await;
+    tracing::info!(?report, "worker stopped");
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +337,13 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHAMBERLAIN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -169,6 +357,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Migrate(args) => migrate(args).await,
+            Command::Scheduler(args) => scheduler(args).await,
+            Command::Worker(args) => worker(args).await,
             Command::Simulate(args) => chamberlain_simulator::run_cli(args, shutdown_signal())
                 .await
                 .map(|_report| ())

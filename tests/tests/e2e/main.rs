@@ -1,4 +1,5 @@
-//! End-to-end tests: one binary. Today the embedded pipeline on in-memory adapters; the real
-//! PostgreSQL, Redis and Envoy suites join here as their issues land.
+//! End-to-end tests: one binary. The pipeline on in-memory adapters over simulated time, and on
+//! real PostgreSQL, Redis, HTTP and simulated chambers. Envoy joins with the API.
 
 mod in_memory_pipeline;
+mod pipeline;

@@ -1,0 +1,285 @@
+#![doc = include_str!("../README.md")]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::limits::{LEADER_LEASE_RENEW_EVERY, LEADER_LEASE_TTL};
+use chamberlain_domain::model::{
+    JobMetadata, LedgerEntry, PageRequest, PageSize, PollJob, PollOutcome,
+};
+use chamberlain_domain::ports::{
+    ChamberChange, ChamberChanges, ChamberRepository, ChangeSubscription, Clock, LeaderLease,
+    LeaseGrant, PollLedgerRepository, PollQueue, ScheduleCheckpoint,
+};
+use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
+
+/// Settings of a scheduler replica.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// This replica's name in the lease (unique per process).
+    pub holder: String,
+    pub lease_ttl: Duration,
+    pub renew_every: Duration,
+    /// Full reload of the active chambers, repairing any change the feed lost.
+    pub resync_every: Duration,
+    pub catch_up: CatchUpPolicy,
+    /// Jobs per enqueue call.
+    pub enqueue_batch: usize,
+}
+
+impl SchedulerConfig {
+    pub fn new(holder: impl Into<String>) -> Self {
+        Self {
+            holder: holder.into(),
+            lease_ttl: LEADER_LEASE_TTL,
+            renew_every: LEADER_LEASE_RENEW_EVERY,
+            resync_every: Duration::from_secs(60),
+            catch_up: CatchUpPolicy::Skip,
+            enqueue_batch: 1000,
+        }
+    }
+}
+
+/// The ports a scheduler uses.
+#[derive(Clone)]
+pub struct Scheduler {
+    pub chambers: Arc<dyn ChamberRepository>,
+    pub ledger: Arc<dyn PollLedgerRepository>,
+    pub queue: Arc<dyn PollQueue>,
+    pub lease: Arc<dyn LeaderLease>,
+    pub checkpoint: Arc<dyn ScheduleCheckpoint>,
+    pub changes: Arc<dyn ChamberChanges>,
+    pub clock: Arc<dyn Clock>,
+    pub config: SchedulerConfig,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a leader term ended.
+enum TermEnd {
+    LostLease,
+    Shutdown,
+}
+
+impl Scheduler {
+    /// Runs until `shutdown` resolves: waits for the lease, leads while it holds it, and gives
+    /// it up on shutdown. Infrastructure errors are logged and retried; they never end the loop.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let grant = tokio::select! {
+                () = &mut shutdown => return,
+                grant = self.acquire() => grant,
+            };
+            tracing::info!(holder = %self.config.holder, token = grant.fencing_token, "leading the schedule");
+            let end = self.lead(grant.clone(), &mut shutdown).await;
+            match end {
+                TermEnd::Shutdown => {
+                    if let Err(e) = self.lease.release(&grant).await {
+                        tracing::warn!(error = %e, "lease not released; it expires by itself");
+                    }
+                    return;
+                }
+                TermEnd::LostLease => {
+                    tracing::warn!(holder = %self.config.holder, "lost the leader lease; following");
+                }
+            }
+        }
+    }
+
+    /// Tries for the lease every renewal period until it is granted.
+    async fn acquire(&self) -> LeaseGrant {
+        loop {
+            match self
+                .lease
+                .acquire(&self.config.holder, self.config.lease_ttl)
+                .await
+            {
+                Ok(Some(grant)) => return grant,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "lease store unavailable"),
+            }
+            tokio::time::sleep(self.config.renew_every).await;
+        }
+    }
+
+    async fn lead<S: Future<Output = ()> + Unpin>(
+        &self,
+        mut grant: LeaseGrant,
+        shutdown: &mut S,
+    ) -> TermEnd {
+        let now = self.clock.now();
+        let watermark = match self.checkpoint.load().await {
+            Ok(Some(w)) => w,
+            // The first leader ever: nothing was owed before now.
+            Ok(None) => Timestamp::from_unix_millis(now.as_unix_millis() - 1),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint unavailable; starting from now");
+                Timestamp::from_unix_millis(now.as_unix_millis() - 1)
+            }
+        };
+        let mut planner = SchedulePlanner::new(self.config.catch_up, watermark);
+        // Subscribe before loading, so no change falls between the two.
+        let mut feed: Option<Box<dyn ChangeSubscription>> = match self.changes.subscribe().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed unavailable; relying on resyncs");
+                None
+            }
+        };
+        let mut next_resync = self.resync(&mut planner).await;
+        // Polls whose enqueue failed (queue unavailable): retried at each wake while current.
+        let mut unsent: Vec<PollJob> = Vec::new();
+        let mut next_renew = tokio::time::Instant::now() + self.config.renew_every;
+        loop {
+            let now = self.clock.now();
+            let until_due = planner
+                .next_due()
+                .map_or(self.config.renew_every, |due| due.saturating_since(now));
+            let wake = (tokio::time::Instant::now() + until_due)
+                .min(next_renew)
+                .min(next_resync);
+            let change = async {
+                match feed.as_mut() {
+                    Some(f) => f.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut *shutdown => return TermEnd::Shutdown,
+                change = change => match change {
+                    Some(ChamberChange::Upserted { chamber }) => match ScheduledChamber::of(&chamber) {
+                        Some(c) => planner.upsert(c),
+                        None => planner.remove(chamber.id),
+                    },
+                    Some(ChamberChange::Removed { chamber_id, .. }) => planner.remove(chamber_id),
+                    Some(ChamberChange::Resync) => next_resync = tokio::time::Instant::now(),
+                    None => {
+                        tracing::warn!("change feed closed; relying on resyncs");
+                        feed = None;
+                    }
+                },
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            let instant = tokio::time::Instant::now();
+            if instant >= next_renew {
+                match self.lease.renew(&grant, self.config.lease_ttl).await {
+                    Ok(Some(g)) => grant = g,
+                    Ok(None) => return TermEnd::LostLease,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease renewal failed");
+                        if self.clock.now() >= grant.expires_at {
+                            return TermEnd::LostLease;
+                        }
+                    }
+                }
+                next_renew = instant + self.config.renew_every;
+            }
+            if instant >= next_resync {
+                next_resync = self.resync(&mut planner).await;
+            }
+            let now = self.clock.now();
+            if planner.next_due().is_some_and(|due| due <= now) || !unsent.is_empty() {
+                let decision = planner.due(now);
+                unsent = self
+                    .carry_out(
+                        decision,
+                        std::mem::take(&mut unsent),
+                        now,
+                        &grant,
+                        planner.watermark(),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    /// Loads every active chamber into the planner; returns when to do it again.
+    async fn resync(&self, planner: &mut SchedulePlanner) -> tokio::time::Instant {
+        let mut all = Vec::new();
+        let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
+        loop {
+            match self.chambers.list_active(page.clone()).await {
+                Ok(p) => {
+                    all.extend(p.items.iter().filter_map(ScheduledChamber::of));
+                    match p.next {
+                        Some(next) => page.after = Some(next),
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "resync failed; retrying soon");
+                    return tokio::time::Instant::now() + self.config.renew_every;
+                }
+            }
+        }
+        tracing::debug!(chambers = all.len(), "resynced");
+        planner.replace_all(all);
+        tokio::time::Instant::now() + self.config.resync_every
+    }
+
+    /// Records missed slots, enqueues due polls (and earlier ones that could not be sent), then
+    /// saves the watermark. Returns the polls that could not be enqueued. A crash between the
+    /// steps re-decides the same slots next time, and dedup makes that harmless.
+    async fn carry_out(
+        &self,
+        decision: Decision,
+        unsent: Vec<PollJob>,
+        now: Timestamp,
+        grant: &LeaseGrant,
+        watermark: Timestamp,
+    ) -> Vec<PollJob> {
+        // Unsent polls whose next slot is already due will never be fetched: missed.
+        let (retry, stale): (Vec<PollJob>, Vec<PollJob>) =
+            unsent.into_iter().partition(|j| !j.is_expired_at(now));
+        let missed: Vec<LedgerEntry> = decision
+            .missed
+            .iter()
+            .flat_map(|m| m.slots().collect::<Vec<_>>())
+            .chain(stale.iter().map(|j| j.poll))
+            .map(|poll| LedgerEntry::unfetched(poll, PollOutcome::Missed, 0, now))
+            .collect();
+        for chunk in missed.chunks(10_000) {
+            if let Err(e) = self.ledger.record(chunk).await {
+                tracing::warn!(error = %e, slots = chunk.len(), "missed slots not recorded");
+            }
+        }
+        let meta = JobMetadata {
+            trace: None,
+            attempt: 1,
+            enqueued_at: now,
+        };
+        let mut jobs = retry;
+        jobs.extend(
+            decision
+                .enqueue
+                .into_iter()
+                .map(|d| d.into_job(meta.clone())),
+        );
+        let mut failed = Vec::new();
+        for chunk in jobs.chunks(self.config.enqueue_batch.max(1)) {
+            match self.queue.enqueue(chunk).await {
+                Ok(report) if report.duplicates > 0 => {
+                    tracing::debug!(duplicates = report.duplicates, "polls already enqueued");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, polls = chunk.len(), "polls not enqueued; retrying while they are current");
+                    failed.extend_from_slice(chunk);
+                }
+            }
+        }
+        if let Err(e) = self.checkpoint.save(grant.fencing_token, watermark).await {
+            tracing::warn!(error = %e, "watermark not saved");
+        }
+        failed
+    }
+}
