@@ -90,6 +90,10 @@ struct WorkerArgs {
     /// (comma-separated, e.g. 10.20.0.0/16,127.0.0.2/32).
     #[arg(long, env = "CHAMBERLAIN_EGRESS_ALLOW", default_value = "")]
     egress_allow: String,
+    /// Seconds a leased job stays invisible to other workers; a worker that dies holding jobs
+    /// has them taken over this long after it leased them.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_VISIBILITY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    visibility_secs: u64,
     /// Largest chamber response read, in bytes.
     #[arg(long, env = "CHAMBERLAIN_HTTP_BODY_CAP", default_value_t = 1024 * 1024)]
     body_cap: usize,
@@ -193,6 +197,7 @@ async fn worker(args: WorkerArgs) -> Result<(), anyhow::Error> {
     };
     let config = chamberlain_worker::WorkerConfig {
         concurrency: usize::try_from(args.concurrency).unwrap_or(512),
+        visibility: Duration::from_secs(args.visibility_secs),
         ..chamberlain_worker::WorkerConfig::default()
     };
     let _ = db.ledger;

@@ -3,3 +3,5 @@
 
 mod in_memory_pipeline;
 mod pipeline;
+mod processes;
+mod support;

@@ -1,0 +1,331 @@
+//! Pipeline benchmark: the simulator, PostgreSQL, Redis, one scheduler process and one worker
+//! process on this machine, for 1,000, 2,500, 5,000 and 10,000 chambers × 8 detectors at 1 s.
+//!
+//! ```sh
+//! scripts/bench-pipeline            # tuned throwaway PostgreSQL, release build, 60 s per step
+//! ```
+//! Per step it prints polls/s, readings/s, coverage (slots whose request reached the chamber
+//! before the next slot was due, from the simulator and from the ledger), lateness p50/p99/max
+//! and duplicates as the simulator measured them, and CPU per poll of the chamberlain processes,
+//! with Redis, PostgreSQL and the simulator (this process) printed separately.
+//! `CHAMBERLAIN_BENCH_SMOKE=1` runs one tiny step for a few seconds.
+
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::model::{PollOutcome, Role};
+use chamberlain_domain::ports::{Clock, LedgerQuery, PollLedgerRepository};
+use chamberlain_domain::usecases::{
+    Actor, AdminSettings, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, UserAdmin,
+};
+use chamberlain_memory::{MemoryChamberChanges, MemoryEventBus, SystemClock};
+use chamberlain_simulator::{Format, Simulator, SimulatorConfig};
+
+const DETECTORS: u32 = 8;
+
+fn clk_tck() -> f64 {
+    100.0
+}
+
+/// user+sys CPU seconds of a process.
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (utime + stime) / clk_tck()
+}
+
+/// user+sys CPU seconds of every process whose command line contains `needle`.
+fn cpu_matching(needle: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .map(cpu_of)
+        .sum()
+}
+
+fn chamberlain_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("CHAMBERLAIN_BIN") {
+        return bin.into();
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target")
+        .join(profile)
+        .join("chamberlain")
+}
+
+struct Step {
+    chambers: u32,
+    warmup: Duration,
+    measure: Duration,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first (a graceful stop), then make sure.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn step(s: &Step, server_url: &str, redis_url: &str) {
+    // The simulator runs in this process (its CPU is this process's during the run).
+    let port = TcpListener::bind("127.0.0.2:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let sim = Simulator::start(
+        SimulatorConfig::builder()
+            .chambers(s.chambers)
+            .detectors(DETECTORS)
+            .interval(Duration::from_secs(1))
+            .bind(format!("127.0.0.2:{port}").parse().expect("addr"))
+            .build()
+            .expect("simulator config"),
+    )
+    .await
+    .expect("simulator");
+    let (store, db) = chamberlain_postgres::testing::fresh_store().await;
+    let store = Arc::new(store);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let users = UserAdmin {
+        organizations: store.clone(),
+        users: store.clone(),
+        clock: clock.clone(),
+    };
+    let (org, admin) = users
+        .create_organization(
+            "Bench",
+            NewUser {
+                email: "b@lab.example".into(),
+                display_name: "B".into(),
+                role: "admin".into(),
+                password_hash: None,
+            },
+        )
+        .await
+        .expect("org");
+    let actor = Actor {
+        user_id: admin.id,
+        organization_id: org.id,
+        role: Role::Admin,
+    };
+    let admin = ChamberAdmin {
+        sections: store.clone(),
+        chambers: store.clone(),
+        detectors: store.clone(),
+        batches: store.clone(),
+        changes: Arc::new(MemoryChamberChanges::default()),
+        events: Arc::new(MemoryEventBus::default()),
+        clock: clock.clone(),
+        settings: AdminSettings::default(),
+    };
+    let section = admin
+        .create_section(
+            &actor,
+            NewSection {
+                name: "bench".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .expect("section");
+    let mut ids = Vec::new();
+    for i in 0..s.chambers {
+        let c = admin
+            .create_chamber(
+                &actor,
+                NewChamber {
+                    section_id: section.id,
+                    name: format!("c{i:05}"),
+                    url: sim.chamber_url(i, Format::Json),
+                    format: "json".into(),
+                    interval: Duration::from_secs(1),
+                    timeout: None,
+                    detectors: (0..DETECTORS)
+                        .map(|j| NewDetector {
+                            name: format!("d{j}"),
+                            key: format!("/detectors/{j}/value"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                },
+            )
+            .await
+            .expect("chamber");
+        ids.push(c.chamber.id);
+    }
+    let db_url = format!(
+        "{}/{}",
+        server_url
+            .rsplit_once('/')
+            .map_or(server_url, |(base, _)| base),
+        db.name
+    );
+    let prefix = format!("{{chamberlain-bench-{}}}", uuid::Uuid::new_v4().simple());
+    let spawn = |role: &str| {
+        Proc(
+            Command::new(chamberlain_bin())
+                .arg(role)
+                .env("CHAMBERLAIN_DATABASE_URL", &db_url)
+                .env("CHAMBERLAIN_REDIS_URL", redis_url)
+                .env("CHAMBERLAIN_REDIS_PREFIX", &prefix)
+                .env("CHAMBERLAIN_EGRESS_ALLOW", "127.0.0.2/32")
+                .env("CHAMBERLAIN_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("the chamberlain binary is built (scripts/bench-pipeline builds it)"),
+        )
+    };
+    let scheduler = spawn("scheduler");
+    let worker = spawn("worker");
+    tokio::time::sleep(s.warmup).await; // the warm-up period of the run, not a wait for a condition
+    sim.reset();
+    let t0 = clock.now();
+    let pids = [scheduler.0.id(), worker.0.id()];
+    let cpu_chamberlain0: f64 = pids.iter().map(|p| cpu_of(*p)).sum();
+    let cpu_sim0 = cpu_of(std::process::id());
+    let cpu_redis0 = cpu_matching("redis-server");
+    let cpu_pg0 = cpu_matching("postgres");
+    tokio::time::sleep(s.measure).await; // the measured period of the run
+    let cpu_chamberlain1: f64 = pids.iter().map(|p| cpu_of(*p)).sum();
+    let cpu_sim1 = cpu_of(std::process::id());
+    let cpu_redis1 = cpu_matching("redis-server");
+    let cpu_pg1 = cpu_matching("postgres");
+    let t1 = clock.now();
+    let report = sim.report();
+    drop(scheduler);
+    drop(worker);
+
+    // Coverage from the ledger: slots in the window fetched before the next slot was due.
+    let window_from = t0;
+    let window_to = Timestamp::from_unix_millis(t1.as_unix_millis() - 1000);
+    let (mut expected, mut on_time, mut entries) = (0u64, 0u64, 0u64);
+    for id in &ids {
+        let grid = chamberlain_domain::schedule::SlotGrid::new(
+            *id,
+            chamberlain_domain::model::PollInterval::from_secs(1).expect("1 s"),
+        );
+        let first = grid.at_or_after(window_from);
+        expected += grid.count_between(first, grid.at_or_before(window_to));
+        let ledger = store
+            .list(
+                org.id,
+                &LedgerQuery {
+                    from: window_from,
+                    to: window_to,
+                    ..LedgerQuery::all(*id)
+                },
+            )
+            .await
+            .expect("ledger")
+            .items;
+        entries += ledger.len() as u64;
+        on_time += ledger
+            .iter()
+            .filter(|e| e.outcome == PollOutcome::Ok && e.lateness < Duration::from_secs(1))
+            .count() as u64;
+    }
+    let secs = t1.saturating_since(t0).as_secs_f64();
+    let polls = report.requests as f64;
+    let per_poll = |cpu: f64| if polls > 0.0 { cpu / polls * 1e6 } else { 0.0 };
+    println!(
+        "{:>6} chambers | {:>7.0} polls/s {:>8.0} readings/s | coverage {:>7.3} % (ledger: {}/{} on time, {} entries) | lateness p50 {:>4} p99 {:>5} max {:>5} ms | duplicates {} | CPU/poll µs: chamberlain {:.0}, redis {:.0}, postgres {:.0}, simulator {:.0}",
+        s.chambers,
+        polls / secs,
+        polls * f64::from(DETECTORS) / secs,
+        if expected > 0 {
+            on_time as f64 / expected as f64 * 100.0
+        } else {
+            0.0
+        },
+        on_time,
+        expected,
+        entries,
+        report.lateness_ms.p50.unwrap_or(-1),
+        report.lateness_ms.p99.unwrap_or(-1),
+        report.lateness_ms.max.unwrap_or(-1),
+        report.duplicates.attempt_one,
+        per_poll(cpu_chamberlain1 - cpu_chamberlain0),
+        per_poll(cpu_redis1 - cpu_redis0),
+        per_poll(cpu_pg1 - cpu_pg0),
+        per_poll(cpu_sim1 - cpu_sim0),
+    );
+    let _ = sim.shutdown().await;
+    drop(db);
+}
+
+fn main() {
+    let smoke = std::env::var("CHAMBERLAIN_BENCH_SMOKE").is_ok_and(|v| v == "1");
+    let only: Option<u32> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    let steps: Vec<Step> = if smoke {
+        vec![Step {
+            chambers: 20,
+            warmup: Duration::from_secs(2),
+            measure: Duration::from_secs(2),
+        }]
+    } else {
+        [1_000, 2_500, 5_000, 10_000]
+            .into_iter()
+            .filter(|n| only.is_none_or(|o| o == *n))
+            .map(|chambers| Step {
+                chambers,
+                warmup: Duration::from_secs(10),
+                measure: Duration::from_secs(60),
+            })
+            .collect()
+    };
+    if smoke {
+        println!(
+            "smoke mode (CHAMBERLAIN_BENCH_SMOKE=1): one tiny step, figures are not measurements"
+        );
+    }
+    let server_url = chamberlain_postgres::testing::server_url();
+    let redis_url = chamberlain_redis::testing::server_url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for s in &steps {
+            step(s, &server_url, &redis_url).await;
+        }
+    });
+}
