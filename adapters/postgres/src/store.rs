@@ -1209,6 +1209,16 @@ impl ChamberHealthRepository for PgStore {
         row.as_ref().map(rows::health).transpose()
     }
 
+    async fn get_many(&self, chambers: &[ChamberId]) -> Result<Vec<ChamberHealth>> {
+        let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
+        let rows = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        decode_all(&rows, rows::health)
+    }
+
     async fn save(&self, h: &ChamberHealth) -> Result<u64> {
         let version = i64::try_from(h.version).unwrap_or(i64::MAX);
         let sql = if h.version == 0 {

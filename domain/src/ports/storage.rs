@@ -438,6 +438,18 @@ pub trait ChamberHealthRepository: Send + Sync {
     /// `Unavailable`.
     async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>, StoreError>;
 
+    /// The stored health of each of `chambers` that has one (one read for a batch of polls).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn get_many(&self, chambers: &[ChamberId]) -> Result<Vec<ChamberHealth>, StoreError> {
+        let mut out = Vec::new();
+        for id in chambers {
+            out.extend(self.get(*id).await?);
+        }
+        Ok(out)
+    }
+
     /// Stores `health` if the stored version is still `health.version` (0: no row yet), and
     /// returns the new version.
     ///

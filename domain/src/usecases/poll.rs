@@ -6,13 +6,14 @@
 //! their jobs only after that write returned, then updates health and publishes events.
 //! [`PollHandler::handle`] does both for a single job.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{
-    Chamber, ChamberHealth, CorruptionReason, Detector, DetectorKey, Finite, HealthPolicy,
-    HealthTransition, LedgerEntry, PollKind, PollOutcome, Reading, ReadingValue, ResponseFormat,
+    Chamber, ChamberHealth, ChamberId, CorruptionReason, Detector, DetectorKey, Finite,
+    HealthPolicy, HealthTransition, LedgerEntry, PollId, PollKind, PollOutcome, Reading,
+    ReadingValue, ResponseFormat,
 };
 use crate::parse::{JsonDocument, PrometheusDocument, ValueProblem};
 use crate::ports::{
@@ -326,23 +327,19 @@ impl PollHandler {
         let acked = self.queue.ack(&receipts).await;
 
         let existing: HashSet<_> = write.existing_polls.iter().copied().collect();
-        let mut events = Vec::new();
-        let mut transitions = Vec::new();
-        for poll in polls
+        let fresh: Vec<ProcessedPoll> = polls
             .into_iter()
             .filter(|p| !existing.contains(&p.record.entry.poll))
-        {
+            .collect();
+        let transitions = self.observe_health_batch(&fresh).await;
+        let mut events = Vec::new();
+        for poll in fresh {
             let PollRecord { entry, readings } = poll.record;
-            if let Some(succeeded) = entry.outcome.chamber_succeeded()
-                && let Some(t) = self
-                    .observe_health(&entry, succeeded, &poll.health_policy)
-                    .await
-            {
+            if let Some(t) = transitions.get(&entry.poll) {
                 events.push(DomainEvent::HealthChanged {
                     routing: poll.routing,
                     transition: t.clone(),
                 });
-                transitions.push(t);
             }
             if !readings.is_empty() {
                 events.push(DomainEvent::ReadingsWritten {
@@ -356,6 +353,8 @@ impl PollHandler {
                 entry,
             });
         }
+        let mut transitions: Vec<HealthTransition> = transitions.into_values().collect();
+        transitions.sort_by_key(|t| (t.chamber_id, t.at));
         if !events.is_empty()
             && let Err(e) = self.events.publish(&events).await
         {
@@ -388,6 +387,103 @@ impl PollHandler {
                 Ok(Handled::Discarded)
             }
         }
+    }
+
+    /// Applies a batch's outcomes to health: one read for the batch, a write only where a
+    /// chamber's state, failure count or failing-since changes (a healthy chamber's success
+    /// writes nothing). A write that loses an optimistic-concurrency race falls back to
+    /// re-reading per poll. Returns each poll's transition. Health is derived state: a failure
+    /// here is logged, never fails the poll.
+    async fn observe_health_batch(
+        &self,
+        polls: &[ProcessedPoll],
+    ) -> HashMap<PollId, HealthTransition> {
+        let mut observed: Vec<&ProcessedPoll> = polls
+            .iter()
+            .filter(|p| p.record.entry.outcome.chamber_succeeded().is_some())
+            .collect();
+        observed.sort_by_key(|p| p.record.entry.poll.slot);
+        let mut ids: Vec<ChamberId> = observed
+            .iter()
+            .map(|p| p.record.entry.poll.chamber_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let mut transitions = HashMap::new();
+        if ids.is_empty() {
+            return transitions;
+        }
+        let stored = match self.health.get_many(&ids).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "health not read");
+                return transitions;
+            }
+        };
+        let mut current: HashMap<ChamberId, ChamberHealth> =
+            stored.into_iter().map(|h| (h.chamber_id, h)).collect();
+        let mut original: HashMap<ChamberId, ChamberHealth> = HashMap::new();
+        let mut pending: HashMap<ChamberId, Vec<(PollId, HealthTransition)>> = HashMap::new();
+        for p in &observed {
+            let entry = &p.record.entry;
+            let id = entry.poll.chamber_id;
+            let succeeded = entry.outcome.chamber_succeeded().unwrap_or(true);
+            let cur = current
+                .entry(id)
+                .or_insert_with(|| ChamberHealth::unknown(id, entry.recorded_at));
+            original.entry(id).or_insert_with(|| cur.clone());
+            let (next, t) = cur.observe(
+                entry.poll.slot,
+                succeeded,
+                entry.recorded_at,
+                &p.health_policy,
+            );
+            if let Some(t) = t {
+                pending.entry(id).or_default().push((entry.poll, t));
+            }
+            *cur = next;
+        }
+        let material = |a: &ChamberHealth, b: &ChamberHealth| {
+            a.state != b.state
+                || a.consecutive_failures != b.consecutive_failures
+                || a.failing_since != b.failing_since
+        };
+        for (id, before) in original {
+            let Some(after) = current.get(&id) else {
+                continue;
+            };
+            if !material(&before, after) {
+                continue;
+            }
+            match self
+                .health
+                .save(&ChamberHealth {
+                    version: before.version,
+                    ..after.clone()
+                })
+                .await
+            {
+                Ok(_) => transitions.extend(pending.remove(&id).unwrap_or_default()),
+                Err(StoreError::Conflict { .. }) => {
+                    // Another worker wrote this chamber's health meanwhile: redo it poll by poll.
+                    for p in observed
+                        .iter()
+                        .filter(|p| p.record.entry.poll.chamber_id == id)
+                    {
+                        let entry = &p.record.entry;
+                        let succeeded = entry.outcome.chamber_succeeded().unwrap_or(true);
+                        if let Some(t) = self
+                            .observe_health(entry, succeeded, &p.health_policy)
+                            .await
+                        {
+                            transitions.insert(entry.poll, t);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(chamber.id = %id, error = %e, "health not saved"),
+            }
+        }
+        transitions
     }
 
     /// Applies one outcome to the chamber's health with optimistic concurrency. Health is

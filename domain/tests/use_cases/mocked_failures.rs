@@ -136,7 +136,12 @@ async fn a_lost_ack_is_reported_but_health_and_events_still_happen() {
 async fn a_health_write_conflict_is_retried() {
     let (h, _, processed) = fetched_poll().await;
     let mut health = MockChamberHealthRepository::new();
-    health.expect_get().times(2).returning(|_| Ok(None));
+    // One read for the batch; after the lost race, a re-read for the poll.
+    health
+        .expect_get_many()
+        .times(1)
+        .returning(|_| Ok(Vec::new()));
+    health.expect_get().times(1).returning(|_| Ok(None));
     let mut attempts = 0;
     health.expect_save().times(2).returning(move |_| {
         attempts += 1;
@@ -178,4 +183,26 @@ async fn a_failing_event_bus_does_not_fail_the_poll() {
         panic!("completed")
     };
     assert_eq!((done.write.readings_new, done.acked), (2, 1));
+}
+
+#[tokio::test]
+async fn a_healthy_chambers_success_reads_health_once_and_writes_nothing() {
+    let (h, _, processed) = fetched_poll().await;
+    let chamber = processed.record.entry.poll.chamber_id;
+    let mut health = MockChamberHealthRepository::new();
+    health.expect_get_many().times(1).returning(move |_| {
+        Ok(vec![chamberlain_domain::model::ChamberHealth {
+            state: chamberlain_domain::model::HealthState::Up,
+            version: 7,
+            ..chamberlain_domain::model::ChamberHealth::unknown(chamber, slot(0))
+        }])
+    });
+    health.expect_get().never();
+    health.expect_save().never();
+    let handler = PollHandler {
+        health: Arc::new(health),
+        ..h.handler.clone()
+    };
+    let done = handler.complete(vec![processed]).await.unwrap();
+    assert!(done.transitions.is_empty());
 }

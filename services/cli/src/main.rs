@@ -182,7 +182,7 @@ async fn worker(args: WorkerArgs) -> Result<(), anyhow::Error> {
     let cached = Arc::new(chamberlain_worker::CachedChambers::new(
         db.chambers,
         db.batches,
-        Duration::from_secs(2),
+        Duration::from_secs(10),
     ));
     let handler = PollHandler {
         chambers: cached.clone(),

@@ -188,3 +188,30 @@ fn simulate_serves_a_fleet_for_its_duration_and_prints_the_report() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn the_services_refuse_a_bad_setting_at_start_naming_it() {
+    for (args, named) in [
+        (
+            vec!["worker", "--egress-allow", "10.0.0.0/33"],
+            "CHAMBERLAIN_EGRESS_ALLOW",
+        ),
+        (
+            vec!["worker", "--redis-url", "http://nope"],
+            "CHAMBERLAIN_REDIS_URL",
+        ),
+        (
+            vec!["scheduler", "--redis-prefix", "has space"],
+            "CHAMBERLAIN_REDIS_PREFIX",
+        ),
+        (
+            vec!["worker", "--database-url", "mysql://x/y"],
+            "CHAMBERLAIN_DATABASE_URL",
+        ),
+    ] {
+        let out = chamberlain().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?} should name {named}: {err}");
+    }
+}
