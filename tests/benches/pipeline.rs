@@ -238,6 +238,10 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
     let window_from = t0;
     let window_to = Timestamp::from_unix_millis(t1.as_unix_millis() - 1000);
     let (mut expected, mut on_time, mut entries) = (0u64, 0u64, 0u64);
+    // Where the late polls are in time: polls requested more than 50 ms after their slot, per
+    // second of the run (a periodic stall shows as a pattern).
+    let mut late_by_second: std::collections::BTreeMap<i64, u64> =
+        std::collections::BTreeMap::new();
     for id in &ids {
         let grid = chamberlain_domain::schedule::SlotGrid::new(
             *id,
@@ -258,6 +262,13 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
             .expect("ledger")
             .items;
         entries += ledger.len() as u64;
+        for e in &ledger {
+            if e.lateness > Duration::from_millis(50) {
+                *late_by_second
+                    .entry((e.poll.slot.as_unix_millis() - t0.as_unix_millis()) / 1000)
+                    .or_default() += 1;
+            }
+        }
         on_time += ledger
             .iter()
             .filter(|e| e.outcome == PollOutcome::Ok && e.lateness < Duration::from_secs(1))
@@ -288,6 +299,9 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
         per_poll(cpu_pg1 - cpu_pg0),
         per_poll(cpu_sim1 - cpu_sim0),
     );
+    if std::env::var("CHAMBERLAIN_BENCH_LATE_SECONDS").is_ok() {
+        println!("polls later than 50 ms, by second of the run: {late_by_second:?}");
+    }
     let _ = sim.shutdown().await;
     drop(db);
 }

@@ -22,7 +22,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections kept per host unless configured.
-pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 4;
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 32;
 pub const MAX_POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// How long an idle pooled connection is kept unless configured.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -27,6 +27,9 @@ pub struct SchedulerConfig {
     pub catch_up: CatchUpPolicy,
     /// Jobs per enqueue call.
     pub enqueue_batch: usize,
+    /// The watermark is saved at most this often (a new leader re-decides at most this much,
+    /// and the queue's dedup absorbs it).
+    pub checkpoint_every: Duration,
 }
 
 impl SchedulerConfig {
@@ -38,6 +41,7 @@ impl SchedulerConfig {
             resync_every: Duration::from_secs(60),
             catch_up: CatchUpPolicy::Skip,
             enqueue_batch: 1000,
+            checkpoint_every: Duration::from_millis(250),
         }
     }
 }
@@ -138,6 +142,7 @@ impl Scheduler {
         let mut next_resync = self.resync(&mut planner).await;
         // Polls whose enqueue failed (queue unavailable): retried at each wake while current.
         let mut unsent: Vec<PollJob> = Vec::new();
+        let mut next_checkpoint = tokio::time::Instant::now();
         let mut next_renew = tokio::time::Instant::now() + self.config.renew_every;
         loop {
             let now = self.clock.now();
@@ -189,13 +194,18 @@ impl Scheduler {
             let now = self.clock.now();
             if planner.next_due().is_some_and(|due| due <= now) || !unsent.is_empty() {
                 let decision = planner.due(now);
+                let checkpoint = tokio::time::Instant::now() >= next_checkpoint;
+                if checkpoint {
+                    next_checkpoint = tokio::time::Instant::now() + self.config.checkpoint_every;
+                }
+                let watermark = checkpoint.then(|| planner.watermark());
                 unsent = self
                     .carry_out(
                         decision,
                         std::mem::take(&mut unsent),
                         now,
                         &grant,
-                        planner.watermark(),
+                        watermark,
                     )
                     .await;
             }
@@ -235,7 +245,7 @@ impl Scheduler {
         unsent: Vec<PollJob>,
         now: Timestamp,
         grant: &LeaseGrant,
-        watermark: Timestamp,
+        watermark: Option<Timestamp>,
     ) -> Vec<PollJob> {
         // Unsent polls whose next slot is already due will never be fetched: missed.
         let (retry, stale): (Vec<PollJob>, Vec<PollJob>) =
@@ -277,7 +287,9 @@ impl Scheduler {
                 }
             }
         }
-        if let Err(e) = self.checkpoint.save(grant.fencing_token, watermark).await {
+        if let Some(watermark) = watermark
+            && let Err(e) = self.checkpoint.save(grant.fencing_token, watermark).await
+        {
             tracing::warn!(error = %e, "watermark not saved");
         }
         failed

@@ -1,6 +1,6 @@
 //! Short-lived caches in front of the repositories a poll reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,9 @@ pub struct CachedChambers {
     chambers: Arc<dyn ChamberRepository>,
     batches: Arc<dyn BatchRepository>,
     ttl: Duration,
-    loaded: Mutex<HashMap<ChamberId, Entry<Option<ChamberWithDetectors>>>>,
+    loaded: Arc<Mutex<HashMap<ChamberId, Entry<Option<ChamberWithDetectors>>>>>,
+    /// Chambers whose entry is being reloaded in the background.
+    refreshing: Arc<Mutex<HashSet<ChamberId>>>,
     open: Mutex<HashMap<SectionId, Entry<Option<Batch>>>>,
 }
 
@@ -50,7 +52,8 @@ impl CachedChambers {
             chambers,
             batches,
             ttl,
-            loaded: Mutex::default(),
+            loaded: Arc::default(),
+            refreshing: Arc::default(),
             open: Mutex::default(),
         }
     }
@@ -89,16 +92,42 @@ impl ChamberRepository for CachedChambers {
     async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<(), StoreError> {
         self.chambers.delete(org, id).await
     }
+    /// A poll never waits for a reload once its chamber is cached: an entry older than the TTL
+    /// is served as it is while one background task reloads it (a fleet loaded together would
+    /// otherwise expire together and stall every poll of that second on the database).
     async fn load_for_poll(
         &self,
         id: ChamberId,
     ) -> Result<Option<ChamberWithDetectors>, StoreError> {
-        if let Some(hit) = self.fresh(&self.loaded, &id) {
-            return Ok(hit);
+        let cached = lock(&self.loaded).get(&id).cloned();
+        let Some((at, value)) = cached else {
+            let loaded = self.chambers.load_for_poll(id).await?;
+            lock(&self.loaded).insert(id, (Instant::now(), loaded.clone()));
+            return Ok(loaded);
+        };
+        // Each chamber's entry lives between one and two TTLs (fixed per chamber, from its id),
+        // so a fleet loaded together is reloaded spread out, not in one burst.
+        let spread = chamberlain_domain::schedule::stable_chamber_hash(id) % 1000;
+        let ttl = self.ttl + self.ttl.mul_f64(spread as f64 / 1000.0);
+        if at.elapsed() >= ttl && lock(&self.refreshing).insert(id) {
+            let (chambers, loaded, refreshing) = (
+                self.chambers.clone(),
+                self.loaded.clone(),
+                self.refreshing.clone(),
+            );
+            tokio::spawn(async move {
+                match chambers.load_for_poll(id).await {
+                    Ok(fresh) => {
+                        lock(&loaded).insert(id, (Instant::now(), fresh));
+                    }
+                    Err(e) => tracing::warn!(
+                        chamber.id = %id, error = %e, "chamber reload failed; serving the cached one"
+                    ),
+                }
+                lock(&refreshing).remove(&id);
+            });
         }
-        let loaded = self.chambers.load_for_poll(id).await?;
-        lock(&self.loaded).insert(id, (Instant::now(), loaded.clone()));
-        Ok(loaded)
+        Ok(value)
     }
     async fn list_active(
         &self,

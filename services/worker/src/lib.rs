@@ -77,7 +77,9 @@ impl Worker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
         let concurrency = self.config.concurrency.max(1);
         let permits = Arc::new(Semaphore::new(concurrency));
-        let (results, inbox) = mpsc::channel::<Fetched>(concurrency * 2);
+        // Unbounded on purpose: a slow batch write must never hold up fetching (polls stay on
+        // time; their acks wait). What waits is bounded by the polls leased, each a few KiB.
+        let (results, inbox) = mpsc::unbounded_channel::<Fetched>();
         let writer = tokio::spawn(write_results(
             self.handler.clone(),
             self.queue.clone(),
@@ -124,7 +126,7 @@ impl Worker {
                 tokio::spawn(async move {
                     match handler.fetch(&job).await {
                         Ok(fetched) => {
-                            let _ = results.send(fetched).await;
+                            let _ = results.send(fetched);
                         }
                         Err(e) => tracing::warn!(
                             error = %e, chamber.id = %job.job.poll.chamber_id,
@@ -156,7 +158,7 @@ async fn write_results(
     handler: PollHandler,
     queue: Arc<dyn PollQueue>,
     config: WorkerConfig,
-    mut inbox: mpsc::Receiver<Fetched>,
+    mut inbox: mpsc::UnboundedReceiver<Fetched>,
 ) -> WorkerReport {
     let mut report = WorkerReport::default();
     let mut buffer: Vec<ProcessedPoll> = Vec::new();
