@@ -1,19 +1,17 @@
 //! The distributed poll pipeline on real services: the scheduler and a worker (in this process,
 //! through their libraries), PostgreSQL, Redis, the HTTP client and simulated chambers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::Timestamp;
-use chamberlain_domain::model::PollOutcome;
-use chamberlain_domain::ports::{PollQueue, ReadingQuery, ReadingRepository, ReadingScope};
+use chamberlain_domain::ports::PollQueue;
 use chamberlain_redis::RedisPollQueue;
 use chamberlain_redis::testing::TestPrefix;
 use chamberlain_simulator::{Simulator, SimulatorConfig};
 use tokio::sync::oneshot;
 
-use crate::support::{self, now, slots};
+use crate::support::{self, check_every_slot_once, now};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_chambers_at_one_second_for_twenty_seconds_every_slot_once() {
@@ -67,43 +65,7 @@ async fn two_hundred_chambers_at_one_second_for_twenty_seconds_every_slot_once()
     // exactly one ledger entry; every ok poll has its two readings, once.
     let from = Timestamp::from_unix_millis(started.as_unix_millis() + 1000);
     let to = Timestamp::from_unix_millis(stopped.as_unix_millis() - 1000);
-    let mut outcomes: HashMap<&'static str, usize> = HashMap::new();
-    for c in &fleet.chambers {
-        let ledger = fleet.ledger(c, from, to).await;
-        let got: Vec<Timestamp> = ledger.iter().map(|e| e.poll.slot).collect();
-        assert_eq!(
-            got,
-            slots(c, from, to),
-            "chamber {}: one ledger entry per slot",
-            c.name
-        );
-        for e in &ledger {
-            *outcomes.entry(e.outcome.code()).or_default() += 1;
-        }
-        let ok = ledger
-            .iter()
-            .filter(|e| e.outcome == PollOutcome::Ok)
-            .count();
-        let readings = fleet
-            .store
-            .query(
-                fleet.actor.organization_id,
-                &ReadingQuery {
-                    from,
-                    to: Timestamp::from_unix_millis(to.as_unix_millis() + 1),
-                    ..ReadingQuery::all(ReadingScope::Chamber(c.id))
-                },
-            )
-            .await
-            .unwrap()
-            .items;
-        assert_eq!(
-            readings.len(),
-            2 * ok,
-            "chamber {}: two readings per ok poll, none twice",
-            c.name
-        );
-    }
+    let outcomes = check_every_slot_once(&fleet, from, to).await;
     let total: usize = outcomes.values().sum();
     assert!(
         total >= 200 * 17,

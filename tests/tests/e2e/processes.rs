@@ -1,24 +1,20 @@
 //! The pipeline when processes die or chambers misbehave: a worker killed with SIGKILL, the
 //! leading scheduler killed, and chambers that hang, fail, answer garbage or too much.
 
-use std::collections::HashMap;
 use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{HealthPolicy, HealthState, PollOutcome};
-use chamberlain_domain::ports::{
-    ChamberHealthRepository, ChamberRepository, PollQueue, ReadingQuery, ReadingRepository,
-    ReadingScope,
-};
+use chamberlain_domain::ports::{ChamberHealthRepository, ChamberRepository, PollQueue};
 use chamberlain_domain::usecases::ChamberPatch;
 use chamberlain_redis::RedisPollQueue;
 use chamberlain_redis::testing::TestPrefix;
 use chamberlain_simulator::{ChamberBehaviour, CorruptKind, Format, Simulator, SimulatorConfig};
 use tokio::sync::oneshot;
 
-use crate::support::{self, Fleet, now, slots, spawn};
+use crate::support::{self, check_every_slot_once, now, spawn};
 
 fn terminate(child: &mut Child) {
     let _ = std::process::Command::new("kill")
@@ -41,53 +37,6 @@ async fn drained(queue: &RedisPollQueue) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await; // polling the condition, with a deadline
     }
-}
-
-/// Every slot of every chamber in `from..=to` has exactly one ledger entry; readings are two per
-/// ok poll. Returns the outcome counts.
-async fn check_every_slot_once(
-    fleet: &Fleet,
-    from: Timestamp,
-    to: Timestamp,
-) -> HashMap<&'static str, usize> {
-    let mut outcomes = HashMap::new();
-    for c in &fleet.chambers {
-        let ledger = fleet.ledger(c, from, to).await;
-        let got: Vec<Timestamp> = ledger.iter().map(|e| e.poll.slot).collect();
-        assert_eq!(
-            got,
-            slots(c, from, to),
-            "chamber {}: one ledger entry per slot",
-            c.name
-        );
-        for e in &ledger {
-            *outcomes.entry(e.outcome.code()).or_insert(0) += 1;
-        }
-        let ok = ledger
-            .iter()
-            .filter(|e| e.outcome == PollOutcome::Ok)
-            .count();
-        let readings = fleet
-            .store
-            .query(
-                fleet.actor.organization_id,
-                &ReadingQuery {
-                    from,
-                    to: Timestamp::from_unix_millis(to.as_unix_millis() + 1),
-                    ..ReadingQuery::all(ReadingScope::Chamber(c.id))
-                },
-            )
-            .await
-            .unwrap()
-            .items;
-        assert_eq!(
-            readings.len(),
-            2 * ok,
-            "chamber {}: readings only for ok polls, once",
-            c.name
-        );
-    }
-    outcomes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

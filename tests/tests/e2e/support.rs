@@ -1,6 +1,7 @@
 //! Shared pieces of the end-to-end tests: a registered fleet on a fresh database, the services
 //! wired in-process, and the `chamberlain` binary for tests that kill processes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::Timestamp;
-use chamberlain_domain::model::{Chamber, LedgerEntry, Role};
-use chamberlain_domain::ports::{Clock, LedgerQuery, PollLedgerRepository};
+use chamberlain_domain::model::{Chamber, LedgerEntry, PollOutcome, Role};
+use chamberlain_domain::ports::{
+    Clock, LedgerQuery, PollLedgerRepository, ReadingQuery, ReadingRepository, ReadingScope,
+};
 use chamberlain_domain::schedule::SlotGrid;
 use chamberlain_domain::usecases::{
     Actor, AdminSettings, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, PollHandler,
@@ -256,4 +259,51 @@ pub fn spawn(role: &str, fleet: &Fleet, prefix: &TestPrefix, extra: &[(&str, &st
 
 pub fn now() -> Timestamp {
     SystemClock.now()
+}
+
+/// Every slot of every chamber in `from..=to` has exactly one ledger entry; readings are two per
+/// ok poll. Returns the outcome counts.
+pub async fn check_every_slot_once(
+    fleet: &Fleet,
+    from: Timestamp,
+    to: Timestamp,
+) -> HashMap<&'static str, usize> {
+    let mut outcomes = HashMap::new();
+    for c in &fleet.chambers {
+        let ledger = fleet.ledger(c, from, to).await;
+        let got: Vec<Timestamp> = ledger.iter().map(|e| e.poll.slot).collect();
+        assert_eq!(
+            got,
+            slots(c, from, to),
+            "chamber {}: one ledger entry per slot",
+            c.name
+        );
+        for e in &ledger {
+            *outcomes.entry(e.outcome.code()).or_insert(0) += 1;
+        }
+        let ok = ledger
+            .iter()
+            .filter(|e| e.outcome == PollOutcome::Ok)
+            .count();
+        let readings = fleet
+            .store
+            .query(
+                fleet.actor.organization_id,
+                &ReadingQuery {
+                    from,
+                    to: Timestamp::from_unix_millis(to.as_unix_millis() + 1),
+                    ..ReadingQuery::all(ReadingScope::Chamber(c.id))
+                },
+            )
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(
+            readings.len(),
+            2 * ok,
+            "chamber {}: readings only for ok polls, once",
+            c.name
+        );
+    }
+    outcomes
 }
