@@ -3,6 +3,7 @@
 
 mod batch;
 mod chamber;
+mod credentials;
 mod health;
 mod ids;
 mod paging;
@@ -16,6 +17,7 @@ pub use chamber::{
     Chamber, ChamberState, Detector, DetectorKey, EndpointUrl, IntervalFloor, PlausibleRange,
     PollInterval, PollTimeout, ResponseFormat,
 };
+pub use credentials::{MalformedToken, Password, TokenSecret};
 pub use health::{ChamberHealth, HealthPolicy, HealthState, HealthTransition};
 pub use ids::{ApiTokenId, BatchId, ChamberId, DetectorId, OrganizationId, SectionId, UserId};
 pub use paging::{Page, PageRequest, PageSize};

@@ -6,6 +6,7 @@
 mod chamber_client;
 mod coordination;
 mod events;
+mod passwords;
 mod queue;
 mod storage;
 
@@ -15,6 +16,7 @@ pub use events::{
     ChamberChange, ChamberChanges, ChangeSubscription, DomainEvent, EventPublisher, PublishError,
     RoutingTag,
 };
+pub use passwords::{PasswordError, PasswordHasher};
 pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
 pub use storage::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
@@ -29,6 +31,8 @@ pub use chamber_client::MockChamberClient;
 pub use coordination::{MockClock, MockLeaderLease, MockScheduleCheckpoint};
 #[cfg(feature = "mock")]
 pub use events::{MockChamberChanges, MockEventPublisher};
+#[cfg(feature = "mock")]
+pub use passwords::MockPasswordHasher;
 #[cfg(feature = "mock")]
 pub use queue::MockPollQueue;
 #[cfg(feature = "mock")]

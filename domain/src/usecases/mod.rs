@@ -2,6 +2,7 @@
 //! way adapters on the driving side (gRPC, CLI, workers, the scheduler) change anything.
 
 mod admin;
+mod auth;
 mod authz;
 mod errors;
 mod poll;
@@ -12,6 +13,7 @@ pub use admin::{
     AdminSettings, ChamberAdmin, ChamberPatch, NewChamber, NewDetector, NewSection,
     validate_detector,
 };
+pub use auth::{AuthError, AuthSettings, Authenticator, Identity, IssuedToken, Refusal};
 pub use authz::{Actor, Forbidden};
 pub use errors::UseCaseError;
 pub use poll::{

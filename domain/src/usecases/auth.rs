@@ -1,0 +1,369 @@
+//! Authentication: who a credential belongs to, signing in, and API tokens. The same decision
+//! serves the auth service behind Envoy and the in-process layer of the embedded mode.
+//!
+//! A token check costs a hash and (on a cache miss) two key lookups; only signing in runs the
+//! deliberately slow password hash. Decisions are cached for `cache_ttl`, so a revoked token
+//! stops working within that time on every replica (at once on the replica that revoked it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::model::{
+    ApiToken, ApiTokenId, Email, MalformedToken, Name, Page, PageRequest, PageSize, Role,
+    TokenHash, TokenRefusal, TokenSecret, UserId,
+};
+use crate::ports::{ApiTokenRepository, Clock, PasswordHasher, StoreError, UserRepository};
+use crate::time::Timestamp;
+use crate::usecases::{Actor, UseCaseError};
+
+/// Settings of authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// How long a token from signing in lasts.
+    pub session_ttl: Duration,
+    /// How long a decision is reused without a lookup (the revocation delay).
+    pub cache_ttl: Duration,
+    /// A token's `last_used_at` is written at most this often.
+    pub touch_every: Duration,
+    /// The most decisions kept in the cache.
+    pub cache_capacity: usize,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            cache_ttl: Duration::from_secs(5),
+            touch_every: Duration::from_secs(60),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+/// An authenticated caller: the actor the use cases check, and the token it presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub actor: Actor,
+    pub token_id: ApiTokenId,
+}
+
+/// Why a caller is not authenticated. The text is safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("no credential: send `authorization: Bearer <token>`")]
+    Missing,
+    #[error(transparent)]
+    Malformed(#[from] MalformedToken),
+    #[error("unknown token")]
+    Unknown,
+    #[error(transparent)]
+    Refused(#[from] TokenRefusal),
+    #[error("the token's user is disabled or deleted")]
+    UserDisabled,
+    #[error("wrong email or password")]
+    BadPassword,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(#[from] Refusal),
+    /// The token or user store could not answer: callers must refuse (fail closed).
+    #[error("authentication unavailable: {message}")]
+    Unavailable { message: String },
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable {
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A token just issued: its record and its secret, to be shown once.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: ApiToken,
+    pub secret: TokenSecret,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    identity: Identity,
+    /// The token's own expiry: a cached decision never outlives it.
+    token_expires_at: Option<Timestamp>,
+    until: Timestamp,
+}
+
+/// The authentication use cases.
+#[derive(Clone)]
+pub struct Authenticator {
+    pub tokens: Arc<dyn ApiTokenRepository>,
+    pub users: Arc<dyn UserRepository>,
+    pub passwords: Arc<dyn PasswordHasher>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: AuthSettings,
+    cache: Arc<Mutex<HashMap<TokenHash, Cached>>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    Timestamp::from_unix_millis(t.as_unix_millis().saturating_add(millis(d)))
+}
+
+impl Authenticator {
+    pub fn new(
+        tokens: Arc<dyn ApiTokenRepository>,
+        users: Arc<dyn UserRepository>,
+        passwords: Arc<dyn PasswordHasher>,
+        clock: Arc<dyn Clock>,
+        settings: AuthSettings,
+    ) -> Self {
+        Self {
+            tokens,
+            users,
+            passwords,
+            clock,
+            settings,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Who an `authorization` header value (`Bearer <token>`, or the bare token) belongs to.
+    ///
+    /// # Errors
+    /// [`AuthError::Unauthenticated`] naming why; [`AuthError::Unavailable`] when the stores
+    /// cannot answer (the caller must refuse).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, AuthError> {
+        let raw = authorization.map(str::trim).unwrap_or_default();
+        let raw = match raw.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ if raw.eq_ignore_ascii_case("bearer") => "",
+            _ => raw,
+        };
+        if raw.is_empty() {
+            return Err(Refusal::Missing.into());
+        }
+        let hash = TokenSecret::parse(raw).map_err(Refusal::from)?;
+        let now = self.clock.now();
+        if let Some(hit) = self.cached(&hash, now) {
+            return Ok(hit);
+        }
+        let Some(token) = self.tokens.find_by_hash(&hash).await? else {
+            return Err(Refusal::Unknown.into());
+        };
+        token.check_usable(now).map_err(Refusal::from)?;
+        let user = match self.users.get(token.organization_id, token.user_id).await {
+            Ok(u) => u,
+            Err(StoreError::NotFound { .. }) => return Err(Refusal::UserDisabled.into()),
+            Err(e) => return Err(e.into()),
+        };
+        if user.disabled {
+            return Err(Refusal::UserDisabled.into());
+        }
+        let identity = Identity {
+            actor: Actor {
+                user_id: user.id,
+                organization_id: user.organization_id,
+                role: token.effective_role(user.role),
+            },
+            token_id: token.id,
+        };
+        let stale = token
+            .last_used_at
+            .is_none_or(|t| now.as_unix_millis() - t.as_unix_millis() >= millis(self.settings.touch_every));
+        if stale && let Err(e) = self.tokens.touch(token.id, now).await {
+            tracing::debug!(error = %e, "token last-used time not recorded");
+        }
+        self.remember(hash, identity, token.expires_at, now);
+        Ok(identity)
+    }
+
+    /// Signs in with email and password; returns a token that lasts `session_ttl`.
+    ///
+    /// # Errors
+    /// [`Refusal::BadPassword`] for an unknown email, a wrong password or an account without a
+    /// password (the same answer, in about the same time); `UserDisabled`; `Unavailable`.
+    pub async fn sign_in(&self, email: &str, password: &str) -> Result<IssuedToken, AuthError> {
+        let user = match Email::parse(email) {
+            Ok(email) => self.users.find_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+        let matches = self.passwords.verify(password, hash).await;
+        let Some(user) = user.filter(|_| matches) else {
+            return Err(Refusal::BadPassword.into());
+        };
+        if user.disabled {
+            return Err(Refusal::UserDisabled.into());
+        }
+        let now = self.clock.now();
+        let secret = TokenSecret::generate();
+        let token = ApiToken {
+            id: ApiTokenId::random(),
+            organization_id: user.organization_id,
+            user_id: user.id,
+            name: Name::parse("sign-in").map_err(|e| AuthError::Unavailable {
+                message: e.to_string(),
+            })?,
+            hash: secret.hash(),
+            role_cap: user.role,
+            created_at: now,
+            expires_at: Some(after(now, self.settings.session_ttl)),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        self.tokens.create(&token).await?;
+        Ok(IssuedToken { token, secret })
+    }
+
+    /// Issues an API token for the caller, acting with at most `role` (default: the caller's
+    /// role; never more).
+    ///
+    /// # Errors
+    /// `Invalid` (`name`, `role` above the caller's, `expires_in` zero); `Unavailable`.
+    pub async fn create_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: Option<&str>,
+        expires_in: Option<Duration>,
+    ) -> Result<IssuedToken, UseCaseError> {
+        actor.require(Role::Viewer, "create an API token")?;
+        let name = Name::parse(name)?;
+        let role_cap = match role.map(str::trim).filter(|r| !r.is_empty()) {
+            None => actor.role,
+            Some(r) => {
+                let r = Role::parse(r)?;
+                if r > actor.role {
+                    return Err(crate::error::ValidationError::new(
+                        "role",
+                        crate::error::Rule::Inconsistent(format!(
+                            "must not exceed the caller's role ({})",
+                            actor.role
+                        )),
+                    )
+                    .into());
+                }
+                r
+            }
+        };
+        if expires_in.is_some_and(|d| d.is_zero()) {
+            return Err(crate::error::ValidationError::new(
+                "expires_in",
+                crate::error::Rule::Inconsistent("must be positive".into()),
+            )
+            .into());
+        }
+        let now = self.clock.now();
+        let secret = TokenSecret::generate();
+        let token = ApiToken {
+            id: ApiTokenId::random(),
+            organization_id: actor.organization_id,
+            user_id: actor.user_id,
+            name,
+            hash: secret.hash(),
+            role_cap,
+            created_at: now,
+            expires_at: expires_in.map(|d| after(now, d)),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        self.tokens.create(&token).await?;
+        Ok(IssuedToken { token, secret })
+    }
+
+    /// Tokens of the organization for an admin; one's own tokens for anyone else.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list_tokens(
+        &self,
+        actor: &Actor,
+        page: PageRequest<ApiTokenId>,
+    ) -> Result<Page<ApiToken, ApiTokenId>, UseCaseError> {
+        actor.require(Role::Viewer, "list API tokens")?;
+        let user = (actor.role < Role::Admin).then_some(actor.user_id);
+        Ok(self.tokens.list(actor.organization_id, user, page).await?)
+    }
+
+    /// Revokes a token: any of the organization's for an admin, one's own for anyone else.
+    /// It stops working at once on this replica, within `cache_ttl` everywhere.
+    ///
+    /// # Errors
+    /// `NotFound { entity: "token" }` (also for another user's token, to a non-admin);
+    /// `Unavailable`.
+    pub async fn revoke_token(&self, actor: &Actor, id: ApiTokenId) -> Result<(), UseCaseError> {
+        actor.require(Role::Viewer, "revoke an API token")?;
+        if actor.role < Role::Admin && !self.owns(actor.user_id, actor, id).await? {
+            return Err(UseCaseError::NotFound { entity: "token" });
+        }
+        self.tokens
+            .revoke(actor.organization_id, id, self.clock.now())
+            .await?;
+        self.forget_token(id);
+        Ok(())
+    }
+
+    async fn owns(&self, user: UserId, actor: &Actor, id: ApiTokenId) -> Result<bool, UseCaseError> {
+        let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
+        loop {
+            let p = self
+                .tokens
+                .list(actor.organization_id, Some(user), page.clone())
+                .await?;
+            if p.items.iter().any(|t| t.id == id) {
+                return Ok(true);
+            }
+            match p.next {
+                Some(next) => page.after = Some(next),
+                None => return Ok(false),
+            }
+        }
+    }
+
+    fn cached(&self, hash: &TokenHash, now: Timestamp) -> Option<Identity> {
+        let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hit = cache.get(hash)?;
+        (hit.until > now && hit.token_expires_at.is_none_or(|t| t > now)).then_some(hit.identity)
+    }
+
+    fn remember(&self, hash: TokenHash, identity: Identity, token_expires_at: Option<Timestamp>, now: Timestamp) {
+        if self.settings.cache_ttl.is_zero() {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= self.settings.cache_capacity {
+            cache.retain(|_, c| c.until > now);
+            if cache.len() >= self.settings.cache_capacity {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            hash,
+            Cached {
+                identity,
+                token_expires_at,
+                until: after(now, self.settings.cache_ttl),
+            },
+        );
+    }
+
+    fn forget_token(&self, id: ApiTokenId) {
+        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|_, c| c.identity.token_id != id);
+    }
+}

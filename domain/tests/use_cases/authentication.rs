@@ -1,0 +1,223 @@
+//! Authentication: tokens, sign-in, revocation through the decision cache, role caps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chamberlain_domain::model::{Password, Role};
+use chamberlain_domain::ports::{MockApiTokenRepository, PasswordHasher};
+use chamberlain_domain::usecases::{
+    Actor, AuthError, AuthSettings, Authenticator, NewUser, Refusal, UseCaseError,
+};
+use chamberlain_memory::InsecureTestPasswordHasher;
+
+use crate::support::Harness;
+
+fn authenticator(h: &Harness) -> Authenticator {
+    Authenticator::new(
+        h.store.clone(),
+        h.store.clone(),
+        Arc::new(InsecureTestPasswordHasher),
+        h.clock.clone(),
+        AuthSettings::default(),
+    )
+}
+
+fn refusal(r: Result<impl std::fmt::Debug, AuthError>) -> Refusal {
+    match r {
+        Err(AuthError::Unauthenticated(why)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_authenticates_as_its_user_with_at_most_its_role() {
+    let h = Harness::new();
+    let auth = authenticator(&h);
+    let operator = h.tenant("a", Role::Operator).await;
+    let issued = auth
+        .create_token(&operator, "ci", Some("viewer"), None)
+        .await
+        .unwrap();
+    let who = auth
+        .authenticate(Some(&format!("Bearer {}", issued.secret.expose())))
+        .await
+        .unwrap();
+    assert_eq!(who.actor.user_id, operator.user_id);
+    assert_eq!(who.actor.organization_id, operator.organization_id);
+    assert_eq!(who.actor.role, Role::Viewer, "capped by the token");
+    assert_eq!(who.token_id, issued.token.id);
+    // Use is recorded.
+    let listed = auth.list_tokens(&operator, Default::default()).await.unwrap();
+    assert!(listed.items[0].last_used_at.is_some());
+}
+
+#[tokio::test]
+async fn a_token_never_grants_more_than_its_creator_has() {
+    let h = Harness::new();
+    let auth = authenticator(&h);
+    let viewer = h.tenant("a", Role::Viewer).await;
+    match auth.create_token(&viewer, "x", Some("admin"), None).await {
+        Err(UseCaseError::Invalid(e)) => assert_eq!(e.field, "role"),
+        other => panic!("expected an invalid role, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn missing_malformed_and_unknown_credentials_are_refused() {
+    let h = Harness::new();
+    let auth = authenticator(&h);
+    assert_eq!(refusal(auth.authenticate(None).await), Refusal::Missing);
+    assert_eq!(refusal(auth.authenticate(Some("Bearer ")).await), Refusal::Missing);
+    assert!(matches!(
+        refusal(auth.authenticate(Some("Bearer hunter2")).await),
+        Refusal::Malformed(_)
+    ));
+    let never_issued = chamberlain_domain::model::TokenSecret::generate();
+    assert_eq!(
+        refusal(auth.authenticate(Some(never_issued.expose())).await),
+        Refusal::Unknown
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_token_is_refused_without_a_lookup() {
+    let h = Harness::new();
+    // A repository that fails the test if it is asked anything.
+    let tokens = MockApiTokenRepository::new();
+    let auth = Authenticator::new(
+        Arc::new(tokens),
+        h.store.clone(),
+        Arc::new(InsecureTestPasswordHasher),
+        h.clock.clone(),
+        AuthSettings::default(),
+    );
+    let mut typo = chamberlain_domain::model::TokenSecret::generate()
+        .expose()
+        .to_owned();
+    typo.replace_range(8..9, if &typo[8..9] == "x" { "y" } else { "x" });
+    assert!(matches!(
+        refusal(auth.authenticate(Some(&typo)).await),
+        Refusal::Malformed(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_at_once_here_and_within_the_cache_ttl_elsewhere() {
+    let h = Harness::new();
+    let here = authenticator(&h);
+    let elsewhere = authenticator(&h);
+    let admin = h.tenant("a", Role::Admin).await;
+    let issued = here.create_token(&admin, "ci", None, None).await.unwrap();
+    let bearer = format!("Bearer {}", issued.secret.expose());
+    here.authenticate(Some(&bearer)).await.unwrap();
+    elsewhere.authenticate(Some(&bearer)).await.unwrap();
+
+    here.revoke_token(&admin, issued.token.id).await.unwrap();
+    assert!(matches!(
+        refusal(here.authenticate(Some(&bearer)).await),
+        Refusal::Refused(_)
+    ));
+    // The other replica still holds its cached decision...
+    assert!(elsewhere.authenticate(Some(&bearer)).await.is_ok());
+    // ...until the cache TTL passes.
+    h.clock.advance(AuthSettings::default().cache_ttl);
+    assert!(matches!(
+        refusal(elsewhere.authenticate(Some(&bearer)).await),
+        Refusal::Refused(_)
+    ));
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_even_from_the_cache() {
+    let h = Harness::new();
+    let auth = authenticator(&h);
+    let admin = h.tenant("a", Role::Admin).await;
+    let issued = auth
+        .create_token(&admin, "short", None, Some(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    auth.authenticate(Some(issued.secret.expose())).await.unwrap();
+    h.clock.advance(Duration::from_secs(2));
+    assert!(matches!(
+        refusal(auth.authenticate(Some(issued.secret.expose())).await),
+        Refusal::Refused(_)
+    ));
+}
+
+#[tokio::test]
+async fn only_an_admin_revokes_another_users_token() {
+    let h = Harness::new();
+    let auth = authenticator(&h);
+    let admin = h.tenant("a", Role::Admin).await;
+    let admins_token = auth.create_token(&admin, "ci", None, None).await.unwrap();
+    let viewer = Actor {
+        role: Role::Viewer,
+        user_id: h
+            .users
+            .create_user(
+                &admin,
+                NewUser {
+                    email: "v@a.example".into(),
+                    display_name: "v".into(),
+                    role: "viewer".into(),
+                    password_hash: None,
+                },
+            )
+            .await
+            .unwrap()
+            .id,
+        organization_id: admin.organization_id,
+    };
+    assert_eq!(
+        auth.revoke_token(&viewer, admins_token.token.id).await,
+        Err(UseCaseError::NotFound { entity: "token" })
+    );
+    assert!(auth.authenticate(Some(admins_token.secret.expose())).await.is_ok());
+    // Another organization's admin cannot either.
+    let other = h.tenant("b", Role::Admin).await;
+    assert!(auth.revoke_token(&other, admins_token.token.id).await.is_err());
+    assert!(auth.authenticate(Some(admins_token.secret.expose())).await.is_ok());
+}
+
+#[tokio::test]
+async fn sign_in_issues_a_session_token_and_refuses_alike_for_unknown_emails() {
+    let h = Harness::new();
+    let auth = authenticator(&h);
+    let hash = InsecureTestPasswordHasher
+        .hash(&Password::parse("correct horse battery").unwrap())
+        .await
+        .unwrap();
+    let (org, user) = h
+        .users
+        .create_organization(
+            "org",
+            NewUser {
+                email: "Ada@Lab.example".into(),
+                display_name: "Ada".into(),
+                role: "admin".into(),
+                password_hash: Some(hash),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refusal(auth.sign_in("ada@lab.example", "wrong password!").await),
+        Refusal::BadPassword
+    );
+    assert_eq!(
+        refusal(auth.sign_in("nobody@lab.example", "correct horse battery").await),
+        Refusal::BadPassword
+    );
+    let session = auth
+        .sign_in("ada@lab.example", "correct horse battery")
+        .await
+        .unwrap();
+    let who = auth.authenticate(Some(session.secret.expose())).await.unwrap();
+    assert_eq!((who.actor.user_id, who.actor.organization_id), (user.id, org.id));
+    assert_eq!(who.actor.role, Role::Admin);
+    h.clock.advance(AuthSettings::default().session_ttl);
+    assert!(matches!(
+        refusal(auth.authenticate(Some(session.secret.expose())).await),
+        Refusal::Refused(_)
+    ));
+}

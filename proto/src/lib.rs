@@ -1,0 +1,32 @@
+#![doc = include_str!("../README.md")]
+#![allow(
+    missing_debug_implementations,
+    unused_qualifications,
+    clippy::large_futures,
+    reason = "generated code"
+)]
+
+/// `chamberlain.v1`: the API's messages, clients (`*_client`) and servers (`*_server`).
+pub mod v1 {
+    tonic::include_proto!("chamberlain.v1");
+}
+
+/// The `google.api` HTTP annotations the API's methods carry.
+pub mod google_api {
+    tonic::include_proto!("google.api");
+}
+
+/// The API's serialized `FileDescriptorSet`, imports included: for gRPC reflection, and the
+/// descriptor file Envoy's JSON transcoder loads (`chamberlain descriptor-set`).
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chamberlain_descriptor");
+
+/// The fully-qualified names of the API's services, as Envoy's transcoder lists them.
+pub const SERVICES: [&str; 7] = [
+    "chamberlain.v1.SectionService",
+    "chamberlain.v1.ChamberService",
+    "chamberlain.v1.BatchService",
+    "chamberlain.v1.ReadingService",
+    "chamberlain.v1.PollService",
+    "chamberlain.v1.AuthService",
+    "chamberlain.v1.UserService",
+];
