@@ -20,5 +20,8 @@ pub use poll::{
     Completion, Fetched, Handled, PollError, PollHandler, PollSettings, ProcessedPoll,
     interpret_response,
 };
-pub use queries::{MAX_LATEST_CHAMBERS, ReadingQueries};
+pub use queries::{
+    Aggregate, Coverage, CoverageScope, MAX_AGGREGATED_READINGS, MAX_BUCKETS, MAX_LATEST_CHAMBERS,
+    ReadingQueries,
+};
 pub use users::{NewUser, UserAdmin};

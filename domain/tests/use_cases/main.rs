@@ -5,4 +5,5 @@ mod administration;
 mod authentication;
 mod mocked_failures;
 mod polls;
+mod queries;
 mod support;

@@ -68,6 +68,8 @@ impl Harness {
         let queries = ReadingQueries {
             readings: store.clone(),
             ledger: store.clone(),
+            chambers: store.clone(),
+            batches: store.clone(),
         };
         Self {
             store,

@@ -1,0 +1,88 @@
+//! Aggregates per bucket and coverage from the ledger.
+
+use std::time::Duration;
+
+use chamberlain_domain::conformance::fixtures::{self, T0};
+use chamberlain_domain::model::{CorruptionReason, LedgerEntry, PollId, PollOutcome, Role};
+use chamberlain_domain::ports::{PollLedgerRepository, ReadingRepository, ReadingScope};
+use chamberlain_domain::usecases::{CoverageScope, UseCaseError};
+
+use crate::support::Harness;
+
+#[tokio::test]
+async fn aggregates_are_per_detector_and_bucket_and_skip_corrupted_values() {
+    let h = Harness::new();
+    let actor = h.tenant("a", Role::Operator).await;
+    let c = h.json_chamber(&actor, "c1").await;
+    // Slots at T0 + 0..6 s: values 1..=6 (detector 0) and 2..=7 (detector 1); slot 3 corrupted.
+    let records: Vec<_> = (0..6)
+        .map(|i| {
+            let slot = T0 + Duration::from_secs(i);
+            let corrupt = (i == 3).then_some(CorruptionReason::Unparsable);
+            fixtures::poll_record(&c.chamber, &c.detectors, slot, (i + 1) as f64, corrupt)
+        })
+        .collect();
+    h.store.store_polls(&records).await.unwrap();
+    let to = T0 + Duration::from_secs(6);
+    let aggs = h
+        .queries
+        .aggregate(&actor, ReadingScope::Chamber(c.chamber.id), T0, to, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let first = c.detectors[0].id;
+    let mine: Vec<_> = aggs.iter().filter(|a| a.detector_id == first).collect();
+    assert_eq!(mine.len(), 2);
+    // T0 is bucket-aligned at 3 s in the fixtures' epoch.
+    assert_eq!(T0.as_unix_millis() % 3000, 0, "fixture assumption");
+    assert_eq!((mine[0].min, mine[0].max, mine[0].count), (1.0, 3.0, 3));
+    assert!((mine[0].mean - 2.0).abs() < 1e-9);
+    assert_eq!((mine[1].min, mine[1].max, mine[1].count), (5.0, 6.0, 2), "slot 3 was corrupted");
+    assert_eq!(aggs.len(), 2 * c.detectors.len());
+
+    match h
+        .queries
+        .aggregate(&actor, ReadingScope::Chamber(c.chamber.id), T0, to, Duration::from_millis(10))
+        .await
+    {
+        Err(UseCaseError::Invalid(e)) => assert_eq!(e.field, "bucket"),
+        other => panic!("expected an invalid bucket, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn coverage_counts_read_failed_and_missed_slots_and_is_tenant_scoped() {
+    let h = Harness::new();
+    let actor = h.tenant("a", Role::Operator).await;
+    let c = h.json_chamber(&actor, "c1").await;
+    let at = |s: u64| T0 + Duration::from_secs(s);
+    let ok: Vec<_> = (0..3)
+        .map(|i| fixtures::poll_record(&c.chamber, &c.detectors, at(i), 1.0, None))
+        .collect();
+    h.store.store_polls(&ok).await.unwrap();
+    let poll = |s| PollId {
+        chamber_id: c.chamber.id,
+        slot: at(s),
+    };
+    h.store
+        .record(&[
+            LedgerEntry::unfetched(poll(3), PollOutcome::Missed, 0, at(4)),
+            LedgerEntry::unfetched(poll(4), PollOutcome::Timeout, 1, at(5)),
+        ])
+        .await
+        .unwrap();
+    let cov = h
+        .queries
+        .coverage(&actor, CoverageScope::Chamber(c.chamber.id), T0, at(10))
+        .await
+        .unwrap();
+    assert_eq!((cov.slots, cov.read, cov.failed, cov.missed), (5, 3, 1, 1));
+    assert!((cov.ratio() - 0.6).abs() < 1e-9);
+
+    let other = h.tenant("b", Role::Admin).await;
+    assert_eq!(
+        h.queries
+            .coverage(&other, CoverageScope::Chamber(c.chamber.id), T0, at(10))
+            .await,
+        Err(UseCaseError::NotFound { entity: "chamber" })
+    );
+}
