@@ -441,6 +441,13 @@ impl ChamberAdmin {
         Ok(detector)
     }
 
+    /// # Errors
+    /// `NotFound { entity: "detector" }`; `Unavailable`.
+    pub async fn get_detector(&self, actor: &Actor, id: DetectorId) -> Result<Detector> {
+        actor.require(Role::Viewer, "read detectors")?;
+        Ok(self.detectors.get(actor.organization_id, id).await?)
+    }
+
     /// Replaces a detector's settings (name, alias, unit, key, range).
     ///
     /// # Errors

@@ -73,6 +73,14 @@ impl UserAdmin {
         Ok(user)
     }
 
+    /// The caller's own account.
+    ///
+    /// # Errors
+    /// `NotFound` (deleted since the token was checked); `Unavailable`.
+    pub async fn who_am_i(&self, actor: &Actor) -> Result<User> {
+        Ok(self.users.get(actor.organization_id, actor.user_id).await?)
+    }
+
     /// # Errors
     /// `Forbidden` unless admin; `Unavailable`.
     pub async fn list_users(

@@ -1,0 +1,360 @@
+//! Sections, chambers, detectors and batches.
+
+use chamberlain_domain::model::{
+    self, BatchId, ChamberId, ChamberState, DetectorId, HealthState, SectionId,
+};
+use chamberlain_domain::ports::{ChamberFilter, ChamberWithDetectors};
+use chamberlain_domain::usecases::{ChamberPatch, NewChamber, NewDetector, NewSection};
+use chamberlain_proto::v1::{
+    self, batch_service_server::BatchService, chamber_service_server::ChamberService,
+    section_service_server::SectionService,
+};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{dur, id, opt_id, opt_ts, page, required_duration, token_of, ts, duration};
+use crate::status::{from_use_case, unknown_parent};
+use crate::{Api, caller};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn section(s: model::Section) -> v1::Section {
+    v1::Section {
+        id: s.id.to_string(),
+        name: s.name.as_str().to_owned(),
+        description: s.description.as_str().to_owned(),
+        created_at: Some(ts(s.created_at)),
+    }
+}
+
+fn detector(d: model::Detector) -> v1::Detector {
+    v1::Detector {
+        id: d.id.to_string(),
+        chamber_id: d.chamber_id.to_string(),
+        name: d.name.as_str().to_owned(),
+        alias: d.alias.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+        unit: d.unit.as_str().to_owned(),
+        key: d.key.to_string(),
+        min: d.range.min(),
+        max: d.range.max(),
+    }
+}
+
+fn state(s: ChamberState) -> v1::ChamberState {
+    match s {
+        ChamberState::Active => v1::ChamberState::Active,
+        ChamberState::Paused => v1::ChamberState::Paused,
+    }
+}
+
+fn health(h: Option<HealthState>) -> v1::HealthState {
+    match h {
+        None | Some(HealthState::Unknown) => v1::HealthState::Unknown,
+        Some(HealthState::Up) => v1::HealthState::Up,
+        Some(HealthState::Degraded) => v1::HealthState::Degraded,
+        Some(HealthState::Down) => v1::HealthState::Down,
+    }
+}
+
+fn chamber(c: model::Chamber, detectors: Vec<model::Detector>, h: Option<HealthState>) -> v1::Chamber {
+    v1::Chamber {
+        id: c.id.to_string(),
+        section_id: c.section_id.to_string(),
+        name: c.name.as_str().to_owned(),
+        url: c.endpoint.as_str().to_owned(),
+        format: c.format.to_string(),
+        interval: Some(dur(c.interval.as_duration())),
+        timeout: Some(dur(c.timeout.as_duration())),
+        state: state(c.state).into(),
+        health: health(h).into(),
+        detectors: detectors.into_iter().map(detector).collect(),
+        created_at: Some(ts(c.created_at)),
+        updated_at: Some(ts(c.updated_at)),
+    }
+}
+
+fn new_detector(d: v1::NewDetector) -> NewDetector {
+    NewDetector {
+        name: d.name,
+        alias: (!d.alias.is_empty()).then_some(d.alias),
+        unit: d.unit,
+        key: d.key,
+        min: d.min,
+        max: d.max,
+    }
+}
+
+impl Api {
+    async fn health_of(&self, id: ChamberId) -> Option<HealthState> {
+        self.health.get(id).await.ok().flatten().map(|h| h.state)
+    }
+
+    async fn chamber_reply(&self, c: ChamberWithDetectors) -> v1::Chamber {
+        let h = self.health_of(c.chamber.id).await;
+        chamber(c.chamber, c.detectors, h)
+    }
+
+    async fn full_chamber(&self, actor: &chamberlain_domain::usecases::Actor, id: ChamberId) -> Result<v1::Chamber, Status> {
+        let c = self.admin.get_chamber(actor, id).await.map_err(from_use_case)?;
+        Ok(self.chamber_reply(c).await)
+    }
+}
+
+#[tonic::async_trait]
+impl SectionService for Api {
+    async fn create_section(&self, request: Request<v1::CreateSectionRequest>) -> Reply<v1::Section> {
+        let actor = caller(&request)?;
+        let r = request.into_inner();
+        let s = self
+            .admin
+            .create_section(&actor, NewSection { name: r.name, description: r.description })
+            .await
+            .map_err(from_use_case)?;
+        Ok(Response::new(section(s)))
+    }
+
+    async fn get_section(&self, request: Request<v1::GetSectionRequest>) -> Reply<v1::Section> {
+        let actor = caller(&request)?;
+        let sid = id("id", &request.get_ref().id, SectionId::parse)?;
+        let s = self.admin.get_section(&actor, sid).await.map_err(from_use_case)?;
+        Ok(Response::new(section(s)))
+    }
+
+    async fn list_sections(&self, request: Request<v1::ListSectionsRequest>) -> Reply<v1::ListSectionsResponse> {
+        let actor = caller(&request)?;
+        let p = page(request.get_ref().page.as_ref(), |t| SectionId::parse(t).ok())?;
+        let p = self.admin.list_sections(&actor, p).await.map_err(from_use_case)?;
+        Ok(Response::new(v1::ListSectionsResponse {
+            sections: p.items.into_iter().map(section).collect(),
+            next_page_token: token_of(p.next),
+        }))
+    }
+
+    async fn update_section(&self, request: Request<v1::UpdateSectionRequest>) -> Reply<v1::Section> {
+        let actor = caller(&request)?;
+        let r = request.into_inner();
+        let sid = id("id", &r.id, SectionId::parse)?;
+        let current = self.admin.get_section(&actor, sid).await.map_err(from_use_case)?;
+        let s = self
+            .admin
+            .update_section(
+                &actor,
+                sid,
+                NewSection {
+                    name: r.name.unwrap_or_else(|| current.name.as_str().to_owned()),
+                    description: r
+                        .description
+                        .unwrap_or_else(|| current.description.as_str().to_owned()),
+                },
+            )
+            .await
+            .map_err(from_use_case)?;
+        Ok(Response::new(section(s)))
+    }
+
+    async fn delete_section(&self, request: Request<v1::DeleteSectionRequest>) -> Reply<v1::DeleteSectionResponse> {
+        let actor = caller(&request)?;
+        let sid = id("id", &request.get_ref().id, SectionId::parse)?;
+        self.admin.delete_section(&actor, sid).await.map_err(from_use_case)?;
+        Ok(Response::new(v1::DeleteSectionResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl ChamberService for Api {
+    async fn create_chamber(&self, request: Request<v1::CreateChamberRequest>) -> Reply<v1::Chamber> {
+        let actor = caller(&request)?;
+        let r = request.into_inner();
+        let new = NewChamber {
+            section_id: id("section_id", &r.section_id, SectionId::parse)?,
+            name: r.name,
+            url: r.url,
+            format: r.format,
+            interval: required_duration("interval", r.interval.as_ref())?,
+            timeout: duration("timeout", r.timeout.as_ref())?,
+            detectors: r.detectors.into_iter().map(new_detector).collect(),
+        };
+        let c = self
+            .admin
+            .create_chamber(&actor, new)
+            .await
+            .map_err(|e| unknown_parent(e, "section", "section_id"))?;
+        Ok(Response::new(self.chamber_reply(c).await))
+    }
+
+    async fn get_chamber(&self, request: Request<v1::GetChamberRequest>) -> Reply<v1::Chamber> {
+        let actor = caller(&request)?;
+        let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
+        Ok(Response::new(self.full_chamber(&actor, cid).await?))
+    }
+
+    async fn list_chambers(&self, request: Request<v1::ListChambersRequest>) -> Reply<v1::ListChambersResponse> {
+        let actor = caller(&request)?;
+        let r = request.get_ref();
+        let filter = ChamberFilter {
+            section_id: opt_id("section_id", &r.section_id, SectionId::parse)?,
+            state: match v1::ChamberState::try_from(r.state) {
+                Ok(v1::ChamberState::Active) => Some(ChamberState::Active),
+                Ok(v1::ChamberState::Paused) => Some(ChamberState::Paused),
+                Ok(v1::ChamberState::Unspecified) => None,
+                Err(_) => return Err(crate::status::invalid("state", "is not a chamber state")),
+            },
+        };
+        let p = page(r.page.as_ref(), |t| ChamberId::parse(t).ok())?;
+        let p = self.admin.list_chambers(&actor, filter, p).await.map_err(from_use_case)?;
+        let ids: Vec<ChamberId> = p.items.iter().map(|c| c.id).collect();
+        let healths = self.health.get_many(&ids).await.unwrap_or_default();
+        let health_of = |id: ChamberId| healths.iter().find(|h| h.chamber_id == id).map(|h| h.state);
+        Ok(Response::new(v1::ListChambersResponse {
+            chambers: p
+                .items
+                .into_iter()
+                .map(|c| {
+                    let h = health_of(c.id);
+                    chamber(c, Vec::new(), h)
+                })
+                .collect(),
+            next_page_token: token_of(p.next),
+        }))
+    }
+
+    async fn update_chamber(&self, request: Request<v1::UpdateChamberRequest>) -> Reply<v1::Chamber> {
+        let actor = caller(&request)?;
+        let r = request.into_inner();
+        let cid = id("id", &r.id, ChamberId::parse)?;
+        let patch = ChamberPatch {
+            name: r.name,
+            url: r.url,
+            section_id: match r.section_id {
+                Some(s) => Some(id("section_id", &s, SectionId::parse)?),
+                None => None,
+            },
+            timeout: duration("timeout", r.timeout.as_ref())?,
+        };
+        self.admin
+            .update_chamber(&actor, cid, patch)
+            .await
+            .map_err(|e| unknown_parent(e, "section", "section_id"))?;
+        Ok(Response::new(self.full_chamber(&actor, cid).await?))
+    }
+
+    async fn delete_chamber(&self, request: Request<v1::DeleteChamberRequest>) -> Reply<v1::DeleteChamberResponse> {
+        let actor = caller(&request)?;
+        let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
+        self.admin.delete_chamber(&actor, cid).await.map_err(from_use_case)?;
+        Ok(Response::new(v1::DeleteChamberResponse {}))
+    }
+
+    async fn pause_chamber(&self, request: Request<v1::PauseChamberRequest>) -> Reply<v1::Chamber> {
+        let actor = caller(&request)?;
+        let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
+        self.admin.pause(&actor, cid).await.map_err(from_use_case)?;
+        Ok(Response::new(self.full_chamber(&actor, cid).await?))
+    }
+
+    async fn resume_chamber(&self, request: Request<v1::ResumeChamberRequest>) -> Reply<v1::Chamber> {
+        let actor = caller(&request)?;
+        let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
+        self.admin.resume(&actor, cid).await.map_err(from_use_case)?;
+        Ok(Response::new(self.full_chamber(&actor, cid).await?))
+    }
+
+    async fn set_chamber_interval(&self, request: Request<v1::SetChamberIntervalRequest>) -> Reply<v1::Chamber> {
+        let actor = caller(&request)?;
+        let r = request.get_ref();
+        let cid = id("id", &r.id, ChamberId::parse)?;
+        let interval = required_duration("interval", r.interval.as_ref())?;
+        self.admin.set_interval(&actor, cid, interval).await.map_err(from_use_case)?;
+        Ok(Response::new(self.full_chamber(&actor, cid).await?))
+    }
+
+    async fn add_detector(&self, request: Request<v1::AddDetectorRequest>) -> Reply<v1::Detector> {
+        let actor = caller(&request)?;
+        let r = request.into_inner();
+        let cid = id("chamber_id", &r.chamber_id, ChamberId::parse)?;
+        let new = r
+            .detector
+            .ok_or_else(|| crate::status::invalid("detector", "is required"))?;
+        let d = self
+            .admin
+            .add_detector(&actor, cid, new_detector(new))
+            .await
+            .map_err(from_use_case)?;
+        Ok(Response::new(detector(d)))
+    }
+
+    async fn update_detector(&self, request: Request<v1::UpdateDetectorRequest>) -> Reply<v1::Detector> {
+        let actor = caller(&request)?;
+        let r = request.into_inner();
+        let did = id("id", &r.id, DetectorId::parse)?;
+        let current = self.admin.get_detector(&actor, did).await.map_err(from_use_case)?;
+        let new = NewDetector {
+            name: r.name.unwrap_or_else(|| current.name.as_str().to_owned()),
+            alias: match r.alias {
+                Some(a) => Some(a),
+                None => current.alias.map(|a| a.as_str().to_owned()),
+            },
+            unit: r.unit.unwrap_or_else(|| current.unit.as_str().to_owned()),
+            key: current.key.to_string(),
+            min: r.min.or(current.range.min()),
+            max: r.max.or(current.range.max()),
+        };
+        let d = self
+            .admin
+            .update_detector(&actor, did, new)
+            .await
+            .map_err(from_use_case)?;
+        Ok(Response::new(detector(d)))
+    }
+
+    async fn remove_detector(&self, request: Request<v1::RemoveDetectorRequest>) -> Reply<v1::RemoveDetectorResponse> {
+        let actor = caller(&request)?;
+        let did = id("id", &request.get_ref().id, DetectorId::parse)?;
+        self.admin.remove_detector(&actor, did).await.map_err(from_use_case)?;
+        Ok(Response::new(v1::RemoveDetectorResponse {}))
+    }
+}
+
+fn batch(b: model::Batch) -> v1::Batch {
+    v1::Batch {
+        id: b.id.to_string(),
+        section_id: b.section_id.to_string(),
+        name: b.name.as_str().to_owned(),
+        description: b.description.as_str().to_owned(),
+        started_at: Some(ts(b.started_at)),
+        ended_at: opt_ts(b.ended_at),
+    }
+}
+
+#[tonic::async_trait]
+impl BatchService for Api {
+    async fn start_batch(&self, request: Request<v1::StartBatchRequest>) -> Reply<v1::Batch> {
+        let actor = caller(&request)?;
+        let r = request.into_inner();
+        let sid = id("section_id", &r.section_id, SectionId::parse)?;
+        let b = self
+            .admin
+            .start_batch(&actor, sid, NewSection { name: r.name, description: r.description })
+            .await
+            .map_err(|e| unknown_parent(e, "section", "section_id"))?;
+        Ok(Response::new(batch(b)))
+    }
+
+    async fn end_batch(&self, request: Request<v1::EndBatchRequest>) -> Reply<v1::Batch> {
+        let actor = caller(&request)?;
+        let bid = id("id", &request.get_ref().id, BatchId::parse)?;
+        let b = self.admin.end_batch(&actor, bid).await.map_err(from_use_case)?;
+        Ok(Response::new(batch(b)))
+    }
+
+    async fn list_batches(&self, request: Request<v1::ListBatchesRequest>) -> Reply<v1::ListBatchesResponse> {
+        let actor = caller(&request)?;
+        let r = request.get_ref();
+        let sid = opt_id("section_id", &r.section_id, SectionId::parse)?;
+        let p = page(r.page.as_ref(), |t| BatchId::parse(t).ok())?;
+        let p = self.admin.list_batches(&actor, sid, p).await.map_err(from_use_case)?;
+        Ok(Response::new(v1::ListBatchesResponse {
+            batches: p.items.into_iter().map(batch).collect(),
+            next_page_token: token_of(p.next),
+        }))
+    }
+}

@@ -1,0 +1,94 @@
+#![doc = include_str!("../README.md")]
+
+mod accounts;
+mod configuration;
+mod convert;
+mod data;
+pub mod identity;
+pub mod status;
+
+use std::sync::Arc;
+
+use chamberlain_domain::ports::{ChamberHealthRepository, Clock, PasswordHasher};
+use chamberlain_domain::usecases::{
+    Actor, Authenticator, ChamberAdmin, Identity, ReadingQueries, UserAdmin,
+};
+use chamberlain_proto::v1::auth_service_server::AuthServiceServer;
+use chamberlain_proto::v1::batch_service_server::BatchServiceServer;
+use chamberlain_proto::v1::chamber_service_server::ChamberServiceServer;
+use chamberlain_proto::v1::poll_service_server::PollServiceServer;
+use chamberlain_proto::v1::reading_service_server::ReadingServiceServer;
+use chamberlain_proto::v1::section_service_server::SectionServiceServer;
+use chamberlain_proto::v1::user_service_server::UserServiceServer;
+use tonic::{Request, Status};
+
+pub use identity::{IdentityKey, IdentityProblem};
+
+/// Every service of `chamberlain.v1`, backed by the domain's use cases. Methods read the caller
+/// from the request's extensions (an [`Identity`] put there by whichever authentication layer
+/// runs in front: the gateway's verifier of the auth service's signed header, or the embedded
+/// mode's in-process authenticator); without one they answer `UNAUTHENTICATED`.
+#[derive(Clone)]
+pub struct Api {
+    pub admin: ChamberAdmin,
+    pub queries: ReadingQueries,
+    pub users: UserAdmin,
+    pub auth: Authenticator,
+    pub passwords: Arc<dyn PasswordHasher>,
+    pub health: Arc<dyn ChamberHealthRepository>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// The authenticated caller of a request.
+///
+/// # Errors
+/// `UNAUTHENTICATED` when no authentication layer vouched for the request.
+pub fn caller<T>(request: &Request<T>) -> Result<Actor, Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .map(|i| i.actor)
+        .ok_or_else(|| Status::unauthenticated("no verified identity: call through Envoy with a token"))
+}
+
+/// The tonic services, each with the given limits on message size.
+#[derive(Debug)]
+pub struct Services {
+    pub sections: SectionServiceServer<Api>,
+    pub chambers: ChamberServiceServer<Api>,
+    pub batches: BatchServiceServer<Api>,
+    pub readings: ReadingServiceServer<Api>,
+    pub polls: PollServiceServer<Api>,
+    pub auth: AuthServiceServer<Api>,
+    pub users: UserServiceServer<Api>,
+}
+
+impl Api {
+    pub fn services(&self, max_message_bytes: usize) -> Services {
+        macro_rules! server {
+            ($ty:ident) => {
+                $ty::new(self.clone())
+                    .max_decoding_message_size(max_message_bytes)
+                    .max_encoding_message_size(max_message_bytes.max(4 << 20))
+            };
+        }
+        Services {
+            sections: server!(SectionServiceServer),
+            chambers: server!(ChamberServiceServer),
+            batches: server!(BatchServiceServer),
+            readings: server!(ReadingServiceServer),
+            polls: server!(PollServiceServer),
+            auth: server!(AuthServiceServer),
+            users: server!(UserServiceServer),
+        }
+    }
+}
+
+/// The methods that need no identity: signing in.
+pub const ANONYMOUS_METHODS: [&str; 2] = ["/chamberlain.v1.AuthService/SignIn", "/v1/auth:signIn"];

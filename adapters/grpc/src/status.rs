@@ -1,0 +1,56 @@
+//! Use-case errors as gRPC statuses. `INVALID_ARGUMENT` carries a `google.rpc.BadRequest`
+//! detail whose field violation names the field.
+
+use chamberlain_domain::error::ValidationError;
+use chamberlain_domain::usecases::{AuthError, UseCaseError};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `INVALID_ARGUMENT` naming `field`.
+pub fn invalid(field: &str, description: impl Into<String>) -> Status {
+    let description = description.into();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {description}"),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+pub fn from_validation(e: &ValidationError) -> Status {
+    invalid(&e.field, e.rule.to_string())
+}
+
+pub fn from_use_case(e: UseCaseError) -> Status {
+    match e {
+        UseCaseError::Invalid(v) => from_validation(&v),
+        UseCaseError::Forbidden(f) => Status::permission_denied(f.to_string()),
+        UseCaseError::NotFound { .. } => Status::not_found(e.to_string()),
+        UseCaseError::Duplicate { .. } => Status::already_exists(e.to_string()),
+        UseCaseError::FailedPrecondition(m) => Status::failed_precondition(m),
+        UseCaseError::Unavailable { message } => {
+            tracing::warn!(error = %message, "storage unavailable");
+            Status::unavailable("storage unavailable; retry later")
+        }
+    }
+}
+
+pub fn from_auth(e: AuthError) -> Status {
+    match e {
+        AuthError::Unauthenticated(why) => Status::unauthenticated(why.to_string()),
+        AuthError::Unavailable { message } => {
+            tracing::warn!(error = %message, "authentication unavailable");
+            Status::unavailable("authentication unavailable; retry later")
+        }
+    }
+}
+
+/// A create or update naming an unknown parent (`section_id`): the caller's input is wrong, so
+/// `INVALID_ARGUMENT` naming the field rather than `NOT_FOUND` for the call itself.
+pub fn unknown_parent(e: UseCaseError, parent: &'static str, field: &str) -> Status {
+    match e {
+        UseCaseError::NotFound { entity } if entity == parent => {
+            invalid(field, format!("no such {parent} in your organization"))
+        }
+        other => from_use_case(other),
+    }
+}

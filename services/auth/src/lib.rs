@@ -1,0 +1,181 @@
+#![doc = include_str!("../README.md")]
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use chamberlain_domain::model::UserId;
+use chamberlain_domain::ports::Clock;
+use chamberlain_domain::usecases::{AuthError, Authenticator};
+use chamberlain_grpc::identity::IDENTITY_HEADER;
+use chamberlain_grpc::{ANONYMOUS_METHODS, IdentityKey};
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HeaderAppendAction,
+    HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Per-identity request rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl RateLimit {
+    fn quota(self) -> Quota {
+        Quota::per_second(self.per_second).allow_burst(self.burst)
+    }
+}
+
+/// Settings of the auth service.
+#[derive(Debug, Clone)]
+pub struct AuthServiceConfig {
+    pub identity_key: IdentityKey,
+    /// Calls per user.
+    pub rate_limit: RateLimit,
+    /// Sign-in attempts per client address.
+    pub sign_in_limit: RateLimit,
+}
+
+/// The ext_authz `Check` implementation.
+#[derive(Clone)]
+pub struct AuthCheck {
+    auth: Authenticator,
+    key: IdentityKey,
+    clock: Arc<dyn Clock>,
+    per_user: Arc<DefaultKeyedRateLimiter<UserId>>,
+    sign_ins: Arc<DefaultKeyedRateLimiter<String>>,
+}
+
+impl std::fmt::Debug for AuthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthCheck").finish_non_exhaustive()
+    }
+}
+
+fn denied(status: HttpStatusCode, grpc: Status) -> CheckResponse {
+    let body = format!(
+        "{{\"code\":{},\"message\":{:?}}}",
+        i32::from(grpc.code()),
+        grpc.message()
+    );
+    let mut http: DeniedHttpResponseBuilder = DeniedHttpResponseBuilder::new();
+    http.set_http_status(status)
+        .add_header("content-type", "application/json", None, false)
+        .set_body(body);
+    let mut response = CheckResponse::with_status(grpc);
+    response.set_http_response(http.build());
+    response
+}
+
+impl AuthCheck {
+    pub fn new(auth: Authenticator, clock: Arc<dyn Clock>, config: &AuthServiceConfig) -> Self {
+        Self {
+            auth,
+            key: config.identity_key.clone(),
+            clock,
+            per_user: Arc::new(RateLimiter::keyed(config.rate_limit.quota())),
+            sign_ins: Arc::new(RateLimiter::keyed(config.sign_in_limit.quota())),
+        }
+    }
+
+    /// The decision for one request (what `Check` answers), for tests and the in-process layer.
+    pub async fn decide(&self, request: &CheckRequest) -> CheckResponse {
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let path = http.map_or("", |h| h.path.as_str());
+        let path = path.split('?').next().unwrap_or_default();
+        if ANONYMOUS_METHODS.contains(&path) {
+            let client = request.get_client_address().cloned().unwrap_or_default();
+            if self.sign_ins.check_key(&client).is_err() {
+                return denied(
+                    HttpStatusCode::TooManyRequests,
+                    Status::resource_exhausted("too many sign-in attempts; wait a moment"),
+                );
+            }
+            let mut ok = OkHttpResponseBuilder::new();
+            ok.remove_header(IDENTITY_HEADER);
+            let mut response = CheckResponse::with_status(Status::ok("anonymous sign-in"));
+            response.set_http_response(ok.build());
+            return response;
+        }
+        let authorization = request
+            .get_client_headers()
+            .and_then(|h| h.get("authorization"))
+            .map(String::as_str);
+        match self.auth.authenticate(authorization).await {
+            Ok(identity) => {
+                if self.per_user.check_key(&identity.actor.user_id).is_err() {
+                    return denied(
+                        HttpStatusCode::TooManyRequests,
+                        Status::resource_exhausted("rate limit exceeded; slow down"),
+                    );
+                }
+                let mut ok: OkHttpResponseBuilder = OkHttpResponseBuilder::new();
+                ok.add_header(
+                    IDENTITY_HEADER,
+                    self.key.sign(&identity, self.clock.now()),
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                )
+                .remove_header("authorization");
+                let mut response = CheckResponse::with_status(Status::ok("authenticated"));
+                response.set_http_response(ok.build());
+                response
+            }
+            Err(AuthError::Unauthenticated(why)) => denied(
+                HttpStatusCode::Unauthorized,
+                Status::unauthenticated(why.to_string()),
+            ),
+            Err(AuthError::Unavailable { message }) => {
+                tracing::warn!(error = %message, "token store unavailable; refusing");
+                denied(
+                    HttpStatusCode::ServiceUnavailable,
+                    Status::unavailable("authentication unavailable; retry later"),
+                )
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthCheck {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.decide(request.get_ref()).await))
+    }
+}
+
+/// Serves `Check` (and gRPC health) on `listener` until `shutdown` resolves.
+///
+/// # Errors
+/// The transport's error if the server fails.
+pub async fn serve(
+    check: AuthCheck,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            "envoy.service.auth.v3.Authorization",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(check))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}

@@ -1,0 +1,107 @@
+#![doc = include_str!("../README.md")]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chamberlain_domain::ports::Clock;
+use chamberlain_domain::usecases::Identity;
+use chamberlain_grpc::identity::IDENTITY_HEADER;
+use chamberlain_grpc::{Api, IdentityKey};
+use tokio::net::TcpListener;
+use tonic::service::{Interceptor, InterceptorLayer};
+use tonic::{Request, Status};
+
+/// Settings of the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The largest request message accepted.
+    pub max_message_bytes: usize,
+    /// Every call is cut off after this long (`DEADLINE_EXCEEDED`); a client's shorter
+    /// `grpc-timeout` wins.
+    pub request_timeout: Duration,
+    /// The key the auth service signs identities with.
+    pub identity_key: IdentityKey,
+}
+
+/// Verifies the signed identity header and puts the [`Identity`] in the request's extensions.
+#[derive(Clone)]
+pub struct IdentityVerifier {
+    key: IdentityKey,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for IdentityVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityVerifier").finish_non_exhaustive()
+    }
+}
+
+impl IdentityVerifier {
+    pub fn new(key: IdentityKey, clock: Arc<dyn Clock>) -> Self {
+        Self { key, clock }
+    }
+}
+
+impl Interceptor for IdentityVerifier {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = request.metadata().get(IDENTITY_HEADER) else {
+            // Anonymous: only SignIn answers; every other method refuses for want of a caller.
+            return Ok(request);
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| Status::unauthenticated("identity header is not text"))?;
+        let identity: Identity = self.key.verify(value, self.clock.now()).map_err(|e| {
+            tracing::warn!(problem = %e, "refused an identity that does not verify");
+            Status::unauthenticated(e.to_string())
+        })?;
+        request.extensions_mut().insert(identity);
+        Ok(request)
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes calls in flight.
+///
+/// # Errors
+/// The transport's error if the server fails.
+pub async fn serve(
+    api: Api,
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in chamberlain_proto::SERVICES {
+        health
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(chamberlain_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::error!(error = %e, "reflection unavailable");
+            e
+        })
+        .ok();
+    let verifier = IdentityVerifier::new(config.identity_key.clone(), api.clock.clone());
+    let services = api.services(config.max_message_bytes);
+    tonic::transport::Server::builder()
+        .timeout(config.request_timeout)
+        .layer(InterceptorLayer::new(verifier))
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(services.sections)
+        .add_service(services.chambers)
+        .add_service(services.batches)
+        .add_service(services.readings)
+        .add_service(services.polls)
+        .add_service(services.auth)
+        .add_service(services.users)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
