@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod api;
+
 use chamberlain_domain::ports::{
     BatchRepository, ChamberHealthRepository, ChamberRepository, Clock, PollLedgerRepository,
     PollQueue, ReadingRepository,
@@ -37,6 +39,14 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Poll chambers: lease jobs, fetch, store readings and the ledger, acknowledge.
     Worker(WorkerArgs),
+    /// Serve the gRPC API (behind Envoy, which asks `chamberlain auth` about every call).
+    Gateway(api::GatewayArgs),
+    /// Serve Envoy's external authorization (ext_authz v3) for the API.
+    Auth(api::AuthArgs),
+    /// Create an organization with its first admin and print an admin API token once.
+    Bootstrap(api::BootstrapArgs),
+    /// Write the API's protobuf descriptor set, which Envoy's JSON transcoder loads.
+    DescriptorSet(api::DescriptorSetArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -364,6 +374,10 @@ fn main() -> ExitCode {
             Command::Migrate(args) => migrate(args).await,
             Command::Scheduler(args) => scheduler(args).await,
             Command::Worker(args) => worker(args).await,
+            Command::Gateway(args) => api::gateway(args).await,
+            Command::Auth(args) => api::auth(args).await,
+            Command::Bootstrap(args) => api::bootstrap(args).await,
+            Command::DescriptorSet(args) => api::descriptor_set(&args),
             Command::Simulate(args) => chamberlain_simulator::run_cli(args, shutdown_signal())
                 .await
                 .map(|_report| ())
