@@ -192,9 +192,22 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(check))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off: small replies leave at once instead of
+/// waiting for the peer's delayed ACK (tens of milliseconds).
+fn no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(s) = &stream
+            && let Err(e) = s.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        stream
+    })
 }

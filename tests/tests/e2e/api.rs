@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 
-use crate::api_stack::{IDENTITY_KEY, Stack, StackOptions};
+use chamberlain_tests::api_stack::{IDENTITY_KEY, Stack, StackOptions};
 
 fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);

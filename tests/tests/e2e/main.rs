@@ -2,7 +2,6 @@
 //! real PostgreSQL, Redis, HTTP and simulated chambers. The API through a real Envoy.
 
 mod api;
-mod api_stack;
 mod in_memory_pipeline;
 mod pipeline;
 mod processes;

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -216,26 +215,7 @@ pub async fn worker(fleet: &Fleet, prefix: &TestPrefix) -> chamberlain_worker::W
     }
 }
 
-/// The `chamberlain` binary, built if needed (a no-op when the workspace's tests were built).
-pub fn chamberlain_bin() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "chamberlain-cli",
-            "--bin",
-            "chamberlain",
-        ])
-        .current_dir(&root)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the chamberlain binary failed");
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
-    target.join("debug").join("chamberlain")
-}
+pub use chamberlain_tests::chamberlain_bin;
 
 /// A `chamberlain` service process on the fleet's database and the prefix's Redis keys.
 pub fn spawn(role: &str, fleet: &Fleet, prefix: &TestPrefix, extra: &[(&str, &str)]) -> Child {

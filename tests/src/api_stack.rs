@@ -18,7 +18,6 @@ use chamberlain_postgres::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
-use crate::support::chamberlain_bin;
 
 pub const IDENTITY_KEY: &str = "test-identity-key-0123456789abcdef0123456789";
 
@@ -44,7 +43,12 @@ pub fn envoy_bin() -> PathBuf {
 
 /// `envoy/envoy.yaml` with every address replaced; panics if one of them is no longer in the
 /// file (the test would otherwise silently run against a different config).
-pub fn render_envoy_config(ports: &Ports, upstream_gateway: u16, descriptor: &str) -> String {
+pub fn render_envoy_config(
+    ports: &Ports,
+    upstream_gateway: u16,
+    descriptor: &str,
+    listener_rate_limit: Option<u32>,
+) -> String {
     let yaml = std::fs::read_to_string(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml"),
     )
@@ -73,6 +77,11 @@ pub fn render_envoy_config(ports: &Ports, upstream_gateway: u16, descriptor: &st
         ),
         ("/etc/envoy/chamberlain.pb".to_owned(), descriptor.to_owned()),
     ];
+    let mut swaps = swaps.to_vec();
+    if let Some(rps) = listener_rate_limit {
+        swaps.push(("max_tokens: 2000".into(), format!("max_tokens: {rps}")));
+        swaps.push(("tokens_per_fill: 2000".into(), format!("tokens_per_fill: {rps}")));
+    }
     let mut out = yaml;
     for (from, to) in swaps {
         assert!(out.contains(&from), "envoy/envoy.yaml no longer contains `{from}`");
@@ -99,6 +108,10 @@ pub struct StackOptions {
     pub upstream_override: Option<u16>,
     /// Point Envoy's auth cluster here instead of starting `chamberlain auth`.
     pub auth_override: Option<u16>,
+    /// Requests per second Envoy's listener-wide local rate limit allows (default: the file's).
+    pub listener_rate_limit: Option<u32>,
+    /// Run the release build (benchmarks).
+    pub release: bool,
 }
 
 pub struct Stack {
@@ -110,6 +123,12 @@ pub struct Stack {
     gateway: Option<Child>,
     auth: Option<Child>,
     envoy: Child,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("ports", &self.ports).finish_non_exhaustive()
+    }
 }
 
 impl Drop for Stack {
@@ -164,7 +183,7 @@ impl Stack {
         };
         let dir = std::env::temp_dir().join(format!("chamberlain-api-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let bin = chamberlain_bin();
+        let bin = crate::chamberlain_bin_of(options.release);
         let descriptor = dir.join("chamberlain.pb");
         let status = Command::new(&bin)
             .args(["descriptor-set", "--out"])
@@ -207,6 +226,7 @@ impl Stack {
                 &ports,
                 options.upstream_override.unwrap_or(ports.gateway),
                 descriptor.to_str().unwrap(),
+                options.listener_rate_limit,
             ),
         )
         .unwrap();
