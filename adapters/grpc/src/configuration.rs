@@ -93,7 +93,9 @@ impl Api {
         chamber(c.chamber, c.detectors, h)
     }
 
+    /// The chamber as it is now (after a write: never from the cache).
     async fn full_chamber(&self, actor: &chamberlain_domain::usecases::Actor, id: ChamberId) -> Result<v1::Chamber, Status> {
+        self.chamber_cache.forget(actor.organization_id, id);
         let c = self.admin.get_chamber(actor, id).await.map_err(from_use_case)?;
         Ok(self.chamber_reply(c).await)
     }
@@ -184,7 +186,14 @@ impl ChamberService for Api {
     async fn get_chamber(&self, request: Request<v1::GetChamberRequest>) -> Reply<v1::Chamber> {
         let actor = caller(&request)?;
         let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
-        Ok(Response::new(self.full_chamber(&actor, cid).await?))
+        let org = actor.organization_id;
+        if let Some(hit) = self.chamber_cache.get(org, cid) {
+            return Ok(Response::new(hit));
+        }
+        let c = self.admin.get_chamber(&actor, cid).await.map_err(from_use_case)?;
+        let reply = self.chamber_reply(c).await;
+        self.chamber_cache.put(org, cid, &reply);
+        Ok(Response::new(reply))
     }
 
     async fn list_chambers(&self, request: Request<v1::ListChambersRequest>) -> Reply<v1::ListChambersResponse> {
@@ -240,7 +249,9 @@ impl ChamberService for Api {
     async fn delete_chamber(&self, request: Request<v1::DeleteChamberRequest>) -> Reply<v1::DeleteChamberResponse> {
         let actor = caller(&request)?;
         let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
+        self.chamber_cache.forget(actor.organization_id, cid);
         self.admin.delete_chamber(&actor, cid).await.map_err(from_use_case)?;
+        self.chamber_cache.forget(actor.organization_id, cid);
         Ok(Response::new(v1::DeleteChamberResponse {}))
     }
 
@@ -279,6 +290,7 @@ impl ChamberService for Api {
             .add_detector(&actor, cid, new_detector(new))
             .await
             .map_err(from_use_case)?;
+        self.chamber_cache.forget(actor.organization_id, cid);
         Ok(Response::new(detector(d)))
     }
 
@@ -303,13 +315,16 @@ impl ChamberService for Api {
             .update_detector(&actor, did, new)
             .await
             .map_err(from_use_case)?;
+        self.chamber_cache.forget(actor.organization_id, d.chamber_id);
         Ok(Response::new(detector(d)))
     }
 
     async fn remove_detector(&self, request: Request<v1::RemoveDetectorRequest>) -> Reply<v1::RemoveDetectorResponse> {
         let actor = caller(&request)?;
         let did = id("id", &request.get_ref().id, DetectorId::parse)?;
+        let chamber = self.admin.get_detector(&actor, did).await.map_err(from_use_case)?.chamber_id;
         self.admin.remove_detector(&actor, did).await.map_err(from_use_case)?;
+        self.chamber_cache.forget(actor.organization_id, chamber);
         Ok(Response::new(v1::RemoveDetectorResponse {}))
     }
 }

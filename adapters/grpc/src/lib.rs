@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod accounts;
+mod cache;
 mod configuration;
 mod convert;
 mod data;
@@ -22,6 +23,7 @@ use chamberlain_proto::v1::section_service_server::SectionServiceServer;
 use chamberlain_proto::v1::user_service_server::UserServiceServer;
 use tonic::{Request, Status};
 
+pub use cache::ChamberCache;
 pub use identity::{IdentityKey, IdentityProblem};
 
 /// Every service of `chamberlain.v1`, backed by the domain's use cases. Methods read the caller
@@ -37,6 +39,8 @@ pub struct Api {
     pub passwords: Arc<dyn PasswordHasher>,
     pub health: Arc<dyn ChamberHealthRepository>,
     pub clock: Arc<dyn Clock>,
+    /// `GetChamber` answers, dropped by every write through this API.
+    pub chamber_cache: Arc<ChamberCache>,
 }
 
 impl std::fmt::Debug for Api {

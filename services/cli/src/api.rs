@@ -140,6 +140,10 @@ pub struct GatewayArgs {
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "CHAMBERLAIN_GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=256 * 1024 * 1024))]
     max_message_bytes: u64,
+    /// Milliseconds a GetChamber answer is reused; writes through this gateway drop it at once,
+    /// other gateways' answers may lag by up to this. 0 turns the cache off.
+    #[arg(long, env = "CHAMBERLAIN_GATEWAY_CHAMBER_CACHE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    chamber_cache_ms: u64,
     /// Seconds after which any call is cut off (DEADLINE_EXCEEDED).
     #[arg(long, env = "CHAMBERLAIN_GATEWAY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout_secs: u64,
@@ -177,6 +181,9 @@ pub async fn gateway(args: GatewayArgs) -> Result<(), anyhow::Error> {
         passwords: Arc::new(chamberlain_argon2::Argon2Hasher::default()),
         health: db.health.clone(),
         clock,
+        chamber_cache: Arc::new(chamberlain_grpc::ChamberCache::new(Duration::from_millis(
+            args.chamber_cache_ms,
+        ))),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

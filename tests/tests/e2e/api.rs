@@ -134,6 +134,25 @@ async fn a_chamber_created_over_grpc_reads_back_as_json_over_http1() {
         .into_inner();
     assert_eq!(got.format, "prometheus");
     assert_eq!(got.interval, secs(30));
+
+    // A change is visible at once, although the answer above was cached.
+    let mut chambers = ChamberServiceClient::new(stack.channel().await);
+    chambers
+        .set_chamber_interval(authed(
+            v1::SetChamberIntervalRequest {
+                id: got.id.clone(),
+                interval: secs(60),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let again = chambers
+        .get_chamber(authed(v1::GetChamberRequest { id: got.id }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.interval, secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -766,4 +785,76 @@ async fn the_gateway_reports_health_and_serves_reflection() {
     for service in chamberlain_proto::SERVICES {
         assert!(names.iter().any(|n| n == service), "{service} not in {names:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_signs_in_with_a_password_without_a_token_and_gets_one() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, admin) = stack.tenant("a", Role::Admin).await;
+    let channel = stack.channel().await;
+    let created = UserServiceClient::new(channel.clone())
+        .create_user(authed(
+            v1::CreateUserRequest {
+                email: "Op@A.example".into(),
+                display_name: "Op".into(),
+                role: "operator".into(),
+                password: "correct horse battery".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Too short a password names the field.
+    let e = UserServiceClient::new(channel.clone())
+        .create_user(authed(
+            v1::CreateUserRequest {
+                email: "x@a.example".into(),
+                display_name: "x".into(),
+                role: "viewer".into(),
+                password: "short".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&e), ["password"], "{e:?}");
+
+    // JSON sign-in, no token needed; a wrong password is refused like an unknown email.
+    let (status, body) = stack
+        .http(
+            "POST",
+            "/v1/auth:signIn",
+            None,
+            Some(r#"{"email":"op@a.example","password":"wrong password!"}"#),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = stack
+        .http(
+            "POST",
+            "/v1/auth:signIn",
+            None,
+            Some(r#"{"email":"op@a.example","password":"correct horse battery"}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = json(&body)["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("chm_"), "{body}");
+    let me = UserServiceClient::new(channel.clone())
+        .who_am_i(authed(v1::WhoAmIRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((me.id, me.role.as_str()), (created.id, "operator"));
+    // The same over gRPC.
+    let signed_in = AuthServiceClient::new(channel)
+        .sign_in(Request::new(v1::SignInRequest {
+            email: "op@a.example".into(),
+            password: "correct horse battery".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(signed_in.expires_at.is_some());
 }
