@@ -25,10 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto",
         "error_details.proto",
     )?;
-    let mut protos: Vec<PathBuf> = ["common", "sections", "chambers", "batches", "readings", "auth"]
-        .iter()
-        .map(|name| here.join(format!("chamberlain/v1/{name}.proto")))
-        .collect();
+    let mut protos: Vec<PathBuf> = [
+        "common", "sections", "chambers", "batches", "readings", "auth",
+    ]
+    .iter()
+    .map(|name| here.join(format!("chamberlain/v1/{name}.proto")))
+    .collect();
     protos.push(rpc.join("status.proto"));
     protos.push(rpc.join("error_details.proto"));
     for proto in &protos {
@@ -68,7 +70,11 @@ fn registry_dir(
         .filter_map(Result::ok)
         .flat_map(|index| std::fs::read_dir(index.path()).into_iter().flatten())
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with(package)))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(package))
+        })
         .map(|e| e.path().join(subdir))
         .filter(|dir| dir.join(marker).is_file())
         .collect();

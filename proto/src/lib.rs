@@ -18,7 +18,8 @@ pub mod google_api {
 
 /// The API's serialized `FileDescriptorSet`, imports included: for gRPC reflection, and the
 /// descriptor file Envoy's JSON transcoder loads (`chamberlain descriptor-set`).
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chamberlain_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("chamberlain_descriptor");
 
 /// The fully-qualified names of the API's services, as Envoy's transcoder lists them.
 pub const SERVICES: [&str; 7] = [

@@ -22,7 +22,8 @@ use chamberlain_domain::ports::{ChamberRepository, DetectorRepository, ReadingRe
 use chamberlain_domain::usecases::Identity;
 use chamberlain_grpc::IdentityKey;
 use chamberlain_proto::v1::{
-    self, chamber_service_client::ChamberServiceClient, reading_service_client::ReadingServiceClient,
+    self, chamber_service_client::ChamberServiceClient,
+    reading_service_client::ReadingServiceClient,
 };
 use chamberlain_tests::api_stack::{IDENTITY_KEY, Stack, StackOptions};
 use tonic::transport::Channel;
@@ -41,7 +42,11 @@ impl Stats {
         if self.latencies.is_empty() {
             return f64::NAN;
         }
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
         let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
         self.latencies[i].as_secs_f64() * 1000.0
     }
@@ -194,16 +199,23 @@ fn main() {
         let t0 = fixtures::T0;
         let polls: Vec<_> = (0..125u64)
             .map(|i| {
-                fixtures::poll_record(&chamber, &detectors, t0 + Duration::from_secs(i), 20.0, None)
+                fixtures::poll_record(
+                    &chamber,
+                    &detectors,
+                    t0 + Duration::from_secs(i),
+                    20.0,
+                    None,
+                )
             })
             .collect();
         stack.store.store_polls(&polls).await.unwrap();
-        let _: Vec<DetectorId> = DetectorRepository::list_for_chamber(&*stack.store, org, chamber.id)
-            .await
-            .unwrap()
-            .iter()
-            .map(|d| d.id)
-            .collect();
+        let _: Vec<DetectorId> =
+            DetectorRepository::list_for_chamber(&*stack.store, org, chamber.id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.id)
+                .collect();
         let chamber_id: ChamberId = chamber.id;
         let range = (t0, t0 + Duration::from_secs(125));
 
@@ -225,7 +237,9 @@ fn main() {
                 )
             };
         if smoke {
-            println!("smoke mode (CHAMBERLAIN_BENCH_SMOKE=1): tiny steps, figures are not measurements");
+            println!(
+                "smoke mode (CHAMBERLAIN_BENCH_SMOKE=1): tiny steps, figures are not measurements"
+            );
         }
         print_header();
         let get = |via: Vec<Channel>, credential: Credential| {
@@ -282,19 +296,39 @@ fn main() {
             }
         };
         for &rate in &get_direct {
-            let s = drive(rate, secs, get(direct.clone(), Credential::Identity(identity))).await;
+            let s = drive(
+                rate,
+                secs,
+                get(direct.clone(), Credential::Identity(identity)),
+            )
+            .await;
             print_row("GetChamber direct", &s);
         }
         for &rate in &get_envoy {
-            let s = drive(rate, secs, get(envoy.clone(), Credential::Token(token.clone()))).await;
+            let s = drive(
+                rate,
+                secs,
+                get(envoy.clone(), Credential::Token(token.clone())),
+            )
+            .await;
             print_row("GetChamber via Envoy + auth", &s);
         }
         for &rate in &query_rates {
-            let s = drive(rate, secs, query(direct.clone(), Credential::Identity(identity))).await;
+            let s = drive(
+                rate,
+                secs,
+                query(direct.clone(), Credential::Identity(identity)),
+            )
+            .await;
             print_row("QueryReadings 1,000 rows direct", &s);
         }
         for &rate in &query_rates {
-            let s = drive(rate, secs, query(envoy.clone(), Credential::Token(token.clone()))).await;
+            let s = drive(
+                rate,
+                secs,
+                query(envoy.clone(), Credential::Token(token.clone())),
+            )
+            .await;
             print_row("QueryReadings 1,000 rows via Envoy", &s);
         }
     });

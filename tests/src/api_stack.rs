@@ -18,7 +18,6 @@ use chamberlain_postgres::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
-
 pub const IDENTITY_KEY: &str = "test-identity-key-0123456789abcdef0123456789";
 
 pub fn free_port() -> u16 {
@@ -75,16 +74,25 @@ pub fn render_envoy_config(
             "{ address: otel-collector, port_value: 4317 }".to_owned(),
             format!("{{ address: 127.0.0.1, port_value: {} }}", ports.otel),
         ),
-        ("/etc/envoy/chamberlain.pb".to_owned(), descriptor.to_owned()),
+        (
+            "/etc/envoy/chamberlain.pb".to_owned(),
+            descriptor.to_owned(),
+        ),
     ];
     let mut swaps = swaps.to_vec();
     if let Some(rps) = listener_rate_limit {
         swaps.push(("max_tokens: 2000".into(), format!("max_tokens: {rps}")));
-        swaps.push(("tokens_per_fill: 2000".into(), format!("tokens_per_fill: {rps}")));
+        swaps.push((
+            "tokens_per_fill: 2000".into(),
+            format!("tokens_per_fill: {rps}"),
+        ));
     }
     let mut out = yaml;
     for (from, to) in swaps {
-        assert!(out.contains(&from), "envoy/envoy.yaml no longer contains `{from}`");
+        assert!(
+            out.contains(&from),
+            "envoy/envoy.yaml no longer contains `{from}`"
+        );
         out = out.replace(&from, &to);
     }
     out
@@ -127,15 +135,21 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack").field("ports", &self.ports).finish_non_exhaustive()
+        f.debug_struct("Stack")
+            .field("ports", &self.ports)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in [self.gateway.as_mut(), self.auth.as_mut(), Some(&mut self.envoy)]
-            .into_iter()
-            .flatten()
+        for child in [
+            self.gateway.as_mut(),
+            self.auth.as_mut(),
+            Some(&mut self.envoy),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = child.kill();
             let _ = child.wait();
@@ -424,7 +438,10 @@ pub async fn http_request(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()

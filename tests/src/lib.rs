@@ -12,7 +12,14 @@ use std::process::Command;
 /// When cargo cannot build it.
 pub fn chamberlain_bin_of(release: bool) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut args = vec!["build", "--quiet", "-p", "chamberlain-cli", "--bin", "chamberlain"];
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "-p",
+        "chamberlain-cli",
+        "--bin",
+        "chamberlain",
+    ];
     if release {
         args.push("--release");
     }

@@ -25,8 +25,8 @@ impl Argon2Hasher {
     /// # Panics
     /// Never with valid `Params` (the decoy hash cannot fail).
     pub fn with_params(params: Params) -> Self {
-        let decoy = hash_blocking(&params, "decoy password that matches nothing")
-            .unwrap_or_default();
+        let decoy =
+            hash_blocking(&params, "decoy password that matches nothing").unwrap_or_default();
         Self { params, decoy }
     }
 
@@ -91,10 +91,22 @@ mod tests {
         let pw = Password::parse("correct horse battery").unwrap();
         let hash = hasher.hash(&pw).await.unwrap();
         assert!(hash.starts_with("$argon2id$"), "{hash}");
-        assert!(hasher.verify("correct horse battery", Some(hash.clone())).await);
-        assert!(!hasher.verify("correct horse batterY", Some(hash.clone())).await);
+        assert!(
+            hasher
+                .verify("correct horse battery", Some(hash.clone()))
+                .await
+        );
+        assert!(
+            !hasher
+                .verify("correct horse batterY", Some(hash.clone()))
+                .await
+        );
         assert!(!hasher.verify("correct horse battery", None).await);
-        assert!(!hasher.verify("correct horse battery", Some("not a hash".into())).await);
+        assert!(
+            !hasher
+                .verify("correct horse battery", Some("not a hash".into()))
+                .await
+        );
         // A fresh salt each time.
         assert_ne!(hash, hasher.hash(&pw).await.unwrap());
     }

@@ -42,14 +42,21 @@ fn user(u: model::User) -> v1::User {
 impl AuthService for Api {
     async fn sign_in(&self, request: Request<v1::SignInRequest>) -> Reply<v1::SignInResponse> {
         let r = request.into_inner();
-        let issued = self.auth.sign_in(&r.email, &r.password).await.map_err(from_auth)?;
+        let issued = self
+            .auth
+            .sign_in(&r.email, &r.password)
+            .await
+            .map_err(from_auth)?;
         Ok(Response::new(v1::SignInResponse {
             token: issued.secret.expose().to_owned(),
             expires_at: opt_ts(issued.token.expires_at),
         }))
     }
 
-    async fn create_api_token(&self, request: Request<v1::CreateApiTokenRequest>) -> Reply<v1::CreateApiTokenResponse> {
+    async fn create_api_token(
+        &self,
+        request: Request<v1::CreateApiTokenRequest>,
+    ) -> Reply<v1::CreateApiTokenResponse> {
         let actor = caller(&request)?;
         let r = request.into_inner();
         let expires_in = duration("expires_in", r.expires_in.as_ref())?;
@@ -64,20 +71,35 @@ impl AuthService for Api {
         }))
     }
 
-    async fn list_api_tokens(&self, request: Request<v1::ListApiTokensRequest>) -> Reply<v1::ListApiTokensResponse> {
+    async fn list_api_tokens(
+        &self,
+        request: Request<v1::ListApiTokensRequest>,
+    ) -> Reply<v1::ListApiTokensResponse> {
         let actor = caller(&request)?;
-        let p = page(request.get_ref().page.as_ref(), |t| ApiTokenId::parse(t).ok())?;
-        let p = self.auth.list_tokens(&actor, p).await.map_err(from_use_case)?;
+        let p = page(request.get_ref().page.as_ref(), |t| {
+            ApiTokenId::parse(t).ok()
+        })?;
+        let p = self
+            .auth
+            .list_tokens(&actor, p)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::ListApiTokensResponse {
             tokens: p.items.into_iter().map(token).collect(),
             next_page_token: token_of(p.next),
         }))
     }
 
-    async fn revoke_api_token(&self, request: Request<v1::RevokeApiTokenRequest>) -> Reply<v1::RevokeApiTokenResponse> {
+    async fn revoke_api_token(
+        &self,
+        request: Request<v1::RevokeApiTokenRequest>,
+    ) -> Reply<v1::RevokeApiTokenResponse> {
         let actor = caller(&request)?;
         let tid = id("id", &request.get_ref().id, ApiTokenId::parse)?;
-        self.auth.revoke_token(&actor, tid).await.map_err(from_use_case)?;
+        self.auth
+            .revoke_token(&actor, tid)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::RevokeApiTokenResponse {}))
     }
 }
@@ -124,10 +146,17 @@ impl UserService for Api {
         Ok(Response::new(user(u)))
     }
 
-    async fn list_users(&self, request: Request<v1::ListUsersRequest>) -> Reply<v1::ListUsersResponse> {
+    async fn list_users(
+        &self,
+        request: Request<v1::ListUsersRequest>,
+    ) -> Reply<v1::ListUsersResponse> {
         let actor = caller(&request)?;
         let p = page(request.get_ref().page.as_ref(), |t| UserId::parse(t).ok())?;
-        let p = self.users.list_users(&actor, p).await.map_err(from_use_case)?;
+        let p = self
+            .users
+            .list_users(&actor, p)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::ListUsersResponse {
             users: p.items.into_iter().map(user).collect(),
             next_page_token: token_of(p.next),
@@ -138,14 +167,24 @@ impl UserService for Api {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let uid = id("id", &r.id, UserId::parse)?;
-        let u = self.users.set_role(&actor, uid, &r.role).await.map_err(from_use_case)?;
+        let u = self
+            .users
+            .set_role(&actor, uid, &r.role)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(user(u)))
     }
 
-    async fn delete_user(&self, request: Request<v1::DeleteUserRequest>) -> Reply<v1::DeleteUserResponse> {
+    async fn delete_user(
+        &self,
+        request: Request<v1::DeleteUserRequest>,
+    ) -> Reply<v1::DeleteUserResponse> {
         let actor = caller(&request)?;
         let uid = id("id", &request.get_ref().id, UserId::parse)?;
-        self.users.delete_user(&actor, uid).await.map_err(from_use_case)?;
+        self.users
+            .delete_user(&actor, uid)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::DeleteUserResponse {}))
     }
 }

@@ -27,7 +27,10 @@ impl ChamberCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(OrganizationId, ChamberId), (Instant, v1::Chamber)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(OrganizationId, ChamberId), (Instant, v1::Chamber)>>
+    {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -69,7 +72,11 @@ mod tests {
     #[test]
     fn entries_expire_are_forgotten_and_stay_within_their_organization() {
         let cache = ChamberCache::new(Duration::from_secs(60));
-        let (org, other, id) = (OrganizationId::random(), OrganizationId::random(), ChamberId::random());
+        let (org, other, id) = (
+            OrganizationId::random(),
+            OrganizationId::random(),
+            ChamberId::random(),
+        );
         let c = v1::Chamber {
             name: "c".into(),
             ..Default::default()

@@ -11,7 +11,7 @@ use chamberlain_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::convert::{dur, id, opt_id, opt_ts, page, required_duration, token_of, ts, duration};
+use crate::convert::{dur, duration, id, opt_id, opt_ts, page, required_duration, token_of, ts};
 use crate::status::{from_use_case, unknown_parent};
 use crate::{Api, caller};
 
@@ -55,7 +55,11 @@ fn health(h: Option<HealthState>) -> v1::HealthState {
     }
 }
 
-fn chamber(c: model::Chamber, detectors: Vec<model::Detector>, h: Option<HealthState>) -> v1::Chamber {
+fn chamber(
+    c: model::Chamber,
+    detectors: Vec<model::Detector>,
+    h: Option<HealthState>,
+) -> v1::Chamber {
     v1::Chamber {
         id: c.id.to_string(),
         section_id: c.section_id.to_string(),
@@ -94,21 +98,38 @@ impl Api {
     }
 
     /// The chamber as it is now (after a write: never from the cache).
-    async fn full_chamber(&self, actor: &chamberlain_domain::usecases::Actor, id: ChamberId) -> Result<v1::Chamber, Status> {
+    async fn full_chamber(
+        &self,
+        actor: &chamberlain_domain::usecases::Actor,
+        id: ChamberId,
+    ) -> Result<v1::Chamber, Status> {
         self.chamber_cache.forget(actor.organization_id, id);
-        let c = self.admin.get_chamber(actor, id).await.map_err(from_use_case)?;
+        let c = self
+            .admin
+            .get_chamber(actor, id)
+            .await
+            .map_err(from_use_case)?;
         Ok(self.chamber_reply(c).await)
     }
 }
 
 #[tonic::async_trait]
 impl SectionService for Api {
-    async fn create_section(&self, request: Request<v1::CreateSectionRequest>) -> Reply<v1::Section> {
+    async fn create_section(
+        &self,
+        request: Request<v1::CreateSectionRequest>,
+    ) -> Reply<v1::Section> {
         let actor = caller(&request)?;
         let r = request.into_inner();
         let s = self
             .admin
-            .create_section(&actor, NewSection { name: r.name, description: r.description })
+            .create_section(
+                &actor,
+                NewSection {
+                    name: r.name,
+                    description: r.description,
+                },
+            )
             .await
             .map_err(from_use_case)?;
         Ok(Response::new(section(s)))
@@ -117,25 +138,45 @@ impl SectionService for Api {
     async fn get_section(&self, request: Request<v1::GetSectionRequest>) -> Reply<v1::Section> {
         let actor = caller(&request)?;
         let sid = id("id", &request.get_ref().id, SectionId::parse)?;
-        let s = self.admin.get_section(&actor, sid).await.map_err(from_use_case)?;
+        let s = self
+            .admin
+            .get_section(&actor, sid)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(section(s)))
     }
 
-    async fn list_sections(&self, request: Request<v1::ListSectionsRequest>) -> Reply<v1::ListSectionsResponse> {
+    async fn list_sections(
+        &self,
+        request: Request<v1::ListSectionsRequest>,
+    ) -> Reply<v1::ListSectionsResponse> {
         let actor = caller(&request)?;
-        let p = page(request.get_ref().page.as_ref(), |t| SectionId::parse(t).ok())?;
-        let p = self.admin.list_sections(&actor, p).await.map_err(from_use_case)?;
+        let p = page(request.get_ref().page.as_ref(), |t| {
+            SectionId::parse(t).ok()
+        })?;
+        let p = self
+            .admin
+            .list_sections(&actor, p)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::ListSectionsResponse {
             sections: p.items.into_iter().map(section).collect(),
             next_page_token: token_of(p.next),
         }))
     }
 
-    async fn update_section(&self, request: Request<v1::UpdateSectionRequest>) -> Reply<v1::Section> {
+    async fn update_section(
+        &self,
+        request: Request<v1::UpdateSectionRequest>,
+    ) -> Reply<v1::Section> {
         let actor = caller(&request)?;
         let r = request.into_inner();
         let sid = id("id", &r.id, SectionId::parse)?;
-        let current = self.admin.get_section(&actor, sid).await.map_err(from_use_case)?;
+        let current = self
+            .admin
+            .get_section(&actor, sid)
+            .await
+            .map_err(from_use_case)?;
         let s = self
             .admin
             .update_section(
@@ -153,17 +194,26 @@ impl SectionService for Api {
         Ok(Response::new(section(s)))
     }
 
-    async fn delete_section(&self, request: Request<v1::DeleteSectionRequest>) -> Reply<v1::DeleteSectionResponse> {
+    async fn delete_section(
+        &self,
+        request: Request<v1::DeleteSectionRequest>,
+    ) -> Reply<v1::DeleteSectionResponse> {
         let actor = caller(&request)?;
         let sid = id("id", &request.get_ref().id, SectionId::parse)?;
-        self.admin.delete_section(&actor, sid).await.map_err(from_use_case)?;
+        self.admin
+            .delete_section(&actor, sid)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::DeleteSectionResponse {}))
     }
 }
 
 #[tonic::async_trait]
 impl ChamberService for Api {
-    async fn create_chamber(&self, request: Request<v1::CreateChamberRequest>) -> Reply<v1::Chamber> {
+    async fn create_chamber(
+        &self,
+        request: Request<v1::CreateChamberRequest>,
+    ) -> Reply<v1::Chamber> {
         let actor = caller(&request)?;
         let r = request.into_inner();
         let new = NewChamber {
@@ -190,13 +240,20 @@ impl ChamberService for Api {
         if let Some(hit) = self.chamber_cache.get(org, cid) {
             return Ok(Response::new(hit));
         }
-        let c = self.admin.get_chamber(&actor, cid).await.map_err(from_use_case)?;
+        let c = self
+            .admin
+            .get_chamber(&actor, cid)
+            .await
+            .map_err(from_use_case)?;
         let reply = self.chamber_reply(c).await;
         self.chamber_cache.put(org, cid, &reply);
         Ok(Response::new(reply))
     }
 
-    async fn list_chambers(&self, request: Request<v1::ListChambersRequest>) -> Reply<v1::ListChambersResponse> {
+    async fn list_chambers(
+        &self,
+        request: Request<v1::ListChambersRequest>,
+    ) -> Reply<v1::ListChambersResponse> {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let filter = ChamberFilter {
@@ -209,10 +266,15 @@ impl ChamberService for Api {
             },
         };
         let p = page(r.page.as_ref(), |t| ChamberId::parse(t).ok())?;
-        let p = self.admin.list_chambers(&actor, filter, p).await.map_err(from_use_case)?;
+        let p = self
+            .admin
+            .list_chambers(&actor, filter, p)
+            .await
+            .map_err(from_use_case)?;
         let ids: Vec<ChamberId> = p.items.iter().map(|c| c.id).collect();
         let healths = self.health.get_many(&ids).await.unwrap_or_default();
-        let health_of = |id: ChamberId| healths.iter().find(|h| h.chamber_id == id).map(|h| h.state);
+        let health_of =
+            |id: ChamberId| healths.iter().find(|h| h.chamber_id == id).map(|h| h.state);
         Ok(Response::new(v1::ListChambersResponse {
             chambers: p
                 .items
@@ -226,7 +288,10 @@ impl ChamberService for Api {
         }))
     }
 
-    async fn update_chamber(&self, request: Request<v1::UpdateChamberRequest>) -> Reply<v1::Chamber> {
+    async fn update_chamber(
+        &self,
+        request: Request<v1::UpdateChamberRequest>,
+    ) -> Reply<v1::Chamber> {
         let actor = caller(&request)?;
         let r = request.into_inner();
         let cid = id("id", &r.id, ChamberId::parse)?;
@@ -246,11 +311,17 @@ impl ChamberService for Api {
         Ok(Response::new(self.full_chamber(&actor, cid).await?))
     }
 
-    async fn delete_chamber(&self, request: Request<v1::DeleteChamberRequest>) -> Reply<v1::DeleteChamberResponse> {
+    async fn delete_chamber(
+        &self,
+        request: Request<v1::DeleteChamberRequest>,
+    ) -> Reply<v1::DeleteChamberResponse> {
         let actor = caller(&request)?;
         let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
         self.chamber_cache.forget(actor.organization_id, cid);
-        self.admin.delete_chamber(&actor, cid).await.map_err(from_use_case)?;
+        self.admin
+            .delete_chamber(&actor, cid)
+            .await
+            .map_err(from_use_case)?;
         self.chamber_cache.forget(actor.organization_id, cid);
         Ok(Response::new(v1::DeleteChamberResponse {}))
     }
@@ -262,19 +333,31 @@ impl ChamberService for Api {
         Ok(Response::new(self.full_chamber(&actor, cid).await?))
     }
 
-    async fn resume_chamber(&self, request: Request<v1::ResumeChamberRequest>) -> Reply<v1::Chamber> {
+    async fn resume_chamber(
+        &self,
+        request: Request<v1::ResumeChamberRequest>,
+    ) -> Reply<v1::Chamber> {
         let actor = caller(&request)?;
         let cid = id("id", &request.get_ref().id, ChamberId::parse)?;
-        self.admin.resume(&actor, cid).await.map_err(from_use_case)?;
+        self.admin
+            .resume(&actor, cid)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(self.full_chamber(&actor, cid).await?))
     }
 
-    async fn set_chamber_interval(&self, request: Request<v1::SetChamberIntervalRequest>) -> Reply<v1::Chamber> {
+    async fn set_chamber_interval(
+        &self,
+        request: Request<v1::SetChamberIntervalRequest>,
+    ) -> Reply<v1::Chamber> {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let cid = id("id", &r.id, ChamberId::parse)?;
         let interval = required_duration("interval", r.interval.as_ref())?;
-        self.admin.set_interval(&actor, cid, interval).await.map_err(from_use_case)?;
+        self.admin
+            .set_interval(&actor, cid, interval)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(self.full_chamber(&actor, cid).await?))
     }
 
@@ -294,11 +377,18 @@ impl ChamberService for Api {
         Ok(Response::new(detector(d)))
     }
 
-    async fn update_detector(&self, request: Request<v1::UpdateDetectorRequest>) -> Reply<v1::Detector> {
+    async fn update_detector(
+        &self,
+        request: Request<v1::UpdateDetectorRequest>,
+    ) -> Reply<v1::Detector> {
         let actor = caller(&request)?;
         let r = request.into_inner();
         let did = id("id", &r.id, DetectorId::parse)?;
-        let current = self.admin.get_detector(&actor, did).await.map_err(from_use_case)?;
+        let current = self
+            .admin
+            .get_detector(&actor, did)
+            .await
+            .map_err(from_use_case)?;
         let new = NewDetector {
             name: r.name.unwrap_or_else(|| current.name.as_str().to_owned()),
             alias: match r.alias {
@@ -315,15 +405,27 @@ impl ChamberService for Api {
             .update_detector(&actor, did, new)
             .await
             .map_err(from_use_case)?;
-        self.chamber_cache.forget(actor.organization_id, d.chamber_id);
+        self.chamber_cache
+            .forget(actor.organization_id, d.chamber_id);
         Ok(Response::new(detector(d)))
     }
 
-    async fn remove_detector(&self, request: Request<v1::RemoveDetectorRequest>) -> Reply<v1::RemoveDetectorResponse> {
+    async fn remove_detector(
+        &self,
+        request: Request<v1::RemoveDetectorRequest>,
+    ) -> Reply<v1::RemoveDetectorResponse> {
         let actor = caller(&request)?;
         let did = id("id", &request.get_ref().id, DetectorId::parse)?;
-        let chamber = self.admin.get_detector(&actor, did).await.map_err(from_use_case)?.chamber_id;
-        self.admin.remove_detector(&actor, did).await.map_err(from_use_case)?;
+        let chamber = self
+            .admin
+            .get_detector(&actor, did)
+            .await
+            .map_err(from_use_case)?
+            .chamber_id;
+        self.admin
+            .remove_detector(&actor, did)
+            .await
+            .map_err(from_use_case)?;
         self.chamber_cache.forget(actor.organization_id, chamber);
         Ok(Response::new(v1::RemoveDetectorResponse {}))
     }
@@ -348,7 +450,14 @@ impl BatchService for Api {
         let sid = id("section_id", &r.section_id, SectionId::parse)?;
         let b = self
             .admin
-            .start_batch(&actor, sid, NewSection { name: r.name, description: r.description })
+            .start_batch(
+                &actor,
+                sid,
+                NewSection {
+                    name: r.name,
+                    description: r.description,
+                },
+            )
             .await
             .map_err(|e| unknown_parent(e, "section", "section_id"))?;
         Ok(Response::new(batch(b)))
@@ -357,16 +466,27 @@ impl BatchService for Api {
     async fn end_batch(&self, request: Request<v1::EndBatchRequest>) -> Reply<v1::Batch> {
         let actor = caller(&request)?;
         let bid = id("id", &request.get_ref().id, BatchId::parse)?;
-        let b = self.admin.end_batch(&actor, bid).await.map_err(from_use_case)?;
+        let b = self
+            .admin
+            .end_batch(&actor, bid)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(batch(b)))
     }
 
-    async fn list_batches(&self, request: Request<v1::ListBatchesRequest>) -> Reply<v1::ListBatchesResponse> {
+    async fn list_batches(
+        &self,
+        request: Request<v1::ListBatchesRequest>,
+    ) -> Reply<v1::ListBatchesResponse> {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let sid = opt_id("section_id", &r.section_id, SectionId::parse)?;
         let p = page(r.page.as_ref(), |t| BatchId::parse(t).ok())?;
-        let p = self.admin.list_batches(&actor, sid, p).await.map_err(from_use_case)?;
+        let p = self
+            .admin
+            .list_batches(&actor, sid, p)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::ListBatchesResponse {
             batches: p.items.into_iter().map(batch).collect(),
             next_page_token: token_of(p.next),

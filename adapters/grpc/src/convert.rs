@@ -42,7 +42,10 @@ pub fn dur(d: Duration) -> prost_types::Duration {
 }
 
 /// An optional duration; negative ones are refused.
-pub fn duration(field: &str, d: Option<&prost_types::Duration>) -> Result<Option<Duration>, Status> {
+pub fn duration(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+) -> Result<Option<Duration>, Status> {
     let Some(d) = d else { return Ok(None) };
     if d.seconds < 0 || d.nanos < 0 {
         return Err(invalid(field, "must not be negative"));
@@ -53,7 +56,10 @@ pub fn duration(field: &str, d: Option<&prost_types::Duration>) -> Result<Option
     ))
 }
 
-pub fn required_duration(field: &str, d: Option<&prost_types::Duration>) -> Result<Duration, Status> {
+pub fn required_duration(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+) -> Result<Duration, Status> {
     duration(field, d)?.ok_or_else(|| invalid(field, "is required"))
 }
 

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::pin::Pin;
 
 use chamberlain_domain::Timestamp;
-use chamberlain_domain::model::{BatchId, ChamberId, DetectorId, LedgerEntry, PollOutcome, Reading, ReadingValue};
+use chamberlain_domain::model::{
+    BatchId, ChamberId, DetectorId, LedgerEntry, PollOutcome, Reading, ReadingValue,
+};
 use chamberlain_domain::ports::{LedgerQuery, ReadingCursor, ReadingQuery, ReadingScope};
 use chamberlain_domain::usecases::CoverageScope;
 use chamberlain_proto::v1::{
@@ -22,10 +24,25 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn scope(selector: Option<&v1::ReadingSelector>) -> Result<ReadingScope, Status> {
     match selector.and_then(|s| s.scope.as_ref()) {
-        Some(Scope::DetectorId(d)) => Ok(ReadingScope::Detector(id("selector.detector_id", d, DetectorId::parse)?)),
-        Some(Scope::ChamberId(c)) => Ok(ReadingScope::Chamber(id("selector.chamber_id", c, ChamberId::parse)?)),
-        Some(Scope::BatchId(b)) => Ok(ReadingScope::Batch(id("selector.batch_id", b, BatchId::parse)?)),
-        None => Err(invalid("selector", "one of detector_id, chamber_id or batch_id is required")),
+        Some(Scope::DetectorId(d)) => Ok(ReadingScope::Detector(id(
+            "selector.detector_id",
+            d,
+            DetectorId::parse,
+        )?)),
+        Some(Scope::ChamberId(c)) => Ok(ReadingScope::Chamber(id(
+            "selector.chamber_id",
+            c,
+            ChamberId::parse,
+        )?)),
+        Some(Scope::BatchId(b)) => Ok(ReadingScope::Batch(id(
+            "selector.batch_id",
+            b,
+            BatchId::parse,
+        )?)),
+        None => Err(invalid(
+            "selector",
+            "one of detector_id, chamber_id or batch_id is required",
+        )),
     }
 }
 
@@ -89,7 +106,13 @@ fn poll(e: &LedgerEntry) -> v1::Poll {
 pub const CSV_HEADER: &str = "slot,chamber_id,detector_id,value,corrupted,batch_id\n";
 
 fn csv_line(out: &mut String, r: &Reading) {
-    let _ = write!(out, "{},{},{},", r.slot.to_rfc3339(), r.chamber_id, r.detector_id);
+    let _ = write!(
+        out,
+        "{},{},{},",
+        r.slot.to_rfc3339(),
+        r.chamber_id,
+        r.detector_id
+    );
     match &r.value {
         ReadingValue::Measured(v) => {
             let _ = write!(out, "{},", v.get());
@@ -98,14 +121,21 @@ fn csv_line(out: &mut String, r: &Reading) {
             let _ = write!(out, ",{why}");
         }
     }
-    let _ = writeln!(out, ",{}", r.batch_id.map(|b| b.to_string()).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        ",{}",
+        r.batch_id.map(|b| b.to_string()).unwrap_or_default()
+    );
 }
 
 #[tonic::async_trait]
 impl ReadingService for Api {
     type ExportReadingsStream = Pin<Box<dyn Stream<Item = Result<v1::CsvChunk, Status>> + Send>>;
 
-    async fn query_readings(&self, request: Request<v1::QueryReadingsRequest>) -> Reply<v1::QueryReadingsResponse> {
+    async fn query_readings(
+        &self,
+        request: Request<v1::QueryReadingsRequest>,
+    ) -> Reply<v1::QueryReadingsResponse> {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let query = ReadingQuery {
@@ -114,14 +144,21 @@ impl ReadingService for Api {
             to: timestamp("to", r.to.as_ref())?,
             page: page(r.page.as_ref(), reading_cursor)?,
         };
-        let p = self.queries.readings(&actor, &query).await.map_err(from_use_case)?;
+        let p = self
+            .queries
+            .readings(&actor, &query)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::QueryReadingsResponse {
             readings: p.items.iter().map(reading).collect(),
             next_page_token: reading_token(p.next),
         }))
     }
 
-    async fn latest_readings(&self, request: Request<v1::LatestReadingsRequest>) -> Reply<v1::LatestReadingsResponse> {
+    async fn latest_readings(
+        &self,
+        request: Request<v1::LatestReadingsRequest>,
+    ) -> Reply<v1::LatestReadingsResponse> {
         let actor = caller(&request)?;
         let ids = request
             .get_ref()
@@ -130,7 +167,11 @@ impl ReadingService for Api {
             .enumerate()
             .map(|(i, c)| id(&format!("chamber_ids[{i}]"), c, ChamberId::parse))
             .collect::<Result<Vec<_>, _>>()?;
-        let latest = self.queries.latest(&actor, &ids).await.map_err(from_use_case)?;
+        let latest = self
+            .queries
+            .latest(&actor, &ids)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::LatestReadingsResponse {
             chambers: latest
                 .iter()
@@ -143,7 +184,10 @@ impl ReadingService for Api {
         }))
     }
 
-    async fn aggregate_readings(&self, request: Request<v1::AggregateReadingsRequest>) -> Reply<v1::AggregateReadingsResponse> {
+    async fn aggregate_readings(
+        &self,
+        request: Request<v1::AggregateReadingsRequest>,
+    ) -> Reply<v1::AggregateReadingsResponse> {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let aggs = self
@@ -172,7 +216,10 @@ impl ReadingService for Api {
         }))
     }
 
-    async fn export_readings(&self, request: Request<v1::ExportReadingsRequest>) -> Reply<Self::ExportReadingsStream> {
+    async fn export_readings(
+        &self,
+        request: Request<v1::ExportReadingsRequest>,
+    ) -> Reply<Self::ExportReadingsStream> {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let mut query = ReadingQuery {
@@ -180,13 +227,20 @@ impl ReadingService for Api {
             from: timestamp("from", r.from.as_ref())?,
             to: timestamp("to", r.to.as_ref())?,
             page: page(
-                Some(&v1::PageRequest { page_size: 1000, page_token: String::new() }),
+                Some(&v1::PageRequest {
+                    page_size: 1000,
+                    page_token: String::new(),
+                }),
                 reading_cursor,
             )?,
         };
         // The first page is read before answering, so a bad scope is an error status, not a
         // broken stream.
-        let first = self.queries.readings(&actor, &query).await.map_err(from_use_case)?;
+        let first = self
+            .queries
+            .readings(&actor, &query)
+            .await
+            .map_err(from_use_case)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::CsvChunk, Status>>(4);
         let queries = self.queries.clone();
         tokio::spawn(async move {
@@ -196,7 +250,9 @@ impl ReadingService for Api {
                 for reading in &current.items {
                     csv_line(&mut out, reading);
                 }
-                let chunk = v1::CsvChunk { data: std::mem::take(&mut out).into_bytes() };
+                let chunk = v1::CsvChunk {
+                    data: std::mem::take(&mut out).into_bytes(),
+                };
                 if tx.send(Ok(chunk)).await.is_err() {
                     return; // the client went away
                 }
@@ -211,13 +267,18 @@ impl ReadingService for Api {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
 #[tonic::async_trait]
 impl PollService for Api {
-    async fn list_polls(&self, request: Request<v1::ListPollsRequest>) -> Reply<v1::ListPollsResponse> {
+    async fn list_polls(
+        &self,
+        request: Request<v1::ListPollsRequest>,
+    ) -> Reply<v1::ListPollsResponse> {
         let actor = caller(&request)?;
         let r = request.get_ref();
         let query = LedgerQuery {
@@ -225,12 +286,21 @@ impl PollService for Api {
             from: timestamp("from", r.from.as_ref())?,
             to: timestamp("to", r.to.as_ref())?,
             failures_only: r.failures_only,
-            page: page(r.page.as_ref(), |t| t.parse().ok().map(Timestamp::from_unix_millis))?,
+            page: page(r.page.as_ref(), |t| {
+                t.parse().ok().map(Timestamp::from_unix_millis)
+            })?,
         };
-        let p = self.queries.ledger(&actor, &query).await.map_err(from_use_case)?;
+        let p = self
+            .queries
+            .ledger(&actor, &query)
+            .await
+            .map_err(from_use_case)?;
         Ok(Response::new(v1::ListPollsResponse {
             polls: p.items.iter().map(poll).collect(),
-            next_page_token: p.next.map(|t| t.as_unix_millis().to_string()).unwrap_or_default(),
+            next_page_token: p
+                .next
+                .map(|t| t.as_unix_millis().to_string())
+                .unwrap_or_default(),
         }))
     }
 

@@ -105,7 +105,9 @@ impl IdentityKey {
         let user = UserId::parse(field("user")?).map_err(|_| IdentityProblem::Malformed)?;
         let role = Role::parse(field("role")?).map_err(|_| IdentityProblem::Malformed)?;
         let token = ApiTokenId::parse(field("token")?).map_err(|_| IdentityProblem::Malformed)?;
-        let exp: i64 = field("exp")?.parse().map_err(|_| IdentityProblem::Malformed)?;
+        let exp: i64 = field("exp")?
+            .parse()
+            .map_err(|_| IdentityProblem::Malformed)?;
         if now.as_unix_millis() >= exp {
             return Err(IdentityProblem::Expired);
         }
@@ -121,7 +123,7 @@ impl IdentityKey {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -153,9 +155,15 @@ mod tests {
         let header = key.sign(&id, now);
         assert_eq!(key.verify(&header, now), Ok(id));
         let promoted = header.replace("role=operator", "role=admin");
-        assert_eq!(key.verify(&promoted, now), Err(IdentityProblem::BadSignature));
+        assert_eq!(
+            key.verify(&promoted, now),
+            Err(IdentityProblem::BadSignature)
+        );
         let other = IdentityKey::new(vec![8; 32]).unwrap();
-        assert_eq!(other.verify(&header, now), Err(IdentityProblem::BadSignature));
+        assert_eq!(
+            other.verify(&header, now),
+            Err(IdentityProblem::BadSignature)
+        );
         assert_eq!(key.verify("v1 org=x", now), Err(IdentityProblem::Malformed));
         assert_eq!(
             key.verify(&header, now + IDENTITY_LIFETIME),

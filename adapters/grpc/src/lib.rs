@@ -58,7 +58,9 @@ pub fn caller<T>(request: &Request<T>) -> Result<Actor, Status> {
         .extensions()
         .get::<Identity>()
         .map(|i| i.actor)
-        .ok_or_else(|| Status::unauthenticated("no verified identity: call through Envoy with a token"))
+        .ok_or_else(|| {
+            Status::unauthenticated("no verified identity: call through Envoy with a token")
+        })
 }
 
 /// The tonic services, each with the given limits on message size.

@@ -1,8 +1,8 @@
 //! Credentials: the API-token format and password rules. Only hashes are ever stored.
 //!
-//! An API token reads `chm_` + 44 base62 characters of randomness (two random UUIDs: 244 bits)
-//! + 6 base62 characters of checksum (the first 32 bits of the SHA-256 of the rest), e.g.
-//! `chm_0T3k…Xz9a1B2c`. The prefix makes a leaked token recognisable to secret scanners; the
+//! An API token reads `chm_`, then 44 base62 characters of randomness (two random UUIDs: 244
+//! bits), then 6 base62 characters of checksum (the first 32 bits of the SHA-256 of the rest),
+//! e.g. `chm_0T3k…Xz9a1B2c`. The prefix makes a leaked token recognisable to secret scanners; the
 //! checksum lets the auth service refuse a mistyped or made-up token without a database lookup.
 
 use std::fmt;
@@ -76,7 +76,9 @@ impl TokenSecret {
             return Err(MalformedToken::Prefix);
         }
         if raw.len() != PREFIX.len() + BODY_CHARS + CHECKSUM_CHARS
-            || !raw[PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+            || !raw[PREFIX.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric())
         {
             return Err(MalformedToken::Shape);
         }

@@ -182,9 +182,9 @@ impl Authenticator {
             },
             token_id: token.id,
         };
-        let stale = token
-            .last_used_at
-            .is_none_or(|t| now.as_unix_millis() - t.as_unix_millis() >= millis(self.settings.touch_every));
+        let stale = token.last_used_at.is_none_or(|t| {
+            now.as_unix_millis() - t.as_unix_millis() >= millis(self.settings.touch_every)
+        });
         if stale && let Err(e) = self.tokens.touch(token.id, now).await {
             tracing::debug!(error = %e, "token last-used time not recorded");
         }
@@ -318,7 +318,12 @@ impl Authenticator {
         Ok(())
     }
 
-    async fn owns(&self, user: UserId, actor: &Actor, id: ApiTokenId) -> Result<bool, UseCaseError> {
+    async fn owns(
+        &self,
+        user: UserId,
+        actor: &Actor,
+        id: ApiTokenId,
+    ) -> Result<bool, UseCaseError> {
         let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
         loop {
             let p = self
@@ -336,16 +341,28 @@ impl Authenticator {
     }
 
     fn cached(&self, hash: &TokenHash, now: Timestamp) -> Option<Identity> {
-        let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let hit = cache.get(hash)?;
         (hit.until > now && hit.token_expires_at.is_none_or(|t| t > now)).then_some(hit.identity)
     }
 
-    fn remember(&self, hash: TokenHash, identity: Identity, token_expires_at: Option<Timestamp>, now: Timestamp) {
+    fn remember(
+        &self,
+        hash: TokenHash,
+        identity: Identity,
+        token_expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) {
         if self.settings.cache_ttl.is_zero() {
             return;
         }
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= self.settings.cache_capacity {
             cache.retain(|_, c| c.until > now);
             if cache.len() >= self.settings.cache_capacity {
@@ -363,7 +380,10 @@ impl Authenticator {
     }
 
     fn forget_token(&self, id: ApiTokenId) {
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.retain(|_, c| c.identity.token_id != id);
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::model::{
-    BatchId, ChamberId, DetectorId, LedgerEntry, Page, PageRequest, PageSize, PollOutcome,
-    Reading, Role,
+    BatchId, ChamberId, DetectorId, LedgerEntry, Page, PageRequest, PageSize, PollOutcome, Reading,
+    Role,
 };
 use crate::ports::{
     BatchRepository, ChamberFilter, ChamberRepository, LatestReadings, LedgerQuery,
@@ -182,7 +182,9 @@ impl ReadingQueries {
             scope,
             from,
             to,
-            page: PageRequest::first(PageSize::new(crate::limits::MAX_PAGE_SIZE).unwrap_or_default()),
+            page: PageRequest::first(
+                PageSize::new(crate::limits::MAX_PAGE_SIZE).unwrap_or_default(),
+            ),
         };
         loop {
             let page = self.readings.query(actor.organization_id, &query).await?;
@@ -195,9 +197,12 @@ impl ReadingQueries {
             for r in &page.items {
                 let Some(v) = r.value.value() else { continue };
                 let start = r.slot.as_unix_millis().div_euclid(width) * width;
-                let e = acc
-                    .entry((r.detector_id, start))
-                    .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+                let e = acc.entry((r.detector_id, start)).or_insert((
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                    0.0,
+                    0,
+                ));
                 e.0 = e.0.min(v);
                 e.1 = e.1.max(v);
                 e.2 += v;

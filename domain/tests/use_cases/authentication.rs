@@ -47,7 +47,10 @@ async fn a_token_authenticates_as_its_user_with_at_most_its_role() {
     assert_eq!(who.actor.role, Role::Viewer, "capped by the token");
     assert_eq!(who.token_id, issued.token.id);
     // Use is recorded.
-    let listed = auth.list_tokens(&operator, Default::default()).await.unwrap();
+    let listed = auth
+        .list_tokens(&operator, Default::default())
+        .await
+        .unwrap();
     assert!(listed.items[0].last_used_at.is_some());
 }
 
@@ -67,7 +70,10 @@ async fn missing_malformed_and_unknown_credentials_are_refused() {
     let h = Harness::new();
     let auth = authenticator(&h);
     assert_eq!(refusal(auth.authenticate(None).await), Refusal::Missing);
-    assert_eq!(refusal(auth.authenticate(Some("Bearer ")).await), Refusal::Missing);
+    assert_eq!(
+        refusal(auth.authenticate(Some("Bearer ")).await),
+        Refusal::Missing
+    );
     assert!(matches!(
         refusal(auth.authenticate(Some("Bearer hunter2")).await),
         Refusal::Malformed(_)
@@ -136,7 +142,9 @@ async fn an_expired_token_is_refused_even_from_the_cache() {
         .create_token(&admin, "short", None, Some(Duration::from_secs(2)))
         .await
         .unwrap();
-    auth.authenticate(Some(issued.secret.expose())).await.unwrap();
+    auth.authenticate(Some(issued.secret.expose()))
+        .await
+        .unwrap();
     h.clock.advance(Duration::from_secs(2));
     assert!(matches!(
         refusal(auth.authenticate(Some(issued.secret.expose())).await),
@@ -172,11 +180,23 @@ async fn only_an_admin_revokes_another_users_token() {
         auth.revoke_token(&viewer, admins_token.token.id).await,
         Err(UseCaseError::NotFound { entity: "token" })
     );
-    assert!(auth.authenticate(Some(admins_token.secret.expose())).await.is_ok());
+    assert!(
+        auth.authenticate(Some(admins_token.secret.expose()))
+            .await
+            .is_ok()
+    );
     // Another organization's admin cannot either.
     let other = h.tenant("b", Role::Admin).await;
-    assert!(auth.revoke_token(&other, admins_token.token.id).await.is_err());
-    assert!(auth.authenticate(Some(admins_token.secret.expose())).await.is_ok());
+    assert!(
+        auth.revoke_token(&other, admins_token.token.id)
+            .await
+            .is_err()
+    );
+    assert!(
+        auth.authenticate(Some(admins_token.secret.expose()))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -205,15 +225,24 @@ async fn sign_in_issues_a_session_token_and_refuses_alike_for_unknown_emails() {
         Refusal::BadPassword
     );
     assert_eq!(
-        refusal(auth.sign_in("nobody@lab.example", "correct horse battery").await),
+        refusal(
+            auth.sign_in("nobody@lab.example", "correct horse battery")
+                .await
+        ),
         Refusal::BadPassword
     );
     let session = auth
         .sign_in("ada@lab.example", "correct horse battery")
         .await
         .unwrap();
-    let who = auth.authenticate(Some(session.secret.expose())).await.unwrap();
-    assert_eq!((who.actor.user_id, who.actor.organization_id), (user.id, org.id));
+    let who = auth
+        .authenticate(Some(session.secret.expose()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (who.actor.user_id, who.actor.organization_id),
+        (user.id, org.id)
+    );
     assert_eq!(who.actor.role, Role::Admin);
     h.clock.advance(AuthSettings::default().session_ttl);
     assert!(matches!(

@@ -26,7 +26,13 @@ async fn aggregates_are_per_detector_and_bucket_and_skip_corrupted_values() {
     let to = T0 + Duration::from_secs(6);
     let aggs = h
         .queries
-        .aggregate(&actor, ReadingScope::Chamber(c.chamber.id), T0, to, Duration::from_secs(3))
+        .aggregate(
+            &actor,
+            ReadingScope::Chamber(c.chamber.id),
+            T0,
+            to,
+            Duration::from_secs(3),
+        )
         .await
         .unwrap();
     let first = c.detectors[0].id;
@@ -36,12 +42,22 @@ async fn aggregates_are_per_detector_and_bucket_and_skip_corrupted_values() {
     assert_eq!(T0.as_unix_millis() % 3000, 0, "fixture assumption");
     assert_eq!((mine[0].min, mine[0].max, mine[0].count), (1.0, 3.0, 3));
     assert!((mine[0].mean - 2.0).abs() < 1e-9);
-    assert_eq!((mine[1].min, mine[1].max, mine[1].count), (5.0, 6.0, 2), "slot 3 was corrupted");
+    assert_eq!(
+        (mine[1].min, mine[1].max, mine[1].count),
+        (5.0, 6.0, 2),
+        "slot 3 was corrupted"
+    );
     assert_eq!(aggs.len(), 2 * c.detectors.len());
 
     match h
         .queries
-        .aggregate(&actor, ReadingScope::Chamber(c.chamber.id), T0, to, Duration::from_millis(10))
+        .aggregate(
+            &actor,
+            ReadingScope::Chamber(c.chamber.id),
+            T0,
+            to,
+            Duration::from_millis(10),
+        )
         .await
     {
         Err(UseCaseError::Invalid(e)) => assert_eq!(e.field, "bucket"),

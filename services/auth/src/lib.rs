@@ -71,8 +71,18 @@ fn denied(status: HttpStatusCode, grpc: Status) -> CheckResponse {
     let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
     http.set_http_status(status)
         .add_header("content-type", "application/json", None, false)
-        .add_header("grpc-status", i32::from(grpc.code()).to_string(), overwrite, false)
-        .add_header("grpc-message", percent_encode(grpc.message()), overwrite, false)
+        .add_header(
+            "grpc-status",
+            i32::from(grpc.code()).to_string(),
+            overwrite,
+            false,
+        )
+        .add_header(
+            "grpc-message",
+            percent_encode(grpc.message()),
+            overwrite,
+            false,
+        )
         .set_body(body);
     let mut response = CheckResponse::with_status(grpc);
     response.set_http_response(http.build());
@@ -168,7 +178,10 @@ impl AuthCheck {
 
 #[tonic::async_trait]
 impl Authorization for AuthCheck {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         Ok(Response::new(self.decide(request.get_ref()).await))
     }
 }

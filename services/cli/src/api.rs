@@ -75,7 +75,9 @@ async fn open(args: &DatabaseArgs) -> Result<ApiStores, anyhow::Error> {
 }
 
 fn bad(flag: &str, env: &str, why: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::Error::new(ConfigError(format!("invalid setting {flag} ({env}): {why}")))
+    anyhow::Error::new(ConfigError(format!(
+        "invalid setting {flag} ({env}): {why}"
+    )))
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,9 +90,10 @@ pub struct IdentityKeyArgs {
 
 impl IdentityKeyArgs {
     fn key(&self) -> Result<IdentityKey, anyhow::Error> {
-        let raw = self.identity_key.as_deref().ok_or_else(|| {
-            bad("--identity-key", "CHAMBERLAIN_IDENTITY_KEY", "is required")
-        })?;
+        let raw = self
+            .identity_key
+            .as_deref()
+            .ok_or_else(|| bad("--identity-key", "CHAMBERLAIN_IDENTITY_KEY", "is required"))?;
         IdentityKey::new(raw.as_bytes().to_vec())
             .map_err(|e| bad("--identity-key", "CHAMBERLAIN_IDENTITY_KEY", e))
     }
@@ -135,7 +138,11 @@ pub struct GatewayArgs {
     #[command(flatten)]
     authentication: AuthenticationArgs,
     /// Address the gRPC API listens on.
-    #[arg(long, env = "CHAMBERLAIN_GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     listen: SocketAddr,
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "CHAMBERLAIN_GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=256 * 1024 * 1024))]
@@ -187,7 +194,13 @@ pub async fn gateway(args: GatewayArgs) -> Result<(), anyhow::Error> {
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| bad("--listen", "CHAMBERLAIN_GATEWAY_LISTEN", format!("cannot bind {}: {e}", args.listen)))?;
+        .map_err(|e| {
+            bad(
+                "--listen",
+                "CHAMBERLAIN_GATEWAY_LISTEN",
+                format!("cannot bind {}: {e}", args.listen),
+            )
+        })?;
     tracing::info!(listen = %listener.local_addr()?, "gateway serving");
     chamberlain_gateway::serve(
         api,
@@ -213,7 +226,11 @@ pub struct AuthArgs {
     #[command(flatten)]
     authentication: AuthenticationArgs,
     /// Address the ext_authz gRPC service listens on.
-    #[arg(long, env = "CHAMBERLAIN_AUTH_LISTEN", default_value = "127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_AUTH_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
     listen: SocketAddr,
     /// Calls per second each user may make (sustained).
     #[arg(long, env = "CHAMBERLAIN_RATE_LIMIT_PER_SEC", default_value_t = NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN))]
@@ -247,7 +264,13 @@ pub async fn auth(args: AuthArgs) -> Result<(), anyhow::Error> {
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| bad("--listen", "CHAMBERLAIN_AUTH_LISTEN", format!("cannot bind {}: {e}", args.listen)))?;
+        .map_err(|e| {
+            bad(
+                "--listen",
+                "CHAMBERLAIN_AUTH_LISTEN",
+                format!("cannot bind {}: {e}", args.listen),
+            )
+        })?;
     tracing::info!(listen = %listener.local_addr()?, "auth service serving");
     chamberlain_auth::serve(check, listener, shutdown_signal()).await?;
     tracing::info!("auth service stopped");
@@ -282,7 +305,10 @@ pub async fn bootstrap(args: BootstrapArgs) -> Result<(), anyhow::Error> {
         .create_organization(
             &args.organization,
             NewUser {
-                display_name: args.admin_name.clone().unwrap_or_else(|| args.admin_email.clone()),
+                display_name: args
+                    .admin_name
+                    .clone()
+                    .unwrap_or_else(|| args.admin_email.clone()),
                 email: args.admin_email.clone(),
                 role: "admin".into(),
                 password_hash: None,

@@ -6,9 +6,8 @@ use std::time::Duration;
 use chamberlain_domain::model::Role;
 use chamberlain_grpc::IdentityKey;
 use chamberlain_proto::v1::{
-    self, chamber_service_client::ChamberServiceClient,
+    self, auth_service_client::AuthServiceClient, chamber_service_client::ChamberServiceClient,
     section_service_client::SectionServiceClient, user_service_client::UserServiceClient,
-    auth_service_client::AuthServiceClient,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -95,7 +94,12 @@ async fn a_chamber_created_over_grpc_reads_back_as_json_over_http1() {
         .into_inner();
 
     let (status, body) = stack
-        .http("GET", &format!("/v1/chambers/{}", created.id), Some(&token), None)
+        .http(
+            "GET",
+            &format!("/v1/chambers/{}", created.id),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let c = json(&body);
@@ -168,16 +172,25 @@ async fn missing_bad_and_revoked_tokens_are_refused() {
     let mut sections = SectionServiceClient::new(channel.clone());
     let list = || v1::ListSectionsRequest { page: None };
 
-    let none = sections.list_sections(Request::new(list())).await.unwrap_err();
+    let none = sections
+        .list_sections(Request::new(list()))
+        .await
+        .unwrap_err();
     assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
     let forged = chamberlain_domain::model::TokenSecret::generate();
     for bad in ["nonsense", forged.expose()] {
-        let e = sections.list_sections(authed(list(), bad)).await.unwrap_err();
+        let e = sections
+            .list_sections(authed(list(), bad))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{bad}: {e:?}");
     }
     assert_eq!(stack.http("GET", "/v1/sections", None, None).await.0, 401);
     assert_eq!(
-        stack.http("GET", "/v1/sections", Some("nonsense"), None).await.0,
+        stack
+            .http("GET", "/v1/sections", Some("nonsense"), None)
+            .await
+            .0,
         401
     );
 
@@ -205,10 +218,16 @@ async fn missing_bad_and_revoked_tokens_are_refused() {
         ))
         .await
         .unwrap();
-    let revoked = sections.list_sections(authed(list(), &ci)).await.unwrap_err();
+    let revoked = sections
+        .list_sections(authed(list(), &ci))
+        .await
+        .unwrap_err();
     assert_eq!(revoked.code(), Code::Unauthenticated, "{revoked:?}");
     assert!(revoked.message().contains("revoked"), "{revoked:?}");
-    assert_eq!(stack.http("GET", "/v1/sections", Some(&ci), None).await.0, 401);
+    assert_eq!(
+        stack.http("GET", "/v1/sections", Some(&ci), None).await.0,
+        401
+    );
     // The admin's own token still works.
     assert!(sections.list_sections(authed(list(), &admin)).await.is_ok());
 }
@@ -269,7 +288,10 @@ async fn viewers_cannot_change_chambers_and_organizations_never_see_each_other()
         "a viewer reads"
     );
     let denied = chambers
-        .pause_chamber(authed(v1::PauseChamberRequest { id: c.id.clone() }, &v_token))
+        .pause_chamber(authed(
+            v1::PauseChamberRequest { id: c.id.clone() },
+            &v_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
@@ -290,7 +312,10 @@ async fn viewers_cannot_change_chambers_and_organizations_never_see_each_other()
             .await
             .unwrap_err(),
         chambers
-            .delete_chamber(authed(v1::DeleteChamberRequest { id: c.id.clone() }, &b_token))
+            .delete_chamber(authed(
+                v1::DeleteChamberRequest { id: c.id.clone() },
+                &b_token,
+            ))
             .await
             .unwrap_err(),
         chambers
@@ -314,7 +339,12 @@ async fn viewers_cannot_change_chambers_and_organizations_never_see_each_other()
         .into_inner();
     assert!(listed.chambers.is_empty());
     let (status, _) = stack
-        .http("GET", &format!("/v1/chambers/{}", c.id), Some(&b_token), None)
+        .http(
+            "GET",
+            &format!("/v1/chambers/{}", c.id),
+            Some(&b_token),
+            None,
+        )
         .await;
     assert_eq!(status, 404);
     // B could not create a chamber in A's section either.
@@ -347,26 +377,65 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
     let s = section(&channel, &token, "Floor 1").await;
     let mut chambers = ChamberServiceClient::new(channel.clone());
     let cases: Vec<(&str, v1::CreateChamberRequest, &str)> = vec![
-        ("interval below the minimum", v1::CreateChamberRequest { interval: millis(100), ..good_chamber(&s.id) }, "interval"),
-        ("interval above the maximum", v1::CreateChamberRequest { interval: secs(48 * 3600), ..good_chamber(&s.id) }, "interval"),
-        ("a URL that is not http(s)", v1::CreateChamberRequest { url: "ftp://127.0.0.2/x".into(), ..good_chamber(&s.id) }, "url"),
+        (
+            "interval below the minimum",
+            v1::CreateChamberRequest {
+                interval: millis(100),
+                ..good_chamber(&s.id)
+            },
+            "interval",
+        ),
+        (
+            "interval above the maximum",
+            v1::CreateChamberRequest {
+                interval: secs(48 * 3600),
+                ..good_chamber(&s.id)
+            },
+            "interval",
+        ),
+        (
+            "a URL that is not http(s)",
+            v1::CreateChamberRequest {
+                url: "ftp://127.0.0.2/x".into(),
+                ..good_chamber(&s.id)
+            },
+            "url",
+        ),
         (
             "a detector key that is not a pointer",
             v1::CreateChamberRequest {
-                detectors: vec![v1::NewDetector { name: "t".into(), unit: "C".into(), key: "t".into(), ..Default::default() }],
+                detectors: vec![v1::NewDetector {
+                    name: "t".into(),
+                    unit: "C".into(),
+                    key: "t".into(),
+                    ..Default::default()
+                }],
                 ..good_chamber(&s.id)
             },
             "detectors[0].key",
         ),
-        ("a name too long", v1::CreateChamberRequest { name: "x".repeat(300), ..good_chamber(&s.id) }, "name"),
+        (
+            "a name too long",
+            v1::CreateChamberRequest {
+                name: "x".repeat(300),
+                ..good_chamber(&s.id)
+            },
+            "name",
+        ),
         (
             "an unknown section",
-            v1::CreateChamberRequest { section_id: uuid::Uuid::new_v4().to_string(), ..good_chamber(&s.id) },
+            v1::CreateChamberRequest {
+                section_id: uuid::Uuid::new_v4().to_string(),
+                ..good_chamber(&s.id)
+            },
             "section_id",
         ),
     ];
     for (what, request, field) in cases {
-        let e = chambers.create_chamber(authed(request, &token)).await.unwrap_err();
+        let e = chambers
+            .create_chamber(authed(request, &token))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
         let fields = field_of(&e);
         assert!(
@@ -379,7 +448,11 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.chambers.is_empty(), "nothing stored: {:?}", listed.chambers);
+    assert!(
+        listed.chambers.is_empty(),
+        "nothing stored: {:?}",
+        listed.chambers
+    );
 
     // Updates: refused the same way, and the chamber keeps its values.
     let c = chambers
@@ -411,7 +484,10 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(field_of(&e).iter().any(|f| f.ends_with("interval")), "{e:?}");
+    assert!(
+        field_of(&e).iter().any(|f| f.ends_with("interval")),
+        "{e:?}"
+    );
     let e = chambers
         .update_chamber(authed(
             v1::UpdateChamberRequest {
@@ -424,7 +500,10 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(field_of(&e).iter().any(|f| f.ends_with("section_id")), "{e:?}");
+    assert!(
+        field_of(&e).iter().any(|f| f.ends_with("section_id")),
+        "{e:?}"
+    );
     let same = chambers
         .get_chamber(authed(v1::GetChamberRequest { id: c.id }, &token))
         .await
@@ -465,7 +544,10 @@ async fn a_caller_that_bypasses_envoy_cannot_claim_an_identity() {
     let direct = stack.direct_channel().await;
     let mut users = UserServiceClient::new(direct);
     // No identity at all.
-    let e = users.who_am_i(Request::new(v1::WhoAmIRequest {})).await.unwrap_err();
+    let e = users
+        .who_am_i(Request::new(v1::WhoAmIRequest {}))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     // An identity signed with a key the caller made up.
     let wrong = IdentityKey::new(b"a key somebody made up, 32+ bytes long".to_vec()).unwrap();
@@ -488,7 +570,10 @@ async fn a_caller_that_bypasses_envoy_cannot_claim_an_identity() {
     let mut r = Request::new(v1::WhoAmIRequest {});
     r.metadata_mut().insert(
         "x-chamberlain-identity",
-        right.sign(&identity, crate::support::now()).parse().unwrap(),
+        right
+            .sign(&identity, crate::support::now())
+            .parse()
+            .unwrap(),
     );
     let me = users.who_am_i(r).await.unwrap().into_inner();
     assert_eq!(me.id, actor.user_id.to_string());
@@ -507,13 +592,11 @@ impl v1::user_service_server::UserService for HeaderRecorder {
         let seen: Vec<String> = request
             .metadata()
             .iter()
-            .filter_map(|kv| match kv {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some(format!(
-                    "{}={}",
-                    k.as_str(),
-                    v.to_str().unwrap_or("?")
-                )),
-                tonic::metadata::KeyAndValueRef::Binary(k, _) => Some(k.as_str().to_owned()),
+            .map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    format!("{}={}", k.as_str(), v.to_str().unwrap_or("?"))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(k, _) => k.as_str().to_owned(),
             })
             .filter(|h| h.starts_with("x-chamberlain-") || h.starts_with("authorization"))
             .collect();
@@ -522,16 +605,28 @@ impl v1::user_service_server::UserService for HeaderRecorder {
             ..Default::default()
         }))
     }
-    async fn create_user(&self, _: Request<v1::CreateUserRequest>) -> Result<tonic::Response<v1::User>, Status> {
+    async fn create_user(
+        &self,
+        _: Request<v1::CreateUserRequest>,
+    ) -> Result<tonic::Response<v1::User>, Status> {
         Err(Status::unimplemented("recorder"))
     }
-    async fn list_users(&self, _: Request<v1::ListUsersRequest>) -> Result<tonic::Response<v1::ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        _: Request<v1::ListUsersRequest>,
+    ) -> Result<tonic::Response<v1::ListUsersResponse>, Status> {
         Err(Status::unimplemented("recorder"))
     }
-    async fn set_user_role(&self, _: Request<v1::SetUserRoleRequest>) -> Result<tonic::Response<v1::User>, Status> {
+    async fn set_user_role(
+        &self,
+        _: Request<v1::SetUserRoleRequest>,
+    ) -> Result<tonic::Response<v1::User>, Status> {
         Err(Status::unimplemented("recorder"))
     }
-    async fn delete_user(&self, _: Request<v1::DeleteUserRequest>) -> Result<tonic::Response<v1::DeleteUserResponse>, Status> {
+    async fn delete_user(
+        &self,
+        _: Request<v1::DeleteUserRequest>,
+    ) -> Result<tonic::Response<v1::DeleteUserResponse>, Status> {
         Err(Status::unimplemented("recorder"))
     }
 }
@@ -542,7 +637,9 @@ async fn client_sent_identity_headers_never_reach_the_gateway() {
     let recorder_port = listener.local_addr().unwrap().port();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(v1::user_service_server::UserServiceServer::new(HeaderRecorder))
+            .add_service(v1::user_service_server::UserServiceServer::new(
+                HeaderRecorder,
+            ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let stack = Stack::start(StackOptions {
@@ -558,20 +655,30 @@ async fn client_sent_identity_headers_never_reach_the_gateway() {
             .lines()
             .filter_map(|l| l.strip_prefix("x-chamberlain-identity="))
             .collect();
-        assert_eq!(identities.len(), 1, "{route}: exactly the auth service's identity: {seen}");
+        assert_eq!(
+            identities.len(),
+            1,
+            "{route}: exactly the auth service's identity: {seen}"
+        );
         let verified = key
             .verify(identities[0], crate::support::now())
             .unwrap_or_else(|e| panic!("{route}: {e}: {seen}"));
         assert_eq!(verified.actor, actor, "{route}");
         assert!(!seen.contains("x-chamberlain-role"), "{route}: {seen}");
         assert!(!seen.contains("forged"), "{route}: {seen}");
-        assert!(!seen.contains("authorization"), "{route}: the credential is removed: {seen}");
+        assert!(
+            !seen.contains("authorization"),
+            "{route}: the credential is removed: {seen}"
+        );
     };
 
     let mut r = authed(v1::WhoAmIRequest {}, &token);
-    r.metadata_mut().insert("x-chamberlain-identity", forged.parse().unwrap());
-    r.metadata_mut().insert("x-chamberlain-role", "admin".parse().unwrap());
-    r.metadata_mut().insert("x-chamberlain-note", "forged".parse().unwrap());
+    r.metadata_mut()
+        .insert("x-chamberlain-identity", forged.parse().unwrap());
+    r.metadata_mut()
+        .insert("x-chamberlain-role", "admin".parse().unwrap());
+    r.metadata_mut()
+        .insert("x-chamberlain-note", "forged".parse().unwrap());
     let seen = UserServiceClient::new(stack.channel().await)
         .who_am_i(r)
         .await
@@ -630,11 +737,19 @@ async fn every_call_refused(stack: &Stack, token: &str) {
             .await
             .unwrap_err();
         assert!(
-            matches!(e.code(), Code::Unavailable | Code::PermissionDenied | Code::Unauthenticated),
+            matches!(
+                e.code(),
+                Code::Unavailable | Code::PermissionDenied | Code::Unauthenticated
+            ),
             "{e:?}"
         );
         let (status, _) = stack
-            .http("POST", "/v1/sections", Some(token), Some(r#"{"name":"nor this"}"#))
+            .http(
+                "POST",
+                "/v1/sections",
+                Some(token),
+                Some(r#"{"name":"nor this"}"#),
+            )
             .await;
         assert!(status >= 400, "JSON call refused, got {status}");
     }
@@ -651,7 +766,9 @@ async fn a_slow_auth_service_refuses_every_call_and_none_reaches_the_gateway() {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(SlowAuth))
+            .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                SlowAuth,
+            ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let stack = Stack::start(StackOptions {
@@ -661,9 +778,7 @@ async fn a_slow_auth_service_refuses_every_call_and_none_reaches_the_gateway() {
     .await;
     let (_, token) = stack.tenant("a", Role::Admin).await;
     every_call_refused(&stack, &token).await;
-    let stored = stack
-        .http("GET", "/v1/sections", Some(&token), None)
-        .await;
+    let stored = stack.http("GET", "/v1/sections", Some(&token), None).await;
     assert!(stored.0 >= 400);
 }
 
@@ -705,7 +820,12 @@ async fn a_burst_beyond_the_rate_limit_is_refused_for_the_excess() {
     assert_eq!(ok + exhausted, 20);
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(stack.http("GET", "/v1/sections", Some(&token), None).await.0);
+        statuses.push(
+            stack
+                .http("GET", "/v1/sections", Some(&token), None)
+                .await
+                .0,
+        );
     }
     assert!(statuses.contains(&429), "JSON excess is 429: {statuses:?}");
 }
@@ -739,18 +859,29 @@ fn the_envoy_config_names_only_defined_clusters_and_fails_closed() {
         .collect();
     assert!(!referenced.is_empty() && !defined.is_empty());
     for r in &referenced {
-        assert!(defined.contains(r), "cluster {r} is referenced but not defined ({defined:?})");
+        assert!(
+            defined.contains(r),
+            "cluster {r} is referenced but not defined ({defined:?})"
+        );
     }
     for required in ["gateway", "auth"] {
-        assert!(referenced.iter().any(|r| r == required), "{required} is not used");
+        assert!(
+            referenced.iter().any(|r| r == required),
+            "{required} is not used"
+        );
     }
-    assert!(yaml.contains("failure_mode_allow: false"), "ext_authz must fail closed");
+    assert!(
+        yaml.contains("failure_mode_allow: false"),
+        "ext_authz must fail closed"
+    );
     assert!(!yaml.contains("failure_mode_allow: true"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_reports_health_and_serves_reflection() {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -783,7 +914,10 @@ async fn the_gateway_reports_health_and_serves_reflection() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for service in chamberlain_proto::SERVICES {
-        assert!(names.iter().any(|n| n == service), "{service} not in {names:?}");
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} not in {names:?}"
+        );
     }
 }
 
