@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed=CHAMBERLAIN_RPC_PROTO_DIR");
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Google's comments carry code samples that rustdoc would run as doc tests.
+    config.disable_comments([".google"]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("chamberlain_descriptor.bin"))
         .compile_with_config(
