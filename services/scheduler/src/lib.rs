@@ -140,6 +140,10 @@ impl Scheduler {
             }
         };
         let mut next_resync = self.resync(&mut planner).await;
+        // Later resyncs load in the background, so enqueuing never waits for them; changes that
+        // arrive meanwhile are applied at once and again on top of the loaded snapshot.
+        let mut loading: Option<tokio::task::JoinHandle<Option<Vec<ScheduledChamber>>>> = None;
+        let mut changed_while_loading: Vec<ChamberChange> = Vec::new();
         // Polls whose enqueue failed (queue unavailable): retried at each wake while current.
         let mut unsent: Vec<PollJob> = Vec::new();
         let mut next_checkpoint = tokio::time::Instant::now();
@@ -149,47 +153,85 @@ impl Scheduler {
             let until_due = planner
                 .next_due()
                 .map_or(self.config.renew_every, |due| due.saturating_since(now));
-            let wake = (tokio::time::Instant::now() + until_due)
-                .min(next_renew)
-                .min(next_resync);
+            let mut wake = (tokio::time::Instant::now() + until_due).min(next_renew);
+            if loading.is_none() {
+                wake = wake.min(next_resync);
+            }
             let change = async {
                 match feed.as_mut() {
                     Some(f) => f.next().await,
                     None => std::future::pending().await,
                 }
             };
+            let loaded = async {
+                match loading.as_mut() {
+                    Some(task) => task.await.ok().flatten(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = &mut *shutdown => return TermEnd::Shutdown,
+                () = &mut *shutdown => {
+                    if let Some(task) = loading.take() {
+                        task.abort();
+                    }
+                    return TermEnd::Shutdown;
+                }
                 change = change => match change {
-                    Some(ChamberChange::Upserted { chamber }) => match ScheduledChamber::of(&chamber) {
-                        Some(c) => planner.upsert(c),
-                        None => planner.remove(chamber.id),
-                    },
-                    Some(ChamberChange::Removed { chamber_id, .. }) => planner.remove(chamber_id),
                     Some(ChamberChange::Resync) => next_resync = tokio::time::Instant::now(),
+                    Some(change) => {
+                        apply_change(&mut planner, &change);
+                        if loading.is_some() {
+                            changed_while_loading.push(change);
+                        }
+                    }
                     None => {
                         tracing::warn!("change feed closed; relying on resyncs");
                         feed = None;
                     }
                 },
+                snapshot = loaded => {
+                    loading = None;
+                    match snapshot {
+                        Some(all) => {
+                            tracing::debug!(chambers = all.len(), "resynced");
+                            planner.replace_all(all);
+                            for change in changed_while_loading.drain(..) {
+                                apply_change(&mut planner, &change);
+                            }
+                            next_resync = tokio::time::Instant::now() + self.config.resync_every;
+                        }
+                        None => {
+                            changed_while_loading.clear();
+                            next_resync = tokio::time::Instant::now() + self.config.renew_every;
+                        }
+                    }
+                }
                 () = tokio::time::sleep_until(wake) => {}
             }
             let instant = tokio::time::Instant::now();
             if instant >= next_renew {
                 match self.lease.renew(&grant, self.config.lease_ttl).await {
                     Ok(Some(g)) => grant = g,
-                    Ok(None) => return TermEnd::LostLease,
+                    Ok(None) => {
+                        if let Some(task) = loading.take() {
+                            task.abort();
+                        }
+                        return TermEnd::LostLease;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "lease renewal failed");
                         if self.clock.now() >= grant.expires_at {
+                            if let Some(task) = loading.take() {
+                                task.abort();
+                            }
                             return TermEnd::LostLease;
                         }
                     }
                 }
                 next_renew = instant + self.config.renew_every;
             }
-            if instant >= next_resync {
-                next_resync = self.resync(&mut planner).await;
+            if loading.is_none() && instant >= next_resync {
+                loading = Some(tokio::spawn(load_active(self.chambers.clone())));
             }
             let now = self.clock.now();
             if planner.next_due().is_some_and(|due| due <= now) || !unsent.is_empty() {
@@ -214,26 +256,14 @@ impl Scheduler {
 
     /// Loads every active chamber into the planner; returns when to do it again.
     async fn resync(&self, planner: &mut SchedulePlanner) -> tokio::time::Instant {
-        let mut all = Vec::new();
-        let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-        loop {
-            match self.chambers.list_active(page.clone()).await {
-                Ok(p) => {
-                    all.extend(p.items.iter().filter_map(ScheduledChamber::of));
-                    match p.next {
-                        Some(next) => page.after = Some(next),
-                        None => break,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "resync failed; retrying soon");
-                    return tokio::time::Instant::now() + self.config.renew_every;
-                }
+        match load_active(self.chambers.clone()).await {
+            Some(all) => {
+                tracing::debug!(chambers = all.len(), "resynced");
+                planner.replace_all(all);
+                tokio::time::Instant::now() + self.config.resync_every
             }
+            None => tokio::time::Instant::now() + self.config.renew_every,
         }
-        tracing::debug!(chambers = all.len(), "resynced");
-        planner.replace_all(all);
-        tokio::time::Instant::now() + self.config.resync_every
     }
 
     /// Records missed slots, enqueues due polls (and earlier ones that could not be sent), then
@@ -293,5 +323,37 @@ impl Scheduler {
             tracing::warn!(error = %e, "watermark not saved");
         }
         failed
+    }
+}
+
+fn apply_change(planner: &mut SchedulePlanner, change: &ChamberChange) {
+    match change {
+        ChamberChange::Upserted { chamber } => match ScheduledChamber::of(chamber) {
+            Some(c) => planner.upsert(c),
+            None => planner.remove(chamber.id),
+        },
+        ChamberChange::Removed { chamber_id, .. } => planner.remove(*chamber_id),
+        ChamberChange::Resync => {}
+    }
+}
+
+/// Every active chamber, page by page; `None` (logged) if the store fails.
+async fn load_active(chambers: Arc<dyn ChamberRepository>) -> Option<Vec<ScheduledChamber>> {
+    let mut all = Vec::new();
+    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
+    loop {
+        match chambers.list_active(page.clone()).await {
+            Ok(p) => {
+                all.extend(p.items.iter().filter_map(ScheduledChamber::of));
+                match p.next {
+                    Some(next) => page.after = Some(next),
+                    None => return Some(all),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "resync failed; retrying soon");
+                return None;
+            }
+        }
     }
 }
