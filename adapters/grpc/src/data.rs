@@ -46,7 +46,7 @@ fn scope(selector: Option<&v1::ReadingSelector>) -> Result<ReadingScope, Status>
     }
 }
 
-fn reading(r: &Reading) -> v1::Reading {
+pub(crate) fn reading(r: &Reading) -> v1::Reading {
     v1::Reading {
         chamber_id: r.chamber_id.to_string(),
         detector_id: r.detector_id.to_string(),
@@ -88,7 +88,7 @@ fn detail(outcome: &PollOutcome) -> String {
     }
 }
 
-fn poll(e: &LedgerEntry) -> v1::Poll {
+pub(crate) fn poll(e: &LedgerEntry) -> v1::Poll {
     v1::Poll {
         chamber_id: e.poll.chamber_id.to_string(),
         slot: Some(ts(e.poll.slot)),

@@ -5,6 +5,7 @@ mod cache;
 mod configuration;
 mod convert;
 mod data;
+mod events;
 pub mod identity;
 pub mod status;
 
@@ -12,11 +13,12 @@ use std::sync::Arc;
 
 use chamberlain_domain::ports::{ChamberHealthRepository, Clock, PasswordHasher};
 use chamberlain_domain::usecases::{
-    Actor, Authenticator, ChamberAdmin, Identity, ReadingQueries, UserAdmin,
+    Actor, Authenticator, ChamberAdmin, EventWatch, Identity, ReadingQueries, UserAdmin,
 };
 use chamberlain_proto::v1::auth_service_server::AuthServiceServer;
 use chamberlain_proto::v1::batch_service_server::BatchServiceServer;
 use chamberlain_proto::v1::chamber_service_server::ChamberServiceServer;
+use chamberlain_proto::v1::event_service_server::EventServiceServer;
 use chamberlain_proto::v1::poll_service_server::PollServiceServer;
 use chamberlain_proto::v1::reading_service_server::ReadingServiceServer;
 use chamberlain_proto::v1::section_service_server::SectionServiceServer;
@@ -24,6 +26,7 @@ use chamberlain_proto::v1::user_service_server::UserServiceServer;
 use tonic::{Request, Status};
 
 pub use cache::ChamberCache;
+pub use events::Outgoing;
 pub use identity::{IdentityKey, IdentityProblem};
 
 /// Every service of `chamberlain.v1`, backed by the domain's use cases. Methods read the caller
@@ -35,6 +38,8 @@ pub struct Api {
     pub admin: ChamberAdmin,
     pub queries: ReadingQueries,
     pub users: UserAdmin,
+    /// Live streams of events.
+    pub watch: EventWatch,
     pub auth: Authenticator,
     pub passwords: Arc<dyn PasswordHasher>,
     pub health: Arc<dyn ChamberHealthRepository>,
@@ -73,6 +78,7 @@ pub struct Services {
     pub polls: PollServiceServer<Api>,
     pub auth: AuthServiceServer<Api>,
     pub users: UserServiceServer<Api>,
+    pub events: EventServiceServer<Api>,
 }
 
 impl Api {
@@ -92,6 +98,7 @@ impl Api {
             polls: server!(PollServiceServer),
             auth: server!(AuthServiceServer),
             users: server!(UserServiceServer),
+            events: server!(EventServiceServer),
         }
     }
 }

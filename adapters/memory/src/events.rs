@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use chamberlain_domain::ports::{
-    ChamberChange, ChamberChanges, ChangeSubscription, DomainEvent, EventPublisher, PublishError,
+    ChamberChange, ChamberChanges, ChangeSubscription, DomainEvent, EventDelivery, EventFeed,
+    EventPublisher, EventSubscription, PublishError,
 };
 use tokio::sync::broadcast;
 
@@ -39,6 +40,28 @@ impl EventPublisher for MemoryEventBus {
             let _ = self.sender.send(e.clone());
         }
         Ok(())
+    }
+}
+
+struct EventReceiver(broadcast::Receiver<DomainEvent>);
+
+#[async_trait]
+impl EventSubscription for EventReceiver {
+    async fn next(&mut self) -> Option<EventDelivery> {
+        match self.0.recv().await {
+            Ok(event) => Some(EventDelivery::Event(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Some(EventDelivery::Lagged { missed })
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
+
+#[async_trait]
+impl EventFeed for MemoryEventBus {
+    async fn subscribe(&self) -> Result<Box<dyn EventSubscription>, PublishError> {
+        Ok(Box::new(EventReceiver(self.sender.subscribe())))
     }
 }
 

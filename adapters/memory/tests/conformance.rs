@@ -55,9 +55,12 @@ mod coordination {
 mod changes {
     use super::*;
     chamberlain_domain::changes_conformance_tests!(async {
+        let bus = Arc::new(MemoryEventBus::new(64));
         ChangesFixture {
             changes: Arc::new(MemoryChamberChanges::new(64)),
-            events: Arc::new(MemoryEventBus::new(64)),
+            events: bus.clone(),
+            feed: bus,
+            feed_capacity: 64,
             keepalive: None,
         }
     });

@@ -2,11 +2,13 @@
 
 mod config;
 mod connection;
+mod events;
 mod lease;
 mod queue;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::RedisConfig;
+pub use events::{RedisChamberChanges, RedisEventBus};
 pub use lease::{RedisLeaderLease, RedisScheduleCheckpoint};
 pub use queue::RedisPollQueue;

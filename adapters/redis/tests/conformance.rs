@@ -1,4 +1,5 @@
-//! The queue and coordination conformance suites on Redis: real time, a key prefix per case.
+//! The queue, coordination and change/event conformance suites on Redis: real time, a key
+//! prefix per case.
 
 use std::sync::Arc;
 
@@ -43,6 +44,28 @@ mod coordination {
                     .unwrap(),
             ),
             advance: real_time(),
+            keepalive: Some(Arc::new(prefix)),
+        }
+    });
+}
+
+mod changes {
+    use super::*;
+    use chamberlain_domain::conformance::changes::ChangesFixture;
+    use chamberlain_redis::{RedisChamberChanges, RedisEventBus};
+
+    chamberlain_domain::changes_conformance_tests!(async {
+        let prefix = TestPrefix::new();
+        let bus = Arc::new(RedisEventBus::connect(&prefix.config, 16).await.unwrap());
+        ChangesFixture {
+            changes: Arc::new(
+                RedisChamberChanges::connect(&prefix.config, 64)
+                    .await
+                    .unwrap(),
+            ),
+            events: bus.clone(),
+            feed: bus,
+            feed_capacity: 16,
             keepalive: Some(Arc::new(prefix)),
         }
     });

@@ -75,6 +75,41 @@ pub trait EventPublisher: Send + Sync {
     async fn publish(&self, events: &[DomainEvent]) -> Result<(), PublishError>;
 }
 
+/// What a subscription to the event feed hands out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventDelivery {
+    Event(DomainEvent),
+    /// The subscriber fell behind and `missed` events were dropped for it (the feed never waits
+    /// for a slow subscriber).
+    Lagged {
+        missed: u64,
+    },
+    /// The feed lost its connection and reconnected: events published meanwhile are lost, how
+    /// many is unknown.
+    Interrupted,
+}
+
+/// A subscription to the event feed.
+#[async_trait]
+pub trait EventSubscription: Send {
+    /// The next delivery; `None` when the feed is closed for good.
+    async fn next(&mut self) -> Option<EventDelivery>;
+}
+
+/// The receiving side of the event bus: every event published anywhere (any worker, any
+/// gateway) reaches every subscription, in the order each publisher published them. Delivery is
+/// best effort and never slows publishers: a subscription that falls behind is told how many
+/// events it missed ([`EventDelivery::Lagged`]).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait EventFeed: Send + Sync {
+    /// Events published from now on (the subscription is live when this returns).
+    ///
+    /// # Errors
+    /// `Unavailable` when the bus cannot be reached.
+    async fn subscribe(&self) -> Result<Box<dyn EventSubscription>, PublishError>;
+}
+
 /// A change to the set of chambers or their schedules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

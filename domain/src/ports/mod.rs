@@ -13,8 +13,8 @@ mod storage;
 pub use chamber_client::{ChamberClient, FetchError, FetchRequest, FetchedResponse};
 pub use coordination::{Clock, LeaderLease, LeaseError, LeaseGrant, ScheduleCheckpoint};
 pub use events::{
-    ChamberChange, ChamberChanges, ChangeSubscription, DomainEvent, EventPublisher, PublishError,
-    RoutingTag,
+    ChamberChange, ChamberChanges, ChangeSubscription, DomainEvent, EventDelivery, EventFeed,
+    EventPublisher, EventSubscription, PublishError, RoutingTag,
 };
 pub use passwords::{PasswordError, PasswordHasher};
 pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
@@ -30,7 +30,7 @@ pub use chamber_client::MockChamberClient;
 #[cfg(feature = "mock")]
 pub use coordination::{MockClock, MockLeaderLease, MockScheduleCheckpoint};
 #[cfg(feature = "mock")]
-pub use events::{MockChamberChanges, MockEventPublisher};
+pub use events::{MockChamberChanges, MockEventFeed, MockEventPublisher};
 #[cfg(feature = "mock")]
 pub use passwords::MockPasswordHasher;
 #[cfg(feature = "mock")]

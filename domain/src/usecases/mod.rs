@@ -8,6 +8,7 @@ mod errors;
 mod poll;
 mod queries;
 mod users;
+mod watch;
 
 pub use admin::{
     AdminSettings, ChamberAdmin, ChamberPatch, NewChamber, NewDetector, NewSection,
@@ -25,3 +26,7 @@ pub use queries::{
     ReadingQueries,
 };
 pub use users::{NewUser, UserAdmin};
+pub use watch::{
+    EventKind, EventWatch, LagState, LagVerdict, Watch, WatchFilter, WatchItem, WatchRequest,
+    WatchSettings,
+};

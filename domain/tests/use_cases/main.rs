@@ -7,3 +7,4 @@ mod mocked_failures;
 mod polls;
 mod queries;
 mod support;
+mod watch;

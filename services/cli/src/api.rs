@@ -13,11 +13,15 @@ use chamberlain_domain::ports::{
     SectionRepository, UserRepository,
 };
 use chamberlain_domain::usecases::{
-    AdminSettings, AuthSettings, Authenticator, ChamberAdmin, NewUser, ReadingQueries, UserAdmin,
+    AdminSettings, AuthSettings, Authenticator, ChamberAdmin, EventWatch, NewUser, ReadingQueries,
+    UserAdmin, WatchSettings,
 };
 use chamberlain_grpc::{Api, IdentityKey};
 
-use crate::{ConfigError, Database, DatabaseArgs, shutdown_signal};
+use crate::{ConfigError, Database, DatabaseArgs, RedisArgs, shutdown_signal};
+
+/// Events the gateway's shared subscription holds for its streams before the slowest lags.
+const EVENT_HUB_CAPACITY: usize = 65_536;
 
 /// Every repository the API uses, from whichever store the URL names.
 pub struct ApiStores {
@@ -137,6 +141,15 @@ pub struct GatewayArgs {
     key: IdentityKeyArgs,
     #[command(flatten)]
     authentication: AuthenticationArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Messages queued per live stream (WatchReadings, WatchEvents); beyond it a slow
+    /// subscriber's messages are dropped and counted, and it is told how many it missed.
+    #[arg(long, env = "CHAMBERLAIN_WATCH_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    watch_buffer: u64,
+    /// Seconds a live stream may stay behind (dropping messages) before it is disconnected.
+    #[arg(long, env = "CHAMBERLAIN_WATCH_MAX_LAG_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    watch_max_lag_secs: u64,
     /// Address the gRPC API listens on.
     #[arg(
         long,
@@ -158,10 +171,12 @@ pub struct GatewayArgs {
 
 pub async fn gateway(args: GatewayArgs) -> Result<(), anyhow::Error> {
     let key = args.key.key()?;
+    let redis = args.redis.config()?;
     let db = open(&args.database).await?;
     let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
-    let changes = Arc::new(chamberlain_memory::MemoryChamberChanges::default());
-    let events = Arc::new(chamberlain_memory::MemoryEventBus::default());
+    let changes = Arc::new(chamberlain_redis::RedisChamberChanges::connect(&redis, 4096).await?);
+    let events =
+        Arc::new(chamberlain_redis::RedisEventBus::connect(&redis, EVENT_HUB_CAPACITY).await?);
     let api = Api {
         admin: ChamberAdmin {
             sections: db.sections.clone(),
@@ -169,9 +184,19 @@ pub async fn gateway(args: GatewayArgs) -> Result<(), anyhow::Error> {
             detectors: db.detectors.clone(),
             batches: db.batches.clone(),
             changes,
-            events,
+            events: events.clone(),
             clock: clock.clone(),
             settings: AdminSettings::default(),
+        },
+        watch: EventWatch {
+            feed: events,
+            sections: db.sections.clone(),
+            chambers: db.chambers.clone(),
+            detectors: db.detectors.clone(),
+            settings: WatchSettings {
+                buffer: usize::try_from(args.watch_buffer).unwrap_or(1024),
+                max_lag: Duration::from_secs(args.watch_max_lag_secs),
+            },
         },
         queries: ReadingQueries {
             readings: db.readings.clone(),

@@ -50,8 +50,8 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-struct RedisArgs {
-    /// The Redis holding the poll queue and the leader lease.
+pub(crate) struct RedisArgs {
+    /// The Redis holding the poll queue, the leader lease and the event bus.
     #[arg(
         long,
         env = "CHAMBERLAIN_REDIS_URL",
@@ -68,7 +68,7 @@ struct RedisArgs {
 }
 
 impl RedisArgs {
-    fn config(&self) -> Result<chamberlain_redis::RedisConfig, anyhow::Error> {
+    pub(crate) fn config(&self) -> Result<chamberlain_redis::RedisConfig, anyhow::Error> {
         chamberlain_redis::RedisConfig::from_url(&self.redis_url)
             .map_err(|e| bad_setting("--redis-url", "CHAMBERLAIN_REDIS_URL", &e))?
             .with_key_prefix(&self.redis_prefix)
@@ -164,9 +164,9 @@ async fn scheduler(args: SchedulerArgs) -> Result<(), anyhow::Error> {
         queue: Arc::new(chamberlain_redis::RedisPollQueue::connect(&redis).await?),
         lease: Arc::new(chamberlain_redis::RedisLeaderLease::connect(&redis, clock.clone()).await?),
         checkpoint: Arc::new(chamberlain_redis::RedisScheduleCheckpoint::connect(&redis).await?),
-        // Cross-process change notifications arrive with the API; until then the periodic
-        // resync (--resync-secs) is how a scheduler learns of chamber changes.
-        changes: Arc::new(chamberlain_memory::MemoryChamberChanges::default()),
+        // Every gateway publishes its chamber writes here; the periodic resync (--resync-secs)
+        // repairs anything missed.
+        changes: Arc::new(chamberlain_redis::RedisChamberChanges::connect(&redis, 4096).await?),
         clock,
         config,
     };
@@ -201,7 +201,8 @@ async fn worker(args: WorkerArgs) -> Result<(), anyhow::Error> {
         health: db.health,
         queue: queue.clone(),
         client: Arc::new(chamberlain_http::HttpChamberClient::new(&http)),
-        events: Arc::new(chamberlain_memory::MemoryEventBus::default()),
+        // Published for every gateway's live streams (nothing is sent while nobody watches).
+        events: Arc::new(chamberlain_redis::RedisEventBus::connect(&redis, 1).await?),
         clock: Arc::new(chamberlain_memory::SystemClock),
         settings: PollSettings::default(),
     };

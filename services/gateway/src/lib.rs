@@ -99,6 +99,7 @@ pub async fn serve(
         .add_service(services.polls)
         .add_service(services.auth)
         .add_service(services.users)
+        .add_service(services.events)
         .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
 }

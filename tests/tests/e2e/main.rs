@@ -1,7 +1,9 @@
 //! End-to-end tests: one binary. The pipeline on in-memory adapters over simulated time, and on
-//! real PostgreSQL, Redis, HTTP and simulated chambers. The API through a real Envoy.
+//! real PostgreSQL, Redis, HTTP and simulated chambers. The API, and its live event streams,
+//! through a real Envoy.
 
 mod api;
+mod events;
 mod in_memory_pipeline;
 mod pipeline;
 mod processes;
