@@ -9,6 +9,9 @@
 //! and duplicates as the simulator measured them, and CPU per poll of the chamberlain processes,
 //! with Redis, PostgreSQL and the simulator (this process) printed separately.
 //! `CHAMBERLAIN_BENCH_SMOKE=1` runs one tiny step for a few seconds.
+//! `CHAMBERLAIN_BENCH_STALLED_SUBSCRIBER=1` also runs a gateway with one subscriber of every
+//! reading that never reads its stream (it must be told it lagged, then be disconnected, without
+//! slowing the pipeline); the gateway's CPU is printed apart.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -216,6 +219,11 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
     };
     let scheduler = spawn("scheduler");
     let worker = spawn("worker");
+    let stalled = if std::env::var("CHAMBERLAIN_BENCH_STALLED_SUBSCRIBER").is_ok_and(|v| v == "1") {
+        Some(StalledSubscriber::start(&db_url, redis_url, &prefix, actor).await)
+    } else {
+        None
+    };
     tokio::time::sleep(s.warmup).await; // the warm-up period of the run, not a wait for a condition
     sim.reset();
     let t0 = clock.now();
@@ -231,6 +239,7 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
     let cpu_pg1 = cpu_matching("postgres");
     let t1 = clock.now();
     let report = sim.report();
+    let gateway_cpu = stalled.as_ref().map(|g| cpu_of(g.gateway.0.id()));
     drop(scheduler);
     drop(worker);
 
@@ -299,11 +308,112 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
         per_poll(cpu_pg1 - cpu_pg0),
         per_poll(cpu_sim1 - cpu_sim0),
     );
+    if let Some(stalled) = stalled {
+        println!(
+            "       stalled subscriber: gateway CPU {:.1} s over the run; {}",
+            gateway_cpu.unwrap_or(0.0),
+            stalled.finish().await
+        );
+    }
     if std::env::var("CHAMBERLAIN_BENCH_LATE_SECONDS").is_ok() {
         println!("polls later than 50 ms, by second of the run: {late_by_second:?}");
     }
     let _ = sim.shutdown().await;
     drop(db);
+}
+
+/// A gateway on the run's database and Redis, and a `WatchReadings` stream of the whole
+/// organization that is never read until the end.
+struct StalledSubscriber {
+    gateway: Proc,
+    stream: tonic::Streaming<chamberlain_proto::v1::WatchReadingsResponse>,
+}
+
+impl StalledSubscriber {
+    const KEY: &str = "bench-identity-key-0123456789abcdef0123456789";
+
+    async fn start(db_url: &str, redis_url: &str, prefix: &str, actor: Actor) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let gateway = Proc(
+            Command::new(chamberlain_bin())
+                .arg("gateway")
+                .env("CHAMBERLAIN_DATABASE_URL", db_url)
+                .env("CHAMBERLAIN_REDIS_URL", redis_url)
+                .env("CHAMBERLAIN_REDIS_PREFIX", prefix)
+                .env("CHAMBERLAIN_IDENTITY_KEY", Self::KEY)
+                .env("CHAMBERLAIN_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("CHAMBERLAIN_WATCH_MAX_LAG_SECS", "5")
+                .env("CHAMBERLAIN_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("the chamberlain binary"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let channel = loop {
+            let c = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("url")
+                .connect()
+                .await;
+            match c {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "gateway not up: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await; // polling readiness
+                }
+            }
+        };
+        let key = chamberlain_grpc::IdentityKey::new(Self::KEY.as_bytes().to_vec()).expect("key");
+        let mut request =
+            tonic::Request::new(chamberlain_proto::v1::WatchReadingsRequest::default());
+        request.metadata_mut().insert(
+            chamberlain_grpc::identity::IDENTITY_HEADER,
+            key.sign(
+                &chamberlain_domain::usecases::Identity {
+                    actor,
+                    token_id: chamberlain_domain::model::ApiTokenId::random(),
+                },
+                SystemClock.now(),
+            )
+            .parse()
+            .expect("header"),
+        );
+        let stream = chamberlain_proto::v1::event_service_client::EventServiceClient::new(channel)
+            .watch_readings(request)
+            .await
+            .expect("watching")
+            .into_inner();
+        Self { gateway, stream }
+    }
+
+    /// Reads what the stream holds now: how many polls, the lagged notices, and how it ended.
+    async fn finish(mut self) -> String {
+        use chamberlain_proto::v1::watch_readings_response::Item;
+        let (mut polls, mut notices, mut missed) = (0u64, 0u64, 0u64);
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.stream.message()).await {
+                Err(_) => break "still connected (nothing more within 5 s)".to_owned(),
+                Ok(Ok(None)) => break "ended without a status".to_owned(),
+                Ok(Err(status)) => {
+                    break format!("disconnected: {:?} {}", status.code(), status.message());
+                }
+                Ok(Ok(Some(m))) => match m.item {
+                    Some(Item::Readings(_)) => polls += 1,
+                    Some(Item::Lagged(l)) => {
+                        notices += 1;
+                        missed += l.missed;
+                    }
+                    _ => {}
+                },
+            }
+        };
+        format!(
+            "{polls} polls' readings buffered before, {notices} lagged notice(s) for {missed} missed; {end}"
+        )
+    }
 }
 
 fn main() {

@@ -4,7 +4,8 @@
 //! narrowed by its filter) and queues messages into a bounded buffer without ever waiting:
 //! what does not fit is dropped and counted by the domain's [`LagState`]; the count goes out
 //! as a `Lagged` item as soon as there is room (ahead of any newer event), and a subscriber that stays behind past
-//! [`WatchSettings::max_lag`] is sent `RESOURCE_EXHAUSTED` and its task ends. Nothing here can
+//! [`WatchSettings::max_lag`] is sent a last `Lagged` item (ahead of anything still queued)
+//! and `RESOURCE_EXHAUSTED`, and its task ends. Nothing here can
 //! slow the event bus, the workers that publish to it, or any other subscriber.
 
 use std::future::Future as _;
@@ -30,10 +31,12 @@ use crate::{Api, caller};
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// A subscriber's messages, or the status that ends its stream ahead of whatever is queued.
+/// A subscriber's messages; or, ahead of whatever is queued, a last message (the final lagged
+/// notice) and the status that ends its stream.
 pub struct Outgoing<T> {
     queued: mpsc::Receiver<T>,
-    ended: Option<oneshot::Receiver<Status>>,
+    ended: Option<oneshot::Receiver<(T, Status)>>,
+    status: Option<Status>,
 }
 
 impl<T> std::fmt::Debug for Outgoing<T> {
@@ -47,12 +50,16 @@ impl<T> Stream for Outgoing<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(status) = this.status.take() {
+            return Poll::Ready(Some(Err(status)));
+        }
         if let Some(ended) = this.ended.as_mut() {
             match Pin::new(ended).poll(cx) {
-                Poll::Ready(Ok(status)) => {
+                Poll::Ready(Ok((last, status))) => {
                     this.ended = None;
                     this.queued.close();
-                    return Poll::Ready(Some(Err(status)));
+                    this.status = Some(status);
+                    return Poll::Ready(Some(Ok(last)));
                 }
                 Poll::Ready(Err(_)) => this.ended = None,
                 Poll::Pending => {}
@@ -103,7 +110,10 @@ fn pump<I: StreamItems>(
                 },
                 Some(WatchItem::Gap) => I::gap(),
                 None => {
-                    let _ = end.send(Status::unavailable("the event feed closed; reconnect"));
+                    let _ = end.send((
+                        I::gap(),
+                        Status::unavailable("the event feed closed; reconnect"),
+                    ));
                     return;
                 }
             };
@@ -133,11 +143,15 @@ fn pump<I: StreamItems>(
                     behind_ms = u64::try_from(behind_for.as_millis()).unwrap_or(u64::MAX),
                     "slow subscriber disconnected"
                 );
-                let _ = end.send(Status::resource_exhausted(format!(
-                    "subscriber fell behind for {} and missed {missed} events: disconnected; \
-                     reconnect to resume",
-                    human_duration(behind_for)
-                )));
+                let unreported = lag.pending_notice().unwrap_or_default();
+                let _ = end.send((
+                    I::lagged(unreported),
+                    Status::resource_exhausted(format!(
+                        "subscriber fell behind for {} and missed {missed} events: \
+                         disconnected; reconnect to resume",
+                        human_duration(behind_for)
+                    )),
+                ));
                 return;
             }
         }
@@ -145,6 +159,7 @@ fn pump<I: StreamItems>(
     Outgoing {
         queued,
         ended: Some(ended),
+        status: None,
     }
 }
 

@@ -420,12 +420,20 @@ async fn a_subscriber_that_stops_reading_is_told_it_lagged_then_disconnected_and
         .await;
         published += 500;
     }
+    let mut just_before = None;
     let status = loop {
         match next(&mut slow).await {
             Seen::Ended(status) => break status,
-            Seen::Event(_) | Seen::Lagged(_) => {}
+            Seen::Event(i) => just_before = Some(format!("event {i}")),
+            Seen::Lagged(m) => just_before = Some(format!("lagged {m}")),
         }
     };
+    assert!(
+        just_before
+            .as_deref()
+            .is_some_and(|s| s.starts_with("lagged")),
+        "a last lagged notice before the end, got {just_before:?}"
+    );
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("fell behind"),
