@@ -97,7 +97,7 @@ impl WatchFilter {
                     .filter(|r| self.detectors.contains(&r.detector_id))
                     .cloned()
                     .collect();
-                (!readings.is_empty()).then(|| DomainEvent::ReadingsWritten {
+                (!readings.is_empty()).then_some(DomainEvent::ReadingsWritten {
                     routing: *routing,
                     poll: *poll,
                     readings,
