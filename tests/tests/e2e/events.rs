@@ -497,3 +497,59 @@ async fn a_watch_names_only_the_callers_own_section_chamber_or_detector() {
         status.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_client_watches_events_over_http1_through_envoy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = Stack::start(StackOptions::default()).await;
+    let (lab, token) = stack.tenant("lab", Role::Viewer).await;
+    let (other, _) = stack.tenant("other", Role::Viewer).await;
+    let bus = RedisEventBus::connect(&stack.redis.config, 1).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", stack.ports.envoy))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /v1/events:watch?kinds=EVENT_KIND_BATCHES HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+                 authorization: Bearer {token}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The stream is live once the response head arrives.
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 16 * 1024];
+    while !String::from_utf8_lossy(&received).contains("\r\n\r\n") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&received).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Another organization's event first, then ours: only ours arrives, as JSON.
+    let section = SectionId::random();
+    bus.publish(&numbered(other.organization_id, section, 0, 1))
+        .await
+        .unwrap();
+    bus.publish(&numbered(lab.organization_id, section, 1, 1))
+        .await
+        .unwrap();
+    while !String::from_utf8_lossy(&received).contains("batch 1") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("the event as JSON")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    let body = String::from_utf8_lossy(&received).into_owned();
+    assert!(body.contains("\"batch_started\""), "{body}");
+    assert!(!body.contains("batch 0"), "another organization's event: {body}");
+}
