@@ -7,7 +7,8 @@
 //! ```
 //! Rate limits are raised for the run. Everything shares this machine's 2 cores: the load
 //! generator (this process), Envoy, the gateway, the auth service and PostgreSQL.
-//! `CHAMBERLAIN_BENCH_SMOKE=1` runs one tiny step per target for a second.
+//! `CHAMBERLAIN_BENCH_SMOKE=1` runs one tiny step per target for a second;
+//! `CHAMBERLAIN_BENCH_ONLY=<text>` runs only the targets whose name contains the text.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -241,6 +242,8 @@ fn main() {
                 "smoke mode (CHAMBERLAIN_BENCH_SMOKE=1): tiny steps, figures are not measurements"
             );
         }
+        let only = std::env::var("CHAMBERLAIN_BENCH_ONLY").unwrap_or_default();
+        let wanted = |target: &str| target.contains(only.as_str());
         print_header();
         let get = |via: Vec<Channel>, credential: Credential| {
             let key = key.clone();
@@ -295,7 +298,7 @@ fn main() {
                 }
             }
         };
-        for &rate in &get_direct {
+        for &rate in get_direct.iter().filter(|_| wanted("GetChamber direct")) {
             let s = drive(
                 rate,
                 secs,
@@ -304,7 +307,10 @@ fn main() {
             .await;
             print_row("GetChamber direct", &s);
         }
-        for &rate in &get_envoy {
+        for &rate in get_envoy
+            .iter()
+            .filter(|_| wanted("GetChamber via Envoy + auth"))
+        {
             let s = drive(
                 rate,
                 secs,
@@ -313,7 +319,10 @@ fn main() {
             .await;
             print_row("GetChamber via Envoy + auth", &s);
         }
-        for &rate in &query_rates {
+        for &rate in query_rates
+            .iter()
+            .filter(|_| wanted("QueryReadings 1,000 rows direct"))
+        {
             let s = drive(
                 rate,
                 secs,
@@ -322,7 +331,10 @@ fn main() {
             .await;
             print_row("QueryReadings 1,000 rows direct", &s);
         }
-        for &rate in &query_rates {
+        for &rate in query_rates
+            .iter()
+            .filter(|_| wanted("QueryReadings 1,000 rows via Envoy"))
+        {
             let s = drive(
                 rate,
                 secs,

@@ -505,7 +505,9 @@ async fn a_json_client_watches_events_over_http1_through_envoy() {
     let stack = Stack::start(StackOptions::default()).await;
     let (lab, token) = stack.tenant("lab", Role::Viewer).await;
     let (other, _) = stack.tenant("other", Role::Viewer).await;
-    let bus = RedisEventBus::connect(&stack.redis.config, 1).await.unwrap();
+    let bus = RedisEventBus::connect(&stack.redis.config, 1)
+        .await
+        .unwrap();
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", stack.ports.envoy))
         .await
         .unwrap();
@@ -528,7 +530,11 @@ async fn a_json_client_watches_events_over_http1_through_envoy() {
             .await
             .expect("a response head")
             .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&received));
+        assert!(
+            n > 0,
+            "closed early: {}",
+            String::from_utf8_lossy(&received)
+        );
         received.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&received).into_owned();
@@ -551,5 +557,8 @@ async fn a_json_client_watches_events_over_http1_through_envoy() {
     }
     let body = String::from_utf8_lossy(&received).into_owned();
     assert!(body.contains("\"batch_started\""), "{body}");
-    assert!(!body.contains("batch 0"), "another organization's event: {body}");
+    assert!(
+        !body.contains("batch 0"),
+        "another organization's event: {body}"
+    );
 }
