@@ -15,7 +15,8 @@ use tonic_types::StatusExt;
 
 use chamberlain_tests::api_stack::{IDENTITY_KEY, Stack, StackOptions};
 
-fn authed<T>(message: T, token: &str) -> Request<T> {
+/// `message` with a bearer token, for calls through Envoy.
+pub(crate) fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -63,7 +64,7 @@ fn good_chamber(section_id: &str) -> v1::CreateChamberRequest {
     }
 }
 
-async fn section(channel: &Channel, token: &str, name: &str) -> v1::Section {
+pub(crate) async fn section(channel: &Channel, token: &str, name: &str) -> v1::Section {
     SectionServiceClient::new(channel.clone())
         .create_section(authed(
             v1::CreateSectionRequest {

@@ -14,20 +14,14 @@ use chamberlain_domain::ports::{
 };
 use chamberlain_proto::v1::{
     self, chamber_service_client::ChamberServiceClient, event_service_client::EventServiceClient,
-    section_service_client::SectionServiceClient,
 };
 use chamberlain_redis::RedisEventBus;
 use chamberlain_simulator::{Format, Simulator, SimulatorConfig};
 use chamberlain_tests::api_stack::{Stack, StackOptions};
 use tonic::transport::Channel;
-use tonic::{Code, Request, Streaming};
+use tonic::{Code, Streaming};
 
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
+use crate::api::{authed, section};
 
 async fn chamber_on_simulator(
     channel: &Channel,
@@ -60,20 +54,6 @@ async fn chamber_on_simulator(
         ))
         .await
         .expect("chamber created")
-        .into_inner()
-}
-
-async fn section(channel: &Channel, token: &str, name: &str) -> v1::Section {
-    SectionServiceClient::new(channel.clone())
-        .create_section(authed(
-            v1::CreateSectionRequest {
-                name: name.into(),
-                description: String::new(),
-            },
-            token,
-        ))
-        .await
-        .expect("section created")
         .into_inner()
 }
 
