@@ -208,6 +208,21 @@ fn the_services_refuse_a_bad_setting_at_start_naming_it() {
             vec!["worker", "--database-url", "mysql://x/y"],
             "CHAMBERLAIN_DATABASE_URL",
         ),
+        (
+            vec![
+                "gateway",
+                "--identity-key",
+                "a-key-of-at-least-thirty-two-bytes-long",
+                "--redis-url",
+                "http://nope",
+            ],
+            "CHAMBERLAIN_REDIS_URL",
+        ),
+        (vec!["gateway", "--watch-buffer", "0"], "--watch-buffer"),
+        (
+            vec!["gateway", "--watch-max-lag-secs", "0"],
+            "--watch-max-lag-secs",
+        ),
     ] {
         let out = chamberlain().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
