@@ -32,6 +32,9 @@ use tokio_stream::StreamExt as _;
 use crate::RedisConfig;
 use crate::connection;
 
+/// How often an idle subscriber checks that its bus still exists.
+const LIVENESS_CHECK: Duration = Duration::from_secs(5);
+
 /// How long publishing pauses after a `PUBLISH` no process received.
 const UNHEARD_QUIET: Duration = Duration::from_secs(1);
 
@@ -177,7 +180,15 @@ async fn run_subscriber<T>(
     loop {
         {
             let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
+            loop {
+                // A quiet channel still notices, within a few seconds, that its bus was dropped,
+                // and closes its connection.
+                let message = match tokio::time::timeout(LIVENESS_CHECK, messages.next()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(_) if hub.upgrade().is_none() => return,
+                    Err(_) => continue,
+                };
                 let Some(hub) = hub.upgrade() else { return };
                 match serde_json::from_slice::<Vec<T>>(message.get_payload_bytes()) {
                     Ok(items) => {

@@ -476,6 +476,22 @@ async fn a_watch_names_only_the_callers_own_section_chamber_or_detector() {
         "{}",
         status.message()
     );
+    let status = client
+        .watch_events(authed(
+            v1::WatchEventsRequest {
+                kinds: vec![v1::EventKind::Polls as i32, 0],
+                ..Default::default()
+            },
+            &lab_token,
+        ))
+        .await
+        .expect_err("an unspecified kind");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("kinds[1]"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
