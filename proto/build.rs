@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "error_details.proto",
     )?;
     let mut protos: Vec<PathBuf> = [
-        "common", "sections", "chambers", "batches", "readings", "auth", "events",
+        "common", "sections", "chambers", "batches", "readings", "auth", "events", "alerts",
     ]
     .iter()
     .map(|name| here.join(format!("chamberlain/v1/{name}.proto")))

@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Rule, ValidationError};
-use crate::model::{ChamberId, DetectorId, Finite, HealthState, Name, OrganizationId};
+use crate::model::{
+    AlertId, AlertRuleId, ChamberId, Description, DetectorId, Finite, HealthState, Name,
+    OrganizationId, UserId,
+};
 use crate::ports::DomainEvent;
 use crate::time::{Timestamp, human_duration};
 
@@ -87,13 +90,63 @@ impl AlertCondition {
     }
 }
 
-/// A rule on one chamber (and, for some conditions, one of its detectors).
+/// A rule on one chamber (and, for some conditions, one of its detectors). Names are unique
+/// within a chamber.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertRule {
+    pub id: AlertRuleId,
     pub organization_id: OrganizationId,
     pub chamber_id: ChamberId,
     pub name: Name,
     pub condition: AlertCondition,
+    pub created_at: Timestamp,
+}
+
+/// Who acknowledged an alert, when, and what they said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledgement {
+    pub user_id: UserId,
+    pub at: Timestamp,
+    pub comment: Description,
+}
+
+/// One alert: opened when its rule's condition had held long enough, resolved when it cleared.
+/// A rule has at most one open alert; its resolved ones are its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: AlertId,
+    pub organization_id: OrganizationId,
+    pub rule_id: AlertRuleId,
+    pub chamber_id: ChamberId,
+    pub rule_name: Name,
+    /// When the condition started to hold.
+    pub since: Timestamp,
+    pub opened_at: Timestamp,
+    pub resolved_at: Option<Timestamp>,
+    pub detail: String,
+    pub acknowledgement: Option<Acknowledgement>,
+}
+
+impl Alert {
+    /// The alert a rule's [`AlertSignal::Open`] opens.
+    pub fn opened(rule: &AlertRule, since: Timestamp, at: Timestamp, detail: String) -> Self {
+        Self {
+            id: AlertId::random(),
+            organization_id: rule.organization_id,
+            rule_id: rule.id,
+            chamber_id: rule.chamber_id,
+            rule_name: rule.name.clone(),
+            since,
+            opened_at: at,
+            resolved_at: None,
+            detail,
+            acknowledgement: None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.resolved_at.is_none()
+    }
 }
 
 /// What a rule's state machine decided.
@@ -133,6 +186,18 @@ impl RuleState {
 
     pub fn is_open(&self) -> bool {
         self.open
+    }
+
+    /// Corrects whether the rule has an open alert (when storing a signal failed, or the store
+    /// says otherwise).
+    pub fn set_open(&mut self, open: bool) {
+        self.open = open;
+    }
+
+    /// The condition is known to hold since `since` (a chamber already down when watching
+    /// began); an earlier start already known is kept.
+    pub fn holding_since(&mut self, since: Timestamp) {
+        self.since = Some(self.since.map_or(since, |s| s.min(since)));
     }
 
     /// Feeds one event (events of other chambers are ignored).
@@ -269,10 +334,12 @@ mod tests {
 
         fn rule(&self, condition: AlertCondition) -> AlertRule {
             AlertRule {
+                id: AlertRuleId::random(),
                 organization_id: self.org,
                 chamber_id: self.chamber,
                 name: Name::parse("rule").unwrap(),
                 condition,
+                created_at: at(0),
             }
         }
 

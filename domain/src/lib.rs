@@ -8,6 +8,7 @@ pub mod parse;
 pub mod ports;
 pub mod schedule;
 pub mod time;
+pub mod transmit;
 pub mod usecases;
 
 #[cfg(feature = "conformance")]

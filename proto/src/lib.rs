@@ -22,7 +22,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("chamberlain_descriptor");
 
 /// The fully-qualified names of the API's services, as Envoy's transcoder lists them.
-pub const SERVICES: [&str; 8] = [
+pub const SERVICES: [&str; 10] = [
     "chamberlain.v1.SectionService",
     "chamberlain.v1.ChamberService",
     "chamberlain.v1.BatchService",
@@ -31,4 +31,6 @@ pub const SERVICES: [&str; 8] = [
     "chamberlain.v1.AuthService",
     "chamberlain.v1.UserService",
     "chamberlain.v1.EventService",
+    "chamberlain.v1.AlertService",
+    "chamberlain.v1.TransmitterService",
 ];

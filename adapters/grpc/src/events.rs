@@ -241,6 +241,12 @@ impl StreamItems for EventItems {
             DomainEvent::BatchEnded { batch, .. } => {
                 Kind::BatchEnded(crate::configuration::batch(batch.clone()))
             }
+            DomainEvent::AlertOpened { alert, .. } => {
+                Kind::AlertOpened(crate::alerts::alert(alert.clone()))
+            }
+            DomainEvent::AlertResolved { alert, .. } => {
+                Kind::AlertResolved(crate::alerts::alert(alert.clone()))
+            }
         };
         Some(v1::Event {
             section_id: routing
@@ -296,6 +302,7 @@ fn kinds(raw: &[i32]) -> Result<Vec<EventKind>, Status> {
             Ok(v1::EventKind::Polls) => Ok(EventKind::Polls),
             Ok(v1::EventKind::Health) => Ok(EventKind::Health),
             Ok(v1::EventKind::Batches) => Ok(EventKind::Batches),
+            Ok(v1::EventKind::Alerts) => Ok(EventKind::Alerts),
             Ok(v1::EventKind::Unspecified) | Err(_) => Err(invalid(
                 &format!("kinds[{i}]"),
                 "must be READINGS, POLLS, HEALTH or BATCHES",

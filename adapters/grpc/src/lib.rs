@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod accounts;
+mod alerts;
 mod cache;
 mod configuration;
 mod convert;
@@ -13,8 +14,10 @@ use std::sync::Arc;
 
 use chamberlain_domain::ports::{ChamberHealthRepository, Clock, PasswordHasher};
 use chamberlain_domain::usecases::{
-    Actor, Authenticator, ChamberAdmin, EventWatch, Identity, ReadingQueries, UserAdmin,
+    Actor, AlertAdmin, Authenticator, ChamberAdmin, EventWatch, Identity, ReadingQueries,
+    TransmitterAdmin, UserAdmin,
 };
+use chamberlain_proto::v1::alert_service_server::AlertServiceServer;
 use chamberlain_proto::v1::auth_service_server::AuthServiceServer;
 use chamberlain_proto::v1::batch_service_server::BatchServiceServer;
 use chamberlain_proto::v1::chamber_service_server::ChamberServiceServer;
@@ -22,6 +25,7 @@ use chamberlain_proto::v1::event_service_server::EventServiceServer;
 use chamberlain_proto::v1::poll_service_server::PollServiceServer;
 use chamberlain_proto::v1::reading_service_server::ReadingServiceServer;
 use chamberlain_proto::v1::section_service_server::SectionServiceServer;
+use chamberlain_proto::v1::transmitter_service_server::TransmitterServiceServer;
 use chamberlain_proto::v1::user_service_server::UserServiceServer;
 use tonic::{Request, Status};
 
@@ -40,6 +44,8 @@ pub struct Api {
     pub users: UserAdmin,
     /// Live streams of events.
     pub watch: EventWatch,
+    pub alerts: AlertAdmin,
+    pub transmitters: TransmitterAdmin,
     pub auth: Authenticator,
     pub passwords: Arc<dyn PasswordHasher>,
     pub health: Arc<dyn ChamberHealthRepository>,
@@ -79,6 +85,8 @@ pub struct Services {
     pub auth: AuthServiceServer<Api>,
     pub users: UserServiceServer<Api>,
     pub events: EventServiceServer<Api>,
+    pub alerts: AlertServiceServer<Api>,
+    pub transmitters: TransmitterServiceServer<Api>,
 }
 
 impl Api {
@@ -99,6 +107,8 @@ impl Api {
             auth: server!(AuthServiceServer),
             users: server!(UserServiceServer),
             events: server!(EventServiceServer),
+            alerts: server!(AlertServiceServer),
+            transmitters: server!(TransmitterServiceServer),
         }
     }
 }

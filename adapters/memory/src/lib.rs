@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod alerts;
 mod chamber_client;
 mod coordination;
 mod events;

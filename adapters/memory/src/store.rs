@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use chamberlain_domain::alerting::{Alert, AlertRule};
 use chamberlain_domain::error::{Rule, ValidationError};
 use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
 use chamberlain_domain::model::{
-    ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId, ChamberState,
-    Detector, DetectorId, Email, LedgerEntry, Organization, OrganizationId, Page, PageRequest,
-    PollOutcome, Reading, Section, SectionId, TokenHash, User, UserId,
+    AlertId, AlertRuleId, ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId,
+    ChamberState, DeadLetterId, Detector, DetectorId, Email, LedgerEntry, Organization,
+    OrganizationId, Page, PageRequest, PollOutcome, Reading, Section, SectionId, TokenHash,
+    TransmitterId, User, UserId,
 };
 use chamberlain_domain::ports::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
@@ -20,9 +22,10 @@ use chamberlain_domain::ports::{
     SectionRepository, StoreError, UserRepository, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
+use chamberlain_domain::transmit::{DeadLetter, Transmitter};
 
 #[derive(Debug, Default)]
-struct Tables {
+pub(crate) struct Tables {
     organizations: BTreeMap<OrganizationId, Organization>,
     sections: BTreeMap<SectionId, Section>,
     chambers: BTreeMap<ChamberId, Chamber>,
@@ -35,6 +38,10 @@ struct Tables {
     health: HashMap<ChamberId, ChamberHealth>,
     users: BTreeMap<UserId, User>,
     tokens: BTreeMap<ApiTokenId, ApiToken>,
+    pub(crate) alert_rules: BTreeMap<AlertRuleId, AlertRule>,
+    pub(crate) alerts: BTreeMap<AlertId, Alert>,
+    pub(crate) transmitters: BTreeMap<TransmitterId, Transmitter>,
+    pub(crate) dead_letters: BTreeMap<DeadLetterId, DeadLetter>,
 }
 
 /// All repositories in memory. Cheap to create: one per test.
@@ -48,7 +55,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Tables> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Tables> {
         // A panic while holding the lock cannot leave a half-applied write: every write
         // validates first and mutates last. So a poisoned lock is still consistent.
         self.tables
@@ -57,7 +64,7 @@ impl MemoryStore {
     }
 }
 
-fn page<T: Clone, K: Ord + Copy>(
+pub(crate) fn page<T: Clone, K: Ord + Copy>(
     items: impl Iterator<Item = T>,
     key: impl Fn(&T) -> K,
     request: &PageRequest<K>,
@@ -69,7 +76,7 @@ fn page<T: Clone, K: Ord + Copy>(
     Page::from_sorted(sorted, request.size, key)
 }
 
-fn not_found(entity: &'static str) -> StoreError {
+pub(crate) fn not_found(entity: &'static str) -> StoreError {
     StoreError::NotFound { entity }
 }
 
@@ -78,7 +85,11 @@ impl Tables {
         self.sections.get(&id).filter(|s| s.organization_id == org)
     }
 
-    fn chamber_in(&self, org: OrganizationId, id: ChamberId) -> Option<&Chamber> {
+    pub(crate) fn has_organization(&self, org: OrganizationId) -> bool {
+        self.organizations.contains_key(&org)
+    }
+
+    pub(crate) fn chamber_in(&self, org: OrganizationId, id: ChamberId) -> Option<&Chamber> {
         self.chambers.get(&id).filter(|c| c.organization_id == org)
     }
 
@@ -323,6 +334,8 @@ impl ChamberRepository for MemoryStore {
         t.readings.retain(|_, r| r.chamber_id != id);
         t.ledger.retain(|(c, _), _| *c != id);
         t.health.remove(&id);
+        t.alert_rules.retain(|_, r| r.chamber_id != id);
+        t.alerts.retain(|_, a| a.chamber_id != id);
         Ok(())
     }
 

@@ -25,6 +25,16 @@ fn constraint_error(constraint: &str) -> Option<StoreError> {
             reason: "the section already has an open batch".into(),
         }),
         "chamber_health_chamber_id_fkey" => parent("health", "chamber"),
+        "alert_rules_name_key" | "alert_rules_pkey" => dup("alert_rule", "name"),
+        "alert_rules_chamber_fkey" => parent("alert_rule", "chamber"),
+        "alerts_rule_fkey" => parent("alert", "alert_rule"),
+        "alerts_one_open_per_rule" | "alerts_pkey" => Some(StoreError::Conflict {
+            entity: "alert",
+            reason: "the rule already has an open alert".into(),
+        }),
+        "transmitters_name_key" | "transmitters_pkey" => dup("transmitter", "name"),
+        "transmitters_organization_id_fkey" => parent("transmitter", "organization"),
+        "dead_letters_transmitter_fkey" => parent("dead_letter", "transmitter"),
         _ => None,
     }
 }

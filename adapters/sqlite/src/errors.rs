@@ -86,6 +86,33 @@ pub(crate) const UNIQUE_INDEXES: &[(&str, Unique)] = &[
         "poll_ledger.chamber_id, poll_ledger.slot",
         Unique::Duplicate("poll", "slot"),
     ),
+    ("alert_rules.id", Unique::Duplicate("alert_rule", "name")),
+    (
+        "alert_rules.chamber_id, alert_rules.name",
+        Unique::Duplicate("alert_rule", "name"),
+    ),
+    (
+        "alert_rules.organization_id, alert_rules.id",
+        Unique::Duplicate("alert_rule", "name"),
+    ),
+    (
+        "alerts.id",
+        Unique::Conflict("alert", "the rule already has an open alert"),
+    ),
+    (
+        "alerts.rule_id",
+        Unique::Conflict("alert", "the rule already has an open alert"),
+    ),
+    ("transmitters.id", Unique::Duplicate("transmitter", "name")),
+    (
+        "transmitters.organization_id, transmitters.name",
+        Unique::Duplicate("transmitter", "name"),
+    ),
+    (
+        "transmitters.organization_id, transmitters.id",
+        Unique::Duplicate("transmitter", "name"),
+    ),
+    ("dead_letters.id", Unique::Duplicate("dead_letter", "id")),
 ];
 
 /// What a unique violation of one index means.

@@ -47,6 +47,8 @@ use crate::config::{SqliteConfig, SqliteLocation};
 use crate::errors::{Write, child, corrupt, db, refused, writing};
 
 /// The schema, embedded at build time: `migrations/sqlite` at the workspace root.
+mod alerts;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// How long a call waits for a pooled connection, at least.

@@ -135,7 +135,22 @@ async fn data_survives_reopening_the_file_and_migrating_again() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    assert_eq!(
+        applied,
+        std::fs::read_dir(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../migrations/sqlite"
+        ))
+        .unwrap()
+        .filter(|e| e
+            .as_ref()
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "sql"))
+        .count() as i64,
+        "each migration applied once"
+    );
     let ports = StorePorts::from_adapter(store);
     assert_eq!(
         ports.chambers.get(w.org.id, w.chamber.id).await.unwrap(),

@@ -11,9 +11,9 @@ use crate::model::{
     Reading, ReadingValue, ResponseFormat, Role, Section, SectionId, Unit, User, UserId,
 };
 use crate::ports::{
-    ApiTokenRepository, BatchRepository, ChamberHealthRepository, ChamberRepository,
-    DetectorRepository, OrganizationRepository, PollLedgerRepository, PollRecord,
-    ReadingRepository, SectionRepository, UserRepository,
+    AlertRepository, ApiTokenRepository, BatchRepository, ChamberHealthRepository,
+    ChamberRepository, DetectorRepository, OrganizationRepository, PollLedgerRepository,
+    PollRecord, ReadingRepository, SectionRepository, TransmitterRepository, UserRepository,
 };
 use crate::time::Timestamp;
 
@@ -30,6 +30,8 @@ pub struct StorePorts {
     pub health: Arc<dyn ChamberHealthRepository>,
     pub users: Arc<dyn UserRepository>,
     pub tokens: Arc<dyn ApiTokenRepository>,
+    pub alerts: Arc<dyn AlertRepository>,
+    pub transmitters: Arc<dyn TransmitterRepository>,
     /// Whatever must live as long as the ports (a per-test database that is dropped after).
     pub keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
@@ -54,6 +56,8 @@ impl StorePorts {
             + ChamberHealthRepository
             + UserRepository
             + ApiTokenRepository
+            + AlertRepository
+            + TransmitterRepository
             + 'static,
     {
         Self {
@@ -66,7 +70,9 @@ impl StorePorts {
             ledger: store.clone(),
             health: store.clone(),
             users: store.clone(),
-            tokens: store,
+            tokens: store.clone(),
+            alerts: store.clone(),
+            transmitters: store,
             keepalive: None,
         }
     }

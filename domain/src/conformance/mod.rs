@@ -14,6 +14,7 @@
 //! [`coordination_conformance_tests!`]: crate::coordination_conformance_tests
 //! [`changes_conformance_tests!`]: crate::changes_conformance_tests
 
+pub mod alerts;
 pub mod changes;
 pub mod coordination;
 pub mod fixtures;

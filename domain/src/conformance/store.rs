@@ -1039,6 +1039,11 @@ pub async fn retention_removes_whole_days_before_the_cutoff(p: &StorePorts) {
     );
 }
 
+pub use crate::conformance::alerts::{
+    a_rule_has_at_most_one_open_alert_and_keeps_its_history,
+    alert_rules_are_per_chamber_and_per_tenant, transmitters_and_their_dead_letters,
+};
+
 /// Expands to one `#[tokio::test]` per repository case. `$make` is an expression evaluating to
 /// a future of a fresh [`StorePorts`].
 #[macro_export]
@@ -1058,7 +1063,10 @@ macro_rules! store_conformance_tests {
             health_writes_use_optimistic_concurrency,
             a_section_has_at_most_one_open_batch,
             users_and_tokens,
-            retention_removes_whole_days_before_the_cutoff
+            retention_removes_whole_days_before_the_cutoff,
+            alert_rules_are_per_chamber_and_per_tenant,
+            a_rule_has_at_most_one_open_alert_and_keeps_its_history,
+            transmitters_and_their_dead_letters
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

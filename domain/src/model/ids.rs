@@ -62,3 +62,11 @@ define_id!(/// A person (or service account) in an organization.
     UserId, "user_id");
 define_id!(/// An API token (its id, not its secret).
     ApiTokenId, "token_id");
+define_id!(/// An alert rule of a chamber.
+    AlertRuleId, "rule_id");
+define_id!(/// One alert: a rule's condition held, from opening to resolving.
+    AlertId, "alert_id");
+define_id!(/// A destination events are forwarded to (a webhook, an MQTT broker).
+    TransmitterId, "transmitter_id");
+define_id!(/// A delivery given up after its last try.
+    DeadLetterId, "dead_letter_id");

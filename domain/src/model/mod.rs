@@ -19,7 +19,10 @@ pub use chamber::{
 };
 pub use credentials::{MalformedToken, Password, TokenSecret};
 pub use health::{ChamberHealth, HealthPolicy, HealthState, HealthTransition};
-pub use ids::{ApiTokenId, BatchId, ChamberId, DetectorId, OrganizationId, SectionId, UserId};
+pub use ids::{
+    AlertId, AlertRuleId, ApiTokenId, BatchId, ChamberId, DeadLetterId, DetectorId, OrganizationId,
+    SectionId, TransmitterId, UserId,
+};
 pub use paging::{Page, PageRequest, PageSize};
 pub use poll::{
     JobMetadata, LedgerEntry, PollId, PollJob, PollKind, PollOutcome, TraceContext, dedup_ttl,

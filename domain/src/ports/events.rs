@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::alerting::Alert;
 use crate::model::{
     Batch, Chamber, ChamberId, HealthTransition, LedgerEntry, OrganizationId, PollId, Reading,
     SectionId,
@@ -45,6 +46,16 @@ pub enum DomainEvent {
         routing: RoutingTag,
         batch: Batch,
     },
+    /// An alert rule's condition held long enough: the alert opened.
+    AlertOpened {
+        routing: RoutingTag,
+        alert: Alert,
+    },
+    /// The condition cleared: the alert resolved.
+    AlertResolved {
+        routing: RoutingTag,
+        alert: Alert,
+    },
 }
 
 impl DomainEvent {
@@ -54,7 +65,9 @@ impl DomainEvent {
             | Self::PollCompleted { routing, .. }
             | Self::HealthChanged { routing, .. }
             | Self::BatchStarted { routing, .. }
-            | Self::BatchEnded { routing, .. } => routing,
+            | Self::BatchEnded { routing, .. }
+            | Self::AlertOpened { routing, .. }
+            | Self::AlertResolved { routing, .. } => routing,
         }
     }
 }

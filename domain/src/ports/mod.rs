@@ -3,15 +3,19 @@
 //! each has one conformance suite (`crate::conformance`, feature `conformance`) that every
 //! adapter's tests run.
 
+mod alerts;
 mod chamber_client;
 mod coordination;
+mod delivery;
 mod events;
 mod passwords;
 mod queue;
 mod storage;
 
+pub use alerts::{AlertFilter, AlertRepository, TransmitterRepository};
 pub use chamber_client::{ChamberClient, FetchError, FetchRequest, FetchedResponse};
 pub use coordination::{Clock, LeaderLease, LeaseError, LeaseGrant, ScheduleCheckpoint};
+pub use delivery::{DeliveryClient, DeliveryError};
 pub use events::{
     ChamberChange, ChamberChanges, ChangeSubscription, DomainEvent, EventDelivery, EventFeed,
     EventPublisher, EventSubscription, PublishError, RoutingTag,
@@ -26,9 +30,13 @@ pub use storage::{
 };
 
 #[cfg(feature = "mock")]
+pub use alerts::{MockAlertRepository, MockTransmitterRepository};
+#[cfg(feature = "mock")]
 pub use chamber_client::MockChamberClient;
 #[cfg(feature = "mock")]
 pub use coordination::{MockClock, MockLeaderLease, MockScheduleCheckpoint};
+#[cfg(feature = "mock")]
+pub use delivery::MockDeliveryClient;
 #[cfg(feature = "mock")]
 pub use events::{MockChamberChanges, MockEventFeed, MockEventPublisher};
 #[cfg(feature = "mock")]

@@ -2,6 +2,7 @@
 //! way adapters on the driving side (gRPC, CLI, workers, the scheduler) change anything.
 
 mod admin;
+mod alerts;
 mod auth;
 mod authz;
 mod errors;
@@ -13,6 +14,10 @@ mod watch;
 pub use admin::{
     AdminSettings, ChamberAdmin, ChamberPatch, NewChamber, NewDetector, NewSection,
     validate_detector,
+};
+pub use alerts::{
+    AlertAdmin, AlertEvaluator, NewAlertRule, NewCondition, NewDestination, NewTransmitter,
+    TransmitterAdmin,
 };
 pub use auth::{AuthError, AuthSettings, Authenticator, Identity, IssuedToken, Refusal};
 pub use authz::{Actor, Forbidden};

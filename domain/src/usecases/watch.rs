@@ -32,10 +32,18 @@ pub enum EventKind {
     Health,
     /// Batches started and ended.
     Batches,
+    /// Alerts opened and resolved.
+    Alerts,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 4] = [Self::Readings, Self::Polls, Self::Health, Self::Batches];
+    pub const ALL: [Self; 5] = [
+        Self::Readings,
+        Self::Polls,
+        Self::Health,
+        Self::Batches,
+        Self::Alerts,
+    ];
 
     pub fn of(event: &DomainEvent) -> Self {
         match event {
@@ -43,6 +51,7 @@ impl EventKind {
             DomainEvent::PollCompleted { .. } => Self::Polls,
             DomainEvent::HealthChanged { .. } => Self::Health,
             DomainEvent::BatchStarted { .. } | DomainEvent::BatchEnded { .. } => Self::Batches,
+            DomainEvent::AlertOpened { .. } | DomainEvent::AlertResolved { .. } => Self::Alerts,
         }
     }
 }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::ports::{
-    ApiTokenRepository, BatchRepository, ChamberHealthRepository, ChamberRepository, Clock,
-    DetectorRepository, OrganizationRepository, PollLedgerRepository, ReadingRepository,
-    SectionRepository, UserRepository,
+    AlertRepository, ApiTokenRepository, BatchRepository, ChamberHealthRepository,
+    ChamberRepository, Clock, DetectorRepository, OrganizationRepository, PollLedgerRepository,
+    ReadingRepository, SectionRepository, TransmitterRepository, UserRepository,
 };
 use chamberlain_domain::usecases::{
-    AdminSettings, AuthSettings, Authenticator, ChamberAdmin, EventWatch, NewUser, ReadingQueries,
-    UserAdmin, WatchSettings,
+    AdminSettings, AlertAdmin, AuthSettings, Authenticator, ChamberAdmin, EventWatch, NewUser,
+    ReadingQueries, TransmitterAdmin, UserAdmin, WatchSettings,
 };
 use chamberlain_grpc::{Api, IdentityKey};
 
@@ -35,6 +35,8 @@ pub struct ApiStores {
     organizations: Arc<dyn OrganizationRepository>,
     users: Arc<dyn UserRepository>,
     tokens: Arc<dyn ApiTokenRepository>,
+    pub(crate) alerts: Arc<dyn AlertRepository>,
+    pub(crate) transmitters: Arc<dyn TransmitterRepository>,
 }
 
 fn api_stores<S>(s: Arc<S>) -> ApiStores
@@ -49,6 +51,8 @@ where
         + OrganizationRepository
         + UserRepository
         + ApiTokenRepository
+        + AlertRepository
+        + TransmitterRepository
         + 'static,
 {
     ApiStores {
@@ -61,7 +65,9 @@ where
         health: s.clone(),
         organizations: s.clone(),
         users: s.clone(),
-        tokens: s,
+        tokens: s.clone(),
+        alerts: s.clone(),
+        transmitters: s,
     }
 }
 
@@ -197,6 +203,16 @@ pub async fn gateway(args: GatewayArgs) -> Result<(), anyhow::Error> {
                 buffer: usize::try_from(args.watch_buffer).unwrap_or(1024),
                 max_lag: Duration::from_secs(args.watch_max_lag_secs),
             },
+        },
+        alerts: AlertAdmin {
+            alerts: db.alerts.clone(),
+            chambers: db.chambers.clone(),
+            detectors: db.detectors.clone(),
+            clock: clock.clone(),
+        },
+        transmitters: TransmitterAdmin {
+            transmitters: db.transmitters.clone(),
+            clock: clock.clone(),
         },
         queries: ReadingQueries {
             readings: db.readings.clone(),

@@ -100,6 +100,8 @@ pub async fn serve(
         .add_service(services.auth)
         .add_service(services.users)
         .add_service(services.events)
+        .add_service(services.alerts)
+        .add_service(services.transmitters)
         .serve_with_incoming_shutdown(no_delay(listener), shutdown)
         .await
 }
