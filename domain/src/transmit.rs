@@ -76,7 +76,7 @@ impl From<WebhookSecret> for String {
 }
 
 /// An MQTT broker address: `mqtt://host[:port]` (port 1883 by default).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MqttBroker {
     host: String,

@@ -156,7 +156,7 @@ where
 
 /// The TLS client configuration: ring, the Mozilla roots of webpki-roots and the operator's,
 /// HTTP/1.1 by ALPN.
-fn tls_setup(extra_roots: &[rustls::pki_types::CertificateDer<'static>]) -> Tls {
+pub(crate) fn tls_setup(extra_roots: &[rustls::pki_types::CertificateDer<'static>]) -> Tls {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -176,7 +176,7 @@ fn tls_setup(extra_roots: &[rustls::pki_types::CertificateDer<'static>]) -> Tls 
 }
 
 /// Walks an error's sources for what went wrong.
-fn sources<'a>(
+pub(crate) fn sources<'a>(
     e: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
