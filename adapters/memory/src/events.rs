@@ -24,6 +24,11 @@ impl MemoryEventBus {
     pub fn subscribe(&self) -> broadcast::Receiver<DomainEvent> {
         self.sender.subscribe()
     }
+
+    /// How many subscriptions are live (so a test can wait until a consumer listens).
+    pub fn receiver_count(&self) -> usize {
+        self.sender.receiver_count()
+    }
 }
 
 impl Default for MemoryEventBus {

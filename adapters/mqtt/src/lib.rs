@@ -207,13 +207,19 @@ impl DeliveryClient for MqttClient {
             lock(&connection.pending).queued.push_back(tx);
             if let Err(e) = connection
                 .client
-                .publish(topic.clone(), QoS::AtLeastOnce, false, delivery.body.as_bytes())
+                .publish(
+                    topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    delivery.body.as_bytes(),
+                )
                 .await
             {
                 // Not handed to the event loop (it has stopped): take the waiter back out.
                 let mut p = lock(&connection.pending);
                 p.queued.pop_back();
-                p.dead.get_or_insert_with(|| "the event loop stopped".into());
+                p.dead
+                    .get_or_insert_with(|| "the event loop stopped".into());
                 return Err(DeliveryError::Transient {
                     reason: format!("the MQTT connection to {broker} is closed: {e}"),
                 });

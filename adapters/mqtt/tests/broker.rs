@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{Name, OrganizationId, TransmitterId};
 use chamberlain_domain::ports::{DeliveryClient, DeliveryError};
 use chamberlain_domain::transmit::{
     Delivery, DeliveryKind, Destination, Forwarded, MqttBroker, TopicPrefix, Transmitter,
 };
-use chamberlain_domain::Timestamp;
 use chamberlain_http::EgressPolicy;
 use chamberlain_mqtt::MqttClient;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -113,7 +113,9 @@ async fn concurrent_deliveries_are_each_confirmed() {
     let mut tasks = Vec::new();
     for n in 0..50 {
         let (client, t) = (client.clone(), t.clone());
-        tasks.push(tokio::spawn(async move { client.deliver(&t, &delivery(n)).await }));
+        tasks.push(tokio::spawn(async move {
+            client.deliver(&t, &delivery(n)).await
+        }));
     }
     for task in tasks {
         task.await.unwrap().unwrap();

@@ -82,11 +82,24 @@ impl RedisLeaderLease {
     /// # Errors
     /// `Unavailable` if Redis cannot be reached.
     pub async fn connect(config: &RedisConfig, clock: Arc<dyn Clock>) -> Result<Self, LeaseError> {
+        Self::connect_named(config, clock, "scheduler").await
+    }
+
+    /// The lease of another singleton role (`alerter`, ...): keys `<prefix>:<role>:leader` and
+    /// `<prefix>:<role>:fence`, independent of the scheduler's.
+    ///
+    /// # Errors
+    /// `Unavailable` if Redis cannot be reached.
+    pub async fn connect_named(
+        config: &RedisConfig,
+        clock: Arc<dyn Clock>,
+        role: &str,
+    ) -> Result<Self, LeaseError> {
         Ok(Self {
             conn: connection::manager(config).await.map_err(unavailable)?,
             clock,
-            key: config.key("scheduler:leader"),
-            fence: config.key("scheduler:fence"),
+            key: config.key(&format!("{role}:leader")),
+            fence: config.key(&format!("{role}:fence")),
         })
     }
 

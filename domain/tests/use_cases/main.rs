@@ -2,6 +2,7 @@
 //! a failure must be injected). No running service, no wall clock.
 
 mod administration;
+mod alerts;
 mod authentication;
 mod mocked_failures;
 mod polls;
