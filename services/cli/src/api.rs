@@ -26,12 +26,12 @@ const EVENT_HUB_CAPACITY: usize = 65_536;
 /// Every repository the API uses, from whichever store the URL names.
 pub struct ApiStores {
     sections: Arc<dyn SectionRepository>,
-    chambers: Arc<dyn ChamberRepository>,
+    pub(crate) chambers: Arc<dyn ChamberRepository>,
     detectors: Arc<dyn DetectorRepository>,
     batches: Arc<dyn BatchRepository>,
     readings: Arc<dyn ReadingRepository>,
     ledger: Arc<dyn PollLedgerRepository>,
-    health: Arc<dyn ChamberHealthRepository>,
+    pub(crate) health: Arc<dyn ChamberHealthRepository>,
     organizations: Arc<dyn OrganizationRepository>,
     users: Arc<dyn UserRepository>,
     tokens: Arc<dyn ApiTokenRepository>,
@@ -71,7 +71,7 @@ where
     }
 }
 
-async fn open(args: &DatabaseArgs) -> Result<ApiStores, anyhow::Error> {
+pub(crate) async fn open(args: &DatabaseArgs) -> Result<ApiStores, anyhow::Error> {
     Ok(match args.database()? {
         Database::Postgres(config) => api_stores(Arc::new(
             chamberlain_postgres::PgStore::connect(&config).await?,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod alerter;
 mod api;
 
 use chamberlain_domain::ports::{
@@ -39,6 +40,9 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Poll chambers: lease jobs, fetch, store readings and the ledger, acknowledge.
     Worker(WorkerArgs),
+    /// Evaluate alert rules and forward readings and alerts to transmitters (one leader among
+    /// any number of replicas).
+    Alerter(alerter::AlerterArgs),
     /// Serve the gRPC API (behind Envoy, which asks `chamberlain auth` about every call).
     Gateway(api::GatewayArgs),
     /// Serve Envoy's external authorization (ext_authz v3) for the API.
@@ -376,6 +380,7 @@ fn main() -> ExitCode {
             Command::Migrate(args) => migrate(args).await,
             Command::Scheduler(args) => scheduler(args).await,
             Command::Worker(args) => worker(args).await,
+            Command::Alerter(args) => alerter::alerter(args).await,
             Command::Gateway(args) => api::gateway(args).await,
             Command::Auth(args) => api::auth(args).await,
             Command::Bootstrap(args) => api::bootstrap(args).await,

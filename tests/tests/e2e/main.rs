@@ -1,7 +1,8 @@
 //! End-to-end tests: one binary. The pipeline on in-memory adapters over simulated time, and on
 //! real PostgreSQL, Redis, HTTP and simulated chambers. The API, and its live event streams,
-//! through a real Envoy.
+//! through a real Envoy; alerts and transmitters with the alerter process.
 
+mod alerts;
 mod api;
 mod events;
 mod in_memory_pipeline;
