@@ -242,10 +242,10 @@ impl StreamItems for EventItems {
                 Kind::BatchEnded(crate::configuration::batch(batch.clone()))
             }
             DomainEvent::AlertOpened { alert, .. } => {
-                Kind::AlertOpened(crate::alerts::alert(alert.clone()))
+                Kind::AlertOpened(crate::alerts::alert(alert.as_ref().clone()))
             }
             DomainEvent::AlertResolved { alert, .. } => {
-                Kind::AlertResolved(crate::alerts::alert(alert.clone()))
+                Kind::AlertResolved(crate::alerts::alert(alert.as_ref().clone()))
             }
         };
         Some(v1::Event {

@@ -49,12 +49,12 @@ pub enum DomainEvent {
     /// An alert rule's condition held long enough: the alert opened.
     AlertOpened {
         routing: RoutingTag,
-        alert: Alert,
+        alert: Box<Alert>,
     },
     /// The condition cleared: the alert resolved.
     AlertResolved {
         routing: RoutingTag,
-        alert: Alert,
+        alert: Box<Alert>,
     },
 }
 

@@ -486,7 +486,7 @@ impl AlertEvaluator {
                 match self.alerts.open_alert(&alert).await {
                     Ok(()) => DomainEvent::AlertOpened {
                         routing: self.routing(&rule).await,
-                        alert,
+                        alert: Box::new(alert),
                     },
                     // Already open (another evaluator, or before a restart): nothing new.
                     Err(StoreError::Conflict { .. }) => return None,
@@ -504,7 +504,7 @@ impl AlertEvaluator {
             AlertSignal::Resolve { at } => match self.alerts.resolve_alert(rule.id, at).await {
                 Ok(Some(alert)) => DomainEvent::AlertResolved {
                     routing: self.routing(&rule).await,
-                    alert,
+                    alert: Box::new(alert),
                 },
                 Ok(None) => return None,
                 Err(e) => {

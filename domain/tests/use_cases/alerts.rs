@@ -277,7 +277,7 @@ async fn a_chamber_without_readings_longer_than_its_rule_opens_one_alert_that_re
         .list_alerts(admin.organization_id, AlertFilter::default(), page())
         .await
         .unwrap();
-    assert_eq!(stored.items, vec![alert.clone()]);
+    assert_eq!(stored.items, vec![alert.as_ref().clone()]);
 
     poll(&h, &admin, "c1", c.chamber.id, 9, true).await;
     let resolved = evaluate(&mut events, &mut evaluator).await;

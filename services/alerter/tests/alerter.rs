@@ -139,7 +139,7 @@ fn alert_event(w: &World) -> DomainEvent {
     };
     DomainEvent::AlertOpened {
         routing: routing(w),
-        alert: Alert::opened(&rule, T0, T0, "down".into()),
+        alert: Box::new(Alert::opened(&rule, T0, T0, "down".into())),
     }
 }
 

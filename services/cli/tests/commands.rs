@@ -223,6 +223,22 @@ fn the_services_refuse_a_bad_setting_at_start_naming_it() {
             vec!["gateway", "--watch-max-lag-secs", "0"],
             "--watch-max-lag-secs",
         ),
+        (
+            vec!["alerter", "--egress-allow", "not-a-cidr"],
+            "CHAMBERLAIN_EGRESS_ALLOW",
+        ),
+        (
+            vec![
+                "alerter",
+                "--backoff-ms",
+                "5000",
+                "--max-backoff-ms",
+                "1000",
+            ],
+            "CHAMBERLAIN_TRANSMIT_BACKOFF_MS",
+        ),
+        (vec!["alerter", "--attempts", "0"], "--attempts"),
+        (vec!["alerter", "--reload-secs", "0"], "--reload-secs"),
     ] {
         let out = chamberlain().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
