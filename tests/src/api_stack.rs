@@ -233,6 +233,7 @@ impl Stack {
                 .env("CHAMBERLAIN_REDIS_PREFIX", &redis.config.key_prefix)
                 .env("CHAMBERLAIN_IDENTITY_KEY", IDENTITY_KEY)
                 .env("CHAMBERLAIN_LOG", "warn")
+                .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0")
                 .env(
                     if role == "gateway" {
                         "CHAMBERLAIN_GATEWAY_LISTEN"
@@ -361,6 +362,7 @@ impl Stack {
             )
             .env("CHAMBERLAIN_REDIS_PREFIX", &self.redis.config.key_prefix)
             .env("CHAMBERLAIN_LOG", "warn")
+            .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -10,6 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument as _;
+
 use crate::model::{
     Chamber, ChamberHealth, ChamberId, CorruptionReason, Detector, DetectorKey, Finite,
     HealthPolicy, HealthTransition, LedgerEntry, PollId, PollKind, PollOutcome, Reading,
@@ -65,6 +67,23 @@ pub enum Fetched {
     },
     /// The chamber was deleted: acknowledge without a ledger entry.
     Discard { receipt: LeaseReceipt },
+}
+
+/// Told by [`PollHandler::complete_observed`] as a batch moves on.
+pub trait CompletionStages: Send {
+    /// The batch is durable.
+    fn written(&mut self);
+    /// Its jobs were acknowledged (or the acknowledgement failed).
+    fn acked(&mut self);
+}
+
+/// Observes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStages;
+
+impl CompletionStages for NoStages {
+    fn written(&mut self) {}
+    fn acked(&mut self) {}
 }
 
 /// What [`PollHandler::complete`] did.
@@ -251,14 +270,22 @@ impl PollHandler {
             attempt: job.meta.attempt,
         };
         let requested_at = self.clock.now();
-        let result = self.client.fetch(&request).await;
+        let result = self
+            .client
+            .fetch(&request)
+            .instrument(tracing::debug_span!("poll.fetch", url = %chamber.endpoint.as_url()))
+            .await;
         let received_at = self.clock.now();
         let (outcome, values) = match result {
-            Ok(response) => interpret_response(
-                chamber.format,
-                &loaded.detectors,
-                response.status,
-                &response.body,
+            Ok(response) => tracing::debug_span!("poll.parse", status = response.status).in_scope(
+                || {
+                    interpret_response(
+                        chamber.format,
+                        &loaded.detectors,
+                        response.status,
+                        &response.body,
+                    )
+                },
             ),
             Err(error) => {
                 let retry_at = received_at + self.settings.retry_backoff;
@@ -318,13 +345,28 @@ impl PollHandler {
     /// the acknowledgement failed after the write (health and events were still handled; the
     /// jobs will be redelivered and found already stored).
     pub async fn complete(&self, polls: Vec<ProcessedPoll>) -> Result<Completion, PollError> {
+        self.complete_observed(polls, &mut NoStages).await
+    }
+
+    /// [`PollHandler::complete`], telling `stages` when the write and the acknowledgement are
+    /// done (so a worker can time them per poll).
+    ///
+    /// # Errors
+    /// As [`PollHandler::complete`].
+    pub async fn complete_observed(
+        &self,
+        polls: Vec<ProcessedPoll>,
+        stages: &mut dyn CompletionStages,
+    ) -> Result<Completion, PollError> {
         if polls.is_empty() {
             return Ok(Completion::default());
         }
         let records: Vec<PollRecord> = polls.iter().map(|p| p.record.clone()).collect();
         let write = self.readings.store_polls(&records).await?;
+        stages.written();
         let receipts: Vec<LeaseReceipt> = polls.iter().map(|p| p.receipt.clone()).collect();
         let acked = self.queue.ack(&receipts).await;
+        stages.acked();
 
         let existing: HashSet<_> = write.existing_polls.iter().copied().collect();
         let fresh: Vec<ProcessedPoll> = polls

@@ -33,12 +33,17 @@ pub struct AlerterArgs {
     /// The longest wait between tries, in milliseconds.
     #[arg(long, env = "CHAMBERLAIN_TRANSMIT_MAX_BACKOFF_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     max_backoff_ms: u64,
+    #[command(flatten)]
+    metrics: crate::telemetry::MetricsArgs,
     /// Deliveries queued per transmitter before new ones are dropped.
     #[arg(long, env = "CHAMBERLAIN_TRANSMIT_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     queue: u64,
 }
 
-pub async fn alerter(args: AlerterArgs) -> Result<(), anyhow::Error> {
+pub async fn alerter(
+    args: AlerterArgs,
+    telemetry: &chamberlain_telemetry::Telemetry,
+) -> Result<(), anyhow::Error> {
     let redis = args.redis.config()?;
     let retry = RetryPolicy::new(
         args.attempts,
@@ -52,6 +57,7 @@ pub async fn alerter(args: AlerterArgs) -> Result<(), anyhow::Error> {
             .with_egress_allow(&args.egress_allow)
             .map_err(|e| bad_setting("--egress-allow", "CHAMBERLAIN_EGRESS_ALLOW", &e))?;
     }
+    args.metrics.serve(telemetry, 9465).await?;
     let db = open(&args.database).await?;
     let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
     let bus = Arc::new(chamberlain_redis::RedisEventBus::connect(&redis, 65_536).await?);

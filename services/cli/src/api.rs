@@ -144,6 +144,8 @@ pub struct GatewayArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
+    metrics: crate::telemetry::MetricsArgs,
+    #[command(flatten)]
     key: IdentityKeyArgs,
     #[command(flatten)]
     authentication: AuthenticationArgs,
@@ -175,9 +177,13 @@ pub struct GatewayArgs {
     timeout_secs: u64,
 }
 
-pub async fn gateway(args: GatewayArgs) -> Result<(), anyhow::Error> {
+pub async fn gateway(
+    args: GatewayArgs,
+    telemetry: &chamberlain_telemetry::Telemetry,
+) -> Result<(), anyhow::Error> {
     let key = args.key.key()?;
     let redis = args.redis.config()?;
+    args.metrics.serve(telemetry, 9463).await?;
     let db = open(&args.database).await?;
     let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
     let changes = Arc::new(chamberlain_redis::RedisChamberChanges::connect(&redis, 4096).await?);
@@ -263,6 +269,8 @@ pub struct AuthArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
+    metrics: crate::telemetry::MetricsArgs,
+    #[command(flatten)]
     key: IdentityKeyArgs,
     #[command(flatten)]
     authentication: AuthenticationArgs,
@@ -284,8 +292,12 @@ pub struct AuthArgs {
     sign_in_per_sec: NonZeroU32,
 }
 
-pub async fn auth(args: AuthArgs) -> Result<(), anyhow::Error> {
+pub async fn auth(
+    args: AuthArgs,
+    telemetry: &chamberlain_telemetry::Telemetry,
+) -> Result<(), anyhow::Error> {
     let key = args.key.key()?;
+    args.metrics.serve(telemetry, 9464).await?;
     let db = open(&args.database).await?;
     let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
     let check = chamberlain_auth::AuthCheck::new(

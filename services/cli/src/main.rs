@@ -7,6 +7,7 @@ use std::time::Duration;
 
 mod alerter;
 mod api;
+mod telemetry;
 
 use chamberlain_domain::ports::{
     BatchRepository, ChamberHealthRepository, ChamberRepository, Clock, PollLedgerRepository,
@@ -25,6 +26,9 @@ use clap::{Parser, Subcommand};
     about = "Polls sensor chambers on time and stores every reading exactly once"
 )]
 struct Cli {
+    /// Log lines as readable text or as one JSON object each.
+    #[arg(long, global = true, env = "CHAMBERLAIN_LOG_FORMAT", value_enum, default_value = "human")]
+    log_format: telemetry::LogFormatArg,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +93,8 @@ struct SchedulerArgs {
     /// Seconds between full reloads of the active chambers.
     #[arg(long, env = "CHAMBERLAIN_SCHEDULER_RESYNC_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     resync_secs: u64,
+    #[command(flatten)]
+    metrics: telemetry::MetricsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +117,8 @@ struct WorkerArgs {
     /// Largest chamber response read, in bytes.
     #[arg(long, env = "CHAMBERLAIN_HTTP_BODY_CAP", default_value_t = 1024 * 1024)]
     body_cap: usize,
+    #[command(flatten)]
+    metrics: telemetry::MetricsArgs,
 }
 
 /// The repositories a scheduler or worker uses, from whichever store the URL names.
@@ -156,12 +164,17 @@ fn holder_name(role: &str) -> String {
     format!("{role}-{host}-{}", std::process::id())
 }
 
-async fn scheduler(args: SchedulerArgs) -> Result<(), anyhow::Error> {
+async fn scheduler(
+    args: SchedulerArgs,
+    telemetry: &chamberlain_telemetry::Telemetry,
+) -> Result<(), anyhow::Error> {
     let redis = args.redis.config()?;
+    args.metrics.serve(telemetry, 9461).await?;
     let db = open_stores(&args.database).await?;
     let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
     let mut config = chamberlain_scheduler::SchedulerConfig::new(holder_name("scheduler"));
     config.resync_every = Duration::from_secs(args.resync_secs);
+    config.trace_polls = telemetry.tracing_exported();
     let scheduler = chamberlain_scheduler::Scheduler {
         chambers: db.chambers,
         ledger: db.ledger,
@@ -180,7 +193,10 @@ async fn scheduler(args: SchedulerArgs) -> Result<(), anyhow::Error> {
     Ok(())
 }
 
-async fn worker(args: WorkerArgs) -> Result<(), anyhow::Error> {
+async fn worker(
+    args: WorkerArgs,
+    telemetry: &chamberlain_telemetry::Telemetry,
+) -> Result<(), anyhow::Error> {
     let redis = args.redis.config()?;
     let mut http = chamberlain_http::HttpClientConfig::default()
         .with_body_cap(args.body_cap)
@@ -190,6 +206,7 @@ async fn worker(args: WorkerArgs) -> Result<(), anyhow::Error> {
             .with_egress_allow(&args.egress_allow)
             .map_err(|e| bad_setting("--egress-allow", "CHAMBERLAIN_EGRESS_ALLOW", &e))?;
     }
+    args.metrics.serve(telemetry, 9462).await?;
     let db = open_stores(&args.database).await?;
     let queue: Arc<dyn PollQueue> =
         Arc::new(chamberlain_redis::RedisPollQueue::connect(&redis).await?);
@@ -213,6 +230,7 @@ async fn worker(args: WorkerArgs) -> Result<(), anyhow::Error> {
     let config = chamberlain_worker::WorkerConfig {
         concurrency: usize::try_from(args.concurrency).unwrap_or(512),
         visibility: Duration::from_secs(args.visibility_secs),
+        trace_polls: telemetry.tracing_exported(),
         ..chamberlain_worker::WorkerConfig::default()
     };
     let _ = db.ledger;
@@ -357,14 +375,6 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHAMBERLAIN_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -376,13 +386,45 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        let service = match &cli.command {
+            Command::Scheduler(_) => "chamberlain-scheduler",
+            Command::Worker(_) => "chamberlain-worker",
+            Command::Alerter(_) => "chamberlain-alerter",
+            Command::Gateway(_) => "chamberlain-gateway",
+            Command::Auth(_) => "chamberlain-auth",
+            _ => "chamberlain",
+        };
+        let telemetry = telemetry::init(service, cli.log_format)?;
+        let result = run(cli.command, &telemetry).await;
+        // Flushing may wait on an unreachable collector for a few seconds: off the runtime.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        result
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chamberlain: {e:#}");
+            if e.is::<ConfigError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(
+    command: Command,
+    telemetry: &chamberlain_telemetry::Telemetry,
+) -> Result<(), anyhow::Error> {
+    {
+        match command {
             Command::Migrate(args) => migrate(args).await,
-            Command::Scheduler(args) => scheduler(args).await,
-            Command::Worker(args) => worker(args).await,
-            Command::Alerter(args) => alerter::alerter(args).await,
-            Command::Gateway(args) => api::gateway(args).await,
-            Command::Auth(args) => api::auth(args).await,
+            Command::Scheduler(args) => scheduler(args, telemetry).await,
+            Command::Worker(args) => worker(args, telemetry).await,
+            Command::Alerter(args) => alerter::alerter(args, telemetry).await,
+            Command::Gateway(args) => api::gateway(args, telemetry).await,
+            Command::Auth(args) => api::auth(args, telemetry).await,
             Command::Bootstrap(args) => api::bootstrap(args).await,
             Command::DescriptorSet(args) => api::descriptor_set(&args),
             Command::Simulate(args) => chamberlain_simulator::run_cli(args, shutdown_signal())
@@ -394,17 +436,6 @@ fn main() -> ExitCode {
                     }
                     other => anyhow::Error::new(other),
                 }),
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chamberlain: {e:#}");
-            if e.is::<ConfigError>() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
         }
     }
 }

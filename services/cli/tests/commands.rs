@@ -7,7 +7,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 fn chamberlain() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chamberlain"));
     cmd.env_remove("CHAMBERLAIN_DATABASE_URL")
-        .env_remove("CHAMBERLAIN_DATA_DIR");
+        .env_remove("CHAMBERLAIN_DATA_DIR")
+        .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0");
     cmd
 }
 
@@ -239,6 +240,11 @@ fn the_services_refuse_a_bad_setting_at_start_naming_it() {
         ),
         (vec!["alerter", "--attempts", "0"], "--attempts"),
         (vec!["alerter", "--reload-secs", "0"], "--reload-secs"),
+        (
+            vec!["worker", "--metrics-listen", "localhost:nope"],
+            "CHAMBERLAIN_METRICS_LISTEN",
+        ),
+        (vec!["worker", "--log-format", "xml"], "--log-format"),
     ] {
         let out = chamberlain().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

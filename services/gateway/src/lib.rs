@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod metrics;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +91,17 @@ pub async fn serve(
     let services = api.services(config.max_message_bytes);
     tonic::transport::Server::builder()
         .timeout(config.request_timeout)
+        // One span per call, continuing the caller's (Envoy's) trace from `traceparent`.
+        .trace_fn(|request| {
+            let span = tracing::info_span!(
+                "api.call",
+                rpc.method = %request.uri().path(),
+                otel.kind = "server"
+            );
+            chamberlain_telemetry::continue_trace_from_headers(&span, request.headers());
+            span
+        })
+        .layer(metrics::ApiMetricsLayer)
         .layer(InterceptorLayer::new(verifier))
         .add_service(health_service)
         .add_optional_service(reflection)

@@ -14,6 +14,7 @@ use chamberlain_domain::ports::{
     LeaseGrant, PollLedgerRepository, PollQueue, ScheduleCheckpoint,
 };
 use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
+use chamberlain_telemetry::instruments;
 
 /// Settings of a scheduler replica.
 #[derive(Debug, Clone)]
@@ -30,6 +31,11 @@ pub struct SchedulerConfig {
     /// The watermark is saved at most this often (a new leader re-decides at most this much,
     /// and the queue's dedup absorbs it).
     pub checkpoint_every: Duration,
+    /// One trace per poll, started here (`poll.schedule` → `poll.enqueue`) and carried in the
+    /// job to the worker: on when traces are exported.
+    pub trace_polls: bool,
+    /// How often the leader samples the queue's depth for its metrics.
+    pub sample_queue_every: Duration,
 }
 
 impl SchedulerConfig {
@@ -42,6 +48,8 @@ impl SchedulerConfig {
             catch_up: CatchUpPolicy::Skip,
             enqueue_batch: 1000,
             checkpoint_every: Duration::from_millis(250),
+            trace_polls: false,
+            sample_queue_every: Duration::from_secs(5),
         }
     }
 }
@@ -84,7 +92,9 @@ impl Scheduler {
                 grant = self.acquire() => grant,
             };
             tracing::info!(holder = %self.config.holder, token = grant.fencing_token, "leading the schedule");
+            instruments().leader.record(1, &[]);
             let end = self.lead(grant.clone(), &mut shutdown).await;
+            instruments().leader.record(0, &[]);
             match end {
                 TermEnd::Shutdown => {
                     if let Err(e) = self.lease.release(&grant).await {
@@ -101,6 +111,7 @@ impl Scheduler {
 
     /// Tries for the lease every renewal period until it is granted.
     async fn acquire(&self) -> LeaseGrant {
+        instruments().leader.record(0, &[]);
         loop {
             match self
                 .lease
@@ -148,6 +159,7 @@ impl Scheduler {
         let mut unsent: Vec<PollJob> = Vec::new();
         let mut next_checkpoint = tokio::time::Instant::now();
         let mut next_renew = tokio::time::Instant::now() + self.config.renew_every;
+        let mut next_sample = tokio::time::Instant::now();
         loop {
             let now = self.clock.now();
             let until_due = planner
@@ -230,6 +242,10 @@ impl Scheduler {
                 }
                 next_renew = instant + self.config.renew_every;
             }
+            if instant >= next_sample {
+                self.sample_queue().await;
+                next_sample = instant + self.config.sample_queue_every;
+            }
             if loading.is_none() && instant >= next_resync {
                 loading = Some(tokio::spawn(load_active(self.chambers.clone())));
             }
@@ -251,6 +267,23 @@ impl Scheduler {
                     )
                     .await;
             }
+        }
+    }
+
+    /// Queue depth and the oldest ready job's age, for the metrics.
+    async fn sample_queue(&self) {
+        match self.queue.depth().await {
+            Ok(depth) => {
+                let m = instruments();
+                m.queue_ready.record(depth.ready, &[]);
+                m.queue_leased.record(depth.leased, &[]);
+                m.queue_delayed.record(depth.delayed, &[]);
+                let age = depth.oldest_ready_enqueued_at.map_or(0.0, |at| {
+                    self.clock.now().saturating_since(at).as_secs_f64()
+                });
+                m.queue_oldest_age.record(age, &[]);
+            }
+            Err(e) => tracing::debug!(error = %e, "queue depth not sampled"),
         }
     }
 
@@ -287,6 +320,9 @@ impl Scheduler {
             .chain(stale.iter().map(|j| j.poll))
             .map(|poll| LedgerEntry::unfetched(poll, PollOutcome::Missed, 0, now))
             .collect();
+        let metrics = instruments();
+        metrics.polls_missed.add(missed.len() as u64, &[]);
+        metrics.polls_scheduled.add(decision.enqueue.len() as u64, &[]);
         for chunk in missed.chunks(10_000) {
             if let Err(e) = self.ledger.record(chunk).await {
                 tracing::warn!(error = %e, slots = chunk.len(), "missed slots not recorded");
@@ -298,25 +334,41 @@ impl Scheduler {
             enqueued_at: now,
         };
         let mut jobs = retry;
-        jobs.extend(
-            decision
-                .enqueue
-                .into_iter()
-                .map(|d| d.into_job(meta.clone())),
-        );
+        // With tracing on, each new poll starts its trace here: `poll.schedule`, and under it
+        // `poll.enqueue`, whose context the job carries to the worker. The spans end once the
+        // job is in the queue.
+        let mut spans = Vec::new();
+        jobs.extend(decision.enqueue.into_iter().map(|d| {
+            let mut job = d.into_job(meta.clone());
+            if self.config.trace_polls {
+                let scheduled = tracing::info_span!(
+                    "poll.schedule",
+                    chamber.id = %job.poll.chamber_id,
+                    slot = job.poll.slot.as_unix_millis(),
+                );
+                let enqueue = tracing::info_span!(parent: &scheduled, "poll.enqueue");
+                job.meta.trace = chamberlain_telemetry::trace_context_of(&enqueue);
+                spans.push((scheduled, enqueue));
+            }
+            job
+        }));
         let mut failed = Vec::new();
         for chunk in jobs.chunks(self.config.enqueue_batch.max(1)) {
             match self.queue.enqueue(chunk).await {
-                Ok(report) if report.duplicates > 0 => {
-                    tracing::debug!(duplicates = report.duplicates, "polls already enqueued");
+                Ok(report) => {
+                    metrics.polls_enqueued.add(report.new, &[]);
+                    metrics.polls_deduplicated.add(report.duplicates, &[]);
+                    if report.duplicates > 0 {
+                        tracing::debug!(duplicates = report.duplicates, "polls already enqueued");
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, polls = chunk.len(), "polls not enqueued; retrying while they are current");
                     failed.extend_from_slice(chunk);
                 }
             }
         }
+        drop(spans);
         if let Some(watermark) = watermark
             && let Err(e) = self.checkpoint.save(grant.fencing_token, watermark).await
         {

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::ports::PollQueue;
-use chamberlain_domain::usecases::{Fetched, PollHandler, ProcessedPoll};
+use chamberlain_domain::usecases::{CompletionStages, Fetched, PollHandler, ProcessedPoll};
+use chamberlain_telemetry::instruments;
+use opentelemetry::KeyValue;
 use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument as _;
 
 pub use cache::CachedChambers;
 
@@ -29,6 +32,9 @@ pub struct WorkerConfig {
     pub flush_max_polls: usize,
     /// On shutdown, how long polls in flight may take to finish.
     pub drain_timeout: Duration,
+    /// One span per poll (fetch, parse, write, ack), continuing the scheduler's trace: on when
+    /// traces are exported.
+    pub trace_polls: bool,
 }
 
 impl Default for WorkerConfig {
@@ -41,6 +47,7 @@ impl Default for WorkerConfig {
             flush_every: Duration::from_millis(50),
             flush_max_polls: 1_250,
             drain_timeout: Duration::from_secs(15),
+            trace_polls: false,
         }
     }
 }
@@ -79,7 +86,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(concurrency));
         // Unbounded on purpose: a slow batch write must never hold up fetching (polls stay on
         // time; their acks wait). What waits is bounded by the polls leased, each a few KiB.
-        let (results, inbox) = mpsc::unbounded_channel::<Fetched>();
+        let (results, inbox) = mpsc::unbounded_channel::<(Fetched, tracing::Span)>();
         let writer = tokio::spawn(write_results(
             self.handler.clone(),
             self.queue.clone(),
@@ -121,12 +128,31 @@ impl Worker {
                     }
                 }
             }
+            let metrics = instruments();
+            metrics.polls_started.add(leased.len() as u64, &[]);
             for (job, permit) in leased.into_iter().zip(pool) {
                 let (handler, results) = (self.handler.clone(), results.clone());
+                let span = if self.config.trace_polls {
+                    let span = tracing::info_span!(
+                        "poll",
+                        chamber.id = %job.job.poll.chamber_id,
+                        slot = job.job.poll.slot.as_unix_millis(),
+                        attempt = job.job.meta.attempt,
+                    );
+                    if let Some(trace) = &job.job.meta.trace {
+                        chamberlain_telemetry::continue_trace(&span, trace);
+                    }
+                    span
+                } else {
+                    tracing::Span::none()
+                };
+                metrics.in_flight.add(1, &[]);
                 tokio::spawn(async move {
-                    match handler.fetch(&job).await {
+                    let fetched = handler.fetch(&job).instrument(span.clone()).await;
+                    metrics.in_flight.add(-1, &[]);
+                    match fetched {
                         Ok(fetched) => {
-                            let _ = results.send(fetched);
+                            let _ = results.send((fetched, span));
                         }
                         Err(e) => tracing::warn!(
                             error = %e, chamber.id = %job.job.poll.chamber_id,
@@ -158,28 +184,29 @@ async fn write_results(
     handler: PollHandler,
     queue: Arc<dyn PollQueue>,
     config: WorkerConfig,
-    mut inbox: mpsc::UnboundedReceiver<Fetched>,
+    mut inbox: mpsc::UnboundedReceiver<(Fetched, tracing::Span)>,
 ) -> WorkerReport {
     let mut report = WorkerReport::default();
-    let mut buffer: Vec<ProcessedPoll> = Vec::new();
+    let mut buffer: Vec<(ProcessedPoll, tracing::Span)> = Vec::new();
     let mut tick = tokio::time::interval(config.flush_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let closed = tokio::select! {
             item = inbox.recv() => match item {
-                Some(Fetched::Done(p)) => {
-                    buffer.push(p);
+                Some((Fetched::Done(p), span)) => {
+                    buffer.push((p, span));
                     false
                 }
-                Some(Fetched::Retry { receipt, delay, error }) => {
+                Some((Fetched::Retry { receipt, delay, error }, _)) => {
                     report.retries += 1;
+                    instruments().polls_retried.add(1, &[]);
                     tracing::debug!(error = %error, "transient failure; retrying while the poll is current");
                     if let Err(e) = queue.release(&receipt, delay).await {
                         tracing::warn!(error = %e, "release failed; the job returns after its visibility timeout");
                     }
                     false
                 }
-                Some(Fetched::Discard { receipt }) => {
+                Some((Fetched::Discard { receipt }, _)) => {
                     if let Err(e) = queue.ack(std::slice::from_ref(&receipt)).await {
                         tracing::warn!(error = %e, "ack of a deleted chamber's job failed");
                     }
@@ -201,20 +228,77 @@ async fn write_results(
     }
 }
 
-async fn flush(handler: &PollHandler, buffer: &mut Vec<ProcessedPoll>, report: &mut WorkerReport) {
+/// Per-poll spans of a batch's write and acknowledgement, children of each poll's span.
+struct PollStages {
+    polls: Vec<tracing::Span>,
+    open: Vec<tracing::Span>,
+}
+
+impl PollStages {
+    fn new(polls: Vec<tracing::Span>) -> Self {
+        let open = polls
+            .iter()
+            .filter(|p| !p.is_none())
+            .map(|p| tracing::info_span!(parent: p, "poll.write"))
+            .collect();
+        Self { polls, open }
+    }
+}
+
+impl CompletionStages for PollStages {
+    fn written(&mut self) {
+        self.open = self
+            .polls
+            .iter()
+            .filter(|p| !p.is_none())
+            .map(|p| tracing::info_span!(parent: p, "poll.ack"))
+            .collect();
+    }
+
+    fn acked(&mut self) {
+        self.open.clear();
+    }
+}
+
+async fn flush(
+    handler: &PollHandler,
+    buffer: &mut Vec<(ProcessedPoll, tracing::Span)>,
+    report: &mut WorkerReport,
+) {
     if buffer.is_empty() {
         return;
     }
-    let batch = std::mem::take(buffer);
+    let (batch, spans): (Vec<ProcessedPoll>, Vec<tracing::Span>) =
+        std::mem::take(buffer).into_iter().unzip();
     let n = batch.len() as u64;
-    match handler.complete(batch).await {
+    let metrics = instruments();
+    let entries: Vec<_> = batch.iter().map(|p| p.record.entry.clone()).collect();
+    let mut stages = PollStages::new(spans);
+    match handler.complete_observed(batch, &mut stages).await {
         Ok(done) => {
             report.polls_completed += n;
             report.readings_written += done.write.readings_new;
+            metrics.readings_written.add(done.write.readings_new, &[]);
+            metrics.write_batch.record(n, &[]);
+            let existing: std::collections::HashSet<_> =
+                done.write.existing_polls.iter().copied().collect();
+            for entry in entries.iter().filter(|e| !existing.contains(&e.poll)) {
+                metrics
+                    .polls_completed
+                    .add(1, &[KeyValue::new("outcome", entry.outcome.code())]);
+                if entry.requested_at.is_some() {
+                    metrics.lateness.record(entry.lateness.as_secs_f64(), &[]);
+                }
+                if let Some(latency) = entry.latency {
+                    metrics.duration.record(latency.as_secs_f64(), &[]);
+                }
+            }
         }
         Err(e) => {
             report.failed_writes += 1;
+            metrics.write_failures.add(1, &[]);
             tracing::warn!(error = %e, polls = n, "batch not completed; its jobs will be redelivered");
         }
     }
+    drop(stages);
 }

@@ -229,6 +229,7 @@ pub fn spawn(role: &str, fleet: &Fleet, prefix: &TestPrefix, extra: &[(&str, &st
         .env("CHAMBERLAIN_REDIS_PREFIX", &prefix.config.key_prefix)
         .env("CHAMBERLAIN_EGRESS_ALLOW", "127.0.0.2/32")
         .env("CHAMBERLAIN_LOG", "warn")
+        .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     for (k, v) in extra {

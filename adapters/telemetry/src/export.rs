@@ -1,0 +1,188 @@
+//! [`QueueingSpanProcessor`]: finished spans go into a bounded queue and are exported in
+//! batches by a thread of their own. Ending a span never waits: when the queue is full (the
+//! collector is slow or unreachable) the span is dropped and counted, and so is every span of a
+//! batch whose export failed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use opentelemetry::Context;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
+
+/// Spans dropped (queue full, or their export failed) and exported, since the start.
+#[derive(Debug, Default)]
+pub struct SpanCounts {
+    pub exported: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+enum Message {
+    Span(Box<SpanData>),
+    Flush(mpsc::Sender<()>),
+    Shutdown(mpsc::Sender<()>),
+}
+
+/// Settings of the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub capacity: usize,
+    pub max_batch: usize,
+    pub interval: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 4096,
+            max_batch: 512,
+            interval: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct QueueingSpanProcessor {
+    tx: SyncSender<Message>,
+    counts: Arc<SpanCounts>,
+    on_drop: Arc<dyn Fn(u64) + Send + Sync>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    shut: AtomicBool,
+}
+
+impl std::fmt::Debug for QueueingSpanProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueingSpanProcessor")
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueueingSpanProcessor {
+    /// Exports with `exporter` on a thread that runs its futures on `runtime` (the OTLP tonic
+    /// exporter needs a Tokio runtime). `on_drop` is told of every drop (a metric counter).
+    pub fn new<E: SpanExporter + 'static>(
+        exporter: E,
+        runtime: tokio::runtime::Handle,
+        settings: QueueSettings,
+        on_drop: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Self {
+        let (tx, rx) = mpsc::sync_channel(settings.capacity.max(1));
+        let counts = Arc::new(SpanCounts::default());
+        let thread_counts = counts.clone();
+        let thread_on_drop = on_drop.clone();
+        let thread = std::thread::Builder::new()
+            .name("chamberlain-span-export".into())
+            .spawn(move || {
+                let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_batch);
+                let mut next = Instant::now() + settings.interval;
+                let export = |batch: &mut Vec<SpanData>| {
+                    if batch.is_empty() {
+                        return;
+                    }
+                    let n = batch.len() as u64;
+                    match runtime.block_on(exporter.export(std::mem::take(batch))) {
+                        Ok(()) => {
+                            thread_counts.exported.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            thread_counts.dropped.fetch_add(n, Ordering::Relaxed);
+                            thread_on_drop(n);
+                            tracing::debug!(target: "chamberlain_telemetry", error = %e, spans = n, "span export failed; spans dropped");
+                        }
+                    }
+                };
+                loop {
+                    let wait = next.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(Message::Span(span)) => {
+                            batch.push(*span);
+                            if batch.len() >= settings.max_batch {
+                                export(&mut batch);
+                            }
+                        }
+                        Ok(Message::Flush(done)) => {
+                            export(&mut batch);
+                            let _ = done.send(());
+                        }
+                        Ok(Message::Shutdown(done)) => {
+                            export(&mut batch);
+                            let _ = exporter.shutdown();
+                            let _ = done.send(());
+                            return;
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            export(&mut batch);
+                            next = Instant::now() + settings.interval;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => {
+                            export(&mut batch);
+                            return;
+                        }
+                    }
+                }
+            })
+            .ok();
+        Self {
+            tx,
+            counts,
+            on_drop,
+            thread: std::sync::Mutex::new(thread),
+            shut: AtomicBool::new(false),
+        }
+    }
+
+    pub fn counts(&self) -> Arc<SpanCounts> {
+        self.counts.clone()
+    }
+
+    fn request(&self, make: impl FnOnce(mpsc::Sender<()>) -> Message, timeout: Duration) -> OTelSdkResult {
+        let (done, wait) = mpsc::channel();
+        // A full queue: wait for room (flush and shutdown are not on any hot path).
+        self.tx
+            .send(make(done))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        wait.recv_timeout(timeout)
+            .map_err(|_| OTelSdkError::Timeout(timeout))
+    }
+}
+
+impl SpanProcessor for QueueingSpanProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        match self.tx.try_send(Message::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                (self.on_drop)(1);
+            }
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.request(Message::Flush, Duration::from_secs(5))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.shut.swap(true, Ordering::SeqCst) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let result = self.request(Message::Shutdown, timeout);
+        if result.is_ok()
+            && let Some(thread) = self
+                .thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        {
+            let _ = thread.join();
+        }
+        result
+    }
+}
