@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 
@@ -21,6 +22,7 @@ pub struct SpanCounts {
 }
 
 enum Message {
+    Resource(Box<Resource>),
     Span(Box<SpanData>),
     Flush(mpsc::Sender<()>),
     Shutdown(mpsc::Sender<()>),
@@ -76,9 +78,10 @@ impl QueueingSpanProcessor {
         let thread = std::thread::Builder::new()
             .name("chamberlain-span-export".into())
             .spawn(move || {
+                let mut exporter = exporter;
                 let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_batch);
                 let mut next = Instant::now() + settings.interval;
-                let export = |batch: &mut Vec<SpanData>| {
+                let export = |exporter: &E, batch: &mut Vec<SpanData>| {
                     if batch.is_empty() {
                         return;
                     }
@@ -97,28 +100,29 @@ impl QueueingSpanProcessor {
                 loop {
                     let wait = next.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(wait) {
+                        Ok(Message::Resource(resource)) => exporter.set_resource(&resource),
                         Ok(Message::Span(span)) => {
                             batch.push(*span);
                             if batch.len() >= settings.max_batch {
-                                export(&mut batch);
+                                export(&exporter, &mut batch);
                             }
                         }
                         Ok(Message::Flush(done)) => {
-                            export(&mut batch);
+                            export(&exporter, &mut batch);
                             let _ = done.send(());
                         }
                         Ok(Message::Shutdown(done)) => {
-                            export(&mut batch);
+                            export(&exporter, &mut batch);
                             let _ = exporter.shutdown();
                             let _ = done.send(());
                             return;
                         }
                         Err(RecvTimeoutError::Timeout) => {
-                            export(&mut batch);
+                            export(&exporter, &mut batch);
                             next = Instant::now() + settings.interval;
                         }
                         Err(RecvTimeoutError::Disconnected) => {
-                            export(&mut batch);
+                            export(&exporter, &mut batch);
                             return;
                         }
                     }
@@ -138,7 +142,11 @@ impl QueueingSpanProcessor {
         self.counts.clone()
     }
 
-    fn request(&self, make: impl FnOnce(mpsc::Sender<()>) -> Message, timeout: Duration) -> OTelSdkResult {
+    fn request(
+        &self,
+        make: impl FnOnce(mpsc::Sender<()>) -> Message,
+        timeout: Duration,
+    ) -> OTelSdkResult {
         let (done, wait) = mpsc::channel();
         // A full queue: wait for room (flush and shutdown are not on any hot path).
         self.tx
@@ -167,6 +175,13 @@ impl SpanProcessor for QueueingSpanProcessor {
 
     fn force_flush(&self) -> OTelSdkResult {
         self.request(Message::Flush, Duration::from_secs(5))
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        // Called while the provider is built, before any span: the queue has room.
+        let _ = self
+            .tx
+            .try_send(Message::Resource(Box::new(resource.clone())));
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {

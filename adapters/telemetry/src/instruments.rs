@@ -91,11 +91,15 @@ fn build(meter: &Meter) -> Instruments {
             .build(),
         polls_completed: meter
             .u64_counter("chamberlain.polls.completed")
-            .with_description("Polls stored with their ledger entry, by outcome (ok, timeout, http_status, ...)")
+            .with_description(
+                "Polls stored with their ledger entry, by outcome (ok, timeout, http_status, ...)",
+            )
             .build(),
         polls_retried: meter
             .u64_counter("chamberlain.polls.retried")
-            .with_description("Transient failures released for another try while the slot was current")
+            .with_description(
+                "Transient failures released for another try while the slot was current",
+            )
             .build(),
         lateness: meter
             .f64_histogram("chamberlain.poll.lateness")

@@ -43,7 +43,7 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// The log filter when `CHAMBERLAIN_LOG` is not set.
     pub default_filter: &'static str,
-    /// How often metrics are pushed over OTLP.
+    /// How often metrics are pushed over OTLP (unless `OTEL_METRIC_EXPORT_INTERVAL` says).
     pub metrics_interval: Duration,
 }
 
@@ -99,8 +99,10 @@ fn otlp_requested() -> bool {
 /// `OTEL_RESOURCE_ATTRIBUTES`, with `default` as the name when neither sets one.
 fn resource(default: &'static str) -> Resource {
     let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|s| !s.trim().is_empty())
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES")
-            .is_ok_and(|s| s.split(',').any(|kv| kv.trim().starts_with("service.name=")));
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|s| {
+            s.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        });
     if named {
         Resource::builder().build()
     } else {
@@ -132,11 +134,12 @@ impl Telemetry {
                 .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
                 .build()
                 .map_err(|e| exporter_error(&e))?;
-            meters = meters.with_reader(
-                PeriodicReader::builder(exporter)
-                    .with_interval(settings.metrics_interval)
-                    .build(),
-            );
+            let mut reader = PeriodicReader::builder(exporter);
+            // The standard OTEL_METRIC_EXPORT_INTERVAL (milliseconds) wins when set.
+            if std::env::var("OTEL_METRIC_EXPORT_INTERVAL").is_err() {
+                reader = reader.with_interval(settings.metrics_interval);
+            }
+            meters = meters.with_reader(reader.build());
         }
         let meters = meters.build();
         opentelemetry::global::set_meter_provider(meters.clone());
@@ -230,7 +233,9 @@ impl Telemetry {
         if let Some(spans) = &self.spans {
             let dropped = spans.dropped.load(std::sync::atomic::Ordering::Relaxed);
             if dropped > 0 {
-                eprintln!("telemetry: {dropped} spans were dropped (collector slow or unreachable)");
+                eprintln!(
+                    "telemetry: {dropped} spans were dropped (collector slow or unreachable)"
+                );
             }
         }
     }

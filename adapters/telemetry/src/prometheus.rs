@@ -62,7 +62,10 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn labels<'a>(attributes: impl Iterator<Item = &'a KeyValue>, extra: Option<(&str, &str)>) -> String {
+fn labels<'a>(
+    attributes: impl Iterator<Item = &'a KeyValue>,
+    extra: Option<(&str, &str)>,
+) -> String {
     let mut parts: Vec<String> = attributes
         .map(|kv| {
             format!(
@@ -159,9 +162,15 @@ impl PrometheusReader {
                     unit_suffix(metric.unit())
                 );
                 match metric.data() {
-                    AggregatedMetrics::F64(d) => render_data(&mut out, &base, metric.description(), d),
-                    AggregatedMetrics::U64(d) => render_data(&mut out, &base, metric.description(), d),
-                    AggregatedMetrics::I64(d) => render_data(&mut out, &base, metric.description(), d),
+                    AggregatedMetrics::F64(d) => {
+                        render_data(&mut out, &base, metric.description(), d)
+                    }
+                    AggregatedMetrics::U64(d) => {
+                        render_data(&mut out, &base, metric.description(), d)
+                    }
+                    AggregatedMetrics::I64(d) => {
+                        render_data(&mut out, &base, metric.description(), d)
+                    }
                 }
             }
         }

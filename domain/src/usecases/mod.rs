@@ -23,8 +23,8 @@ pub use auth::{AuthError, AuthSettings, Authenticator, Identity, IssuedToken, Re
 pub use authz::{Actor, Forbidden};
 pub use errors::UseCaseError;
 pub use poll::{
-    Completion, CompletionStages, Fetched, Handled, NoStages, PollError, PollHandler,
-    PollSettings, ProcessedPoll, interpret_response,
+    Completion, CompletionStages, Fetched, Handled, NoStages, PollError, PollHandler, PollSettings,
+    ProcessedPoll, interpret_response,
 };
 pub use queries::{
     Aggregate, Coverage, CoverageScope, MAX_AGGREGATED_READINGS, MAX_BUCKETS, MAX_LATEST_CHAMBERS,

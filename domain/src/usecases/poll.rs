@@ -277,16 +277,16 @@ impl PollHandler {
             .await;
         let received_at = self.clock.now();
         let (outcome, values) = match result {
-            Ok(response) => tracing::debug_span!("poll.parse", status = response.status).in_scope(
-                || {
+            Ok(response) => {
+                tracing::debug_span!("poll.parse", status = response.status).in_scope(|| {
                     interpret_response(
                         chamber.format,
                         &loaded.detectors,
                         response.status,
                         &response.body,
                     )
-                },
-            ),
+                })
+            }
             Err(error) => {
                 let retry_at = received_at + self.settings.retry_backoff;
                 let may_retry = match job.kind {

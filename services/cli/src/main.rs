@@ -27,7 +27,13 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// Log lines as readable text or as one JSON object each.
-    #[arg(long, global = true, env = "CHAMBERLAIN_LOG_FORMAT", value_enum, default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAMBERLAIN_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
     log_format: telemetry::LogFormatArg,
     #[command(subcommand)]
     command: Command,

@@ -30,7 +30,11 @@ impl MetricsArgs {
     /// # Errors
     /// A [`ConfigError`] naming `CHAMBERLAIN_METRICS_LISTEN` when the address is not one or
     /// cannot be bound.
-    pub async fn serve(&self, telemetry: &Telemetry, default_port: u16) -> Result<(), anyhow::Error> {
+    pub async fn serve(
+        &self,
+        telemetry: &Telemetry,
+        default_port: u16,
+    ) -> Result<(), anyhow::Error> {
         let bad = |why: String| {
             anyhow::Error::new(ConfigError(format!(
                 "invalid setting --metrics-listen (CHAMBERLAIN_METRICS_LISTEN): {why}"

@@ -322,7 +322,9 @@ impl Scheduler {
             .collect();
         let metrics = instruments();
         metrics.polls_missed.add(missed.len() as u64, &[]);
-        metrics.polls_scheduled.add(decision.enqueue.len() as u64, &[]);
+        metrics
+            .polls_scheduled
+            .add(decision.enqueue.len() as u64, &[]);
         for chunk in missed.chunks(10_000) {
             if let Err(e) = self.ledger.record(chunk).await {
                 tracing::warn!(error = %e, slots = chunk.len(), "missed slots not recorded");

@@ -9,3 +9,4 @@ mod in_memory_pipeline;
 mod pipeline;
 mod processes;
 mod support;
+mod telemetry;
