@@ -747,6 +747,22 @@ impl ChamberHealthRepository for MemoryStore {
         Ok(self.lock().health.get(&chamber).cloned())
     }
 
+    async fn count_by_state(
+        &self,
+    ) -> Result<Vec<(chamberlain_domain::model::HealthState, u64)>, StoreError> {
+        let t = self.lock();
+        let mut counts: BTreeMap<&'static str, (chamberlain_domain::model::HealthState, u64)> =
+            BTreeMap::new();
+        for id in t.chambers.keys() {
+            let state = t
+                .health
+                .get(id)
+                .map_or(chamberlain_domain::model::HealthState::Unknown, |h| h.state);
+            counts.entry(state.as_str()).or_insert((state, 0)).1 += 1;
+        }
+        Ok(counts.into_values().collect())
+    }
+
     async fn save(&self, health: &ChamberHealth) -> Result<u64, StoreError> {
         let mut t = self.lock();
         if !t.chambers.contains_key(&health.chamber_id) {

@@ -1200,6 +1200,27 @@ impl PollLedgerRepository for PgStore {
 
 #[async_trait]
 impl ChamberHealthRepository for PgStore {
+    async fn count_by_state(
+        &self,
+    ) -> Result<Vec<(chamberlain_domain::model::HealthState, u64)>> {
+        let rows = sqlx::query(
+            "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
+             LEFT JOIN chamber_health h ON h.chamber_id = c.id GROUP BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state").map_err(store_error)?;
+                let n: i64 = row.try_get("n").map_err(store_error)?;
+                let state = chamberlain_domain::model::HealthState::parse(&state)
+                    .ok_or_else(|| corrupt("chamber_health", "state", &state))?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>> {
         let row = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = $1")
             .bind(chamber.as_uuid())

@@ -1963,6 +1963,27 @@ async fn save_health(conn: &mut SqliteConnection, h: &ChamberHealth) -> Result<u
 
 #[async_trait]
 impl ChamberHealthRepository for SqliteStore {
+    async fn count_by_state(&self) -> Result<Vec<(HealthState, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
+             LEFT JOIN chamber_health h ON h.chamber_id = c.id GROUP BY 1",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let c = Cols::new(row, "chamber_health");
+                Ok((
+                    c.parse("state", |s: String| {
+                        HealthState::parse(&s).ok_or(format!("unknown state {s:?}"))
+                    })?,
+                    c.count("n")?,
+                ))
+            })
+            .collect()
+    }
+
     async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",

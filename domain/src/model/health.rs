@@ -22,6 +22,13 @@ pub enum HealthState {
 }
 
 impl HealthState {
+    pub const ALL: [Self; 4] = [Self::Unknown, Self::Up, Self::Degraded, Self::Down];
+
+    /// The state named by [`HealthState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Unknown => "unknown",

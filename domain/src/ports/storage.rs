@@ -14,7 +14,7 @@ use crate::error::ValidationError;
 use crate::limits::MAX_PAGE_SIZE;
 use crate::model::{
     ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId, ChamberState,
-    Detector, DetectorId, Email, LedgerEntry, Organization, OrganizationId, Page, PageRequest,
+    Detector, DetectorId, Email, HealthState, LedgerEntry, Organization, OrganizationId, Page, PageRequest,
     PageSize, PollId, Reading, Section, SectionId, TokenHash, User, UserId,
 };
 use crate::time::Timestamp;
@@ -449,6 +449,13 @@ pub trait ChamberHealthRepository: Send + Sync {
         }
         Ok(out)
     }
+
+    /// How many chambers (of every organization) are in each health state; a chamber with no
+    /// health stored yet counts as `unknown`. States with no chamber may be left out.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn count_by_state(&self) -> Result<Vec<(HealthState, u64)>, StoreError>;
 
     /// Stores `health` if the stored version is still `health.version` (0: no row yet), and
     /// returns the new version.

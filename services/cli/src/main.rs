@@ -184,6 +184,7 @@ async fn scheduler(
     let scheduler = chamberlain_scheduler::Scheduler {
         chambers: db.chambers,
         ledger: db.ledger,
+        health: db.health,
         queue: Arc::new(chamberlain_redis::RedisPollQueue::connect(&redis).await?),
         lease: Arc::new(chamberlain_redis::RedisLeaderLease::connect(&redis, clock.clone()).await?),
         checkpoint: Arc::new(chamberlain_redis::RedisScheduleCheckpoint::connect(&redis).await?),

@@ -10,7 +10,7 @@ use chamberlain_domain::model::{
     JobMetadata, LedgerEntry, PageRequest, PageSize, PollJob, PollOutcome,
 };
 use chamberlain_domain::ports::{
-    ChamberChange, ChamberChanges, ChamberRepository, ChangeSubscription, Clock, LeaderLease,
+    ChamberChange, ChamberChanges, ChamberHealthRepository, ChamberRepository, ChangeSubscription, Clock, LeaderLease,
     LeaseGrant, PollLedgerRepository, PollQueue, ScheduleCheckpoint,
 };
 use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
@@ -59,6 +59,8 @@ impl SchedulerConfig {
 pub struct Scheduler {
     pub chambers: Arc<dyn ChamberRepository>,
     pub ledger: Arc<dyn PollLedgerRepository>,
+    /// Read for the chambers-by-health metric only.
+    pub health: Arc<dyn ChamberHealthRepository>,
     pub queue: Arc<dyn PollQueue>,
     pub lease: Arc<dyn LeaderLease>,
     pub checkpoint: Arc<dyn ScheduleCheckpoint>,
@@ -284,6 +286,20 @@ impl Scheduler {
                 m.queue_oldest_age.record(age, &[]);
             }
             Err(e) => tracing::debug!(error = %e, "queue depth not sampled"),
+        }
+        match self.health.count_by_state().await {
+            Ok(counts) => {
+                for state in chamberlain_domain::model::HealthState::ALL {
+                    let n = counts
+                        .iter()
+                        .find(|(s, _)| *s == state)
+                        .map_or(0, |(_, n)| *n);
+                    instruments()
+                        .chambers
+                        .record(n, &[opentelemetry::KeyValue::new("health", state.as_str())]);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "chambers by health not counted"),
         }
     }
 

@@ -115,6 +115,7 @@ async fn polls_continue_during_a_resync_and_changes_made_meanwhile_survive_it() 
     let scheduler = Scheduler {
         chambers: chambers.clone(),
         ledger: store.clone(),
+        health: store.clone(),
         queue: queue.clone(),
         lease: Arc::new(MemoryLeaderLease::new(clock.clone())),
         checkpoint: Arc::new(MemoryScheduleCheckpoint::new()),

@@ -170,6 +170,7 @@ pub fn scheduler(
         cfg.resync_every = Duration::from_secs(5);
         chamberlain_scheduler::Scheduler {
             chambers: store.clone(),
+            health: store.clone(),
             ledger: store,
             queue,
             lease: Arc::new(

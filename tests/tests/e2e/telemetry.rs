@@ -104,7 +104,7 @@ async fn start_collector() -> (Collector, String) {
     (collector, format!("http://{addr}"))
 }
 
-/// The latest value a service exported for a sum, by the value of one attribute (`""` for
+/// The latest value a service exported for a sum or gauge, by the value of one attribute (`""` for
 /// points without it).
 fn latest_sums(
     requests: &[ExportMetricsServiceRequest],
@@ -125,8 +125,13 @@ fn latest_sums(
             }
             for sm in &rm.scope_metrics {
                 for m in sm.metrics.iter().filter(|m| m.name == name) {
-                    if let Some(metric::Data::Sum(sum)) = &m.data {
-                        for p in &sum.data_points {
+                    let points = match &m.data {
+                        Some(metric::Data::Sum(sum)) => &sum.data_points,
+                        Some(metric::Data::Gauge(gauge)) => &gauge.data_points,
+                        _ => continue,
+                    };
+                    {
+                        for p in points {
                             let value = match p.value {
                                 Some(number_data_point::Value::AsInt(v)) => v as f64,
                                 Some(number_data_point::Value::AsDouble(v)) => v,
