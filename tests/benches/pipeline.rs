@@ -12,6 +12,9 @@
 //! `CHAMBERLAIN_BENCH_STALLED_SUBSCRIBER=1` also runs a gateway with one subscriber of every
 //! reading that never reads its stream (it must be told it lagged, then be disconnected, without
 //! slowing the pipeline); the gateway's CPU is printed apart.
+//! `CHAMBERLAIN_BENCH_OTLP=closed` runs the scheduler and the worker with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a closed port (telemetry on, collector
+//! unreachable); `CHAMBERLAIN_BENCH_OTLP=<url>` at that collector.
 
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -202,10 +205,24 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
         db.name
     );
     let prefix = format!("{{chamberlain-bench-{}}}", uuid::Uuid::new_v4().simple());
+    let otlp = match std::env::var("CHAMBERLAIN_BENCH_OTLP").as_deref() {
+        Ok("closed") => {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            Some(format!("http://127.0.0.1:{port}"))
+        }
+        Ok(url) if !url.is_empty() => Some(url.to_owned()),
+        _ => None,
+    };
     let spawn = |role: &str| {
+        let mut cmd = Command::new(chamberlain_bin());
+        if let Some(endpoint) = &otlp {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        }
         Proc(
-            Command::new(chamberlain_bin())
-                .arg(role)
+            cmd.arg(role)
                 .env("CHAMBERLAIN_DATABASE_URL", &db_url)
                 .env("CHAMBERLAIN_REDIS_URL", redis_url)
                 .env("CHAMBERLAIN_REDIS_PREFIX", &prefix)
@@ -442,6 +459,11 @@ fn main() {
         println!(
             "smoke mode (CHAMBERLAIN_BENCH_SMOKE=1): one tiny step, figures are not measurements"
         );
+    }
+    match std::env::var("CHAMBERLAIN_BENCH_OTLP").as_deref() {
+        Ok("closed") => println!("telemetry: OTLP export to a closed port"),
+        Ok(url) if !url.is_empty() => println!("telemetry: OTLP export to {url}"),
+        _ => println!("telemetry: no OTLP export"),
     }
     let server_url = chamberlain_postgres::testing::server_url();
     let redis_url = chamberlain_redis::testing::server_url();

@@ -1200,9 +1200,7 @@ impl PollLedgerRepository for PgStore {
 
 #[async_trait]
 impl ChamberHealthRepository for PgStore {
-    async fn count_by_state(
-        &self,
-    ) -> Result<Vec<(chamberlain_domain::model::HealthState, u64)>> {
+    async fn count_by_state(&self) -> Result<Vec<(chamberlain_domain::model::HealthState, u64)>> {
         let rows = sqlx::query(
             "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
              LEFT JOIN chamber_health h ON h.chamber_id = c.id GROUP BY 1",

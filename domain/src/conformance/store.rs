@@ -791,7 +791,10 @@ pub async fn health_writes_use_optimistic_concurrency(p: &StorePorts) {
     let mut counts = p.health.count_by_state().await.unwrap();
     counts.retain(|(_, n)| *n > 0);
     counts.sort_by_key(|(s, _)| s.as_str());
-    assert_eq!(counts, vec![(HealthState::Down, 1), (HealthState::Unknown, 1)]);
+    assert_eq!(
+        counts,
+        vec![(HealthState::Down, 1), (HealthState::Unknown, 1)]
+    );
 }
 
 pub async fn a_section_has_at_most_one_open_batch(p: &StorePorts) {

@@ -14,8 +14,8 @@ use crate::error::ValidationError;
 use crate::limits::MAX_PAGE_SIZE;
 use crate::model::{
     ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId, ChamberState,
-    Detector, DetectorId, Email, HealthState, LedgerEntry, Organization, OrganizationId, Page, PageRequest,
-    PageSize, PollId, Reading, Section, SectionId, TokenHash, User, UserId,
+    Detector, DetectorId, Email, HealthState, LedgerEntry, Organization, OrganizationId, Page,
+    PageRequest, PageSize, PollId, Reading, Section, SectionId, TokenHash, User, UserId,
 };
 use crate::time::Timestamp;
 

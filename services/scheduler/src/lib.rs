@@ -10,8 +10,8 @@ use chamberlain_domain::model::{
     JobMetadata, LedgerEntry, PageRequest, PageSize, PollJob, PollOutcome,
 };
 use chamberlain_domain::ports::{
-    ChamberChange, ChamberChanges, ChamberHealthRepository, ChamberRepository, ChangeSubscription, Clock, LeaderLease,
-    LeaseGrant, PollLedgerRepository, PollQueue, ScheduleCheckpoint,
+    ChamberChange, ChamberChanges, ChamberHealthRepository, ChamberRepository, ChangeSubscription,
+    Clock, LeaderLease, LeaseGrant, PollLedgerRepository, PollQueue, ScheduleCheckpoint,
 };
 use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
 use chamberlain_telemetry::instruments;

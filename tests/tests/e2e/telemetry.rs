@@ -379,19 +379,18 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
             .unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let name = series.split('{').next().unwrap();
         assert!(name_ok(name), "bad metric name in {line:?}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels
-                    .strip_prefix('{')
-                    .and_then(|l| l.strip_suffix('}'))
-                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
-                for pair in inner.split("\",") {
-                    let (k, v) = pair
-                        .split_once("=\"")
-                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
-                    assert!(name_ok(k), "bad label name in {line:?}");
-                    let _ = v;
-                }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+            for pair in inner.split("\",") {
+                let (k, _) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(name_ok(k), "bad label name in {line:?}");
             }
         }
         let family = ["_bucket", "_sum", "_count"]
