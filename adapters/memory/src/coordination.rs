@@ -83,6 +83,18 @@ impl MemoryLeaderLease {
             state: Mutex::default(),
         }
     }
+
+    /// A lease whose grants' fencing tokens start above `token` (the last one a persisted
+    /// checkpoint saw, so that after a restart the new leader's saves are accepted).
+    pub fn with_tokens_after(clock: Arc<dyn Clock>, token: u64) -> Self {
+        Self {
+            clock,
+            state: Mutex::new(LeaseState {
+                holder: None,
+                last_token: token,
+            }),
+        }
+    }
 }
 
 #[async_trait]

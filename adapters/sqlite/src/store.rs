@@ -48,6 +48,7 @@ use crate::errors::{Write, child, corrupt, db, refused, writing};
 
 /// The schema, embedded at build time: `migrations/sqlite` at the workspace root.
 mod alerts;
+mod checkpoint;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 

@@ -54,3 +54,51 @@ mod memory {
     use super::*;
     chamberlain_domain::store_conformance_tests!(memory_store());
 }
+
+/// The schedule checkpoint on a fresh database file, with an in-memory lease for the tokens.
+async fn coordination() -> chamberlain_domain::conformance::coordination::CoordinationFixture {
+    let dir = TempDir::new();
+    let store = SqliteStore::connect(&SqliteConfig::file(dir.0.join("chamberlain.db")))
+        .await
+        .expect("open the database");
+    let clock = Arc::new(chamberlain_memory::SystemClock);
+    chamberlain_domain::conformance::coordination::CoordinationFixture {
+        lease: Arc::new(chamberlain_memory::MemoryLeaderLease::new(clock)),
+        checkpoint: Arc::new(store),
+        advance: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+        keepalive: Some(Arc::new(dir)),
+    }
+}
+
+mod checkpoint {
+    use super::*;
+    chamberlain_domain::coordination_conformance_tests!(coordination());
+}
+
+#[tokio::test]
+async fn the_checkpoint_and_its_token_survive_reopening() {
+    use chamberlain_domain::Timestamp;
+    use chamberlain_domain::ports::ScheduleCheckpoint;
+    let dir = TempDir::new();
+    let path = dir.0.join("chamberlain.db");
+    let store = SqliteStore::connect(&SqliteConfig::file(path.clone()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.checkpoint_token().await.unwrap(), 0);
+    assert!(
+        store
+            .save(3, Timestamp::from_unix_millis(1_000))
+            .await
+            .unwrap()
+    );
+    drop(store);
+    let store = SqliteStore::connect(&SqliteConfig::file(path))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load().await.unwrap(),
+        Some(Timestamp::from_unix_millis(1_000))
+    );
+    assert_eq!(store.checkpoint_token().await.unwrap(), 3);
+}

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::ports::{
-    AlertRepository, ApiTokenRepository, BatchRepository, ChamberHealthRepository,
-    ChamberRepository, Clock, DetectorRepository, OrganizationRepository, PollLedgerRepository,
-    ReadingRepository, SectionRepository, TransmitterRepository, UserRepository,
+    AlertRepository, ApiTokenRepository, BatchRepository, ChamberChanges, ChamberHealthRepository,
+    ChamberRepository, Clock, DetectorRepository, EventFeed, EventPublisher,
+    OrganizationRepository, PollLedgerRepository, ReadingRepository, SectionRepository,
+    TransmitterRepository, UserRepository,
 };
 use chamberlain_domain::usecases::{
     AdminSettings, AlertAdmin, AuthSettings, Authenticator, ChamberAdmin, EventWatch, NewUser,
@@ -39,7 +40,7 @@ pub struct ApiStores {
     pub(crate) transmitters: Arc<dyn TransmitterRepository>,
 }
 
-fn api_stores<S>(s: Arc<S>) -> ApiStores
+pub(crate) fn api_stores<S>(s: Arc<S>) -> ApiStores
 where
     S: SectionRepository
         + ChamberRepository
@@ -129,7 +130,73 @@ impl AuthenticationArgs {
     }
 }
 
-fn authenticator(db: &ApiStores, clock: Arc<dyn Clock>, settings: AuthSettings) -> Authenticator {
+/// The API over `db`, publishing chamber changes and events to the given buses.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a composition root wires everything once"
+)]
+pub(crate) fn build_api(
+    db: &ApiStores,
+    changes: Arc<dyn ChamberChanges>,
+    events: Arc<dyn EventPublisher>,
+    feed: Arc<dyn EventFeed>,
+    clock: Arc<dyn Clock>,
+    watch: WatchSettings,
+    chamber_cache: Duration,
+    auth: AuthSettings,
+) -> Api {
+    Api {
+        admin: ChamberAdmin {
+            sections: db.sections.clone(),
+            chambers: db.chambers.clone(),
+            detectors: db.detectors.clone(),
+            batches: db.batches.clone(),
+            changes,
+            events,
+            clock: clock.clone(),
+            settings: AdminSettings::default(),
+        },
+        watch: EventWatch {
+            feed,
+            sections: db.sections.clone(),
+            chambers: db.chambers.clone(),
+            detectors: db.detectors.clone(),
+            settings: watch,
+        },
+        alerts: AlertAdmin {
+            alerts: db.alerts.clone(),
+            chambers: db.chambers.clone(),
+            detectors: db.detectors.clone(),
+            clock: clock.clone(),
+        },
+        transmitters: TransmitterAdmin {
+            transmitters: db.transmitters.clone(),
+            clock: clock.clone(),
+        },
+        queries: ReadingQueries {
+            readings: db.readings.clone(),
+            ledger: db.ledger.clone(),
+            chambers: db.chambers.clone(),
+            batches: db.batches.clone(),
+        },
+        users: UserAdmin {
+            organizations: db.organizations.clone(),
+            users: db.users.clone(),
+            clock: clock.clone(),
+        },
+        auth: authenticator(db, clock.clone(), auth),
+        passwords: Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+        health: db.health.clone(),
+        clock,
+        chamber_cache: Arc::new(chamberlain_grpc::ChamberCache::new(chamber_cache)),
+    }
+}
+
+pub(crate) fn authenticator(
+    db: &ApiStores,
+    clock: Arc<dyn Clock>,
+    settings: AuthSettings,
+) -> Authenticator {
     Authenticator::new(
         db.tokens.clone(),
         db.users.clone(),
@@ -189,56 +256,19 @@ pub async fn gateway(
     let changes = Arc::new(chamberlain_redis::RedisChamberChanges::connect(&redis, 4096).await?);
     let events =
         Arc::new(chamberlain_redis::RedisEventBus::connect(&redis, EVENT_HUB_CAPACITY).await?);
-    let api = Api {
-        admin: ChamberAdmin {
-            sections: db.sections.clone(),
-            chambers: db.chambers.clone(),
-            detectors: db.detectors.clone(),
-            batches: db.batches.clone(),
-            changes,
-            events: events.clone(),
-            clock: clock.clone(),
-            settings: AdminSettings::default(),
-        },
-        watch: EventWatch {
-            feed: events,
-            sections: db.sections.clone(),
-            chambers: db.chambers.clone(),
-            detectors: db.detectors.clone(),
-            settings: WatchSettings {
-                buffer: usize::try_from(args.watch_buffer).unwrap_or(1024),
-                max_lag: Duration::from_secs(args.watch_max_lag_secs),
-            },
-        },
-        alerts: AlertAdmin {
-            alerts: db.alerts.clone(),
-            chambers: db.chambers.clone(),
-            detectors: db.detectors.clone(),
-            clock: clock.clone(),
-        },
-        transmitters: TransmitterAdmin {
-            transmitters: db.transmitters.clone(),
-            clock: clock.clone(),
-        },
-        queries: ReadingQueries {
-            readings: db.readings.clone(),
-            ledger: db.ledger.clone(),
-            chambers: db.chambers.clone(),
-            batches: db.batches.clone(),
-        },
-        users: UserAdmin {
-            organizations: db.organizations.clone(),
-            users: db.users.clone(),
-            clock: clock.clone(),
-        },
-        auth: authenticator(&db, clock.clone(), args.authentication.settings()),
-        passwords: Arc::new(chamberlain_argon2::Argon2Hasher::default()),
-        health: db.health.clone(),
+    let api = build_api(
+        &db,
+        changes,
+        events.clone(),
+        events,
         clock,
-        chamber_cache: Arc::new(chamberlain_grpc::ChamberCache::new(Duration::from_millis(
-            args.chamber_cache_ms,
-        ))),
-    };
+        WatchSettings {
+            buffer: usize::try_from(args.watch_buffer).unwrap_or(1024),
+            max_lag: Duration::from_secs(args.watch_max_lag_secs),
+        },
+        Duration::from_millis(args.chamber_cache_ms),
+        args.authentication.settings(),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -255,6 +285,7 @@ pub async fn gateway(
             max_message_bytes: usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX),
             request_timeout: Duration::from_secs(args.timeout_secs),
             identity_key: key,
+            embedded_auth: None,
         },
         listener,
         shutdown_signal(),

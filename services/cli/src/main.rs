@@ -7,6 +7,7 @@ use std::time::Duration;
 
 mod alerter;
 mod api;
+mod standalone;
 mod telemetry;
 
 use chamberlain_domain::ports::{
@@ -41,6 +42,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run everything in one process: SQLite in the data directory, the scheduler, a worker,
+    /// the alerter and the gRPC API (the embedded default). `--simulate 20` also serves and
+    /// registers 20 simulated chambers.
+    Standalone(standalone::StandaloneArgs),
     /// Apply the database migrations and create the upcoming partitions (idempotent).
     Migrate(DatabaseArgs),
     /// Serve a simulated chamber fleet on one address and report lateness, misses and
@@ -394,6 +399,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let service = match &cli.command {
+            Command::Standalone(_) => "chamberlain-standalone",
             Command::Scheduler(_) => "chamberlain-scheduler",
             Command::Worker(_) => "chamberlain-worker",
             Command::Alerter(_) => "chamberlain-alerter",
@@ -426,6 +432,7 @@ async fn run(
 ) -> Result<(), anyhow::Error> {
     {
         match command {
+            Command::Standalone(args) => standalone::standalone(args, telemetry).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Scheduler(args) => scheduler(args, telemetry).await,
             Command::Worker(args) => worker(args, telemetry).await,

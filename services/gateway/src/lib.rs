@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+mod embedded;
 mod metrics;
+
+pub use embedded::EmbeddedAuthLayer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +27,9 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// The key the auth service signs identities with.
     pub identity_key: IdentityKey,
+    /// The embedded mode's in-process authentication (no Envoy, no auth service): bearer
+    /// tokens checked by this use case on every call. `None` behind Envoy.
+    pub embedded_auth: Option<Arc<chamberlain_domain::usecases::Authenticator>>,
 }
 
 /// Verifies the signed identity header and puts the [`Identity`] in the request's extensions.
@@ -103,6 +109,7 @@ pub async fn serve(
         })
         .layer(metrics::ApiMetricsLayer)
         .layer(InterceptorLayer::new(verifier))
+        .layer(EmbeddedAuthLayer(config.embedded_auth.clone()))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(services.sections)

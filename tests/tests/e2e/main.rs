@@ -8,5 +8,6 @@ mod events;
 mod in_memory_pipeline;
 mod pipeline;
 mod processes;
+mod standalone;
 mod support;
 mod telemetry;
