@@ -120,6 +120,7 @@ fn decode<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T>) -> Result<Vec<T>> {
 
 #[async_trait]
 impl AlertRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::create_rule", db.system = "postgresql", db.operation = "AlertRepository::create_rule"))]
     async fn create_rule(&self, r: &AlertRule) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO alert_rules ({RULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
@@ -136,6 +137,7 @@ impl AlertRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_rule", db.system = "postgresql", db.operation = "AlertRepository::get_rule"))]
     async fn get_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<AlertRule> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {RULE_COLUMNS} FROM alert_rules WHERE organization_id = $1 AND id = $2"
@@ -153,6 +155,7 @@ impl AlertRepository for PgStore {
             })
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_rules", db.system = "postgresql", db.operation = "AlertRepository::list_rules"))]
     async fn list_rules(
         &self,
         org: OrganizationId,
@@ -174,6 +177,7 @@ impl AlertRepository for PgStore {
         Ok(Page::from_sorted(decode(&rows, rule)?, page.size, |r| r.id))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::delete_rule", db.system = "postgresql", db.operation = "AlertRepository::delete_rule"))]
     async fn delete_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<()> {
         let done = sqlx::query("DELETE FROM alert_rules WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -189,6 +193,7 @@ impl AlertRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_all_rules", db.system = "postgresql", db.operation = "AlertRepository::list_all_rules"))]
     async fn list_all_rules(
         &self,
         page: PageRequest<AlertRuleId>,
@@ -205,6 +210,7 @@ impl AlertRepository for PgStore {
         Ok(Page::from_sorted(decode(&rows, rule)?, page.size, |r| r.id))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_alert", db.system = "postgresql", db.operation = "AlertRepository::open_alert"))]
     async fn open_alert(&self, a: &Alert) -> Result<()> {
         let ack = a.acknowledgement.as_ref();
         sqlx::query(AssertSqlSafe(format!(
@@ -229,6 +235,7 @@ impl AlertRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::resolve_alert", db.system = "postgresql", db.operation = "AlertRepository::resolve_alert"))]
     async fn resolve_alert(&self, rule: AlertRuleId, at: Timestamp) -> Result<Option<Alert>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE alerts SET resolved_at = $2 WHERE rule_id = $1 AND resolved_at IS NULL \
@@ -242,6 +249,7 @@ impl AlertRepository for PgStore {
         row.as_ref().map(alert).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_alert", db.system = "postgresql", db.operation = "AlertRepository::get_alert"))]
     async fn get_alert(&self, org: OrganizationId, id: AlertId) -> Result<Alert> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE organization_id = $1 AND id = $2"
@@ -257,6 +265,7 @@ impl AlertRepository for PgStore {
             .ok_or(StoreError::NotFound { entity: "alert" })
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_alerts", db.system = "postgresql", db.operation = "AlertRepository::list_alerts"))]
     async fn list_alerts(
         &self,
         org: OrganizationId,
@@ -283,6 +292,7 @@ impl AlertRepository for PgStore {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::acknowledge_alert", db.system = "postgresql", db.operation = "AlertRepository::acknowledge_alert"))]
     async fn acknowledge_alert(
         &self,
         org: OrganizationId,
@@ -315,6 +325,7 @@ impl AlertRepository for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_rule_ids", db.system = "postgresql", db.operation = "AlertRepository::open_rule_ids"))]
     async fn open_rule_ids(&self) -> Result<Vec<AlertRuleId>> {
         let rows =
             sqlx::query("SELECT rule_id FROM alerts WHERE resolved_at IS NULL ORDER BY rule_id")
@@ -333,6 +344,7 @@ impl AlertRepository for PgStore {
 
 #[async_trait]
 impl TransmitterRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::create_transmitter", db.system = "postgresql", db.operation = "TransmitterRepository::create_transmitter"))]
     async fn create_transmitter(&self, t: &Transmitter) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO transmitters ({TRANSMITTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -350,6 +362,7 @@ impl TransmitterRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::get_transmitter", db.system = "postgresql", db.operation = "TransmitterRepository::get_transmitter"))]
     async fn get_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<Transmitter> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {TRANSMITTER_COLUMNS} FROM transmitters WHERE organization_id = $1 AND id = $2"
@@ -367,6 +380,7 @@ impl TransmitterRepository for PgStore {
             })
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_transmitters", db.system = "postgresql", db.operation = "TransmitterRepository::list_transmitters"))]
     async fn list_transmitters(
         &self,
         org: OrganizationId,
@@ -389,6 +403,7 @@ impl TransmitterRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delete_transmitter", db.system = "postgresql", db.operation = "TransmitterRepository::delete_transmitter"))]
     async fn delete_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<()> {
         let done = sqlx::query("DELETE FROM transmitters WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -404,6 +419,7 @@ impl TransmitterRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_all_transmitters", db.system = "postgresql", db.operation = "TransmitterRepository::list_all_transmitters"))]
     async fn list_all_transmitters(
         &self,
         page: PageRequest<TransmitterId>,
@@ -424,6 +440,7 @@ impl TransmitterRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_dead_letter", db.system = "postgresql", db.operation = "TransmitterRepository::record_dead_letter"))]
     async fn record_dead_letter(&self, l: &DeadLetter) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO dead_letters ({LETTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -441,6 +458,7 @@ impl TransmitterRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_dead_letters", db.system = "postgresql", db.operation = "TransmitterRepository::list_dead_letters"))]
     async fn list_dead_letters(
         &self,
         org: OrganizationId,

@@ -56,6 +56,7 @@ impl PgStore {
 
 #[async_trait]
 impl OrganizationRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::create", db.system = "postgresql", db.operation = "OrganizationRepository::create"))]
     async fn create(&self, org: &Organization) -> Result<()> {
         sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(org.id.as_uuid())
@@ -67,6 +68,7 @@ impl OrganizationRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::get", db.system = "postgresql", db.operation = "OrganizationRepository::get"))]
     async fn get(&self, id: OrganizationId) -> Result<Organization> {
         let row = sqlx::query("SELECT id, name, created_at FROM organizations WHERE id = $1")
             .bind(id.as_uuid())
@@ -81,6 +83,7 @@ impl OrganizationRepository for PgStore {
 
 #[async_trait]
 impl SectionRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::create", db.system = "postgresql", db.operation = "SectionRepository::create"))]
     async fn create(&self, s: &Section) -> Result<()> {
         sqlx::query(
             "INSERT INTO sections (id, organization_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -96,6 +99,7 @@ impl SectionRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::get", db.system = "postgresql", db.operation = "SectionRepository::get"))]
     async fn get(&self, org: OrganizationId, id: SectionId) -> Result<Section> {
         let row = sqlx::query("SELECT * FROM sections WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -108,6 +112,7 @@ impl SectionRepository for PgStore {
             .unwrap_or(Err(not_found("section")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::list", db.system = "postgresql", db.operation = "SectionRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -129,6 +134,7 @@ impl SectionRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::update", db.system = "postgresql", db.operation = "SectionRepository::update"))]
     async fn update(&self, s: &Section) -> Result<()> {
         let done = sqlx::query("UPDATE sections SET name = $3, description = $4 WHERE organization_id = $1 AND id = $2")
             .bind(s.organization_id.as_uuid())
@@ -145,6 +151,7 @@ impl SectionRepository for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::delete", db.system = "postgresql", db.operation = "SectionRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: SectionId) -> Result<()> {
         let (o, i) = (*org.as_uuid(), *id.as_uuid());
         if !self
@@ -235,6 +242,7 @@ async fn insert_detectors(
 
 #[async_trait]
 impl ChamberRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create", db.system = "postgresql", db.operation = "ChamberRepository::create"))]
     async fn create(&self, c: &Chamber, detectors: &[Detector]) -> Result<()> {
         let mut names = HashSet::new();
         for d in detectors {
@@ -276,6 +284,7 @@ impl ChamberRepository for PgStore {
         tx.commit().await.map_err(store_error)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::get", db.system = "postgresql", db.operation = "ChamberRepository::get"))]
     async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE organization_id = $1 AND id = $2",
@@ -291,6 +300,7 @@ impl ChamberRepository for PgStore {
             .unwrap_or(Err(not_found("chamber")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list", db.system = "postgresql", db.operation = "ChamberRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -318,6 +328,7 @@ impl ChamberRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::update", db.system = "postgresql", db.operation = "ChamberRepository::update"))]
     async fn update(&self, c: &Chamber) -> Result<()> {
         let (org, id, section) = (
             *c.organization_id.as_uuid(),
@@ -374,6 +385,7 @@ impl ChamberRepository for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::delete", db.system = "postgresql", db.operation = "ChamberRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let detectors: Vec<Uuid> = sqlx::query_scalar(
@@ -413,6 +425,7 @@ impl ChamberRepository for PgStore {
         tx.commit().await.map_err(store_error)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::load_for_poll", db.system = "postgresql", db.operation = "ChamberRepository::load_for_poll"))]
     async fn load_for_poll(&self, id: ChamberId) -> Result<Option<ChamberWithDetectors>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE id = $1",
@@ -438,6 +451,7 @@ impl ChamberRepository for PgStore {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list_active", db.system = "postgresql", db.operation = "ChamberRepository::list_active"))]
     async fn list_active(&self, page: PageRequest<ChamberId>) -> Result<Page<Chamber, ChamberId>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE state = 'active' AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
@@ -458,12 +472,14 @@ impl ChamberRepository for PgStore {
 
 #[async_trait]
 impl DetectorRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::add", db.system = "postgresql", db.operation = "DetectorRepository::add"))]
     async fn add(&self, d: &Detector) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         insert_detectors(&mut tx, std::slice::from_ref(d)).await?;
         tx.commit().await.map_err(store_error)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::get", db.system = "postgresql", db.operation = "DetectorRepository::get"))]
     async fn get(&self, org: OrganizationId, id: DetectorId) -> Result<Detector> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM detectors WHERE organization_id = $1 AND id = $2",
@@ -479,6 +495,7 @@ impl DetectorRepository for PgStore {
             .unwrap_or(Err(not_found("detector")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chamber", db.system = "postgresql", db.operation = "DetectorRepository::list_for_chamber"))]
     async fn list_for_chamber(
         &self,
         org: OrganizationId,
@@ -496,6 +513,7 @@ impl DetectorRepository for PgStore {
         decode_all(&rows, rows::detector)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::update", db.system = "postgresql", db.operation = "DetectorRepository::update"))]
     async fn update(&self, d: &Detector) -> Result<()> {
         let done = sqlx::query(
             "UPDATE detectors SET name = $3, alias = $4, unit = $5, key_kind = $6, key = $7, range_min = $8, range_max = $9 \
@@ -520,6 +538,7 @@ impl DetectorRepository for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::delete", db.system = "postgresql", db.operation = "DetectorRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: DetectorId) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let row = sqlx::query(
@@ -569,6 +588,7 @@ impl DetectorRepository for PgStore {
 
 #[async_trait]
 impl BatchRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::start", db.system = "postgresql", db.operation = "BatchRepository::start"))]
     async fn start(&self, b: &Batch) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO batches ({}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -587,6 +607,7 @@ impl BatchRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::end", db.system = "postgresql", db.operation = "BatchRepository::end"))]
     async fn end(&self, org: OrganizationId, id: BatchId, at: Timestamp) -> Result<Batch> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE batches SET ended_at = $3 WHERE organization_id = $1 AND id = $2 \
@@ -614,6 +635,7 @@ impl BatchRepository for PgStore {
         })
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::get", db.system = "postgresql", db.operation = "BatchRepository::get"))]
     async fn get(&self, org: OrganizationId, id: BatchId) -> Result<Batch> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM batches WHERE organization_id = $1 AND id = $2",
@@ -629,6 +651,7 @@ impl BatchRepository for PgStore {
             .unwrap_or(Err(not_found("batch")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::list", db.system = "postgresql", db.operation = "BatchRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -654,6 +677,7 @@ impl BatchRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::covering", db.system = "postgresql", db.operation = "BatchRepository::covering"))]
     async fn covering(&self, section: SectionId, at: Timestamp) -> Result<Option<Batch>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM batches WHERE section_id = $1 AND started_at <= $2 AND (ended_at IS NULL OR ended_at > $2) \
@@ -971,6 +995,7 @@ async fn update_latest(tx: &mut Transaction<'_, Postgres>, polls: &[&PollRecord]
 
 #[async_trait]
 impl ReadingRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::store_polls", db.system = "postgresql", db.operation = "ReadingRepository::store_polls"))]
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport> {
         let total: usize = polls.iter().map(|p| p.readings.len()).sum();
         if total > MAX_READINGS_PER_WRITE {
@@ -1011,6 +1036,7 @@ impl ReadingRepository for PgStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::query", db.system = "postgresql", db.operation = "ReadingRepository::query"))]
     async fn query(
         &self,
         org: OrganizationId,
@@ -1085,6 +1111,7 @@ impl ReadingRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::latest", db.system = "postgresql", db.operation = "ReadingRepository::latest"))]
     async fn latest(
         &self,
         org: OrganizationId,
@@ -1125,6 +1152,7 @@ impl ReadingRepository for PgStore {
             .collect())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::prune_before", db.system = "postgresql", db.operation = "ReadingRepository::prune_before"))]
     async fn prune_before(&self, cutoff: Timestamp) -> Result<()> {
         let cutoff_day = partitions::day_of(cutoff);
         let dropped = partitions::drop_before(&self.pool, cutoff_day).await?;
@@ -1142,6 +1170,7 @@ impl ReadingRepository for PgStore {
 
 #[async_trait]
 impl PollLedgerRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::record", db.system = "postgresql", db.operation = "PollLedgerRepository::record"))]
     async fn record(&self, entries: &[LedgerEntry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
@@ -1161,6 +1190,7 @@ impl PollLedgerRepository for PgStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::list", db.system = "postgresql", db.operation = "PollLedgerRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -1200,6 +1230,7 @@ impl PollLedgerRepository for PgStore {
 
 #[async_trait]
 impl ChamberHealthRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::count_by_state", db.system = "postgresql", db.operation = "ChamberHealthRepository::count_by_state"))]
     async fn count_by_state(&self) -> Result<Vec<(chamberlain_domain::model::HealthState, u64)>> {
         let rows = sqlx::query(
             "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
@@ -1219,6 +1250,7 @@ impl ChamberHealthRepository for PgStore {
             .collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get", db.system = "postgresql", db.operation = "ChamberHealthRepository::get"))]
     async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>> {
         let row = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = $1")
             .bind(chamber.as_uuid())
@@ -1228,6 +1260,7 @@ impl ChamberHealthRepository for PgStore {
         row.as_ref().map(rows::health).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get_many", db.system = "postgresql", db.operation = "ChamberHealthRepository::get_many"))]
     async fn get_many(&self, chambers: &[ChamberId]) -> Result<Vec<ChamberHealth>> {
         let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
         let rows = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = ANY($1)")
@@ -1238,6 +1271,7 @@ impl ChamberHealthRepository for PgStore {
         decode_all(&rows, rows::health)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::save", db.system = "postgresql", db.operation = "ChamberHealthRepository::save"))]
     async fn save(&self, h: &ChamberHealth) -> Result<u64> {
         let version = i64::try_from(h.version).unwrap_or(i64::MAX);
         let sql = if h.version == 0 {
@@ -1270,6 +1304,7 @@ impl ChamberHealthRepository for PgStore {
 
 #[async_trait]
 impl UserRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::create", db.system = "postgresql", db.operation = "UserRepository::create"))]
     async fn create(&self, u: &User) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO users ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -1289,6 +1324,7 @@ impl UserRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::get", db.system = "postgresql", db.operation = "UserRepository::get"))]
     async fn get(&self, org: OrganizationId, id: UserId) -> Result<User> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM users WHERE organization_id = $1 AND id = $2",
@@ -1304,6 +1340,7 @@ impl UserRepository for PgStore {
             .unwrap_or(Err(not_found("user")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::find_by_email", db.system = "postgresql", db.operation = "UserRepository::find_by_email"))]
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM users WHERE email = $1",
@@ -1316,6 +1353,7 @@ impl UserRepository for PgStore {
         row.as_ref().map(rows::user).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::list", db.system = "postgresql", db.operation = "UserRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -1338,6 +1376,7 @@ impl UserRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::update", db.system = "postgresql", db.operation = "UserRepository::update"))]
     async fn update(&self, u: &User) -> Result<()> {
         let done = sqlx::query(
             "UPDATE users SET email = $3, display_name = $4, role = $5, password_hash = $6, disabled = $7 \
@@ -1360,6 +1399,7 @@ impl UserRepository for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::delete", db.system = "postgresql", db.operation = "UserRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: UserId) -> Result<()> {
         let done = sqlx::query("DELETE FROM users WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -1377,6 +1417,7 @@ impl UserRepository for PgStore {
 
 #[async_trait]
 impl ApiTokenRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::create", db.system = "postgresql", db.operation = "ApiTokenRepository::create"))]
     async fn create(&self, t: &ApiToken) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO api_tokens ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -1398,6 +1439,7 @@ impl ApiTokenRepository for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::find_by_hash", db.system = "postgresql", db.operation = "ApiTokenRepository::find_by_hash"))]
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiToken>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM api_tokens WHERE token_hash = $1",
@@ -1410,6 +1452,7 @@ impl ApiTokenRepository for PgStore {
         row.as_ref().map(rows::token).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::list", db.system = "postgresql", db.operation = "ApiTokenRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -1435,6 +1478,7 @@ impl ApiTokenRepository for PgStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::revoke", db.system = "postgresql", db.operation = "ApiTokenRepository::revoke"))]
     async fn revoke(&self, org: OrganizationId, id: ApiTokenId, at: Timestamp) -> Result<()> {
         let done = sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -1450,6 +1494,7 @@ impl ApiTokenRepository for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::touch", db.system = "postgresql", db.operation = "ApiTokenRepository::touch"))]
     async fn touch(&self, id: ApiTokenId, at: Timestamp) -> Result<()> {
         let done = sqlx::query("UPDATE api_tokens SET last_used_at = GREATEST(COALESCE(last_used_at, $2), $2) WHERE id = $1")
             .bind(id.as_uuid())

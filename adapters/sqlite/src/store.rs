@@ -935,6 +935,7 @@ fn touched(
 
 #[async_trait]
 impl OrganizationRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::create", db.system = "sqlite", db.operation = "OrganizationRepository::create"))]
     async fn create(&self, org: &Organization) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query(concat!(
@@ -952,6 +953,7 @@ impl OrganizationRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::get", db.system = "sqlite", db.operation = "OrganizationRepository::get"))]
     async fn get(&self, id: OrganizationId) -> Result<Organization, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -970,12 +972,14 @@ impl OrganizationRepository for SqliteStore {
 
 #[async_trait]
 impl SectionRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::create", db.system = "sqlite", db.operation = "SectionRepository::create"))]
     async fn create(&self, section: &Section) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_section(w.conn(), section).await;
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::get", db.system = "sqlite", db.operation = "SectionRepository::get"))]
     async fn get(&self, org: OrganizationId, id: SectionId) -> Result<Section, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -992,6 +996,7 @@ impl SectionRepository for SqliteStore {
             .unwrap_or(Err(not_found("section")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::list", db.system = "sqlite", db.operation = "SectionRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -1015,6 +1020,7 @@ impl SectionRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::update", db.system = "sqlite", db.operation = "SectionRepository::update"))]
     async fn update(&self, section: &Section) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query(
@@ -1032,6 +1038,7 @@ impl SectionRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::delete", db.system = "sqlite", db.operation = "SectionRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: SectionId) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = delete_section(w.conn(), org, id).await;
@@ -1245,12 +1252,14 @@ async fn load_chamber(
 
 #[async_trait]
 impl ChamberRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create", db.system = "sqlite", db.operation = "ChamberRepository::create"))]
     async fn create(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_chamber(w.conn(), chamber, detectors).await;
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::get", db.system = "sqlite", db.operation = "ChamberRepository::get"))]
     async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -1267,6 +1276,7 @@ impl ChamberRepository for SqliteStore {
             .unwrap_or(Err(not_found("chamber")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list", db.system = "sqlite", db.operation = "ChamberRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -1295,12 +1305,14 @@ impl ChamberRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::update", db.system = "sqlite", db.operation = "ChamberRepository::update"))]
     async fn update(&self, chamber: &Chamber) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = update_chamber(w.conn(), chamber).await;
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::delete", db.system = "sqlite", db.operation = "ChamberRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<(), StoreError> {
         // Detectors (and through them readings), the ledger and health go by ON DELETE CASCADE.
         let mut w = self.begin_write().await?;
@@ -1314,6 +1326,7 @@ impl ChamberRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::load_for_poll", db.system = "sqlite", db.operation = "ChamberRepository::load_for_poll"))]
     async fn load_for_poll(
         &self,
         id: ChamberId,
@@ -1323,6 +1336,7 @@ impl ChamberRepository for SqliteStore {
         end_read(tx, result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list_active", db.system = "sqlite", db.operation = "ChamberRepository::list_active"))]
     async fn list_active(
         &self,
         page: PageRequest<ChamberId>,
@@ -1347,6 +1361,7 @@ impl ChamberRepository for SqliteStore {
 
 #[async_trait]
 impl DetectorRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::add", db.system = "sqlite", db.operation = "DetectorRepository::add"))]
     async fn add(&self, detector: &Detector) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let conn = w.conn();
@@ -1363,6 +1378,7 @@ impl DetectorRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::get", db.system = "sqlite", db.operation = "DetectorRepository::get"))]
     async fn get(&self, org: OrganizationId, id: DetectorId) -> Result<Detector, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -1379,6 +1395,7 @@ impl DetectorRepository for SqliteStore {
             .unwrap_or(Err(not_found("detector")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chamber", db.system = "sqlite", db.operation = "DetectorRepository::list_for_chamber"))]
     async fn list_for_chamber(
         &self,
         org: OrganizationId,
@@ -1397,6 +1414,7 @@ impl DetectorRepository for SqliteStore {
         decode_all(&rows, detector)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::update", db.system = "sqlite", db.operation = "DetectorRepository::update"))]
     async fn update(&self, detector: &Detector) -> Result<(), StoreError> {
         // The detector stays in its chamber: chamber_id is not updated.
         let mut w = self.begin_write().await?;
@@ -1415,6 +1433,7 @@ impl DetectorRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::delete", db.system = "sqlite", db.operation = "DetectorRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: DetectorId) -> Result<(), StoreError> {
         // Its readings go by ON DELETE CASCADE.
         let mut w = self.begin_write().await?;
@@ -1500,12 +1519,14 @@ async fn end_batch(
 
 #[async_trait]
 impl BatchRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::start", db.system = "sqlite", db.operation = "BatchRepository::start"))]
     async fn start(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = start_batch(w.conn(), batch).await;
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::end", db.system = "sqlite", db.operation = "BatchRepository::end"))]
     async fn end(
         &self,
         org: OrganizationId,
@@ -1517,6 +1538,7 @@ impl BatchRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::get", db.system = "sqlite", db.operation = "BatchRepository::get"))]
     async fn get(&self, org: OrganizationId, id: BatchId) -> Result<Batch, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -1531,6 +1553,7 @@ impl BatchRepository for SqliteStore {
         row.as_ref().map(batch).unwrap_or(Err(not_found("batch")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::list", db.system = "sqlite", db.operation = "BatchRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -1557,6 +1580,7 @@ impl BatchRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::covering", db.system = "sqlite", db.operation = "BatchRepository::covering"))]
     async fn covering(
         &self,
         section: SectionId,
@@ -1767,6 +1791,7 @@ async fn latest_readings(
 
 #[async_trait]
 impl ReadingRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::store_polls", db.system = "sqlite", db.operation = "ReadingRepository::store_polls"))]
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError> {
         let total: usize = polls.iter().map(|p| p.readings.len()).sum();
         if total > MAX_READINGS_PER_WRITE {
@@ -1791,6 +1816,7 @@ impl ReadingRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::query", db.system = "sqlite", db.operation = "ReadingRepository::query"))]
     async fn query(
         &self,
         org: OrganizationId,
@@ -1807,6 +1833,7 @@ impl ReadingRepository for SqliteStore {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::latest", db.system = "sqlite", db.operation = "ReadingRepository::latest"))]
     async fn latest(
         &self,
         org: OrganizationId,
@@ -1817,6 +1844,7 @@ impl ReadingRepository for SqliteStore {
         end_read(tx, result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::prune_before", db.system = "sqlite", db.operation = "ReadingRepository::prune_before"))]
     async fn prune_before(&self, cutoff: Timestamp) -> Result<(), StoreError> {
         // Exactly the rows before `cutoff`, found through the primary keys (every detector's,
         // every chamber's range), PRUNE_STEP rows per write transaction so that poll writes are
@@ -1894,6 +1922,7 @@ async fn list_ledger(
 
 #[async_trait]
 impl PollLedgerRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::record", db.system = "sqlite", db.operation = "PollLedgerRepository::record"))]
     async fn record(&self, entries: &[LedgerEntry]) -> Result<u64, StoreError> {
         if entries.is_empty() {
             return Ok(0);
@@ -1907,6 +1936,7 @@ impl PollLedgerRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::list", db.system = "sqlite", db.operation = "PollLedgerRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -1964,6 +1994,7 @@ async fn save_health(conn: &mut SqliteConnection, h: &ChamberHealth) -> Result<u
 
 #[async_trait]
 impl ChamberHealthRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::count_by_state", db.system = "sqlite", db.operation = "ChamberHealthRepository::count_by_state"))]
     async fn count_by_state(&self) -> Result<Vec<(HealthState, u64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
@@ -1985,6 +2016,7 @@ impl ChamberHealthRepository for SqliteStore {
             .collect()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get", db.system = "sqlite", db.operation = "ChamberHealthRepository::get"))]
     async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -1998,6 +2030,7 @@ impl ChamberHealthRepository for SqliteStore {
         row.as_ref().map(health).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::save", db.system = "sqlite", db.operation = "ChamberHealthRepository::save"))]
     async fn save(&self, health: &ChamberHealth) -> Result<u64, StoreError> {
         let mut w = self.begin_write().await?;
         let result = save_health(w.conn(), health).await;
@@ -2036,12 +2069,14 @@ async fn create_user(conn: &mut SqliteConnection, user: &User) -> Result<(), Sto
 
 #[async_trait]
 impl UserRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::create", db.system = "sqlite", db.operation = "UserRepository::create"))]
     async fn create(&self, user: &User) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_user(w.conn(), user).await;
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::get", db.system = "sqlite", db.operation = "UserRepository::get"))]
     async fn get(&self, org: OrganizationId, id: UserId) -> Result<User, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -2056,6 +2091,7 @@ impl UserRepository for SqliteStore {
         row.as_ref().map(user).unwrap_or(Err(not_found("user")))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::find_by_email", db.system = "sqlite", db.operation = "UserRepository::find_by_email"))]
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -2069,6 +2105,7 @@ impl UserRepository for SqliteStore {
         row.as_ref().map(user).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::list", db.system = "sqlite", db.operation = "UserRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -2092,6 +2129,7 @@ impl UserRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::update", db.system = "sqlite", db.operation = "UserRepository::update"))]
     async fn update(&self, user: &User) -> Result<(), StoreError> {
         // Everything but id, organization and created_at.
         let mut w = self.begin_write().await?;
@@ -2113,6 +2151,7 @@ impl UserRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::delete", db.system = "sqlite", db.operation = "UserRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: UserId) -> Result<(), StoreError> {
         // Their tokens go by ON DELETE CASCADE.
         let mut w = self.begin_write().await?;
@@ -2161,12 +2200,14 @@ async fn create_token(conn: &mut SqliteConnection, token: &ApiToken) -> Result<(
 
 #[async_trait]
 impl ApiTokenRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::create", db.system = "sqlite", db.operation = "ApiTokenRepository::create"))]
     async fn create(&self, token: &ApiToken) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_token(w.conn(), token).await;
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::find_by_hash", db.system = "sqlite", db.operation = "ApiTokenRepository::find_by_hash"))]
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiToken>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -2180,6 +2221,7 @@ impl ApiTokenRepository for SqliteStore {
         row.as_ref().map(token).transpose()
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::list", db.system = "sqlite", db.operation = "ApiTokenRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -2214,6 +2256,7 @@ impl ApiTokenRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::revoke", db.system = "sqlite", db.operation = "ApiTokenRepository::revoke"))]
     async fn revoke(
         &self,
         org: OrganizationId,
@@ -2236,6 +2279,7 @@ impl ApiTokenRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::touch", db.system = "sqlite", db.operation = "ApiTokenRepository::touch"))]
     async fn touch(&self, id: ApiTokenId, at: Timestamp) -> Result<(), StoreError> {
         // The latest use wins, whatever order the touches arrive in.
         let mut w = self.begin_write().await?;

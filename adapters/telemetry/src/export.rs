@@ -21,6 +21,57 @@ pub struct SpanCounts {
     pub dropped: AtomicU64,
 }
 
+/// Whether the collector takes spans. After a failed export, spans are not wanted for a while
+/// (1 s, doubling up to 30 s while failures go on): producers skip making them, so an
+/// unreachable collector costs next to nothing. The next export after the pause probes it.
+#[derive(Debug)]
+pub struct ExportHealth {
+    started: Instant,
+    /// Milliseconds since `started` until which spans are not wanted (0: wanted).
+    paused_until_ms: AtomicU64,
+    backoff_ms: AtomicU64,
+}
+
+impl Default for ExportHealth {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            paused_until_ms: AtomicU64::new(0),
+            backoff_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+const FIRST_PAUSE_MS: u64 = 1_000;
+const LONGEST_PAUSE_MS: u64 = 30_000;
+
+impl ExportHealth {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether spans should be made and queued now.
+    pub fn wanted(&self) -> bool {
+        self.paused_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    fn failed(&self) {
+        let backoff = self
+            .backoff_ms
+            .load(Ordering::Relaxed)
+            .saturating_mul(2)
+            .clamp(FIRST_PAUSE_MS, LONGEST_PAUSE_MS);
+        self.backoff_ms.store(backoff, Ordering::Relaxed);
+        self.paused_until_ms
+            .store(self.now_ms() + backoff, Ordering::Relaxed);
+    }
+
+    fn succeeded(&self) {
+        self.backoff_ms.store(0, Ordering::Relaxed);
+        self.paused_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
 enum Message {
     Resource(Box<Resource>),
     Span(Box<SpanData>),
@@ -49,6 +100,7 @@ impl Default for QueueSettings {
 pub struct QueueingSpanProcessor {
     tx: SyncSender<Message>,
     counts: Arc<SpanCounts>,
+    health: Arc<ExportHealth>,
     on_drop: Arc<dyn Fn(u64) + Send + Sync>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     shut: AtomicBool,
@@ -73,6 +125,8 @@ impl QueueingSpanProcessor {
     ) -> Self {
         let (tx, rx) = mpsc::sync_channel(settings.capacity.max(1));
         let counts = Arc::new(SpanCounts::default());
+        let health = Arc::new(ExportHealth::default());
+        let thread_health = health.clone();
         let thread_counts = counts.clone();
         let thread_on_drop = on_drop.clone();
         let thread = std::thread::Builder::new()
@@ -86,11 +140,20 @@ impl QueueingSpanProcessor {
                         return;
                     }
                     let n = batch.len() as u64;
+                    if !thread_health.wanted() {
+                        // Paused after a failure: these were queued before it.
+                        batch.clear();
+                        thread_counts.dropped.fetch_add(n, Ordering::Relaxed);
+                        thread_on_drop(n);
+                        return;
+                    }
                     match runtime.block_on(exporter.export(std::mem::take(batch))) {
                         Ok(()) => {
+                            thread_health.succeeded();
                             thread_counts.exported.fetch_add(n, Ordering::Relaxed);
                         }
                         Err(e) => {
+                            thread_health.failed();
                             thread_counts.dropped.fetch_add(n, Ordering::Relaxed);
                             thread_on_drop(n);
                             tracing::debug!(target: "chamberlain_telemetry", error = %e, spans = n, "span export failed; spans dropped");
@@ -132,6 +195,7 @@ impl QueueingSpanProcessor {
         Self {
             tx,
             counts,
+            health,
             on_drop,
             thread: std::sync::Mutex::new(thread),
             shut: AtomicBool::new(false),
@@ -140,6 +204,10 @@ impl QueueingSpanProcessor {
 
     pub fn counts(&self) -> Arc<SpanCounts> {
         self.counts.clone()
+    }
+
+    pub fn health(&self) -> Arc<ExportHealth> {
+        self.health.clone()
     }
 
     fn request(
@@ -162,6 +230,11 @@ impl SpanProcessor for QueueingSpanProcessor {
 
     fn on_end(&self, span: SpanData) {
         if !span.span_context.is_sampled() {
+            return;
+        }
+        if !self.health.wanted() {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            (self.on_drop)(1);
             return;
         }
         match self.tx.try_send(Message::Span(Box::new(span))) {

@@ -40,6 +40,7 @@ pub struct Instruments {
     pub api_duration: Histogram<f64>,
     // every process
     pub spans_dropped: Counter<u64>,
+    pub traces_skipped: Counter<u64>,
 }
 
 fn build(meter: &Meter) -> Instruments {
@@ -143,6 +144,10 @@ fn build(meter: &Meter) -> Instruments {
         spans_dropped: meter
             .u64_counter("chamberlain.telemetry.spans_dropped")
             .with_description("Spans dropped because the collector was slow or unreachable")
+            .build(),
+        traces_skipped: meter
+            .u64_counter("chamberlain.telemetry.traces_skipped")
+            .with_description("Polls not traced while span export was paused after a failure")
             .build(),
     }
 }

@@ -20,7 +20,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use context::{continue_trace, continue_trace_from_headers, trace_context_of};
-pub use export::{QueueSettings, QueueingSpanProcessor, SpanCounts};
+pub use export::{ExportHealth, QueueSettings, QueueingSpanProcessor, SpanCounts};
+
+static EXPORT_HEALTH: std::sync::OnceLock<Arc<ExportHealth>> = std::sync::OnceLock::new();
+
+/// Whether a poll should be traced now: traces are exported and the collector takes them (not
+/// paused after a failed export). Services check it before making a poll's spans.
+pub fn traces_wanted() -> bool {
+    EXPORT_HEALTH.get().is_some_and(|h| h.wanted())
+}
 pub use http::serve_metrics;
 pub use instruments::{Instruments, instruments};
 pub use prometheus::{PrometheusReader, metric_name};
@@ -159,6 +167,7 @@ impl Telemetry {
                 Arc::new(|n| instruments().spans_dropped.add(n, &[])),
             );
             let spans = processor.counts();
+            let _ = EXPORT_HEALTH.set(processor.health());
             let provider = SdkTracerProvider::builder()
                 .with_resource(resource)
                 .with_span_processor(processor)

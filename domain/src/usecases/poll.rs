@@ -269,11 +269,20 @@ impl PollHandler {
             slot: job.poll.slot,
             attempt: job.meta.attempt,
         };
+        // Steps are spans only inside a traced poll (the worker's span), never on their own.
+        let traced = !tracing::Span::current().is_none();
+        let step = |make: fn() -> tracing::Span| {
+            if traced {
+                make()
+            } else {
+                tracing::Span::none()
+            }
+        };
         let requested_at = self.clock.now();
         let result = self
             .client
             .fetch(&request)
-            .instrument(tracing::debug_span!("poll.fetch", url = %chamber.endpoint.as_url()))
+            .instrument(step(|| tracing::debug_span!("poll.fetch")))
             .await;
         let received_at = self.clock.now();
         let (outcome, values) = match result {

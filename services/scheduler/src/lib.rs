@@ -356,9 +356,15 @@ impl Scheduler {
         // `poll.enqueue`, whose context the job carries to the worker. The spans end once the
         // job is in the queue.
         let mut spans = Vec::new();
+        let traced = self.config.trace_polls && chamberlain_telemetry::traces_wanted();
+        if self.config.trace_polls && !traced {
+            metrics
+                .traces_skipped
+                .add(decision.enqueue.len() as u64, &[]);
+        }
         jobs.extend(decision.enqueue.into_iter().map(|d| {
             let mut job = d.into_job(meta.clone());
-            if self.config.trace_polls {
+            if traced {
                 let scheduled = tracing::info_span!(
                     "poll.schedule",
                     chamber.id = %job.poll.chamber_id,

@@ -132,7 +132,11 @@ impl Worker {
             metrics.polls_started.add(leased.len() as u64, &[]);
             for (job, permit) in leased.into_iter().zip(pool) {
                 let (handler, results) = (self.handler.clone(), results.clone());
-                let span = if self.config.trace_polls {
+                let traced = self.config.trace_polls && chamberlain_telemetry::traces_wanted();
+                if self.config.trace_polls && !traced {
+                    metrics.traces_skipped.add(1, &[]);
+                }
+                let span = if traced {
                     let span = tracing::info_span!(
                         "poll",
                         chamber.id = %job.job.poll.chamber_id,

@@ -124,6 +124,7 @@ fn opt_id(id: Option<&Uuid>) -> Option<Uuid> {
 
 #[async_trait]
 impl AlertRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::create_rule", db.system = "sqlite", db.operation = "AlertRepository::create_rule"))]
     async fn create_rule(&self, r: &AlertRule) -> Result<()> {
         let condition = json(&r.condition, "condition")?;
         let mut w = self.begin_write().await?;
@@ -158,6 +159,7 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_rule", db.system = "sqlite", db.operation = "AlertRepository::get_rule"))]
     async fn get_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<AlertRule> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -175,6 +177,7 @@ impl AlertRepository for SqliteStore {
             .ok_or(not_found("alert_rule"))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_rules", db.system = "sqlite", db.operation = "AlertRepository::list_rules"))]
     async fn list_rules(
         &self,
         org: OrganizationId,
@@ -201,6 +204,7 @@ impl AlertRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::delete_rule", db.system = "sqlite", db.operation = "AlertRepository::delete_rule"))]
     async fn delete_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<()> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query("DELETE FROM alert_rules WHERE organization_id = ?1 AND id = ?2")
@@ -213,6 +217,7 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_all_rules", db.system = "sqlite", db.operation = "AlertRepository::list_all_rules"))]
     async fn list_all_rules(
         &self,
         page: PageRequest<AlertRuleId>,
@@ -234,6 +239,7 @@ impl AlertRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_alert", db.system = "sqlite", db.operation = "AlertRepository::open_alert"))]
     async fn open_alert(&self, a: &Alert) -> Result<()> {
         let ack = a.acknowledgement.as_ref();
         let mut w = self.begin_write().await?;
@@ -274,6 +280,7 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::resolve_alert", db.system = "sqlite", db.operation = "AlertRepository::resolve_alert"))]
     async fn resolve_alert(&self, rule: AlertRuleId, at: Timestamp) -> Result<Option<Alert>> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query(concat!(
@@ -290,6 +297,7 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_alert", db.system = "sqlite", db.operation = "AlertRepository::get_alert"))]
     async fn get_alert(&self, org: OrganizationId, id: AlertId) -> Result<Alert> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -307,6 +315,7 @@ impl AlertRepository for SqliteStore {
             .ok_or(not_found("alert"))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_alerts", db.system = "sqlite", db.operation = "AlertRepository::list_alerts"))]
     async fn list_alerts(
         &self,
         org: OrganizationId,
@@ -336,6 +345,7 @@ impl AlertRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::acknowledge_alert", db.system = "sqlite", db.operation = "AlertRepository::acknowledge_alert"))]
     async fn acknowledge_alert(
         &self,
         org: OrganizationId,
@@ -380,6 +390,7 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_rule_ids", db.system = "sqlite", db.operation = "AlertRepository::open_rule_ids"))]
     async fn open_rule_ids(&self) -> Result<Vec<AlertRuleId>> {
         let rows =
             sqlx::query("SELECT rule_id FROM alerts WHERE resolved_at IS NULL ORDER BY rule_id")
@@ -398,6 +409,7 @@ impl AlertRepository for SqliteStore {
 
 #[async_trait]
 impl TransmitterRepository for SqliteStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::create_transmitter", db.system = "sqlite", db.operation = "TransmitterRepository::create_transmitter"))]
     async fn create_transmitter(&self, t: &Transmitter) -> Result<()> {
         let destination = json(&t.destination, "destination")?;
         let mut w = self.begin_write().await?;
@@ -432,6 +444,7 @@ impl TransmitterRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::get_transmitter", db.system = "sqlite", db.operation = "TransmitterRepository::get_transmitter"))]
     async fn get_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<Transmitter> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -449,6 +462,7 @@ impl TransmitterRepository for SqliteStore {
             .ok_or(not_found("transmitter"))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_transmitters", db.system = "sqlite", db.operation = "TransmitterRepository::list_transmitters"))]
     async fn list_transmitters(
         &self,
         org: OrganizationId,
@@ -472,6 +486,7 @@ impl TransmitterRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delete_transmitter", db.system = "sqlite", db.operation = "TransmitterRepository::delete_transmitter"))]
     async fn delete_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<()> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query("DELETE FROM transmitters WHERE organization_id = ?1 AND id = ?2")
@@ -484,6 +499,7 @@ impl TransmitterRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_all_transmitters", db.system = "sqlite", db.operation = "TransmitterRepository::list_all_transmitters"))]
     async fn list_all_transmitters(
         &self,
         page: PageRequest<TransmitterId>,
@@ -505,6 +521,7 @@ impl TransmitterRepository for SqliteStore {
         ))
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_dead_letter", db.system = "sqlite", db.operation = "TransmitterRepository::record_dead_letter"))]
     async fn record_dead_letter(&self, l: &DeadLetter) -> Result<()> {
         let delivery = json(&l.delivery, "delivery")?;
         let mut w = self.begin_write().await?;
@@ -540,6 +557,7 @@ impl TransmitterRepository for SqliteStore {
         w.finish(result).await
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_dead_letters", db.system = "sqlite", db.operation = "TransmitterRepository::list_dead_letters"))]
     async fn list_dead_letters(
         &self,
         org: OrganizationId,
