@@ -43,6 +43,8 @@ impl Default for ExportHealth {
 }
 
 const FIRST_PAUSE_MS: u64 = 1_000;
+/// How soon a probe export follows the end of a pause.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE_MS: u64 = 30_000;
 
 impl ExportHealth {
@@ -64,6 +66,11 @@ impl ExportHealth {
         self.backoff_ms.store(backoff, Ordering::Relaxed);
         self.paused_until_ms
             .store(self.now_ms() + backoff, Ordering::Relaxed);
+    }
+
+    /// Whether the last export failed (the next one is a probe).
+    fn failing(&self) -> bool {
+        self.backoff_ms.load(Ordering::Relaxed) > 0
     }
 
     fn succeeded(&self) {
@@ -182,7 +189,14 @@ impl QueueingSpanProcessor {
                         }
                         Err(RecvTimeoutError::Timeout) => {
                             export(&exporter, &mut batch);
-                            next = Instant::now() + settings.interval;
+                            // While the collector fails, a probe goes out soon after the pause
+                            // ends, so few spans are made before it is known to fail again.
+                            next = Instant::now()
+                                + if thread_health.failing() {
+                                    PROBE_INTERVAL
+                                } else {
+                                    settings.interval
+                                };
                         }
                         Err(RecvTimeoutError::Disconnected) => {
                             export(&exporter, &mut batch);
