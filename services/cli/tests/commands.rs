@@ -252,3 +252,19 @@ fn the_services_refuse_a_bad_setting_at_start_naming_it() {
         assert!(err.contains(named), "{args:?} should name {named}: {err}");
     }
 }
+
+#[test]
+fn a_metrics_address_already_taken_stops_the_service_at_start_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = chamberlain()
+        .args(["worker", "--metrics-listen", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("CHAMBERLAIN_METRICS_LISTEN") && err.contains(&addr),
+        "{err}"
+    );
+}
