@@ -45,3 +45,5 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Readings written in one batch from the API side (poll results are bounded by detectors).
 pub const MAX_READINGS_PER_WRITE: usize = 100_000;
+/// Rows in one chamber import (one transaction).
+pub const MAX_IMPORT_ROWS: usize = 50_000;

@@ -9,10 +9,13 @@ use chamberlain_proto::v1::{
     self, batch_service_server::BatchService, chamber_service_server::ChamberService,
     section_service_server::SectionService,
 };
-use tonic::{Request, Response, Status};
+use chamberlain_domain::error::{Rule, ValidationError};
+use chamberlain_domain::usecases::ImportMode;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::convert::{dur, duration, id, opt_id, opt_ts, page, required_duration, token_of, ts};
-use crate::status::{from_use_case, unknown_parent};
+use crate::status::{from_use_case, from_validation, unknown_parent};
 use crate::{Api, caller};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -84,6 +87,46 @@ fn new_detector(d: v1::NewDetector) -> NewDetector {
         key: d.key,
         min: d.min,
         max: d.max,
+    }
+}
+
+/// Violations detailed in a refused import's status (its trailers must stay small).
+const MAX_REPORTED_VIOLATIONS: usize = 50;
+
+/// A submitted chamber, with the fields named as in the request (`section_id`, `interval`).
+fn new_chamber(r: v1::CreateChamberRequest) -> Result<NewChamber, ValidationError> {
+    let required = |field: &'static str| ValidationError::new(field, Rule::Required);
+    let section_id = match r.section_id.trim() {
+        "" => return Err(required("section_id")),
+        raw => SectionId::parse(raw).map_err(|e| e.for_field("section_id"))?,
+    };
+    Ok(NewChamber {
+        section_id,
+        name: r.name,
+        url: r.url,
+        format: r.format,
+        interval: plain_duration("interval", r.interval.as_ref())?
+            .ok_or_else(|| required("interval"))?,
+        timeout: plain_duration("timeout", r.timeout.as_ref())?,
+        detectors: r.detectors.into_iter().map(new_detector).collect(),
+    })
+}
+
+fn plain_duration(
+    field: &'static str,
+    d: Option<&prost_types::Duration>,
+) -> Result<Option<std::time::Duration>, ValidationError> {
+    duration(field, d).map_err(|_| {
+        ValidationError::new(field, Rule::Format("must not be negative".into()))
+    })
+}
+
+/// A refused import row, its field named within the row (`url`, not `chamber.url`).
+fn refused_row(row: usize, e: &ValidationError) -> v1::RefusedRow {
+    v1::RefusedRow {
+        row: u32::try_from(row).unwrap_or(u32::MAX),
+        field: e.field.strip_prefix("chamber.").unwrap_or(&e.field).to_owned(),
+        description: e.rule.to_string(),
     }
 }
 
@@ -215,22 +258,67 @@ impl ChamberService for Api {
         request: Request<v1::CreateChamberRequest>,
     ) -> Reply<v1::Chamber> {
         let actor = caller(&request)?;
-        let r = request.into_inner();
-        let new = NewChamber {
-            section_id: id("section_id", &r.section_id, SectionId::parse)?,
-            name: r.name,
-            url: r.url,
-            format: r.format,
-            interval: required_duration("interval", r.interval.as_ref())?,
-            timeout: duration("timeout", r.timeout.as_ref())?,
-            detectors: r.detectors.into_iter().map(new_detector).collect(),
-        };
+        let new = new_chamber(request.into_inner()).map_err(|e| from_validation(&e))?;
         let c = self
             .admin
             .create_chamber(&actor, new)
             .await
             .map_err(|e| unknown_parent(e, "section", "section_id"))?;
         Ok(Response::new(self.chamber_reply(c).await))
+    }
+
+    async fn import_chambers(
+        &self,
+        request: Request<Streaming<v1::ImportChambersRequest>>,
+    ) -> Reply<v1::ImportChambersResponse> {
+        let actor = caller(&request)?;
+        let mut stream = request.into_inner();
+        let mut import = self.admin.begin_import(&actor).map_err(from_use_case)?;
+        let mut mode = None;
+        // A stream that breaks off (the client gave up) ends here with nothing created.
+        while let Some(message) = stream.message().await? {
+            mode.get_or_insert(if message.continue_on_error {
+                ImportMode::SkipRefused
+            } else {
+                ImportMode::AllOrNothing
+            });
+            for row in message.chambers {
+                match new_chamber(row) {
+                    Ok(new) => import.add(new).await,
+                    Err(refused) => import.refuse(refused),
+                }
+                .map_err(from_use_case)?;
+            }
+        }
+        let mode = mode.unwrap_or(ImportMode::AllOrNothing);
+        let rows = import.rows();
+        let report = import.commit(mode).await.map_err(from_use_case)?;
+        let refused = report.rejected.iter().map(|r| refused_row(r.row, &r.error));
+        if mode == ImportMode::AllOrNothing && !report.rejected.is_empty() {
+            let violations = refused
+                .take(MAX_REPORTED_VIOLATIONS)
+                .map(|r| FieldViolation::new(format!("chambers[{}].{}", r.row, r.field), r.description))
+                .collect::<Vec<_>>();
+            return Err(Status::with_error_details(
+                Code::InvalidArgument,
+                format!(
+                    "{} of {rows} rows refused, nothing was created (the first {} are detailed)",
+                    report.rejected.len(),
+                    violations.len()
+                ),
+                ErrorDetails::with_bad_request(violations),
+            ));
+        }
+        let refused = refused.collect();
+        tracing::info!(created = report.created.len(), refused = report.rejected.len(), "chambers imported");
+        Ok(Response::new(v1::ImportChambersResponse {
+            chamber_ids: report
+                .created
+                .iter()
+                .map(|c| c.chamber.id.to_string())
+                .collect(),
+            refused,
+        }))
     }
 
     async fn get_chamber(&self, request: Request<v1::GetChamberRequest>) -> Reply<v1::Chamber> {

@@ -17,7 +17,7 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, LatestReadings, LedgerQuery, OrganizationRepository,
+    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery, OrganizationRepository,
     PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
     SectionRepository, StoreError, UserRepository, WriteReport,
 };
@@ -97,6 +97,48 @@ impl Tables {
         self.chambers
             .values()
             .any(|o| o.id != c.id && o.section_id == c.section_id && o.name == c.name)
+    }
+
+    /// What [`ChamberRepository::create`] refuses, checked without writing.
+    fn check_new_chamber(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError> {
+        if self
+            .section_in(chamber.organization_id, chamber.section_id)
+            .is_none()
+        {
+            return Err(StoreError::MissingParent {
+                entity: "chamber",
+                parent: "section",
+            });
+        }
+        if self.chambers.contains_key(&chamber.id) || self.chamber_name_taken(chamber) {
+            return Err(StoreError::Duplicate {
+                entity: "chamber",
+                field: "name",
+            });
+        }
+        let mut names = HashSet::new();
+        for d in detectors {
+            if d.chamber_id != chamber.id || d.organization_id != chamber.organization_id {
+                return Err(StoreError::MissingParent {
+                    entity: "detector",
+                    parent: "chamber",
+                });
+            }
+            if !names.insert(d.name.clone()) || self.detectors.contains_key(&d.id) {
+                return Err(StoreError::Duplicate {
+                    entity: "detector",
+                    field: "name",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_chamber(&mut self, chamber: &Chamber, detectors: &[Detector]) {
+        self.chambers.insert(chamber.id, chamber.clone());
+        for d in detectors {
+            self.detectors.insert(d.id, d.clone());
+        }
     }
 
     fn detector_name_taken(&self, d: &Detector) -> bool {
@@ -232,38 +274,28 @@ impl SectionRepository for MemoryStore {
 impl ChamberRepository for MemoryStore {
     async fn create(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError> {
         let mut t = self.lock();
-        if t.section_in(chamber.organization_id, chamber.section_id)
-            .is_none()
-        {
-            return Err(StoreError::MissingParent {
-                entity: "chamber",
-                parent: "section",
-            });
-        }
-        if t.chambers.contains_key(&chamber.id) || t.chamber_name_taken(chamber) {
-            return Err(StoreError::Duplicate {
-                entity: "chamber",
-                field: "name",
-            });
-        }
+        t.check_new_chamber(chamber, detectors)?;
+        t.insert_chamber(chamber, detectors);
+        Ok(())
+    }
+
+    async fn create_many(&self, chambers: &[ChamberWithDetectors]) -> Result<(), ItemError> {
+        let mut t = self.lock();
         let mut names = HashSet::new();
-        for d in detectors {
-            if d.chamber_id != chamber.id || d.organization_id != chamber.organization_id {
-                return Err(StoreError::MissingParent {
-                    entity: "detector",
-                    parent: "chamber",
-                });
-            }
-            if !names.insert(d.name.clone()) || t.detectors.contains_key(&d.id) {
-                return Err(StoreError::Duplicate {
-                    entity: "detector",
+        for (index, c) in chambers.iter().enumerate() {
+            let fresh = names.insert((c.chamber.section_id, c.chamber.name.clone()));
+            let checked = if fresh {
+                t.check_new_chamber(&c.chamber, &c.detectors)
+            } else {
+                Err(StoreError::Duplicate {
+                    entity: "chamber",
                     field: "name",
-                });
-            }
+                })
+            };
+            checked.map_err(|error| ItemError { index, error })?;
         }
-        t.chambers.insert(chamber.id, chamber.clone());
-        for d in detectors {
-            t.detectors.insert(d.id, d.clone());
+        for c in chambers {
+            t.insert_chamber(&c.chamber, &c.detectors);
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, LatestReadings, LedgerQuery, OrganizationRepository,
+    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery, OrganizationRepository,
     PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
     SectionRepository, StoreError, UserRepository, WriteReport,
 };
@@ -240,10 +240,12 @@ async fn insert_detectors(
     Ok(())
 }
 
-#[async_trait]
-impl ChamberRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create", db.system = "postgresql", db.operation = "ChamberRepository::create"))]
-    async fn create(&self, c: &Chamber, detectors: &[Detector]) -> Result<()> {
+/// Inserts one chamber and its detectors within `tx`.
+async fn insert_chamber(
+    tx: &mut Transaction<'_, Postgres>,
+    c: &Chamber,
+    detectors: &[Detector],
+) -> Result<()> {
         let mut names = HashSet::new();
         for d in detectors {
             if d.chamber_id != c.id || d.organization_id != c.organization_id {
@@ -259,7 +261,6 @@ impl ChamberRepository for PgStore {
                 });
             }
         }
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO chambers ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             rows::CHAMBER_COLUMNS
@@ -277,11 +278,39 @@ impl ChamberRepository for PgStore {
         .bind(ts(c.schedule_since))
         .bind(ts(c.created_at))
         .bind(ts(c.updated_at))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .map_err(store_error)?;
-        insert_detectors(&mut tx, detectors).await?;
+        insert_detectors(tx, detectors).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ChamberRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create", db.system = "postgresql", db.operation = "ChamberRepository::create"))]
+    async fn create(&self, c: &Chamber, detectors: &[Detector]) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        insert_chamber(&mut tx, c, detectors).await?;
         tx.commit().await.map_err(store_error)
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create_many", db.system = "postgresql", db.operation = "ChamberRepository::create_many", items = chambers.len()))]
+    async fn create_many(&self, chambers: &[ChamberWithDetectors]) -> std::result::Result<(), ItemError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| ItemError { index: 0, error: store_error(e) })?;
+        for (index, c) in chambers.iter().enumerate() {
+            insert_chamber(&mut tx, &c.chamber, &c.detectors)
+                .await
+                .map_err(|error| ItemError { index, error })?;
+        }
+        // Dropping the transaction on an error above rolled it back.
+        tx.commit().await.map_err(|e| ItemError {
+            index: chambers.len().saturating_sub(1),
+            error: store_error(e),
+        })
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::get", db.system = "postgresql", db.operation = "ChamberRepository::get"))]

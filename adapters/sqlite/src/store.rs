@@ -28,7 +28,7 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, LatestReadings, LedgerQuery, OrganizationRepository,
+    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery, OrganizationRepository,
     PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
     SectionRepository, StoreError, UserRepository, WriteReport,
 };
@@ -1257,6 +1257,26 @@ impl ChamberRepository for SqliteStore {
         let mut w = self.begin_write().await?;
         let result = create_chamber(w.conn(), chamber, detectors).await;
         w.finish(result).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create_many", db.system = "sqlite", db.operation = "ChamberRepository::create_many", items = chambers.len()))]
+    async fn create_many(&self, chambers: &[ChamberWithDetectors]) -> Result<(), ItemError> {
+        let mut w = self
+            .begin_write()
+            .await
+            .map_err(|error| ItemError { index: 0, error })?;
+        let mut result = Ok(());
+        // The item the transaction failed at; a failed commit is blamed on the last one.
+        let mut at = chambers.len().saturating_sub(1);
+        for (index, c) in chambers.iter().enumerate() {
+            if let Err(e) = create_chamber(w.conn(), &c.chamber, &c.detectors).await {
+                (at, result) = (index, Err(e));
+                break;
+            }
+        }
+        w.finish(result)
+            .await
+            .map_err(|error| ItemError { index: at, error })
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::get", db.system = "sqlite", db.operation = "ChamberRepository::get"))]

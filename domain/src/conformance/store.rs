@@ -9,7 +9,8 @@ use crate::model::{
     Section, TokenHash,
 };
 use crate::ports::{
-    ChamberFilter, LedgerQuery, ReadingCursor, ReadingQuery, ReadingScope, StoreError,
+    ChamberFilter, ChamberWithDetectors, ItemError, LedgerQuery, ReadingCursor, ReadingQuery,
+    ReadingScope, StoreError,
 };
 use crate::time::Timestamp;
 
@@ -250,6 +251,98 @@ pub async fn chambers_are_created_with_their_detectors_or_not_at_all(p: &StorePo
         p.chambers.delete(w.org.id, w.chamber.id).await,
         Err(StoreError::NotFound { entity: "chamber" })
     );
+}
+
+pub async fn many_chambers_are_created_together_or_not_at_all(p: &StorePorts) {
+    let w = world(p, "many").await;
+    let item = |label: &str| {
+        let chamber = fixtures::chamber(w.org.id, w.section.id, label, 5);
+        let detectors = vec![
+            fixtures::detector(&chamber, "t"),
+            fixtures::detector(&chamber, "rh"),
+        ];
+        ChamberWithDetectors { chamber, detectors }
+    };
+    let stored = |items: Vec<ChamberWithDetectors>| async move {
+        let mut found = 0;
+        for i in &items {
+            if p.chambers.get(w.org.id, i.chamber.id).await.is_ok() {
+                found += 1;
+            }
+        }
+        found
+    };
+
+    // The third item takes the name of an existing chamber: nothing is written.
+    let clash = vec![item("bulk-1"), item("bulk-2"), item("chamber-1"), item("bulk-4")];
+    assert_eq!(
+        p.chambers.create_many(&clash).await,
+        Err(ItemError {
+            index: 2,
+            error: StoreError::Duplicate {
+                entity: "chamber",
+                field: "name"
+            }
+        })
+    );
+    assert_eq!(stored(clash.clone()).await, 0);
+    assert!(
+        p.detectors
+            .list_for_chamber(w.org.id, clash[0].chamber.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Two items of one name in one section: the second is blamed, nothing is written.
+    let twins = vec![item("bulk-1"), item("bulk-2"), item("bulk-1")];
+    assert_eq!(
+        p.chambers.create_many(&twins).await,
+        Err(ItemError {
+            index: 2,
+            error: StoreError::Duplicate {
+                entity: "chamber",
+                field: "name"
+            }
+        })
+    );
+    assert_eq!(stored(twins.clone()).await, 0);
+
+    // An unknown section.
+    let mut lost = vec![item("bulk-1"), item("bulk-2")];
+    lost[1].chamber.section_id = crate::model::SectionId::random();
+    let lost_id = lost[1].chamber.id;
+    for d in &mut lost[1].detectors {
+        d.chamber_id = lost_id;
+    }
+    assert_eq!(
+        p.chambers.create_many(&lost).await,
+        Err(ItemError {
+            index: 1,
+            error: StoreError::MissingParent {
+                entity: "chamber",
+                parent: "section"
+            }
+        })
+    );
+    assert_eq!(stored(lost).await, 0);
+
+    // A clean set: every chamber and detector is there, and nothing is ever polled twice.
+    let good: Vec<_> = (0..25).map(|i| item(&format!("bulk-{i}"))).collect();
+    p.chambers.create_many(&good).await.unwrap();
+    assert_eq!(stored(good.clone()).await, 25);
+    for i in &good {
+        let loaded = p
+            .chambers
+            .load_for_poll(i.chamber.id)
+            .await
+            .unwrap()
+            .expect("created");
+        assert_eq!(loaded.chamber, i.chamber);
+        assert_eq!(loaded.detectors.len(), 2);
+    }
+    // Nothing at all is a valid (empty) transaction.
+    p.chambers.create_many(&[]).await.unwrap();
 }
 
 pub async fn detectors_crud(p: &StorePorts) {
@@ -1062,6 +1155,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $make;
             sections_crud,
             chambers_are_created_with_their_detectors_or_not_at_all,
+            many_chambers_are_created_together_or_not_at_all,
             detectors_crud,
             tenants_never_see_each_other,
             paging_visits_every_item_exactly_once,

@@ -119,6 +119,15 @@ pub trait SectionRepository: Send + Sync {
     async fn delete(&self, org: OrganizationId, id: SectionId) -> Result<(), StoreError>;
 }
 
+/// A write of many items refused because of one of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("item {index}: {error}")]
+pub struct ItemError {
+    /// The item's position in the submitted slice.
+    pub index: usize,
+    pub error: StoreError,
+}
+
 /// Filters for listing chambers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChamberFilter {
@@ -145,6 +154,14 @@ pub trait ChamberRepository: Send + Sync {
     /// `Duplicate { entity: "detector", field: "name" }` for two detectors of one name;
     /// `Unavailable`. Nothing is written on error.
     async fn create(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError>;
+
+    /// Creates every chamber with its detectors in one transaction: all of them or none.
+    ///
+    /// # Errors
+    /// The first item that cannot be written, by its index in `chambers`, with the error
+    /// [`ChamberRepository::create`] would give for it alone (`MissingParent`, `Duplicate` also
+    /// for two items of one name in one section, `Unavailable`). Nothing is written on error.
+    async fn create_many(&self, chambers: &[ChamberWithDetectors]) -> Result<(), ItemError>;
 
     /// # Errors
     /// `NotFound`; `Unavailable`.

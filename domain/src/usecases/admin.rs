@@ -185,6 +185,26 @@ impl ChamberAdmin {
         new: NewChamber,
     ) -> Result<ChamberWithDetectors> {
         actor.require(Role::Operator, "create a chamber")?;
+        let created = self.build_chamber(actor, &new, self.clock.now())?;
+        // The section must be the caller's: another tenant's section is "not found".
+        self.sections
+            .get(actor.organization_id, new.section_id)
+            .await?;
+        self.chambers
+            .create(&created.chamber, &created.detectors)
+            .await?;
+        self.publish_upsert(&created.chamber).await;
+        Ok(created)
+    }
+
+    /// A submitted chamber checked and turned into the rows to store (the section is not
+    /// looked up here).
+    pub(crate) fn build_chamber(
+        &self,
+        actor: &Actor,
+        new: &NewChamber,
+        now: crate::time::Timestamp,
+    ) -> std::result::Result<ChamberWithDetectors, ValidationError> {
         let name = Name::parse(&new.name).map_err(|e| e.within("chamber"))?;
         let endpoint = EndpointUrl::parse(&new.url).map_err(|e| e.within("chamber"))?;
         let format = ResponseFormat::parse(&new.format).map_err(|e| e.within("chamber"))?;
@@ -202,14 +222,8 @@ impl ChamberAdmin {
                     max: MAX_DETECTORS_PER_CHAMBER.to_string(),
                     actual: new.detectors.len().to_string(),
                 },
-            )
-            .into());
+            ));
         }
-        // The section must be the caller's: another tenant's section is "not found".
-        self.sections
-            .get(actor.organization_id, new.section_id)
-            .await?;
-        let now = self.clock.now();
         let chamber = Chamber {
             id: ChamberId::random(),
             organization_id: actor.organization_id,
@@ -232,8 +246,7 @@ impl ChamberAdmin {
                 return Err(ValidationError::new(
                     format!("detectors[{i}].name"),
                     Rule::Inconsistent("must be unique within the chamber".into()),
-                )
-                .into());
+                ));
             }
             detectors.push(Detector {
                 id: DetectorId::random(),
@@ -246,8 +259,6 @@ impl ChamberAdmin {
                 range,
             });
         }
-        self.chambers.create(&chamber, &detectors).await?;
-        self.publish_upsert(&chamber).await;
         Ok(ChamberWithDetectors { chamber, detectors })
     }
 
@@ -394,7 +405,7 @@ impl ChamberAdmin {
         Ok(())
     }
 
-    async fn publish_upsert(&self, chamber: &Chamber) {
+    pub(crate) async fn publish_upsert(&self, chamber: &Chamber) {
         let change = ChamberChange::Upserted {
             chamber: chamber.clone(),
         };

@@ -6,6 +6,7 @@ mod alerts;
 mod auth;
 mod authz;
 mod errors;
+mod import;
 mod poll;
 mod queries;
 mod users;
@@ -22,6 +23,7 @@ pub use alerts::{
 pub use auth::{AuthError, AuthSettings, Authenticator, Identity, IssuedToken, Refusal};
 pub use authz::{Actor, Forbidden};
 pub use errors::UseCaseError;
+pub use import::{ChamberImport, ImportMode, ImportReport, RowRejection};
 pub use poll::{
     Completion, CompletionStages, Fetched, Handled, NoStages, PollError, PollHandler, PollSettings,
     ProcessedPoll, interpret_response,

@@ -4,6 +4,7 @@
 mod administration;
 mod alerts;
 mod authentication;
+mod import;
 mod mocked_failures;
 mod polls;
 mod queries;

@@ -10,7 +10,7 @@ use chamberlain_domain::conformance::fixtures;
 use chamberlain_domain::model::{Chamber, ChamberId, Detector, OrganizationId, Page, PageRequest};
 use chamberlain_domain::ports::{
     ChamberChange, ChamberChanges, ChamberFilter, ChamberRepository, ChamberWithDetectors, Clock,
-    OrganizationRepository, PollQueue, SectionRepository, StoreError,
+    ItemError, OrganizationRepository, PollQueue, SectionRepository, StoreError,
 };
 use chamberlain_memory::{
     MemoryChamberChanges, MemoryLeaderLease, MemoryPollQueue, MemoryScheduleCheckpoint,
@@ -32,6 +32,9 @@ struct GatedChambers {
 impl ChamberRepository for GatedChambers {
     async fn create(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError> {
         ChamberRepository::create(&*self.inner, chamber, detectors).await
+    }
+    async fn create_many(&self, chambers: &[ChamberWithDetectors]) -> Result<(), ItemError> {
+        ChamberRepository::create_many(&*self.inner, chambers).await
     }
     async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber, StoreError> {
         ChamberRepository::get(&*self.inner, org, id).await

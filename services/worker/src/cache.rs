@@ -11,7 +11,7 @@ use chamberlain_domain::model::{
     Batch, BatchId, Chamber, ChamberId, OrganizationId, Page, PageRequest, SectionId,
 };
 use chamberlain_domain::ports::{
-    BatchRepository, ChamberFilter, ChamberRepository, ChamberWithDetectors, StoreError,
+    BatchRepository, ChamberFilter, ChamberRepository, ChamberWithDetectors, ItemError, StoreError,
 };
 use tokio::time::Instant;
 
@@ -74,6 +74,9 @@ impl CachedChambers {
 impl ChamberRepository for CachedChambers {
     async fn create(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError> {
         self.chambers.create(chamber, detectors).await
+    }
+    async fn create_many(&self, chambers: &[ChamberWithDetectors]) -> Result<(), ItemError> {
+        self.chambers.create_many(chambers).await
     }
     async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber, StoreError> {
         self.chambers.get(org, id).await
