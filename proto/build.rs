@@ -42,6 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Google's comments carry code samples that rustdoc would run as doc tests.
     config.disable_comments([".google"]);
+    // `prost::Name` on every message: the CLI prints any reply as JSON by its full name.
+    config.enable_type_names();
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("chamberlain_descriptor.bin"))
         .compile_with_config(

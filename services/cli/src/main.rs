@@ -7,6 +7,7 @@ use std::time::Duration;
 
 mod alerter;
 mod api;
+mod client;
 mod standalone;
 mod telemetry;
 
@@ -66,6 +67,88 @@ enum Command {
     Bootstrap(api::BootstrapArgs),
     /// Write the API's protobuf descriptor set, which Envoy's JSON transcoder loads.
     DescriptorSet(api::DescriptorSetArgs),
+    /// Sections of your organization (against a running server: --server, --token).
+    Sections {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::SectionsCommand,
+    },
+    /// Chambers: register, list, show, pause, resume, set the interval, delete.
+    Chambers {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::ChambersCommand,
+    },
+    /// A chamber's detectors.
+    Detectors {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::DetectorsCommand,
+    },
+    /// Batches: named runs in a section.
+    Batches {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::BatchesCommand,
+    },
+    /// Readings: follow them live, query a range, export CSV or JSON.
+    Readings {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::ReadingsCommand,
+    },
+    /// The poll ledger and coverage.
+    Polls {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::PollsCommand,
+    },
+    /// API tokens.
+    Tokens {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::TokensCommand,
+    },
+    /// Users of your organization.
+    Users {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::UsersCommand,
+    },
+    /// Register the chambers of a CSV file, all of them or none, with a progress bar.
+    Import {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(flatten)]
+        args: client::ImportArgs,
+    },
+}
+
+impl Command {
+    /// The operator command and its connection settings, if this is one.
+    fn operator(self) -> Result<(client::ClientArgs, client::Operator), Self> {
+        use client::Operator as O;
+        Ok(match self {
+            Self::Sections { client, command } => (client, O::Sections(command)),
+            Self::Chambers { client, command } => (client, O::Chambers(command)),
+            Self::Detectors { client, command } => (client, O::Detectors(command)),
+            Self::Batches { client, command } => (client, O::Batches(command)),
+            Self::Readings { client, command } => (client, O::Readings(command)),
+            Self::Polls { client, command } => (client, O::Polls(command)),
+            Self::Tokens { client, command } => (client, O::Tokens(command)),
+            Self::Users { client, command } => (client, O::Users(command)),
+            Self::Import { client, args } => (client, O::Import(args)),
+            other => return Err(other),
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -386,7 +469,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -396,6 +479,19 @@ fn main() -> ExitCode {
             eprintln!("chamberlain: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // Operator commands are short-lived clients: no service telemetry, their own exit codes.
+    cli.command = match cli.command.operator() {
+        Ok((args, command)) => {
+            return match runtime.block_on(client::run(&args, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(failure) => {
+                    eprintln!("chamberlain: {failure}");
+                    ExitCode::from(failure.exit)
+                }
+            };
+        }
+        Err(other) => other,
     };
     let result = runtime.block_on(async {
         let service = match &cli.command {
@@ -441,6 +537,17 @@ async fn run(
             Command::Auth(args) => api::auth(args, telemetry).await,
             Command::Bootstrap(args) => api::bootstrap(args).await,
             Command::DescriptorSet(args) => api::descriptor_set(&args),
+            operator @ (Command::Sections { .. }
+            | Command::Chambers { .. }
+            | Command::Detectors { .. }
+            | Command::Batches { .. }
+            | Command::Readings { .. }
+            | Command::Polls { .. }
+            | Command::Tokens { .. }
+            | Command::Users { .. }
+            | Command::Import { .. }) => {
+                unreachable!("operator commands run before telemetry starts: {operator:?}")
+            }
             Command::Simulate(args) => chamberlain_simulator::run_cli(args, shutdown_signal())
                 .await
                 .map(|_report| ())
