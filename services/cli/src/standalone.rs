@@ -244,7 +244,6 @@ pub async fn standalone(
     let changes = Arc::new(chamberlain_memory::MemoryChamberChanges::new(4096));
     let queue: Arc<dyn PollQueue> =
         Arc::new(chamberlain_memory::MemoryPollQueue::new(clock.clone()));
-    let auth = Arc::new(authenticator(&db, clock.clone(), AuthSettings::default()));
     let api = build_api(
         &db,
         changes.clone(),
@@ -255,6 +254,9 @@ pub async fn standalone(
         Duration::from_secs(1),
         AuthSettings::default(),
     );
+    // The in-process layer and the API share one authenticator, so revoking a token through
+    // the API forgets its cached decision at once.
+    let auth = Arc::new(api.auth.clone());
 
     let simulator = match args.simulate {
         Some(n) => {

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod api;
+mod cli;
 mod compose;
 mod events;
 mod in_memory_pipeline;

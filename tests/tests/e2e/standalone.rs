@@ -17,10 +17,10 @@ use tonic::transport::Channel;
 
 use crate::api::authed;
 
-struct Standalone {
-    child: Child,
+pub(crate) struct Standalone {
+    pub(crate) child: Child,
     /// The token line, if this start printed one.
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 impl Drop for Standalone {
@@ -31,11 +31,22 @@ impl Drop for Standalone {
 }
 
 fn start(bin: &std::path::Path, dir: &std::path::Path, api: u16, sim: u16) -> Standalone {
+    start_simulating(bin, dir, api, sim, 20)
+}
+
+/// `chamberlain standalone --simulate N` in `dir`, the API on 127.0.0.1:`api`.
+pub(crate) fn start_simulating(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    api: u16,
+    sim: u16,
+    simulate: u32,
+) -> Standalone {
     let mut child = Command::new(bin)
         .args([
             "standalone",
             "--simulate",
-            "20",
+            &simulate.to_string(),
             "--data-dir",
             dir.to_str().unwrap(),
             "--listen",
@@ -69,7 +80,7 @@ fn start(bin: &std::path::Path, dir: &std::path::Path, api: u16, sim: u16) -> St
     Standalone { child, token }
 }
 
-async fn connect(port: u16) -> Channel {
+pub(crate) async fn connect(port: u16) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match Channel::from_shared(format!("http://127.0.0.1:{port}"))
@@ -139,7 +150,7 @@ fn terminate(s: &mut Standalone) {
     }
 }
 
-fn free_port_on_127_0_0_2() -> u16 {
+pub(crate) fn free_port_on_127_0_0_2() -> u16 {
     std::net::TcpListener::bind("127.0.0.2:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
