@@ -161,6 +161,65 @@ async fn a_chamber_created_over_grpc_reads_back_as_json_over_http1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chambers_import_as_a_json_array_through_envoy_all_or_nothing() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, token) = stack.tenant("import", Role::Operator).await;
+    let channel = stack.channel().await;
+    let s = section(&channel, &token, "Import hall").await;
+    let row = |name: &str, url: &str| {
+        format!(
+            r#"{{"section_id":"{}","name":"{name}","url":"{url}","format":"json","interval":"5s","detectors":[{{"name":"t","key":"/t"}}]}}"#,
+            s.id
+        )
+    };
+    let listed = |channel: Channel| {
+        let token = token.clone();
+        let section_id = s.id.clone();
+        async move {
+            ChamberServiceClient::new(channel)
+                .list_chambers(authed(
+                    v1::ListChambersRequest {
+                        section_id,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .chambers
+                .len()
+        }
+    };
+    // A client stream is a JSON array of messages; rows count across them.
+    let bad = format!(
+        r#"[{{"chambers":[{},{}]}},{{"chambers":[{}]}}]"#,
+        row("a", "http://127.0.0.2/a"),
+        row("b", "http://127.0.0.2/b"),
+        row("c", "gopher://127.0.0.2/c")
+    );
+    let (status, body) = stack
+        .http("POST", "/v1/chambers:import", Some(&token), Some(&bad))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("chambers[2].url"), "the third row's field: {body}");
+    assert_eq!(listed(channel.clone()).await, 0, "nothing created");
+
+    let good = format!(
+        r#"[{{"chambers":[{},{}]}},{{"chambers":[{}]}}]"#,
+        row("a", "http://127.0.0.2/a"),
+        row("b", "http://127.0.0.2/b"),
+        row("c", "https://127.0.0.2/c")
+    );
+    let (status, body) = stack
+        .http("POST", "/v1/chambers:import", Some(&token), Some(&good))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["chamber_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(listed(channel).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_bad_and_revoked_tokens_are_refused() {
     let stack = Stack::start(StackOptions {
         // No decision cache: a revocation takes effect at once.
