@@ -1,16 +1,16 @@
 //! Sections, chambers, detectors and batches.
 
+use chamberlain_domain::error::{Rule, ValidationError};
 use chamberlain_domain::model::{
     self, BatchId, ChamberId, ChamberState, DetectorId, HealthState, SectionId,
 };
 use chamberlain_domain::ports::{ChamberFilter, ChamberWithDetectors};
+use chamberlain_domain::usecases::ImportMode;
 use chamberlain_domain::usecases::{ChamberPatch, NewChamber, NewDetector, NewSection};
 use chamberlain_proto::v1::{
     self, batch_service_server::BatchService, chamber_service_server::ChamberService,
     section_service_server::SectionService,
 };
-use chamberlain_domain::error::{Rule, ValidationError};
-use chamberlain_domain::usecases::ImportMode;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -116,16 +116,19 @@ fn plain_duration(
     field: &'static str,
     d: Option<&prost_types::Duration>,
 ) -> Result<Option<std::time::Duration>, ValidationError> {
-    duration(field, d).map_err(|_| {
-        ValidationError::new(field, Rule::Format("must not be negative".into()))
-    })
+    duration(field, d)
+        .map_err(|_| ValidationError::new(field, Rule::Format("must not be negative".into())))
 }
 
 /// A refused import row, its field named within the row (`url`, not `chamber.url`).
 fn refused_row(row: usize, e: &ValidationError) -> v1::RefusedRow {
     v1::RefusedRow {
         row: u32::try_from(row).unwrap_or(u32::MAX),
-        field: e.field.strip_prefix("chamber.").unwrap_or(&e.field).to_owned(),
+        field: e
+            .field
+            .strip_prefix("chamber.")
+            .unwrap_or(&e.field)
+            .to_owned(),
         description: e.rule.to_string(),
     }
 }
@@ -297,7 +300,9 @@ impl ChamberService for Api {
         if mode == ImportMode::AllOrNothing && !report.rejected.is_empty() {
             let violations = refused
                 .take(MAX_REPORTED_VIOLATIONS)
-                .map(|r| FieldViolation::new(format!("chambers[{}].{}", r.row, r.field), r.description))
+                .map(|r| {
+                    FieldViolation::new(format!("chambers[{}].{}", r.row, r.field), r.description)
+                })
                 .collect::<Vec<_>>();
             return Err(Status::with_error_details(
                 Code::InvalidArgument,
@@ -310,7 +315,11 @@ impl ChamberService for Api {
             ));
         }
         let refused = refused.collect();
-        tracing::info!(created = report.created.len(), refused = report.rejected.len(), "chambers imported");
+        tracing::info!(
+            created = report.created.len(),
+            refused = report.rejected.len(),
+            "chambers imported"
+        );
         Ok(Response::new(v1::ImportChambersResponse {
             chamber_ids: report
                 .created

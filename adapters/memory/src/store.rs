@@ -17,9 +17,9 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery, OrganizationRepository,
-    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
-    SectionRepository, StoreError, UserRepository, WriteReport,
+    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,
+    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
+    ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
 use chamberlain_domain::transmit::{DeadLetter, Transmitter};
@@ -100,7 +100,11 @@ impl Tables {
     }
 
     /// What [`ChamberRepository::create`] refuses, checked without writing.
-    fn check_new_chamber(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError> {
+    fn check_new_chamber(
+        &self,
+        chamber: &Chamber,
+        detectors: &[Detector],
+    ) -> Result<(), StoreError> {
         if self
             .section_in(chamber.organization_id, chamber.section_id)
             .is_none()

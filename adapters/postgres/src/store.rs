@@ -14,9 +14,9 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery, OrganizationRepository,
-    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
-    SectionRepository, StoreError, UserRepository, WriteReport,
+    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,
+    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
+    ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
@@ -246,42 +246,42 @@ async fn insert_chamber(
     c: &Chamber,
     detectors: &[Detector],
 ) -> Result<()> {
-        let mut names = HashSet::new();
-        for d in detectors {
-            if d.chamber_id != c.id || d.organization_id != c.organization_id {
-                return Err(StoreError::MissingParent {
-                    entity: "detector",
-                    parent: "chamber",
-                });
-            }
-            if !names.insert(&d.name) {
-                return Err(StoreError::Duplicate {
-                    entity: "detector",
-                    field: "name",
-                });
-            }
+    let mut names = HashSet::new();
+    for d in detectors {
+        if d.chamber_id != c.id || d.organization_id != c.organization_id {
+            return Err(StoreError::MissingParent {
+                entity: "detector",
+                parent: "chamber",
+            });
         }
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO chambers ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            rows::CHAMBER_COLUMNS
-        )))
-        .bind(c.id.as_uuid())
-        .bind(c.organization_id.as_uuid())
-        .bind(c.section_id.as_uuid())
-        .bind(c.name.as_str())
-        .bind(c.endpoint.as_str())
-        .bind(c.format.as_str())
-        .bind(c.interval.as_millis() as i64)
-        .bind(millis(c.timeout.as_duration()))
-        .bind(rows::state_str(c.state))
-        .bind(sqlx::types::Json(c.health_policy))
-        .bind(ts(c.schedule_since))
-        .bind(ts(c.created_at))
-        .bind(ts(c.updated_at))
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-        insert_detectors(tx, detectors).await?;
+        if !names.insert(&d.name) {
+            return Err(StoreError::Duplicate {
+                entity: "detector",
+                field: "name",
+            });
+        }
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO chambers ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        rows::CHAMBER_COLUMNS
+    )))
+    .bind(c.id.as_uuid())
+    .bind(c.organization_id.as_uuid())
+    .bind(c.section_id.as_uuid())
+    .bind(c.name.as_str())
+    .bind(c.endpoint.as_str())
+    .bind(c.format.as_str())
+    .bind(c.interval.as_millis() as i64)
+    .bind(millis(c.timeout.as_duration()))
+    .bind(rows::state_str(c.state))
+    .bind(sqlx::types::Json(c.health_policy))
+    .bind(ts(c.schedule_since))
+    .bind(ts(c.created_at))
+    .bind(ts(c.updated_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    insert_detectors(tx, detectors).await?;
     Ok(())
 }
 
@@ -295,12 +295,14 @@ impl ChamberRepository for PgStore {
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create_many", db.system = "postgresql", db.operation = "ChamberRepository::create_many", items = chambers.len()))]
-    async fn create_many(&self, chambers: &[ChamberWithDetectors]) -> std::result::Result<(), ItemError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| ItemError { index: 0, error: store_error(e) })?;
+    async fn create_many(
+        &self,
+        chambers: &[ChamberWithDetectors],
+    ) -> std::result::Result<(), ItemError> {
+        let mut tx = self.pool.begin().await.map_err(|e| ItemError {
+            index: 0,
+            error: store_error(e),
+        })?;
         for (index, c) in chambers.iter().enumerate() {
             insert_chamber(&mut tx, &c.chamber, &c.detectors)
                 .await

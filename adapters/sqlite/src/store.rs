@@ -28,9 +28,9 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery, OrganizationRepository,
-    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
-    SectionRepository, StoreError, UserRepository, WriteReport,
+    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,
+    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
+    ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
 use sqlx::sqlite::{

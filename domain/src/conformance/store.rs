@@ -274,7 +274,12 @@ pub async fn many_chambers_are_created_together_or_not_at_all(p: &StorePorts) {
     };
 
     // The third item takes the name of an existing chamber: nothing is written.
-    let clash = vec![item("bulk-1"), item("bulk-2"), item("chamber-1"), item("bulk-4")];
+    let clash = vec![
+        item("bulk-1"),
+        item("bulk-2"),
+        item("chamber-1"),
+        item("bulk-4"),
+    ];
     assert_eq!(
         p.chambers.create_many(&clash).await,
         Err(ItemError {

@@ -24,9 +24,9 @@ pub use passwords::{PasswordError, PasswordHasher};
 pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
 pub use storage::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery, OrganizationRepository,
-    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
-    SectionRepository, StoreError, UserRepository, WriteReport,
+    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,
+    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
+    ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
 };
 
 #[cfg(feature = "mock")]

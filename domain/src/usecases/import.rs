@@ -167,7 +167,8 @@ impl ChamberImport {
                 }
             }
         }
-        let created: Vec<ChamberWithDetectors> = self.accepted.into_iter().map(|(_, c)| c).collect();
+        let created: Vec<ChamberWithDetectors> =
+            self.accepted.into_iter().map(|(_, c)| c).collect();
         for c in &created {
             self.admin.publish_upsert(&c.chamber).await;
         }

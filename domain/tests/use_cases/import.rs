@@ -58,14 +58,33 @@ async fn stored(h: &Harness, op: &Actor) -> Vec<String> {
 }
 
 /// A file with every kind of bad row: each is reported with its row and field.
-async fn bad_rows(h: &Harness, op: &Actor, s: SectionId) -> chamberlain_domain::usecases::ChamberImport {
+async fn bad_rows(
+    h: &Harness,
+    op: &Actor,
+    s: SectionId,
+) -> chamberlain_domain::usecases::ChamberImport {
     h.json_chamber(op, "existing").await;
     let mut import = h.admin.begin_import(op).unwrap();
-    import.add(row(s, "good-0", "http://10.0.0.1/")).await.unwrap();
-    import.add(row(s, "bad-url", "ftp://10.0.0.1/")).await.unwrap();
-    import.add(row(SectionId::random(), "lost", "http://10.0.0.1/")).await.unwrap();
-    import.add(row(s, "good-3", "http://10.0.0.1/")).await.unwrap();
-    import.add(row(s, "good-0", "http://10.0.0.1/")).await.unwrap();
+    import
+        .add(row(s, "good-0", "http://10.0.0.1/"))
+        .await
+        .unwrap();
+    import
+        .add(row(s, "bad-url", "ftp://10.0.0.1/"))
+        .await
+        .unwrap();
+    import
+        .add(row(SectionId::random(), "lost", "http://10.0.0.1/"))
+        .await
+        .unwrap();
+    import
+        .add(row(s, "good-3", "http://10.0.0.1/"))
+        .await
+        .unwrap();
+    import
+        .add(row(s, "good-0", "http://10.0.0.1/"))
+        .await
+        .unwrap();
     let existing_section = h
         .admin
         .list_chambers(op, ChamberFilter::default(), PageRequest::default())
@@ -116,7 +135,11 @@ async fn skipping_refused_rows_creates_the_rest_and_announces_them() {
     let mut feed = h.changes.subscribe().await.unwrap();
     let report = import.commit(ImportMode::SkipRefused).await.unwrap();
     assert_eq!(report.rejected.len(), 5);
-    let created: Vec<&str> = report.created.iter().map(|c| c.chamber.name.as_str()).collect();
+    let created: Vec<&str> = report
+        .created
+        .iter()
+        .map(|c| c.chamber.name.as_str())
+        .collect();
     assert_eq!(created, vec!["good-0", "good-3"]);
     assert_eq!(stored(&h, &op).await, vec!["existing", "good-0", "good-3"]);
     for expected in &report.created {
@@ -177,7 +200,10 @@ async fn viewers_cannot_import_and_tenants_stay_apart() {
     // Another organization's section is unknown to this one.
     let (other, _) = setup(&h, "tenant-b").await;
     let mut import = h.admin.begin_import(&other).unwrap();
-    import.add(row(s, "intruder", "http://10.0.0.1/")).await.unwrap();
+    import
+        .add(row(s, "intruder", "http://10.0.0.1/"))
+        .await
+        .unwrap();
     let report = import.commit(ImportMode::AllOrNothing).await.unwrap();
     assert_eq!(fields(&report.rejected), vec![(0, "chamber.section_id")]);
     assert!(stored(&h, &op).await.is_empty());

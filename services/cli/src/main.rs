@@ -134,7 +134,7 @@ enum Command {
 
 impl Command {
     /// The operator command and its connection settings, if this is one.
-    fn operator(self) -> Result<(client::ClientArgs, client::Operator), Self> {
+    fn operator(self) -> Result<(client::ClientArgs, client::Operator), Box<Self>> {
         use client::Operator as O;
         Ok(match self {
             Self::Sections { client, command } => (client, O::Sections(command)),
@@ -146,7 +146,7 @@ impl Command {
             Self::Tokens { client, command } => (client, O::Tokens(command)),
             Self::Users { client, command } => (client, O::Users(command)),
             Self::Import { client, args } => (client, O::Import(args)),
-            other => return Err(other),
+            other => return Err(Box::new(other)),
         })
     }
 }
@@ -491,7 +491,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Err(other) => other,
+        Err(other) => *other,
     };
     let result = runtime.block_on(async {
         let service = match &cli.command {

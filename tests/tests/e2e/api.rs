@@ -202,7 +202,10 @@ async fn chambers_import_as_a_json_array_through_envoy_all_or_nothing() {
         .http("POST", "/v1/chambers:import", Some(&token), Some(&bad))
         .await;
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("chambers[2].url"), "the third row's field: {body}");
+    assert!(
+        body.contains("chambers[2].url"),
+        "the third row's field: {body}"
+    );
     assert_eq!(listed(channel.clone()).await, 0, "nothing created");
 
     let good = format!(

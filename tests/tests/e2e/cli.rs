@@ -45,12 +45,16 @@ impl Drop for Operator {
 
 impl Operator {
     fn start(label: &str, simulate: u32) -> Self {
-        let dir = std::env::temp_dir().join(format!("chamberlain-cli-{label}-{}", uuid::Uuid::new_v4()));
+        let dir =
+            std::env::temp_dir().join(format!("chamberlain-cli-{label}-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(dir.join("config")).unwrap();
         let (api, sim) = (free_port(), free_port_on_127_0_0_2());
         let bin = chamberlain_bin();
         let standalone = start_simulating(&bin, &dir.join("data"), api, sim, simulate);
-        let token = standalone.token.clone().expect("the first start prints a token");
+        let token = standalone
+            .token
+            .clone()
+            .expect("the first start prints a token");
         let operator = Self {
             bin,
             server: format!("127.0.0.1:{api}"),
@@ -66,7 +70,11 @@ impl Operator {
                 assert!(me.stdout.contains("admin@localhost"), "{}", me.stdout);
                 return operator;
             }
-            assert!(Instant::now() < deadline, "the server never answered: {}", me.stderr);
+            assert!(
+                Instant::now() < deadline,
+                "the server never answered: {}",
+                me.stderr
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -121,7 +129,11 @@ impl Operator {
 
     fn fails_as(&self, token: &str, code: i32, args: &[&str], needles: &[&str]) -> Ran {
         let r = self.run_as(token, args);
-        assert_eq!(r.code, code, "{args:?}: stdout {} stderr {}", r.stdout, r.stderr);
+        assert_eq!(
+            r.code, code,
+            "{args:?}: stdout {} stderr {}",
+            r.stdout, r.stderr
+        );
         for n in needles {
             assert!(r.stderr.contains(n), "{args:?}: {n:?} not in {}", r.stderr);
         }
@@ -162,13 +174,28 @@ fn every_operator_command_against_a_standalone_server() {
     assert!(op.table(&["sections", "list"]).contains("hall-7"));
     let renamed = op.json(&["sections", "update", &s, "--name", "hall-seven"]);
     assert_eq!(str_of(&renamed, "name"), "hall-seven");
-    assert_eq!(str_of(&op.json(&["sections", "show", &s]), "name"), "hall-seven");
+    assert_eq!(
+        str_of(&op.json(&["sections", "show", &s]), "name"),
+        "hall-seven"
+    );
 
     // Chambers and detectors.
     let url = format!("http://127.0.0.2:{}/chambers/0", op.sim);
     let chamber = op.json(&[
-        "chambers", "add", "--section", &s, "--name", "oven", "--url", &url, "--interval", "2s",
-        "--detector", "/detectors/0/value=temp:°C", "--detector", "/detectors/1/value=rh:%",
+        "chambers",
+        "add",
+        "--section",
+        &s,
+        "--name",
+        "oven",
+        "--url",
+        &url,
+        "--interval",
+        "2s",
+        "--detector",
+        "/detectors/0/value=temp:°C",
+        "--detector",
+        "/detectors/1/value=rh:%",
     ]);
     let c = str_of(&chamber, "id").to_owned();
     assert_eq!(str_of(&chamber, "interval"), "2s");
@@ -177,29 +204,78 @@ fn every_operator_command_against_a_standalone_server() {
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(str_of(&listed[0], "id"), c);
     let shown = op.table(&["chambers", "show", &c]);
-    assert!(shown.contains("oven") && shown.contains("temp") && shown.contains("°C"), "{shown}");
+    assert!(
+        shown.contains("oven") && shown.contains("temp") && shown.contains("°C"),
+        "{shown}"
+    );
     let paused = op.json(&["chambers", "pause", &c]);
     assert_eq!(str_of(&paused, "state"), "CHAMBER_STATE_PAUSED");
     let paused_list = op.json(&["chambers", "list", "--state", "paused"]);
     assert_eq!(paused_list.as_array().unwrap().len(), 1);
-    assert_eq!(str_of(&op.json(&["chambers", "resume", &c]), "state"), "CHAMBER_STATE_ACTIVE");
-    assert_eq!(str_of(&op.json(&["chambers", "set-interval", &c, "5s"]), "interval"), "5s");
-    assert_eq!(str_of(&op.json(&["chambers", "update", &c, "--name", "oven-b"]), "name"), "oven-b");
+    assert_eq!(
+        str_of(&op.json(&["chambers", "resume", &c]), "state"),
+        "CHAMBER_STATE_ACTIVE"
+    );
+    assert_eq!(
+        str_of(
+            &op.json(&["chambers", "set-interval", &c, "5s"]),
+            "interval"
+        ),
+        "5s"
+    );
+    assert_eq!(
+        str_of(
+            &op.json(&["chambers", "update", &c, "--name", "oven-b"]),
+            "name"
+        ),
+        "oven-b"
+    );
     let detector = op.json(&[
-        "detectors", "add", &c, "/detectors/2/value=co2:ppm", "--min", "0", "--max", "5000",
+        "detectors",
+        "add",
+        &c,
+        "/detectors/2/value=co2:ppm",
+        "--min",
+        "0",
+        "--max",
+        "5000",
     ]);
     let d = str_of(&detector, "id").to_owned();
     assert_eq!(detector["max"].as_f64(), Some(5000.0));
-    assert_eq!(op.json(&["detectors", "list", &c]).as_array().unwrap().len(), 3);
-    assert_eq!(str_of(&op.json(&["detectors", "update", &d, "--unit", "ppm"]), "unit"), "ppm");
+    assert_eq!(
+        op.json(&["detectors", "list", &c])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        str_of(
+            &op.json(&["detectors", "update", &d, "--unit", "ppm"]),
+            "unit"
+        ),
+        "ppm"
+    );
     assert_eq!(op.json(&["detectors", "remove", &d])["id"], d.as_str());
-    assert_eq!(op.json(&["detectors", "list", &c]).as_array().unwrap().len(), 2);
+    assert_eq!(
+        op.json(&["detectors", "list", &c])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Batches.
     let batch = op.json(&["batches", "start", "--section", &s, "run-1"]);
     let b = str_of(&batch, "id").to_owned();
     assert!(batch["ended_at"].is_null(), "{batch}");
-    assert_eq!(op.json(&["batches", "list", "--section", &s]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        op.json(&["batches", "list", "--section", &s])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(op.json(&["batches", "end", &b])["ended_at"].is_string());
 
     // Readings of a simulated chamber: query, tail, export.
@@ -225,43 +301,107 @@ fn every_operator_command_against_a_standalone_server() {
     // A closed range of whole slots, so query and exports see the same rows.
     let from = str_of(&readings[0], "slot").to_owned();
     let to = str_of(readings.last().unwrap(), "slot").to_owned();
-    let range = ["--chamber", simulated.as_str(), "--from", from.as_str(), "--to", to.as_str()];
+    let range = [
+        "--chamber",
+        simulated.as_str(),
+        "--from",
+        from.as_str(),
+        "--to",
+        to.as_str(),
+    ];
     let queried = op.json(&[&["readings", "query"][..], &range].concat());
     let n = queried.as_array().unwrap().len();
     assert!(n >= 8, "at least one slot of 8 detectors: {n}");
     let table = op.table(&[&["readings", "query"][..], &range].concat());
-    assert!(table.contains("sim-0000") && table.contains("d0"), "names, not ids: {table}");
+    assert!(
+        table.contains("sim-0000") && table.contains("d0"),
+        "names, not ids: {table}"
+    );
     let csv = op.table(&[&["readings", "export"][..], &range].concat());
-    assert_eq!(csv.lines().count(), n + 1, "a header and one line per reading: {csv}");
+    assert_eq!(
+        csv.lines().count(),
+        n + 1,
+        "a header and one line per reading: {csv}"
+    );
     let exported = op.json(&[&["readings", "export", "--format", "json"][..], &range].concat());
     assert_eq!(exported, queried);
     let file = op.dir.join("export.csv");
-    op.table(&[&["readings", "export", "--out", file.to_str().unwrap()][..], &range].concat());
+    op.table(
+        &[
+            &["readings", "export", "--out", file.to_str().unwrap()][..],
+            &range,
+        ]
+        .concat(),
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), csv);
     assert!(!op.dir.join("export.csv.partial").exists());
-    let tail = op.run(&["readings", "tail", "--chamber", &simulated, "--count", "1", "--output", "json"]);
+    let tail = op.run(&[
+        "readings",
+        "tail",
+        "--chamber",
+        &simulated,
+        "--count",
+        "1",
+        "--output",
+        "json",
+    ]);
     assert_eq!(tail.code, 0, "{}", tail.stderr);
     let line: Value = serde_json::from_str(tail.stdout.trim()).expect("one JSON line");
     assert_eq!(str_of(&line["readings"], "chamber_id"), simulated);
     let tail = op.table(&["readings", "tail", "--count", "1"]);
-    assert!(tail.lines().count() >= 9, "a header and a poll's 8 readings: {tail}");
+    assert!(
+        tail.lines().count() >= 9,
+        "a header and a poll's 8 readings: {tail}"
+    );
 
     // The ledger.
     let polls = op.json(&["polls", "list", &simulated, "--from", "1h"]);
-    assert!(polls.as_array().unwrap().iter().any(|p| str_of(p, "outcome") == "ok"), "{polls}");
-    let coverage = op.json(&["polls", "coverage", "--chamber", &simulated, "--from", &from, "--to", &to]);
+    assert!(
+        polls
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| str_of(p, "outcome") == "ok"),
+        "{polls}"
+    );
+    let coverage = op.json(&[
+        "polls",
+        "coverage",
+        "--chamber",
+        &simulated,
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ]);
     // proto3 JSON writes 64-bit integers as strings.
     let slots: u64 = str_of(&coverage, "slots").parse().unwrap();
     assert!(slots >= 2, "{coverage}");
-    assert!(op.table(&["polls", "coverage", "--chamber", &simulated]).contains("coverage"));
+    assert!(
+        op.table(&["polls", "coverage", "--chamber", &simulated])
+            .contains("coverage")
+    );
 
     // Tokens: a viewer reads but cannot change; a revoked token stops working.
-    let created = op.json(&["tokens", "create", "dashboard", "--role", "viewer", "--expires-in", "30d"]);
+    let created = op.json(&[
+        "tokens",
+        "create",
+        "dashboard",
+        "--role",
+        "viewer",
+        "--expires-in",
+        "30d",
+    ]);
     let secret = str_of(&created, "secret").to_owned();
     let token_id = str_of(&created["token"], "id").to_owned();
     assert!(secret.starts_with("chm_"));
     assert_eq!(op.run_as(&secret, &["chambers", "list"]).code, 0);
-    op.fails_as(&secret, 3, &["chambers", "pause", &c], &["permission denied"]);
+    op.fails_as(
+        &secret,
+        3,
+        &["chambers", "pause", &c],
+        &["permission denied"],
+    );
     assert!(op.table(&["tokens", "list"]).contains("dashboard"));
     op.json(&["tokens", "revoke", &token_id]);
     op.fails_as(&secret, 3, &["chambers", "list"], &["not authenticated"]);
@@ -269,10 +409,23 @@ fn every_operator_command_against_a_standalone_server() {
     // Users.
     let user = {
         let r = op
-            .command(&["users", "add", "bob@lab.test", "--role", "operator", "--name", "Bob", "--output", "json"])
+            .command(&[
+                "users",
+                "add",
+                "bob@lab.test",
+                "--role",
+                "operator",
+                "--name",
+                "Bob",
+                "--output",
+                "json",
+            ])
             .env("CHAMBERLAIN_SERVER", &op.server)
             .env("CHAMBERLAIN_TOKEN", &op.token)
-            .env("CHAMBERLAIN_NEW_USER_PASSWORD", "correct horse battery staple")
+            .env(
+                "CHAMBERLAIN_NEW_USER_PASSWORD",
+                "correct horse battery staple",
+            )
             .output()
             .unwrap();
         let r = ran(r);
@@ -281,35 +434,76 @@ fn every_operator_command_against_a_standalone_server() {
     };
     let u = str_of(&user, "id").to_owned();
     assert!(op.table(&["users", "list"]).contains("bob@lab.test"));
-    assert_eq!(str_of(&op.json(&["users", "set-role", &u, "viewer"]), "role"), "viewer");
+    assert_eq!(
+        str_of(&op.json(&["users", "set-role", &u, "viewer"]), "role"),
+        "viewer"
+    );
     op.json(&["users", "delete", &u]);
     assert!(!op.table(&["users", "list"]).contains("bob@lab.test"));
 
     // Failures, each with its exit code and a message naming what is wrong.
-    op.fails_as("chm_not-a-real-token", 3, &["chambers", "list"], &["not authenticated"]);
+    op.fails_as(
+        "chm_not-a-real-token",
+        3,
+        &["chambers", "list"],
+        &["not authenticated"],
+    );
     op.fails_as("", 3, &["chambers", "list"], &["not authenticated"]);
     let unknown = uuid::Uuid::new_v4().to_string();
     op.fails(4, &["chambers", "show", &unknown], &["not found"]);
     op.fails(5, &["chambers", "show", "xyz"], &["id"]);
     op.fails(
         5,
-        &["chambers", "add", "--section", &s, "--name", "fast", "--url", &url, "--interval", "100ms", "--detector", "/t=t"],
+        &[
+            "chambers",
+            "add",
+            "--section",
+            &s,
+            "--name",
+            "fast",
+            "--url",
+            &url,
+            "--interval",
+            "100ms",
+            "--detector",
+            "/t=t",
+        ],
         &["chamber.interval"],
     );
     op.fails(2, &["chambers", "set-interval", &c, "soon"], &["interval"]);
-    let r = ran(op.command(&["chambers", "list", "--server", "127.0.0.1:1"]).env("CHAMBERLAIN_TOKEN", &op.token).output().unwrap());
+    let r = ran(op
+        .command(&["chambers", "list", "--server", "127.0.0.1:1"])
+        .env("CHAMBERLAIN_TOKEN", &op.token)
+        .output()
+        .unwrap());
     assert_eq!(r.code, 6, "{}", r.stderr);
     assert!(r.stderr.contains("cannot reach the server"), "{}", r.stderr);
 
     // The config file stands in for the flags.
     let config = op.dir.join("config/chamberlain/config.toml");
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(&config, format!("server = \"{}\"\ntoken = \"{}\"\n", op.server, op.token)).unwrap();
+    std::fs::write(
+        &config,
+        format!("server = \"{}\"\ntoken = \"{}\"\n", op.server, op.token),
+    )
+    .unwrap();
     let r = ran(op.command(&["chambers", "show", &c]).output().unwrap());
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let r = ran(op.command(&["chambers", "list", "--config", "/nonexistent/chamberlain.toml"]).output().unwrap());
+    let r = ran(op
+        .command(&[
+            "chambers",
+            "list",
+            "--config",
+            "/nonexistent/chamberlain.toml",
+        ])
+        .output()
+        .unwrap());
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("/nonexistent/chamberlain.toml"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/nonexistent/chamberlain.toml"),
+        "{}",
+        r.stderr
+    );
 
     // Deleting.
     assert_eq!(op.json(&["chambers", "delete", &c])["id"], c.as_str());
@@ -333,7 +527,9 @@ fn an_import_with_bad_rows_names_their_lines_and_creates_nothing() {
     let op = Operator::start("import", 1);
     op.json(&["sections", "add", "hall-b"]);
     let url = format!("http://127.0.0.2:{}/chambers/0", op.sim);
-    let good = |name: &str| format!("hall-b,{name},{url},json,5s,,/detectors/0/value=temp:°C;/detectors/1/value=rh:%");
+    let good = |name: &str| {
+        format!("hall-b,{name},{url},json,5s,,/detectors/0/value=temp:°C;/detectors/1/value=rh:%")
+    };
     let bad = write_csv(
         &op.dir,
         "bad.csv",
@@ -359,7 +555,11 @@ fn an_import_with_bad_rows_names_their_lines_and_creates_nothing() {
             "line 7: detectors",
         ],
     );
-    assert!(!r.stderr.contains("line 2:") && !r.stderr.contains("line 4:"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("line 2:") && !r.stderr.contains("line 4:"),
+        "{}",
+        r.stderr
+    );
     let names = |op: &Operator| -> Vec<String> {
         let mut n: Vec<String> = op
             .json(&["chambers", "list"])
@@ -378,24 +578,54 @@ fn an_import_with_bad_rows_names_their_lines_and_creates_nothing() {
     let local = write_csv(
         &op.dir,
         "local.csv",
-        &[good("oven-7"), format!("nowhere,oven-8,{url},json,5s,,/t=t"), format!("hall-b,oven-9,{url},json,5 parsecs,,/t=t")],
+        &[
+            good("oven-7"),
+            format!("nowhere,oven-8,{url},json,5s,,/t=t"),
+            format!("hall-b,oven-9,{url},json,5 parsecs,,/t=t"),
+        ],
     );
-    op.fails(5, &["import", local.to_str().unwrap()], &["line 3: section", "no section named \"nowhere\"", "line 4: interval"]);
+    op.fails(
+        5,
+        &["import", local.to_str().unwrap()],
+        &[
+            "line 3: section",
+            "no section named \"nowhere\"",
+            "line 4: interval",
+        ],
+    );
     assert!(names(&op).is_empty());
     let typo = op.dir.join("typo.csv");
     std::fs::write(&typo, "section,name,url,intervall,detectors\n").unwrap();
-    op.fails(2, &["import", typo.to_str().unwrap()], &["unknown column \"intervall\""]);
+    op.fails(
+        2,
+        &["import", typo.to_str().unwrap()],
+        &["unknown column \"intervall\""],
+    );
 
     // --continue-on-error: the good rows are created, the others listed by line.
     let report = op.json(&["import", path, "--continue-on-error"]);
     assert_eq!(report["created"], 2);
-    let lines: Vec<u64> = report["refused"].as_array().unwrap().iter().map(|r| r["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = report["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, vec![3, 5, 6, 7]);
     assert_eq!(names(&op), vec!["oven-1", "oven-3"]);
 
     // A clean file, all at once.
-    let clean = write_csv(&op.dir, "clean.csv", &(0..50).map(|i| good(&format!("oven-x{i:02}"))).collect::<Vec<_>>());
-    assert!(op.table(&["import", clean.to_str().unwrap()]).contains("imported 50 chambers"));
+    let clean = write_csv(
+        &op.dir,
+        "clean.csv",
+        &(0..50)
+            .map(|i| good(&format!("oven-x{i:02}")))
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        op.table(&["import", clean.to_str().unwrap()])
+            .contains("imported 50 chambers")
+    );
     assert_eq!(names(&op).len(), 52);
 }
 
@@ -414,7 +644,13 @@ fn in_terminal(op: &Operator, args: &[&str]) -> (i32, String) {
         ws_ypixel: 0,
     };
     rustix::termios::tcsetwinsize(&master, size).unwrap();
-    let terminal = || std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let terminal = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap()
+    };
     let mut child = op
         .command(args)
         .env("CHAMBERLAIN_SERVER", &op.server)
@@ -452,9 +688,18 @@ fn a_ten_thousand_row_import_shows_its_progress_in_a_terminal() {
     let file = write_csv(&op.dir, "fleet.csv", &rows);
     let (code, drawn) = in_terminal(&op, &["import", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{drawn}");
-    assert!(drawn.contains("/10000 rows"), "a progress bar was drawn: {drawn}");
+    assert!(
+        drawn.contains("/10000 rows"),
+        "a progress bar was drawn: {drawn}"
+    );
     assert!(drawn.contains("imported 10000 chambers"), "{drawn}");
     let frames = drawn.matches("/10000 rows").count();
     eprintln!("import of 10,000 rows: {frames} progress frames drawn");
-    assert_eq!(op.json(&["chambers", "list", "--limit", "10001"]).as_array().unwrap().len(), 10_001);
+    assert_eq!(
+        op.json(&["chambers", "list", "--limit", "10001"])
+            .as_array()
+            .unwrap()
+            .len(),
+        10_001
+    );
 }

@@ -113,14 +113,19 @@ pub(crate) enum SectionsCommand {
 }
 
 fn print_sections(output: Output, items: &[v1::Section]) {
-    render::list(output, items, &["ID", "NAME", "DESCRIPTION", "CREATED"], |s| {
-        vec![
-            s.id.clone(),
-            s.name.clone(),
-            s.description.clone(),
-            ts(s.created_at.as_ref()),
-        ]
-    });
+    render::list(
+        output,
+        items,
+        &["ID", "NAME", "DESCRIPTION", "CREATED"],
+        |s| {
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.description.clone(),
+                ts(s.created_at.as_ref()),
+            ]
+        },
+    );
 }
 
 fn print_section(output: Output, s: &v1::Section) {
@@ -321,7 +326,7 @@ fn print_chamber(output: Output, c: &v1::Chamber) {
         ],
     );
     if output == Output::Table {
-        println!();
+        out!("");
         print_detectors(output, &c.detectors);
     }
 }
@@ -629,7 +634,10 @@ async fn batches(client: &Client, command: BatchesCommand) -> Done {
             })
             .await?
             .into_inner(),
-        BatchesCommand::End { id } => api.end_batch(v1::EndBatchRequest { id }).await?.into_inner(),
+        BatchesCommand::End { id } => api
+            .end_batch(v1::EndBatchRequest { id })
+            .await?
+            .into_inner(),
     };
     render::one(
         output,
@@ -685,7 +693,10 @@ pub(crate) struct Range {
 
 impl Range {
     fn parse(&self) -> Result<(prost_types::Timestamp, prost_types::Timestamp), Failure> {
-        Ok((parse_time("--from", &self.from)?, parse_time("--to", &self.to)?))
+        Ok((
+            parse_time("--from", &self.from)?,
+            parse_time("--to", &self.to)?,
+        ))
     }
 }
 
@@ -830,7 +841,7 @@ async fn readings(client: &Client, command: ReadingsCommand) -> Done {
             let mut polls = 0;
             let mut names = Names::new(client);
             if output == Output::Table {
-                println!("{}", READING_HEADERS.join("  "));
+                out!("{}", READING_HEADERS.join("  "));
             }
             while count.is_none_or(|c| polls < c) {
                 let Some(item) = stream.message().await? else {
@@ -841,10 +852,10 @@ async fn readings(client: &Client, command: ReadingsCommand) -> Done {
                     polls += 1;
                 }
                 match (output, &item.item) {
-                    (Output::Json, _) => println!("{}", render::json(&item)),
+                    (Output::Json, _) => out!("{}", render::json(&item)),
                     (Output::Table, Some(Item::Readings(p))) => {
                         for row in names.rows(&p.readings).await {
-                            println!("{}", row.join("  "));
+                            out!("{}", row.join("  "));
                         }
                     }
                     (Output::Table, Some(Item::Lagged(l))) => {
@@ -855,7 +866,6 @@ async fn readings(client: &Client, command: ReadingsCommand) -> Done {
                     }
                     (Output::Table, None) => {}
                 }
-                std::io::stdout().flush().ok();
             }
         }
         ReadingsCommand::Export {
@@ -964,9 +974,9 @@ impl Sink {
                 partial,
                 path,
             } => {
-                let file = file
-                    .into_inner()
-                    .map_err(|e| Failure::usage(format!("cannot write {}: {e}", partial.display())))?;
+                let file = file.into_inner().map_err(|e| {
+                    Failure::usage(format!("cannot write {}: {e}", partial.display()))
+                })?;
                 file.sync_all()
                     .and_then(|()| std::fs::rename(&partial, &path))
                     .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))
@@ -1030,7 +1040,9 @@ async fn polls(client: &Client, command: PollsCommand) -> Done {
             render::list(
                 output,
                 &items,
-                &["SLOT", "OUTCOME", "ATTEMPT", "LATENESS", "LATENCY", "DETAIL"],
+                &[
+                    "SLOT", "OUTCOME", "ATTEMPT", "LATENESS", "LATENCY", "DETAIL",
+                ],
                 |p| {
                     vec![
                         ts(p.slot.as_ref()),
@@ -1118,7 +1130,15 @@ async fn tokens(client: &Client, command: TokensCommand) -> Done {
             render::list(
                 output,
                 &items,
-                &["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "REVOKED"],
+                &[
+                    "ID",
+                    "NAME",
+                    "ROLE",
+                    "CREATED",
+                    "EXPIRES",
+                    "LAST USED",
+                    "REVOKED",
+                ],
                 |t| {
                     vec![
                         t.id.clone(),

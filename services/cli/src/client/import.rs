@@ -49,7 +49,13 @@ struct Refusal {
 }
 
 const COLUMNS: [&str; 7] = [
-    "section", "name", "url", "format", "interval", "timeout", "detectors",
+    "section",
+    "name",
+    "url",
+    "format",
+    "interval",
+    "timeout",
+    "detectors",
 ];
 const REQUIRED: [&str; 5] = ["section", "name", "url", "interval", "detectors"];
 
@@ -124,14 +130,20 @@ fn row<'a>(
             .cloned()
             .ok_or_else(|| ("section", format!("no section named {section:?}")))?
     };
-    let duration = |column: &'static str| -> Result<Option<prost_types::Duration>, (&'static str, String)> {
-        match cell(column) {
-            "" => Ok(None),
-            raw => parse_duration(column, raw)
-                .map(Some)
-                .map_err(|e| (column, e.message.trim_start_matches(&format!("{column}: ")).to_owned())),
-        }
-    };
+    let duration =
+        |column: &'static str| -> Result<Option<prost_types::Duration>, (&'static str, String)> {
+            match cell(column) {
+                "" => Ok(None),
+                raw => parse_duration(column, raw).map(Some).map_err(|e| {
+                    (
+                        column,
+                        e.message
+                            .trim_start_matches(&format!("{column}: "))
+                            .to_owned(),
+                    )
+                }),
+            }
+        };
     let detectors = cell("detectors")
         .split(';')
         .filter(|d| !d.trim().is_empty())
@@ -179,7 +191,11 @@ pub(crate) async fn import(client: &Client, args: ImportArgs) -> Result<(), Fail
     let sections = section_ids(client).await?;
     let Parsed { rows, mut refused } = parse(&args.file, &sections)?;
     if !refused.is_empty() && !args.continue_on_error {
-        return Err(refusals(&refused, rows.len() + refused.len(), "in the file"));
+        return Err(refusals(
+            &refused,
+            rows.len() + refused.len(),
+            "in the file",
+        ));
     }
     let lines: Vec<u64> = rows.iter().map(|(line, _)| *line).collect();
     let bar = ProgressBar::new(rows.len() as u64).with_style(
@@ -189,8 +205,8 @@ pub(crate) async fn import(client: &Client, args: ImportArgs) -> Result<(), Fail
     );
     bar.set_message("checking");
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut api = ChamberServiceClient::new(client.transport.clone())
-        .max_decoding_message_size(64 << 20);
+    let mut api =
+        ChamberServiceClient::new(client.transport.clone()).max_decoding_message_size(64 << 20);
     let call = api.import_chambers(tokio_stream::wrappers::ReceiverStream::new(rx));
     let continue_on_error = args.continue_on_error;
     let send = {
@@ -229,7 +245,9 @@ pub(crate) async fn import(client: &Client, args: ImportArgs) -> Result<(), Fail
                 .collect();
             let mut failure = refusals(&server, lines.len(), "by the server");
             if server.len() >= MAX_DETAILED {
-                failure.message.push_str(&format!("\n({})", status.message()));
+                failure
+                    .message
+                    .push_str(&format!("\n({})", status.message()));
             }
             return Err(failure);
         }
@@ -244,7 +262,7 @@ pub(crate) async fn import(client: &Client, args: ImportArgs) -> Result<(), Fail
     }));
     refused.sort_by_key(|r| r.line);
     match client.output {
-        Output::Json => println!(
+        Output::Json => out!(
             "{}",
             serde_json::json!({
                 "created": reply.chamber_ids.len(),
@@ -253,9 +271,13 @@ pub(crate) async fn import(client: &Client, args: ImportArgs) -> Result<(), Fail
             })
         ),
         Output::Table => {
-            println!("imported {} chambers from {}", reply.chamber_ids.len(), args.file.display());
+            out!(
+                "imported {} chambers from {}",
+                reply.chamber_ids.len(),
+                args.file.display()
+            );
             for r in &refused {
-                println!("  skipped line {}: {}: {}", r.line, r.field, r.description);
+                out!("  skipped line {}: {}: {}", r.line, r.field, r.description);
             }
         }
     }
@@ -299,7 +321,10 @@ fn refusals(refused: &[Refusal], rows: usize, by: &str) -> Failure {
         refused.len()
     );
     for r in refused {
-        message.push_str(&format!("\n  line {}: {}: {}", r.line, r.field, r.description));
+        message.push_str(&format!(
+            "\n  line {}: {}: {}",
+            r.line, r.field, r.description
+        ));
     }
     Failure {
         exit: exit::INVALID,

@@ -2,6 +2,14 @@
 //! gateway directly or through Envoy). Every command is one or a few API calls; what they
 //! print is in [`render`], how a refusal becomes an exit code in [`Failure`].
 
+/// `println!` for replies, except that a closed stdout (`| head`) ends the command quietly
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::client::write_out(format_args!($($arg)*))
+    };
+}
+
 mod commands;
 mod import;
 mod render;
@@ -38,7 +46,13 @@ pub(crate) struct ClientArgs {
     #[arg(long, global = true, env = "CHAMBERLAIN_CONFIG")]
     config: Option<PathBuf>,
     /// How replies are printed.
-    #[arg(long, global = true, env = "CHAMBERLAIN_OUTPUT", value_enum, default_value = "table")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAMBERLAIN_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     output: Output,
 }
 
@@ -131,9 +145,14 @@ fn code_name(code: Code) -> &'static str {
 pub(crate) struct BearerToken(Option<AsciiMetadataValue>);
 
 impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -169,17 +188,26 @@ impl ClientArgs {
             format!("http://{server}")
         };
         let endpoint = Endpoint::from_shared(server.clone())
-            .map_err(|e| Failure::usage(format!("invalid setting --server (CHAMBERLAIN_SERVER): {e}")))?
+            .map_err(|e| {
+                Failure::usage(format!(
+                    "invalid setting --server (CHAMBERLAIN_SERVER): {e}"
+                ))
+            })?
             .connect_timeout(Duration::from_secs(5));
         let header = token
             .map(|t| {
-                AsciiMetadataValue::try_from(format!("Bearer {}", t.trim()))
-                    .map_err(|_| Failure::usage("invalid setting --token (CHAMBERLAIN_TOKEN): not printable ASCII"))
+                AsciiMetadataValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {
+                    Failure::usage(
+                        "invalid setting --token (CHAMBERLAIN_TOKEN): not printable ASCII",
+                    )
+                })
             })
             .transpose()?;
         let channel = endpoint.connect().await.map_err(|e| Failure {
             exit: exit::UNAVAILABLE,
-            message: format!("cannot reach the server at {server}: {e} (set --server or CHAMBERLAIN_SERVER)"),
+            message: format!(
+                "cannot reach the server at {server}: {e} (set --server or CHAMBERLAIN_SERVER)"
+            ),
         })?;
         Ok(Client {
             transport: InterceptedService::new(channel, BearerToken(header)),
@@ -207,9 +235,8 @@ impl ClientArgs {
                 )));
             }
         };
-        toml::from_str(&text).map_err(|e| {
-            Failure::usage(format!("invalid config file {}: {e}", path.display()))
-        })
+        toml::from_str(&text)
+            .map_err(|e| Failure::usage(format!("invalid config file {}: {e}", path.display())))
     }
 }
 
@@ -253,4 +280,23 @@ pub(crate) fn parse_time(flag: &str, raw: &str) -> Result<prost_types::Timestamp
         seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or(i64::MAX),
         nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
     })
+}
+
+/// Writes one line of a reply to stdout (see `out!`).
+pub(crate) fn write_out(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        // Whoever reads the output has seen enough.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("chamberlain: cannot write to stdout: {e}");
+            std::process::exit(i32::from(exit::USAGE));
+        }
+    }
 }

@@ -59,13 +59,13 @@ pub(crate) fn list<M: Message + Name>(
 /// Prints `items` as one JSON array.
 pub(crate) fn json_array<M: Message + Name>(items: &[M]) {
     let all: Vec<serde_json::Value> = items.iter().map(json).collect();
-    println!("{}", serde_json::Value::Array(all));
+    out!("{}", serde_json::Value::Array(all));
 }
 
 /// Prints rows already rendered, under `headers`.
 pub(crate) fn rows(headers: &[&str], rows: Vec<Vec<String>>) {
     if rows.is_empty() {
-        println!("(none)");
+        out!("(none)");
         return;
     }
     let mut table = new_table();
@@ -79,7 +79,7 @@ pub(crate) fn rows(headers: &[&str], rows: Vec<Vec<String>>) {
 /// Prints one item: as `field  value` lines, or as a JSON object.
 pub(crate) fn one<M: Message + Name>(output: Output, item: &M, fields: Vec<(&str, String)>) {
     match output {
-        Output::Json => println!("{}", json(item)),
+        Output::Json => out!("{}", json(item)),
         Output::Table => {
             let mut table = new_table();
             for (name, value) in fields {
@@ -94,8 +94,8 @@ pub(crate) fn one<M: Message + Name>(output: Output, item: &M, fields: Vec<(&str
 /// id for scripts.
 pub(crate) fn done(output: Output, what: &str, id: &str) {
     match output {
-        Output::Json => println!("{}", serde_json::json!({ "id": id })),
-        Output::Table => println!("{what} {id}"),
+        Output::Json => out!("{}", serde_json::json!({ "id": id })),
+        Output::Table => out!("{what} {id}"),
     }
 }
 
@@ -105,7 +105,7 @@ fn print(mut table: Table) {
     for (i, column) in table.column_iter_mut().enumerate() {
         column.set_padding((0, if i + 1 == columns { 0 } else { 2 }));
     }
-    println!("{table}");
+    out!("{table}");
 }
 
 fn new_table() -> Table {
