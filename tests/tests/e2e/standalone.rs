@@ -16,6 +16,7 @@ use chamberlain_tests::chamberlain_bin;
 use tonic::transport::Channel;
 
 use crate::api::authed;
+use chamberlain_grpc::identity::IDENTITY_HEADER;
 
 pub(crate) struct Standalone {
     pub(crate) child: Child,
@@ -186,6 +187,33 @@ async fn standalone_polls_simulated_chambers_and_resumes_after_a_restart() {
         "standalone: every simulated chamber had a stored reading {:.1} s after the start",
         started.elapsed().as_secs_f64()
     );
+    // Without Envoy, only the in-process layer vouches for a caller: a client-sent identity
+    // header is dropped, with a token or without one.
+    let mut forged = tonic::Request::new(v1::ListChambersRequest::default());
+    forged
+        .metadata_mut()
+        .insert(IDENTITY_HEADER, "v1.forged.identity".parse().unwrap());
+    let refused = ChamberServiceClient::new(channel.clone())
+        .list_chambers(forged)
+        .await
+        .expect_err("no token, a forged identity");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut with_token = authed(v1::WhoAmIRequest {}, &token);
+    with_token
+        .metadata_mut()
+        .insert(IDENTITY_HEADER, "v1.forged.identity".parse().unwrap());
+    let me = chamberlain_proto::v1::user_service_client::UserServiceClient::new(channel.clone())
+        .who_am_i(with_token)
+        .await
+        .expect("the token decides who calls")
+        .into_inner();
+    assert_eq!(me.email, "admin@localhost");
+    let bad = ChamberServiceClient::new(channel.clone())
+        .list_chambers(authed(v1::ListChambersRequest::default(), "chm_forged"))
+        .await
+        .expect_err("a bad token");
+    assert_eq!(bad.code(), tonic::Code::Unauthenticated);
+
     let stored_before_stop = latest(&channel, &token, &ids[..1]).await[0];
     terminate(&mut first);
     let stopped_at = std::time::SystemTime::now();
