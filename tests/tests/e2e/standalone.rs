@@ -202,7 +202,7 @@ async fn standalone_polls_simulated_chambers_and_resumes_after_a_restart() {
     with_token
         .metadata_mut()
         .insert(IDENTITY_HEADER, "v1.forged.identity".parse().unwrap());
-    let me = chamberlain_proto::v1::user_service_client::UserServiceClient::new(channel.clone())
+    let me = v1::user_service_client::UserServiceClient::new(channel.clone())
         .who_am_i(with_token)
         .await
         .expect("the token decides who calls")
