@@ -29,6 +29,20 @@ static EXPORT_HEALTH: std::sync::OnceLock<Arc<ExportHealth>> = std::sync::OnceLo
 pub fn traces_wanted() -> bool {
     EXPORT_HEALTH.get().is_some_and(|h| h.wanted())
 }
+/// What the trace exporter sees: only Chamberlain's own spans and events (never the exporter's
+/// own gRPC calls), nothing while the collector is failing (paused), and below INFO (the `db`
+/// spans of every repository call, debug events) only inside a span already traced: a query
+/// outside any traced work makes no trace of its own, and costs nothing when nobody traces.
+fn traced<S>(meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if !meta.target().starts_with("chamberlain") || !traces_wanted() {
+        return false;
+    }
+    *meta.level() <= tracing::Level::INFO || cx.lookup_current().is_some()
+}
+
 pub use http::serve_metrics;
 pub use instruments::{Instruments, instruments};
 pub use prometheus::{PrometheusReader, metric_name};
@@ -192,13 +206,10 @@ impl Telemetry {
                 .with_filter(filter)
                 .boxed(),
         };
-        // Only Chamberlain's own spans are traced (never the exporter's own gRPC calls).
         let traces = tracer.as_ref().map(|provider| {
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer(settings.service))
-                .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                    meta.target().starts_with("chamberlain")
-                }))
+                .with_filter(tracing_subscriber::filter::DynFilterFn::new(traced))
         });
         tracing_subscriber::registry()
             .with(logs)

@@ -280,6 +280,25 @@ async fn one_trace_follows_a_poll_from_the_scheduler_through_the_queue_and_metri
         assert_eq!(trace[worker_span].service, "chamberlain-worker");
     }
 
+    // Repository calls are traced only within traced work: none starts a trace of its own.
+    let db_spans: Vec<ReceivedSpan> = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.name.starts_with("db "))
+        .cloned()
+        .collect();
+    for s in &db_spans {
+        assert!(
+            !s.parent_span_id.is_empty(),
+            "{} ({}) is a trace of its own",
+            s.name,
+            s.service
+        );
+    }
+    eprintln!("{} db spans, all within traced work", db_spans.len());
+
     // The key metrics, with their values.
     until(Duration::from_secs(30), "poll metrics", || {
         let m = collector.metrics.lock().unwrap();
