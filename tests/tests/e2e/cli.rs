@@ -178,6 +178,12 @@ fn every_operator_command_against_a_standalone_server() {
         str_of(&op.json(&["sections", "show", &s]), "name"),
         "hall-seven"
     );
+    let spare = str_of(&op.json(&["sections", "add", "spare"]), "id").to_owned();
+    assert!(
+        op.table(&["sections", "delete", &spare])
+            .contains("deleted section")
+    );
+    op.fails(4, &["sections", "show", &spare], &["not found"]);
 
     // Chambers and detectors.
     let url = format!("http://127.0.0.2:{}/chambers/0", op.sim);
