@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// glibc's allocator took a third of a worker's CPU at 10,000 chambers (perf: `unlink_chunk`,
+/// `_int_malloc`, `malloc_consolidate`); mimalloc's per-thread free lists do not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod alerter;
 mod api;
 mod client;
