@@ -457,6 +457,20 @@ fn every_operator_command_against_a_standalone_server() {
     op.fails_as("", 3, &["chambers", "list"], &["not authenticated"]);
     let unknown = uuid::Uuid::new_v4().to_string();
     op.fails(4, &["chambers", "show", &unknown], &["not found"]);
+    let failed_export = op.dir.join("failed.csv");
+    op.fails(
+        4,
+        &[
+            "readings",
+            "export",
+            "--chamber",
+            &unknown,
+            "--out",
+            failed_export.to_str().unwrap(),
+        ],
+        &["not found"],
+    );
+    assert!(!failed_export.exists() && !op.dir.join("failed.csv.partial").exists());
     op.fails(5, &["chambers", "show", "xyz"], &["id"]);
     op.fails(
         5,

@@ -876,53 +876,71 @@ async fn readings(client: &Client, command: ReadingsCommand) -> Done {
         } => {
             let (from, to) = range.parse()?;
             let mut sink = Sink::open(out.as_deref())?;
-            match format {
-                ExportFormat::Csv => {
-                    let mut stream = api
-                        .export_readings(v1::ExportReadingsRequest {
-                            selector: Some(scope.selector()),
-                            from: Some(from),
-                            to: Some(to),
-                        })
-                        .await?
-                        .into_inner();
-                    while let Some(chunk) = stream.message().await? {
-                        sink.write(&chunk.data)?;
-                    }
-                }
-                ExportFormat::Json => {
-                    sink.write(b"[")?;
-                    let mut first = true;
-                    let mut token = String::new();
-                    loop {
-                        let r = api
-                            .query_readings(v1::QueryReadingsRequest {
-                                selector: Some(scope.selector()),
-                                from: Some(from),
-                                to: Some(to),
-                                page: Some(v1::PageRequest {
-                                    page_size: 1000,
-                                    page_token: token,
-                                }),
-                            })
-                            .await?
-                            .into_inner();
-                        for reading in &r.readings {
-                            if !first {
-                                sink.write(b",\n")?;
-                            }
-                            first = false;
-                            sink.write(render::json(reading).to_string().as_bytes())?;
-                        }
-                        if r.next_page_token.is_empty() {
-                            break;
-                        }
-                        token = r.next_page_token;
-                    }
-                    sink.write(b"]\n")?;
+            // A failed export leaves no partial file behind.
+            match export_into(&mut api, &scope, (from, to), format, &mut sink).await {
+                Ok(()) => sink.finish()?,
+                Err(e) => {
+                    sink.discard();
+                    return Err(e);
                 }
             }
-            sink.finish()?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the readings of `scope` over `range` to `sink` in `format`.
+async fn export_into(
+    api: &mut ReadingServiceClient<super::Transport>,
+    scope: &Scope,
+    (from, to): (prost_types::Timestamp, prost_types::Timestamp),
+    format: ExportFormat,
+    sink: &mut Sink,
+) -> Done {
+    match format {
+        ExportFormat::Csv => {
+            let mut stream = api
+                .export_readings(v1::ExportReadingsRequest {
+                    selector: Some(scope.selector()),
+                    from: Some(from),
+                    to: Some(to),
+                })
+                .await?
+                .into_inner();
+            while let Some(chunk) = stream.message().await? {
+                sink.write(&chunk.data)?;
+            }
+        }
+        ExportFormat::Json => {
+            sink.write(b"[")?;
+            let mut first = true;
+            let mut token = String::new();
+            loop {
+                let r = api
+                    .query_readings(v1::QueryReadingsRequest {
+                        selector: Some(scope.selector()),
+                        from: Some(from),
+                        to: Some(to),
+                        page: Some(v1::PageRequest {
+                            page_size: 1000,
+                            page_token: token,
+                        }),
+                    })
+                    .await?
+                    .into_inner();
+                for reading in &r.readings {
+                    if !first {
+                        sink.write(b",\n")?;
+                    }
+                    first = false;
+                    sink.write(render::json(reading).to_string().as_bytes())?;
+                }
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                token = r.next_page_token;
+            }
+            sink.write(b"]\n")?;
         }
     }
     Ok(())
@@ -962,6 +980,14 @@ impl Sink {
             Self::File { file, .. } => file.write_all(bytes),
         };
         written.map_err(|e| Failure::usage(format!("cannot write the export: {e}")))
+    }
+
+    /// Drops what was written (a file's partial copy is removed).
+    fn discard(self) {
+        if let Self::File { file, partial, .. } = self {
+            drop(file);
+            let _ = std::fs::remove_file(partial);
+        }
     }
 
     fn finish(self) -> Result<(), Failure> {
