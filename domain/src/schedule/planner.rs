@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::time::Duration;
 
 use crate::error::{Rule, ValidationError};
 use crate::limits::MAX_BACKFILL_SLOTS;
@@ -259,9 +260,22 @@ impl SchedulePlanner {
     /// enqueued; earlier ones (the scheduler was down or woke late) follow the catch-up policy.
     /// Never returns a slot after `now`, nor one at or before the previous watermark.
     pub fn due(&mut self, now: Timestamp) -> Decision {
+        self.due_ahead(now, Duration::ZERO)
+    }
+
+    /// Like [`Self::due`], and also decides the slots that fall due within `ahead` after `now`,
+    /// each as a scheduled poll of its own slot: enqueued early, so that a worker holds the job
+    /// when the slot comes and sends the request on time, whatever the queue's latency. Catch-up
+    /// is judged at `now` only: a slot that is late but still current is polled, not missed.
+    ///
+    /// The watermark advances to `now`, not to `now + ahead`: a chamber added or changed after
+    /// this call is still owed its slots after `now`, and a new leader resuming from the
+    /// watermark re-decides at most the slots decided ahead (the queue's dedup refuses them).
+    pub fn due_ahead(&mut self, now: Timestamp, ahead: Duration) -> Decision {
+        let horizon = now + ahead;
         let mut decision = Decision::default();
         while let Some(Reverse((slot, generation, id))) = self.heap.peek().copied() {
-            if slot > now {
+            if slot > horizon {
                 break;
             }
             self.heap.pop();
@@ -271,8 +285,6 @@ impl SchedulePlanner {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
-            let latest = entry.grid.at_or_before(now);
-            let count = entry.grid.count_between(slot, latest);
             let c = entry.chamber;
             let poll = |slot, kind| DuePoll {
                 poll: PollId {
@@ -283,30 +295,39 @@ impl SchedulePlanner {
                 interval: c.interval,
                 kind,
             };
-            if count > 1 {
-                let earlier = count - 1;
-                let backfill = match self.policy {
-                    CatchUpPolicy::Skip => 0,
-                    CatchUpPolicy::Backfill { max_slots } => earlier.min(u64::from(max_slots)),
-                };
-                let missed = earlier - backfill;
-                if missed > 0 {
-                    decision.missed.push(MissedSlots {
-                        chamber_id: c.id,
-                        organization_id: c.organization_id,
-                        first: slot,
-                        interval: c.interval,
-                        count: missed,
-                    });
+            if slot > now {
+                // Not yet due: decided ahead, exactly this slot.
+                decision.enqueue.push(poll(slot, PollKind::Scheduled));
+                entry.next_slot = entry.grid.after(slot);
+            } else {
+                let latest = entry.grid.at_or_before(now);
+                let count = entry.grid.count_between(slot, latest);
+                if count > 1 {
+                    let earlier = count - 1;
+                    let backfill = match self.policy {
+                        CatchUpPolicy::Skip => 0,
+                        CatchUpPolicy::Backfill { max_slots } => earlier.min(u64::from(max_slots)),
+                    };
+                    let missed = earlier - backfill;
+                    if missed > 0 {
+                        decision.missed.push(MissedSlots {
+                            chamber_id: c.id,
+                            organization_id: c.organization_id,
+                            first: slot,
+                            interval: c.interval,
+                            count: missed,
+                        });
+                    }
+                    let step = entry.grid.interval_ms();
+                    for k in missed..earlier {
+                        let s =
+                            Timestamp::from_unix_millis(slot.as_unix_millis() + k as i64 * step);
+                        decision.enqueue.push(poll(s, PollKind::Backfill));
+                    }
                 }
-                let step = entry.grid.interval_ms();
-                for k in missed..earlier {
-                    let s = Timestamp::from_unix_millis(slot.as_unix_millis() + k as i64 * step);
-                    decision.enqueue.push(poll(s, PollKind::Backfill));
-                }
+                decision.enqueue.push(poll(latest, PollKind::Scheduled));
+                entry.next_slot = entry.grid.after(latest);
             }
-            decision.enqueue.push(poll(latest, PollKind::Scheduled));
-            entry.next_slot = entry.grid.after(latest);
             self.heap
                 .push(Reverse((entry.next_slot, entry.generation, id)));
         }

@@ -82,7 +82,8 @@ impl GridAuditor {
         }
     }
 
-    fn check(&mut self, decision: &Decision, now: Timestamp) {
+    /// No slot after `horizon` (the wake-up time, plus how far ahead the planner decides).
+    fn check(&mut self, decision: &Decision, horizon: Timestamp) {
         assert!(
             decision.missed.is_empty(),
             "nothing missed when waking on time: {:?}",
@@ -91,8 +92,8 @@ impl GridAuditor {
         for due in &decision.enqueue {
             assert_eq!(due.kind, PollKind::Scheduled);
             assert!(
-                due.poll.slot <= now,
-                "slot {} enqueued early at {now}",
+                due.poll.slot <= horizon,
+                "slot {} enqueued beyond {horizon}",
                 due.poll.slot
             );
             let (next, grid) = self
@@ -155,6 +156,92 @@ fn a_simulated_day_emits_every_slot_exactly_once_and_never_early() {
         "the fleet is busy enough to mean something: {}",
         audit.polls
     );
+}
+
+#[test]
+fn deciding_ahead_emits_every_slot_once_up_to_the_horizon_and_misses_none() {
+    let mut rng = Rng(19);
+    let fleet = mixed_fleet(&mut rng);
+    let mut planner = SchedulePlanner::new(CatchUpPolicy::Skip, at(-1));
+    for c in &fleet {
+        planner.upsert(*c);
+    }
+    let mut audit = GridAuditor::new(&fleet);
+    let ahead = Duration::from_millis(200);
+    let end = at(3_600_000);
+    let mut now = T0;
+    let mut wakeups = 0u64;
+    while let Some(due) = planner.next_due() {
+        // The scheduler's loop: wake `ahead` before the next slot, but at most every 20 ms,
+        // sometimes up to 150 ms late; a wake-up later than the lead would miss slots.
+        let planned = Timestamp::from_unix_millis(due.as_unix_millis() - 200)
+            .max(now + Duration::from_millis(20));
+        now = (planned + Duration::from_millis(rng.below(3) * rng.below(75))).min(end);
+        let decision = planner.due_ahead(now, ahead);
+        audit.check(&decision, now + ahead);
+        assert_eq!(
+            planner.watermark(),
+            now,
+            "the watermark stays at the wake-up time"
+        );
+        wakeups += 1;
+        if now >= end {
+            break;
+        }
+    }
+    audit.assert_complete(end + ahead);
+    assert!(
+        wakeups < 3_600_000 / 20 + 1,
+        "wake-ups are at least 20 ms apart: {wakeups}"
+    );
+    assert!(audit.polls > 50_000, "busy enough: {}", audit.polls);
+}
+
+#[test]
+fn a_late_but_current_slot_is_polled_when_deciding_ahead_not_missed() {
+    let id = ChamberId::from_uuid(Uuid::from_u128(77));
+    let grid = SlotGrid::new(id, PollInterval::from_secs(1).unwrap());
+    let mut planner = SchedulePlanner::new(CatchUpPolicy::Skip, at(-1));
+    planner.upsert(chamber(id, 1, T0));
+    let first = planner.next_due().unwrap();
+    // Woken 900 ms after the slot, deciding 200 ms ahead: the late slot is still current
+    // (its successor is not yet due) and the next one falls within the horizon.
+    let decision = planner.due_ahead(
+        first + Duration::from_millis(900),
+        Duration::from_millis(200),
+    );
+    assert!(decision.missed.is_empty(), "{:?}", decision.missed);
+    let slots: Vec<_> = decision
+        .enqueue
+        .iter()
+        .map(|d| (d.poll.slot, d.kind))
+        .collect();
+    assert_eq!(
+        slots,
+        vec![
+            (first, PollKind::Scheduled),
+            (grid.after(first), PollKind::Scheduled)
+        ]
+    );
+    assert_eq!(planner.next_due(), Some(grid.after(grid.after(first))));
+}
+
+#[test]
+fn a_chamber_added_after_deciding_ahead_is_still_owed_its_next_slots() {
+    let mut planner = SchedulePlanner::new(CatchUpPolicy::Skip, at(-1));
+    let now = at(10_000);
+    planner.due_ahead(now, Duration::from_millis(900));
+    let id = ChamberId::from_uuid(Uuid::from_u128(78));
+    let grid = SlotGrid::new(id, PollInterval::from_secs(1).unwrap());
+    planner.upsert(chamber(id, 1, now));
+    // Its first slot falls inside the window already decided for the others; it is owed.
+    assert_eq!(
+        planner.next_due(),
+        Some(grid.at_or_after(now + Duration::from_millis(1)))
+    );
+    let decision = planner.due_ahead(now + Duration::from_millis(1), Duration::from_millis(1000));
+    assert_eq!(decision.enqueue.len(), 1);
+    assert!(decision.missed.is_empty());
 }
 
 #[test]

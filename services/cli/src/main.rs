@@ -192,6 +192,10 @@ struct SchedulerArgs {
     /// Seconds between full reloads of the active chambers.
     #[arg(long, env = "CHAMBERLAIN_SCHEDULER_RESYNC_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     resync_secs: u64,
+    /// Milliseconds before its slot a poll is enqueued; workers hold it until the slot, so
+    /// requests go out on time whatever the queue's latency. 0 enqueues polls when due.
+    #[arg(long, env = "CHAMBERLAIN_SCHEDULER_ENQUEUE_AHEAD_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    enqueue_ahead_ms: u64,
     #[command(flatten)]
     metrics: telemetry::MetricsArgs,
 }
@@ -202,8 +206,8 @@ struct WorkerArgs {
     database: DatabaseArgs,
     #[command(flatten)]
     redis: RedisArgs,
-    /// Polls in flight at once.
-    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// Polls in flight at once: leased and waiting for their slot, or being fetched.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
     /// CIDRs chambers may be polled in although private, loopback, link-local...
     /// (comma-separated, e.g. 10.20.0.0/16,127.0.0.2/32).
@@ -273,6 +277,7 @@ async fn scheduler(
     let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
     let mut config = chamberlain_scheduler::SchedulerConfig::new(holder_name("scheduler"));
     config.resync_every = Duration::from_secs(args.resync_secs);
+    config.enqueue_ahead = Duration::from_millis(args.enqueue_ahead_ms);
     config.trace_polls = telemetry.tracing_exported();
     let scheduler = chamberlain_scheduler::Scheduler {
         chambers: db.chambers,
@@ -328,7 +333,7 @@ async fn worker(
         settings: PollSettings::default(),
     };
     let config = chamberlain_worker::WorkerConfig {
-        concurrency: usize::try_from(args.concurrency).unwrap_or(512),
+        concurrency: usize::try_from(args.concurrency).unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
         visibility: Duration::from_secs(args.visibility_secs),
         trace_polls: telemetry.tracing_exported(),
         ..chamberlain_worker::WorkerConfig::default()

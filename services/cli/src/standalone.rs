@@ -58,8 +58,8 @@ pub struct StandaloneArgs {
     /// (comma-separated); the simulator's address is added when simulating.
     #[arg(long, env = "CHAMBERLAIN_EGRESS_ALLOW", default_value = "")]
     egress_allow: String,
-    /// Polls in flight at once.
-    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// Polls in flight at once: leased and waiting for their slot, or being fetched.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
     #[command(flatten)]
     metrics: MetricsArgs,
@@ -321,7 +321,7 @@ pub async fn standalone(
         },
         queue,
         config: chamberlain_worker::WorkerConfig {
-            concurrency: usize::try_from(args.concurrency).unwrap_or(512),
+            concurrency: usize::try_from(args.concurrency).unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
             trace_polls: telemetry.tracing_exported(),
             ..chamberlain_worker::WorkerConfig::default()
         },

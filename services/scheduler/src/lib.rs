@@ -16,6 +16,9 @@ use chamberlain_domain::ports::{
 use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
 use chamberlain_telemetry::instruments;
 
+/// How long before its slot a poll is enqueued, unless configured otherwise.
+pub const DEFAULT_ENQUEUE_AHEAD: Duration = Duration::from_millis(200);
+
 /// Settings of a scheduler replica.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -36,6 +39,14 @@ pub struct SchedulerConfig {
     pub trace_polls: bool,
     /// How often the leader samples the queue's depth for its metrics.
     pub sample_queue_every: Duration,
+    /// Polls are enqueued this long before their slot, so a worker holds each job when its
+    /// slot comes and sends the request on time whatever the queue's latency (the worker waits
+    /// for the slot). Zero enqueues each poll when it falls due.
+    pub enqueue_ahead: Duration,
+    /// The leader decides at most this often, each time enqueuing every slot due within
+    /// `enqueue_ahead`: fewer, larger enqueue calls. At most a quarter of `enqueue_ahead` is
+    /// used (so polls are still enqueued well ahead), and zero when nothing is enqueued ahead.
+    pub decide_every: Duration,
 }
 
 impl SchedulerConfig {
@@ -50,6 +61,8 @@ impl SchedulerConfig {
             checkpoint_every: Duration::from_millis(250),
             trace_polls: false,
             sample_queue_every: Duration::from_secs(5),
+            enqueue_ahead: DEFAULT_ENQUEUE_AHEAD,
+            decide_every: Duration::from_millis(20),
         }
     }
 }
@@ -162,12 +175,19 @@ impl Scheduler {
         let mut next_checkpoint = tokio::time::Instant::now();
         let mut next_renew = tokio::time::Instant::now() + self.config.renew_every;
         let mut next_sample = tokio::time::Instant::now();
+        let ahead = self.config.enqueue_ahead;
+        // Decisions are at least `decide_every` apart (and the first comes at once).
+        let decide_every = self.config.decide_every.min(ahead / 4);
+        let mut next_decision = tokio::time::Instant::now();
         loop {
             let now = self.clock.now();
-            let until_due = planner
-                .next_due()
-                .map_or(self.config.renew_every, |due| due.saturating_since(now));
-            let mut wake = (tokio::time::Instant::now() + until_due).min(next_renew);
+            // Wake `ahead` before the earliest undecided slot.
+            let until_due = planner.next_due().map_or(self.config.renew_every, |due| {
+                due.saturating_since(now).saturating_sub(ahead)
+            });
+            let mut wake = (tokio::time::Instant::now() + until_due)
+                .max(next_decision)
+                .min(next_renew);
             if loading.is_none() {
                 wake = wake.min(next_resync);
             }
@@ -252,8 +272,11 @@ impl Scheduler {
                 loading = Some(tokio::spawn(load_active(self.chambers.clone())));
             }
             let now = self.clock.now();
-            if planner.next_due().is_some_and(|due| due <= now) || !unsent.is_empty() {
-                let decision = planner.due(now);
+            let decide = tokio::time::Instant::now() >= next_decision
+                && (planner.next_due().is_some_and(|due| due <= now + ahead) || !unsent.is_empty());
+            if decide {
+                next_decision = tokio::time::Instant::now() + decide_every;
+                let decision = planner.due_ahead(now, ahead);
                 let checkpoint = tokio::time::Instant::now() >= next_checkpoint;
                 if checkpoint {
                     next_checkpoint = tokio::time::Instant::now() + self.config.checkpoint_every;

@@ -15,10 +15,16 @@ use tracing::Instrument as _;
 
 pub use cache::CachedChambers;
 
+/// Polls in flight per worker unless configured otherwise: 10,000 chambers at 1 s with a 200 ms
+/// lead hold about 2,000 waiting for their slot, plus those being fetched.
+pub const DEFAULT_CONCURRENCY: usize = 4096;
+
 /// Settings of a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Polls in flight at once.
+    /// Polls in flight at once: leased and waiting for their slot, or being fetched. Polls are
+    /// leased up to the scheduler's lead (`enqueue_ahead`) before their slot, so this must cover
+    /// the polls due within that lead as well as those being fetched.
     pub concurrency: usize,
     /// Jobs asked for per lease call.
     pub lease_batch: usize,
@@ -40,7 +46,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 512,
+            concurrency: DEFAULT_CONCURRENCY,
             lease_batch: 256,
             visibility: Duration::from_secs(30),
             lease_wait: Duration::from_secs(1),
@@ -152,6 +158,12 @@ impl Worker {
                 };
                 metrics.in_flight.add(1, &[]);
                 tokio::spawn(async move {
+                    // The scheduler enqueues polls ahead of their slot: hold the job until the
+                    // slot comes, so the request goes out on time and never early.
+                    let wait = job.job.poll.slot.saturating_since(handler.clock.now());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                     let fetched = handler.fetch(&job).instrument(span.clone()).await;
                     metrics.in_flight.add(-1, &[]);
                     match fetched {
