@@ -220,6 +220,9 @@ struct WorkerArgs {
     /// Largest chamber response read, in bytes.
     #[arg(long, env = "CHAMBERLAIN_HTTP_BODY_CAP", default_value_t = 1024 * 1024)]
     body_cap: usize,
+    /// Idle keep-alive connections kept per chamber host (0 turns keep-alive off).
+    #[arg(long, env = "CHAMBERLAIN_HTTP_POOL_IDLE_PER_HOST", default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    http_pool_idle_per_host: u64,
     #[command(flatten)]
     metrics: telemetry::MetricsArgs,
 }
@@ -306,6 +309,15 @@ async fn worker(
     let mut http = chamberlain_http::HttpClientConfig::default()
         .with_body_cap(args.body_cap)
         .map_err(|e| bad_setting("--body-cap", "CHAMBERLAIN_HTTP_BODY_CAP", &e))?;
+    http = http
+        .with_pool_max_idle_per_host(usize::try_from(args.http_pool_idle_per_host).unwrap_or(0))
+        .map_err(|e| {
+            bad_setting(
+                "--http-pool-idle-per-host",
+                "CHAMBERLAIN_HTTP_POOL_IDLE_PER_HOST",
+                &e,
+            )
+        })?;
     if !args.egress_allow.trim().is_empty() {
         http = http
             .with_egress_allow(&args.egress_allow)
@@ -333,7 +345,8 @@ async fn worker(
         settings: PollSettings::default(),
     };
     let config = chamberlain_worker::WorkerConfig {
-        concurrency: usize::try_from(args.concurrency).unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
+        concurrency: usize::try_from(args.concurrency)
+            .unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
         visibility: Duration::from_secs(args.visibility_secs),
         trace_polls: telemetry.tracing_exported(),
         ..chamberlain_worker::WorkerConfig::default()

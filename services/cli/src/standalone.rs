@@ -321,7 +321,8 @@ pub async fn standalone(
         },
         queue,
         config: chamberlain_worker::WorkerConfig {
-            concurrency: usize::try_from(args.concurrency).unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
+            concurrency: usize::try_from(args.concurrency)
+                .unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
             trace_polls: telemetry.tracing_exported(),
             ..chamberlain_worker::WorkerConfig::default()
         },
