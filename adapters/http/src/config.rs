@@ -21,10 +21,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bounds of the connect timeout.
 pub const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(10);
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle keep-alive connections kept per host unless configured: enough for the requests in
-/// flight at once to one host serving many chambers by path (a hub, or the simulator at 10,000
-/// chambers), which otherwise reconnects for every request beyond the pool.
-pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 256;
+/// Idle keep-alive connections kept per host unless configured: as many as a worker's fetches in
+/// flight by default, so one host serving many chambers by path (a hub, or the simulator at
+/// 10,000 chambers) is never reconnected to for a request beyond the pool.
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 512;
 pub const MAX_POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// How long an idle pooled connection is kept unless configured.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -68,7 +68,7 @@ pub struct HttpClientConfig {
 }
 
 impl Default for HttpClientConfig {
-    /// 3 s to connect, a 1 MiB body cap, nothing allowlisted, no pacing, 256 idle connections
+    /// 3 s to connect, a 1 MiB body cap, nothing allowlisted, no pacing, 512 idle connections
     /// per host kept 90 s, `chamberlain/<version>`, the Mozilla roots (webpki-roots) only.
     fn default() -> Self {
         Self {

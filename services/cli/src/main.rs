@@ -206,9 +206,13 @@ struct WorkerArgs {
     database: DatabaseArgs,
     #[command(flatten)]
     redis: RedisArgs,
-    /// Polls in flight at once: leased and waiting for their slot, or being fetched.
-    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// Fetches in flight at once.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
+    /// Leased polls held until their slot comes (the scheduler enqueues them ahead), beyond
+    /// those being fetched.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_MAX_WAITING", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    max_waiting: u64,
     /// CIDRs chambers may be polled in although private, loopback, link-local...
     /// (comma-separated, e.g. 10.20.0.0/16,127.0.0.2/32).
     #[arg(long, env = "CHAMBERLAIN_EGRESS_ALLOW", default_value = "")]
@@ -221,7 +225,7 @@ struct WorkerArgs {
     #[arg(long, env = "CHAMBERLAIN_HTTP_BODY_CAP", default_value_t = 1024 * 1024)]
     body_cap: usize,
     /// Idle keep-alive connections kept per chamber host (0 turns keep-alive off).
-    #[arg(long, env = "CHAMBERLAIN_HTTP_POOL_IDLE_PER_HOST", default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    #[arg(long, env = "CHAMBERLAIN_HTTP_POOL_IDLE_PER_HOST", default_value_t = 512, value_parser = clap::value_parser!(u64).range(0..=1024))]
     http_pool_idle_per_host: u64,
     #[command(flatten)]
     metrics: telemetry::MetricsArgs,
@@ -347,6 +351,8 @@ async fn worker(
     let config = chamberlain_worker::WorkerConfig {
         concurrency: usize::try_from(args.concurrency)
             .unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
+        max_waiting: usize::try_from(args.max_waiting)
+            .unwrap_or(chamberlain_worker::DEFAULT_MAX_WAITING),
         visibility: Duration::from_secs(args.visibility_secs),
         trace_polls: telemetry.tracing_exported(),
         ..chamberlain_worker::WorkerConfig::default()

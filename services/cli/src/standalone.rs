@@ -58,9 +58,13 @@ pub struct StandaloneArgs {
     /// (comma-separated); the simulator's address is added when simulating.
     #[arg(long, env = "CHAMBERLAIN_EGRESS_ALLOW", default_value = "")]
     egress_allow: String,
-    /// Polls in flight at once: leased and waiting for their slot, or being fetched.
-    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// Fetches in flight at once.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
+    /// Leased polls held until their slot comes (the scheduler enqueues them ahead), beyond
+    /// those being fetched.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_MAX_WAITING", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    max_waiting: u64,
     #[command(flatten)]
     metrics: MetricsArgs,
 }
@@ -323,6 +327,8 @@ pub async fn standalone(
         config: chamberlain_worker::WorkerConfig {
             concurrency: usize::try_from(args.concurrency)
                 .unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
+            max_waiting: usize::try_from(args.max_waiting)
+                .unwrap_or(chamberlain_worker::DEFAULT_MAX_WAITING),
             trace_polls: telemetry.tracing_exported(),
             ..chamberlain_worker::WorkerConfig::default()
         },

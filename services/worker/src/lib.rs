@@ -15,17 +15,23 @@ use tracing::Instrument as _;
 
 pub use cache::CachedChambers;
 
-/// Polls in flight per worker unless configured otherwise: 10,000 chambers at 1 s with a 200 ms
-/// lead hold about 2,000 waiting for their slot, plus those being fetched.
-pub const DEFAULT_CONCURRENCY: usize = 4096;
+/// Fetches in flight per worker unless configured otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 512;
+
+/// Leased polls waiting for their slot per worker unless configured otherwise: 10,000 chambers
+/// at 1 s with the scheduler's 200 ms lead hold about 2,000.
+pub const DEFAULT_MAX_WAITING: usize = 4096;
 
 /// Settings of a worker process.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Polls in flight at once: leased and waiting for their slot, or being fetched. Polls are
-    /// leased up to the scheduler's lead (`enqueue_ahead`) before their slot, so this must cover
-    /// the polls due within that lead as well as those being fetched.
+    /// Fetches in flight at once. A bound on connections too: after a stall, late polls are
+    /// fetched this many at a time, not all at once.
     pub concurrency: usize,
+    /// Leased polls held until their slot comes, beyond those being fetched. Polls are leased up
+    /// to the scheduler's lead (`enqueue_ahead`) before their slot, so this must cover the polls
+    /// due within that lead.
+    pub max_waiting: usize,
     /// Jobs asked for per lease call.
     pub lease_batch: usize,
     /// How long a leased job stays invisible to other workers.
@@ -47,6 +53,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             concurrency: DEFAULT_CONCURRENCY,
+            max_waiting: DEFAULT_MAX_WAITING,
             lease_batch: 256,
             visibility: Duration::from_secs(30),
             lease_wait: Duration::from_secs(1),
@@ -88,8 +95,11 @@ impl Worker {
     /// and retried: a job that could not be completed is redelivered after its visibility
     /// timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> WorkerReport {
-        let concurrency = self.config.concurrency.max(1);
-        let permits = Arc::new(Semaphore::new(concurrency));
+        // A lease permit per leased job (waiting for its slot or being fetched), and a fetch
+        // permit per fetch.
+        let leasable = self.config.concurrency.max(1) + self.config.max_waiting;
+        let permits = Arc::new(Semaphore::new(leasable));
+        let fetches = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         // Unbounded on purpose: a slow batch write must never hold up fetching (polls stay on
         // time; their acks wait). What waits is bounded by the polls leased, each a few KiB.
         let (results, inbox) = mpsc::unbounded_channel::<(Fetched, tracing::Span)>();
@@ -137,7 +147,8 @@ impl Worker {
             let metrics = instruments();
             metrics.polls_started.add(leased.len() as u64, &[]);
             for (job, permit) in leased.into_iter().zip(pool) {
-                let (handler, results) = (self.handler.clone(), results.clone());
+                let (handler, results, fetches) =
+                    (self.handler.clone(), results.clone(), fetches.clone());
                 let traced = self.config.trace_polls && chamberlain_telemetry::traces_wanted();
                 if self.config.trace_polls && !traced {
                     metrics.traces_skipped.add(1, &[]);
@@ -156,7 +167,6 @@ impl Worker {
                 } else {
                     tracing::Span::none()
                 };
-                metrics.in_flight.add(1, &[]);
                 tokio::spawn(async move {
                     // The scheduler enqueues polls ahead of their slot: hold the job until the
                     // slot comes, so the request goes out on time and never early.
@@ -164,7 +174,12 @@ impl Worker {
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
+                    let Ok(fetching) = fetches.acquire_owned().await else {
+                        return;
+                    };
+                    metrics.in_flight.add(1, &[]);
                     let fetched = handler.fetch(&job).instrument(span.clone()).await;
+                    drop(fetching);
                     metrics.in_flight.add(-1, &[]);
                     match fetched {
                         Ok(fetched) => {
@@ -182,7 +197,7 @@ impl Worker {
         // Drain: wait for the polls in flight, then let the writer flush and stop.
         let drained = tokio::time::timeout(
             self.config.drain_timeout,
-            permits.acquire_many(concurrency as u32),
+            permits.acquire_many(leasable as u32),
         )
         .await;
         if drained.is_err() {
