@@ -42,8 +42,6 @@ pub struct WorkerConfig {
     pub flush_every: Duration,
     /// ...or as soon as this many polls are waiting.
     pub flush_max_polls: usize,
-    /// Batches being written at once; a batch due while this many are written waits and grows.
-    pub concurrent_writes: usize,
     /// On shutdown, how long polls in flight may take to finish.
     pub drain_timeout: Duration,
     /// One span per poll (fetch, parse, write, ack), continuing the scheduler's trace: on when
@@ -61,7 +59,6 @@ impl Default for WorkerConfig {
             lease_wait: Duration::from_secs(1),
             flush_every: Duration::from_millis(50),
             flush_max_polls: 1_250,
-            concurrent_writes: 2,
             drain_timeout: Duration::from_secs(15),
             trace_polls: false,
         }
@@ -75,15 +72,6 @@ pub struct WorkerReport {
     pub readings_written: u64,
     pub retries: u64,
     pub failed_writes: u64,
-}
-
-impl WorkerReport {
-    fn absorb(&mut self, other: WorkerReport) {
-        self.polls_completed += other.polls_completed;
-        self.readings_written += other.readings_written;
-        self.retries += other.retries;
-        self.failed_writes += other.failed_writes;
-    }
 }
 
 /// A worker: the poll handler and the queue it takes jobs from.
@@ -222,9 +210,7 @@ impl Worker {
     }
 }
 
-/// Buffers poll results and completes them in batches, up to `config.concurrent_writes` batches
-/// at once (a batch's write, ack and health update are round trips; overlapping two keeps the
-/// store busy instead of waiting on them one after the other).
+/// Buffers poll results and completes them in batches.
 async fn write_results(
     handler: PollHandler,
     queue: Arc<dyn PollQueue>,
@@ -233,16 +219,15 @@ async fn write_results(
 ) -> WorkerReport {
     let mut report = WorkerReport::default();
     let mut buffer: Vec<(ProcessedPoll, tracing::Span)> = Vec::new();
-    let mut writing: tokio::task::JoinSet<WorkerReport> = tokio::task::JoinSet::new();
-    let most_writing = config.concurrent_writes.max(1);
     let mut tick = tokio::time::interval(config.flush_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut closed = false;
     loop {
-        let mut due = false;
-        tokio::select! {
-            item = inbox.recv(), if !closed => match item {
-                Some((Fetched::Done(p), span)) => buffer.push((p, span)),
+        let closed = tokio::select! {
+            item = inbox.recv() => match item {
+                Some((Fetched::Done(p), span)) => {
+                    buffer.push((p, span));
+                    false
+                }
                 Some((Fetched::Retry { receipt, delay, error }, _)) => {
                     report.retries += 1;
                     instruments().polls_retried.add(1, &[]);
@@ -250,28 +235,25 @@ async fn write_results(
                     if let Err(e) = queue.release(&receipt, delay).await {
                         tracing::warn!(error = %e, "release failed; the job returns after its visibility timeout");
                     }
+                    false
                 }
                 Some((Fetched::Discard { receipt }, _)) => {
                     if let Err(e) = queue.ack(std::slice::from_ref(&receipt)).await {
                         tracing::warn!(error = %e, "ack of a deleted chamber's job failed");
                     }
+                    false
                 }
-                None => closed = true,
+                None => true,
             },
-            Some(done) = writing.join_next(), if !writing.is_empty() => {
-                report.absorb(done.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "batch write task failed; its jobs will be redelivered");
-                    WorkerReport { failed_writes: 1, ..WorkerReport::default() }
-                }));
+            _ = tick.tick() => {
+                flush(&handler, &mut buffer, &mut report).await;
+                false
             }
-            _ = tick.tick() => due = true,
+        };
+        if buffer.len() >= config.flush_max_polls || (closed && !buffer.is_empty()) {
+            flush(&handler, &mut buffer, &mut report).await;
         }
-        let full = buffer.len() >= config.flush_max_polls;
-        if (due || full || closed) && !buffer.is_empty() && writing.len() < most_writing {
-            let batch = std::mem::take(&mut buffer);
-            writing.spawn(write_batch(handler.clone(), batch));
-        }
-        if closed && buffer.is_empty() && writing.is_empty() {
+        if closed {
             return report;
         }
     }
@@ -309,13 +291,16 @@ impl CompletionStages for PollStages {
     }
 }
 
-/// Writes and acknowledges one batch; what it did.
-async fn write_batch(
-    handler: PollHandler,
-    buffer: Vec<(ProcessedPoll, tracing::Span)>,
-) -> WorkerReport {
-    let mut report = WorkerReport::default();
-    let (batch, spans): (Vec<ProcessedPoll>, Vec<tracing::Span>) = buffer.into_iter().unzip();
+async fn flush(
+    handler: &PollHandler,
+    buffer: &mut Vec<(ProcessedPoll, tracing::Span)>,
+    report: &mut WorkerReport,
+) {
+    if buffer.is_empty() {
+        return;
+    }
+    let (batch, spans): (Vec<ProcessedPoll>, Vec<tracing::Span>) =
+        std::mem::take(buffer).into_iter().unzip();
     let n = batch.len() as u64;
     let metrics = instruments();
     let entries: Vec<_> = batch.iter().map(|p| p.record.entry.clone()).collect();
@@ -347,5 +332,4 @@ async fn write_batch(
         }
     }
     drop(stages);
-    report
 }
