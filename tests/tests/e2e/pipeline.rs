@@ -81,4 +81,16 @@ async fn two_hundred_chambers_at_one_second_for_twenty_seconds_every_slot_once()
         seen.duplicates.attempt_one, 0,
         "the simulator saw no poll twice"
     );
+    // Polls are enqueued ahead of their slot (`enqueue_ahead`, 200 ms); the worker holds each
+    // until its slot, so none reaches the chamber early.
+    assert!(
+        seen.lateness_ms.samples >= 200 * 17,
+        "{:?}",
+        seen.lateness_ms
+    );
+    assert_eq!(
+        seen.lateness_ms.early, 0,
+        "no request before its slot: {:?}",
+        seen.lateness_ms
+    );
 }
