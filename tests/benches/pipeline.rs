@@ -204,7 +204,9 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
             .map_or(server_url, |(base, _)| base),
         db.name
     );
-    let prefix = format!("{{chamberlain-bench-{}}}", uuid::Uuid::new_v4().simple());
+    // A unique key prefix, deleted with everything under it when the step ends.
+    let redis_keys = chamberlain_redis::testing::TestPrefix::on(redis_url);
+    let prefix = redis_keys.config.key_prefix.clone();
     let otlp = match std::env::var("CHAMBERLAIN_BENCH_OTLP").as_deref() {
         Ok("closed") => {
             let port = TcpListener::bind("127.0.0.1:0")
