@@ -245,6 +245,17 @@ fn the_services_refuse_a_bad_setting_at_start_naming_it() {
             "CHAMBERLAIN_METRICS_LISTEN",
         ),
         (vec!["worker", "--log-format", "xml"], "--log-format"),
+        (
+            vec!["scheduler", "--enqueue-ahead-ms", "10001"],
+            "--enqueue-ahead-ms",
+        ),
+        (vec!["worker", "--max-waiting", "100001"], "--max-waiting"),
+        (vec!["worker", "--concurrency", "0"], "--concurrency"),
+        (
+            vec!["worker", "--http-pool-idle-per-host", "1025"],
+            "--http-pool-idle-per-host",
+        ),
+        (vec!["standalone", "--max-waiting", "many"], "--max-waiting"),
     ] {
         let out = chamberlain().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
