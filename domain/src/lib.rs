@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod alerting;
+pub mod egress;
 pub mod error;
 pub mod limits;
 pub mod model;

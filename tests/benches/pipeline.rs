@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{PollOutcome, Role};
-use chamberlain_domain::ports::{Clock, LedgerQuery, PollLedgerRepository};
+use chamberlain_domain::ports::{Clock, LedgerQuery, PollLedgerRepository, Repositories};
 use chamberlain_domain::usecases::{
-    Actor, AdminSettings, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, UserAdmin,
+    Actor, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, UserAdmin,
 };
+use chamberlain_fakes::InsecureTestPasswordHasher;
 use chamberlain_memory::{MemoryChamberChanges, MemoryEventBus, SystemClock};
 use chamberlain_simulator::{Format, Simulator, SimulatorConfig};
 
@@ -130,11 +131,12 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
     let (store, db) = chamberlain_postgres::testing::fresh_store().await;
     let store = Arc::new(store);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let users = UserAdmin {
-        organizations: store.clone(),
-        users: store.clone(),
-        clock: clock.clone(),
-    };
+    let repositories = Repositories::of(store.clone());
+    let users = UserAdmin::new(
+        &repositories,
+        Arc::new(InsecureTestPasswordHasher),
+        clock.clone(),
+    );
     let (org, admin) = users
         .create_organization(
             "Bench",
@@ -142,7 +144,7 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
                 email: "b@lab.example".into(),
                 display_name: "B".into(),
                 role: "admin".into(),
-                password_hash: None,
+                password: None,
             },
         )
         .await
@@ -152,16 +154,12 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
         organization_id: org.id,
         role: Role::Admin,
     };
-    let admin = ChamberAdmin {
-        sections: store.clone(),
-        chambers: store.clone(),
-        detectors: store.clone(),
-        batches: store.clone(),
-        changes: Arc::new(MemoryChamberChanges::default()),
-        events: Arc::new(MemoryEventBus::default()),
-        clock: clock.clone(),
-        settings: AdminSettings::default(),
-    };
+    let admin = ChamberAdmin::new(
+        &repositories,
+        Arc::new(MemoryChamberChanges::default()),
+        Arc::new(MemoryEventBus::default()),
+        clock.clone(),
+    );
     let section = admin
         .create_section(
             &actor,

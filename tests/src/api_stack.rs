@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::model::Role;
-use chamberlain_domain::ports::Clock;
+use chamberlain_domain::ports::{Clock, Repositories};
 use chamberlain_domain::usecases::{Actor, AuthSettings, Authenticator, NewUser, UserAdmin};
-use chamberlain_memory::{InsecureTestPasswordHasher, SystemClock};
+use chamberlain_fakes::InsecureTestPasswordHasher;
+use chamberlain_memory::SystemClock;
 use chamberlain_postgres::PgStore;
 use chamberlain_postgres::testing::TestDatabase;
 use chamberlain_redis::testing::TestPrefix;
@@ -22,11 +23,54 @@ use tonic::transport::Channel;
 
 pub const IDENTITY_KEY: &str = "test-identity-key-0123456789abcdef0123456789";
 
+/// A port on 127.0.0.1 for a child process (a gateway, Envoy) to listen on. See
+/// [`free_port_on`].
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_port_on("127.0.0.1")
+}
+
+/// The lock files of the ports this test process holds: released when it exits.
+static HELD_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// A port on `ip` that no other test process is handed and that no outbound connection takes
+/// before the child binds it.
+///
+/// A port from `bind(0)` comes from the kernel's ephemeral range, the range outbound connections
+/// take their local ports from: between this process releasing it and a child binding it, a
+/// test's connection to PostgreSQL or Redis could take it (seen: a gateway stopped with
+/// `cannot bind 127.0.0.1:37037: Address already in use`). So the port is picked below that
+/// range, where the kernel never hands out ports by itself, and a lock file per port (held until
+/// this test process exits) keeps concurrent test processes apart.
+pub fn free_port_on(ip: &str) -> u16 {
+    let dir = std::env::temp_dir().join("chamberlain-test-ports");
+    std::fs::create_dir_all(&dir).expect("the port lock directory");
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let from = 20_000u16.min(ephemeral_from / 2);
+    let span = u32::from(ephemeral_from - from);
+    let start = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u32;
+    for i in 0..span {
+        let port = from + ((start + i) % span) as u16;
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+        else {
+            continue;
+        };
+        if lock.try_lock().is_err() || TcpListener::bind((ip, port)).is_err() {
+            continue;
+        }
+        HELD_PORTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(lock);
+        return port;
+    }
+    panic!("no free port on {ip} below {ephemeral_from}");
 }
 
 pub fn envoy_bin() -> PathBuf {
@@ -421,11 +465,11 @@ impl Stack {
     /// A new organization with a user of `role` and an API token for them.
     pub async fn tenant(&self, label: &str, role: Role) -> (Actor, String) {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let users = UserAdmin {
-            organizations: self.store.clone(),
-            users: self.store.clone(),
-            clock: clock.clone(),
-        };
+        let users = UserAdmin::new(
+            &Repositories::of(self.store.clone()),
+            Arc::new(InsecureTestPasswordHasher),
+            clock.clone(),
+        );
         let (org, admin) = users
             .create_organization(
                 &format!("org {label}"),
@@ -433,7 +477,7 @@ impl Stack {
                     email: format!("admin@{label}.example"),
                     display_name: "admin".into(),
                     role: "admin".into(),
-                    password_hash: None,
+                    password: None,
                 },
             )
             .await
@@ -451,7 +495,7 @@ impl Stack {
                         email: format!("{role}@{label}.example"),
                         display_name: role.to_string(),
                         role: role.to_string(),
-                        password_hash: None,
+                        password: None,
                     },
                 )
                 .await
@@ -472,8 +516,7 @@ impl Stack {
 
     pub fn authenticator(&self) -> Authenticator {
         Authenticator::new(
-            self.store.clone(),
-            self.store.clone(),
+            &Repositories::of(self.store.clone()),
             Arc::new(InsecureTestPasswordHasher),
             Arc::new(SystemClock),
             AuthSettings::default(),

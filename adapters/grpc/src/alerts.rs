@@ -1,4 +1,4 @@
-//! Alert rules, alerts and transmitters.
+//! `AlertService` and `TransmitterService` (alerts.proto): alert rules, alerts and transmitters.
 
 use chamberlain_domain::alerting::{self, AlertCondition};
 use chamberlain_domain::model::{AlertId, AlertRuleId, ChamberId, DetectorId, TransmitterId};

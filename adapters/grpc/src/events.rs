@@ -25,7 +25,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{id, opt_id, ts};
-use crate::data::{poll, reading};
+use crate::readings::{poll, reading};
 use crate::status::{from_use_case, invalid};
 use crate::{Api, caller};
 
@@ -236,10 +236,10 @@ impl StreamItems for EventItems {
                 consecutive_failures: transition.consecutive_failures,
             }),
             DomainEvent::BatchStarted { batch, .. } => {
-                Kind::BatchStarted(crate::configuration::batch(batch.clone()))
+                Kind::BatchStarted(crate::batches::batch(batch.clone()))
             }
             DomainEvent::BatchEnded { batch, .. } => {
-                Kind::BatchEnded(crate::configuration::batch(batch.clone()))
+                Kind::BatchEnded(crate::batches::batch(batch.clone()))
             }
             DomainEvent::AlertOpened { alert, .. } => {
                 Kind::AlertOpened(crate::alerts::alert(alert.as_ref().clone()))

@@ -1,22 +1,24 @@
 #![doc = include_str!("../README.md")]
 
-mod accounts;
+// One module per proto file, holding that file's services.
 mod alerts;
+mod auth;
+mod batches;
 mod cache;
-mod configuration;
+mod chambers;
 mod convert;
-mod data;
 mod events;
 pub mod identity;
+mod readings;
+mod sections;
 pub mod status;
 
 use std::sync::Arc;
 
-use chamberlain_domain::ports::{ChamberHealthRepository, Clock, PasswordHasher};
-use chamberlain_domain::usecases::{
-    Actor, AlertAdmin, Authenticator, ChamberAdmin, EventWatch, Identity, ReadingQueries,
-    TransmitterAdmin, UserAdmin,
-};
+use std::time::Duration;
+
+use chamberlain_domain::ports::Clock;
+use chamberlain_domain::usecases::{Actor, ApiUseCases, Identity};
 use chamberlain_proto::v1::alert_service_server::AlertServiceServer;
 use chamberlain_proto::v1::auth_service_server::AuthServiceServer;
 use chamberlain_proto::v1::batch_service_server::BatchServiceServer;
@@ -33,25 +35,37 @@ pub use cache::ChamberCache;
 pub use events::Outgoing;
 pub use identity::{IdentityKey, IdentityProblem};
 
-/// Every service of `chamberlain.v1`, backed by the domain's use cases. Methods read the caller
-/// from the request's extensions (an [`Identity`] put there by whichever authentication layer
-/// runs in front: the gateway's verifier of the auth service's signed header, or the embedded
-/// mode's in-process authenticator); without one they answer `UNAUTHENTICATED`.
+/// Every service of `chamberlain.v1`, backed by the domain's use cases (reached through
+/// `Deref`: `self.admin`, `self.auth`, ...). Methods read the caller from the request's
+/// extensions (an [`Identity`] put there by whichever authentication layer runs in front: the
+/// gateway's verifier of the auth service's signed header, or the embedded mode's in-process
+/// authenticator); without one they answer `UNAUTHENTICATED`.
 #[derive(Clone)]
 pub struct Api {
-    pub admin: ChamberAdmin,
-    pub queries: ReadingQueries,
-    pub users: UserAdmin,
-    /// Live streams of events.
-    pub watch: EventWatch,
-    pub alerts: AlertAdmin,
-    pub transmitters: TransmitterAdmin,
-    pub auth: Authenticator,
-    pub passwords: Arc<dyn PasswordHasher>,
-    pub health: Arc<dyn ChamberHealthRepository>,
+    use_cases: ApiUseCases,
     pub clock: Arc<dyn Clock>,
     /// `GetChamber` answers, dropped by every write through this API.
     pub chamber_cache: Arc<ChamberCache>,
+}
+
+impl Api {
+    /// The API over `use_cases`; `GetChamber` answers are reused for `chamber_cache` (zero
+    /// turns the cache off).
+    pub fn new(use_cases: ApiUseCases, clock: Arc<dyn Clock>, chamber_cache: Duration) -> Self {
+        Self {
+            use_cases,
+            clock,
+            chamber_cache: Arc::new(ChamberCache::new(chamber_cache)),
+        }
+    }
+}
+
+impl std::ops::Deref for Api {
+    type Target = ApiUseCases;
+
+    fn deref(&self) -> &ApiUseCases {
+        &self.use_cases
+    }
 }
 
 impl std::fmt::Debug for Api {

@@ -31,6 +31,10 @@ pub fn from_use_case(e: UseCaseError) -> Status {
             tracing::warn!(error = %message, "storage unavailable");
             Status::unavailable("storage unavailable; retry later")
         }
+        UseCaseError::Hashing(e) => {
+            tracing::error!(error = %e, "password hashing failed");
+            Status::internal(e.to_string())
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use http::HeaderValue;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use crate::egress::EgressPolicy;
+use chamberlain_domain::egress::EgressPolicy;
 
 /// How long opening a connection (resolving, TCP, TLS) may take unless configured. Each
 /// request's own timeout caps it too.

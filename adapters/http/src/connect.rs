@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::egress::EgressPolicy;
+use chamberlain_domain::egress::EgressPolicy;
 
 /// Why no connection was opened. Carried through hyper-util's error as its source, and turned
 /// into a `FetchError` by the client.

@@ -3,11 +3,9 @@
 mod client;
 pub mod config;
 mod connect;
-pub mod egress;
 mod pacing;
 pub mod webhook;
 
 pub use client::{ATTEMPT_HEADER, HttpChamberClient, SLOT_HEADER};
 pub use config::{HostPacing, HttpClientConfig};
-pub use egress::{AddressCategory, EgressPolicy, EgressRefusal};
 pub use webhook::WebhookClient;

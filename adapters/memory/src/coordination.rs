@@ -1,6 +1,5 @@
 //! Clocks, and the in-process leader lease and schedule checkpoint.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,37 +17,6 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         Timestamp::from_unix_millis(ms)
-    }
-}
-
-/// A clock that moves only when told: simulated time for tests.
-#[derive(Debug, Default)]
-pub struct ManualClock {
-    ms: AtomicI64,
-}
-
-impl ManualClock {
-    pub fn at(t: Timestamp) -> Arc<Self> {
-        Arc::new(Self {
-            ms: AtomicI64::new(t.as_unix_millis()),
-        })
-    }
-
-    pub fn set(&self, t: Timestamp) {
-        self.ms.store(t.as_unix_millis(), Ordering::SeqCst);
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.ms.fetch_add(
-            i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
-            Ordering::SeqCst,
-        );
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::from_unix_millis(self.ms.load(Ordering::SeqCst))
     }
 }
 

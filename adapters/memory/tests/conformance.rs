@@ -1,14 +1,16 @@
-//! The port conformance suites against the in-memory adapters.
+//! The port conformance suites against the in-process adapters (the store fake's suite runs in
+//! `chamberlain-fakes`).
 
 use std::sync::Arc;
 
 use chamberlain_domain::conformance::changes::ChangesFixture;
 use chamberlain_domain::conformance::coordination::CoordinationFixture;
-use chamberlain_domain::conformance::fixtures::{Advance, StorePorts, T0};
+use chamberlain_domain::conformance::fixtures::{Advance, T0};
 use chamberlain_domain::conformance::queue::QueueFixture;
+use chamberlain_fakes::ManualClock;
 use chamberlain_memory::{
-    ManualClock, MemoryChamberChanges, MemoryEventBus, MemoryLeaderLease, MemoryPollQueue,
-    MemoryScheduleCheckpoint, MemoryStore,
+    MemoryChamberChanges, MemoryEventBus, MemoryLeaderLease, MemoryPollQueue,
+    MemoryScheduleCheckpoint,
 };
 
 fn advance(clock: &Arc<ManualClock>) -> Advance {
@@ -17,13 +19,6 @@ fn advance(clock: &Arc<ManualClock>) -> Advance {
         clock.advance(d);
         Box::pin(async {})
     })
-}
-
-mod store {
-    use super::*;
-    chamberlain_domain::store_conformance_tests!(async {
-        StorePorts::from_adapter(Arc::new(MemoryStore::new()))
-    });
 }
 
 mod queue {

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chamberlain_domain::egress::EgressPolicy;
 use chamberlain_domain::ports::{DeliveryClient, DeliveryError};
 use chamberlain_domain::transmit::{Delivery, Destination, MqttBroker, Transmitter};
-use chamberlain_http::EgressPolicy;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::oneshot;
 

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use chamberlain_domain::Timestamp;
+use chamberlain_domain::egress::EgressPolicy;
 use chamberlain_domain::model::{Name, OrganizationId, TransmitterId};
 use chamberlain_domain::ports::{DeliveryClient, DeliveryError};
 use chamberlain_domain::transmit::{
     Delivery, DeliveryKind, Destination, Forwarded, MqttBroker, TopicPrefix, Transmitter,
 };
-use chamberlain_http::EgressPolicy;
 use chamberlain_mqtt::MqttClient;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 

@@ -10,28 +10,14 @@ use crate::model::{
     Organization, OrganizationId, PlausibleRange, PollId, PollInterval, PollOutcome, PollTimeout,
     Reading, ReadingValue, ResponseFormat, Role, Section, SectionId, Unit, User, UserId,
 };
-use crate::ports::{
-    AlertRepository, ApiTokenRepository, BatchRepository, ChamberHealthRepository,
-    ChamberRepository, DetectorRepository, OrganizationRepository, PollLedgerRepository,
-    PollRecord, ReadingRepository, SectionRepository, TransmitterRepository, UserRepository,
-};
+use crate::ports::{PollRecord, Repositories, Store};
 use crate::time::Timestamp;
 
-/// Every repository port, as one adapter (or one composition) provides them.
+/// Every repository port, as one adapter (or one composition) provides them, and whatever
+/// must live as long as they do. Reads as its [`Repositories`] (`ports.chambers`).
 #[derive(Clone)]
 pub struct StorePorts {
-    pub organizations: Arc<dyn OrganizationRepository>,
-    pub sections: Arc<dyn SectionRepository>,
-    pub chambers: Arc<dyn ChamberRepository>,
-    pub detectors: Arc<dyn DetectorRepository>,
-    pub batches: Arc<dyn BatchRepository>,
-    pub readings: Arc<dyn ReadingRepository>,
-    pub ledger: Arc<dyn PollLedgerRepository>,
-    pub health: Arc<dyn ChamberHealthRepository>,
-    pub users: Arc<dyn UserRepository>,
-    pub tokens: Arc<dyn ApiTokenRepository>,
-    pub alerts: Arc<dyn AlertRepository>,
-    pub transmitters: Arc<dyn TransmitterRepository>,
+    pub repositories: Repositories,
     /// Whatever must live as long as the ports (a per-test database that is dropped after).
     pub keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
@@ -42,37 +28,19 @@ impl std::fmt::Debug for StorePorts {
     }
 }
 
+impl std::ops::Deref for StorePorts {
+    type Target = Repositories;
+
+    fn deref(&self) -> &Repositories {
+        &self.repositories
+    }
+}
+
 impl StorePorts {
     /// All ports from one adapter that implements them all.
-    pub fn from_adapter<S>(store: Arc<S>) -> Self
-    where
-        S: OrganizationRepository
-            + SectionRepository
-            + ChamberRepository
-            + DetectorRepository
-            + BatchRepository
-            + ReadingRepository
-            + PollLedgerRepository
-            + ChamberHealthRepository
-            + UserRepository
-            + ApiTokenRepository
-            + AlertRepository
-            + TransmitterRepository
-            + 'static,
-    {
+    pub fn from_adapter<S: Store + 'static>(store: Arc<S>) -> Self {
         Self {
-            organizations: store.clone(),
-            sections: store.clone(),
-            chambers: store.clone(),
-            detectors: store.clone(),
-            batches: store.clone(),
-            readings: store.clone(),
-            ledger: store.clone(),
-            health: store.clone(),
-            users: store.clone(),
-            tokens: store.clone(),
-            alerts: store.clone(),
-            transmitters: store,
+            repositories: Repositories::of(store),
             keepalive: None,
         }
     }

@@ -78,7 +78,8 @@ pub struct User {
     pub display_name: Name,
     pub role: Role,
     /// A PHC-format password hash (argon2), or none for accounts that only use API tokens.
-    /// Produced and checked by the authentication adapter; the domain never sees a password.
+    /// Produced by `UserAdmin` through the `PasswordHasher` port and checked by `Authenticator`
+    /// through it; the algorithm stays behind the port.
     pub password_hash: Option<String>,
     pub disabled: bool,
     pub created_at: Timestamp,

@@ -10,6 +10,7 @@ mod delivery;
 mod events;
 mod passwords;
 mod queue;
+mod repositories;
 mod storage;
 
 pub use alerts::{AlertFilter, AlertRepository, TransmitterRepository};
@@ -22,6 +23,7 @@ pub use events::{
 };
 pub use passwords::{PasswordError, PasswordHasher};
 pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
+pub use repositories::{Repositories, Store};
 pub use storage::{
     ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
     ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,

@@ -8,13 +8,13 @@ use crate::error::{Rule, ValidationError};
 use crate::limits::MAX_DETECTORS_PER_CHAMBER;
 use crate::model::{
     Batch, BatchId, Chamber, ChamberId, ChamberState, Description, Detector, DetectorId,
-    DetectorKey, EndpointUrl, HealthPolicy, IntervalFloor, Name, Page, PageRequest, PlausibleRange,
-    PollInterval, PollTimeout, ResponseFormat, Role, Section, SectionId, Unit,
+    DetectorKey, EndpointUrl, HealthPolicy, HealthState, IntervalFloor, Name, Page, PageRequest,
+    PlausibleRange, PollInterval, PollTimeout, ResponseFormat, Role, Section, SectionId, Unit,
 };
 use crate::ports::{
-    BatchRepository, ChamberChange, ChamberChanges, ChamberFilter, ChamberRepository,
-    ChamberWithDetectors, Clock, DetectorRepository, DomainEvent, EventPublisher, RoutingTag,
-    SectionRepository,
+    BatchRepository, ChamberChange, ChamberChanges, ChamberFilter, ChamberHealthRepository,
+    ChamberRepository, ChamberWithDetectors, Clock, DetectorRepository, DomainEvent,
+    EventPublisher, Repositories, RoutingTag, SectionRepository,
 };
 use crate::usecases::{Actor, UseCaseError};
 
@@ -65,6 +65,15 @@ pub struct AdminSettings {
     pub interval_floor: IntervalFloor,
 }
 
+/// A chamber as the API and the console show it: its detectors and its health as last
+/// observed (`None` before its first poll).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChamberView {
+    pub chamber: Chamber,
+    pub detectors: Vec<Detector>,
+    pub health: Option<HealthState>,
+}
+
 /// The configuration use cases.
 #[derive(Clone)]
 pub struct ChamberAdmin {
@@ -72,6 +81,8 @@ pub struct ChamberAdmin {
     pub chambers: Arc<dyn ChamberRepository>,
     pub detectors: Arc<dyn DetectorRepository>,
     pub batches: Arc<dyn BatchRepository>,
+    /// Read only, for [`ChamberView`]s.
+    pub health: Arc<dyn ChamberHealthRepository>,
     pub changes: Arc<dyn ChamberChanges>,
     pub events: Arc<dyn EventPublisher>,
     pub clock: Arc<dyn Clock>,
@@ -111,6 +122,32 @@ pub fn validate_detector(
 }
 
 impl ChamberAdmin {
+    /// With the default [`AdminSettings`].
+    pub fn new(
+        repositories: &Repositories,
+        changes: Arc<dyn ChamberChanges>,
+        events: Arc<dyn EventPublisher>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            sections: repositories.sections.clone(),
+            chambers: repositories.chambers.clone(),
+            detectors: repositories.detectors.clone(),
+            batches: repositories.batches.clone(),
+            health: repositories.health.clone(),
+            changes,
+            events,
+            clock,
+            settings: AdminSettings::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn with_settings(mut self, settings: AdminSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
     // ----- sections -----
 
     /// # Errors
@@ -272,6 +309,56 @@ impl ChamberAdmin {
             .list_for_chamber(actor.organization_id, id)
             .await?;
         Ok(ChamberWithDetectors { chamber, detectors })
+    }
+
+    /// The chamber with its detectors and health.
+    ///
+    /// # Errors
+    /// `NotFound`; `Unavailable` (the health read too: a view is never silently partial).
+    pub async fn chamber_view(&self, actor: &Actor, id: ChamberId) -> Result<ChamberView> {
+        let c = self.get_chamber(actor, id).await?;
+        self.view_of(c).await
+    }
+
+    /// Adds the health to a chamber the caller has just read or written.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn view_of(&self, c: ChamberWithDetectors) -> Result<ChamberView> {
+        let health = self.health.get(c.chamber.id).await?.map(|h| h.state);
+        Ok(ChamberView {
+            chamber: c.chamber,
+            detectors: c.detectors,
+            health,
+        })
+    }
+
+    /// A page of chambers, each with its health (one read for the page).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn list_chambers_with_health(
+        &self,
+        actor: &Actor,
+        filter: ChamberFilter,
+        page: PageRequest<ChamberId>,
+    ) -> Result<Page<(Chamber, Option<HealthState>), ChamberId>> {
+        let p = self.list_chambers(actor, filter, page).await?;
+        let ids: Vec<ChamberId> = p.items.iter().map(|c| c.id).collect();
+        let healths = self.health.get_many(&ids).await?;
+        let health_of =
+            |id: ChamberId| healths.iter().find(|h| h.chamber_id == id).map(|h| h.state);
+        Ok(Page {
+            items: p
+                .items
+                .into_iter()
+                .map(|c| {
+                    let h = health_of(c.id);
+                    (c, h)
+                })
+                .collect(),
+            next: p.next,
+        })
     }
 
     /// # Errors

@@ -14,7 +14,8 @@ use crate::model::{
 };
 use crate::ports::{
     AlertFilter, AlertRepository, ChamberHealthRepository, ChamberRepository, Clock,
-    DetectorRepository, DomainEvent, EventPublisher, RoutingTag, StoreError, TransmitterRepository,
+    DetectorRepository, DomainEvent, EventPublisher, Repositories, RoutingTag, StoreError,
+    TransmitterRepository,
 };
 use crate::transmit::{
     DeadLetter, Destination, Forwarded, MqttBroker, TopicPrefix, Transmitter, WebhookSecret,
@@ -73,6 +74,15 @@ fn bound(
 }
 
 impl AlertAdmin {
+    pub fn new(repositories: &Repositories, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            alerts: repositories.alerts.clone(),
+            chambers: repositories.chambers.clone(),
+            detectors: repositories.detectors.clone(),
+            clock,
+        }
+    }
+
     /// # Errors
     /// `Forbidden` below operator; `Invalid` (`rule.name`, `rule.condition.after`,
     /// `rule.condition.min`, `rule.condition.max`, `rule.condition.detector_id` for a detector
@@ -222,6 +232,13 @@ impl std::fmt::Debug for TransmitterAdmin {
 }
 
 impl TransmitterAdmin {
+    pub fn new(repositories: &Repositories, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            transmitters: repositories.transmitters.clone(),
+            clock,
+        }
+    }
+
     /// # Errors
     /// `Forbidden` below admin; `Invalid` (`transmitter.name`, `transmitter.webhook.url`,
     /// `transmitter.webhook.secret`, `transmitter.mqtt.broker`, `transmitter.mqtt.topic_prefix`,

@@ -13,7 +13,9 @@ use crate::model::{
     ApiToken, ApiTokenId, Email, MalformedToken, Name, Page, PageRequest, PageSize, Role,
     TokenHash, TokenRefusal, TokenSecret, UserId,
 };
-use crate::ports::{ApiTokenRepository, Clock, PasswordHasher, StoreError, UserRepository};
+use crate::ports::{
+    ApiTokenRepository, Clock, PasswordHasher, Repositories, StoreError, UserRepository,
+};
 use crate::time::Timestamp;
 use crate::usecases::{Actor, UseCaseError};
 
@@ -126,15 +128,14 @@ fn after(t: Timestamp, d: Duration) -> Timestamp {
 
 impl Authenticator {
     pub fn new(
-        tokens: Arc<dyn ApiTokenRepository>,
-        users: Arc<dyn UserRepository>,
+        repositories: &Repositories,
         passwords: Arc<dyn PasswordHasher>,
         clock: Arc<dyn Clock>,
         settings: AuthSettings,
     ) -> Self {
         Self {
-            tokens,
-            users,
+            tokens: repositories.tokens.clone(),
+            users: repositories.users.clone(),
             passwords,
             clock,
             settings,

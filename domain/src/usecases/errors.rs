@@ -1,12 +1,12 @@
 //! The error every API-facing use case returns: what the gRPC layer maps to status codes.
 
 use crate::error::ValidationError;
-use crate::ports::StoreError;
+use crate::ports::{PasswordError, StoreError};
 use crate::usecases::Forbidden;
 
 /// Why an API-facing use case refused or failed. Variants map one-to-one onto gRPC status codes
 /// (InvalidArgument, PermissionDenied, NotFound, AlreadyExists, FailedPrecondition,
-/// Unavailable).
+/// Unavailable, Internal).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UseCaseError {
     #[error(transparent)]
@@ -26,6 +26,9 @@ pub enum UseCaseError {
     FailedPrecondition(String),
     #[error("storage unavailable: {message}")]
     Unavailable { message: String },
+    /// The password hasher could not run (never a wrong password: that is a sign-in refusal).
+    #[error(transparent)]
+    Hashing(#[from] PasswordError),
 }
 
 impl From<StoreError> for UseCaseError {

@@ -5,6 +5,7 @@ mod admin;
 mod alerts;
 mod auth;
 mod authz;
+mod bundle;
 mod errors;
 mod import;
 mod poll;
@@ -13,7 +14,7 @@ mod users;
 mod watch;
 
 pub use admin::{
-    AdminSettings, ChamberAdmin, ChamberPatch, NewChamber, NewDetector, NewSection,
+    AdminSettings, ChamberAdmin, ChamberPatch, ChamberView, NewChamber, NewDetector, NewSection,
     validate_detector,
 };
 pub use alerts::{
@@ -22,6 +23,7 @@ pub use alerts::{
 };
 pub use auth::{AuthError, AuthSettings, Authenticator, Identity, IssuedToken, Refusal};
 pub use authz::{Actor, Forbidden};
+pub use bundle::{ApiPorts, ApiSettings, ApiUseCases};
 pub use errors::UseCaseError;
 pub use import::{ChamberImport, ImportMode, ImportReport, RowRejection};
 pub use poll::{

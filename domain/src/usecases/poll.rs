@@ -21,7 +21,7 @@ use crate::parse::{JsonDocument, PrometheusDocument, ValueProblem};
 use crate::ports::{
     BatchRepository, ChamberClient, ChamberHealthRepository, ChamberRepository, Clock, DomainEvent,
     EventPublisher, FetchError, FetchRequest, LeaseReceipt, LeasedJob, PollQueue, PollRecord,
-    QueueError, ReadingRepository, RoutingTag, StoreError, WriteReport,
+    QueueError, ReadingRepository, Repositories, RoutingTag, StoreError, WriteReport,
 };
 
 /// Tunables of poll handling.
@@ -230,6 +230,34 @@ fn routing(chamber: &Chamber) -> RoutingTag {
 }
 
 impl PollHandler {
+    /// With the default [`PollSettings`]. Chambers and batches are read through
+    /// `repositories` (a worker may hand in a cached pair).
+    pub fn new(
+        repositories: &Repositories,
+        queue: Arc<dyn PollQueue>,
+        client: Arc<dyn ChamberClient>,
+        events: Arc<dyn EventPublisher>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            chambers: repositories.chambers.clone(),
+            batches: repositories.batches.clone(),
+            readings: repositories.readings.clone(),
+            health: repositories.health.clone(),
+            queue,
+            client,
+            events,
+            clock,
+            settings: PollSettings::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn with_settings(mut self, settings: PollSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
     /// Fetches and interprets one leased poll. Writes nothing.
     ///
     /// # Errors

@@ -13,6 +13,7 @@ use crate::model::{
 use crate::ports::{
     BatchRepository, ChamberFilter, ChamberRepository, LatestReadings, LedgerQuery,
     PollLedgerRepository, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
+    Repositories,
 };
 use crate::time::Timestamp;
 use crate::usecases::{Actor, UseCaseError};
@@ -90,6 +91,15 @@ fn check_range(from: Timestamp, to: Timestamp) -> Result<(), ValidationError> {
 }
 
 impl ReadingQueries {
+    pub fn new(repositories: &Repositories) -> Self {
+        Self {
+            readings: repositories.readings.clone(),
+            ledger: repositories.ledger.clone(),
+            chambers: repositories.chambers.clone(),
+            batches: repositories.batches.clone(),
+        }
+    }
+
     /// Readings of a detector, chamber or batch with `from <= slot < to`, by (slot, detector).
     ///
     /// # Errors

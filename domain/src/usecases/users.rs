@@ -3,20 +3,31 @@
 use std::sync::Arc;
 
 use crate::model::{
-    Email, Name, Organization, OrganizationId, Page, PageRequest, Role, User, UserId,
+    Email, Name, Organization, OrganizationId, Page, PageRequest, Password, Role, User, UserId,
 };
-use crate::ports::{Clock, OrganizationRepository, UserRepository};
+use crate::ports::{Clock, OrganizationRepository, PasswordHasher, Repositories, UserRepository};
 use crate::usecases::{Actor, UseCaseError};
 
 /// A user as an admin submits them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct NewUser {
     pub email: String,
     pub display_name: String,
     pub role: String,
-    /// Already hashed by the authentication adapter (argon2, PHC string); none for token-only
-    /// accounts.
-    pub password_hash: Option<String>,
+    /// The password as typed, checked and hashed by [`UserAdmin`]; `None` (or empty) for
+    /// token-only accounts.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("email", &self.email)
+            .field("display_name", &self.display_name)
+            .field("role", &self.role)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// Organization and user administration.
@@ -24,6 +35,8 @@ pub struct NewUser {
 pub struct UserAdmin {
     pub organizations: Arc<dyn OrganizationRepository>,
     pub users: Arc<dyn UserRepository>,
+    /// Hashes the passwords of new users (argon2id in production).
+    pub passwords: Arc<dyn PasswordHasher>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -36,11 +49,25 @@ impl std::fmt::Debug for UserAdmin {
 type Result<T> = std::result::Result<T, UseCaseError>;
 
 impl UserAdmin {
+    pub fn new(
+        repositories: &Repositories,
+        passwords: Arc<dyn PasswordHasher>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            organizations: repositories.organizations.clone(),
+            users: repositories.users.clone(),
+            passwords,
+            clock,
+        }
+    }
+
     /// Creates a tenant with its first admin. An installation-level operation (first start,
     /// `chamberlain` operator commands): there is no actor yet to check.
     ///
     /// # Errors
-    /// `Invalid` (`organization.name`, `user.email`, ...); `Duplicate`; `Unavailable`.
+    /// `Invalid` (`organization.name`, `user.email`, `password`, ...); `Duplicate`;
+    /// `Hashing`; `Unavailable`.
     pub async fn create_organization(
         &self,
         name: &str,
@@ -52,23 +79,28 @@ impl UserAdmin {
             name: Name::parse(name).map_err(|e| e.within("organization"))?,
             created_at: now,
         };
-        let user = self.build_user(
-            org.id,
-            &NewUser {
-                role: "admin".into(),
-                ..admin
-            },
-        )?;
+        let user = self
+            .build_user(
+                org.id,
+                &NewUser {
+                    role: "admin".into(),
+                    ..admin
+                },
+            )
+            .await?;
         self.organizations.create(&org).await?;
         self.users.create(&user).await?;
         Ok((org, user))
     }
 
+    /// Only an admin may create users: the role is checked before a password hash is spent.
+    ///
     /// # Errors
-    /// `Forbidden` unless admin; `Invalid`; `Duplicate { field: "email" }`; `Unavailable`.
+    /// `Forbidden` unless admin; `Invalid` (`user.email`, ..., `password`); `Duplicate {
+    /// field: "email" }`; `Hashing`; `Unavailable`.
     pub async fn create_user(&self, actor: &Actor, new: NewUser) -> Result<User> {
         actor.require(Role::Admin, "create a user")?;
-        let user = self.build_user(actor.organization_id, &new)?;
+        let user = self.build_user(actor.organization_id, &new).await?;
         self.users.create(&user).await?;
         Ok(user)
     }
@@ -124,15 +156,27 @@ impl UserAdmin {
         Ok(self.users.delete(actor.organization_id, id).await?)
     }
 
-    fn build_user(&self, org: OrganizationId, new: &NewUser) -> Result<User> {
+    /// Checks every field, then hashes the password (the slow step) last.
+    async fn build_user(&self, org: OrganizationId, new: &NewUser) -> Result<User> {
+        let email = Email::parse(&new.email).map_err(|e| e.within("user"))?;
+        let display_name = Name::parse(&new.display_name)
+            .map_err(|e| e.for_field("display_name").within("user"))?;
+        let role = Role::parse(&new.role).map_err(|e| e.within("user"))?;
+        let password = match new.password.as_deref() {
+            None | Some("") => None,
+            Some(raw) => Some(Password::parse(raw)?),
+        };
+        let password_hash = match password {
+            Some(p) => Some(self.passwords.hash(&p).await?),
+            None => None,
+        };
         Ok(User {
             id: UserId::random(),
             organization_id: org,
-            email: Email::parse(&new.email).map_err(|e| e.within("user"))?,
-            display_name: Name::parse(&new.display_name)
-                .map_err(|e| e.for_field("display_name").within("user"))?,
-            role: Role::parse(&new.role).map_err(|e| e.within("user"))?,
-            password_hash: new.password_hash.clone(),
+            email,
+            display_name,
+            role,
+            password_hash,
             disabled: false,
             created_at: self.clock.now(),
         })

@@ -16,7 +16,7 @@ use crate::error::{Rule, ValidationError};
 use crate::model::{ChamberId, DetectorId, OrganizationId, SectionId};
 use crate::ports::{
     ChamberRepository, DetectorRepository, DomainEvent, EventDelivery, EventFeed,
-    EventSubscription, SectionRepository,
+    EventSubscription, Repositories, SectionRepository,
 };
 use crate::time::Timestamp;
 use crate::usecases::{Actor, UseCaseError};
@@ -265,6 +265,20 @@ impl std::fmt::Debug for EventWatch {
 }
 
 impl EventWatch {
+    pub fn new(
+        repositories: &Repositories,
+        feed: Arc<dyn EventFeed>,
+        settings: WatchSettings,
+    ) -> Self {
+        Self {
+            feed,
+            sections: repositories.sections.clone(),
+            chambers: repositories.chambers.clone(),
+            detectors: repositories.detectors.clone(),
+            settings,
+        }
+    }
+
     /// Starts watching. Any role of the organization may watch.
     ///
     /// # Errors

@@ -86,7 +86,7 @@ async fn viewers_read_operators_configure_admins_manage_users() {
         email: "new@roles.example".into(),
         display_name: "New".into(),
         role: "viewer".into(),
-        password_hash: None,
+        password: None,
     };
     assert!(matches!(
         h.users.create_user(&operator, user.clone()).await,

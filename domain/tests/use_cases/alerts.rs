@@ -12,7 +12,7 @@ use chamberlain_domain::usecases::{
     Actor, AlertAdmin, AlertEvaluator, NewAlertRule, NewCondition, NewDestination, NewTransmitter,
     TransmitterAdmin, UseCaseError,
 };
-use chamberlain_memory::ScriptedAnswer;
+use chamberlain_fakes::ScriptedAnswer;
 use tokio::sync::broadcast;
 
 use crate::support::Harness;
@@ -22,12 +22,7 @@ fn slot(s: i64) -> Timestamp {
 }
 
 fn alert_admin(h: &Harness) -> AlertAdmin {
-    AlertAdmin {
-        alerts: h.store.clone(),
-        chambers: h.store.clone(),
-        detectors: h.store.clone(),
-        clock: h.clock.clone(),
-    }
+    AlertAdmin::new(&h.repositories, h.clock.clone())
 }
 
 fn evaluator(h: &Harness) -> AlertEvaluator {
@@ -384,10 +379,7 @@ async fn transmitters_are_for_admins_and_validated_naming_the_field() {
     let h = Harness::new();
     let admin = h.tenant("a", Role::Admin).await;
     let operator = h.tenant("o", Role::Operator).await;
-    let transmitters = TransmitterAdmin {
-        transmitters: h.store.clone(),
-        clock: h.clock.clone(),
-    };
+    let transmitters = TransmitterAdmin::new(&h.repositories, h.clock.clone());
     let webhook = |url: &str, secret: &str| NewTransmitter {
         name: "pager".into(),
         destination: NewDestination::Webhook {

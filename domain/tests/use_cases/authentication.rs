@@ -3,19 +3,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::model::{Password, Role};
-use chamberlain_domain::ports::{MockApiTokenRepository, PasswordHasher};
+use chamberlain_domain::model::Role;
+use chamberlain_domain::ports::{MockApiTokenRepository, Repositories};
 use chamberlain_domain::usecases::{
     Actor, AuthError, AuthSettings, Authenticator, NewUser, Refusal, UseCaseError,
 };
-use chamberlain_memory::InsecureTestPasswordHasher;
+use chamberlain_fakes::InsecureTestPasswordHasher;
 
 use crate::support::Harness;
 
 fn authenticator(h: &Harness) -> Authenticator {
     Authenticator::new(
-        h.store.clone(),
-        h.store.clone(),
+        &h.repositories,
         Arc::new(InsecureTestPasswordHasher),
         h.clock.clone(),
         AuthSettings::default(),
@@ -91,8 +90,10 @@ async fn a_malformed_token_is_refused_without_a_lookup() {
     // A repository that fails the test if it is asked anything.
     let tokens = MockApiTokenRepository::new();
     let auth = Authenticator::new(
-        Arc::new(tokens),
-        h.store.clone(),
+        &Repositories {
+            tokens: Arc::new(tokens),
+            ..h.repositories.clone()
+        },
         Arc::new(InsecureTestPasswordHasher),
         h.clock.clone(),
         AuthSettings::default(),
@@ -168,7 +169,7 @@ async fn only_an_admin_revokes_another_users_token() {
                     email: "v@a.example".into(),
                     display_name: "v".into(),
                     role: "viewer".into(),
-                    password_hash: None,
+                    password: None,
                 },
             )
             .await
@@ -203,10 +204,7 @@ async fn only_an_admin_revokes_another_users_token() {
 async fn sign_in_issues_a_session_token_and_refuses_alike_for_unknown_emails() {
     let h = Harness::new();
     let auth = authenticator(&h);
-    let hash = InsecureTestPasswordHasher
-        .hash(&Password::parse("correct horse battery").unwrap())
-        .await
-        .unwrap();
+    // UserAdmin hashes the password with the harness's hasher; the authenticator verifies it.
     let (org, user) = h
         .users
         .create_organization(
@@ -215,7 +213,7 @@ async fn sign_in_issues_a_session_token_and_refuses_alike_for_unknown_emails() {
                 email: "Ada@Lab.example".into(),
                 display_name: "Ada".into(),
                 role: "admin".into(),
-                password_hash: Some(hash),
+                password: Some("correct horse battery".into()),
             },
         )
         .await

@@ -11,7 +11,7 @@ use chamberlain_domain::ports::{
     MockReadingRepository, PublishError, StoreError, WriteReport,
 };
 use chamberlain_domain::usecases::{Fetched, Handled, PollError, PollHandler, ProcessedPoll};
-use chamberlain_memory::ScriptedAnswer;
+use chamberlain_fakes::ScriptedAnswer;
 use mockall::Sequence;
 
 use crate::support::Harness;

@@ -10,7 +10,7 @@ use chamberlain_domain::ports::{
     ReadingRepository, ReadingScope,
 };
 use chamberlain_domain::usecases::{Fetched, Handled, NewSection};
-use chamberlain_memory::ScriptedAnswer;
+use chamberlain_fakes::ScriptedAnswer;
 
 use crate::support::{Harness, drain};
 

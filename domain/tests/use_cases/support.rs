@@ -6,20 +6,22 @@ use chamberlain_domain::conformance::fixtures::T0;
 use chamberlain_domain::model::{
     ChamberId, JobMetadata, PollId, PollInterval, PollJob, PollKind, Role,
 };
-use chamberlain_domain::ports::{DomainEvent, LeasedJob, PollQueue};
+use chamberlain_domain::ports::{DomainEvent, LeasedJob, PollQueue, Repositories};
 use chamberlain_domain::usecases::{
-    Actor, AdminSettings, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, PollHandler,
-    PollSettings, ReadingQueries, UserAdmin,
+    Actor, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, PollHandler, ReadingQueries,
+    UserAdmin,
 };
-use chamberlain_memory::{
-    ManualClock, MemoryChamberChanges, MemoryEventBus, MemoryPollQueue, MemoryStore,
-    ScriptedChamberClient,
+use chamberlain_fakes::{
+    InsecureTestPasswordHasher, ManualClock, MemoryStore, ScriptedChamberClient,
 };
+use chamberlain_memory::{MemoryChamberChanges, MemoryEventBus, MemoryPollQueue};
 use tokio::sync::broadcast;
 
 /// The whole domain wired to in-memory adapters, on a manual clock.
 pub struct Harness {
     pub store: Arc<MemoryStore>,
+    /// Every repository port, over `store`.
+    pub repositories: Repositories,
     pub queue: Arc<MemoryPollQueue>,
     pub clock: Arc<ManualClock>,
     pub client: Arc<ScriptedChamberClient>,
@@ -39,40 +41,29 @@ impl Harness {
         let client = Arc::new(ScriptedChamberClient::new());
         let events = Arc::new(MemoryEventBus::new(1024));
         let changes = Arc::new(MemoryChamberChanges::new(1024));
-        let handler = PollHandler {
-            chambers: store.clone(),
-            batches: store.clone(),
-            readings: store.clone(),
-            health: store.clone(),
-            queue: queue.clone(),
-            client: client.clone(),
-            events: events.clone(),
-            clock: clock.clone(),
-            settings: PollSettings::default(),
-        };
-        let admin = ChamberAdmin {
-            sections: store.clone(),
-            chambers: store.clone(),
-            detectors: store.clone(),
-            batches: store.clone(),
-            changes: changes.clone(),
-            events: events.clone(),
-            clock: clock.clone(),
-            settings: AdminSettings::default(),
-        };
-        let users = UserAdmin {
-            organizations: store.clone(),
-            users: store.clone(),
-            clock: clock.clone(),
-        };
-        let queries = ReadingQueries {
-            readings: store.clone(),
-            ledger: store.clone(),
-            chambers: store.clone(),
-            batches: store.clone(),
-        };
+        let repositories = Repositories::of(store.clone());
+        let handler = PollHandler::new(
+            &repositories,
+            queue.clone(),
+            client.clone(),
+            events.clone(),
+            clock.clone(),
+        );
+        let admin = ChamberAdmin::new(
+            &repositories,
+            changes.clone(),
+            events.clone(),
+            clock.clone(),
+        );
+        let users = UserAdmin::new(
+            &repositories,
+            Arc::new(InsecureTestPasswordHasher),
+            clock.clone(),
+        );
+        let queries = ReadingQueries::new(&repositories);
         Self {
             store,
+            repositories,
             queue,
             clock,
             client,
@@ -95,7 +86,7 @@ impl Harness {
                     email: format!("admin@{label}.example"),
                     display_name: format!("{label} admin"),
                     role: "admin".into(),
-                    password_hash: None,
+                    password: None,
                 },
             )
             .await
@@ -116,7 +107,7 @@ impl Harness {
                     email: format!("{role}@{label}.example"),
                     display_name: format!("{label} {role}"),
                     role: role.as_str().into(),
-                    password_hash: None,
+                    password: None,
                 },
             )
             .await

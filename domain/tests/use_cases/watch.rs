@@ -11,18 +11,12 @@ use chamberlain_domain::usecases::{
     EventKind, EventWatch, LagState, LagVerdict, UseCaseError, WatchItem, WatchRequest,
     WatchSettings,
 };
-use chamberlain_memory::ScriptedAnswer;
+use chamberlain_fakes::ScriptedAnswer;
 
 use crate::support::Harness;
 
 fn watcher(h: &Harness) -> EventWatch {
-    EventWatch {
-        feed: h.events.clone(),
-        sections: h.store.clone(),
-        chambers: h.store.clone(),
-        detectors: h.store.clone(),
-        settings: WatchSettings::default(),
-    }
+    EventWatch::new(&h.repositories, h.events.clone(), WatchSettings::default())
 }
 
 fn slot(s: i64) -> Timestamp {

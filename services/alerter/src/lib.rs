@@ -9,7 +9,7 @@ use std::time::Duration;
 use chamberlain_domain::ports::{
     AlertRepository, ChamberHealthRepository, ChamberRepository, Clock, DeliveryClient,
     EventDelivery, EventFeed, EventPublisher, EventSubscription, LeaderLease, LeaseGrant,
-    TransmitterRepository,
+    Repositories, TransmitterRepository,
 };
 use chamberlain_domain::usecases::AlertEvaluator;
 
@@ -70,6 +70,29 @@ enum TermEnd {
 }
 
 impl Alerter {
+    pub fn new(
+        repositories: &Repositories,
+        feed: Arc<dyn EventFeed>,
+        events: Arc<dyn EventPublisher>,
+        lease: Arc<dyn LeaderLease>,
+        delivery: Arc<dyn DeliveryClient>,
+        clock: Arc<dyn Clock>,
+        config: AlerterConfig,
+    ) -> Self {
+        Self {
+            alerts: repositories.alerts.clone(),
+            chambers: repositories.chambers.clone(),
+            health: repositories.health.clone(),
+            transmitters: repositories.transmitters.clone(),
+            feed,
+            events,
+            lease,
+            delivery,
+            clock,
+            config,
+        }
+    }
+
     /// Runs until `shutdown` resolves: waits for the lease, evaluates and forwards while it
     /// holds it, and gives it up on shutdown. Infrastructure errors are logged and retried.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {

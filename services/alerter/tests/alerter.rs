@@ -16,13 +16,14 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     AlertFilter, AlertRepository, ChamberRepository, Clock, DeliveryClient, DeliveryError,
-    DomainEvent, EventPublisher, OrganizationRepository, RoutingTag, SectionRepository,
-    TransmitterRepository,
+    DomainEvent, EventPublisher, OrganizationRepository, Repositories, RoutingTag,
+    SectionRepository, TransmitterRepository,
 };
 use chamberlain_domain::transmit::{
     Delivery, DeliveryKind, Destination, Forwarded, RetryPolicy, Transmitter, WebhookSecret,
 };
-use chamberlain_memory::{MemoryEventBus, MemoryLeaderLease, MemoryStore};
+use chamberlain_fakes::MemoryStore;
+use chamberlain_memory::{MemoryEventBus, MemoryLeaderLease};
 
 /// Wall time that follows Tokio's clock, so a paused test runtime moves both.
 struct TokioClock {
@@ -372,18 +373,15 @@ async fn the_leader_opens_an_alert_stores_it_publishes_it_and_forwards_it() {
     let mut watcher = bus.subscribe();
     let mut config = AlerterConfig::new("alerter-test");
     config.tick = Duration::from_millis(200);
-    let alerter = Alerter {
-        alerts: w.store.clone(),
-        chambers: w.store.clone(),
-        health: w.store.clone(),
-        transmitters: w.store.clone(),
-        feed: bus.clone(),
-        events: bus.clone(),
-        lease: Arc::new(MemoryLeaderLease::new(clock.clone())),
-        delivery: dest.clone(),
-        clock: clock.clone(),
+    let alerter = Alerter::new(
+        &Repositories::of(w.store.clone()),
+        bus.clone(),
+        bus.clone(),
+        Arc::new(MemoryLeaderLease::new(clock.clone())),
+        dest.clone(),
+        clock.clone(),
         config,
-    };
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(alerter.run(async {
         let _ = stopped.await;

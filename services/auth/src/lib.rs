@@ -27,6 +27,25 @@ pub struct RateLimit {
     pub burst: NonZeroU32,
 }
 
+const fn at_least_one(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
+
+/// Calls per user by default: 50 a second sustained, bursts of 100.
+pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
+    per_second: at_least_one(50),
+    burst: at_least_one(100),
+};
+
+/// Sign-in attempts per client address by default: 1 a second sustained, bursts of 10.
+pub const DEFAULT_SIGN_IN_LIMIT: RateLimit = RateLimit {
+    per_second: at_least_one(1),
+    burst: at_least_one(10),
+};
+
 impl RateLimit {
     fn quota(self) -> Quota {
         Quota::per_second(self.per_second).allow_burst(self.burst)

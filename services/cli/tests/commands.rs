@@ -256,6 +256,24 @@ fn the_services_refuse_a_bad_setting_at_start_naming_it() {
             "--http-pool-idle-per-host",
         ),
         (vec!["standalone", "--max-waiting", "many"], "--max-waiting"),
+        // Settings shared by several commands, each declared once, refused the same way.
+        (vec!["standalone", "--concurrency", "0"], "--concurrency"),
+        (
+            vec!["standalone", "--egress-allow", "10.0.0.0/33"],
+            "CHAMBERLAIN_EGRESS_ALLOW",
+        ),
+        (
+            vec!["worker", "--body-cap", "10"],
+            "CHAMBERLAIN_HTTP_BODY_CAP",
+        ),
+        (
+            vec!["standalone", "--max-message-bytes", "10"],
+            "--max-message-bytes",
+        ),
+        (vec!["standalone", "--timeout-secs", "0"], "--timeout-secs"),
+        (vec!["gateway", "--timeout-secs", "0"], "--timeout-secs"),
+        (vec!["gateway", "--listen", "nowhere"], "--listen"),
+        (vec!["standalone", "--listen", "nowhere"], "--listen"),
     ] {
         let out = chamberlain().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -17,6 +17,11 @@ use tokio::net::TcpListener;
 use tonic::service::{Interceptor, InterceptorLayer};
 use tonic::{Request, Status};
 
+/// The largest request message accepted by default (4 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Calls are cut off after this long by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of the gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {

@@ -11,7 +11,8 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ChamberChange, ChamberChanges, ChamberHealthRepository, ChamberRepository, ChangeSubscription,
-    Clock, LeaderLease, LeaseGrant, PollLedgerRepository, PollQueue, ScheduleCheckpoint,
+    Clock, LeaderLease, LeaseGrant, PollLedgerRepository, PollQueue, Repositories,
+    ScheduleCheckpoint,
 };
 use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
 use chamberlain_telemetry::instruments;
@@ -97,6 +98,28 @@ enum TermEnd {
 }
 
 impl Scheduler {
+    pub fn new(
+        repositories: &Repositories,
+        queue: Arc<dyn PollQueue>,
+        lease: Arc<dyn LeaderLease>,
+        checkpoint: Arc<dyn ScheduleCheckpoint>,
+        changes: Arc<dyn ChamberChanges>,
+        clock: Arc<dyn Clock>,
+        config: SchedulerConfig,
+    ) -> Self {
+        Self {
+            chambers: repositories.chambers.clone(),
+            ledger: repositories.ledger.clone(),
+            health: repositories.health.clone(),
+            queue,
+            lease,
+            checkpoint,
+            changes,
+            clock,
+            config,
+        }
+    }
+
     /// Runs until `shutdown` resolves: waits for the lease, leads while it holds it, and gives
     /// it up on shutdown. Infrastructure errors are logged and retried; they never end the loop.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {

@@ -10,11 +10,11 @@ use chamberlain_domain::conformance::fixtures;
 use chamberlain_domain::model::{Chamber, ChamberId, Detector, OrganizationId, Page, PageRequest};
 use chamberlain_domain::ports::{
     ChamberChange, ChamberChanges, ChamberFilter, ChamberRepository, ChamberWithDetectors, Clock,
-    ItemError, OrganizationRepository, PollQueue, SectionRepository, StoreError,
+    ItemError, OrganizationRepository, PollQueue, Repositories, SectionRepository, StoreError,
 };
+use chamberlain_fakes::MemoryStore;
 use chamberlain_memory::{
-    MemoryChamberChanges, MemoryLeaderLease, MemoryPollQueue, MemoryScheduleCheckpoint,
-    MemoryStore, SystemClock,
+    MemoryChamberChanges, MemoryLeaderLease, MemoryPollQueue, MemoryScheduleCheckpoint, SystemClock,
 };
 use chamberlain_scheduler::{Scheduler, SchedulerConfig};
 use tokio::sync::{Notify, Semaphore};
@@ -115,17 +115,18 @@ async fn polls_continue_during_a_resync_and_changes_made_meanwhile_survive_it() 
     let mut config = SchedulerConfig::new("s1");
     // Only the Resync notice below starts a background load.
     config.resync_every = Duration::from_secs(3600);
-    let scheduler = Scheduler {
-        chambers: chambers.clone(),
-        ledger: store.clone(),
-        health: store.clone(),
-        queue: queue.clone(),
-        lease: Arc::new(MemoryLeaderLease::new(clock.clone())),
-        checkpoint: Arc::new(MemoryScheduleCheckpoint::new()),
-        changes: changes.clone(),
+    let scheduler = Scheduler::new(
+        &Repositories {
+            chambers: chambers.clone(),
+            ..Repositories::of(store.clone())
+        },
+        queue.clone(),
+        Arc::new(MemoryLeaderLease::new(clock.clone())),
+        Arc::new(MemoryScheduleCheckpoint::new()),
+        changes.clone(),
         clock,
         config,
-    };
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(scheduler.run(async {
         let _ = stopped.await;

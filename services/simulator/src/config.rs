@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chamberlain_domain::ports::Clock;
 
-use crate::clock::SystemClock;
+use chamberlain_memory::SystemClock;
 
 /// The most chambers one simulator serves.
 pub const MAX_CHAMBERS: u32 = 100_000;

@@ -3,7 +3,6 @@
 
 mod body;
 mod cli;
-mod clock;
 mod config;
 mod dice;
 mod recorder;

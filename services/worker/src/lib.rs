@@ -91,6 +91,15 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
+    /// A worker leasing from the queue its handler acknowledges on.
+    pub fn new(handler: PollHandler, config: WorkerConfig) -> Self {
+        Self {
+            queue: handler.queue.clone(),
+            handler,
+            config,
+        }
+    }
+
     /// Runs until `shutdown` resolves, then drains and flushes. Infrastructure errors are logged
     /// and retried: a job that could not be completed is redelivered after its visibility
     /// timeout.

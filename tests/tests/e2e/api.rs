@@ -310,18 +310,18 @@ async fn viewers_cannot_change_chambers_and_organizations_never_see_each_other()
         .into_inner();
 
     // A viewer of organization A.
-    let viewer = chamberlain_domain::usecases::UserAdmin {
-        organizations: stack.store.clone(),
-        users: stack.store.clone(),
-        clock: std::sync::Arc::new(chamberlain_memory::SystemClock),
-    }
+    let viewer = chamberlain_domain::usecases::UserAdmin::new(
+        &chamberlain_domain::ports::Repositories::of(stack.store.clone()),
+        std::sync::Arc::new(chamberlain_fakes::InsecureTestPasswordHasher),
+        std::sync::Arc::new(chamberlain_memory::SystemClock),
+    )
     .create_user(
         &a_admin,
         chamberlain_domain::usecases::NewUser {
             email: "v@a.example".into(),
             display_name: "v".into(),
             role: "viewer".into(),
-            password_hash: None,
+            password: None,
         },
     )
     .await

@@ -12,16 +12,17 @@ use chamberlain_domain::conformance::fixtures::T0;
 use chamberlain_domain::model::{JobMetadata, LedgerEntry, PollOutcome, Role};
 use chamberlain_domain::ports::{
     LedgerQuery, PollLedgerRepository, PollQueue, ReadingQuery, ReadingRepository, ReadingScope,
+    Repositories,
 };
 use chamberlain_domain::schedule::{CatchUpPolicy, SchedulePlanner, ScheduledChamber, SlotGrid};
 use chamberlain_domain::usecases::{
-    Actor, AdminSettings, ChamberAdmin, Fetched, NewChamber, NewDetector, NewSection, NewUser,
-    PollHandler, PollSettings, UserAdmin,
+    Actor, ChamberAdmin, Fetched, NewChamber, NewDetector, NewSection, NewUser, PollHandler,
+    UserAdmin,
 };
-use chamberlain_memory::{
-    ManualClock, MemoryChamberChanges, MemoryEventBus, MemoryPollQueue, MemoryStore,
-    ScriptedAnswer, ScriptedChamberClient,
+use chamberlain_fakes::{
+    InsecureTestPasswordHasher, ManualClock, MemoryStore, ScriptedAnswer, ScriptedChamberClient,
 };
+use chamberlain_memory::{MemoryChamberChanges, MemoryEventBus, MemoryPollQueue};
 
 struct Stack {
     store: Arc<MemoryStore>,
@@ -38,27 +39,20 @@ fn stack() -> Stack {
     let queue = Arc::new(MemoryPollQueue::new(clock.clone()));
     let client = Arc::new(ScriptedChamberClient::new());
     let events = Arc::new(MemoryEventBus::new(16));
-    let admin = ChamberAdmin {
-        sections: store.clone(),
-        chambers: store.clone(),
-        detectors: store.clone(),
-        batches: store.clone(),
-        changes: Arc::new(MemoryChamberChanges::new(16)),
-        events: events.clone(),
-        clock: clock.clone(),
-        settings: AdminSettings::default(),
-    };
-    let handler = PollHandler {
-        chambers: store.clone(),
-        batches: store.clone(),
-        readings: store.clone(),
-        health: store.clone(),
-        queue: queue.clone(),
-        client: client.clone(),
+    let repositories = Repositories::of(store.clone());
+    let admin = ChamberAdmin::new(
+        &repositories,
+        Arc::new(MemoryChamberChanges::new(16)),
+        events.clone(),
+        clock.clone(),
+    );
+    let handler = PollHandler::new(
+        &repositories,
+        queue.clone(),
+        client.clone(),
         events,
-        clock: clock.clone(),
-        settings: PollSettings::default(),
-    };
+        clock.clone(),
+    );
     Stack {
         store,
         queue,
@@ -122,11 +116,11 @@ async fn run(s: &Stack, planner: &mut SchedulePlanner, start: Timestamp, to: Tim
 #[tokio::test]
 async fn every_expected_slot_gets_exactly_one_ledger_entry_across_a_scheduler_outage() {
     let s = stack();
-    let users = UserAdmin {
-        organizations: s.store.clone(),
-        users: s.store.clone(),
-        clock: s.clock.clone(),
-    };
+    let users = UserAdmin::new(
+        &Repositories::of(s.store.clone()),
+        Arc::new(InsecureTestPasswordHasher),
+        s.clock.clone(),
+    );
     let (org, admin) = users
         .create_organization(
             "Lab",
@@ -134,7 +128,7 @@ async fn every_expected_slot_gets_exactly_one_ledger_entry_across_a_scheduler_ou
                 email: "a@lab.example".into(),
                 display_name: "A".into(),
                 role: "admin".into(),
-                password_hash: None,
+                password: None,
             },
         )
         .await

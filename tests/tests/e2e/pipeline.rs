@@ -28,7 +28,7 @@ async fn two_hundred_chambers_at_one_second_for_twenty_seconds_every_slot_once()
     let fleet = support::fleet(&sim, 200).await;
     let prefix = TestPrefix::new();
     let queue = Arc::new(RedisPollQueue::connect(&prefix.config).await.unwrap());
-    let scheduler = support::scheduler(&fleet, &prefix, queue.clone(), "scheduler-test").await;
+    let scheduler = support::scheduler(&fleet, &prefix, "scheduler-test").await;
     let worker = support::worker(&fleet, &prefix).await;
 
     let started = now();

@@ -53,7 +53,7 @@ async fn a_worker_killed_mid_run_leaves_every_slot_with_one_ledger_entry() {
     let fleet = support::fleet(&sim, 50).await;
     let prefix = TestPrefix::new();
     let queue = Arc::new(RedisPollQueue::connect(&prefix.config).await.unwrap());
-    let scheduler = support::scheduler(&fleet, &prefix, queue.clone(), "scheduler-a").await;
+    let scheduler = support::scheduler(&fleet, &prefix, "scheduler-a").await;
     let (stop, stopped) = oneshot::channel::<()>();
     let started = now();
     let scheduler = tokio::spawn(scheduler.run(async {
@@ -212,7 +212,7 @@ async fn misbehaving_chambers_get_the_right_outcomes_and_health_while_others_sta
         .unwrap();
     let prefix = TestPrefix::new();
     let queue = Arc::new(RedisPollQueue::connect(&prefix.config).await.unwrap());
-    let scheduler = support::scheduler(&fleet, &prefix, queue.clone(), "scheduler-h").await;
+    let scheduler = support::scheduler(&fleet, &prefix, "scheduler-h").await;
     let worker = support::worker(&fleet, &prefix).await;
     let (stop_s, s_stopped) = oneshot::channel::<()>();
     let (stop_w, w_stopped) = oneshot::channel::<()>();

@@ -152,10 +152,7 @@ fn terminate(s: &mut Standalone) {
 }
 
 pub(crate) fn free_port_on_127_0_0_2() -> u16 {
-    std::net::TcpListener::bind("127.0.0.2:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.2")
+    chamberlain_tests::api_stack::free_port_on("127.0.0.2")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

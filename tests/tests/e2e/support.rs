@@ -7,21 +7,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chamberlain_compose::Distributed;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{Chamber, LedgerEntry, PollOutcome, Role};
 use chamberlain_domain::ports::{
     Clock, LedgerQuery, PollLedgerRepository, ReadingQuery, ReadingRepository, ReadingScope,
+    Repositories,
 };
 use chamberlain_domain::schedule::SlotGrid;
 use chamberlain_domain::usecases::{
-    Actor, AdminSettings, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, PollHandler,
-    PollSettings, UserAdmin,
+    Actor, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, UserAdmin,
 };
+use chamberlain_fakes::InsecureTestPasswordHasher;
 use chamberlain_memory::{MemoryChamberChanges, MemoryEventBus, SystemClock};
 use chamberlain_postgres::PgStore;
 use chamberlain_postgres::testing::TestDatabase;
 use chamberlain_redis::testing::TestPrefix;
-use chamberlain_redis::{RedisLeaderLease, RedisPollQueue, RedisScheduleCheckpoint};
 use chamberlain_simulator::{Format, SimulatorHandle};
 
 pub struct Fleet {
@@ -37,11 +38,12 @@ pub async fn fleet(sim: &SimulatorHandle, n: u32) -> Fleet {
     let (store, db) = chamberlain_postgres::testing::fresh_store().await;
     let store = Arc::new(store);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let users = UserAdmin {
-        organizations: store.clone(),
-        users: store.clone(),
-        clock: clock.clone(),
-    };
+    let repositories = Repositories::of(store.clone());
+    let users = UserAdmin::new(
+        &repositories,
+        Arc::new(InsecureTestPasswordHasher),
+        clock.clone(),
+    );
     let (org, admin_user) = users
         .create_organization(
             "Lab",
@@ -49,7 +51,7 @@ pub async fn fleet(sim: &SimulatorHandle, n: u32) -> Fleet {
                 email: "a@lab.example".into(),
                 display_name: "A".into(),
                 role: "admin".into(),
-                password_hash: None,
+                password: None,
             },
         )
         .await
@@ -59,16 +61,12 @@ pub async fn fleet(sim: &SimulatorHandle, n: u32) -> Fleet {
         organization_id: org.id,
         role: Role::Admin,
     };
-    let admin = ChamberAdmin {
-        sections: store.clone(),
-        chambers: store.clone(),
-        detectors: store.clone(),
-        batches: store.clone(),
-        changes: Arc::new(MemoryChamberChanges::default()),
-        events: Arc::new(MemoryEventBus::default()),
+    let admin = ChamberAdmin::new(
+        &repositories,
+        Arc::new(MemoryChamberChanges::default()),
+        Arc::new(MemoryEventBus::default()),
         clock,
-        settings: AdminSettings::default(),
-    };
+    );
     let section = admin
         .create_section(
             &actor,
@@ -156,64 +154,41 @@ pub fn slots(chamber: &Chamber, from: Timestamp, to: Timestamp) -> Vec<Timestamp
         .collect()
 }
 
+/// A scheduler on the fleet's database and the prefix's Redis keys, wired by the composition
+/// layer as `chamberlain scheduler` is (with a 5 s resync).
 pub fn scheduler(
     fleet: &Fleet,
     prefix: &TestPrefix,
-    queue: Arc<RedisPollQueue>,
     name: &str,
 ) -> impl Future<Output = chamberlain_scheduler::Scheduler> {
-    let (store, config) = (fleet.store.clone(), prefix.config.clone());
+    let repositories = Repositories::of(fleet.store.clone());
+    let distributed = Distributed::new(prefix.config.clone());
     let name = name.to_owned();
     async move {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut cfg = chamberlain_scheduler::SchedulerConfig::new(name);
-        cfg.resync_every = Duration::from_secs(5);
-        chamberlain_scheduler::Scheduler {
-            chambers: store.clone(),
-            health: store.clone(),
-            ledger: store,
-            queue,
-            lease: Arc::new(
-                RedisLeaderLease::connect(&config, clock.clone())
-                    .await
-                    .unwrap(),
-            ),
-            checkpoint: Arc::new(RedisScheduleCheckpoint::connect(&config).await.unwrap()),
-            changes: Arc::new(MemoryChamberChanges::default()),
-            clock,
-            config: cfg,
-        }
+        let mut config = chamberlain_scheduler::SchedulerConfig::new(name);
+        config.resync_every = Duration::from_secs(5);
+        distributed.scheduler(&repositories, config).await.unwrap()
     }
 }
 
+/// A worker wired as `chamberlain worker` is, polling the simulator's address, with a 3 s
+/// visibility timeout and a 500 ms chamber cache.
 pub async fn worker(fleet: &Fleet, prefix: &TestPrefix) -> chamberlain_worker::Worker {
     let http = chamberlain_http::HttpClientConfig::default()
         .with_egress_allow("127.0.0.2/32")
         .unwrap();
-    let queue = Arc::new(RedisPollQueue::connect(&prefix.config).await.unwrap());
-    let cached = Arc::new(chamberlain_worker::CachedChambers::new(
-        fleet.store.clone(),
-        fleet.store.clone(),
-        Duration::from_millis(500),
-    ));
-    chamberlain_worker::Worker {
-        handler: PollHandler {
-            chambers: cached.clone(),
-            batches: cached,
-            readings: fleet.store.clone(),
-            health: fleet.store.clone(),
-            queue: queue.clone(),
-            client: Arc::new(chamberlain_http::HttpChamberClient::new(&http)),
-            events: Arc::new(MemoryEventBus::default()),
-            clock: Arc::new(SystemClock),
-            settings: PollSettings::default(),
-        },
-        queue,
-        config: chamberlain_worker::WorkerConfig {
-            visibility: Duration::from_secs(3),
-            ..Default::default()
-        },
-    }
+    Distributed::new(prefix.config.clone())
+        .worker(
+            &Repositories::of(fleet.store.clone()),
+            &http,
+            chamberlain_worker::WorkerConfig {
+                visibility: Duration::from_secs(3),
+                ..Default::default()
+            },
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap()
 }
 
 pub use chamberlain_tests::chamberlain_bin;

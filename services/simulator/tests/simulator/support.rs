@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chamberlain_domain::Timestamp;
-use chamberlain_memory::ManualClock;
+use chamberlain_fakes::ManualClock;
 use chamberlain_simulator::{
     ATTEMPT_HEADER, SLOT_HEADER, Simulator, SimulatorConfigBuilder, SimulatorHandle,
 };

@@ -1,4 +1,5 @@
-//! Readings (query, latest, aggregates, CSV export) and the poll ledger (polls, coverage).
+//! `ReadingService` and `PollService` (readings.proto): readings (query, latest, aggregates, CSV
+//! export) and the poll ledger (polls, coverage).
 
 use std::fmt::Write as _;
 use std::pin::Pin;

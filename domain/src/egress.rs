@@ -11,7 +11,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use chamberlain_domain::{Rule, ValidationError};
+use crate::{Rule, ValidationError};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The setting that lifts a refusal, named in every refusal.

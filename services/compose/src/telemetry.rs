@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use chamberlain_telemetry::{LogFormat, Telemetry, TelemetrySettings};
 
-use crate::ConfigError;
+use crate::settings::{ConfigError, bad_setting};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormatArg {
@@ -14,11 +14,11 @@ pub enum LogFormatArg {
 }
 
 /// The `/metrics` listener of a service.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct MetricsArgs {
     /// Address of the Prometheus `/metrics` listener (`off` for none). Default: 127.0.0.1 and
-    /// the service's own port (scheduler 9461, worker 9462, gateway 9463, auth 9464, alerter
-    /// 9465).
+    /// the service's own port (standalone 9460, scheduler 9461, worker 9462, gateway 9463, auth
+    /// 9464, alerter 9465).
     #[arg(long = "metrics-listen", env = "CHAMBERLAIN_METRICS_LISTEN")]
     metrics_listen: Option<String>,
 }
@@ -35,11 +35,7 @@ impl MetricsArgs {
         telemetry: &Telemetry,
         default_port: u16,
     ) -> Result<(), anyhow::Error> {
-        let bad = |why: String| {
-            anyhow::Error::new(ConfigError(format!(
-                "invalid setting --metrics-listen (CHAMBERLAIN_METRICS_LISTEN): {why}"
-            )))
-        };
+        let bad = |why: String| bad_setting("--metrics-listen", "CHAMBERLAIN_METRICS_LISTEN", why);
         let addr: SocketAddr = match self.metrics_listen.as_deref().map(str::trim) {
             Some("off") => return Ok(()),
             Some(raw) => raw

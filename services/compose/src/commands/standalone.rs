@@ -7,24 +7,28 @@
 //! schedule watermark, so slots missed while stopped are recorded by the catch-up policy.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::model::{Email, Organization, Role};
-use chamberlain_domain::model::{PageRequest, PageSize};
-use chamberlain_domain::ports::{ChamberFilter, Clock, PollQueue, UserRepository};
+use chamberlain_domain::model::{Email, PageRequest, PageSize, Role};
+use chamberlain_domain::ports::ChamberFilter;
 use chamberlain_domain::usecases::{
-    Actor, AuthSettings, NewChamber, NewDetector, NewSection, NewUser, PollHandler, PollSettings,
-    UserAdmin, WatchSettings,
+    Actor, ApiSettings, ApiUseCases, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser,
 };
 use chamberlain_grpc::IdentityKey;
 use chamberlain_sqlite::{SqliteConfig, SqliteStore};
+use chamberlain_telemetry::Telemetry;
+use chamberlain_worker::WorkerConfig;
 use tokio::sync::watch;
 
-use crate::api::{api_stores, authenticator, build_api};
+use crate::chamber_client;
+use crate::embedded::Embedded;
+use crate::settings::{
+    ConfigError, DataDirArg, EgressArgs, GatewayLimitsArgs, GatewayListenArg, WorkerLimitsArgs,
+    bad_setting,
+};
+use crate::shutdown::{holder_name, shutdown_signal};
 use crate::telemetry::MetricsArgs;
-use crate::{ConfigError, bad_setting, shutdown_signal};
 
 /// The embedded mode's administrator, created on first start.
 pub const ADMIN_EMAIL: &str = "admin@localhost";
@@ -33,18 +37,13 @@ const SIMULATED_SECTION: &str = "simulated";
 
 #[derive(Debug, clap::Args)]
 pub struct StandaloneArgs {
-    /// Where the embedded mode keeps its files (the SQLite database).
-    #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = "chamberlain-data")]
-    data_dir: PathBuf,
-    /// The gRPC API's address (the `chamberlain` client commands talk to it).
-    #[arg(
-        long,
-        env = "CHAMBERLAIN_GATEWAY_LISTEN",
-        default_value = "127.0.0.1:50051"
-    )]
-    listen: SocketAddr,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+    #[command(flatten)]
+    listen: GatewayListenArg,
     /// Also serve this many simulated chambers (8 detectors each, at 1 s) and register them
-    /// once, in a section named "simulated".
+    /// once, in a section named "simulated" (the simulator's address is added to the egress
+    /// allowlist).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     simulate: Option<u32>,
     /// Where the simulated chambers answer (kept across restarts: the registered URLs use it).
@@ -54,17 +53,12 @@ pub struct StandaloneArgs {
         default_value = "127.0.0.2:9800"
     )]
     simulate_listen: SocketAddr,
-    /// CIDRs chambers may be polled in although private, loopback, link-local...
-    /// (comma-separated); the simulator's address is added when simulating.
-    #[arg(long, env = "CHAMBERLAIN_EGRESS_ALLOW", default_value = "")]
-    egress_allow: String,
-    /// Fetches in flight at once.
-    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    concurrency: u64,
-    /// Leased polls held until their slot comes (the scheduler enqueues them ahead), beyond
-    /// those being fetched.
-    #[arg(long, env = "CHAMBERLAIN_WORKER_MAX_WAITING", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=100_000))]
-    max_waiting: u64,
+    #[command(flatten)]
+    egress: EgressArgs,
+    #[command(flatten)]
+    limits: WorkerLimitsArgs,
+    #[command(flatten)]
+    gateway_limits: GatewayLimitsArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
 }
@@ -72,30 +66,26 @@ pub struct StandaloneArgs {
 /// The organization and administrator of the embedded mode: created on the first start (and
 /// a token printed once), found again afterwards.
 async fn administrator(
-    store: &Arc<SqliteStore>,
-    clock: Arc<dyn Clock>,
+    embedded: &Embedded,
+    use_cases: &ApiUseCases,
 ) -> Result<Actor, anyhow::Error> {
     let email = Email::parse(ADMIN_EMAIL).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(user) = UserRepository::find_by_email(&**store, &email).await? {
+    if let Some(user) = embedded.repositories().users.find_by_email(&email).await? {
         return Ok(Actor {
             user_id: user.id,
             organization_id: user.organization_id,
             role: Role::Admin,
         });
     }
-    let users = UserAdmin {
-        organizations: store.clone(),
-        users: store.clone(),
-        clock: clock.clone(),
-    };
-    let (org, admin): (Organization, _) = users
+    let (org, admin) = use_cases
+        .users
         .create_organization(
             "Lab",
             NewUser {
                 email: ADMIN_EMAIL.into(),
                 display_name: "Administrator".into(),
                 role: "admin".into(),
-                password_hash: None,
+                password: None,
             },
         )
         .await?;
@@ -104,8 +94,8 @@ async fn administrator(
         organization_id: org.id,
         role: Role::Admin,
     };
-    let db = api_stores(store.clone());
-    let issued = authenticator(&db, clock, AuthSettings::default())
+    let issued = use_cases
+        .auth
         .create_token(&actor, "standalone admin", None, None)
         .await?;
     #[allow(
@@ -124,13 +114,13 @@ async fn administrator(
 
 /// Registers the simulated chambers that are not registered yet.
 async fn register_simulated(
-    api: &chamberlain_grpc::Api,
+    admin: &ChamberAdmin,
     actor: &Actor,
     sim: &chamberlain_simulator::SimulatorHandle,
     n: u32,
 ) -> Result<(), anyhow::Error> {
     let page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-    let sections = api.admin.list_sections(actor, page).await?;
+    let sections = admin.list_sections(actor, page).await?;
     let section = match sections
         .items
         .into_iter()
@@ -138,7 +128,7 @@ async fn register_simulated(
     {
         Some(s) => s,
         None => {
-            api.admin
+            admin
                 .create_section(
                     actor,
                     NewSection {
@@ -153,8 +143,7 @@ async fn register_simulated(
     let mut existing = std::collections::HashSet::new();
     let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
     loop {
-        let got = api
-            .admin
+        let got = admin
             .list_chambers(
                 actor,
                 ChamberFilter {
@@ -176,7 +165,7 @@ async fn register_simulated(
         if existing.contains(&name) {
             continue;
         }
-        api.admin
+        admin
             .create_chamber(
                 actor,
                 NewChamber {
@@ -204,63 +193,24 @@ async fn register_simulated(
     Ok(())
 }
 
-pub async fn standalone(
-    args: StandaloneArgs,
-    telemetry: &chamberlain_telemetry::Telemetry,
-) -> Result<(), anyhow::Error> {
-    let mut egress = args.egress_allow.trim().to_owned();
-    if args.simulate.is_some() {
-        if !egress.is_empty() {
-            egress.push(',');
-        }
-        egress.push_str(&format!("{}/32", args.simulate_listen.ip()));
-    }
-    let mut http = chamberlain_http::HttpClientConfig::default();
-    if !egress.is_empty() {
-        http = http
-            .with_egress_allow(&egress)
-            .map_err(|e| bad_setting("--egress-allow", "CHAMBERLAIN_EGRESS_ALLOW", &e))?;
-    }
+pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(), anyhow::Error> {
+    let simulator_net = match args.simulate {
+        Some(_) => vec![format!("{}/32", args.simulate_listen.ip())],
+        None => Vec::new(),
+    };
+    let http = chamber_client(&args.egress, &simulator_net)?;
     args.metrics.serve(telemetry, 9460).await?;
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
-        anyhow::Error::new(ConfigError(format!(
-            "invalid setting --data-dir (CHAMBERLAIN_DATA_DIR): cannot create {}: {e}",
-            args.data_dir.display()
-        )))
-    })?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| {
-            anyhow::Error::new(ConfigError(format!(
-                "invalid setting --listen (CHAMBERLAIN_GATEWAY_LISTEN): cannot bind {}: {e}",
-                args.listen
-            )))
-        })?;
+    args.data_dir.create()?;
+    let listener = args.listen.bind().await?;
 
-    let path = args.data_dir.join("chamberlain.db");
+    let path = args.data_dir.database_file();
     let store = Arc::new(SqliteStore::connect(&SqliteConfig::file(path.clone())).await?);
-    store.migrate().await?;
-    let clock: Arc<dyn Clock> = Arc::new(chamberlain_memory::SystemClock);
-    let actor = administrator(&store, clock.clone()).await?;
-
-    let db = api_stores(store.clone());
-    let events = Arc::new(chamberlain_memory::MemoryEventBus::new(65_536));
-    let changes = Arc::new(chamberlain_memory::MemoryChamberChanges::new(4096));
-    let queue: Arc<dyn PollQueue> =
-        Arc::new(chamberlain_memory::MemoryPollQueue::new(clock.clone()));
-    let api = build_api(
-        &db,
-        changes.clone(),
-        events.clone(),
-        events.clone(),
-        clock.clone(),
-        WatchSettings::default(),
-        Duration::from_secs(1),
-        AuthSettings::default(),
-    );
+    let embedded = Embedded::new(store);
+    let use_cases = embedded.use_cases(ApiSettings::default());
+    let actor = administrator(&embedded, &use_cases).await?;
     // The in-process layer and the API share one authenticator, so revoking a token through
     // the API forgets its cached decision at once.
-    let auth = Arc::new(api.auth.clone());
+    let auth = Arc::new(use_cases.auth.clone());
 
     let simulator = match args.simulate {
         Some(n) => {
@@ -273,12 +223,8 @@ pub async fn standalone(
                 .map_err(|e| anyhow::Error::new(ConfigError(e.to_string())))?;
             let sim = chamberlain_simulator::Simulator::start(config)
                 .await
-                .map_err(|e| {
-                    anyhow::Error::new(ConfigError(format!(
-                        "invalid setting --simulate-listen (CHAMBERLAIN_SIMULATOR_LISTEN): {e}"
-                    )))
-                })?;
-            register_simulated(&api, &actor, &sim, n).await?;
+                .map_err(|e| bad_setting("--simulate-listen", "CHAMBERLAIN_SIMULATOR_LISTEN", e))?;
+            register_simulated(&use_cases.admin, &actor, &sim, n).await?;
             Some(sim)
         }
         None => None,
@@ -293,63 +239,25 @@ pub async fn standalone(
     };
 
     let mut scheduler_config =
-        chamberlain_scheduler::SchedulerConfig::new(crate::holder_name("standalone"));
+        chamberlain_scheduler::SchedulerConfig::new(holder_name("standalone"));
     scheduler_config.trace_polls = telemetry.tracing_exported();
-    let scheduler = chamberlain_scheduler::Scheduler {
-        chambers: store.clone(),
-        ledger: store.clone(),
-        health: store.clone(),
-        queue: queue.clone(),
-        lease: Arc::new(chamberlain_memory::MemoryLeaderLease::with_tokens_after(
-            clock.clone(),
-            store.checkpoint_token().await?,
-        )),
-        checkpoint: store.clone(),
-        changes: changes.clone(),
-        clock: clock.clone(),
-        config: scheduler_config,
-    };
-    let scheduler = tokio::spawn(scheduler.run(until_stopped()));
+    let scheduler = tokio::spawn(
+        embedded
+            .scheduler(scheduler_config)
+            .await?
+            .run(until_stopped()),
+    );
 
-    let worker = chamberlain_worker::Worker {
-        handler: PollHandler {
-            chambers: store.clone(),
-            batches: store.clone(),
-            readings: store.clone(),
-            health: store.clone(),
-            queue: queue.clone(),
-            client: Arc::new(chamberlain_http::HttpChamberClient::new(&http)),
-            events: events.clone(),
-            clock: clock.clone(),
-            settings: PollSettings::default(),
-        },
-        queue,
-        config: chamberlain_worker::WorkerConfig {
-            concurrency: usize::try_from(args.concurrency)
-                .unwrap_or(chamberlain_worker::DEFAULT_CONCURRENCY),
-            max_waiting: usize::try_from(args.max_waiting)
-                .unwrap_or(chamberlain_worker::DEFAULT_MAX_WAITING),
-            trace_polls: telemetry.tracing_exported(),
-            ..chamberlain_worker::WorkerConfig::default()
-        },
-    };
-    let worker = tokio::spawn(worker.run(until_stopped()));
+    let worker_config = args.limits.apply(WorkerConfig {
+        trace_polls: telemetry.tracing_exported(),
+        ..WorkerConfig::default()
+    });
+    let worker = tokio::spawn(embedded.worker(&http, worker_config).run(until_stopped()));
 
-    let alerter = chamberlain_alerter::Alerter {
-        alerts: store.clone(),
-        chambers: store.clone(),
-        health: store.clone(),
-        transmitters: store.clone(),
-        feed: events.clone(),
-        events: events.clone(),
-        lease: Arc::new(chamberlain_memory::MemoryLeaderLease::new(clock.clone())),
-        delivery: Arc::new(chamberlain_alerter::Destinations {
-            webhook: Arc::new(chamberlain_http::WebhookClient::new(&http)),
-            mqtt: Arc::new(chamberlain_mqtt::MqttClient::new(http.egress().clone())),
-        }),
-        clock: clock.clone(),
-        config: chamberlain_alerter::AlerterConfig::new(crate::holder_name("standalone-alerter")),
-    };
+    let alerter = embedded.alerter(
+        &http,
+        chamberlain_alerter::AlerterConfig::new(holder_name("standalone-alerter")),
+    );
     let alerter = tokio::spawn(alerter.run(until_stopped()));
 
     // A random key: the identity never leaves this process.
@@ -357,11 +265,12 @@ pub async fn standalone(
         .flat_map(|_| uuid::Uuid::new_v4().into_bytes())
         .collect();
     let identity_key = IdentityKey::new(key_bytes).map_err(|e| anyhow::anyhow!(e))?;
+    let api = chamberlain_grpc::Api::new(use_cases, embedded.clock(), Duration::from_secs(1));
     let gateway = tokio::spawn(chamberlain_gateway::serve(
         api,
         chamberlain_gateway::GatewayConfig {
-            max_message_bytes: 4 * 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
+            max_message_bytes: args.gateway_limits.max_message_bytes,
+            request_timeout: args.gateway_limits.request_timeout(),
             identity_key,
             embedded_auth: Some(auth),
         },
@@ -369,7 +278,7 @@ pub async fn standalone(
         until_stopped(),
     ));
     tracing::info!(
-        api = %args.listen,
+        api = %args.listen.listen,
         data = %path.display(),
         simulated = args.simulate.unwrap_or(0),
         "chamberlain standalone running"

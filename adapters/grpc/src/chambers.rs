@@ -1,33 +1,21 @@
-//! Sections, chambers, detectors and batches.
+//! `ChamberService` (chambers.proto): chambers, their detectors, and the import.
 
 use chamberlain_domain::error::{Rule, ValidationError};
 use chamberlain_domain::model::{
-    self, BatchId, ChamberId, ChamberState, DetectorId, HealthState, SectionId,
+    self, ChamberId, ChamberState, DetectorId, HealthState, SectionId,
 };
-use chamberlain_domain::ports::{ChamberFilter, ChamberWithDetectors};
+use chamberlain_domain::ports::ChamberFilter;
 use chamberlain_domain::usecases::ImportMode;
-use chamberlain_domain::usecases::{ChamberPatch, NewChamber, NewDetector, NewSection};
-use chamberlain_proto::v1::{
-    self, batch_service_server::BatchService, chamber_service_server::ChamberService,
-    section_service_server::SectionService,
-};
+use chamberlain_domain::usecases::{ChamberPatch, ChamberView, NewChamber, NewDetector};
+use chamberlain_proto::v1::{self, chamber_service_server::ChamberService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::convert::{dur, duration, id, opt_id, opt_ts, page, required_duration, token_of, ts};
+use crate::convert::{dur, duration, id, opt_id, page, required_duration, token_of, ts};
 use crate::status::{from_use_case, from_validation, unknown_parent};
 use crate::{Api, caller};
 
 type Reply<T> = Result<Response<T>, Status>;
-
-fn section(s: model::Section) -> v1::Section {
-    v1::Section {
-        id: s.id.to_string(),
-        name: s.name.as_str().to_owned(),
-        description: s.description.as_str().to_owned(),
-        created_at: Some(ts(s.created_at)),
-    }
-}
 
 fn detector(d: model::Detector) -> v1::Detector {
     v1::Detector {
@@ -56,6 +44,10 @@ fn health(h: Option<HealthState>) -> v1::HealthState {
         Some(HealthState::Degraded) => v1::HealthState::Degraded,
         Some(HealthState::Down) => v1::HealthState::Down,
     }
+}
+
+fn chamber_view(v: ChamberView) -> v1::Chamber {
+    chamber(v.chamber, v.detectors, v.health)
 }
 
 fn chamber(
@@ -134,15 +126,6 @@ fn refused_row(row: usize, e: &ValidationError) -> v1::RefusedRow {
 }
 
 impl Api {
-    async fn health_of(&self, id: ChamberId) -> Option<HealthState> {
-        self.health.get(id).await.ok().flatten().map(|h| h.state)
-    }
-
-    async fn chamber_reply(&self, c: ChamberWithDetectors) -> v1::Chamber {
-        let h = self.health_of(c.chamber.id).await;
-        chamber(c.chamber, c.detectors, h)
-    }
-
     /// The chamber as it is now (after a write: never from the cache).
     async fn full_chamber(
         &self,
@@ -150,107 +133,12 @@ impl Api {
         id: ChamberId,
     ) -> Result<v1::Chamber, Status> {
         self.chamber_cache.forget(actor.organization_id, id);
-        let c = self
+        let v = self
             .admin
-            .get_chamber(actor, id)
+            .chamber_view(actor, id)
             .await
             .map_err(from_use_case)?;
-        Ok(self.chamber_reply(c).await)
-    }
-}
-
-#[tonic::async_trait]
-impl SectionService for Api {
-    async fn create_section(
-        &self,
-        request: Request<v1::CreateSectionRequest>,
-    ) -> Reply<v1::Section> {
-        let actor = caller(&request)?;
-        let r = request.into_inner();
-        let s = self
-            .admin
-            .create_section(
-                &actor,
-                NewSection {
-                    name: r.name,
-                    description: r.description,
-                },
-            )
-            .await
-            .map_err(from_use_case)?;
-        Ok(Response::new(section(s)))
-    }
-
-    async fn get_section(&self, request: Request<v1::GetSectionRequest>) -> Reply<v1::Section> {
-        let actor = caller(&request)?;
-        let sid = id("id", &request.get_ref().id, SectionId::parse)?;
-        let s = self
-            .admin
-            .get_section(&actor, sid)
-            .await
-            .map_err(from_use_case)?;
-        Ok(Response::new(section(s)))
-    }
-
-    async fn list_sections(
-        &self,
-        request: Request<v1::ListSectionsRequest>,
-    ) -> Reply<v1::ListSectionsResponse> {
-        let actor = caller(&request)?;
-        let p = page(request.get_ref().page.as_ref(), |t| {
-            SectionId::parse(t).ok()
-        })?;
-        let p = self
-            .admin
-            .list_sections(&actor, p)
-            .await
-            .map_err(from_use_case)?;
-        Ok(Response::new(v1::ListSectionsResponse {
-            sections: p.items.into_iter().map(section).collect(),
-            next_page_token: token_of(p.next),
-        }))
-    }
-
-    async fn update_section(
-        &self,
-        request: Request<v1::UpdateSectionRequest>,
-    ) -> Reply<v1::Section> {
-        let actor = caller(&request)?;
-        let r = request.into_inner();
-        let sid = id("id", &r.id, SectionId::parse)?;
-        let current = self
-            .admin
-            .get_section(&actor, sid)
-            .await
-            .map_err(from_use_case)?;
-        let s = self
-            .admin
-            .update_section(
-                &actor,
-                sid,
-                NewSection {
-                    name: r.name.unwrap_or_else(|| current.name.as_str().to_owned()),
-                    description: r
-                        .description
-                        .unwrap_or_else(|| current.description.as_str().to_owned()),
-                },
-            )
-            .await
-            .map_err(from_use_case)?;
-        Ok(Response::new(section(s)))
-    }
-
-    async fn delete_section(
-        &self,
-        request: Request<v1::DeleteSectionRequest>,
-    ) -> Reply<v1::DeleteSectionResponse> {
-        let actor = caller(&request)?;
-        let sid = id("id", &request.get_ref().id, SectionId::parse)?;
-        self.admin
-            .delete_section(&actor, sid)
-            .await
-            .map_err(from_use_case)?;
-        Ok(Response::new(v1::DeleteSectionResponse {}))
+        Ok(chamber_view(v))
     }
 }
 
@@ -267,7 +155,8 @@ impl ChamberService for Api {
             .create_chamber(&actor, new)
             .await
             .map_err(|e| unknown_parent(e, "section", "section_id"))?;
-        Ok(Response::new(self.chamber_reply(c).await))
+        // Just created: never polled, so no health yet.
+        Ok(Response::new(chamber(c.chamber, c.detectors, None)))
     }
 
     async fn import_chambers(
@@ -337,12 +226,12 @@ impl ChamberService for Api {
         if let Some(hit) = self.chamber_cache.get(org, cid) {
             return Ok(Response::new(hit));
         }
-        let c = self
+        let v = self
             .admin
-            .get_chamber(&actor, cid)
+            .chamber_view(&actor, cid)
             .await
             .map_err(from_use_case)?;
-        let reply = self.chamber_reply(c).await;
+        let reply = chamber_view(v);
         self.chamber_cache.put(org, cid, &reply);
         Ok(Response::new(reply))
     }
@@ -365,21 +254,14 @@ impl ChamberService for Api {
         let p = page(r.page.as_ref(), |t| ChamberId::parse(t).ok())?;
         let p = self
             .admin
-            .list_chambers(&actor, filter, p)
+            .list_chambers_with_health(&actor, filter, p)
             .await
             .map_err(from_use_case)?;
-        let ids: Vec<ChamberId> = p.items.iter().map(|c| c.id).collect();
-        let healths = self.health.get_many(&ids).await.unwrap_or_default();
-        let health_of =
-            |id: ChamberId| healths.iter().find(|h| h.chamber_id == id).map(|h| h.state);
         Ok(Response::new(v1::ListChambersResponse {
             chambers: p
                 .items
                 .into_iter()
-                .map(|c| {
-                    let h = health_of(c.id);
-                    chamber(c, Vec::new(), h)
-                })
+                .map(|(c, h)| chamber(c, Vec::new(), h))
                 .collect(),
             next_page_token: token_of(p.next),
         }))
@@ -525,68 +407,5 @@ impl ChamberService for Api {
             .map_err(from_use_case)?;
         self.chamber_cache.forget(actor.organization_id, chamber);
         Ok(Response::new(v1::RemoveDetectorResponse {}))
-    }
-}
-
-pub(crate) fn batch(b: model::Batch) -> v1::Batch {
-    v1::Batch {
-        id: b.id.to_string(),
-        section_id: b.section_id.to_string(),
-        name: b.name.as_str().to_owned(),
-        description: b.description.as_str().to_owned(),
-        started_at: Some(ts(b.started_at)),
-        ended_at: opt_ts(b.ended_at),
-    }
-}
-
-#[tonic::async_trait]
-impl BatchService for Api {
-    async fn start_batch(&self, request: Request<v1::StartBatchRequest>) -> Reply<v1::Batch> {
-        let actor = caller(&request)?;
-        let r = request.into_inner();
-        let sid = id("section_id", &r.section_id, SectionId::parse)?;
-        let b = self
-            .admin
-            .start_batch(
-                &actor,
-                sid,
-                NewSection {
-                    name: r.name,
-                    description: r.description,
-                },
-            )
-            .await
-            .map_err(|e| unknown_parent(e, "section", "section_id"))?;
-        Ok(Response::new(batch(b)))
-    }
-
-    async fn end_batch(&self, request: Request<v1::EndBatchRequest>) -> Reply<v1::Batch> {
-        let actor = caller(&request)?;
-        let bid = id("id", &request.get_ref().id, BatchId::parse)?;
-        let b = self
-            .admin
-            .end_batch(&actor, bid)
-            .await
-            .map_err(from_use_case)?;
-        Ok(Response::new(batch(b)))
-    }
-
-    async fn list_batches(
-        &self,
-        request: Request<v1::ListBatchesRequest>,
-    ) -> Reply<v1::ListBatchesResponse> {
-        let actor = caller(&request)?;
-        let r = request.get_ref();
-        let sid = opt_id("section_id", &r.section_id, SectionId::parse)?;
-        let p = page(r.page.as_ref(), |t| BatchId::parse(t).ok())?;
-        let p = self
-            .admin
-            .list_batches(&actor, sid, p)
-            .await
-            .map_err(from_use_case)?;
-        Ok(Response::new(v1::ListBatchesResponse {
-            batches: p.items.into_iter().map(batch).collect(),
-            next_page_token: token_of(p.next),
-        }))
     }
 }

@@ -5,13 +5,16 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use chamberlain_proto::v1;
 use comfy_table::{ContentArrangement, Table, presets};
 use prost::{Message, Name};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 
+use crate::failure::exit;
+
 /// How replies are printed (`--output`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Output {
+pub enum Output {
     /// Aligned columns for a terminal.
     Table,
     /// JSON on one line: one object, or an array for lists.
@@ -99,6 +102,25 @@ pub(crate) fn done(output: Output, what: &str, id: &str) {
     }
 }
 
+/// A chamber's detectors, as `chambers show` and `detectors list` print them.
+pub(crate) fn detectors(output: Output, items: &[v1::Detector]) {
+    list(
+        output,
+        items,
+        &["ID", "NAME", "KEY", "UNIT", "MIN", "MAX"],
+        |d| {
+            vec![
+                d.id.clone(),
+                d.name.clone(),
+                d.key.clone(),
+                d.unit.clone(),
+                num(d.min),
+                num(d.max),
+            ]
+        },
+    );
+}
+
 /// Columns two spaces apart, nothing before the first or after the last.
 fn print(mut table: Table) {
     let columns = table.column_count();
@@ -157,4 +179,23 @@ pub(crate) fn enum_name<E: std::fmt::Debug>(value: E) -> String {
         out.extend(c.to_lowercase());
     }
     out
+}
+
+/// Writes one line of a reply to stdout (see `out!`).
+pub(crate) fn write_out(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        // Whoever reads the output has seen enough.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("chamberlain: cannot write to stdout: {e}");
+            std::process::exit(i32::from(exit::USAGE));
+        }
+    }
 }

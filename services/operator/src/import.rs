@@ -19,9 +19,10 @@ use chamberlain_proto::v1::{
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic_types::StatusExt;
 
-use super::commands::detector_spec;
-use super::render::Output;
-use super::{Client, Failure, exit, parse_duration};
+use crate::connection::Client;
+use crate::failure::{Failure, exit};
+use crate::parse::{detector_spec, parse_duration};
+use crate::render::Output;
 
 /// Refused rows the server details when it creates nothing (it says how many more there are).
 const MAX_DETAILED: usize = 50;
@@ -30,7 +31,7 @@ const MAX_DETAILED: usize = 50;
 const CHUNK_ROWS: usize = 250;
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct ImportArgs {
+pub struct ImportArgs {
     /// A CSV file with a header row; columns: section, name, url, format, interval, timeout,
     /// detectors (see the README).
     file: PathBuf,
@@ -187,7 +188,7 @@ async fn section_ids(client: &Client) -> Result<HashMap<String, String>, Failure
     }
 }
 
-pub(crate) async fn import(client: &Client, args: ImportArgs) -> Result<(), Failure> {
+pub(crate) async fn run(client: &Client, args: ImportArgs) -> Result<(), Failure> {
     let sections = section_ids(client).await?;
     let Parsed { rows, mut refused } = parse(&args.file, &sections)?;
     if !refused.is_empty() && !args.continue_on_error {

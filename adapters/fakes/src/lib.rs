@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod alerts;
+mod chamber_client;
+mod clock;
+mod passwords;
+mod store;
+
+pub use chamber_client::{ScriptedAnswer, ScriptedChamberClient};
+pub use clock::ManualClock;
+pub use passwords::InsecureTestPasswordHasher;
+pub use store::MemoryStore;

@@ -1,0 +1,216 @@
+//! `chamberlain gateway`, `auth`, `bootstrap` and `descriptor-set`: the distributed mode's API
+//! processes and the commands around them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chamberlain_domain::model::Role;
+use chamberlain_domain::usecases::{
+    Actor, ApiSettings, AuthSettings, Authenticator, NewUser, UserAdmin, WatchSettings,
+};
+use chamberlain_memory::SystemClock;
+use chamberlain_telemetry::Telemetry;
+
+use crate::distributed::Distributed;
+use crate::settings::{
+    AuthenticationArgs, ConfigError, DatabaseArgs, GatewayLimitsArgs, GatewayListenArg,
+    IdentityKeyArgs, RateLimitArgs, RedisArgs, bind,
+};
+use crate::shutdown::shutdown_signal;
+use crate::telemetry::MetricsArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    key: IdentityKeyArgs,
+    #[command(flatten)]
+    authentication: AuthenticationArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Messages queued per live stream (WatchReadings, WatchEvents); beyond it a slow
+    /// subscriber's messages are dropped and counted, and it is told how many it missed.
+    #[arg(long, env = "CHAMBERLAIN_WATCH_BUFFER", default_value_t = WatchSettings::default().buffer, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    watch_buffer: usize,
+    /// Seconds a live stream may stay behind (dropping messages) before it is disconnected.
+    #[arg(long, env = "CHAMBERLAIN_WATCH_MAX_LAG_SECS", default_value_t = WatchSettings::default().max_lag.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    watch_max_lag_secs: u64,
+    #[command(flatten)]
+    listen: GatewayListenArg,
+    #[command(flatten)]
+    limits: GatewayLimitsArgs,
+    /// Milliseconds a GetChamber answer is reused; writes through this gateway drop it at once,
+    /// other gateways' answers may lag by up to this. 0 turns the cache off.
+    #[arg(long, env = "CHAMBERLAIN_GATEWAY_CHAMBER_CACHE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    chamber_cache_ms: u64,
+}
+
+pub async fn gateway(args: GatewayArgs, telemetry: &Telemetry) -> Result<(), anyhow::Error> {
+    let key = args.key.key()?;
+    let redis = args.redis.config()?;
+    let storage = args.database.storage()?;
+    args.metrics.serve(telemetry, 9463).await?;
+    let repositories = storage.open().await?.repositories();
+    let distributed = Distributed::new(redis);
+    let settings = ApiSettings {
+        watch: WatchSettings {
+            buffer: args.watch_buffer,
+            max_lag: Duration::from_secs(args.watch_max_lag_secs),
+        },
+        auth: args.authentication.settings(),
+        ..ApiSettings::default()
+    };
+    let api = chamberlain_grpc::Api::new(
+        distributed.use_cases(&repositories, settings).await?,
+        distributed.clock(),
+        Duration::from_millis(args.chamber_cache_ms),
+    );
+    let listener = args.listen.bind().await?;
+    tracing::info!(listen = %listener.local_addr()?, "gateway serving");
+    chamberlain_gateway::serve(
+        api,
+        chamberlain_gateway::GatewayConfig {
+            max_message_bytes: args.limits.max_message_bytes,
+            request_timeout: args.limits.request_timeout(),
+            identity_key: key,
+            embedded_auth: None,
+        },
+        listener,
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuthArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    key: IdentityKeyArgs,
+    #[command(flatten)]
+    authentication: AuthenticationArgs,
+    /// Address the ext_authz gRPC service listens on.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_AUTH_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    listen: std::net::SocketAddr,
+    #[command(flatten)]
+    rate_limits: RateLimitArgs,
+}
+
+pub async fn auth(args: AuthArgs, telemetry: &Telemetry) -> Result<(), anyhow::Error> {
+    let key = args.key.key()?;
+    let storage = args.database.storage()?;
+    args.metrics.serve(telemetry, 9464).await?;
+    let repositories = storage.open().await?.repositories();
+    let clock: Arc<dyn chamberlain_domain::ports::Clock> = Arc::new(SystemClock);
+    let check = chamberlain_auth::AuthCheck::new(
+        Authenticator::new(
+            &repositories,
+            Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+            clock.clone(),
+            args.authentication.settings(),
+        ),
+        clock,
+        &chamberlain_auth::AuthServiceConfig {
+            identity_key: key,
+            rate_limit: chamberlain_auth::RateLimit {
+                per_second: args.rate_limits.rate_limit_per_sec,
+                burst: args.rate_limits.rate_limit_burst,
+            },
+            sign_in_limit: chamberlain_auth::RateLimit {
+                per_second: args.rate_limits.sign_in_per_sec,
+                ..chamberlain_auth::DEFAULT_SIGN_IN_LIMIT
+            },
+        },
+    );
+    let listener = bind(args.listen, "CHAMBERLAIN_AUTH_LISTEN").await?;
+    tracing::info!(listen = %listener.local_addr()?, "auth service serving");
+    chamberlain_auth::serve(check, listener, shutdown_signal()).await?;
+    tracing::info!("auth service stopped");
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BootstrapArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Name of the new organization.
+    #[arg(long)]
+    organization: String,
+    /// Email of its first admin.
+    #[arg(long)]
+    admin_email: String,
+    /// Display name of its first admin (default: the email).
+    #[arg(long)]
+    admin_name: Option<String>,
+}
+
+/// Creates an organization with its first admin and prints an admin API token (once).
+#[allow(
+    clippy::print_stdout,
+    reason = "the token is shown once, to the operator"
+)]
+pub async fn bootstrap(args: BootstrapArgs) -> Result<(), anyhow::Error> {
+    let repositories = args.database.storage()?.open().await?.repositories();
+    let clock: Arc<dyn chamberlain_domain::ports::Clock> = Arc::new(SystemClock);
+    let passwords = Arc::new(chamberlain_argon2::Argon2Hasher::default());
+    let users = UserAdmin::new(&repositories, passwords.clone(), clock.clone());
+    let (org, admin) = users
+        .create_organization(
+            &args.organization,
+            NewUser {
+                display_name: args
+                    .admin_name
+                    .clone()
+                    .unwrap_or_else(|| args.admin_email.clone()),
+                email: args.admin_email.clone(),
+                role: "admin".into(),
+                password: None,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::Error::new(ConfigError(e.to_string())))?;
+    let actor = Actor {
+        user_id: admin.id,
+        organization_id: org.id,
+        role: Role::Admin,
+    };
+    let issued = Authenticator::new(&repositories, passwords, clock, AuthSettings::default())
+        .create_token(&actor, "bootstrap", None, None)
+        .await?;
+    println!("organization {} ({})", org.name.as_str(), org.id);
+    println!("admin {} ({})", admin.email.as_str(), admin.id);
+    println!("api token (shown once): {}", issued.secret.expose());
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DescriptorSetArgs {
+    /// Where to write the API's descriptor set (imports included) for Envoy's JSON transcoder.
+    #[arg(long, default_value = "chamberlain.pb")]
+    out: PathBuf,
+}
+
+#[allow(clippy::print_stdout, reason = "the command reports what it wrote")]
+pub fn descriptor_set(args: &DescriptorSetArgs) -> Result<(), anyhow::Error> {
+    std::fs::write(&args.out, chamberlain_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.out.display()))?;
+    println!(
+        "wrote {} ({} bytes): services {}",
+        args.out.display(),
+        chamberlain_proto::FILE_DESCRIPTOR_SET.len(),
+        chamberlain_proto::SERVICES.join(", ")
+    );
+    Ok(())
+}

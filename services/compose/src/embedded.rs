@@ -1,0 +1,127 @@
+//! The embedded mode's port set: SQLite for the store and the schedule's watermark, and the
+//! in-process queue, leases, change feed and event bus, shared by the scheduler, the worker,
+//! the alerter and the API inside one process.
+
+use std::sync::Arc;
+
+use chamberlain_domain::ports::{Clock, PollQueue, Repositories};
+use chamberlain_domain::usecases::{ApiPorts, ApiSettings, ApiUseCases, PollHandler};
+use chamberlain_http::{HttpChamberClient, HttpClientConfig};
+use chamberlain_memory::{
+    MemoryChamberChanges, MemoryEventBus, MemoryLeaderLease, MemoryPollQueue, SystemClock,
+};
+use chamberlain_sqlite::SqliteStore;
+
+use crate::distributed::{CHANGE_FEED_CAPACITY, EVENT_HUB_CAPACITY};
+
+/// One process's ports: every service built from it shares the queue and the buses.
+#[derive(Clone)]
+pub struct Embedded {
+    store: Arc<SqliteStore>,
+    repositories: Repositories,
+    queue: Arc<dyn PollQueue>,
+    events: Arc<MemoryEventBus>,
+    changes: Arc<MemoryChamberChanges>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded").finish_non_exhaustive()
+    }
+}
+
+impl Embedded {
+    /// The ports over an open SQLite store, on the system clock.
+    pub fn new(store: Arc<SqliteStore>) -> Self {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        Self {
+            repositories: Repositories::of(store.clone()),
+            store,
+            queue: Arc::new(MemoryPollQueue::new(clock.clone())),
+            events: Arc::new(MemoryEventBus::new(EVENT_HUB_CAPACITY)),
+            changes: Arc::new(MemoryChamberChanges::new(CHANGE_FEED_CAPACITY)),
+            clock,
+        }
+    }
+
+    pub fn repositories(&self) -> &Repositories {
+        &self.repositories
+    }
+
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// The scheduler. Its watermark persists in SQLite, fenced by a lease whose tokens continue
+    /// after the last saved one, so a restart records the slots missed while stopped.
+    ///
+    /// # Errors
+    /// When the saved fencing token cannot be read.
+    pub async fn scheduler(
+        &self,
+        config: chamberlain_scheduler::SchedulerConfig,
+    ) -> Result<chamberlain_scheduler::Scheduler, anyhow::Error> {
+        let lease = MemoryLeaderLease::with_tokens_after(
+            self.clock.clone(),
+            self.store.checkpoint_token().await?,
+        );
+        Ok(chamberlain_scheduler::Scheduler::new(
+            &self.repositories,
+            self.queue.clone(),
+            Arc::new(lease),
+            self.store.clone(),
+            self.changes.clone(),
+            self.clock.clone(),
+            config,
+        ))
+    }
+
+    /// A worker on the in-process queue (no chamber cache: SQLite reads are local).
+    pub fn worker(
+        &self,
+        http: &HttpClientConfig,
+        config: chamberlain_worker::WorkerConfig,
+    ) -> chamberlain_worker::Worker {
+        let handler = PollHandler::new(
+            &self.repositories,
+            self.queue.clone(),
+            Arc::new(HttpChamberClient::new(http)),
+            self.events.clone(),
+            self.clock.clone(),
+        );
+        chamberlain_worker::Worker::new(handler, config)
+    }
+
+    /// The alerter, fed by the in-process event bus.
+    pub fn alerter(
+        &self,
+        http: &HttpClientConfig,
+        config: chamberlain_alerter::AlerterConfig,
+    ) -> chamberlain_alerter::Alerter {
+        chamberlain_alerter::Alerter::new(
+            &self.repositories,
+            self.events.clone(),
+            self.events.clone(),
+            Arc::new(MemoryLeaderLease::new(self.clock.clone())),
+            Arc::new(crate::destinations(http)),
+            self.clock.clone(),
+            config,
+        )
+    }
+
+    /// The API's use cases, publishing to the in-process buses.
+    pub fn use_cases(&self, settings: ApiSettings) -> ApiUseCases {
+        ApiUseCases::new(
+            &self.repositories,
+            ApiPorts {
+                changes: self.changes.clone(),
+                events: self.events.clone(),
+                feed: self.events.clone(),
+                passwords: Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+                clock: self.clock.clone(),
+            },
+            settings,
+        )
+    }
+}

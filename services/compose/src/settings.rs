@@ -1,0 +1,315 @@
+//! Every setting of the service commands, each declared once: its flag, its `CHAMBERLAIN_*`
+//! variable, its bounds and its default (taken from the service's `Config` or
+//! `chamberlain_domain::limits`). Commands flatten the groups they take, so a setting shared by
+//! several commands (the data directory, the egress allowlist, the worker's bounds) has one
+//! definition. A bad value stops the command with exit code 2 and a [`ConfigError`] naming the
+//! flag and the variable.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chamberlain_domain::ValidationError;
+use chamberlain_domain::egress::EgressPolicy;
+use chamberlain_domain::limits::DEFAULT_RESPONSE_BODY_CAP;
+use chamberlain_domain::usecases::AuthSettings;
+use chamberlain_grpc::IdentityKey;
+use chamberlain_http::HttpClientConfig;
+use chamberlain_http::config::DEFAULT_POOL_MAX_IDLE_PER_HOST;
+use chamberlain_worker::WorkerConfig;
+use clap::builder::RangedU64ValueParser;
+
+use crate::storage::Storage;
+
+/// A setting that cannot be used; the `chamberlain` binary exits with code 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Names the flag and the environment variable of a bad setting, and why it is bad.
+pub fn bad_setting(flag: &str, env: &str, why: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(ConfigError(format!(
+        "invalid setting {flag} ({env}): {why}"
+    )))
+}
+
+fn rule(e: &ValidationError) -> String {
+    e.rule.to_string()
+}
+
+/// Where the embedded mode keeps its files.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArg {
+    /// Where the embedded mode keeps its files (the SQLite database by default).
+    #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = "chamberlain-data")]
+    pub data_dir: PathBuf,
+}
+
+impl DataDirArg {
+    /// Creates the directory if it is missing.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `--data-dir` when it cannot be created.
+    pub fn create(&self) -> Result<(), anyhow::Error> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            bad_setting(
+                "--data-dir",
+                "CHAMBERLAIN_DATA_DIR",
+                format!("cannot create {}: {e}", self.data_dir.display()),
+            )
+        })
+    }
+
+    /// The embedded mode's database file.
+    pub fn database_file(&self) -> PathBuf {
+        self.data_dir.join("chamberlain.db")
+    }
+}
+
+/// The store: PostgreSQL for the distributed mode, SQLite for the embedded one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// postgres://user@host/db for the distributed mode, sqlite://path for the embedded one
+    /// (default: sqlite://<data-dir>/chamberlain.db).
+    #[arg(long, env = "CHAMBERLAIN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+impl DatabaseArgs {
+    /// The store the URL names, validated before anything connects.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `--database-url`.
+    pub fn storage(&self) -> Result<Storage, anyhow::Error> {
+        let url = match &self.database_url {
+            Some(url) => url.trim().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.database_file().display()),
+        };
+        Storage::from_url(&url)
+            .map_err(|why| bad_setting("--database-url", "CHAMBERLAIN_DATABASE_URL", why))
+    }
+}
+
+/// The Redis of the distributed mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// The Redis holding the poll queue, the leader lease and the event bus.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key (a hash tag): installations sharing a Redis differ here.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_REDIS_PREFIX",
+        default_value = "{chamberlain}"
+    )]
+    pub redis_prefix: String,
+}
+
+impl RedisArgs {
+    /// # Errors
+    /// A [`ConfigError`] naming `--redis-url` or `--redis-prefix`.
+    pub fn config(&self) -> Result<chamberlain_redis::RedisConfig, anyhow::Error> {
+        chamberlain_redis::RedisConfig::from_url(&self.redis_url)
+            .map_err(|e| bad_setting("--redis-url", "CHAMBERLAIN_REDIS_URL", rule(&e)))?
+            .with_key_prefix(&self.redis_prefix)
+            .map_err(|e| bad_setting("--redis-prefix", "CHAMBERLAIN_REDIS_PREFIX", rule(&e)))
+    }
+}
+
+/// Which private addresses outbound connections (chambers, webhooks, MQTT brokers) may reach.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EgressArgs {
+    /// CIDRs chambers, webhooks and MQTT brokers may be reached in although private, loopback,
+    /// link-local... (comma-separated, e.g. 10.20.0.0/16,127.0.0.2/32).
+    #[arg(long, env = "CHAMBERLAIN_EGRESS_ALLOW", default_value = "")]
+    pub egress_allow: String,
+}
+
+impl EgressArgs {
+    /// The policy, with `extra` CIDRs allowed besides the operator's (the embedded mode's own
+    /// simulator).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `--egress-allow`.
+    pub fn policy(&self, extra: &[String]) -> Result<EgressPolicy, anyhow::Error> {
+        let list: Vec<&str> = std::iter::once(self.egress_allow.trim())
+            .chain(extra.iter().map(String::as_str))
+            .filter(|s| !s.is_empty())
+            .collect();
+        EgressPolicy::parse(&list.join(","))
+            .map_err(|e| bad_setting("--egress-allow", "CHAMBERLAIN_EGRESS_ALLOW", rule(&e)))
+    }
+}
+
+/// A worker's two bounds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerLimitsArgs {
+    /// Fetches in flight at once.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_CONCURRENCY", default_value_t = WorkerConfig::default().concurrency, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub concurrency: usize,
+    /// Leased polls held until their slot comes (the scheduler enqueues them ahead), beyond
+    /// those being fetched.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_MAX_WAITING", default_value_t = WorkerConfig::default().max_waiting, value_parser = RangedU64ValueParser::<usize>::new().range(0..=100_000))]
+    pub max_waiting: usize,
+}
+
+impl WorkerLimitsArgs {
+    /// `config` with these bounds.
+    pub fn apply(&self, config: WorkerConfig) -> WorkerConfig {
+        WorkerConfig {
+            concurrency: self.concurrency,
+            max_waiting: self.max_waiting,
+            ..config
+        }
+    }
+}
+
+/// The chamber client's limits (the distributed worker).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// Largest chamber response read, in bytes (1 KiB to 64 MiB).
+    #[arg(long, env = "CHAMBERLAIN_HTTP_BODY_CAP", default_value_t = DEFAULT_RESPONSE_BODY_CAP)]
+    pub body_cap: usize,
+    /// Idle keep-alive connections kept per chamber host (0 turns keep-alive off).
+    #[arg(long, env = "CHAMBERLAIN_HTTP_POOL_IDLE_PER_HOST", default_value_t = DEFAULT_POOL_MAX_IDLE_PER_HOST, value_parser = RangedU64ValueParser::<usize>::new().range(0..=1024))]
+    pub http_pool_idle_per_host: usize,
+}
+
+impl HttpArgs {
+    /// `config` with these limits.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the flag.
+    pub fn apply(&self, config: HttpClientConfig) -> Result<HttpClientConfig, anyhow::Error> {
+        config
+            .with_body_cap(self.body_cap)
+            .map_err(|e| bad_setting("--body-cap", "CHAMBERLAIN_HTTP_BODY_CAP", rule(&e)))?
+            .with_pool_max_idle_per_host(self.http_pool_idle_per_host)
+            .map_err(|e| {
+                bad_setting(
+                    "--http-pool-idle-per-host",
+                    "CHAMBERLAIN_HTTP_POOL_IDLE_PER_HOST",
+                    rule(&e),
+                )
+            })
+    }
+}
+
+/// The gRPC API's address.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayListenArg {
+    /// Address the gRPC API listens on (the `chamberlain` client commands talk to it).
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen: SocketAddr,
+}
+
+impl GatewayListenArg {
+    /// Binds the address (before anything else starts, so a taken port stops the command).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming `--listen`.
+    pub async fn bind(&self) -> Result<tokio::net::TcpListener, anyhow::Error> {
+        bind(self.listen, "CHAMBERLAIN_GATEWAY_LISTEN").await
+    }
+}
+
+/// Binds `addr` for the setting `env` (its flag is `--listen`).
+///
+/// # Errors
+/// A [`ConfigError`] naming `--listen` and `env`.
+pub async fn bind(addr: SocketAddr, env: &str) -> Result<tokio::net::TcpListener, anyhow::Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| bad_setting("--listen", env, format!("cannot bind {addr}: {e}")))
+}
+
+/// The gRPC API's limits on each call.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayLimitsArgs {
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "CHAMBERLAIN_GATEWAY_MAX_MESSAGE_BYTES", default_value_t = chamberlain_gateway::DEFAULT_MAX_MESSAGE_BYTES, value_parser = RangedU64ValueParser::<usize>::new().range(1024..=256 * 1024 * 1024))]
+    pub max_message_bytes: usize,
+    /// Seconds after which any call is cut off (DEADLINE_EXCEEDED).
+    #[arg(long, env = "CHAMBERLAIN_GATEWAY_TIMEOUT_SECS", default_value_t = chamberlain_gateway::DEFAULT_REQUEST_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout_secs: u64,
+}
+
+impl GatewayLimitsArgs {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// The key identities are signed with between the auth service and the gateways.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentityKeyArgs {
+    /// The key the auth service signs identities with and the gateway verifies them by
+    /// (at least 32 bytes; the same on both). Required.
+    #[arg(long, env = "CHAMBERLAIN_IDENTITY_KEY", hide_env_values = true)]
+    pub identity_key: Option<String>,
+}
+
+impl IdentityKeyArgs {
+    /// # Errors
+    /// A [`ConfigError`] naming `--identity-key` when it is missing or too short.
+    pub fn key(&self) -> Result<IdentityKey, anyhow::Error> {
+        let raw = self.identity_key.as_deref().ok_or_else(|| {
+            bad_setting("--identity-key", "CHAMBERLAIN_IDENTITY_KEY", "is required")
+        })?;
+        IdentityKey::new(raw.as_bytes().to_vec())
+            .map_err(|e| bad_setting("--identity-key", "CHAMBERLAIN_IDENTITY_KEY", e))
+    }
+}
+
+/// How tokens are checked and how long a session lasts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthenticationArgs {
+    /// Seconds a token decision is reused: a revoked token stops working within this time.
+    #[arg(long, env = "CHAMBERLAIN_AUTH_CACHE_SECS", default_value_t = AuthSettings::default().cache_ttl.as_secs(), value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub auth_cache_secs: u64,
+    /// Hours a token from signing in lasts.
+    #[arg(long, env = "CHAMBERLAIN_SESSION_HOURS", default_value_t = AuthSettings::default().session_ttl.as_secs() / 3600, value_parser = clap::value_parser!(u64).range(1..=720))]
+    pub session_hours: u64,
+}
+
+impl AuthenticationArgs {
+    pub fn settings(&self) -> AuthSettings {
+        AuthSettings {
+            cache_ttl: Duration::from_secs(self.auth_cache_secs),
+            session_ttl: Duration::from_secs(self.session_hours * 3600),
+            ..AuthSettings::default()
+        }
+    }
+}
+
+/// The auth service's rate limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RateLimitArgs {
+    /// Calls per second each user may make (sustained).
+    #[arg(long, env = "CHAMBERLAIN_RATE_LIMIT_PER_SEC", default_value_t = chamberlain_auth::DEFAULT_RATE_LIMIT.per_second)]
+    pub rate_limit_per_sec: NonZeroU32,
+    /// Calls each user may make at once above the sustained rate.
+    #[arg(long, env = "CHAMBERLAIN_RATE_LIMIT_BURST", default_value_t = chamberlain_auth::DEFAULT_RATE_LIMIT.burst)]
+    pub rate_limit_burst: NonZeroU32,
+    /// Sign-in attempts per second from one client address (sustained; bursts of 10).
+    #[arg(long, env = "CHAMBERLAIN_SIGN_IN_PER_SEC", default_value_t = chamberlain_auth::DEFAULT_SIGN_IN_LIMIT.per_second)]
+    pub sign_in_per_sec: NonZeroU32,
+}
