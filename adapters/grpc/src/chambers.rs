@@ -254,15 +254,11 @@ impl ChamberService for Api {
         let p = page(r.page.as_ref(), |t| ChamberId::parse(t).ok())?;
         let p = self
             .admin
-            .list_chambers_with_health(&actor, filter, p)
+            .list_chamber_views(&actor, filter, p)
             .await
             .map_err(from_use_case)?;
         Ok(Response::new(v1::ListChambersResponse {
-            chambers: p
-                .items
-                .into_iter()
-                .map(|(c, h)| chamber(c, Vec::new(), h))
-                .collect(),
+            chambers: p.items.into_iter().map(chamber_view).collect(),
             next_page_token: token_of(p.next),
         }))
     }

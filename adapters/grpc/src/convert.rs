@@ -21,6 +21,18 @@ pub fn opt_ts(t: Option<Timestamp>) -> Option<prost_types::Timestamp> {
     t.map(ts)
 }
 
+/// The end of a range: `now` when the request leaves it unset.
+pub fn until(
+    field: &str,
+    t: Option<&prost_types::Timestamp>,
+    now: Timestamp,
+) -> Result<Timestamp, Status> {
+    match t {
+        Some(t) => timestamp(field, Some(t)),
+        None => Ok(now),
+    }
+}
+
 /// A required timestamp.
 pub fn timestamp(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Timestamp, Status> {
     let t = t.ok_or_else(|| invalid(field, "is required"))?;

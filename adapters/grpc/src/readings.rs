@@ -17,7 +17,7 @@ use chamberlain_proto::v1::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::convert::{dur, id, opt_ts, page, required_duration, timestamp, ts};
+use crate::convert::{dur, id, opt_ts, page, required_duration, timestamp, ts, until};
 use crate::status::{from_use_case, invalid};
 use crate::{Api, caller};
 
@@ -142,7 +142,7 @@ impl ReadingService for Api {
         let query = ReadingQuery {
             scope: scope(r.selector.as_ref())?,
             from: timestamp("from", r.from.as_ref())?,
-            to: timestamp("to", r.to.as_ref())?,
+            to: until("to", r.to.as_ref(), self.clock.now())?,
             page: page(r.page.as_ref(), reading_cursor)?,
         };
         let p = self
@@ -197,7 +197,7 @@ impl ReadingService for Api {
                 &actor,
                 scope(r.selector.as_ref())?,
                 timestamp("from", r.from.as_ref())?,
-                timestamp("to", r.to.as_ref())?,
+                until("to", r.to.as_ref(), self.clock.now())?,
                 required_duration("bucket", r.bucket.as_ref())?,
             )
             .await
@@ -226,7 +226,7 @@ impl ReadingService for Api {
         let mut query = ReadingQuery {
             scope: scope(r.selector.as_ref())?,
             from: timestamp("from", r.from.as_ref())?,
-            to: timestamp("to", r.to.as_ref())?,
+            to: until("to", r.to.as_ref(), self.clock.now())?,
             page: page(
                 Some(&v1::PageRequest {
                     page_size: 1000,
@@ -285,7 +285,7 @@ impl PollService for Api {
         let query = LedgerQuery {
             chamber_id: id("chamber_id", &r.chamber_id, ChamberId::parse)?,
             from: timestamp("from", r.from.as_ref())?,
-            to: timestamp("to", r.to.as_ref())?,
+            to: until("to", r.to.as_ref(), self.clock.now())?,
             failures_only: r.failures_only,
             page: page(r.page.as_ref(), |t| {
                 t.parse().ok().map(Timestamp::from_unix_millis)
@@ -320,7 +320,7 @@ impl PollService for Api {
                 &actor,
                 scope,
                 timestamp("from", r.from.as_ref())?,
-                timestamp("to", r.to.as_ref())?,
+                until("to", r.to.as_ref(), self.clock.now())?,
             )
             .await
             .map_err(from_use_case)?;

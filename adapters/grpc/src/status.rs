@@ -16,8 +16,26 @@ pub fn invalid(field: &str, description: impl Into<String>) -> Status {
     )
 }
 
+/// `INVALID_ARGUMENT` naming the field as the request names it.
 pub fn from_validation(e: &ValidationError) -> Status {
-    invalid(&e.field, e.rule.to_string())
+    invalid(request_field(&e.field), e.rule.to_string())
+}
+
+/// The domain names a field within its entity (`chamber.url`, `section.name`); every request
+/// of `chamberlain.v1` carries its entity's fields at the top (`CreateChamberRequest.url`,
+/// `SetChamberIntervalRequest.interval`), so the entity is dropped.
+pub fn request_field(field: &str) -> &str {
+    [
+        "chamber.",
+        "section.",
+        "batch.",
+        "user.",
+        "rule.",
+        "transmitter.",
+    ]
+    .iter()
+    .find_map(|entity| field.strip_prefix(entity))
+    .unwrap_or(field)
 }
 
 pub fn from_use_case(e: UseCaseError) -> Status {
@@ -56,5 +74,25 @@ pub fn unknown_parent(e: UseCaseError, parent: &'static str, field: &str) -> Sta
             invalid(field, format!("no such {parent} in your organization"))
         }
         other => from_use_case(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_field;
+
+    #[test]
+    fn fields_are_named_as_the_flat_requests_name_them() {
+        for (domain, request) in [
+            ("chamber.format", "format"),
+            ("chamber.interval", "interval"),
+            ("section.name", "name"),
+            ("user.display_name", "display_name"),
+            ("transmitter.webhook.url", "webhook.url"),
+            ("detectors[2].key", "detectors[2].key"),
+            ("section_id", "section_id"),
+        ] {
+            assert_eq!(request_field(domain), request, "{domain}");
+        }
     }
 }

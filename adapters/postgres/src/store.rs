@@ -544,6 +544,26 @@ impl DetectorRepository for PgStore {
         decode_all(&rows, rows::detector)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chambers", db.system = "postgresql", db.operation = "DetectorRepository::list_for_chambers"))]
+    async fn list_for_chambers(
+        &self,
+        org: OrganizationId,
+        chambers: &[ChamberId],
+    ) -> Result<Vec<Detector>> {
+        let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM detectors WHERE organization_id = $1 AND chamber_id = ANY($2) \
+             ORDER BY chamber_id, id",
+            rows::DETECTOR_COLUMNS
+        )))
+        .bind(org.as_uuid())
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        decode_all(&rows, rows::detector)
+    }
+
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::update", db.system = "postgresql", db.operation = "DetectorRepository::update"))]
     async fn update(&self, d: &Detector) -> Result<()> {
         let done = sqlx::query(

@@ -1434,6 +1434,31 @@ impl DetectorRepository for SqliteStore {
         decode_all(&rows, detector)
     }
 
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chambers", db.system = "sqlite", db.operation = "DetectorRepository::list_for_chambers"))]
+    async fn list_for_chambers(
+        &self,
+        org: OrganizationId,
+        chambers: &[ChamberId],
+    ) -> Result<Vec<Detector>, StoreError> {
+        let mut all = Vec::new();
+        // Well under SQLite's limit on bound parameters per statement.
+        for ids in chambers.chunks(500) {
+            let marks = vec!["?"; ids.len()].join(", ");
+            let sql = format!(
+                "SELECT {} FROM detectors WHERE organization_id = ? AND chamber_id IN ({marks}) \
+                 ORDER BY chamber_id, id",
+                detector_columns!()
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(*org.as_uuid());
+            for id in ids {
+                query = query.bind(*id.as_uuid());
+            }
+            let rows = query.fetch_all(&self.readers).await.map_err(db)?;
+            all.extend(decode_all(&rows, detector)?);
+        }
+        Ok(all)
+    }
+
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::update", db.system = "sqlite", db.operation = "DetectorRepository::update"))]
     async fn update(&self, detector: &Detector) -> Result<(), StoreError> {
         // The detector stays in its chamber: chamber_id is not updated.

@@ -384,6 +384,39 @@ pub async fn detectors_crud(p: &StorePorts) {
             .len(),
         2
     );
+
+    // Many chambers' detectors at once: each chamber's, in id order, nothing of others.
+    let second = fixtures::chamber(w.org.id, w.section.id, "second", 1);
+    let second_detectors = [
+        fixtures::detector(&second, "a"),
+        fixtures::detector(&second, "b"),
+        fixtures::detector(&second, "c"),
+    ];
+    p.chambers.create(&second, &second_detectors).await.unwrap();
+    let both = p
+        .detectors
+        .list_for_chambers(w.org.id, &[second.id, w.chamber.id])
+        .await
+        .unwrap();
+    let of = |c: crate::model::ChamberId| {
+        let mut ids: Vec<_> = both
+            .iter()
+            .filter(|d| d.chamber_id == c)
+            .map(|d| d.id)
+            .collect();
+        let listed = ids.clone();
+        ids.sort();
+        assert_eq!(listed, ids, "each chamber's detectors in id order");
+        ids.len()
+    };
+    assert_eq!((of(w.chamber.id), of(second.id), both.len()), (2, 3, 5));
+    assert!(
+        p.detectors
+            .list_for_chambers(w.org.id, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn tenants_never_see_each_other(p: &StorePorts) {
@@ -408,6 +441,13 @@ pub async fn tenants_never_see_each_other(p: &StorePorts) {
     assert!(
         p.detectors
             .list_for_chamber(b.org.id, a.chamber.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        p.detectors
+            .list_for_chambers(b.org.id, &[a.chamber.id])
             .await
             .unwrap()
             .is_empty()

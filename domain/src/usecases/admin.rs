@@ -42,6 +42,7 @@ pub struct NewChamber {
     pub section_id: SectionId,
     pub name: String,
     pub url: String,
+    /// `json` or `prometheus`; empty means `json`.
     pub format: String,
     pub interval: Duration,
     /// Default: min(interval, 10 s).
@@ -244,7 +245,11 @@ impl ChamberAdmin {
     ) -> std::result::Result<ChamberWithDetectors, ValidationError> {
         let name = Name::parse(&new.name).map_err(|e| e.within("chamber"))?;
         let endpoint = EndpointUrl::parse(&new.url).map_err(|e| e.within("chamber"))?;
-        let format = ResponseFormat::parse(&new.format).map_err(|e| e.within("chamber"))?;
+        // Unset (proto3's empty string) means JSON, the default the API documents.
+        let format = match new.format.trim() {
+            "" => ResponseFormat::Json,
+            raw => ResponseFormat::parse(raw).map_err(|e| e.within("chamber"))?,
+        };
         let interval = PollInterval::new(new.interval, self.settings.interval_floor)
             .map_err(|e| e.within("chamber"))?;
         let timeout = match new.timeout {
@@ -333,28 +338,41 @@ impl ChamberAdmin {
         })
     }
 
-    /// A page of chambers, each with its health (one read for the page).
+    /// A page of chambers, each with its detectors and health (one read of each for the page).
     ///
     /// # Errors
     /// `Unavailable`.
-    pub async fn list_chambers_with_health(
+    pub async fn list_chamber_views(
         &self,
         actor: &Actor,
         filter: ChamberFilter,
         page: PageRequest<ChamberId>,
-    ) -> Result<Page<(Chamber, Option<HealthState>), ChamberId>> {
+    ) -> Result<Page<ChamberView, ChamberId>> {
         let p = self.list_chambers(actor, filter, page).await?;
         let ids: Vec<ChamberId> = p.items.iter().map(|c| c.id).collect();
         let healths = self.health.get_many(&ids).await?;
-        let health_of =
-            |id: ChamberId| healths.iter().find(|h| h.chamber_id == id).map(|h| h.state);
+        let mut detectors = self
+            .detectors
+            .list_for_chambers(actor.organization_id, &ids)
+            .await?;
         Ok(Page {
             items: p
                 .items
                 .into_iter()
-                .map(|c| {
-                    let h = health_of(c.id);
-                    (c, h)
+                .map(|chamber| {
+                    let health = healths
+                        .iter()
+                        .find(|h| h.chamber_id == chamber.id)
+                        .map(|h| h.state);
+                    let (own, rest) = detectors
+                        .drain(..)
+                        .partition(|d: &Detector| d.chamber_id == chamber.id);
+                    detectors = rest;
+                    ChamberView {
+                        chamber,
+                        detectors: own,
+                        health,
+                    }
                 })
                 .collect(),
             next: p.next,

@@ -9,7 +9,7 @@ use chamberlain_domain::ports::{
     ChamberFilter, ChamberHealthRepository, Clock, MockChamberHealthRepository, MockPasswordHasher,
     PasswordError, Repositories, StoreError,
 };
-use chamberlain_domain::usecases::{ChamberAdmin, NewUser, UseCaseError, UserAdmin};
+use chamberlain_domain::usecases::{ChamberAdmin, ChamberView, NewUser, UseCaseError, UserAdmin};
 
 use crate::support::Harness;
 
@@ -132,12 +132,17 @@ async fn a_chamber_view_carries_its_health_and_a_failed_health_read_is_an_error(
     );
     let page = h
         .admin
-        .list_chambers_with_health(&operator, ChamberFilter::default(), PageRequest::default())
+        .list_chamber_views(&operator, ChamberFilter::default(), PageRequest::default())
         .await
         .unwrap();
     assert_eq!(
         page.items,
-        vec![(c.chamber.clone(), Some(HealthState::Down))]
+        vec![ChamberView {
+            chamber: c.chamber.clone(),
+            detectors: c.detectors.clone(),
+            health: Some(HealthState::Down)
+        }],
+        "a listed chamber carries its detectors and health"
     );
 
     let mut broken = MockChamberHealthRepository::new();
@@ -162,7 +167,7 @@ async fn a_chamber_view_carries_its_health_and_a_failed_health_read_is_an_error(
         "{failed:?}"
     );
     let failed = admin
-        .list_chambers_with_health(&operator, ChamberFilter::default(), PageRequest::default())
+        .list_chamber_views(&operator, ChamberFilter::default(), PageRequest::default())
         .await;
     assert!(
         matches!(failed, Err(UseCaseError::Unavailable { .. })),

@@ -408,3 +408,42 @@ async fn a_section_holds_one_open_batch_and_cannot_be_deleted_while_in_use() {
         "the last detector stays"
     );
 }
+
+#[tokio::test]
+async fn a_chamber_without_a_format_is_json_and_a_wrong_one_is_named() {
+    let h = Harness::new();
+    let operator = h.tenant("fmt", Role::Operator).await;
+    let s = h
+        .admin
+        .create_section(&operator, section("a"))
+        .await
+        .unwrap();
+    let created = h
+        .admin
+        .create_chamber(
+            &operator,
+            NewChamber {
+                format: String::new(),
+                ..new_chamber(s.id)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        created.chamber.format,
+        chamberlain_domain::model::ResponseFormat::Json
+    );
+    let refused = h
+        .admin
+        .create_chamber(
+            &operator,
+            NewChamber {
+                name: "other".into(),
+                format: "xml".into(),
+                ..new_chamber(s.id)
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(refused), "chamber.format");
+}

@@ -500,10 +500,12 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
-        let fields = field_of(&e);
+        // Named as the request names it: `name`, not `chamber.name`.
+        assert_eq!(field_of(&e), vec![field.to_owned()], "{what}");
         assert!(
-            fields.iter().any(|f| f.ends_with(field)),
-            "{what}: the violation names {fields:?}, expected {field}"
+            e.message().starts_with(&format!("{field}: ")),
+            "{what}: {}",
+            e.message()
         );
     }
     let listed = chambers
@@ -517,12 +519,34 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
         listed.chambers
     );
 
-    // Updates: refused the same way, and the chamber keeps its values.
+    // Updates: refused the same way, and the chamber keeps its values. Created without a
+    // format (proto3 leaves it empty): JSON, as documented.
     let c = chambers
-        .create_chamber(authed(good_chamber(&s.id), &token))
+        .create_chamber(authed(
+            v1::CreateChamberRequest {
+                format: String::new(),
+                ..good_chamber(&s.id)
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(c.format, "json");
+    let listed = chambers
+        .list_chambers(authed(v1::ListChambersRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .chambers
+            .iter()
+            .map(|c| c.detectors.len())
+            .collect::<Vec<_>>(),
+        vec![2],
+        "ListChambers carries each chamber's detectors"
+    );
     let e = chambers
         .update_chamber(authed(
             v1::UpdateChamberRequest {
@@ -535,7 +559,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(field_of(&e).iter().any(|f| f.ends_with("url")), "{e:?}");
+    assert_eq!(field_of(&e), vec!["url".to_owned()], "{e:?}");
     let e = chambers
         .set_chamber_interval(authed(
             v1::SetChamberIntervalRequest {
@@ -547,10 +571,18 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_nothing_is_stored() 
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(
-        field_of(&e).iter().any(|f| f.ends_with("interval")),
-        "{e:?}"
-    );
+    assert_eq!(field_of(&e), vec!["interval".to_owned()], "{e:?}");
+    let e = SectionServiceClient::new(channel.clone())
+        .create_section(authed(
+            v1::CreateSectionRequest {
+                name: String::new(),
+                description: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(&e), vec!["name".to_owned()], "{e:?}");
     let e = chambers
         .update_chamber(authed(
             v1::UpdateChamberRequest {
@@ -1054,4 +1086,47 @@ async fn a_user_signs_in_with_a_password_without_a_token_and_gets_one() {
         .unwrap()
         .into_inner();
     assert!(signed_in.expires_at.is_some());
+}
+
+/// docs/API.md lists every JSON route the API has, as `VERB /path` (read from the descriptor
+/// set's `google.api.http` options, so a new RPC without its line fails here).
+#[test]
+fn the_api_page_lists_every_json_route() {
+    use prost_reflect::{DescriptorPool, Value};
+    let pool = DescriptorPool::decode(chamberlain_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let http = pool
+        .get_extension_by_name("google.api.http")
+        .expect("the google.api.http extension is in the descriptor set");
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md"))
+        .expect("docs/API.md");
+    let mut routes = 0;
+    for service in pool
+        .services()
+        .filter(|s| s.package_name() == "chamberlain.v1")
+    {
+        for method in service.methods() {
+            let options = method.options();
+            let rule = options.get_extension(&http);
+            let Value::Message(rule) = rule.as_ref() else {
+                panic!("{} has no google.api.http rule", method.full_name())
+            };
+            let (verb, path) = ["get", "post", "patch", "put", "delete"]
+                .into_iter()
+                .find_map(|verb| {
+                    rule.get_field_by_name(verb)
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .filter(|p| !p.is_empty())
+                        .map(|p| (verb.to_uppercase(), p))
+                })
+                .unwrap_or_else(|| panic!("{} has no route", method.full_name()));
+            let line = format!("`{verb} {path}`");
+            assert!(
+                page.contains(&line),
+                "docs/API.md does not list {line} ({})",
+                method.full_name()
+            );
+            routes += 1;
+        }
+    }
+    assert!(routes >= 46, "{routes} routes checked");
 }

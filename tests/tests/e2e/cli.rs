@@ -488,7 +488,7 @@ fn every_operator_command_against_a_standalone_server() {
             "--detector",
             "/t=t",
         ],
-        &["chamber.interval"],
+        &["interval:"],
     );
     op.fails(2, &["chambers", "set-interval", &c, "soon"], &["interval"]);
     let r = ran(op
