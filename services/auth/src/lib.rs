@@ -78,18 +78,27 @@ impl std::fmt::Debug for AuthCheck {
     }
 }
 
-fn denied(status: HttpStatusCode, grpc: Status) -> CheckResponse {
-    let body = format!(
-        "{{\"code\":{},\"message\":{:?}}}",
-        i32::from(grpc.code()),
-        grpc.message()
-    );
+/// A refusal. A gRPC caller reads Envoy's local reply body as its `grpc-message`, so it gets
+/// the plain message; any other caller a `google.rpc.Status` JSON body.
+fn denied(status: HttpStatusCode, grpc: Status, caller_speaks_grpc: bool) -> CheckResponse {
+    let (content_type, body) = if caller_speaks_grpc {
+        ("text/plain", grpc.message().to_owned())
+    } else {
+        (
+            "application/json",
+            format!(
+                "{{\"code\":{},\"message\":{:?}}}",
+                i32::from(grpc.code()),
+                grpc.message()
+            ),
+        )
+    };
     let mut http: DeniedHttpResponseBuilder = DeniedHttpResponseBuilder::new();
     // For gRPC callers Envoy derives grpc-status from the HTTP status (429 would read as
     // UNAVAILABLE); these headers make it the code the decision means.
     let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
     http.set_http_status(status)
-        .add_header("content-type", "application/json", None, false)
+        .add_header("content-type", content_type, None, false)
         .add_header(
             "grpc-status",
             i32::from(grpc.code()).to_string(),
@@ -141,6 +150,10 @@ impl AuthCheck {
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
         let path = http.map_or("", |h| h.path.as_str());
+        let caller_speaks_grpc = request
+            .get_client_headers()
+            .and_then(|h| h.get("content-type"))
+            .is_some_and(|t| t.starts_with("application/grpc"));
         let path = path.split('?').next().unwrap_or_default();
         if ANONYMOUS_METHODS.contains(&path) {
             let client = request.get_client_address().cloned().unwrap_or_default();
@@ -148,6 +161,7 @@ impl AuthCheck {
                 return denied(
                     HttpStatusCode::TooManyRequests,
                     Status::resource_exhausted("too many sign-in attempts; wait a moment"),
+                    caller_speaks_grpc,
                 );
             }
             let mut ok = OkHttpResponseBuilder::new();
@@ -166,6 +180,7 @@ impl AuthCheck {
                     return denied(
                         HttpStatusCode::TooManyRequests,
                         Status::resource_exhausted("rate limit exceeded; slow down"),
+                        caller_speaks_grpc,
                     );
                 }
                 let mut ok: OkHttpResponseBuilder = OkHttpResponseBuilder::new();
@@ -183,12 +198,14 @@ impl AuthCheck {
             Err(AuthError::Unauthenticated(why)) => denied(
                 HttpStatusCode::Unauthorized,
                 Status::unauthenticated(why.to_string()),
+                caller_speaks_grpc,
             ),
             Err(AuthError::Unavailable { message }) => {
                 tracing::warn!(error = %message, "token store unavailable; refusing");
                 denied(
                     HttpStatusCode::ServiceUnavailable,
                     Status::unavailable("authentication unavailable; retry later"),
+                    caller_speaks_grpc,
                 )
             }
         }

@@ -100,13 +100,20 @@ pub async fn serve(
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(chamberlain_proto::FILE_DESCRIPTOR_SET)
+    // Both reflection versions (grpcio-reflection, grpcurl and others still speak v1alpha),
+    // listing the API and grpc.health.v1.Health.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(chamberlain_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
-        .map_err(|e| {
-            tracing::error!(error = %e, "reflection unavailable");
-            e
-        })
+        .inspect_err(|e| tracing::error!(error = %e, "reflection v1 unavailable"))
+        .ok();
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .inspect_err(|e| tracing::error!(error = %e, "reflection v1alpha unavailable"))
         .ok();
     let mut verifier = IdentityVerifier::new(config.identity_key.clone(), api.clock.clone());
     verifier.embedded = config.embedded_auth.is_some();
@@ -127,7 +134,8 @@ pub async fn serve(
         .layer(InterceptorLayer::new(verifier))
         .layer(EmbeddedAuthLayer(config.embedded_auth.clone()))
         .add_service(health_service)
-        .add_optional_service(reflection)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(services.sections)
         .add_service(services.chambers)
         .add_service(services.batches)

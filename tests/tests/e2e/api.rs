@@ -240,6 +240,12 @@ async fn missing_bad_and_revoked_tokens_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(none.code(), Code::Unauthenticated, "{none:?}");
+    // A gRPC caller reads the plain reason, not a JSON document.
+    assert!(
+        none.message().starts_with("no credential"),
+        "{:?}",
+        none.message()
+    );
     let forged = chamberlain_domain::model::TokenSecret::generate();
     for bad in ["nonsense", forged.expose()] {
         let e = sections
@@ -248,7 +254,10 @@ async fn missing_bad_and_revoked_tokens_are_refused() {
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{bad}: {e:?}");
     }
-    assert_eq!(stack.http("GET", "/v1/sections", None, None).await.0, 401);
+    let (status, body) = stack.http("GET", "/v1/sections", None, None).await;
+    assert_eq!(status, 401);
+    let status_json: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    assert_eq!(status_json["code"], 16, "a google.rpc.Status: {body}");
     assert_eq!(
         stack
             .http("GET", "/v1/sections", Some("nonsense"), None)
@@ -1008,11 +1017,92 @@ async fn the_gateway_reports_health_and_serves_reflection() {
         panic!("unexpected reflection reply {reply:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for service in chamberlain_proto::SERVICES {
+    for service in chamberlain_proto::SERVICES
+        .iter()
+        .copied()
+        .chain(["grpc.health.v1.Health"])
+    {
         assert!(
             names.iter().any(|n| n == service),
             "{service} not in {names:?}"
         );
+    }
+
+    // The older reflection protocol, which grpcio-reflection and grpcurl speak.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut replies = ServerReflectionClient::new(stack.direct_channel().await)
+            .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected v1alpha reflection reply {reply:?}");
+        };
+        assert!(
+            list.service
+                .iter()
+                .any(|s| s.name == "chamberlain.v1.ChamberService"),
+            "{list:?}"
+        );
+    }
+
+    // Through Envoy, health answers without a token (load balancers probe it so).
+    let status = HealthClient::new(stack.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health through Envoy without a token")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}
+
+/// JSON callers get a `google.rpc.Status` body for every error, whoever raises it: an unknown
+/// route (404, not a gRPC error on HTTP 200), a body the transcoder cannot read (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_errors_are_google_rpc_status_bodies_whoever_raises_them() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, token) = stack.tenant("a", Role::Operator).await;
+    let status_of = |what: &str, (status, body): (u16, String)| {
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {status} {body:?}"));
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {json}"
+        );
+        (status, json["code"].as_i64().unwrap_or(-1))
+    };
+    for (method, path) in [("GET", "/v1/nothing"), ("DELETE", "/v1/readings")] {
+        let reply = stack.http(method, path, Some(&token), None).await;
+        assert_eq!(
+            status_of(path, reply),
+            (404, 5),
+            "{method} {path}: NOT_FOUND"
+        );
+    }
+    for (what, body) in [
+        ("a truncated body", r#"{"name": "#),
+        (
+            "a bad duration",
+            r#"{"sectionId": "00000000-0000-0000-0000-000000000000", "name": "c", "url": "http://127.0.0.2/", "interval": "soon"}"#,
+        ),
+    ] {
+        let path = if what == "a bad duration" {
+            "/v1/chambers"
+        } else {
+            "/v1/sections"
+        };
+        let reply = stack.http("POST", path, Some(&token), Some(body)).await;
+        assert_eq!(status_of(what, reply), (400, 3), "{what}: INVALID_ARGUMENT");
     }
 }
 
