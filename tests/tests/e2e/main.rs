@@ -5,6 +5,7 @@
 mod alerts;
 mod api;
 mod cli;
+mod clients;
 mod compose;
 mod events;
 mod in_memory_pipeline;
