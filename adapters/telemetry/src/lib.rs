@@ -57,6 +57,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether human log lines are coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>). Files and pipes get plain text.
+pub fn colour_logs(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// What a process sets up.
 #[derive(Debug, Clone)]
 pub struct TelemetrySettings {
@@ -196,6 +202,10 @@ impl Telemetry {
             .unwrap_or_else(|_| EnvFilter::new(settings.default_filter));
         let logs = match settings.log_format {
             LogFormat::Human => tracing_subscriber::fmt::layer()
+                .with_ansi(colour_logs(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                    std::env::var_os("NO_COLOR").as_deref(),
+                ))
                 .with_writer(std::io::stderr)
                 .with_filter(filter)
                 .boxed(),
@@ -258,5 +268,23 @@ impl Telemetry {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::colour_logs;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour_logs(true, None));
+        assert!(colour_logs(true, Some(OsStr::new(""))));
+        assert!(!colour_logs(true, Some(OsStr::new("1"))));
+        assert!(
+            !colour_logs(false, None),
+            "a file or a pipe gets plain text"
+        );
     }
 }

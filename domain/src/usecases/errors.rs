@@ -16,7 +16,7 @@ pub enum UseCaseError {
     /// Not found in the caller's organization (other tenants' rows look the same).
     #[error("{entity} not found")]
     NotFound { entity: &'static str },
-    #[error("a {entity} with this {field} already exists")]
+    #[error("{} {entity} with this {field} already exists", article(entity))]
     Duplicate {
         entity: &'static str,
         field: &'static str,
@@ -29,6 +29,15 @@ pub enum UseCaseError {
     /// The password hasher could not run (never a wrong password: that is a sign-in refusal).
     #[error(transparent)]
     Hashing(#[from] PasswordError),
+}
+
+/// "a" or "an" before an entity's name.
+fn article(entity: &str) -> &'static str {
+    if entity.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 impl From<StoreError> for UseCaseError {

@@ -135,11 +135,14 @@ async fn a_chamber_view_carries_its_health_and_a_failed_health_read_is_an_error(
         .list_chamber_views(&operator, ChamberFilter::default(), PageRequest::default())
         .await
         .unwrap();
+    // Detectors are listed in id order (ids are random, so not necessarily as created).
+    let mut detectors = c.detectors.clone();
+    detectors.sort_by_key(|d| d.id);
     assert_eq!(
         page.items,
         vec![ChamberView {
             chamber: c.chamber.clone(),
-            detectors: c.detectors.clone(),
+            detectors,
             health: Some(HealthState::Down)
         }],
         "a listed chamber carries its detectors and health"

@@ -146,6 +146,60 @@ fn an_unreachable_server_fails_with_1_and_says_so() {
     );
 }
 
+#[test]
+fn bootstrap_runs_once_and_admin_token_is_the_way_back_in() {
+    let dir = std::env::temp_dir().join(format!("chamberlain-cli-{}", uuid_like()));
+    let run = |args: &[&str]| {
+        let out = chamberlain()
+            .args(args)
+            .env("CHAMBERLAIN_DATA_DIR", &dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let token_of = |stdout: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("api token (shown once): "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no token in {stdout}"))
+    };
+    let bootstrap = [
+        "bootstrap",
+        "--organization",
+        "Lab",
+        "--admin-email",
+        "admin@lab.example",
+    ];
+    let (code, first, err) = run(&bootstrap);
+    assert_eq!(code, Some(0), "{err}");
+    let first = token_of(&first);
+
+    // Again: not a bad setting (exit 1, not 2), and it says what to do instead.
+    let (code, _, err) = run(&bootstrap);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("an organization with this name already exists")
+            && err.contains("chamberlain admin-token --email"),
+        "{err}"
+    );
+
+    let (code, out, err) = run(&["admin-token", "--email", "admin@lab.example"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_ne!(token_of(&out), first, "a new token");
+    let (code, _, err) = run(&["admin-token", "--email", "nobody@lab.example"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no user nobody@lab.example"), "{err}");
+    let (code, _, err) = run(&["admin-token", "--email", "not an email"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--email"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn uuid_like() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -177,6 +231,13 @@ fn simulate_serves_a_fleet_for_its_duration_and_prints_the_report() {
     assert!(
         stdout.contains("127.0.0.2"),
         "binds 127.0.0.2 by default: {stdout}"
+    );
+    // Its log goes to a pipe here: plain text, no ANSI colour codes.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("simulator listening"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
     );
     let bad = chamberlain()
         .args(["simulate", "--chambers", "0"])

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::model::Role;
+use chamberlain_domain::model::{Email, Role};
 use chamberlain_domain::usecases::{
-    Actor, ApiSettings, AuthSettings, Authenticator, NewUser, UserAdmin, WatchSettings,
+    Actor, ApiSettings, AuthSettings, Authenticator, NewUser, UseCaseError, UserAdmin,
+    WatchSettings,
 };
 use chamberlain_memory::SystemClock;
 use chamberlain_telemetry::Telemetry;
@@ -180,7 +181,16 @@ pub async fn bootstrap(args: BootstrapArgs) -> Result<(), anyhow::Error> {
             },
         )
         .await
-        .map_err(|e| anyhow::Error::new(ConfigError(e.to_string())))?;
+        .map_err(|e| match e {
+            // Bad input on the command line: exit 2, naming the field.
+            UseCaseError::Invalid(_) => anyhow::Error::new(ConfigError(e.to_string())),
+            // Already done once: not a bad setting, and the way on is another command.
+            UseCaseError::Duplicate { .. } => anyhow::anyhow!(
+                "{e}; bootstrap runs once. A lost admin token: `chamberlain admin-token --email \
+                 <admin email>` prints a new one"
+            ),
+            other => anyhow::Error::new(other),
+        })?;
     let actor = Actor {
         user_id: admin.id,
         organization_id: org.id,
@@ -191,6 +201,60 @@ pub async fn bootstrap(args: BootstrapArgs) -> Result<(), anyhow::Error> {
         .await?;
     println!("organization {} ({})", org.name.as_str(), org.id);
     println!("admin {} ({})", admin.email.as_str(), admin.id);
+    println!("api token (shown once): {}", issued.secret.expose());
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdminTokenArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Email of an admin of the organization.
+    #[arg(long)]
+    email: String,
+    /// The token's name (shown by `chamberlain tokens list`).
+    #[arg(long, default_value = "admin-token")]
+    name: String,
+}
+
+/// Prints a new API token for an existing admin (once): the way back in when every admin token
+/// is lost. It needs the database, so only whoever runs the installation can use it.
+#[allow(
+    clippy::print_stdout,
+    reason = "the token is shown once, to the operator"
+)]
+pub async fn admin_token(args: AdminTokenArgs) -> Result<(), anyhow::Error> {
+    let email = Email::parse(&args.email).map_err(|e| {
+        anyhow::Error::new(ConfigError(format!("invalid setting --email: {}", e.rule)))
+    })?;
+    let repositories = args.database.storage()?.open().await?.repositories();
+    let user = repositories
+        .users
+        .find_by_email(&email)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no user {} in this installation", email.as_str()))?;
+    if user.role != Role::Admin || user.disabled {
+        anyhow::bail!(
+            "{} is not an active admin (role {}); ask an admin, or name one",
+            email.as_str(),
+            user.role
+        );
+    }
+    let actor = Actor {
+        user_id: user.id,
+        organization_id: user.organization_id,
+        role: Role::Admin,
+    };
+    let clock: Arc<dyn chamberlain_domain::ports::Clock> = Arc::new(SystemClock);
+    let issued = Authenticator::new(
+        &repositories,
+        Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+        clock,
+        AuthSettings::default(),
+    )
+    .create_token(&actor, &args.name, None, None)
+    .await?;
+    println!("admin {} ({})", user.email.as_str(), user.id);
     println!("api token (shown once): {}", issued.secret.expose());
     Ok(())
 }

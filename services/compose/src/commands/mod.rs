@@ -6,7 +6,7 @@ mod api;
 mod pipeline;
 mod standalone;
 
-pub use api::{AuthArgs, BootstrapArgs, DescriptorSetArgs, GatewayArgs};
+pub use api::{AdminTokenArgs, AuthArgs, BootstrapArgs, DescriptorSetArgs, GatewayArgs};
 pub use pipeline::{AlerterArgs, SchedulerArgs, WorkerArgs};
 pub use standalone::{ADMIN_EMAIL, StandaloneArgs};
 
@@ -43,6 +43,9 @@ pub enum Command {
     Auth(AuthArgs),
     /// Create an organization with its first admin and print an admin API token once.
     Bootstrap(BootstrapArgs),
+    /// Print a new API token for an existing admin (needs the database): the way back in when
+    /// the admin tokens are lost.
+    AdminToken(AdminTokenArgs),
     /// Write the API's protobuf descriptor set, which Envoy's JSON transcoder loads.
     DescriptorSet(DescriptorSetArgs),
 }
@@ -57,9 +60,11 @@ impl Command {
             Self::Alerter(_) => "chamberlain-alerter",
             Self::Gateway(_) => "chamberlain-gateway",
             Self::Auth(_) => "chamberlain-auth",
-            Self::Migrate(_) | Self::Simulate(_) | Self::Bootstrap(_) | Self::DescriptorSet(_) => {
-                "chamberlain"
-            }
+            Self::Migrate(_)
+            | Self::Simulate(_)
+            | Self::Bootstrap(_)
+            | Self::AdminToken(_)
+            | Self::DescriptorSet(_) => "chamberlain",
         }
     }
 }
@@ -98,6 +103,7 @@ async fn dispatch(command: Command, telemetry: &Telemetry) -> Result<(), anyhow:
         Command::Gateway(args) => api::gateway(args, telemetry).await,
         Command::Auth(args) => api::auth(args, telemetry).await,
         Command::Bootstrap(args) => api::bootstrap(args).await,
+        Command::AdminToken(args) => api::admin_token(args).await,
         Command::DescriptorSet(args) => api::descriptor_set(&args),
         Command::Simulate(args) => chamberlain_simulator::run_cli(args, shutdown_signal())
             .await
