@@ -101,6 +101,18 @@ impl ClientArgs {
                 ))
             })?
             .connect_timeout(Duration::from_secs(5));
+        /// Tokens are 54 characters (`chm_` and 50): anything far longer is a mistake (a file's
+        /// content, a pasted log), and a server refuses such a header with a bare HTTP/2 error.
+        const LONGEST_TOKEN: usize = 1024;
+        if let Some(t) = &token
+            && t.trim().len() > LONGEST_TOKEN
+        {
+            return Err(Failure::usage(format!(
+                "invalid setting --token (CHAMBERLAIN_TOKEN): {} characters; a Chamberlain token \
+                 has 54 (chm_...)",
+                t.trim().len()
+            )));
+        }
         let header = token
             .map(|t| {
                 AsciiMetadataValue::try_from(format!("Bearer {}", t.trim())).map_err(|_| {

@@ -56,7 +56,20 @@ impl From<tonic::Status> for Failure {
             Code::Unavailable | Code::DeadlineExceeded => exit::UNAVAILABLE,
             _ => exit::FAILED,
         };
-        let mut message = format!("{}: {}", code_name(status.code()), status.message());
+        let name = code_name(status.code());
+        // The server's message may already say what kind it is ("permission denied: ...").
+        let mut message = if status.message().starts_with(name) {
+            status.message().to_owned()
+        } else if status.message().contains("h2 protocol error") {
+            // The connection, not the API, refused the call (a header too large, a reset).
+            format!(
+                "the server's connection refused the call ({}): {}",
+                name,
+                status.message()
+            )
+        } else {
+            format!("{name}: {}", status.message())
+        };
         if let Some(bad) = status.get_details_bad_request() {
             for v in bad.field_violations {
                 message.push_str(&format!("\n  {}: {}", v.field, v.description));
@@ -78,5 +91,36 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "unavailable",
         Code::DeadlineExceeded => "timed out",
         _ => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::{Code, Status};
+
+    use super::{Failure, exit};
+
+    #[test]
+    fn a_message_is_not_prefixed_twice_and_exit_codes_follow_the_kind() {
+        let f = Failure::from(Status::permission_denied(
+            "permission denied: a viewer may not create a section",
+        ));
+        assert_eq!(
+            (f.exit, f.to_string().as_str()),
+            (
+                exit::DENIED,
+                "permission denied: a viewer may not create a section"
+            )
+        );
+        let f = Failure::from(Status::not_found("chamber not found"));
+        assert_eq!(f.to_string(), "not found: chamber not found");
+        let f = Failure::from(Status::new(
+            Code::ResourceExhausted,
+            "h2 protocol error: error reading a body from connection",
+        ));
+        assert!(
+            !f.to_string().starts_with("rate limited"),
+            "a protocol error is not a rate limit: {f}"
+        );
     }
 }

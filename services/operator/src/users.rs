@@ -20,7 +20,8 @@ pub enum UsersCommand {
         /// admin, operator or viewer.
         #[arg(long)]
         role: String,
-        #[arg(long, default_value = "")]
+        /// Their display name.
+        #[arg(long)]
         name: String,
         /// Their first password (to sign in); read from CHAMBERLAIN_NEW_USER_PASSWORD so it
         /// stays out of the shell history.

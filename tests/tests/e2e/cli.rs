@@ -402,11 +402,31 @@ fn every_operator_command_against_a_standalone_server() {
     let token_id = str_of(&created["token"], "id").to_owned();
     assert!(secret.starts_with("chm_"));
     assert_eq!(op.run_as(&secret, &["chambers", "list"]).code, 0);
-    op.fails_as(
+    let refused = op.fails_as(
         &secret,
         3,
         &["chambers", "pause", &c],
         &["permission denied"],
+    );
+    assert!(
+        !refused
+            .stderr
+            .contains("permission denied: permission denied"),
+        "said once: {}",
+        refused.stderr
+    );
+    // A token far too long is refused here, naming the setting, not as an HTTP/2 error.
+    op.fails_as(
+        &"chm_x".repeat(2000),
+        2,
+        &["chambers", "list"],
+        &["--token", "CHAMBERLAIN_TOKEN"],
+    );
+    // A user needs a name: clap says which flag.
+    op.fails(
+        2,
+        &["users", "add", "x@lab.test", "--role", "viewer"],
+        &["--name"],
     );
     assert!(op.table(&["tokens", "list"]).contains("dashboard"));
     op.json(&["tokens", "revoke", &token_id]);
