@@ -415,6 +415,65 @@ impl Stack {
         self.others.push(cmd.spawn().expect("start chamberlain"));
     }
 
+    /// Stops the gateway with SIGTERM, as an operator's restart does, and at once starts a new
+    /// one with the same settings (plus `env`), without waiting for the old one to finish
+    /// draining. Returns how the new one's start ended — `Ok(())` once it logged
+    /// `gateway serving` (both its addresses bound), or `Err` with its stderr if it exited — and
+    /// whether the old one exited afterwards.
+    pub async fn restart_gateway_at_once(
+        &mut self,
+        env: &[(&'static str, String)],
+    ) -> (Result<(), String>, bool) {
+        use std::io::BufRead as _;
+        let mut old = self.gateway.take().expect("a gateway to restart");
+        let _ = Command::new("kill")
+            .args(["-TERM", &old.id().to_string()])
+            .status();
+        let mut new = Command::new(&self.bin);
+        new.arg("gateway")
+            .env("CHAMBERLAIN_DATABASE_URL", &self.database_url)
+            .env(
+                "CHAMBERLAIN_REDIS_URL",
+                chamberlain_redis::testing::server_url(),
+            )
+            .env("CHAMBERLAIN_REDIS_PREFIX", &self.redis.config.key_prefix)
+            .env("CHAMBERLAIN_IDENTITY_KEY", IDENTITY_KEY)
+            .env("CHAMBERLAIN_LOG", "info")
+            .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0")
+            .env(
+                "CHAMBERLAIN_GATEWAY_LISTEN",
+                format!("127.0.0.1:{}", self.ports.gateway),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            new.env(k, v);
+        }
+        let mut new = new.spawn().expect("start the new gateway");
+        let stderr = new.stderr.take().expect("piped stderr");
+        // Reads the new gateway's log until it serves or ends, then keeps draining it.
+        let started = tokio::task::spawn_blocking(move || {
+            let mut seen = String::new();
+            let mut lines = std::io::BufReader::new(stderr).lines();
+            for line in lines.by_ref().map_while(Result::ok) {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("gateway serving") {
+                    std::thread::spawn(move || lines.for_each(drop));
+                    return Ok(());
+                }
+            }
+            Err(seen)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let old_exited = tokio::task::spawn_blocking(move || old.wait().is_ok())
+            .await
+            .unwrap_or(false);
+        self.gateway = Some(new);
+        (started, old_exited)
+    }
+
     /// Stops the auth service (as a crash would).
     pub fn kill_auth(&mut self) {
         if let Some(mut auth) = self.auth.take() {

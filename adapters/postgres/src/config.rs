@@ -8,6 +8,11 @@ use chamberlain_domain::error::{Rule, ValidationError};
 use sqlx::postgres::PgConnectOptions;
 
 /// How to reach PostgreSQL and how to use it.
+/// Connections each process's pool opens at most, by default: a scheduler, a gateway, an auth
+/// service, an alerter and three workers take 112 together, more than PostgreSQL's default
+/// `max_connections` of 100, so size it (`CHAMBERLAIN_DATABASE_MAX_CONNECTIONS`) to fit.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
 #[derive(Clone)]
 pub struct PgConfig {
     /// Parsed connection options (the URL may hold a password: never printed).
@@ -57,7 +62,7 @@ impl PgConfig {
         })?;
         Ok(Self {
             connect,
-            max_connections: 16,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             partitions_ahead_days: 7,

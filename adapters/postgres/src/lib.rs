@@ -17,7 +17,7 @@ use chamberlain_domain::ports::StoreError;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-pub use config::PgConfig;
+pub use config::{DEFAULT_MAX_CONNECTIONS, PgConfig};
 use errors::store_error;
 
 /// The schema, embedded: `migrations/postgres/`.

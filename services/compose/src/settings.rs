@@ -81,6 +81,10 @@ pub struct DatabaseArgs {
     /// (default: sqlite://<data-dir>/chamberlain.db).
     #[arg(long, env = "CHAMBERLAIN_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL connections this process opens at most (its pool). Every process has its own
+    /// pool: their sum must stay under the server's `max_connections` (100 by default).
+    #[arg(long, env = "CHAMBERLAIN_DATABASE_MAX_CONNECTIONS", default_value_t = chamberlain_postgres::DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
     #[command(flatten)]
     pub data_dir: DataDirArg,
 }
@@ -95,8 +99,22 @@ impl DatabaseArgs {
             Some(url) => url.trim().to_owned(),
             None => format!("sqlite://{}", self.data_dir.database_file().display()),
         };
-        Storage::from_url(&url)
-            .map_err(|why| bad_setting("--database-url", "CHAMBERLAIN_DATABASE_URL", why))
+        let storage = Storage::from_url(&url)
+            .map_err(|why| bad_setting("--database-url", "CHAMBERLAIN_DATABASE_URL", why))?;
+        Ok(match storage {
+            Storage::Postgres(config) => Storage::Postgres(Box::new(
+                config
+                    .with_max_connections(self.database_max_connections)
+                    .map_err(|e| {
+                        bad_setting(
+                            "--database-max-connections",
+                            "CHAMBERLAIN_DATABASE_MAX_CONNECTIONS",
+                            rule(&e),
+                        )
+                    })?,
+            )),
+            sqlite @ Storage::Sqlite(_) => sqlite,
+        })
     }
 }
 

@@ -18,7 +18,8 @@ pub enum LogFormatArg {
 pub struct MetricsArgs {
     /// Address of the Prometheus `/metrics` listener (`off` for none). Default: 127.0.0.1 and
     /// the service's own port (standalone 9460, scheduler 9461, worker 9462, gateway 9463, auth
-    /// 9464, alerter 9465).
+    /// 9464, alerter 9465), or for a further replica on the host the first free of the next
+    /// nine 10 apart (9472, 9482, ...); the address is logged.
     #[arg(long = "metrics-listen", env = "CHAMBERLAIN_METRICS_LISTEN")]
     metrics_listen: Option<String>,
 }
@@ -36,24 +37,53 @@ impl MetricsArgs {
         default_port: u16,
     ) -> Result<(), anyhow::Error> {
         let bad = |why: String| bad_setting("--metrics-listen", "CHAMBERLAIN_METRICS_LISTEN", why);
-        let addr: SocketAddr = match self.metrics_listen.as_deref().map(str::trim) {
+        let listener = match self.metrics_listen.as_deref().map(str::trim) {
             Some("off") => return Ok(()),
-            Some(raw) => raw
-                .parse()
-                .map_err(|_| bad(format!("{raw:?} is not an address such as 127.0.0.1:9462")))?,
-            None => SocketAddr::from(([127, 0, 0, 1], default_port)),
+            Some(raw) => {
+                let addr: SocketAddr = raw.parse().map_err(|_| {
+                    bad(format!("{raw:?} is not an address such as 127.0.0.1:9462"))
+                })?;
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| bad(format!("cannot bind {addr}: {e}")))?
+            }
+            None => default_listener(default_port).await.map_err(bad)?,
         };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| bad(format!("cannot bind {addr}: {e}")))?;
         tracing::info!(listen = %listener.local_addr()?, "metrics at /metrics");
         tokio::spawn(chamberlain_telemetry::serve_metrics(
             listener,
             telemetry.prometheus(),
-            std::future::pending(),
+            // The port is let go as soon as the service stops taking work, so a replacement
+            // started at once gets it while this process still drains.
+            crate::shutdown::shutdown_signal(),
         ));
         Ok(())
     }
+}
+
+/// Replicas of one role on one host (two workers, say) each serve `/metrics` without a setting
+/// of their own: the role's port, else the first free one of the next nine, 10 apart (9462,
+/// 9472, 9482, ... for workers), so they never take another role's default. The address is
+/// logged (`metrics at /metrics listen=...`).
+pub const REPLICA_PORT_STRIDE: u16 = 10;
+const REPLICA_PORTS: u16 = 10;
+
+async fn default_listener(port: u16) -> Result<tokio::net::TcpListener, String> {
+    let mut last = None;
+    for k in 0..REPLICA_PORTS {
+        let Some(port) = port.checked_add(k * REPLICA_PORT_STRIDE) else {
+            break;
+        };
+        match tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(format!("127.0.0.1:{port}: {e}")),
+        }
+    }
+    Err(format!(
+        "no free port among 127.0.0.1:{port} and the next {} replica ports ({}); set one",
+        REPLICA_PORTS - 1,
+        last.unwrap_or_default()
+    ))
 }
 
 /// Sets up logs, traces and metrics for `service`.

@@ -19,6 +19,9 @@ use tonic::{Request, Status};
 
 /// The largest request message accepted by default (4 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long calls in flight may finish after a shutdown (live streams are then closed).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Calls are cut off after this long by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -94,6 +97,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let stopped = stopping.clone();
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in chamberlain_proto::SERVICES {
         health
@@ -118,7 +123,7 @@ pub async fn serve(
     let mut verifier = IdentityVerifier::new(config.identity_key.clone(), api.clock.clone());
     verifier.embedded = config.embedded_auth.is_some();
     let services = api.services(config.max_message_bytes);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .timeout(config.request_timeout)
         // One span per call, continuing the caller's (Envoy's) trace from `traceparent`.
         .trace_fn(|request| {
@@ -146,8 +151,22 @@ pub async fn serve(
         .add_service(services.events)
         .add_service(services.alerts)
         .add_service(services.transmitters)
-        .serve_with_incoming_shutdown(no_delay(listener), shutdown)
-        .await
+        .serve_with_incoming_shutdown(no_delay(listener), async {
+            shutdown.await;
+            stopping.notify_one();
+        });
+    // After the shutdown, calls in flight may finish for DRAIN_TIMEOUT; live streams never
+    // finish by themselves, so the drain is bounded and the process exits.
+    tokio::select! {
+        served = server => served,
+        () = async {
+            stopped.notified().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } => {
+            tracing::info!(timeout_s = DRAIN_TIMEOUT.as_secs(), "calls still open after the drain; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: small replies leave at once instead of

@@ -1220,3 +1220,54 @@ fn the_api_page_lists_every_json_route() {
     }
     assert!(routes >= 46, "{routes} routes checked");
 }
+
+/// An operator's restart: SIGTERM, then a new gateway on the same addresses (API and /metrics)
+/// at once, while Envoy holds a connection to the old one, which drains for a while. The new
+/// one must get both addresses — the old one lets go of its listeners as soon as it stops
+/// taking calls; it used to keep /metrics until it exited, and the new one stopped with
+/// "address in use" — and serve through Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_at_once_after_a_stop_serves_on_its_address() {
+    let metrics = vec![(
+        "CHAMBERLAIN_METRICS_LISTEN",
+        format!("127.0.0.1:{}", chamberlain_tests::api_stack::free_port()),
+    )];
+    let mut stack = Stack::start(StackOptions {
+        gateway_env: metrics.clone(),
+        ..StackOptions::default()
+    })
+    .await;
+    let (_, token) = stack.tenant("a", Role::Viewer).await;
+    let list = |channel: Channel, token: String| async move {
+        SectionServiceClient::new(channel)
+            .list_sections(authed(v1::ListSectionsRequest { page: None }, &token))
+            .await
+    };
+    // Envoy now keeps an HTTP/2 connection open to the gateway, and a live stream keeps the
+    // old gateway draining after its stop.
+    list(stack.channel().await, token.clone()).await.unwrap();
+    let _watching = v1::event_service_client::EventServiceClient::new(stack.channel().await)
+        .watch_events(authed(v1::WatchEventsRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let (started, old_exited) = stack.restart_gateway_at_once(&metrics).await;
+    assert_eq!(
+        started,
+        Ok(()),
+        "the new gateway could not take its addresses"
+    );
+    assert!(old_exited, "the old gateway exited (its drain is bounded)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match list(stack.channel().await, token.clone()).await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                // Envoy reconnects to the new gateway; wait on that condition.
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the restarted gateway does not serve through Envoy: {e:?}"),
+        }
+    }
+}
