@@ -98,3 +98,22 @@ pub fn init(service: &'static str, format: LogFormatArg) -> Result<Telemetry, an
     };
     Telemetry::init(&settings).map_err(|e| anyhow::Error::new(ConfigError(e.to_string())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{REPLICA_PORT_STRIDE, default_listener};
+
+    /// A second replica on the host does not stop: it takes a replica port, 10 apart.
+    #[tokio::test]
+    async fn a_taken_default_port_gives_the_next_replica_port() {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port > u16::MAX - 9 * REPLICA_PORT_STRIDE {
+            return; // no room above this ephemeral port for the replica ports
+        }
+        let second = default_listener(port).await.unwrap();
+        let got = second.local_addr().unwrap().port();
+        assert_ne!(got, port);
+        assert_eq!((got - port) % REPLICA_PORT_STRIDE, 0, "{port} -> {got}");
+    }
+}
