@@ -319,7 +319,8 @@ impl Stack {
             .arg("-c")
             .arg(&config)
             .args(["--use-dynamic-base-id", "--log-level", "warn"])
-            .stdout(Stdio::null())
+            // The access log (JSON lines on stdout), for tests that read it.
+            .stdout(std::fs::File::create(dir.join("envoy-access.log")).expect("access log file"))
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start envoy");
@@ -472,6 +473,15 @@ impl Stack {
             .unwrap_or(false);
         self.gateway = Some(new);
         (started, old_exited)
+    }
+
+    /// Envoy's access log lines so far (JSON objects).
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("envoy-access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Stops the auth service (as a crash would).

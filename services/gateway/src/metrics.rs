@@ -15,6 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use opentelemetry::KeyValue;
 
 /// A gRPC status number as its canonical name (`0` → `OK`, `5` → `NOT_FOUND`).
+/// The gRPC status of a call as a response header (Envoy's access log reads it).
+pub const STATUS_HEADER: &str = "x-chamberlain-grpc-status";
+
 pub fn status_name(code: &str) -> &'static str {
     match code {
         "0" => "OK",
@@ -161,7 +164,16 @@ where
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
-            let (parts, body) = response.into_parts();
+            let (mut parts, body) = response.into_parts();
+            // The status as a response header Envoy's access log can read: its JSON transcoder
+            // drops `grpc-status`. Trailers-only (every refusal): the status; otherwise the
+            // call has started well ("0"), and a stream's final status is in its trailers.
+            let code = parts
+                .headers
+                .get("grpc-status")
+                .cloned()
+                .unwrap_or_else(|| http::HeaderValue::from_static("0"));
+            parts.headers.insert(STATUS_HEADER, code);
             let call = match grpc_status(&parts.headers) {
                 // Trailers-only: the status is already known.
                 Some(status) => {

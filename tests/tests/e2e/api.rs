@@ -1271,3 +1271,58 @@ async fn a_gateway_restarted_at_once_after_a_stop_serves_on_its_address() {
         }
     }
 }
+
+/// The access log of a JSON call shows what the client sent (method and path) and the gRPC
+/// status the gateway returned, not one derived from the HTTP code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_shows_the_clients_method_and_the_gateways_grpc_status() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, token) = stack.tenant("a", Role::Operator).await;
+    let (status, body) = stack
+        .http(
+            "POST",
+            "/v1/sections",
+            Some(&token),
+            Some(r#"{"name": ""}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = stack.http("GET", "/v1/sections", Some(&token), None).await;
+    assert_eq!(status, 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let line = |method: &str| {
+        stack
+            .access_log()
+            .into_iter()
+            .find(|l| l["path"] == "/v1/sections" && l["method"].as_str() == Some(method))
+    };
+    while (line("POST").is_none() || line("GET").is_none())
+        && tokio::time::Instant::now() < deadline
+    {
+        // Envoy writes its access log asynchronously: wait for the lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = line("POST").unwrap_or_else(|| panic!("{:#?}", stack.access_log()));
+    assert_eq!(refused["grpc_status"], "3", "INVALID_ARGUMENT: {refused}");
+    assert_eq!(refused["status"], 400, "{refused}");
+    let listed = line("GET").unwrap_or_else(|| panic!("{:#?}", stack.access_log()));
+    assert_eq!(listed["grpc_status"], "0", "OK: {listed}");
+    let (status, _) = stack.http("GET", "/v1/nothing", Some(&token), None).await;
+    assert_eq!(status, 404);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let unknown = || {
+        stack
+            .access_log()
+            .into_iter()
+            .find(|l| l["path"] == "/v1/nothing")
+    };
+    while unknown().is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unknown = unknown().unwrap_or_else(|| panic!("{:#?}", stack.access_log()));
+    assert_eq!(
+        (&unknown["status"], &unknown["grpc_status"]),
+        (&serde_json::json!(404), &serde_json::json!("5")),
+        "NOT_FOUND: {unknown}"
+    );
+}
