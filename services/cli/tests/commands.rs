@@ -194,6 +194,9 @@ fn bootstrap_runs_once_and_admin_token_is_the_way_back_in() {
     let (code, _, err) = run(&["admin-token", "--email", "nobody@lab.example"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no user nobody@lab.example"), "{err}");
+    let (code, _, err) = run(&["admin-token", "--email", "admin@lab.example", "--name", " "]);
+    assert_eq!(code, Some(2), "a blank token name is bad input: {err}");
+    assert!(err.contains("--name"), "{err}");
     let (code, _, err) = run(&["admin-token", "--email", "not an email"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--email"), "{err}");

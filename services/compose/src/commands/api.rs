@@ -253,7 +253,13 @@ pub async fn admin_token(args: AdminTokenArgs) -> Result<(), anyhow::Error> {
         AuthSettings::default(),
     )
     .create_token(&actor, &args.name, None, None)
-    .await?;
+    .await
+    .map_err(|e| match e {
+        UseCaseError::Invalid(v) => {
+            anyhow::Error::new(ConfigError(format!("invalid setting --name: {}", v.rule)))
+        }
+        other => anyhow::Error::new(other),
+    })?;
     println!("admin {} ({})", user.email.as_str(), user.id);
     println!("api token (shown once): {}", issued.secret.expose());
     Ok(())
