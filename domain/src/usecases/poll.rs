@@ -299,7 +299,7 @@ impl PollHandler {
         };
         // Steps are spans only inside a traced poll (the worker's span), never on their own.
         let traced = !tracing::Span::current().is_none();
-        let step = |make: fn() -> tracing::Span| {
+        let step = |make: &dyn Fn() -> tracing::Span| {
             if traced {
                 make()
             } else {
@@ -310,12 +310,13 @@ impl PollHandler {
         let result = self
             .client
             .fetch(&request)
-            .instrument(step(|| tracing::debug_span!("poll.fetch")))
+            .instrument(step(&|| tracing::info_span!("poll.fetch")))
             .await;
         let received_at = self.clock.now();
         let (outcome, values) = match result {
             Ok(response) => {
-                tracing::debug_span!("poll.parse", status = response.status).in_scope(|| {
+                let status = response.status;
+                step(&|| tracing::info_span!("poll.parse", status)).in_scope(|| {
                     interpret_response(
                         chamber.format,
                         &loaded.detectors,

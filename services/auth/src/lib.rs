@@ -142,8 +142,20 @@ impl AuthCheck {
         }
     }
 
-    /// The decision for one request (what `Check` answers), for tests and the in-process layer.
+    /// The decision for one request (what `Check` answers), for tests and the in-process layer;
+    /// counted and timed by decision (`chamberlain_auth_checks_total{decision}`).
     pub async fn decide(&self, request: &CheckRequest) -> CheckResponse {
+        let started = std::time::Instant::now();
+        let (response, decision) = self.decision(request).await;
+        let m = chamberlain_telemetry::instruments();
+        let attributes = [opentelemetry::KeyValue::new("decision", decision)];
+        m.auth_checks.add(1, &attributes);
+        m.auth_duration
+            .record(started.elapsed().as_secs_f64(), &attributes);
+        response
+    }
+
+    async fn decision(&self, request: &CheckRequest) -> (CheckResponse, &'static str) {
         let http = request
             .attributes
             .as_ref()
@@ -158,17 +170,20 @@ impl AuthCheck {
         if ANONYMOUS_METHODS.contains(&path) {
             let client = request.get_client_address().cloned().unwrap_or_default();
             if self.sign_ins.check_key(&client).is_err() {
-                return denied(
-                    HttpStatusCode::TooManyRequests,
-                    Status::resource_exhausted("too many sign-in attempts; wait a moment"),
-                    caller_speaks_grpc,
+                return (
+                    denied(
+                        HttpStatusCode::TooManyRequests,
+                        Status::resource_exhausted("too many sign-in attempts; wait a moment"),
+                        caller_speaks_grpc,
+                    ),
+                    "rate_limited",
                 );
             }
             let mut ok = OkHttpResponseBuilder::new();
             ok.remove_header(IDENTITY_HEADER);
             let mut response = CheckResponse::with_status(Status::ok("anonymous sign-in"));
             response.set_http_response(ok.build());
-            return response;
+            return (response, "anonymous");
         }
         let authorization = request
             .get_client_headers()
@@ -177,10 +192,13 @@ impl AuthCheck {
         match self.auth.authenticate(authorization).await {
             Ok(identity) => {
                 if self.per_user.check_key(&identity.actor.user_id).is_err() {
-                    return denied(
-                        HttpStatusCode::TooManyRequests,
-                        Status::resource_exhausted("rate limit exceeded; slow down"),
-                        caller_speaks_grpc,
+                    return (
+                        denied(
+                            HttpStatusCode::TooManyRequests,
+                            Status::resource_exhausted("rate limit exceeded; slow down"),
+                            caller_speaks_grpc,
+                        ),
+                        "rate_limited",
                     );
                 }
                 let mut ok: OkHttpResponseBuilder = OkHttpResponseBuilder::new();
@@ -193,19 +211,25 @@ impl AuthCheck {
                 .remove_header("authorization");
                 let mut response = CheckResponse::with_status(Status::ok("authenticated"));
                 response.set_http_response(ok.build());
-                response
+                (response, "allowed")
             }
-            Err(AuthError::Unauthenticated(why)) => denied(
-                HttpStatusCode::Unauthorized,
-                Status::unauthenticated(why.to_string()),
-                caller_speaks_grpc,
+            Err(AuthError::Unauthenticated(why)) => (
+                denied(
+                    HttpStatusCode::Unauthorized,
+                    Status::unauthenticated(why.to_string()),
+                    caller_speaks_grpc,
+                ),
+                "unauthenticated",
             ),
             Err(AuthError::Unavailable { message }) => {
                 tracing::warn!(error = %message, "token store unavailable; refusing");
-                denied(
-                    HttpStatusCode::ServiceUnavailable,
-                    Status::unavailable("authentication unavailable; retry later"),
-                    caller_speaks_grpc,
+                (
+                    denied(
+                        HttpStatusCode::ServiceUnavailable,
+                        Status::unavailable("authentication unavailable; retry later"),
+                        caller_speaks_grpc,
+                    ),
+                    "unavailable",
                 )
             }
         }

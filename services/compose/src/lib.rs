@@ -3,6 +3,7 @@
 pub mod commands;
 pub mod distributed;
 pub mod embedded;
+pub mod envoy;
 pub mod settings;
 mod shutdown;
 mod storage;

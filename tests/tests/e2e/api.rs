@@ -937,10 +937,7 @@ async fn a_burst_beyond_the_rate_limit_is_refused_for_the_excess() {
 /// Every cluster the config names is defined, and authorization fails closed.
 #[test]
 fn the_envoy_config_names_only_defined_clusters_and_fails_closed() {
-    let yaml = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/envoy.yaml"),
-    )
-    .unwrap();
+    let yaml = chamberlain_compose::envoy::TEMPLATE;
     let value_of = |line: &str, key: &str| -> Option<String> {
         let at = line.find(key)?;
         let rest = &line[at + key.len()..];

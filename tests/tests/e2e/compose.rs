@@ -42,6 +42,8 @@ fn the_compose_file_is_valid_and_runs_every_role() {
         "postgres",
         "redis",
         "migrate",
+        "descriptor-set",
+        "envoy-config",
         "envoy",
         "otel-collector",
         "jaeger",
@@ -79,4 +81,80 @@ fn the_compose_file_refuses_to_run_without_an_identity_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The one-shot `envoy-config` service's settings, given to the real binary, render a
+/// configuration the real Envoy accepts, pointing at the compose network's gateway and auth.
+#[test]
+fn the_compose_envoy_config_service_renders_a_config_envoy_accepts() {
+    let out = config(&[], Some("a-compose-test-key-of-at-least-32-bytes"));
+    assert!(out.status.success());
+    let resolved = String::from_utf8(out.stdout).unwrap();
+    // The service's block: from `  envoy-config:` to the next service at the same indent.
+    let start = resolved
+        .find("\n  envoy-config:\n")
+        .expect("an envoy-config service");
+    let block: Vec<&str> = resolved[start + 1..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("   ") || l.is_empty())
+        .collect();
+    let block = block.join("\n");
+    assert!(
+        block.contains("- envoy-config") && block.contains("/etc/envoy/envoy.yaml"),
+        "{block}"
+    );
+    let env: Vec<(String, String)> = block
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("CHAMBERLAIN_ENVOY_"))
+        .map(|(k, v)| (k.to_owned(), v.trim_matches(['\'', '"']).to_owned()))
+        .collect();
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "CHAMBERLAIN_ENVOY_GATEWAY" && v == "gateway:50051"),
+        "{env:?}"
+    );
+    let dir = std::env::temp_dir().join(format!("chamberlain-compose-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rendered = dir.join("envoy.yaml");
+    let bin = chamberlain_tests::chamberlain_bin();
+    let described = Command::new(&bin)
+        .args(["descriptor-set", "--out"])
+        .arg(dir.join("chamberlain.pb"))
+        .output()
+        .unwrap();
+    assert!(described.status.success());
+    let mut cmd = Command::new(&bin);
+    cmd.arg("envoy-config").arg("--out").arg(&rendered);
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    // The descriptor where this test wrote it, not the container's path.
+    cmd.env("CHAMBERLAIN_ENVOY_DESCRIPTOR", dir.join("chamberlain.pb"));
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = std::fs::read_to_string(&rendered).unwrap();
+    for upstream in [
+        r#"address: "gateway", port_value: 50051"#,
+        r#"address: "auth", port_value: 50052"#,
+        r#"address: "0.0.0.0", port_value: 8080"#,
+    ] {
+        assert!(yaml.contains(upstream), "{upstream} in {yaml}");
+    }
+    let validated = Command::new(chamberlain_tests::api_stack::envoy_bin())
+        .args(["--mode", "validate", "-c"])
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    assert!(
+        validated.status.success(),
+        "envoy --mode validate: {}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

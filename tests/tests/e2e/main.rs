@@ -14,3 +14,4 @@ mod processes;
 mod standalone;
 mod support;
 mod telemetry;
+mod walkthrough;

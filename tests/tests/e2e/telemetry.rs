@@ -244,9 +244,11 @@ async fn one_trace_follows_a_poll_from_the_scheduler_through_the_queue_and_metri
         ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=e2e"),
     ];
+    let mut worker_env = otel.to_vec();
+    worker_env.push(("CHAMBERLAIN_TRACE_LEVEL", "debug"));
     let _processes = Processes(vec![
         spawn("scheduler", &fleet, &prefix, &otel),
-        spawn("worker", &fleet, &prefix, &otel),
+        spawn("worker", &fleet, &prefix, &worker_env),
     ]);
 
     until(Duration::from_secs(60), "a complete poll trace", || {
@@ -280,7 +282,17 @@ async fn one_trace_follows_a_poll_from_the_scheduler_through_the_queue_and_metri
         assert_eq!(trace[worker_span].service, "chamberlain-worker");
     }
 
-    // Repository calls are traced only within traced work: none starts a trace of its own.
+    // Repository calls (at the debug trace level) are traced only within traced work: none
+    // starts a trace of its own.
+    until(Duration::from_secs(30), "the worker's db spans", || {
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.name.starts_with("db ") && s.service == "chamberlain-worker")
+    })
+    .await;
     let db_spans: Vec<ReceivedSpan> = collector
         .spans
         .lock()
@@ -363,6 +375,46 @@ async fn one_trace_follows_a_poll_from_the_scheduler_through_the_queue_and_metri
 /// A Prometheus text exposition, checked line by line: every sample belongs to a family
 /// declared by `# TYPE` before it, names and labels are well formed, values parse; histogram
 /// buckets are cumulative and end at `+Inf` = `_count`. Returns samples by `name{labels}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn db_spans_are_exported_only_at_the_debug_trace_level() {
+    let (collector, endpoint) = start_collector().await;
+    let (_sim, fleet) = simulated_fleet(2).await;
+    let prefix = TestPrefix::new();
+    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let _processes = Processes(vec![
+        spawn("scheduler", &fleet, &prefix, &otel),
+        spawn("worker", &fleet, &prefix, &otel),
+    ]);
+    // Three complete polls, each written by the worker through the store: at the debug level
+    // each write would have its db spans.
+    until(Duration::from_secs(60), "three traced polls", || {
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.name == "poll.write")
+            .count()
+            >= 3
+    })
+    .await;
+    let names: Vec<String> = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with("db ")),
+        "CHAMBERLAIN_TRACE_LEVEL defaults to info, which has no db spans: {names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "poll.fetch"),
+        "the poll's steps are info spans"
+    );
+}
+
 fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
     let mut types: HashMap<String, String> = HashMap::new();
     let mut samples = BTreeMap::new();

@@ -48,6 +48,9 @@ pub enum Command {
     AdminToken(AdminTokenArgs),
     /// Write the API's protobuf descriptor set, which Envoy's JSON transcoder loads.
     DescriptorSet(DescriptorSetArgs),
+    /// Write Envoy's configuration for this deployment (listener, the gateway and auth
+    /// replicas, the descriptor set, the collector), rendered from the built-in template.
+    EnvoyConfig(crate::envoy::EnvoyConfigArgs),
 }
 
 impl Command {
@@ -64,7 +67,8 @@ impl Command {
             | Self::Simulate(_)
             | Self::Bootstrap(_)
             | Self::AdminToken(_)
-            | Self::DescriptorSet(_) => "chamberlain",
+            | Self::DescriptorSet(_)
+            | Self::EnvoyConfig(_) => "chamberlain",
         }
     }
 }
@@ -105,6 +109,7 @@ async fn dispatch(command: Command, telemetry: &Telemetry) -> Result<(), anyhow:
         Command::Bootstrap(args) => api::bootstrap(args).await,
         Command::AdminToken(args) => api::admin_token(args).await,
         Command::DescriptorSet(args) => api::descriptor_set(&args),
+        Command::EnvoyConfig(args) => crate::envoy::envoy_config(&args),
         Command::Simulate(args) => chamberlain_simulator::run_cli(args, shutdown_signal())
             .await
             .map(|_report| ())
