@@ -3,8 +3,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{KeyError, MAX_KEY_LEN, ParseError, ValueProblem, finite, utf8_text};
 
@@ -89,9 +92,130 @@ impl From<JsonPointer> for String {
 /// with Python's `json` module, the bare literals `NaN`, `Infinity` and `-Infinity` (outside
 /// strings) are read as the strings `"NaN"`, `"Infinity"` and `"-Infinity"`, so the detectors
 /// they belong to get [`ValueProblem::NonFinite`] while the rest of the document stays usable.
+///
+/// A key that appears twice in one object (`{"t": 1, "t": 999}`) is remembered as ambiguous
+/// rather than resolved to either value: a detector whose pointer passes through it gets
+/// [`ValueProblem::Ambiguous`], and the other detectors of the body are unaffected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonDocument {
-    root: Value,
+    root: Node,
+}
+
+/// A JSON value as the lookups need it, with duplicated object keys kept as [`Node::Ambiguous`].
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Null,
+    Bool(bool),
+    Number(f64),
+    String(String),
+    Array(Vec<Node>),
+    Object(BTreeMap<String, Node>),
+    /// What an object holds under a key it has more than once.
+    Ambiguous,
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Node, E> {
+        Ok(Node::Bool(value))
+    }
+
+    #[allow(clippy::cast_precision_loss, reason = "JSON numbers are read as f64")]
+    fn visit_i64<E>(self, value: i64) -> Result<Node, E> {
+        Ok(Node::Number(value as f64))
+    }
+
+    #[allow(clippy::cast_precision_loss, reason = "JSON numbers are read as f64")]
+    fn visit_u64<E>(self, value: u64) -> Result<Node, E> {
+        Ok(Node::Number(value as f64))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Node, E> {
+        Ok(Node::Number(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Node, E> {
+        Ok(Node::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Node, E> {
+        Ok(Node::String(value))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Node::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = BTreeMap::new();
+        while let Some((key, value)) = map.next_entry::<String, Node>()? {
+            match entries.entry(key) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(value);
+                }
+                Entry::Occupied(mut taken) => {
+                    taken.insert(Node::Ambiguous);
+                }
+            }
+        }
+        Ok(Node::Object(entries))
+    }
+}
+
+impl Node {
+    /// What `pointer` (RFC 6901, as `serde_json::Value::pointer` reads it) reaches: `None` when
+    /// nothing is there, [`Node::Ambiguous`] as soon as the path crosses a duplicated key.
+    fn at(&self, pointer: &str) -> Option<&Node> {
+        let mut here = self;
+        for token in pointer.split('/').skip(1) {
+            let token = unescape(token);
+            here = match here {
+                Node::Ambiguous => return Some(here),
+                Node::Object(entries) => entries.get(token.as_ref())?,
+                Node::Array(items) => items.get(array_index(&token)?)?,
+                _ => return None,
+            };
+        }
+        Some(here)
+    }
+}
+
+/// A pointer token with `~1` read as `/` and `~0` as `~`.
+fn unescape(token: &str) -> std::borrow::Cow<'_, str> {
+    if token.contains('~') {
+        token.replace("~1", "/").replace("~0", "~").into()
+    } else {
+        token.into()
+    }
+}
+
+/// An array index as RFC 6901 writes it: digits, no sign, no leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() > 1) {
+        return None;
+    }
+    token.parse().ok()
 }
 
 impl JsonDocument {
@@ -120,18 +244,18 @@ impl JsonDocument {
     /// - `null`, or nothing at `pointer`, is [`ValueProblem::Missing`];
     /// - an array, an object or any other string is [`ValueProblem::Unparsable`];
     /// - NaN or an infinity (`"NaN"`, `"inf"`, `"-Infinity"`, `"1e999"`, ...) is
-    ///   [`ValueProblem::NonFinite`].
+    ///   [`ValueProblem::NonFinite`];
+    /// - a path through a key that its object has more than once is
+    ///   [`ValueProblem::Ambiguous`].
     pub fn value(&self, pointer: &JsonPointer) -> Result<f64, ValueProblem> {
-        match self.root.pointer(pointer.as_str()) {
-            None | Some(Value::Null) => Err(ValueProblem::Missing),
-            Some(Value::Bool(true)) => Ok(1.0),
-            Some(Value::Bool(false)) => Ok(0.0),
-            Some(Value::Number(number)) => number
-                .as_f64()
-                .ok_or(ValueProblem::Unparsable)
-                .and_then(finite),
-            Some(Value::String(text)) => number_in_string(text),
-            Some(Value::Array(_) | Value::Object(_)) => Err(ValueProblem::Unparsable),
+        match self.root.at(pointer.as_str()) {
+            None | Some(Node::Null) => Err(ValueProblem::Missing),
+            Some(Node::Ambiguous) => Err(ValueProblem::Ambiguous),
+            Some(Node::Bool(true)) => Ok(1.0),
+            Some(Node::Bool(false)) => Ok(0.0),
+            Some(Node::Number(number)) => finite(*number),
+            Some(Node::String(text)) => number_in_string(text),
+            Some(Node::Array(_) | Node::Object(_)) => Err(ValueProblem::Unparsable),
         }
     }
 }
@@ -203,6 +327,7 @@ fn quote_non_finite_literals(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+    use serde_json::Value;
 
     use super::*;
 
@@ -313,6 +438,63 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&pointer("/a~1b")).ok().as_deref(),
             Some(r#""/a~1b""#)
+        );
+    }
+
+    // --- Repeated keys ---
+
+    #[test]
+    fn a_key_given_twice_is_ambiguous_whichever_value_comes_last() {
+        assert_eq!(
+            value(r#"{"t": 1, "t": 999}"#, "/t"),
+            Err(ValueProblem::Ambiguous)
+        );
+        assert_eq!(
+            value(r#"{"t": 999, "t": 1}"#, "/t"),
+            Err(ValueProblem::Ambiguous)
+        );
+        // Even the same value twice: the chamber said the key twice.
+        assert_eq!(
+            value(r#"{"t": 1, "t": 1}"#, "/t"),
+            Err(ValueProblem::Ambiguous)
+        );
+        // Three times, or once null and once a number.
+        assert_eq!(
+            value(r#"{"t": 1, "t": 2, "t": 3}"#, "/t"),
+            Err(ValueProblem::Ambiguous)
+        );
+        assert_eq!(
+            value(r#"{"t": null, "t": 2}"#, "/t"),
+            Err(ValueProblem::Ambiguous)
+        );
+    }
+
+    #[test]
+    fn a_path_through_a_repeated_key_is_ambiguous_and_other_keys_are_not() {
+        let body = r#"{"a": {"x": 1}, "a": {"x": 2}, "b": 3, "c": [{"v": 4, "v": 5}, {"v": 6}]}"#;
+        assert_eq!(value(body, "/a/x"), Err(ValueProblem::Ambiguous));
+        assert_eq!(value(body, "/a"), Err(ValueProblem::Ambiguous));
+        assert_eq!(
+            value(body, "/a/nothing/deeper"),
+            Err(ValueProblem::Ambiguous)
+        );
+        assert_eq!(value(body, "/b"), Ok(3.0));
+        assert_eq!(value(body, "/c/0/v"), Err(ValueProblem::Ambiguous));
+        assert_eq!(value(body, "/c/1/v"), Ok(6.0));
+        // The same key in two different objects is not a repeat.
+        assert_eq!(value(r#"{"p": {"t": 1}, "q": {"t": 2}}"#, "/q/t"), Ok(2.0));
+    }
+
+    #[test]
+    fn repeated_keys_are_compared_after_unescaping() {
+        // "\u0074" is "t": the same key spelled two ways.
+        assert_eq!(
+            value(r#"{"t": 1, "\u0074": 2}"#, "/t"),
+            Err(ValueProblem::Ambiguous)
+        );
+        assert_eq!(
+            value(r#"{"a/b": 1, "a/b": 2}"#, "/a~1b"),
+            Err(ValueProblem::Ambiguous)
         );
     }
 
@@ -634,10 +816,27 @@ mod tests {
             if let Ok(parsed) = parsed {
                 match parsed.value(&at) {
                     Ok(number) => prop_assert!(number.is_finite()),
-                    Err(ValueProblem::Ambiguous) => prop_assert!(false, "json is never ambiguous"),
+                    Err(ValueProblem::Ambiguous) => {
+                        prop_assert!(false, "a document without repeated keys is never ambiguous");
+                    }
                     Err(_) => {}
                 }
             }
+        }
+
+        #[test]
+        fn prop_a_repeated_key_makes_its_paths_ambiguous_and_no_other(
+            first in json_value(),
+            second in json_value(),
+            other in -1e6f64..1e6,
+        ) {
+            let body = format!(r#"{{"k": {first}, "other": {other}, "k": {second}}}"#);
+            let parsed = document(&body);
+            prop_assert_eq!(parsed.value(&pointer("/k")), Err(ValueProblem::Ambiguous));
+            prop_assert_eq!(parsed.value(&pointer("/k/0")), Err(ValueProblem::Ambiguous));
+            let expected: f64 = serde_json::from_str(&other.to_string())
+                .map_err(|error| TestCaseError::fail(error.to_string()))?;
+            prop_assert_eq!(parsed.value(&pointer("/other")), Ok(expected));
         }
 
         #[test]
