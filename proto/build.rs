@@ -45,6 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `prost::Name` on every message: the CLI prints any reply as JSON by its full name.
     config.enable_type_names();
     tonic_prost_build::configure()
+        // A message that does not decode (invalid UTF-8 in a string, a truncated field) is the
+        // caller's mistake: INVALID_ARGUMENT, not prost's INTERNAL (see src/codec.rs).
+        .codec_path("crate::codec::ApiCodec")
         .file_descriptor_set_path(out.join("chamberlain_descriptor.bin"))
         .compile_with_config(
             config,

@@ -6,6 +6,8 @@
     reason = "generated code"
 )]
 
+pub mod codec;
+
 /// `chamberlain.v1`: the API's messages, clients (`*_client`) and servers (`*_server`).
 pub mod v1 {
     tonic::include_proto!("chamberlain.v1");

@@ -86,6 +86,16 @@ def main():
     section = create_section(request(name="python lab"), timeout=10)
     ok("section", section.id)
 
+    # Bytes that are not a valid CreateSectionRequest (field 1, `name`, holding invalid UTF-8),
+    # sent as they are: the caller's mistake, INVALID_ARGUMENT, not INTERNAL.
+    raw = channel.unary_unary("/chamberlain.v1.SectionService/CreateSection")
+    try:
+        raw(b"\x0a\x03a\xff\xfe", timeout=10)
+        raise AssertionError("invalid UTF-8 was accepted")
+    except grpc.RpcError as refused:
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, (refused.code(), refused.details())
+        ok("invalid utf-8", refused.code().name)
+
     # A chamber without `format`: proto3 leaves it empty, and it means JSON.
     request, create_chamber = method(channel, "chamberlain.v1.ChamberService", "CreateChamber")
     new_detector = message_factory.GetMessageClass(

@@ -53,7 +53,11 @@ pub fn dur(d: Duration) -> prost_types::Duration {
     }
 }
 
-/// An optional duration; negative ones are refused.
+/// The largest `seconds` a `google.protobuf.Duration` may hold (10,000 years).
+const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+
+/// An optional duration; negative ones, and ones outside `google.protobuf.Duration`'s ranges,
+/// are refused naming `field`.
 pub fn duration(
     field: &str,
     d: Option<&prost_types::Duration>,
@@ -61,6 +65,14 @@ pub fn duration(
     let Some(d) = d else { return Ok(None) };
     if d.seconds < 0 || d.nanos < 0 {
         return Err(invalid(field, "must not be negative"));
+    }
+    // google.protobuf.Duration's own ranges: nanos below one second, seconds within 10,000
+    // years. (nanos = 2,000,000,000 used to be read as two more seconds.)
+    if d.nanos >= 1_000_000_000 {
+        return Err(invalid(field, "nanos must be within 0..999,999,999"));
+    }
+    if d.seconds > MAX_DURATION_SECONDS {
+        return Err(invalid(field, "seconds must be at most 315,576,000,000"));
     }
     Ok(Some(
         Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
@@ -127,4 +139,41 @@ pub fn page<K>(
 
 pub fn token_of<K: ToString>(next: Option<K>) -> String {
     next.map(|k| k.to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(seconds: i64, nanos: i32) -> prost_types::Duration {
+        prost_types::Duration { seconds, nanos }
+    }
+
+    #[test]
+    fn durations_outside_protobufs_ranges_are_refused_naming_the_field() {
+        for bad in [
+            d(4, 2_000_000_000),
+            d(0, 1_000_000_000),
+            d(-1, 0),
+            d(0, -1),
+            d(315_576_000_001, 0),
+        ] {
+            let refused = duration("interval", Some(&bad)).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(
+                refused.message().contains("interval"),
+                "{}",
+                refused.message()
+            );
+        }
+        assert_eq!(
+            duration("interval", Some(&d(4, 999_999_999))).unwrap(),
+            Some(Duration::new(4, 999_999_999))
+        );
+        assert_eq!(
+            duration("interval", Some(&d(315_576_000_000, 0))).unwrap(),
+            Some(Duration::from_secs(315_576_000_000))
+        );
+        assert_eq!(duration("interval", None).unwrap(), None);
+    }
 }

@@ -44,6 +44,7 @@ async fn a_python_grpcio_client_uses_the_api_through_envoy_by_reflection_alone()
         "ok reflection",
         "ok health SERVING without a token",
         "ok section",
+        "ok invalid utf-8 INVALID_ARGUMENT",
         "ok chamber",
         "format=json",
         "ok interval 10s",
