@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Rule, ValidationError};
 use crate::limits::{MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_UNIT_CHARS};
 
+/// Whether `c` is an invisible formatting character (Unicode category Cf: bidi overrides and
+/// isolates, zero-width space, byte order mark, soft hyphen, ...) that a name must not hide.
+/// The zero-width joiner and non-joiner are allowed: Persian, Indic scripts and emoji sequences
+/// need them.
+fn is_hidden_format(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.general_category() == GeneralCategory::Format && !matches!(c, '\u{200C}' | '\u{200D}')
+}
+
+/// `raw` trimmed and in Unicode normalization form C (so the composed and decomposed spellings
+/// of one name are one name), or the rule it breaks.
 fn check_text(
     field: &'static str,
     raw: &str,
@@ -14,7 +25,9 @@ fn check_text(
     required: bool,
     allow_newlines: bool,
 ) -> Result<String, ValidationError> {
-    let s = raw.trim();
+    use unicode_normalization::UnicodeNormalization;
+    let normalized: String = raw.trim().nfc().collect();
+    let s = normalized.as_str();
     if required && s.is_empty() {
         return Err(ValidationError::new(field, Rule::Required));
     }
@@ -33,11 +46,21 @@ fn check_text(
     {
         return Err(ValidationError::new(field, Rule::ControlCharacter));
     }
-    Ok(s.to_owned())
+    if let Some(hidden) = s.chars().find(|c| is_hidden_format(*c)) {
+        return Err(ValidationError::new(
+            field,
+            Rule::Format(format!(
+                "must not contain invisible formatting characters (U+{:04X})",
+                u32::from(hidden)
+            )),
+        ));
+    }
+    Ok(normalized)
 }
 
 /// The name of an organization, section, chamber, detector or batch: 1 to 200 characters after
-/// trimming, no control characters.
+/// trimming, no control characters and no invisible formatting characters (right-to-left
+/// override, zero-width space, BOM, ...), kept in Unicode NFC so that one name has one spelling.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Name(String);
@@ -151,6 +174,42 @@ string_conversions!(Name, Description, Unit, Email);
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn invisible_formatting_characters_are_refused_naming_the_character() {
+        for (text, code) in [
+            ("Growth\u{202E}2 moor", "U+202E"), // right-to-left override
+            ("Gro\u{200B}wth", "U+200B"),       // zero-width space
+            ("\u{FEFF}Growth", "U+FEFF"),       // byte order mark
+            ("Growth\u{2066}1", "U+2066"),      // left-to-right isolate
+            ("Gro\u{00AD}wth", "U+00AD"),       // soft hyphen
+        ] {
+            let refused = Name::parse(text).unwrap_err();
+            assert_eq!(refused.field, "name");
+            assert!(refused.to_string().contains(code), "{text:?}: {refused}");
+            assert!(Unit::parse(text).is_err(), "{text:?} as a unit");
+            assert!(
+                Description::parse(text).is_err(),
+                "{text:?} as a description"
+            );
+        }
+        // The joiners that scripts and emoji need stay allowed.
+        assert!(Name::parse("می\u{200C}خواهم").is_ok());
+        assert!(Name::parse("lab \u{1F469}\u{200D}\u{1F52C}").is_ok());
+    }
+
+    #[test]
+    fn composed_and_decomposed_spellings_are_one_name() {
+        let composed = Name::parse("Kühlraum").unwrap();
+        let decomposed = Name::parse("Ku\u{0308}hlraum").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(decomposed.as_str(), "K\u{00FC}hlraum");
+        assert_eq!(
+            Unit::parse("\u{212B}").unwrap().as_str(),
+            "\u{00C5}",
+            "the Ångström sign is stored as its NFC letter"
+        );
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {
