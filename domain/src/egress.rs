@@ -126,13 +126,13 @@ impl fmt::Display for EgressRefusal {
         match self.embedded {
             None => write!(
                 f,
-                "{} is {}; allowlist it with {ALLOWLIST_SETTING} to poll it",
+                "{} is {}; allowlist it with {ALLOWLIST_SETTING} to reach it",
                 self.address, self.category
             ),
             Some((how, v4)) => write!(
                 f,
                 "{} carries {v4} ({}), which is {}; allowlist {v4} with {ALLOWLIST_SETTING} to \
-                 poll it",
+                 reach it",
                 self.address,
                 how.describe(),
                 self.category

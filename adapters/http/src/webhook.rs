@@ -102,10 +102,14 @@ impl WebhookClient {
             .map_err(|e| permanent(format!("the request cannot be built: {e}")))?;
         let response = self.client.request(request).await.map_err(|e| {
             for source in sources(&e) {
-                if let Some(ConnectError::Blocked(reason) | ConnectError::Unsupported(reason)) =
-                    source.downcast_ref::<ConnectError>()
-                {
-                    return permanent(reason.clone());
+                match source.downcast_ref::<ConnectError>() {
+                    Some(ConnectError::Blocked(reason)) => {
+                        return DeliveryError::Blocked {
+                            reason: reason.clone(),
+                        };
+                    }
+                    Some(ConnectError::Unsupported(reason)) => return permanent(reason.clone()),
+                    _ => {}
                 }
             }
             DeliveryError::Transient {
@@ -135,9 +139,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[async_trait]
 impl DeliveryClient for WebhookClient {
     /// # Errors
-    /// `Transient`: not reached, timed out, or HTTP 408, 425, 429 or 5xx. `Permanent`: another
-    /// non-2xx status (redirects are not followed), an address the egress policy refuses, or a
-    /// transmitter that is not a webhook.
+    /// `Transient`: not reached, timed out, or HTTP 408, 425, 429 or 5xx. `Blocked`: an
+    /// address the egress policy refuses. `Permanent`: another non-2xx status (redirects are
+    /// not followed), or a transmitter that is not a webhook.
     async fn deliver(
         &self,
         transmitter: &Transmitter,

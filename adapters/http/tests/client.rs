@@ -105,7 +105,7 @@ async fn loopback_is_refused_unless_allowlisted() {
     let reason = blocked(within(client().fetch(&get(&chamber.url("/"), GENEROUS))).await);
     assert_eq!(
         reason,
-        "127.0.0.1 is loopback; allowlist it with CHAMBERLAIN_EGRESS_ALLOW to poll it"
+        "127.0.0.1 is loopback; allowlist it with CHAMBERLAIN_EGRESS_ALLOW to reach it"
     );
     // Allowlisted, the same chamber is polled (and had seen nothing before).
     received_only_the_witness(&chamber).await;
@@ -133,7 +133,7 @@ async fn an_ipv4_mapped_loopback_literal_is_refused() {
     assert_eq!(
         reason,
         "::ffff:127.0.0.1 carries 127.0.0.1 (IPv4-mapped), which is loopback; allowlist \
-         127.0.0.1 with CHAMBERLAIN_EGRESS_ALLOW to poll it"
+         127.0.0.1 with CHAMBERLAIN_EGRESS_ALLOW to reach it"
     );
     received_only_the_witness(&chamber).await;
 }

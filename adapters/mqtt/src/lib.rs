@@ -131,8 +131,11 @@ impl MqttClient {
                 Err(e) => refusal = Some(e.to_string()),
             }
         }
-        Err(DeliveryError::Permanent {
-            reason: refusal.unwrap_or_else(|| format!("{broker} has no address")),
+        Err(match refusal {
+            Some(reason) => DeliveryError::Blocked { reason },
+            None => DeliveryError::Permanent {
+                reason: format!("{broker} has no address"),
+            },
         })
     }
 
@@ -183,8 +186,8 @@ impl MqttClient {
 impl DeliveryClient for MqttClient {
     /// # Errors
     /// `Transient`: the broker cannot be reached or resolved, the connection failed, or no
-    /// PUBACK came within [`PUBLISH_TIMEOUT`]. `Permanent`: the egress policy refuses the
-    /// broker's address, the topic is not valid, or the transmitter is not an MQTT one.
+    /// PUBACK came within [`PUBLISH_TIMEOUT`]. `Blocked`: the egress policy refuses the broker's
+    /// address. `Permanent`: the topic is not valid, or the transmitter is not an MQTT one.
     async fn deliver(
         &self,
         transmitter: &Transmitter,

@@ -147,7 +147,7 @@ async fn a_broker_outside_the_egress_policy_is_refused_without_connecting() {
     let t = transmitter(&broker_url(), "x");
     let err = client.deliver(&t, &delivery(1)).await.unwrap_err();
     assert!(
-        matches!(&err, DeliveryError::Permanent { reason } if reason.contains("127.0.0.1")),
+        matches!(&err, DeliveryError::Blocked { reason } if reason.contains("127.0.0.1")),
         "{err:?}"
     );
 }

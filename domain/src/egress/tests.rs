@@ -267,17 +267,17 @@ fn refusals_say_what_the_address_is_and_how_to_allow_it() {
     let refusal = |ip: &str| strict().check(ip.parse().unwrap()).unwrap_err().to_string();
     assert_eq!(
         refusal("127.0.0.1"),
-        "127.0.0.1 is loopback; allowlist it with CHAMBERLAIN_EGRESS_ALLOW to poll it"
+        "127.0.0.1 is loopback; allowlist it with CHAMBERLAIN_EGRESS_ALLOW to reach it"
     );
     assert_eq!(
         refusal("169.254.169.254"),
         "169.254.169.254 is link-local (where cloud metadata services answer); allowlist it \
-         with CHAMBERLAIN_EGRESS_ALLOW to poll it"
+         with CHAMBERLAIN_EGRESS_ALLOW to reach it"
     );
     assert_eq!(
         refusal("::ffff:10.1.2.3"),
         "::ffff:10.1.2.3 carries 10.1.2.3 (IPv4-mapped), which is private; allowlist 10.1.2.3 \
-         with CHAMBERLAIN_EGRESS_ALLOW to poll it"
+         with CHAMBERLAIN_EGRESS_ALLOW to reach it"
     );
     assert!(refusal("2001::1").contains("is a Teredo tunnel address"));
     assert!(refusal("100.64.0.1").contains("is shared address space"));

@@ -14,6 +14,11 @@ pub enum DeliveryError {
     /// policy forbids it, or this client does not serve the destination's kind.
     #[error("delivery refused: {reason}")]
     Permanent { reason: String },
+    /// The egress policy refuses the destination's address: every delivery to it will be
+    /// refused the same way until the allowlist or the transmitter changes, so the forwarder
+    /// reports it once per transmitter rather than once per event.
+    #[error("destination blocked: {reason}")]
+    Blocked { reason: String },
 }
 
 /// Sends deliveries. An adapter serves one or more kinds of

@@ -50,6 +50,9 @@ pub struct ForwardStats {
     pub dead_lettered: AtomicU64,
     /// Deliveries dropped because their lane was full.
     pub dropped: AtomicU64,
+    /// Deliveries not attempted because the egress policy blocks their transmitter's
+    /// destination (reported once per transmitter, with one dead letter).
+    pub blocked: AtomicU64,
 }
 
 struct Lane {
@@ -212,13 +215,28 @@ async fn run_lane(
     retry: RetryPolicy,
     stats: Arc<ForwardStats>,
 ) {
+    // Set once the egress policy has blocked this transmitter's destination: the block was
+    // reported (a WARN and a dead letter) and later deliveries are only counted, until one goes
+    // through (the destination's address changed) or the transmitter is changed (a new lane).
+    let mut blocked = false;
     while let Some(delivery) = rx.recv().await {
         let mut attempt = 1;
         let last_error = loop {
             match client.deliver(&transmitter, &delivery).await {
                 Ok(()) => {
                     stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    blocked = false;
                     break None;
+                }
+                Err(DeliveryError::Blocked { reason }) => {
+                    stats.blocked.fetch_add(1, Ordering::Relaxed);
+                    if blocked {
+                        tracing::debug!(transmitter = %transmitter.id, %reason, "destination still blocked; delivery skipped");
+                        break None;
+                    }
+                    blocked = true;
+                    tracing::warn!(transmitter = %transmitter.id, %reason, "destination blocked by the egress policy; later deliveries to it are counted, not logged, until it changes");
+                    break Some(reason);
                 }
                 Err(DeliveryError::Permanent { reason }) => break Some(reason),
                 Err(DeliveryError::Transient { reason }) => match retry.backoff_after(attempt) {

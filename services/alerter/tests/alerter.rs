@@ -42,6 +42,8 @@ impl Clock for TokioClock {
 struct FakeDestination {
     fail_first: AtomicU32,
     permanent: bool,
+    /// Every delivery refused by the egress policy.
+    blocked: bool,
     hang: bool,
     attempts: Mutex<Vec<(tokio::time::Instant, DeliveryKind)>>,
     delivered: Mutex<Vec<Delivery>>,
@@ -56,6 +58,13 @@ impl DeliveryClient for FakeDestination {
             .push((tokio::time::Instant::now(), delivery.kind));
         if self.hang {
             std::future::pending::<()>().await;
+        }
+        if self.blocked {
+            return Err(DeliveryError::Blocked {
+                reason:
+                    "127.0.0.1 is loopback; allowlist it with CHAMBERLAIN_EGRESS_ALLOW to reach it"
+                        .into(),
+            });
         }
         if self
             .fail_first
@@ -291,6 +300,49 @@ async fn a_refused_delivery_is_dead_lettered_at_once() {
         .await
         .unwrap();
     assert_eq!(letters.items[0].last_error, "HTTP 410");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_destination_is_reported_once_per_transmitter_and_counted_per_event() {
+    let w = world().await;
+    let t = transmitter(&w, "pager", Forwarded::new(false, true).unwrap()).await;
+    let dest = Arc::new(FakeDestination {
+        blocked: true,
+        ..FakeDestination::default()
+    });
+    let clock = Arc::new(TokioClock {
+        start: tokio::time::Instant::now(),
+    });
+    let mut forwarder = Forwarder::new(w.store.clone(), dest.clone(), clock, settings(5));
+    forwarder.reload().await.unwrap();
+    for _ in 0..10 {
+        forwarder.offer(&alert_event(&w));
+    }
+    let stats = forwarder.stats();
+    until(Duration::from_secs(10), || {
+        stats.blocked.load(Ordering::Relaxed) == 10
+    })
+    .await;
+    assert_eq!(
+        dest.attempts.lock().unwrap().len(),
+        10,
+        "no retries of a block"
+    );
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
+    let letters = w
+        .store
+        .list_dead_letters(w.org, Some(t.id), page())
+        .await
+        .unwrap();
+    let [letter] = letters.items.as_slice() else {
+        panic!("one dead letter for the blocked transmitter: {letters:?}")
+    };
+    assert!(
+        letter.last_error.contains("to reach it"),
+        "{}",
+        letter.last_error
+    );
 }
 
 #[tokio::test(start_paused = true)]
