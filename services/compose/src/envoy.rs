@@ -63,6 +63,14 @@ pub struct EnvoyConfigArgs {
         value_parser = clap::value_parser!(u32).range(1..=10_000_000)
     )]
     rate_limit_per_sec: u32,
+    /// TLS on the API's listener: the certificate chain (PEM) Envoy presents. Needs
+    /// `--tls-key`; without both the listener is plaintext (put TLS in front of it some other
+    /// way).
+    #[arg(long, env = "CHAMBERLAIN_ENVOY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "CHAMBERLAIN_ENVOY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Where to write the configuration (`-`: standard output).
     #[arg(long, default_value = "envoy.yaml")]
     out: PathBuf,
@@ -134,6 +142,8 @@ pub struct EnvoyConfig {
     /// An absolute path.
     pub descriptor: PathBuf,
     pub rate_limit_per_sec: u32,
+    /// The listener's certificate chain and key (absolute paths), if it serves TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn endpoints(raw: &str, flag: &str, var: &str) -> Result<Vec<Endpoint>, anyhow::Error> {
@@ -174,7 +184,29 @@ impl EnvoyConfigArgs {
                 "the path contains a control character",
             ));
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((
+                readable_file(cwd, cert, "--tls-cert", "CHAMBERLAIN_ENVOY_TLS_CERT")?,
+                readable_file(cwd, key, "--tls-key", "CHAMBERLAIN_ENVOY_TLS_KEY")?,
+            )),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(bad_setting(
+                    "--tls-key",
+                    "CHAMBERLAIN_ENVOY_TLS_KEY",
+                    "is required with --tls-cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad_setting(
+                    "--tls-cert",
+                    "CHAMBERLAIN_ENVOY_TLS_CERT",
+                    "is required with --tls-key",
+                ));
+            }
+        };
         Ok(EnvoyConfig {
+            tls,
             listen: one(&self.listen, "--listen", "CHAMBERLAIN_ENVOY_LISTEN")?,
             admin: one(&self.admin, "--admin", "CHAMBERLAIN_ENVOY_ADMIN")?,
             gateways: endpoints(&self.gateway, "--gateway", "CHAMBERLAIN_ENVOY_GATEWAY")?,
@@ -188,6 +220,40 @@ impl EnvoyConfigArgs {
             rate_limit_per_sec: self.rate_limit_per_sec,
         })
     }
+}
+
+/// `path` made absolute from `cwd`, if it names a readable file with a UTF-8, control-free
+/// name (Envoy reads it when it starts; a wrong path is better refused here, naming the flag).
+fn readable_file(cwd: &Path, path: &Path, flag: &str, var: &str) -> Result<PathBuf, anyhow::Error> {
+    let path = cwd.join(path);
+    let text = path
+        .to_str()
+        .ok_or_else(|| bad_setting(flag, var, "the path is not UTF-8"))?;
+    if text.chars().any(char::is_control) {
+        return Err(bad_setting(
+            flag,
+            var,
+            "the path contains a control character",
+        ));
+    }
+    std::fs::File::open(&path)
+        .map_err(|e| bad_setting(flag, var, format!("cannot read {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// The listener's `transport_socket` for TLS (h2 and HTTP/1.1 by ALPN), or nothing.
+fn listener_tls(tls: Option<&(PathBuf, PathBuf)>) -> String {
+    let Some((cert, key)) = tls else {
+        return String::new();
+    };
+    format!(
+        "transport_socket: {{ name: envoy.transport_sockets.tls, typed_config: {{ \"@type\": \
+         type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, \
+         common_tls_context: {{ alpn_protocols: [h2, http/1.1], tls_certificates: [{{ \
+         certificate_chain: {{ filename: {} }}, private_key: {{ filename: {} }} }}] }} }} }}",
+        quoted(&cert.to_string_lossy()),
+        quoted(&key.to_string_lossy())
+    )
 }
 
 /// A YAML double-quoted scalar (JSON's string syntax is valid YAML).
@@ -236,6 +302,7 @@ impl EnvoyConfig {
             ),
             ("DESCRIPTOR", quoted(&self.descriptor.to_string_lossy())),
             ("RATE_LIMIT_PER_SECOND", self.rate_limit_per_sec.to_string()),
+            ("LISTENER_TLS", listener_tls(self.tls.as_ref())),
         ]
     }
 
@@ -299,10 +366,15 @@ pub fn envoy_config(args: &EnvoyConfigArgs) -> Result<(), anyhow::Error> {
             anyhow::anyhow!("cannot write {}: {e}", out.display())
         })?;
     println!(
-        "wrote {}: listener {}:{}, gateway {}, auth {}, descriptor {}",
+        "wrote {}: listener {}:{}{}, gateway {}, auth {}, descriptor {}",
         out.display(),
         config.listen.host,
         config.listen.port,
+        if config.tls.is_some() {
+            " (TLS)"
+        } else {
+            " (plaintext)"
+        },
         list(&config.gateways),
         list(&config.auths),
         config.descriptor.display()
@@ -356,6 +428,38 @@ mod tests {
         assert!(yaml.contains(
             r#"- lb_endpoints: [{ endpoint: { address: { socket_address: { address: "127.0.0.1", port_value: 50051 } } } }]"#
         ));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_puts_them_on_the_listener() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Any readable files stand in for the PEM files: Envoy reads them, not this command.
+        let yaml = args(&["--tls-cert", "Cargo.toml", "--tls-key", "src/envoy.rs"])
+            .config(here)
+            .unwrap()
+            .render();
+        assert!(yaml.contains("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"));
+        assert!(yaml.contains(&format!(
+            "certificate_chain: {{ filename: \"{}/Cargo.toml\" }}",
+            here.display()
+        )));
+        assert!(yaml.contains("alpn_protocols: [h2, http/1.1]"));
+        let plaintext = args(&[]).config(here).unwrap().render();
+        assert!(!plaintext.contains("transport_socket"));
+
+        let alone = args(&["--tls-cert", "Cargo.toml"])
+            .config(here)
+            .unwrap_err();
+        assert!(alone.to_string().contains("--tls-key"), "{alone}");
+        assert!(
+            alone.to_string().contains("CHAMBERLAIN_ENVOY_TLS_KEY"),
+            "{alone}"
+        );
+        let missing = args(&["--tls-cert", "nope.pem", "--tls-key", "Cargo.toml"])
+            .config(here)
+            .unwrap_err();
+        assert!(missing.to_string().contains("--tls-cert"), "{missing}");
+        assert!(missing.to_string().contains("nope.pem"), "{missing}");
     }
 
     #[test]

@@ -1323,3 +1323,131 @@ async fn the_access_log_shows_the_clients_method_and_the_gateways_grpc_status() 
         "NOT_FOUND: {unknown}"
     );
 }
+
+/// `chamberlain envoy-config --tls-cert --tls-key` puts TLS on the listener: curl (a client
+/// that shares no code with ours) reaches the API over HTTPS with the certificate as its CA,
+/// and the same port refuses plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_serves_tls_when_given_a_certificate_and_key() {
+    use std::process::{Command, Stdio};
+
+    use chamberlain_tests::api_stack::{envoy_bin, free_port};
+
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, token) = stack.tenant("tls", Role::Operator).await;
+    let dir = stack.dir.join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A self-signed certificate for localhost, made with the openssl CLI (scripts/test
+    // installs it when missing).
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let (port, admin) = (free_port(), free_port());
+    let rendered = Command::new(chamberlain_tests::chamberlain_bin())
+        .arg("envoy-config")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--gateway", &format!("127.0.0.1:{}", stack.ports.gateway)])
+        .args(["--auth", &format!("127.0.0.1:{}", stack.ports.auth)])
+        .args([
+            "--otel-collector",
+            &format!("127.0.0.1:{}", stack.ports.otel),
+        ])
+        .arg("--descriptor")
+        .arg(stack.dir.join("chamberlain.pb"))
+        .args([
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+            "--out",
+            "envoy.yaml",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rendered.stdout).contains("(TLS)"));
+    let mut envoy = Command::new(envoy_bin())
+        .args([
+            "-c",
+            "envoy.yaml",
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let curl = |url: &str, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "5", "--cacert"])
+            .arg(dir.join("cert.pem"))
+            .args(["--write-out", "\n%{http_code} %{http_version}"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let healthz = format!("https://localhost:{port}/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !curl(&healthz, &[]).0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Envoy with TLS did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let auth = format!("authorization: Bearer {token}");
+    let (ok, out) = curl(
+        &format!("https://localhost:{port}/v1/sections"),
+        &["--http1.1", "-H", &auth],
+    );
+    assert!(ok && out.ends_with("200 1.1"), "HTTP/1.1 over TLS: {out}");
+    let (ok, out) = curl(
+        &format!("https://localhost:{port}/v1/sections"),
+        &["--http2", "-H", &auth],
+    );
+    assert!(ok && out.ends_with("200 2"), "h2 by ALPN: {out}");
+    // Plaintext on the TLS port is refused.
+    let (ok, out) = curl(&format!("http://127.0.0.1:{port}/healthz"), &[]);
+    assert!(!ok || !out.contains("200"), "plaintext answered: {out}");
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+}
