@@ -25,8 +25,16 @@ fn check_text(
     required: bool,
     allow_newlines: bool,
 ) -> Result<String, ValidationError> {
-    use unicode_normalization::UnicodeNormalization;
-    let normalized: String = raw.trim().nfc().collect();
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+    let trimmed = raw.trim();
+    // ASCII (nearly every name) is already NFC and has no formatting characters: no copy, no
+    // per-character table lookups.
+    let ascii = trimmed.is_ascii();
+    let normalized: String = if ascii || is_nfc_quick(trimmed.chars()) == IsNormalized::Yes {
+        trimmed.to_owned()
+    } else {
+        trimmed.nfc().collect()
+    };
     let s = normalized.as_str();
     if required && s.is_empty() {
         return Err(ValidationError::new(field, Rule::Required));
@@ -46,7 +54,7 @@ fn check_text(
     {
         return Err(ValidationError::new(field, Rule::ControlCharacter));
     }
-    if let Some(hidden) = s.chars().find(|c| is_hidden_format(*c)) {
+    if let Some(hidden) = s.chars().find(|c| !ascii && is_hidden_format(*c)) {
         return Err(ValidationError::new(
             field,
             Rule::Format(format!(
