@@ -135,6 +135,7 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
     let users = UserAdmin::new(
         &repositories,
         Arc::new(InsecureTestPasswordHasher),
+        Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
         clock.clone(),
     );
     let (org, admin) = users

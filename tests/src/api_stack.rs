@@ -94,6 +94,7 @@ pub fn write_envoy_config(
     out: &std::path::Path,
     ports: &Ports,
     upstream_gateway: u16,
+    auths: &[u16],
     descriptor: &std::path::Path,
     listener_rate_limit: Option<u32>,
 ) {
@@ -102,7 +103,14 @@ pub fn write_envoy_config(
         .args(["--listen", &format!("127.0.0.1:{}", ports.envoy)])
         .args(["--admin", &format!("127.0.0.1:{}", ports.admin)])
         .args(["--gateway", &format!("127.0.0.1:{upstream_gateway}")])
-        .args(["--auth", &format!("127.0.0.1:{}", ports.auth)])
+        .args([
+            "--auth",
+            &auths
+                .iter()
+                .map(|port| format!("127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ])
         // A closed port: tracing must never hold up a request.
         .args(["--otel-collector", &format!("127.0.0.1:{}", ports.otel)])
         .arg("--descriptor")
@@ -148,6 +156,9 @@ pub struct StackOptions {
     /// Gateway processes besides the one behind Envoy (reached directly, see
     /// [`Stack::signed`]).
     pub extra_gateways: usize,
+    /// Auth processes besides the first, every one behind Envoy (round robin) and sharing the
+    /// stack's database and Redis prefix.
+    pub extra_auths: usize,
 }
 
 pub struct Stack {
@@ -281,12 +292,23 @@ impl Stack {
             .auth_override
             .is_none()
             .then(|| spawn("auth", ports.auth, &options.auth_env));
+        let extra_auth_ports: Vec<u16> = (0..options.extra_auths).map(|_| free_port()).collect();
+        let mut others = others;
+        others.extend(
+            extra_auth_ports
+                .iter()
+                .map(|port| spawn("auth", *port, &options.auth_env)),
+        );
+        let auths: Vec<u16> = std::iter::once(ports.auth)
+            .chain(extra_auth_ports.iter().copied())
+            .collect();
         let config = dir.join("envoy.yaml");
         write_envoy_config(
             &bin,
             &config,
             &ports,
             options.upstream_override.unwrap_or(ports.gateway),
+            &auths,
             &descriptor,
             options.listener_rate_limit,
         );
@@ -318,7 +340,9 @@ impl Stack {
             wait_for("extra gateway", || port_open(port)).await;
         }
         if options.auth_override.is_none() {
-            wait_for("auth service", || port_open(ports.auth)).await;
+            for port in auths {
+                wait_for("auth service", || port_open(port)).await;
+            }
         }
         wait_for("envoy", async || {
             stack.http("GET", "/healthz", None, None).await.0 == 200
@@ -512,6 +536,7 @@ impl Stack {
         let users = UserAdmin::new(
             &Repositories::of(self.store.clone()),
             Arc::new(InsecureTestPasswordHasher),
+            Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
             clock.clone(),
         );
         let (org, admin) = users
@@ -562,6 +587,7 @@ impl Stack {
         Authenticator::new(
             &Repositories::of(self.store.clone()),
             Arc::new(InsecureTestPasswordHasher),
+            Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
             Arc::new(SystemClock),
             AuthSettings::default(),
         )

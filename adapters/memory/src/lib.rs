@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+mod access;
 mod coordination;
 mod events;
 mod queue;
 
+pub use access::MemoryAccessEpoch;
 pub use coordination::{MemoryLeaderLease, MemoryScheduleCheckpoint, SystemClock};
 pub use events::{MemoryChamberChanges, MemoryEventBus};
 pub use queue::MemoryPollQueue;

@@ -60,3 +60,18 @@ mod changes {
         }
     });
 }
+
+mod access {
+    use super::*;
+    use chamberlain_domain::conformance::access::AccessFixture;
+    use chamberlain_memory::MemoryAccessEpoch;
+
+    chamberlain_domain::access_conformance_tests!(async {
+        let epoch = Arc::new(MemoryAccessEpoch::default());
+        AccessFixture {
+            epoch: epoch.clone(),
+            other_epoch: epoch,
+            keepalive: None,
+        }
+    });
+}

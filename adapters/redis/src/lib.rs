@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod access;
 mod config;
 mod connection;
 mod events;
@@ -8,6 +9,7 @@ mod queue;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use access::{ACCESS_READ_TIMEOUT, RedisAccessEpoch};
 pub use config::RedisConfig;
 pub use events::{RedisChamberChanges, RedisEventBus};
 pub use lease::{RedisLeaderLease, RedisScheduleCheckpoint};

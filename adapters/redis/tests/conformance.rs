@@ -70,3 +70,18 @@ mod changes {
         }
     });
 }
+
+mod access {
+    use super::*;
+    use chamberlain_domain::conformance::access::AccessFixture;
+    use chamberlain_redis::RedisAccessEpoch;
+
+    chamberlain_domain::access_conformance_tests!(async {
+        let prefix = TestPrefix::new();
+        AccessFixture {
+            epoch: Arc::new(RedisAccessEpoch::connect(&prefix.config).await.unwrap()),
+            other_epoch: Arc::new(RedisAccessEpoch::connect(&prefix.config).await.unwrap()),
+            keepalive: Some(Arc::new(prefix)),
+        }
+    });
+}

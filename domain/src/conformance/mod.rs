@@ -1,8 +1,8 @@
 //! Port conformance suites: the behaviour every adapter of a port must show, written once and
 //! run against each adapter (memory, SQLite, PostgreSQL for the repositories; memory and Redis
 //! for the queue and the lease) by the macros [`store_conformance_tests!`],
-//! [`queue_conformance_tests!`], [`coordination_conformance_tests!`] and
-//! [`changes_conformance_tests!`].
+//! [`queue_conformance_tests!`], [`coordination_conformance_tests!`],
+//! [`changes_conformance_tests!`] and [`access_conformance_tests!`].
 //!
 //! Each case is an `async fn` that panics on a violation. The macros expand to one
 //! `#[tokio::test]` per case, so the invoking crate needs tokio (macros, rt) as a
@@ -13,7 +13,9 @@
 //! [`queue_conformance_tests!`]: crate::queue_conformance_tests
 //! [`coordination_conformance_tests!`]: crate::coordination_conformance_tests
 //! [`changes_conformance_tests!`]: crate::changes_conformance_tests
+//! [`access_conformance_tests!`]: crate::access_conformance_tests
 
+pub mod access;
 pub mod alerts;
 pub mod changes;
 pub mod coordination;

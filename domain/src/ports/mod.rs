@@ -3,6 +3,7 @@
 //! each has one conformance suite (`crate::conformance`, feature `conformance`) that every
 //! adapter's tests run.
 
+mod access;
 mod alerts;
 mod chamber_client;
 mod coordination;
@@ -13,6 +14,7 @@ mod queue;
 mod repositories;
 mod storage;
 
+pub use access::{AccessEpoch, AccessError};
 pub use alerts::{AlertFilter, AlertRepository, TransmitterRepository};
 pub use chamber_client::{ChamberClient, FetchError, FetchRequest, FetchedResponse};
 pub use coordination::{Clock, LeaderLease, LeaseError, LeaseGrant, ScheduleCheckpoint};
@@ -31,6 +33,8 @@ pub use storage::{
     ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
 };
 
+#[cfg(feature = "mock")]
+pub use access::MockAccessEpoch;
 #[cfg(feature = "mock")]
 pub use alerts::{MockAlertRepository, MockTransmitterRepository};
 #[cfg(feature = "mock")]

@@ -1,9 +1,12 @@
 //! Authentication: who a credential belongs to, signing in, and API tokens. The same decision
 //! serves the auth service behind Envoy and the in-process layer of the embedded mode.
 //!
-//! A token check costs a hash and (on a cache miss) two key lookups; only signing in runs the
-//! deliberately slow password hash. Decisions are cached for `cache_ttl`, so a revoked token
-//! stops working within that time on every replica (at once on the replica that revoked it).
+//! A token check costs a hash, a read of the [`AccessEpoch`] and (on a cache miss) two key
+//! lookups; only signing in runs the deliberately slow password hash. Decisions are cached for
+//! at most `cache_ttl` and only while the access epoch they were made under is current: a
+//! revoked token, a lowered role or a deleted user moves the epoch on, so the change takes
+//! effect on the next call on every replica. When the epoch cannot be read, every call is
+//! decided from the store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +17,8 @@ use crate::model::{
     TokenHash, TokenRefusal, TokenSecret, UserId,
 };
 use crate::ports::{
-    ApiTokenRepository, Clock, PasswordHasher, Repositories, StoreError, UserRepository,
+    AccessEpoch, ApiTokenRepository, Clock, PasswordHasher, Repositories, StoreError,
+    UserRepository,
 };
 use crate::time::Timestamp;
 use crate::usecases::{Actor, UseCaseError};
@@ -24,7 +28,7 @@ use crate::usecases::{Actor, UseCaseError};
 pub struct AuthSettings {
     /// How long a token from signing in lasts.
     pub session_ttl: Duration,
-    /// How long a decision is reused without a lookup (the revocation delay).
+    /// The longest a decision is reused without a lookup (while the access epoch stays put).
     pub cache_ttl: Duration,
     /// A token's `last_used_at` is written at most this often.
     pub touch_every: Duration,
@@ -99,15 +103,24 @@ struct Cached {
     until: Timestamp,
 }
 
+/// Decisions made under one access epoch.
+#[derive(Debug, Default)]
+struct DecisionCache {
+    epoch: u64,
+    decisions: HashMap<TokenHash, Cached>,
+}
+
 /// The authentication use cases.
 #[derive(Clone)]
 pub struct Authenticator {
     pub tokens: Arc<dyn ApiTokenRepository>,
     pub users: Arc<dyn UserRepository>,
     pub passwords: Arc<dyn PasswordHasher>,
+    /// Moved on by every access change; read before a cached decision is reused.
+    pub access: Arc<dyn AccessEpoch>,
     pub clock: Arc<dyn Clock>,
     pub settings: AuthSettings,
-    cache: Arc<Mutex<HashMap<TokenHash, Cached>>>,
+    cache: Arc<Mutex<DecisionCache>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -130,6 +143,7 @@ impl Authenticator {
     pub fn new(
         repositories: &Repositories,
         passwords: Arc<dyn PasswordHasher>,
+        access: Arc<dyn AccessEpoch>,
         clock: Arc<dyn Clock>,
         settings: AuthSettings,
     ) -> Self {
@@ -137,6 +151,7 @@ impl Authenticator {
             tokens: repositories.tokens.clone(),
             users: repositories.users.clone(),
             passwords,
+            access,
             clock,
             settings,
             cache: Arc::default(),
@@ -160,7 +175,18 @@ impl Authenticator {
         }
         let hash = TokenSecret::parse(raw).map_err(Refusal::from)?;
         let now = self.clock.now();
-        if let Some(hit) = self.cached(&hash, now) {
+        // Read before the lookup: a change committed after this read moves the epoch on, so a
+        // decision that missed it is not reused.
+        let epoch = match self.access.current().await {
+            Ok(epoch) => Some(epoch),
+            Err(e) => {
+                tracing::debug!(error = %e, "access epoch unreadable; deciding from the store");
+                None
+            }
+        };
+        if let Some(epoch) = epoch
+            && let Some(hit) = self.cached(&hash, now, epoch)
+        {
             return Ok(hit);
         }
         let Some(token) = self.tokens.find_by_hash(&hash).await? else {
@@ -189,7 +215,9 @@ impl Authenticator {
         if stale && let Err(e) = self.tokens.touch(token.id, now).await {
             tracing::debug!(error = %e, "token last-used time not recorded");
         }
-        self.remember(hash, identity, token.expires_at, now);
+        if let Some(epoch) = epoch {
+            self.remember(hash, identity, token.expires_at, now, epoch);
+        }
         Ok(identity)
     }
 
@@ -302,7 +330,8 @@ impl Authenticator {
     }
 
     /// Revokes a token: any of the organization's for an admin, one's own for anyone else.
-    /// It stops working at once on this replica, within `cache_ttl` everywhere.
+    /// It stops working on the next call on every replica (within `cache_ttl` on replicas
+    /// that cannot reach the access epoch while this one could not move it).
     ///
     /// # Errors
     /// `NotFound { entity: "token" }` (also for another user's token, to a non-admin);
@@ -316,6 +345,7 @@ impl Authenticator {
             .revoke(actor.organization_id, id, self.clock.now())
             .await?;
         self.forget_token(id);
+        announce_access_change(self.access.as_ref(), "a token revocation").await;
         Ok(())
     }
 
@@ -341,12 +371,21 @@ impl Authenticator {
         }
     }
 
-    fn cached(&self, hash: &TokenHash, now: Timestamp) -> Option<Identity> {
-        let cache = self
-            .cache
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, DecisionCache> {
+        self.cache
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let hit = cache.get(hash)?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn cached(&self, hash: &TokenHash, now: Timestamp, epoch: u64) -> Option<Identity> {
+        let mut cache = self.lock_cache();
+        if cache.epoch != epoch {
+            // Access changed somewhere: nothing decided before may be reused.
+            cache.decisions.clear();
+            cache.epoch = epoch;
+            return None;
+        }
+        let hit = cache.decisions.get(hash)?;
         (hit.until > now && hit.token_expires_at.is_none_or(|t| t > now)).then_some(hit.identity)
     }
 
@@ -356,21 +395,23 @@ impl Authenticator {
         identity: Identity,
         token_expires_at: Option<Timestamp>,
         now: Timestamp,
+        epoch: u64,
     ) {
         if self.settings.cache_ttl.is_zero() {
             return;
         }
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= self.settings.cache_capacity {
-            cache.retain(|_, c| c.until > now);
-            if cache.len() >= self.settings.cache_capacity {
-                cache.clear();
+        let mut cache = self.lock_cache();
+        if cache.epoch != epoch {
+            // Decided under an epoch that has since moved on (or before the cache saw it).
+            return;
+        }
+        if cache.decisions.len() >= self.settings.cache_capacity {
+            cache.decisions.retain(|_, c| c.until > now);
+            if cache.decisions.len() >= self.settings.cache_capacity {
+                cache.decisions.clear();
             }
         }
-        cache.insert(
+        cache.decisions.insert(
             hash,
             Cached {
                 identity,
@@ -381,10 +422,20 @@ impl Authenticator {
     }
 
     fn forget_token(&self, id: ApiTokenId) {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.retain(|_, c| c.identity.token_id != id);
+        self.lock_cache()
+            .decisions
+            .retain(|_, c| c.identity.token_id != id);
+    }
+}
+
+/// Moves the access epoch on after `change` is durable. A failure is logged, not returned: the
+/// change itself is made, and replicas reuse older decisions for at most their `cache_ttl`.
+pub(crate) async fn announce_access_change(access: &dyn AccessEpoch, change: &str) {
+    if let Err(e) = access.advance().await {
+        tracing::warn!(
+            error = %e,
+            change,
+            "access epoch not advanced; other replicas may act on cached decisions until their cache expires"
+        );
     }
 }

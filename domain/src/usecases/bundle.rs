@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::ports::{
-    ChamberChanges, Clock, EventFeed, EventPublisher, PasswordHasher, Repositories,
+    AccessEpoch, ChamberChanges, Clock, EventFeed, EventPublisher, PasswordHasher, Repositories,
 };
 use crate::usecases::{
     AdminSettings, AlertAdmin, AuthSettings, Authenticator, ChamberAdmin, EventWatch,
@@ -20,6 +20,9 @@ pub struct ApiPorts {
     /// Live streams read from here.
     pub feed: Arc<dyn EventFeed>,
     pub passwords: Arc<dyn PasswordHasher>,
+    /// Role changes, deletions and revocations move it on; the authenticator (here and in
+    /// every auth replica) reads it before reusing a decision.
+    pub access: Arc<dyn AccessEpoch>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -47,8 +50,7 @@ pub struct ApiUseCases {
     pub watch: EventWatch,
     pub alerts: AlertAdmin,
     pub transmitters: TransmitterAdmin,
-    /// Tokens and signing in. Clones share one decision cache, so a token revoked through the
-    /// API is forgotten by every clone at once.
+    /// Tokens and signing in. Clones share one decision cache.
     pub auth: Authenticator,
 }
 
@@ -63,11 +65,22 @@ impl ApiUseCases {
             )
             .with_settings(settings.admin),
             queries: ReadingQueries::new(repositories),
-            users: UserAdmin::new(repositories, ports.passwords.clone(), ports.clock.clone()),
+            users: UserAdmin::new(
+                repositories,
+                ports.passwords.clone(),
+                ports.access.clone(),
+                ports.clock.clone(),
+            ),
             watch: EventWatch::new(repositories, ports.feed, settings.watch),
             alerts: AlertAdmin::new(repositories, ports.clock.clone()),
             transmitters: TransmitterAdmin::new(repositories, ports.clock.clone()),
-            auth: Authenticator::new(repositories, ports.passwords, ports.clock, settings.auth),
+            auth: Authenticator::new(
+                repositories,
+                ports.passwords,
+                ports.access,
+                ports.clock,
+                settings.auth,
+            ),
         }
     }
 }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use crate::model::{
     Email, Name, Organization, OrganizationId, Page, PageRequest, Password, Role, User, UserId,
 };
-use crate::ports::{Clock, OrganizationRepository, PasswordHasher, Repositories, UserRepository};
+use crate::ports::{
+    AccessEpoch, Clock, OrganizationRepository, PasswordHasher, Repositories, UserRepository,
+};
+use crate::usecases::auth::announce_access_change;
 use crate::usecases::{Actor, UseCaseError};
 
 /// A user as an admin submits them.
@@ -37,6 +40,9 @@ pub struct UserAdmin {
     pub users: Arc<dyn UserRepository>,
     /// Hashes the passwords of new users (argon2id in production).
     pub passwords: Arc<dyn PasswordHasher>,
+    /// Moved on when a role changes or a user is deleted, so every replica's cached decisions
+    /// about them end with the next call.
+    pub access: Arc<dyn AccessEpoch>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -52,12 +58,14 @@ impl UserAdmin {
     pub fn new(
         repositories: &Repositories,
         passwords: Arc<dyn PasswordHasher>,
+        access: Arc<dyn AccessEpoch>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             organizations: repositories.organizations.clone(),
             users: repositories.users.clone(),
             passwords,
+            access,
             clock,
         }
     }
@@ -124,8 +132,8 @@ impl UserAdmin {
         Ok(self.users.list(actor.organization_id, page).await?)
     }
 
-    /// Changes a user's role. Admins cannot change their own role (so an organization never
-    /// locks itself out by accident).
+    /// Changes a user's role, in effect from the user's next call on every replica. Admins
+    /// cannot change their own role (so an organization never locks itself out by accident).
     ///
     /// # Errors
     /// `Forbidden`; `Invalid` (`role`); `NotFound`; `FailedPrecondition` for oneself;
@@ -141,9 +149,12 @@ impl UserAdmin {
         let mut user = self.users.get(actor.organization_id, id).await?;
         user.role = role;
         self.users.update(&user).await?;
+        announce_access_change(self.access.as_ref(), "a role change").await;
         Ok(user)
     }
 
+    /// Deletes a user; their tokens are refused from the next call on every replica.
+    ///
     /// # Errors
     /// `Forbidden`; `NotFound`; `FailedPrecondition` for oneself; `Unavailable`.
     pub async fn delete_user(&self, actor: &Actor, id: UserId) -> Result<()> {
@@ -153,7 +164,9 @@ impl UserAdmin {
                 "you cannot delete yourself".into(),
             ));
         }
-        Ok(self.users.delete(actor.organization_id, id).await?)
+        self.users.delete(actor.organization_id, id).await?;
+        announce_access_change(self.access.as_ref(), "a user deletion").await;
+        Ok(())
     }
 
     /// Checks every field, then hashes the password (the slow step) last.

@@ -23,7 +23,12 @@ fn new_user(email: &str, password: Option<&str>) -> NewUser {
 }
 
 fn users_with(h: &Harness, hasher: MockPasswordHasher) -> UserAdmin {
-    UserAdmin::new(&h.repositories, Arc::new(hasher), h.clock.clone())
+    UserAdmin::new(
+        &h.repositories,
+        Arc::new(hasher),
+        h.access.clone(),
+        h.clock.clone(),
+    )
 }
 
 #[tokio::test]

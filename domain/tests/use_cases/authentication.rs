@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::model::Role;
-use chamberlain_domain::ports::{MockApiTokenRepository, Repositories};
+use chamberlain_domain::ports::{
+    AccessError, MockAccessEpoch, MockApiTokenRepository, Repositories,
+};
 use chamberlain_domain::usecases::{
     Actor, AuthError, AuthSettings, Authenticator, NewUser, Refusal, UseCaseError,
 };
@@ -16,6 +18,7 @@ fn authenticator(h: &Harness) -> Authenticator {
     Authenticator::new(
         &h.repositories,
         Arc::new(InsecureTestPasswordHasher),
+        h.access.clone(),
         h.clock.clone(),
         AuthSettings::default(),
     )
@@ -95,6 +98,7 @@ async fn a_malformed_token_is_refused_without_a_lookup() {
             ..h.repositories.clone()
         },
         Arc::new(InsecureTestPasswordHasher),
+        h.access.clone(),
         h.clock.clone(),
         AuthSettings::default(),
     );
@@ -109,7 +113,7 @@ async fn a_malformed_token_is_refused_without_a_lookup() {
 }
 
 #[tokio::test]
-async fn a_revoked_token_stops_at_once_here_and_within_the_cache_ttl_elsewhere() {
+async fn a_revoked_token_stops_on_the_next_call_on_every_replica() {
     let h = Harness::new();
     let here = authenticator(&h);
     let elsewhere = authenticator(&h);
@@ -120,18 +124,94 @@ async fn a_revoked_token_stops_at_once_here_and_within_the_cache_ttl_elsewhere()
     elsewhere.authenticate(Some(&bearer)).await.unwrap();
 
     here.revoke_token(&admin, issued.token.id).await.unwrap();
-    assert!(matches!(
-        refusal(here.authenticate(Some(&bearer)).await),
-        Refusal::Refused(_)
-    ));
-    // The other replica still holds its cached decision...
-    assert!(elsewhere.authenticate(Some(&bearer)).await.is_ok());
-    // ...until the cache TTL passes.
-    h.clock.advance(AuthSettings::default().cache_ttl);
-    assert!(matches!(
-        refusal(elsewhere.authenticate(Some(&bearer)).await),
-        Refusal::Refused(_)
-    ));
+    for replica in [&here, &elsewhere] {
+        assert!(matches!(
+            refusal(replica.authenticate(Some(&bearer)).await),
+            Refusal::Refused(_)
+        ));
+    }
+}
+
+/// Two replicas with a decision cached each, and the user's role changed (or the user
+/// deleted) through a third: the next call on either replica acts on the change.
+#[tokio::test]
+async fn a_lowered_role_and_a_deleted_user_take_effect_on_the_next_call_on_every_replica() {
+    let h = Harness::new();
+    let replicas = [authenticator(&h), authenticator(&h)];
+    let admin = h.tenant("a", Role::Admin).await;
+    let operator = h.tenant_user(&admin, "op", Role::Operator).await;
+    let issued = replicas[0]
+        .create_token(&operator, "ci", None, None)
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", issued.secret.expose());
+    for replica in &replicas {
+        let who = replica.authenticate(Some(&bearer)).await.unwrap();
+        assert_eq!(who.actor.role, Role::Operator);
+    }
+
+    h.users
+        .set_role(&admin, operator.user_id, "viewer")
+        .await
+        .unwrap();
+    for replica in &replicas {
+        let who = replica.authenticate(Some(&bearer)).await.unwrap();
+        assert_eq!(who.actor.role, Role::Viewer, "no cached operator role");
+    }
+
+    h.users.delete_user(&admin, operator.user_id).await.unwrap();
+    for replica in &replicas {
+        // The user's tokens go with them (or, in a store that keeps them, their user is gone).
+        let why = refusal(replica.authenticate(Some(&bearer)).await);
+        assert!(
+            matches!(why, Refusal::Unknown | Refusal::UserDisabled),
+            "{why:?}"
+        );
+    }
+}
+
+/// When the shared epoch cannot be read, nothing cached is trusted: each call is decided from
+/// the store (and still answered).
+#[tokio::test]
+async fn an_unreadable_access_epoch_means_every_call_is_decided_from_the_store() {
+    let h = Harness::new();
+    let mut epoch = MockAccessEpoch::new();
+    epoch.expect_current().returning(|| {
+        Err(AccessError::Unavailable {
+            message: "down".into(),
+        })
+    });
+    let blind = Authenticator::new(
+        &h.repositories,
+        Arc::new(InsecureTestPasswordHasher),
+        Arc::new(epoch),
+        h.clock.clone(),
+        AuthSettings::default(),
+    );
+    let admin = h.tenant("a", Role::Admin).await;
+    let operator = h.tenant_user(&admin, "op", Role::Operator).await;
+    let issued = blind
+        .create_token(&operator, "ci", None, None)
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", issued.secret.expose());
+    assert_eq!(
+        blind.authenticate(Some(&bearer)).await.unwrap().actor.role,
+        Role::Operator
+    );
+    // The role changes in the store without the epoch moving (it cannot be reached).
+    let mut user = h
+        .repositories
+        .users
+        .get(operator.organization_id, operator.user_id)
+        .await
+        .unwrap();
+    user.role = Role::Viewer;
+    h.repositories.users.update(&user).await.unwrap();
+    assert_eq!(
+        blind.authenticate(Some(&bearer)).await.unwrap().actor.role,
+        Role::Viewer
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,9 @@ use chamberlain_domain::usecases::{
 use chamberlain_fakes::{
     InsecureTestPasswordHasher, ManualClock, MemoryStore, ScriptedChamberClient,
 };
-use chamberlain_memory::{MemoryChamberChanges, MemoryEventBus, MemoryPollQueue};
+use chamberlain_memory::{
+    MemoryAccessEpoch, MemoryChamberChanges, MemoryEventBus, MemoryPollQueue,
+};
 use tokio::sync::broadcast;
 
 /// The whole domain wired to in-memory adapters, on a manual clock.
@@ -27,6 +29,8 @@ pub struct Harness {
     pub client: Arc<ScriptedChamberClient>,
     pub events: Arc<MemoryEventBus>,
     pub changes: Arc<MemoryChamberChanges>,
+    /// The access epoch every authenticator and `users` share, as replicas share Redis's.
+    pub access: Arc<MemoryAccessEpoch>,
     pub handler: PollHandler,
     pub admin: ChamberAdmin,
     pub users: UserAdmin,
@@ -42,6 +46,7 @@ impl Harness {
         let events = Arc::new(MemoryEventBus::new(1024));
         let changes = Arc::new(MemoryChamberChanges::new(1024));
         let repositories = Repositories::of(store.clone());
+        let access = Arc::new(MemoryAccessEpoch::default());
         let handler = PollHandler::new(
             &repositories,
             queue.clone(),
@@ -58,6 +63,7 @@ impl Harness {
         let users = UserAdmin::new(
             &repositories,
             Arc::new(InsecureTestPasswordHasher),
+            access.clone(),
             clock.clone(),
         );
         let queries = ReadingQueries::new(&repositories);
@@ -69,10 +75,33 @@ impl Harness {
             client,
             events,
             changes,
+            access,
             handler,
             admin,
             users,
             queries,
+        }
+    }
+
+    /// Another user of `admin`'s organization, with the given role.
+    pub async fn tenant_user(&self, admin: &Actor, label: &str, role: Role) -> Actor {
+        let user = self
+            .users
+            .create_user(
+                admin,
+                NewUser {
+                    email: format!("{label}@users.example"),
+                    display_name: label.into(),
+                    role: role.as_str().into(),
+                    password: None,
+                },
+            )
+            .await
+            .expect("user created");
+        Actor {
+            user_id: user.id,
+            organization_id: admin.organization_id,
+            role,
         }
     }
 

@@ -9,8 +9,8 @@ use chamberlain_domain::usecases::{ApiPorts, ApiSettings, ApiUseCases, PollHandl
 use chamberlain_http::{HttpChamberClient, HttpClientConfig};
 use chamberlain_memory::SystemClock;
 use chamberlain_redis::{
-    RedisChamberChanges, RedisConfig, RedisEventBus, RedisLeaderLease, RedisPollQueue,
-    RedisScheduleCheckpoint,
+    RedisAccessEpoch, RedisChamberChanges, RedisConfig, RedisEventBus, RedisLeaderLease,
+    RedisPollQueue, RedisScheduleCheckpoint,
 };
 
 /// Chamber changes buffered per subscriber (the scheduler's) before it resyncs.
@@ -126,7 +126,7 @@ impl Distributed {
     }
 
     /// The API's use cases, publishing chamber changes and events to Redis for the scheduler,
-    /// the alerter and every gateway.
+    /// the alerter and every gateway, and access changes for every auth replica.
     ///
     /// # Errors
     /// When Redis cannot be reached.
@@ -145,9 +145,21 @@ impl Distributed {
                 events: events.clone(),
                 feed: events,
                 passwords: Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+                access: self.access_epoch().await?,
                 clock: self.clock.clone(),
             },
             settings,
         ))
+    }
+
+    /// The access epoch every gateway and auth replica shares: a role change or a revocation
+    /// through one gateway takes effect on the next call everywhere.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn access_epoch(
+        &self,
+    ) -> Result<Arc<dyn chamberlain_domain::ports::AccessEpoch>, anyhow::Error> {
+        Ok(Arc::new(RedisAccessEpoch::connect(&self.redis).await?))
     }
 }

@@ -8,7 +8,8 @@ use chamberlain_domain::ports::{Clock, PollQueue, Repositories};
 use chamberlain_domain::usecases::{ApiPorts, ApiSettings, ApiUseCases, PollHandler};
 use chamberlain_http::{HttpChamberClient, HttpClientConfig};
 use chamberlain_memory::{
-    MemoryChamberChanges, MemoryEventBus, MemoryLeaderLease, MemoryPollQueue, SystemClock,
+    MemoryAccessEpoch, MemoryChamberChanges, MemoryEventBus, MemoryLeaderLease, MemoryPollQueue,
+    SystemClock,
 };
 use chamberlain_sqlite::SqliteStore;
 
@@ -22,6 +23,7 @@ pub struct Embedded {
     queue: Arc<dyn PollQueue>,
     events: Arc<MemoryEventBus>,
     changes: Arc<MemoryChamberChanges>,
+    access: Arc<MemoryAccessEpoch>,
     clock: Arc<dyn Clock>,
 }
 
@@ -41,6 +43,7 @@ impl Embedded {
             queue: Arc::new(MemoryPollQueue::new(clock.clone())),
             events: Arc::new(MemoryEventBus::new(EVENT_HUB_CAPACITY)),
             changes: Arc::new(MemoryChamberChanges::new(CHANGE_FEED_CAPACITY)),
+            access: Arc::new(MemoryAccessEpoch::default()),
             clock,
         }
     }
@@ -119,6 +122,7 @@ impl Embedded {
                 events: self.events.clone(),
                 feed: self.events.clone(),
                 passwords: Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+                access: self.access.clone(),
                 clock: self.clock.clone(),
             },
             settings,

@@ -304,6 +304,124 @@ async fn missing_bad_and_revoked_tokens_are_refused() {
     assert!(sections.list_sections(authed(list(), &admin)).await.is_ok());
 }
 
+/// Two auth replicas behind Envoy, each with the operator's decision cached: a role lowered
+/// and then the user deleted through the API take effect on the very next call, whichever
+/// replica answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_role_and_a_deleted_user_take_effect_on_the_next_call_on_every_replica() {
+    let stack = Stack::start(StackOptions {
+        extra_auths: 1,
+        ..StackOptions::default()
+    })
+    .await;
+    let (admin, admin_token) = stack.tenant("a", Role::Admin).await;
+    let channel = stack.channel().await;
+    let mut users = UserServiceClient::new(channel.clone());
+    let operator = users
+        .create_user(authed(
+            v1::CreateUserRequest {
+                email: "op@a.example".into(),
+                display_name: "op".into(),
+                role: "operator".into(),
+                password: String::new(),
+            },
+            &admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let operator_token = stack
+        .authenticator()
+        .create_token(
+            &chamberlain_domain::usecases::Actor {
+                user_id: chamberlain_domain::model::UserId::parse(&operator.id).unwrap(),
+                organization_id: admin.organization_id,
+                role: Role::Operator,
+            },
+            "op",
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .secret
+        .expose()
+        .to_owned();
+    let mut sections = SectionServiceClient::new(channel.clone());
+    let create = |name: String| {
+        authed(
+            v1::CreateSectionRequest {
+                name,
+                description: String::new(),
+            },
+            &operator_token,
+        )
+    };
+    // Round robin: both replicas decide (and cache) the operator's calls.
+    for i in 0..4 {
+        sections
+            .create_section(create(format!("before {i}")))
+            .await
+            .unwrap();
+    }
+
+    users
+        .set_user_role(authed(
+            v1::SetUserRoleRequest {
+                id: operator.id.clone(),
+                role: "viewer".into(),
+            },
+            &admin_token,
+        ))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let denied = sections
+            .create_section(create(format!("after {i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            denied.code(),
+            Code::PermissionDenied,
+            "call {i}: {denied:?}"
+        );
+    }
+    // Still a viewer: reading passes on both replicas.
+    for _ in 0..2 {
+        sections
+            .list_sections(authed(
+                v1::ListSectionsRequest { page: None },
+                &operator_token,
+            ))
+            .await
+            .unwrap();
+    }
+
+    users
+        .delete_user(authed(
+            v1::DeleteUserRequest {
+                id: operator.id.clone(),
+            },
+            &admin_token,
+        ))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let refused = sections
+            .list_sections(authed(
+                v1::ListSectionsRequest { page: None },
+                &operator_token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "call {i}: {refused:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_cannot_change_chambers_and_organizations_never_see_each_other() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -322,6 +440,7 @@ async fn viewers_cannot_change_chambers_and_organizations_never_see_each_other()
     let viewer = chamberlain_domain::usecases::UserAdmin::new(
         &chamberlain_domain::ports::Repositories::of(stack.store.clone()),
         std::sync::Arc::new(chamberlain_fakes::InsecureTestPasswordHasher),
+        std::sync::Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
         std::sync::Arc::new(chamberlain_memory::SystemClock),
     )
     .create_user(

@@ -119,6 +119,7 @@ async fn every_expected_slot_gets_exactly_one_ledger_entry_across_a_scheduler_ou
     let users = UserAdmin::new(
         &Repositories::of(s.store.clone()),
         Arc::new(InsecureTestPasswordHasher),
+        Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
         s.clock.clone(),
     );
     let (org, admin) = users

@@ -42,6 +42,7 @@ pub async fn fleet(sim: &SimulatorHandle, n: u32) -> Fleet {
     let users = UserAdmin::new(
         &repositories,
         Arc::new(InsecureTestPasswordHasher),
+        Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
         clock.clone(),
     );
     let (org, admin_user) = users

@@ -98,6 +98,9 @@ pub struct AuthArgs {
     key: IdentityKeyArgs,
     #[command(flatten)]
     authentication: AuthenticationArgs,
+    /// The Redis the gateways announce access changes through (and rate limits are kept in).
+    #[command(flatten)]
+    redis: RedisArgs,
     /// Address the ext_authz gRPC service listens on.
     #[arg(
         long,
@@ -111,14 +114,17 @@ pub struct AuthArgs {
 
 pub async fn auth(args: AuthArgs, telemetry: &Telemetry) -> Result<(), anyhow::Error> {
     let key = args.key.key()?;
+    let redis = args.redis.config()?;
     let storage = args.database.storage()?;
     args.metrics.serve(telemetry, 9464).await?;
     let repositories = storage.open().await?.repositories();
-    let clock: Arc<dyn chamberlain_domain::ports::Clock> = Arc::new(SystemClock);
+    let distributed = Distributed::new(redis);
+    let clock = distributed.clock();
     let check = chamberlain_auth::AuthCheck::new(
         Authenticator::new(
             &repositories,
             Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+            distributed.access_epoch().await?,
             clock.clone(),
             args.authentication.settings(),
         ),
@@ -166,7 +172,14 @@ pub async fn bootstrap(args: BootstrapArgs) -> Result<(), anyhow::Error> {
     let repositories = args.database.storage()?.open().await?.repositories();
     let clock: Arc<dyn chamberlain_domain::ports::Clock> = Arc::new(SystemClock);
     let passwords = Arc::new(chamberlain_argon2::Argon2Hasher::default());
-    let users = UserAdmin::new(&repositories, passwords.clone(), clock.clone());
+    // A one-shot command: nothing is cached anywhere that a new organization would change.
+    let access = Arc::new(chamberlain_memory::MemoryAccessEpoch::default());
+    let users = UserAdmin::new(
+        &repositories,
+        passwords.clone(),
+        access.clone(),
+        clock.clone(),
+    );
     let (org, admin) = users
         .create_organization(
             &args.organization,
@@ -196,9 +209,15 @@ pub async fn bootstrap(args: BootstrapArgs) -> Result<(), anyhow::Error> {
         organization_id: org.id,
         role: Role::Admin,
     };
-    let issued = Authenticator::new(&repositories, passwords, clock, AuthSettings::default())
-        .create_token(&actor, "bootstrap", None, None)
-        .await?;
+    let issued = Authenticator::new(
+        &repositories,
+        passwords,
+        access,
+        clock,
+        AuthSettings::default(),
+    )
+    .create_token(&actor, "bootstrap", None, None)
+    .await?;
     println!("organization {} ({})", org.name.as_str(), org.id);
     println!("admin {} ({})", admin.email.as_str(), admin.id);
     println!("api token (shown once): {}", issued.secret.expose());
@@ -249,6 +268,8 @@ pub async fn admin_token(args: AdminTokenArgs) -> Result<(), anyhow::Error> {
     let issued = Authenticator::new(
         &repositories,
         Arc::new(chamberlain_argon2::Argon2Hasher::default()),
+        // Creating a token changes nobody's access.
+        Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
         clock,
         AuthSettings::default(),
     )
