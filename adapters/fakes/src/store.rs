@@ -836,7 +836,11 @@ impl UserRepository for MemoryStore {
                 parent: "organization",
             });
         }
-        if t.users.values().any(|u| u.email == user.email) || t.users.contains_key(&user.id) {
+        if t.users
+            .values()
+            .any(|u| u.organization_id == user.organization_id && u.email == user.email)
+            || t.users.contains_key(&user.id)
+        {
             return Err(StoreError::Duplicate {
                 entity: "user",
                 field: "email",
@@ -855,13 +859,16 @@ impl UserRepository for MemoryStore {
             .ok_or(not_found("user"))
     }
 
-    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        Ok(self
+    async fn find_by_email(&self, email: &Email) -> Result<Vec<User>, StoreError> {
+        let mut found: Vec<User> = self
             .lock()
             .users
             .values()
-            .find(|u| &u.email == email)
-            .cloned())
+            .filter(|u| &u.email == email)
+            .cloned()
+            .collect();
+        found.sort_by_key(|u| u.organization_id);
+        Ok(found)
     }
 
     async fn list(
@@ -888,10 +895,9 @@ impl UserRepository for MemoryStore {
         {
             return Err(not_found("user"));
         }
-        if t.users
-            .values()
-            .any(|u| u.id != user.id && u.email == user.email)
-        {
+        if t.users.values().any(|u| {
+            u.id != user.id && u.organization_id == user.organization_id && u.email == user.email
+        }) {
             return Err(StoreError::Duplicate {
                 entity: "user",
                 field: "email",

@@ -8,7 +8,7 @@ use chamberlain_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::convert::{duration, id, opt_ts, page, token_of, ts};
-use crate::status::{from_auth, from_use_case};
+use crate::status::{from_sign_in, from_use_case};
 use crate::{Api, caller};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -44,9 +44,9 @@ impl AuthService for Api {
         let r = request.into_inner();
         let issued = self
             .auth
-            .sign_in(&r.email, &r.password)
+            .sign_in(&r.email, &r.password, Some(&r.organization))
             .await
-            .map_err(from_auth)?;
+            .map_err(from_sign_in)?;
         Ok(Response::new(v1::SignInResponse {
             token: issued.secret.expose().to_owned(),
             expires_at: opt_ts(issued.token.expires_at),

@@ -2,7 +2,7 @@
 //! detail whose field violation names the field.
 
 use chamberlain_domain::error::ValidationError;
-use chamberlain_domain::usecases::{AuthError, UseCaseError};
+use chamberlain_domain::usecases::{AuthError, SignInError, UseCaseError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -62,6 +62,28 @@ pub fn from_auth(e: AuthError) -> Status {
         AuthError::Unavailable { message } => {
             tracing::warn!(error = %message, "authentication unavailable");
             Status::unavailable("authentication unavailable; retry later")
+        }
+    }
+}
+
+/// The `reason` of the `google.rpc.ErrorInfo` a sign-in that must name its organization carries.
+pub const ORGANIZATION_REQUIRED: &str = "ORGANIZATION_REQUIRED";
+
+/// A sign-in refused; one that must choose among organizations is `FAILED_PRECONDITION` with a
+/// `google.rpc.ErrorInfo` whose metadata maps each organization's id to its name.
+pub fn from_sign_in(e: SignInError) -> Status {
+    match e {
+        SignInError::Auth(e) => from_auth(e),
+        SignInError::ChooseOrganization(ref choices) => {
+            let metadata = choices
+                .iter()
+                .map(|c| (c.id.to_string(), c.name.as_str().to_owned()))
+                .collect::<std::collections::HashMap<_, _>>();
+            Status::with_error_details(
+                Code::FailedPrecondition,
+                e.to_string(),
+                ErrorDetails::with_error_info(ORGANIZATION_REQUIRED, "chamberlain.v1", metadata),
+            )
         }
     }
 }

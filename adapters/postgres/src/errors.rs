@@ -9,7 +9,7 @@ fn constraint_error(constraint: &str) -> Option<StoreError> {
     match constraint {
         "organizations_name_key" => dup("organization", "name"),
         "organizations_pkey" => dup("organization", "id"),
-        "users_email_key" | "users_pkey" => dup("user", "email"),
+        "users_organization_email_key" | "users_pkey" => dup("user", "email"),
         "users_organization_id_fkey" => parent("user", "organization"),
         "api_tokens_hash_key" | "api_tokens_pkey" => dup("token", "hash"),
         "api_tokens_user_fkey" => parent("token", "user"),

@@ -1392,16 +1392,16 @@ impl UserRepository for PgStore {
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::find_by_email", db.system = "postgresql", db.operation = "UserRepository::find_by_email"))]
-    async fn find_by_email(&self, email: &Email) -> Result<Option<User>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {} FROM users WHERE email = $1",
+    async fn find_by_email(&self, email: &Email) -> Result<Vec<User>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {} FROM users WHERE email = $1 ORDER BY organization_id",
             rows::USER_COLUMNS
         )))
         .bind(email.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        row.as_ref().map(rows::user).transpose()
+        rows.iter().map(rows::user).collect()
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::list", db.system = "postgresql", db.operation = "UserRepository::list"))]

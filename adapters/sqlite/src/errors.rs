@@ -35,7 +35,10 @@ pub(crate) const UNIQUE_INDEXES: &[(&str, Unique)] = &[
         Unique::Duplicate("organization", "name"),
     ),
     ("users.id", Unique::Duplicate("user", "email")),
-    ("users.email", Unique::Duplicate("user", "email")),
+    (
+        "users.organization_id, users.email",
+        Unique::Duplicate("user", "email"),
+    ),
     (
         "users.organization_id, users.id",
         Unique::Duplicate("user", "email"),

@@ -2137,17 +2137,17 @@ impl UserRepository for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::find_by_email", db.system = "sqlite", db.operation = "UserRepository::find_by_email"))]
-    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(concat!(
+    async fn find_by_email(&self, email: &Email) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(concat!(
             "SELECT ",
             user_columns!(),
-            " FROM users WHERE email = ?1"
+            " FROM users WHERE email = ?1 ORDER BY organization_id"
         ))
         .bind(email.as_str())
-        .fetch_optional(&self.readers)
+        .fetch_all(&self.readers)
         .await
         .map_err(db)?;
-        row.as_ref().map(user).transpose()
+        rows.iter().map(user).collect()
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::list", db.system = "sqlite", db.operation = "UserRepository::list"))]

@@ -11,10 +11,10 @@ use chamberlain_domain::conformance::store::{World, world};
 use chamberlain_domain::error::Rule;
 use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
 use chamberlain_domain::model::{
-    ChamberId, LedgerEntry, PageRequest, PageSize, PollId, PollOutcome, Reading,
+    ChamberId, Email, LedgerEntry, PageRequest, PageSize, PollId, PollOutcome, Reading, Role,
 };
 use chamberlain_domain::ports::{
-    LedgerQuery, OrganizationRepository, ReadingQuery, ReadingScope, StoreError,
+    LedgerQuery, OrganizationRepository, ReadingQuery, ReadingScope, StoreError, UserRepository,
 };
 use chamberlain_domain::time::Timestamp;
 use chamberlain_sqlite::{SqliteConfig, SqliteStore};
@@ -560,4 +560,99 @@ async fn retention_leaves_other_chambers_and_later_slots_alone() {
             .len()
             == 1
     );
+}
+
+/// A database made before e-mail addresses became unique per organization: the migration
+/// rebuilds `users` without losing a user or a token (dropping the old table must not cascade
+/// to `api_tokens`), and the keys still hold afterwards.
+#[tokio::test]
+async fn the_per_organization_email_migration_keeps_users_and_tokens() {
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    const PER_ORGANIZATION: i64 = 20_261_204_000_000;
+    let dir = TempDir::new();
+    let all = sqlx::migrate!("../../migrations/sqlite");
+    let before = sqlx::migrate::Migrator {
+        migrations: all
+            .migrations
+            .iter()
+            .filter(|m| m.version < PER_ORGANIZATION)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate!("../../migrations/sqlite")
+    };
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(dir.db())
+                .create_if_missing(true)
+                .foreign_keys(true),
+        )
+        .await
+        .unwrap();
+    before.run(&pool).await.unwrap();
+    let (org, user, token) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    for statement in [
+        "INSERT INTO organizations (id, name, created_at) VALUES (?1, 'Lab', 0)",
+        "INSERT INTO users (id, organization_id, email, display_name, role, created_at) \
+         VALUES (?2, ?1, 'ada@lab.example', 'Ada', 'admin', 0)",
+        "INSERT INTO api_tokens (id, organization_id, user_id, name, token_hash, role_cap, \
+         created_at) VALUES (?3, ?1, ?2, 'ci', zeroblob(32), 'admin', 0)",
+    ] {
+        sqlx::query(statement)
+            .bind(org)
+            .bind(user)
+            .bind(token)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+
+    let store = open(&dir.db()).await;
+    let ada = Email::parse("ada@lab.example").unwrap();
+    let found = UserRepository::find_by_email(&*store, &ada).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id.as_uuid(), &user);
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(tokens, 1, "the token survived the rebuild");
+    let broken: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(broken.is_empty(), "{broken:?}");
+
+    // The same address in another organization is now another account...
+    let ports = StorePorts::from_adapter(store.clone());
+    let other = world(&ports, "elsewhere").await;
+    ports
+        .users
+        .create(&fixtures::user(
+            other.org.id,
+            "ada@lab.example",
+            Role::Viewer,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ports.users.find_by_email(&ada).await.unwrap().len(), 2);
+    // ...and the rebuilt table's keys still cascade: deleting Ada deletes her token.
+    ports
+        .users
+        .delete(found[0].organization_id, found[0].id)
+        .await
+        .unwrap();
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(tokens, 0);
 }

@@ -1018,7 +1018,27 @@ pub async fn users_and_tokens(p: &StorePorts) {
             .find_by_email(&Email::parse("Ada@Lab.example").unwrap())
             .await
             .unwrap(),
-        Some(ada.clone())
+        vec![ada.clone()]
+    );
+    // The same address in another organization is another account, and both are found.
+    let other = world(p, "users elsewhere").await;
+    let ada_elsewhere = fixtures::user(other.org.id, "ada@lab.example", Role::Viewer);
+    p.users.create(&ada_elsewhere).await.unwrap();
+    let mut both = vec![ada.clone(), ada_elsewhere.clone()];
+    both.sort_by_key(|u| u.organization_id);
+    assert_eq!(
+        p.users
+            .find_by_email(&Email::parse("ada@lab.example").unwrap())
+            .await
+            .unwrap(),
+        both
+    );
+    assert!(
+        p.users
+            .find_by_email(&Email::parse("nobody@lab.example").unwrap())
+            .await
+            .unwrap()
+            .is_empty()
     );
     assert_eq!(
         p.users

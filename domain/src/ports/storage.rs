@@ -501,7 +501,8 @@ pub trait ChamberHealthRepository: Send + Sync {
     async fn save(&self, health: &ChamberHealth) -> Result<u64, StoreError>;
 }
 
-/// Users. Emails are unique across all organizations (sign-in is by email).
+/// Users. An e-mail address is unique within an organization; one person may have an account
+/// in several (sign-in is by address, and chooses among them).
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait UserRepository: Send + Sync {
@@ -513,11 +514,12 @@ pub trait UserRepository: Send + Sync {
     /// `NotFound`; `Unavailable`.
     async fn get(&self, org: OrganizationId, id: UserId) -> Result<User, StoreError>;
 
-    /// For sign-in (not tenant-scoped).
+    /// Every organization's account with this address, in organization id order: for signing
+    /// in (not tenant-scoped).
     ///
     /// # Errors
     /// `Unavailable`.
-    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    async fn find_by_email(&self, email: &Email) -> Result<Vec<User>, StoreError>;
 
     /// # Errors
     /// `Unavailable`.

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::model::{
-    ApiToken, ApiTokenId, Email, MalformedToken, Name, Page, PageRequest, PageSize, Role,
-    TokenHash, TokenRefusal, TokenSecret, UserId,
+    ApiToken, ApiTokenId, Email, MalformedToken, Name, OrganizationId, Page, PageRequest, PageSize,
+    Role, TokenHash, TokenRefusal, TokenSecret, User, UserId,
 };
 use crate::ports::{
-    AccessEpoch, ApiTokenRepository, Clock, PasswordHasher, Repositories, StoreError,
-    UserRepository,
+    AccessEpoch, ApiTokenRepository, Clock, OrganizationRepository, PasswordHasher, Repositories,
+    StoreError, UserRepository,
 };
 use crate::time::Timestamp;
 use crate::usecases::{Actor, UseCaseError};
@@ -71,13 +71,56 @@ pub enum Refusal {
     BadPassword,
 }
 
+/// An organization a signing-in person has an account in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganizationChoice {
+    pub id: OrganizationId,
+    pub name: Name,
+}
+
+fn choices_text(choices: &[OrganizationChoice]) -> String {
+    choices
+        .iter()
+        .map(|c| format!("{} ({})", c.name.as_str(), c.id))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("unauthenticated: {0}")]
     Unauthenticated(#[from] Refusal),
+
     /// The token or user store could not answer: callers must refuse (fail closed).
     #[error("authentication unavailable: {message}")]
     Unavailable { message: String },
+}
+
+/// Why signing in did not give a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignInError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The e-mail and password are right for accounts in several organizations: the caller
+    /// names one (said only once the password has matched each of them).
+    #[error(
+        "this e-mail address has an account in several organizations; sign in to one of them by \
+         name or id: {}",
+        choices_text(.0)
+    )]
+    ChooseOrganization(Vec<OrganizationChoice>),
+}
+
+impl From<Refusal> for SignInError {
+    fn from(r: Refusal) -> Self {
+        Self::Auth(r.into())
+    }
+}
+
+impl From<StoreError> for SignInError {
+    fn from(e: StoreError) -> Self {
+        Self::Auth(e.into())
+    }
 }
 
 impl From<StoreError> for AuthError {
@@ -115,6 +158,7 @@ struct DecisionCache {
 pub struct Authenticator {
     pub tokens: Arc<dyn ApiTokenRepository>,
     pub users: Arc<dyn UserRepository>,
+    pub organizations: Arc<dyn OrganizationRepository>,
     pub passwords: Arc<dyn PasswordHasher>,
     /// Moved on by every access change; read before a cached decision is reused.
     pub access: Arc<dyn AccessEpoch>,
@@ -150,6 +194,7 @@ impl Authenticator {
         Self {
             tokens: repositories.tokens.clone(),
             users: repositories.users.clone(),
+            organizations: repositories.organizations.clone(),
             passwords,
             access,
             clock,
@@ -221,20 +266,57 @@ impl Authenticator {
         Ok(identity)
     }
 
-    /// Signs in with email and password; returns a token that lasts `session_ttl`.
+    /// Signs in with e-mail and password; returns a token that lasts `session_ttl`. An address
+    /// may have accounts in several organizations: `organization` (an id or a name) picks one;
+    /// without it, the one account whose password matches is used.
     ///
     /// # Errors
-    /// [`Refusal::BadPassword`] for an unknown email, a wrong password or an account without a
-    /// password (the same answer, in about the same time); `UserDisabled`; `Unavailable`.
-    pub async fn sign_in(&self, email: &str, password: &str) -> Result<IssuedToken, AuthError> {
-        let user = match Email::parse(email) {
+    /// [`Refusal::BadPassword`] for an unknown address, a wrong password, an account without a
+    /// password or an organization the address has no account in (the same answer, in about
+    /// the same time); [`SignInError::ChooseOrganization`] when the password matches accounts
+    /// in several organizations and none was named; `UserDisabled`; `Unavailable`.
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        organization: Option<&str>,
+    ) -> Result<IssuedToken, SignInError> {
+        let accounts = match Email::parse(email) {
             Ok(email) => self.users.find_by_email(&email).await?,
-            Err(_) => None,
+            Err(_) => Vec::new(),
         };
-        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-        let matches = self.passwords.verify(password, hash).await;
-        let Some(user) = user.filter(|_| matches) else {
-            return Err(Refusal::BadPassword.into());
+        let accounts = match organization.map(str::trim).filter(|o| !o.is_empty()) {
+            None => accounts,
+            Some(wanted) => self.in_organization(accounts, wanted).await?,
+        };
+        let mut matching = Vec::new();
+        if accounts.is_empty() {
+            // As long as a real check, so a wrong address cannot be told from a wrong password.
+            self.passwords.verify(password, None).await;
+        }
+        for account in accounts {
+            if self
+                .passwords
+                .verify(password, account.password_hash.clone())
+                .await
+            {
+                matching.push(account);
+            }
+        }
+        let user = match matching.len() {
+            0 => return Err(Refusal::BadPassword.into()),
+            1 => matching.remove(0),
+            _ => {
+                let mut choices = Vec::with_capacity(matching.len());
+                for account in &matching {
+                    let org = self.organizations.get(account.organization_id).await?;
+                    choices.push(OrganizationChoice {
+                        id: org.id,
+                        name: org.name,
+                    });
+                }
+                return Err(SignInError::ChooseOrganization(choices));
+            }
         };
         if user.disabled {
             return Err(Refusal::UserDisabled.into());
@@ -257,6 +339,31 @@ impl Authenticator {
         };
         self.tokens.create(&token).await?;
         Ok(IssuedToken { token, secret })
+    }
+
+    /// The accounts in the organization named `wanted` (its id, or its name).
+    async fn in_organization(
+        &self,
+        accounts: Vec<User>,
+        wanted: &str,
+    ) -> Result<Vec<User>, StoreError> {
+        if let Ok(id) = OrganizationId::parse(wanted) {
+            return Ok(accounts
+                .into_iter()
+                .filter(|a| a.organization_id == id)
+                .collect());
+        }
+        let Ok(wanted) = Name::parse(wanted) else {
+            return Ok(Vec::new());
+        };
+        let mut kept = Vec::new();
+        for account in accounts {
+            let org = self.organizations.get(account.organization_id).await?;
+            if org.name == wanted {
+                kept.push(account);
+            }
+        }
+        Ok(kept)
     }
 
     /// Issues an API token for the caller, acting with at most `role` (default: the caller's

@@ -21,7 +21,10 @@ pub use alerts::{
     AlertAdmin, AlertEvaluator, NewAlertRule, NewCondition, NewDestination, NewTransmitter,
     TransmitterAdmin,
 };
-pub use auth::{AuthError, AuthSettings, Authenticator, Identity, IssuedToken, Refusal};
+pub use auth::{
+    AuthError, AuthSettings, Authenticator, Identity, IssuedToken, OrganizationChoice, Refusal,
+    SignInError,
+};
 pub use authz::{Actor, Forbidden};
 pub use bundle::{ApiPorts, ApiSettings, ApiUseCases};
 pub use errors::UseCaseError;

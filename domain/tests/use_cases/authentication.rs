@@ -8,7 +8,7 @@ use chamberlain_domain::ports::{
     AccessError, MockAccessEpoch, MockApiTokenRepository, Repositories,
 };
 use chamberlain_domain::usecases::{
-    Actor, AuthError, AuthSettings, Authenticator, NewUser, Refusal, UseCaseError,
+    Actor, AuthError, AuthSettings, Authenticator, NewUser, Refusal, SignInError, UseCaseError,
 };
 use chamberlain_fakes::InsecureTestPasswordHasher;
 
@@ -24,9 +24,9 @@ fn authenticator(h: &Harness) -> Authenticator {
     )
 }
 
-fn refusal(r: Result<impl std::fmt::Debug, AuthError>) -> Refusal {
-    match r {
-        Err(AuthError::Unauthenticated(why)) => why,
+fn refusal<E: Into<SignInError>>(r: Result<impl std::fmt::Debug, E>) -> Refusal {
+    match r.map_err(Into::into) {
+        Err(SignInError::Auth(AuthError::Unauthenticated(why))) => why,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -299,18 +299,21 @@ async fn sign_in_issues_a_session_token_and_refuses_alike_for_unknown_emails() {
         .await
         .unwrap();
     assert_eq!(
-        refusal(auth.sign_in("ada@lab.example", "wrong password!").await),
+        refusal(
+            auth.sign_in("ada@lab.example", "wrong password!", None)
+                .await
+        ),
         Refusal::BadPassword
     );
     assert_eq!(
         refusal(
-            auth.sign_in("nobody@lab.example", "correct horse battery")
+            auth.sign_in("nobody@lab.example", "correct horse battery", None)
                 .await
         ),
         Refusal::BadPassword
     );
     let session = auth
-        .sign_in("ada@lab.example", "correct horse battery")
+        .sign_in("ada@lab.example", "correct horse battery", None)
         .await
         .unwrap();
     let who = auth
@@ -327,4 +330,129 @@ async fn sign_in_issues_a_session_token_and_refuses_alike_for_unknown_emails() {
         refusal(auth.authenticate(Some(session.secret.expose())).await),
         Refusal::Refused(_)
     ));
+}
+
+/// One person, accounts in two labs: each lab's admin added the same address without learning
+/// of the other; signing in names the lab, or is told to when the password fits both.
+#[tokio::test]
+async fn an_address_with_accounts_in_two_organizations_signs_in_to_the_one_it_names() {
+    let h = Harness::new();
+    let auth = authenticator(&h);
+    let mut accounts = Vec::new();
+    for lab in ["Lab A", "Lab B"] {
+        let (org, _) = h
+            .users
+            .create_organization(
+                lab,
+                NewUser {
+                    email: format!("admin@{}.example", lab.replace(' ', "-")),
+                    display_name: "admin".into(),
+                    role: "admin".into(),
+                    password: None,
+                },
+            )
+            .await
+            .unwrap();
+        let admin = Actor {
+            user_id: h
+                .repositories
+                .users
+                .list(org.id, Default::default())
+                .await
+                .unwrap()
+                .items[0]
+                .id,
+            organization_id: org.id,
+            role: Role::Admin,
+        };
+        // The second lab's admin is not told the address exists elsewhere.
+        let user = h
+            .users
+            .create_user(
+                &admin,
+                NewUser {
+                    email: "Ada@Lab.example".into(),
+                    display_name: "Ada".into(),
+                    role: if lab == "Lab A" { "operator" } else { "viewer" }.into(),
+                    password: Some("correct horse battery".into()),
+                },
+            )
+            .await
+            .unwrap();
+        // Within one lab the address stays unique.
+        assert_eq!(
+            h.users
+                .create_user(
+                    &admin,
+                    NewUser {
+                        email: "ada@lab.example".into(),
+                        display_name: "Ada again".into(),
+                        role: "viewer".into(),
+                        password: None,
+                    },
+                )
+                .await
+                .unwrap_err(),
+            UseCaseError::Duplicate {
+                entity: "user",
+                field: "email"
+            }
+        );
+        accounts.push((org, user));
+    }
+    let (a, b) = (&accounts[0], &accounts[1]);
+
+    // The password fits both accounts: the caller must choose, and is told the choices.
+    match auth
+        .sign_in("ada@lab.example", "correct horse battery", None)
+        .await
+    {
+        Err(SignInError::ChooseOrganization(choices)) => {
+            let mut names: Vec<&str> = choices.iter().map(|c| c.name.as_str()).collect();
+            names.sort_unstable();
+            assert_eq!(names, ["Lab A", "Lab B"]);
+        }
+        other => panic!("expected a choice of organization, got {other:?}"),
+    }
+    // A wrong password never reveals the organizations.
+    assert_eq!(
+        refusal(
+            auth.sign_in("ada@lab.example", "wrong password!", None)
+                .await
+        ),
+        Refusal::BadPassword
+    );
+    // By name and by id.
+    for (named, (org, user)) in [("Lab B", b), (a.0.id.to_string().as_str(), a)] {
+        let session = auth
+            .sign_in("ada@lab.example", "correct horse battery", Some(named))
+            .await
+            .unwrap();
+        let who = auth
+            .authenticate(Some(session.secret.expose()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (who.actor.organization_id, who.actor.user_id, who.actor.role),
+            (org.id, user.id, user.role)
+        );
+    }
+    // An organization the address has no account in is the same refusal as a bad password.
+    assert_eq!(
+        refusal(
+            auth.sign_in("ada@lab.example", "correct horse battery", Some("Lab C"))
+                .await
+        ),
+        Refusal::BadPassword
+    );
+
+    // With a different password in Lab B, the password alone picks Lab A.
+    let mut in_b = b.1.clone();
+    in_b.password_hash = Some("another password entirely".into());
+    h.repositories.users.update(&in_b).await.unwrap();
+    let session = auth
+        .sign_in("ada@lab.example", "correct horse battery", None)
+        .await
+        .unwrap();
+    assert_eq!(session.token.organization_id, a.0.id);
 }

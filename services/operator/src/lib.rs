@@ -25,6 +25,7 @@ mod import;
 mod polls;
 mod readings;
 mod sections;
+mod sign_in;
 mod tokens;
 mod users;
 
@@ -37,6 +38,7 @@ pub use import::ImportArgs;
 pub use polls::PollsCommand;
 pub use readings::ReadingsCommand;
 pub use sections::SectionsCommand;
+pub use sign_in::SignInArgs;
 pub use tokens::TokensCommand;
 pub use users::UsersCommand;
 
@@ -105,6 +107,14 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// A session token for your e-mail address and password (printed; use it as --token or
+    /// CHAMBERLAIN_TOKEN).
+    SignIn {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: SignInArgs,
+    },
     /// Register the chambers of a CSV file, all of them or none, with a progress bar.
     Import {
         #[command(flatten)]
@@ -139,5 +149,6 @@ pub async fn run(command: Command) -> Result<(), Failure> {
         Command::Tokens { client, command } => tokens::run(&client.connect().await?, command).await,
         Command::Users { client, command } => users::run(&client.connect().await?, command).await,
         Command::Import { client, args } => import::run(&client.connect().await?, args).await,
+        Command::SignIn { client, args } => sign_in::run(&client.connect().await?, args).await,
     }
 }

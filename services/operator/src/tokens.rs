@@ -23,7 +23,7 @@ pub enum TokensCommand {
         #[arg(long)]
         expires_in: Option<String>,
     },
-    /// Revoke a token: it stops working within the server's decision cache TTL.
+    /// Revoke a token: it stops working on its next call.
     Revoke { id: String },
 }
 

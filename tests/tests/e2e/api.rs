@@ -1287,11 +1287,112 @@ async fn a_user_signs_in_with_a_password_without_a_token_and_gets_one() {
         .sign_in(Request::new(v1::SignInRequest {
             email: "op@a.example".into(),
             password: "correct horse battery".into(),
+            organization: String::new(),
         }))
         .await
         .unwrap()
         .into_inner();
     assert!(signed_in.expires_at.is_some());
+}
+
+/// One address, accounts in two organizations (each admin added it without learning of the
+/// other): gRPC gets the choice in a google.rpc.ErrorInfo, JSON and the CLI sign in to the
+/// organization they name, and the CLI without one lists the choices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_two_organizations_signs_in_to_the_one_named() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let channel = stack.channel().await;
+    let mut orgs = Vec::new();
+    for label in ["a", "b"] {
+        let (admin, token) = stack.tenant(label, Role::Admin).await;
+        UserServiceClient::new(channel.clone())
+            .create_user(authed(
+                v1::CreateUserRequest {
+                    email: "Ada@Lab.example".into(),
+                    display_name: "Ada".into(),
+                    role: "operator".into(),
+                    password: "correct horse battery".into(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e:?}"));
+        orgs.push(admin.organization_id.to_string());
+    }
+
+    let e = AuthServiceClient::new(channel.clone())
+        .sign_in(Request::new(v1::SignInRequest {
+            email: "ada@lab.example".into(),
+            password: "correct horse battery".into(),
+            organization: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let info = e.get_details_error_info().expect("an ErrorInfo detail");
+    assert_eq!(info.reason, "ORGANIZATION_REQUIRED");
+    let mut offered: Vec<&String> = info.metadata.keys().collect();
+    offered.sort();
+    let mut expected: Vec<&String> = orgs.iter().collect();
+    expected.sort();
+    assert_eq!(offered, expected);
+    let b_name = info.metadata[&orgs[1]].clone();
+    assert_eq!(b_name, "org b");
+
+    // JSON, naming the organization.
+    let (status, body) = stack
+        .http(
+            "POST",
+            "/v1/auth:signIn",
+            None,
+            Some(
+                r#"{"email":"ada@lab.example","password":"correct horse battery","organization":"org b"}"#,
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = json(&body)["token"].as_str().unwrap().to_owned();
+    let me = UserServiceClient::new(channel.clone())
+        .who_am_i(authed(v1::WhoAmIRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.organization_id, orgs[1]);
+
+    // The CLI: without --organization (and nobody at a terminal to ask) it lists the choices.
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(chamberlain_tests::chamberlain_bin())
+            .args(["sign-in", "--server"])
+            .arg(format!("127.0.0.1:{}", stack.ports.envoy))
+            .args(["--email", "ada@lab.example", "--output", "json"])
+            .args(extra)
+            .env("CHAMBERLAIN_PASSWORD", "correct horse battery")
+            .env("CHAMBERLAIN_CONFIG", "/dev/null")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let undecided = cli(&[]);
+    let stderr = String::from_utf8_lossy(&undecided.stderr);
+    assert_eq!(undecided.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("org a") && stderr.contains("org b") && stderr.contains("--organization"),
+        "{stderr}"
+    );
+    let chosen = cli(&["--organization", &orgs[0]]);
+    assert!(
+        chosen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chosen.stderr)
+    );
+    let reply = json(&String::from_utf8_lossy(&chosen.stdout));
+    let token = reply["token"].as_str().expect("a token").to_owned();
+    let me = UserServiceClient::new(channel)
+        .who_am_i(authed(v1::WhoAmIRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.organization_id, orgs[0]);
 }
 
 /// docs/API.md lists every JSON route the API has, as `VERB /path` (read from the descriptor

@@ -231,6 +231,9 @@ pub struct AdminTokenArgs {
     /// Email of an admin of the organization.
     #[arg(long)]
     email: String,
+    /// The organization (its name or id), when the address has accounts in several.
+    #[arg(long)]
+    organization: Option<String>,
     /// The token's name (shown by `chamberlain tokens list`).
     #[arg(long, default_value = "admin-token")]
     name: String,
@@ -247,11 +250,7 @@ pub async fn admin_token(args: AdminTokenArgs) -> Result<(), anyhow::Error> {
         anyhow::Error::new(ConfigError(format!("invalid setting --email: {}", e.rule)))
     })?;
     let repositories = args.database.storage()?.open().await?.repositories();
-    let user = repositories
-        .users
-        .find_by_email(&email)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no user {} in this installation", email.as_str()))?;
+    let user = account_of(&repositories, &email, args.organization.as_deref()).await?;
     if user.role != Role::Admin || user.disabled {
         anyhow::bail!(
             "{} is not an active admin (role {}); ask an admin, or name one",
@@ -284,6 +283,39 @@ pub async fn admin_token(args: AdminTokenArgs) -> Result<(), anyhow::Error> {
     println!("admin {} ({})", user.email.as_str(), user.id);
     println!("api token (shown once): {}", issued.secret.expose());
     Ok(())
+}
+
+/// The account `email` has in `organization` (a name or an id), or its only account.
+async fn account_of(
+    repositories: &chamberlain_domain::ports::Repositories,
+    email: &Email,
+    organization: Option<&str>,
+) -> Result<chamberlain_domain::model::User, anyhow::Error> {
+    let mut accounts = Vec::new();
+    for user in repositories.users.find_by_email(email).await? {
+        let org = repositories.organizations.get(user.organization_id).await?;
+        let wanted = organization
+            .is_none_or(|o| o.trim() == org.name.as_str() || o.trim() == org.id.to_string());
+        if wanted {
+            accounts.push((user, org));
+        }
+    }
+    match accounts.len() {
+        0 => match organization {
+            Some(o) => anyhow::bail!("no user {} in organization {o}", email.as_str()),
+            None => anyhow::bail!("no user {} in this installation", email.as_str()),
+        },
+        1 => Ok(accounts.remove(0).0),
+        _ => Err(anyhow::Error::new(ConfigError(format!(
+            "{} has an account in several organizations; choose one with --organization: {}",
+            email.as_str(),
+            accounts
+                .iter()
+                .map(|(_, org)| format!("{} ({})", org.name.as_str(), org.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))),
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -70,7 +70,9 @@ async fn administrator(
     use_cases: &ApiUseCases,
 ) -> Result<Actor, anyhow::Error> {
     let email = Email::parse(ADMIN_EMAIL).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(user) = embedded.repositories().users.find_by_email(&email).await? {
+    // The account the first start created: the oldest with this address.
+    let accounts = embedded.repositories().users.find_by_email(&email).await?;
+    if let Some(user) = accounts.into_iter().min_by_key(|u| u.created_at) {
         return Ok(Actor {
             user_id: user.id,
             organization_id: user.organization_id,
