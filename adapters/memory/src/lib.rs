@@ -5,7 +5,7 @@ mod coordination;
 mod events;
 mod queue;
 
-pub use access::MemoryAccessEpoch;
+pub use access::{MemoryAccessEpoch, MemoryRateLimiter};
 pub use coordination::{MemoryLeaderLease, MemoryScheduleCheckpoint, SystemClock};
 pub use events::{MemoryChamberChanges, MemoryEventBus};
 pub use queue::MemoryPollQueue;

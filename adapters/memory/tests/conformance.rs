@@ -64,13 +64,18 @@ mod changes {
 mod access {
     use super::*;
     use chamberlain_domain::conformance::access::AccessFixture;
-    use chamberlain_memory::MemoryAccessEpoch;
+    use chamberlain_memory::{MemoryAccessEpoch, MemoryRateLimiter};
 
     chamberlain_domain::access_conformance_tests!(async {
         let epoch = Arc::new(MemoryAccessEpoch::default());
+        let limiter = Arc::new(MemoryRateLimiter::default());
         AccessFixture {
             epoch: epoch.clone(),
             other_epoch: epoch,
+            limiter: limiter.clone(),
+            other_limiter: limiter,
+            // The limiter measures real time: letting it pass means waiting.
+            advance: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
             keepalive: None,
         }
     });

@@ -9,7 +9,7 @@ mod queue;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use access::{ACCESS_READ_TIMEOUT, RedisAccessEpoch};
+pub use access::{ACCESS_READ_TIMEOUT, RedisAccessEpoch, RedisRateLimiter};
 pub use config::RedisConfig;
 pub use events::{RedisChamberChanges, RedisEventBus};
 pub use lease::{RedisLeaderLease, RedisScheduleCheckpoint};

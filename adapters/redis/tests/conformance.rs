@@ -74,13 +74,16 @@ mod changes {
 mod access {
     use super::*;
     use chamberlain_domain::conformance::access::AccessFixture;
-    use chamberlain_redis::RedisAccessEpoch;
+    use chamberlain_redis::{RedisAccessEpoch, RedisRateLimiter};
 
     chamberlain_domain::access_conformance_tests!(async {
         let prefix = TestPrefix::new();
         AccessFixture {
             epoch: Arc::new(RedisAccessEpoch::connect(&prefix.config).await.unwrap()),
             other_epoch: Arc::new(RedisAccessEpoch::connect(&prefix.config).await.unwrap()),
+            limiter: Arc::new(RedisRateLimiter::connect(&prefix.config).await.unwrap()),
+            other_limiter: Arc::new(RedisRateLimiter::connect(&prefix.config).await.unwrap()),
+            advance: real_time(),
             keepalive: Some(Arc::new(prefix)),
         }
     });

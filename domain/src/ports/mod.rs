@@ -14,7 +14,7 @@ mod queue;
 mod repositories;
 mod storage;
 
-pub use access::{AccessEpoch, AccessError};
+pub use access::{AccessEpoch, AccessError, Admission, Bucket, Rate, RateLimiter, next_arrival};
 pub use alerts::{AlertFilter, AlertRepository, TransmitterRepository};
 pub use chamber_client::{ChamberClient, FetchError, FetchRequest, FetchedResponse};
 pub use coordination::{Clock, LeaderLease, LeaseError, LeaseGrant, ScheduleCheckpoint};
@@ -34,7 +34,7 @@ pub use storage::{
 };
 
 #[cfg(feature = "mock")]
-pub use access::MockAccessEpoch;
+pub use access::{MockAccessEpoch, MockRateLimiter};
 #[cfg(feature = "mock")]
 pub use alerts::{MockAlertRepository, MockTransmitterRepository};
 #[cfg(feature = "mock")]

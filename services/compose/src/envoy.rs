@@ -54,8 +54,9 @@ pub struct EnvoyConfigArgs {
         default_value = "chamberlain.pb"
     )]
     descriptor: PathBuf,
-    /// Requests per second the whole listener lets through (the excess is
-    /// `RESOURCE_EXHAUSTED` / 429).
+    /// Authenticated requests per second the listener lets through to the gateways, whoever
+    /// sends them (the excess is `RESOURCE_EXHAUSTED` / 429; each user and organization is
+    /// limited by `chamberlain auth` too).
     #[arg(
         long,
         env = "CHAMBERLAIN_ENVOY_RATE_LIMIT_PER_SEC",
@@ -63,6 +64,16 @@ pub struct EnvoyConfigArgs {
         value_parser = clap::value_parser!(u32).range(1..=10_000_000)
     )]
     rate_limit_per_sec: u32,
+    /// Requests per second without an `authorization` header (sign-in, health, reflection),
+    /// counted apart and before authentication, so a flood of them leaves authenticated callers
+    /// alone.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_ENVOY_ANONYMOUS_RATE_LIMIT_PER_SEC",
+        default_value_t = 200,
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000)
+    )]
+    anonymous_rate_limit_per_sec: u32,
     /// TLS on the API's listener: the certificate chain (PEM) Envoy presents. Needs
     /// `--tls-key`; without both the listener is plaintext (put TLS in front of it some other
     /// way).
@@ -142,6 +153,7 @@ pub struct EnvoyConfig {
     /// An absolute path.
     pub descriptor: PathBuf,
     pub rate_limit_per_sec: u32,
+    pub anonymous_rate_limit_per_sec: u32,
     /// The listener's certificate chain and key (absolute paths), if it serves TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -218,6 +230,7 @@ impl EnvoyConfigArgs {
             )?,
             descriptor,
             rate_limit_per_sec: self.rate_limit_per_sec,
+            anonymous_rate_limit_per_sec: self.anonymous_rate_limit_per_sec,
         })
     }
 }
@@ -302,6 +315,10 @@ impl EnvoyConfig {
             ),
             ("DESCRIPTOR", quoted(&self.descriptor.to_string_lossy())),
             ("RATE_LIMIT_PER_SECOND", self.rate_limit_per_sec.to_string()),
+            (
+                "ANONYMOUS_RATE_LIMIT_PER_SECOND",
+                self.anonymous_rate_limit_per_sec.to_string(),
+            ),
             ("LISTENER_TLS", listener_tls(self.tls.as_ref())),
         ]
     }
