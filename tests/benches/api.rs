@@ -175,6 +175,8 @@ fn main() {
             auth_env: vec![
                 ("CHAMBERLAIN_RATE_LIMIT_PER_SEC", "1000000".into()),
                 ("CHAMBERLAIN_RATE_LIMIT_BURST", "1000000".into()),
+                ("CHAMBERLAIN_ORG_RATE_LIMIT_PER_SEC", "1000000".into()),
+                ("CHAMBERLAIN_ORG_RATE_LIMIT_BURST", "1000000".into()),
             ],
             listener_rate_limit: Some(1_000_000),
             release: !cfg!(debug_assertions),

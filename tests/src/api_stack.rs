@@ -93,11 +93,11 @@ pub fn write_envoy_config(
     bin: &std::path::Path,
     out: &std::path::Path,
     ports: &Ports,
-    upstream_gateway: u16,
     auths: &[u16],
     descriptor: &std::path::Path,
-    listener_rate_limit: Option<u32>,
+    options: &StackOptions,
 ) {
+    let upstream_gateway = options.upstream_override.unwrap_or(ports.gateway);
     let mut cmd = Command::new(bin);
     cmd.arg("envoy-config")
         .args(["--listen", &format!("127.0.0.1:{}", ports.envoy)])
@@ -117,8 +117,11 @@ pub fn write_envoy_config(
         .arg(descriptor)
         .arg("--out")
         .arg(out);
-    if let Some(rps) = listener_rate_limit {
+    if let Some(rps) = options.listener_rate_limit {
         cmd.args(["--rate-limit-per-sec", &rps.to_string()]);
+    }
+    if let Some(rps) = options.anonymous_rate_limit {
+        cmd.args(["--anonymous-rate-limit-per-sec", &rps.to_string()]);
     }
     let output = cmd.output().expect("run chamberlain envoy-config");
     assert!(
@@ -147,8 +150,11 @@ pub struct StackOptions {
     pub upstream_override: Option<u16>,
     /// Point Envoy's auth cluster here instead of starting `chamberlain auth`.
     pub auth_override: Option<u16>,
-    /// Requests per second Envoy's listener-wide local rate limit allows (default: the file's).
+    /// Authenticated requests per second Envoy's listener-wide local rate limit allows
+    /// (default: envoy-config's).
     pub listener_rate_limit: Option<u32>,
+    /// Requests per second without credentials Envoy allows (default: envoy-config's).
+    pub anonymous_rate_limit: Option<u32>,
     /// Run the release build (benchmarks).
     pub release: bool,
     /// Extra environment of the gateway processes.
@@ -307,10 +313,9 @@ impl Stack {
             &bin,
             &config,
             &ports,
-            options.upstream_override.unwrap_or(ports.gateway),
             &auths,
             &descriptor,
-            options.listener_rate_limit,
+            &options,
         );
         let envoy = Command::new(envoy_bin())
             .arg("-c")

@@ -3,9 +3,9 @@
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
-use chamberlain_domain::model::UserId;
-use chamberlain_domain::ports::Clock;
+use chamberlain_domain::ports::{Admission, Bucket, Clock, Rate, RateLimiter};
 use chamberlain_domain::usecases::{AuthError, Authenticator};
 use chamberlain_grpc::identity::IDENTITY_HEADER;
 use chamberlain_grpc::{ANONYMOUS_METHODS, IdentityKey};
@@ -16,39 +16,56 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-/// Per-identity request rate limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub per_second: NonZeroU32,
-    pub burst: NonZeroU32,
-}
+mod client;
 
-const fn at_least_one(n: u32) -> NonZeroU32 {
-    match NonZeroU32::new(n) {
-        Some(n) => n,
-        None => NonZeroU32::MIN,
+pub use client::{client_address, parse_networks};
+
+const fn rate(per_second: u32, burst: u32) -> Rate {
+    const fn at_least_one(n: u32) -> NonZeroU32 {
+        match NonZeroU32::new(n) {
+            Some(n) => n,
+            None => NonZeroU32::MIN,
+        }
+    }
+    Rate {
+        per_second: at_least_one(per_second),
+        burst: at_least_one(burst),
     }
 }
 
 /// Calls per user by default: 50 a second sustained, bursts of 100.
-pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
-    per_second: at_least_one(50),
-    burst: at_least_one(100),
-};
-
+pub const DEFAULT_USER_LIMIT: Rate = rate(50, 100);
+/// Calls per organization by default (all its users and tokens): 200 a second, bursts of 400.
+pub const DEFAULT_ORGANIZATION_LIMIT: Rate = rate(200, 400);
 /// Sign-in attempts per client address by default: 1 a second sustained, bursts of 10.
-pub const DEFAULT_SIGN_IN_LIMIT: RateLimit = RateLimit {
-    per_second: at_least_one(1),
-    burst: at_least_one(10),
-};
+pub const DEFAULT_SIGN_IN_LIMIT: Rate = rate(1, 10);
+/// Calls refused as unauthenticated per client address by default: 10 a second, bursts of 20;
+/// beyond, they are answered 429 instead of 401.
+pub const DEFAULT_UNAUTHENTICATED_LIMIT: Rate = rate(10, 20);
 
-impl RateLimit {
-    fn quota(self) -> Quota {
-        Quota::per_second(self.per_second).allow_burst(self.burst)
+/// The limits the auth service applies, each shared by every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub per_user: Rate,
+    pub per_organization: Rate,
+    /// Per client address.
+    pub sign_in: Rate,
+    /// Calls without a valid credential, per client address.
+    pub unauthenticated: Rate,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_user: DEFAULT_USER_LIMIT,
+            per_organization: DEFAULT_ORGANIZATION_LIMIT,
+            sign_in: DEFAULT_SIGN_IN_LIMIT,
+            unauthenticated: DEFAULT_UNAUTHENTICATED_LIMIT,
+        }
     }
 }
 
@@ -56,10 +73,60 @@ impl RateLimit {
 #[derive(Debug, Clone)]
 pub struct AuthServiceConfig {
     pub identity_key: IdentityKey,
-    /// Calls per user.
-    pub rate_limit: RateLimit,
-    /// Sign-in attempts per client address.
-    pub sign_in_limit: RateLimit,
+    pub limits: RateLimits,
+    /// Proxies in front of Envoy whose `x-forwarded-for` entries are believed (see
+    /// [`client_address`]); empty: the connection's peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// The shared limits, and this replica's own for when they cannot be reached (the limits then
+/// hold per replica instead of failing every call).
+#[derive(Clone)]
+pub struct Limiters {
+    shared: Arc<dyn RateLimiter>,
+    local: Arc<dyn RateLimiter>,
+    /// When the last warning about the shared limits was logged (one per 10 s at most).
+    warned_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl std::fmt::Debug for Limiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiters").finish_non_exhaustive()
+    }
+}
+
+impl Limiters {
+    fn warn_now_and_then(&self, e: &chamberlain_domain::ports::AccessError) {
+        let mut warned_at = self
+            .warned_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *warned_at = Some(std::time::Instant::now());
+            tracing::warn!(error = %e, "shared rate limits unavailable; limiting this replica alone");
+        }
+    }
+
+    pub fn new(shared: Arc<dyn RateLimiter>, local: Arc<dyn RateLimiter>) -> Self {
+        Self {
+            shared,
+            local,
+            warned_at: Arc::default(),
+        }
+    }
+
+    async fn admit(&self, buckets: &[Bucket]) -> Admission {
+        match self.shared.admit(buckets).await {
+            Ok(admission) => admission,
+            Err(e) => {
+                self.warn_now_and_then(&e);
+                self.local
+                    .admit(buckets)
+                    .await
+                    .unwrap_or(Admission::Admitted)
+            }
+        }
+    }
 }
 
 /// The ext_authz `Check` implementation.
@@ -68,14 +135,40 @@ pub struct AuthCheck {
     auth: Authenticator,
     key: IdentityKey,
     clock: Arc<dyn Clock>,
-    per_user: Arc<DefaultKeyedRateLimiter<UserId>>,
-    sign_ins: Arc<DefaultKeyedRateLimiter<String>>,
+    limiters: Limiters,
+    limits: RateLimits,
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 impl std::fmt::Debug for AuthCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthCheck").finish_non_exhaustive()
     }
+}
+
+/// 429 / `RESOURCE_EXHAUSTED` with when to retry (`retry-after`, whole seconds, at least 1).
+fn rate_limited(message: &str, retry_after: Duration, caller_speaks_grpc: bool) -> CheckResponse {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut response = denied(
+        HttpStatusCode::TooManyRequests,
+        Status::resource_exhausted(format!("{message}; retry in {}s", seconds.max(1))),
+        caller_speaks_grpc,
+    );
+    if let Some(http) = response.http_response.as_mut()
+        && let envoy_types::ext_authz::v3::pb::HttpResponse::DeniedResponse(d) = http
+    {
+        d.headers.push(
+            envoy_types::pb::envoy::config::core::v3::HeaderValueOption {
+                header: Some(envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                    key: "retry-after".into(),
+                    value: seconds.max(1).to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    response
 }
 
 /// A refusal. A gRPC caller reads Envoy's local reply body as its `grpc-message`, so it gets
@@ -132,13 +225,19 @@ fn percent_encode(message: &str) -> String {
 }
 
 impl AuthCheck {
-    pub fn new(auth: Authenticator, clock: Arc<dyn Clock>, config: &AuthServiceConfig) -> Self {
+    pub fn new(
+        auth: Authenticator,
+        clock: Arc<dyn Clock>,
+        limiters: Limiters,
+        config: &AuthServiceConfig,
+    ) -> Self {
         Self {
             auth,
             key: config.identity_key.clone(),
             clock,
-            per_user: Arc::new(RateLimiter::keyed(config.rate_limit.quota())),
-            sign_ins: Arc::new(RateLimiter::keyed(config.sign_in_limit.quota())),
+            limiters,
+            limits: config.limits,
+            trusted_proxies: config.trusted_proxies.clone().into(),
         }
     }
 
@@ -167,13 +266,31 @@ impl AuthCheck {
             .and_then(|h| h.get("content-type"))
             .is_some_and(|t| t.starts_with("application/grpc"));
         let path = path.split('?').next().unwrap_or_default();
+        let client = client_address(
+            request.get_client_address().map(String::as_str),
+            request
+                .get_client_headers()
+                .and_then(|h| h.get("x-forwarded-for"))
+                .map(String::as_str),
+            &self.trusted_proxies,
+        )
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+        tracing::debug!(
+            peer = ?request.get_client_address(),
+            forwarded_for = ?request.get_client_headers().and_then(|h| h.get("x-forwarded-for")),
+            client,
+            "client address"
+        );
         if ANONYMOUS_METHODS.contains(&path) {
-            let client = request.get_client_address().cloned().unwrap_or_default();
-            if self.sign_ins.check_key(&client).is_err() {
+            let bucket = Bucket {
+                key: format!("sign-in:{client}"),
+                rate: self.limits.sign_in,
+            };
+            if let Admission::Refused { retry_after, .. } = self.limiters.admit(&[bucket]).await {
                 return (
-                    denied(
-                        HttpStatusCode::TooManyRequests,
-                        Status::resource_exhausted("too many sign-in attempts; wait a moment"),
+                    rate_limited(
+                        "too many sign-in attempts from your address",
+                        retry_after,
                         caller_speaks_grpc,
                     ),
                     "rate_limited",
@@ -191,11 +308,30 @@ impl AuthCheck {
             .map(String::as_str);
         match self.auth.authenticate(authorization).await {
             Ok(identity) => {
-                if self.per_user.check_key(&identity.actor.user_id).is_err() {
+                let buckets = [
+                    Bucket {
+                        key: format!("user:{}", identity.actor.user_id),
+                        rate: self.limits.per_user,
+                    },
+                    Bucket {
+                        key: format!("organization:{}", identity.actor.organization_id),
+                        rate: self.limits.per_organization,
+                    },
+                ];
+                if let Admission::Refused {
+                    bucket,
+                    retry_after,
+                } = self.limiters.admit(&buckets).await
+                {
+                    let whose = if bucket == 0 {
+                        "your user's"
+                    } else {
+                        "your organization's"
+                    };
                     return (
-                        denied(
-                            HttpStatusCode::TooManyRequests,
-                            Status::resource_exhausted("rate limit exceeded; slow down"),
+                        rate_limited(
+                            &format!("{whose} rate limit exceeded; slow down"),
+                            retry_after,
                             caller_speaks_grpc,
                         ),
                         "rate_limited",
@@ -213,14 +349,31 @@ impl AuthCheck {
                 response.set_http_response(ok.build());
                 (response, "allowed")
             }
-            Err(AuthError::Unauthenticated(why)) => (
-                denied(
-                    HttpStatusCode::Unauthorized,
-                    Status::unauthenticated(why.to_string()),
-                    caller_speaks_grpc,
-                ),
-                "unauthenticated",
-            ),
+            Err(AuthError::Unauthenticated(why)) => {
+                let bucket = Bucket {
+                    key: format!("unauthenticated:{client}"),
+                    rate: self.limits.unauthenticated,
+                };
+                if let Admission::Refused { retry_after, .. } = self.limiters.admit(&[bucket]).await
+                {
+                    return (
+                        rate_limited(
+                            "too many unauthenticated calls from your address",
+                            retry_after,
+                            caller_speaks_grpc,
+                        ),
+                        "rate_limited",
+                    );
+                }
+                (
+                    denied(
+                        HttpStatusCode::Unauthorized,
+                        Status::unauthenticated(why.to_string()),
+                        caller_speaks_grpc,
+                    ),
+                    "unauthenticated",
+                )
+            }
             Err(AuthError::Unavailable { message }) => {
                 tracing::warn!(error = %message, "token store unavailable; refusing");
                 (

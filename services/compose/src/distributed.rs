@@ -10,7 +10,7 @@ use chamberlain_http::{HttpChamberClient, HttpClientConfig};
 use chamberlain_memory::SystemClock;
 use chamberlain_redis::{
     RedisAccessEpoch, RedisChamberChanges, RedisConfig, RedisEventBus, RedisLeaderLease,
-    RedisPollQueue, RedisScheduleCheckpoint,
+    RedisPollQueue, RedisRateLimiter, RedisScheduleCheckpoint,
 };
 
 /// Chamber changes buffered per subscriber (the scheduler's) before it resyncs.
@@ -161,5 +161,15 @@ impl Distributed {
         &self,
     ) -> Result<Arc<dyn chamberlain_domain::ports::AccessEpoch>, anyhow::Error> {
         Ok(Arc::new(RedisAccessEpoch::connect(&self.redis).await?))
+    }
+
+    /// Rate limits every auth replica shares.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn rate_limiter(
+        &self,
+    ) -> Result<Arc<dyn chamberlain_domain::ports::RateLimiter>, anyhow::Error> {
+        Ok(Arc::new(RedisRateLimiter::connect(&self.redis).await?))
     }
 }

@@ -300,7 +300,8 @@ impl IdentityKeyArgs {
 /// How tokens are checked and how long a session lasts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthenticationArgs {
-    /// Seconds a token decision is reused: a revoked token stops working within this time.
+    /// The longest a token decision is reused (a role change, a deleted user or a revoked
+    /// token ends every reuse on the next call).
     #[arg(long, env = "CHAMBERLAIN_AUTH_CACHE_SECS", default_value_t = AuthSettings::default().cache_ttl.as_secs(), value_parser = clap::value_parser!(u64).range(0..=300))]
     pub auth_cache_secs: u64,
     /// Hours a token from signing in lasts.
@@ -318,16 +319,66 @@ impl AuthenticationArgs {
     }
 }
 
-/// The auth service's rate limits.
+/// The auth service's rate limits, shared by its replicas through Redis, and who the client
+/// is behind proxies.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RateLimitArgs {
     /// Calls per second each user may make (sustained).
-    #[arg(long, env = "CHAMBERLAIN_RATE_LIMIT_PER_SEC", default_value_t = chamberlain_auth::DEFAULT_RATE_LIMIT.per_second)]
+    #[arg(long, env = "CHAMBERLAIN_RATE_LIMIT_PER_SEC", default_value_t = chamberlain_auth::DEFAULT_USER_LIMIT.per_second)]
     pub rate_limit_per_sec: NonZeroU32,
-    /// Calls each user may make at once above the sustained rate.
-    #[arg(long, env = "CHAMBERLAIN_RATE_LIMIT_BURST", default_value_t = chamberlain_auth::DEFAULT_RATE_LIMIT.burst)]
+    /// Calls each user may make at once.
+    #[arg(long, env = "CHAMBERLAIN_RATE_LIMIT_BURST", default_value_t = chamberlain_auth::DEFAULT_USER_LIMIT.burst)]
     pub rate_limit_burst: NonZeroU32,
+    /// Calls per second all the users and tokens of one organization may make together.
+    #[arg(long, env = "CHAMBERLAIN_ORG_RATE_LIMIT_PER_SEC", default_value_t = chamberlain_auth::DEFAULT_ORGANIZATION_LIMIT.per_second)]
+    pub org_rate_limit_per_sec: NonZeroU32,
+    /// Calls one organization may make at once.
+    #[arg(long, env = "CHAMBERLAIN_ORG_RATE_LIMIT_BURST", default_value_t = chamberlain_auth::DEFAULT_ORGANIZATION_LIMIT.burst)]
+    pub org_rate_limit_burst: NonZeroU32,
     /// Sign-in attempts per second from one client address (sustained; bursts of 10).
     #[arg(long, env = "CHAMBERLAIN_SIGN_IN_PER_SEC", default_value_t = chamberlain_auth::DEFAULT_SIGN_IN_LIMIT.per_second)]
     pub sign_in_per_sec: NonZeroU32,
+    /// Calls without a valid credential per second from one client address (bursts of twice
+    /// this); beyond, they are answered 429 instead of 401.
+    #[arg(long, env = "CHAMBERLAIN_UNAUTHENTICATED_PER_SEC", default_value_t = chamberlain_auth::DEFAULT_UNAUTHENTICATED_LIMIT.per_second)]
+    pub unauthenticated_per_sec: NonZeroU32,
+    /// Proxies in front of Envoy (load balancers), as networks or addresses separated by
+    /// commas: the client address is the `x-forwarded-for` entry the nearest untrusted hop
+    /// added. Empty: the connection's peer is the client.
+    #[arg(long, env = "CHAMBERLAIN_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+}
+
+impl RateLimitArgs {
+    /// # Errors
+    /// A [`ConfigError`] naming `--trusted-proxies`.
+    pub fn limits(
+        &self,
+    ) -> Result<(chamberlain_auth::RateLimits, Vec<ipnet::IpNet>), anyhow::Error> {
+        use chamberlain_domain::ports::Rate;
+        let trusted = chamberlain_auth::parse_networks(&self.trusted_proxies)
+            .map_err(|e| bad_setting("--trusted-proxies", "CHAMBERLAIN_TRUSTED_PROXIES", e))?;
+        let twice = |n: NonZeroU32| n.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+        Ok((
+            chamberlain_auth::RateLimits {
+                per_user: Rate {
+                    per_second: self.rate_limit_per_sec,
+                    burst: self.rate_limit_burst,
+                },
+                per_organization: Rate {
+                    per_second: self.org_rate_limit_per_sec,
+                    burst: self.org_rate_limit_burst,
+                },
+                sign_in: Rate {
+                    per_second: self.sign_in_per_sec,
+                    ..chamberlain_auth::DEFAULT_SIGN_IN_LIMIT
+                },
+                unauthenticated: Rate {
+                    per_second: self.unauthenticated_per_sec,
+                    burst: twice(self.unauthenticated_per_sec),
+                },
+            },
+            trusted,
+        ))
+    }
 }

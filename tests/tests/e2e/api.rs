@@ -1016,17 +1016,58 @@ async fn a_stopped_auth_service_refuses_every_call_and_none_reaches_the_gateway(
     every_call_refused(&stack, &token).await;
 }
 
+/// Two auth replicas behind Envoy (round robin) keep one limit between them, in Redis: a burst
+/// through both is cut at the shared bucket, not at twice it; an organization's limit holds
+/// over all its users.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_beyond_the_rate_limit_is_refused_for_the_excess() {
+async fn a_burst_through_two_auth_replicas_is_cut_at_the_shared_limit() {
     let stack = Stack::start(StackOptions {
         auth_env: vec![
             ("CHAMBERLAIN_RATE_LIMIT_PER_SEC", "1".into()),
             ("CHAMBERLAIN_RATE_LIMIT_BURST", "5".into()),
+            ("CHAMBERLAIN_ORG_RATE_LIMIT_PER_SEC", "1".into()),
+            ("CHAMBERLAIN_ORG_RATE_LIMIT_BURST", "8".into()),
         ],
+        extra_auths: 1,
         ..StackOptions::default()
     })
     .await;
-    let (_, token) = stack.tenant("a", Role::Viewer).await;
+    let (admin, token) = stack.tenant("a", Role::Admin).await;
+    // A second user of the organization, made without an API call (the limits are tight).
+    let colleague = chamberlain_domain::usecases::UserAdmin::new(
+        &chamberlain_domain::ports::Repositories::of(stack.store.clone()),
+        std::sync::Arc::new(chamberlain_fakes::InsecureTestPasswordHasher),
+        std::sync::Arc::new(chamberlain_memory::MemoryAccessEpoch::default()),
+        std::sync::Arc::new(chamberlain_memory::SystemClock),
+    )
+    .create_user(
+        &admin,
+        chamberlain_domain::usecases::NewUser {
+            email: "colleague@a.example".into(),
+            display_name: "colleague".into(),
+            role: "viewer".into(),
+            password: None,
+        },
+    )
+    .await
+    .unwrap();
+    let other = stack
+        .authenticator()
+        .create_token(
+            &chamberlain_domain::usecases::Actor {
+                user_id: colleague.id,
+                organization_id: admin.organization_id,
+                role: Role::Viewer,
+            },
+            "colleague",
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .secret
+        .expose()
+        .to_owned();
     let mut sections = SectionServiceClient::new(stack.channel().await);
     let (mut ok, mut exhausted) = (0, 0);
     for _ in 0..20 {
@@ -1035,22 +1076,122 @@ async fn a_burst_beyond_the_rate_limit_is_refused_for_the_excess() {
             .await
         {
             Ok(_) => ok += 1,
-            Err(e) if e.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(e.message().contains("your user's"), "{e:?}");
+                exhausted += 1;
+            }
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
-    assert!((5..=7).contains(&ok), "the burst passes: {ok} ok");
+    // Five in the burst, and one more for each second the loop took.
+    assert!((5..=7).contains(&ok), "the burst passes once: {ok} ok");
     assert_eq!(ok + exhausted, 20);
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(
-            stack
-                .http("GET", "/v1/sections", Some(&token), None)
-                .await
-                .0,
-        );
+        let (status, _) = stack.http("GET", "/v1/sections", Some(&token), None).await;
+        statuses.push(status);
     }
     assert!(statuses.contains(&429), "JSON excess is 429: {statuses:?}");
+
+    // The colleague has a bucket of their own, but the organization's (eight at once) is
+    // nearly spent by the first user.
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(e) = sections
+            .list_sections(authed(v1::ListSectionsRequest { page: None }, &other))
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("the organization's limit cuts the second user too");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("organization"), "{refused:?}");
+}
+
+/// A flood of calls without credentials (and with made-up ones) while an authenticated caller
+/// works: the flood is limited on its own, and every one of the caller's calls is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_flood_leaves_authenticated_calls_answered() {
+    let stack = Stack::start(StackOptions {
+        listener_rate_limit: Some(60),
+        anonymous_rate_limit: Some(20),
+        ..StackOptions::default()
+    })
+    .await;
+    let (_, token) = stack.tenant("a", Role::Viewer).await;
+    let port = stack.ports.envoy;
+    let flood: Vec<_> = (0..300)
+        .map(|i| {
+            tokio::spawn(async move {
+                let forged = (i % 3 == 0).then_some("chm_made_up");
+                chamberlain_tests::api_stack::http_request(
+                    port,
+                    "GET",
+                    "/v1/sections",
+                    forged,
+                    None,
+                    &[],
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    let mut sections = SectionServiceClient::new(stack.channel().await);
+    for i in 0..30 {
+        sections
+            .list_sections(authed(v1::ListSectionsRequest { page: None }, &token))
+            .await
+            .unwrap_or_else(|e| panic!("authenticated call {i} refused during the flood: {e:?}"));
+    }
+    let mut statuses = Vec::new();
+    for request in flood {
+        statuses.push(request.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "the flood is refused: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&429),
+        "and limited, not only refused: {statuses:?}"
+    );
+}
+
+/// Behind a trusted load balancer, sign-in attempts are limited per client as the balancer
+/// saw it (`x-forwarded-for`), not all together as the balancer's one address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_sign_in_limit() {
+    let stack = Stack::start(StackOptions {
+        auth_env: vec![("CHAMBERLAIN_TRUSTED_PROXIES", "127.0.0.1/32".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    let attempt = |client: &'static str| {
+        let stack = &stack;
+        async move {
+            let (status, _) = chamberlain_tests::api_stack::http_request(
+                stack.ports.envoy,
+                "POST",
+                "/v1/auth:signIn",
+                None,
+                Some(r#"{"email":"nobody@lab.example","password":"not the password"}"#),
+                &[("x-forwarded-for", client)],
+            )
+            .await;
+            status
+        }
+    };
+    // Client one spends its burst of ten (and more: a refill a second)...
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(attempt("203.0.113.1").await);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // ...while client two, behind the same balancer, still gets an answer on its password.
+    assert_eq!(attempt("203.0.113.2").await, 401);
 }
 
 /// Every cluster the config names is defined, and authorization fails closed.

@@ -120,6 +120,7 @@ pub async fn auth(args: AuthArgs, telemetry: &Telemetry) -> Result<(), anyhow::E
     let repositories = storage.open().await?.repositories();
     let distributed = Distributed::new(redis);
     let clock = distributed.clock();
+    let (limits, trusted_proxies) = args.rate_limits.limits()?;
     let check = chamberlain_auth::AuthCheck::new(
         Authenticator::new(
             &repositories,
@@ -129,16 +130,14 @@ pub async fn auth(args: AuthArgs, telemetry: &Telemetry) -> Result<(), anyhow::E
             args.authentication.settings(),
         ),
         clock,
+        chamberlain_auth::Limiters::new(
+            distributed.rate_limiter().await?,
+            Arc::new(chamberlain_memory::MemoryRateLimiter::default()),
+        ),
         &chamberlain_auth::AuthServiceConfig {
             identity_key: key,
-            rate_limit: chamberlain_auth::RateLimit {
-                per_second: args.rate_limits.rate_limit_per_sec,
-                burst: args.rate_limits.rate_limit_burst,
-            },
-            sign_in_limit: chamberlain_auth::RateLimit {
-                per_second: args.rate_limits.sign_in_per_sec,
-                ..chamberlain_auth::DEFAULT_SIGN_IN_LIMIT
-            },
+            limits,
+            trusted_proxies,
         },
     );
     let listener = bind(args.listen, "CHAMBERLAIN_AUTH_LISTEN").await?;
