@@ -309,14 +309,7 @@ impl Stack {
             .chain(extra_auth_ports.iter().copied())
             .collect();
         let config = dir.join("envoy.yaml");
-        write_envoy_config(
-            &bin,
-            &config,
-            &ports,
-            &auths,
-            &descriptor,
-            &options,
-        );
+        write_envoy_config(&bin, &config, &ports, &auths, &descriptor, &options);
         let envoy = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config)

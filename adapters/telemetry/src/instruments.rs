@@ -41,6 +41,8 @@ pub struct Instruments {
     // auth
     pub auth_checks: Counter<u64>,
     pub auth_duration: Histogram<f64>,
+    // alerter
+    pub transmitter_deliveries: Counter<u64>,
     // every process
     pub spans_dropped: Counter<u64>,
     pub traces_skipped: Counter<u64>,
@@ -156,6 +158,13 @@ fn build(meter: &Meter) -> Instruments {
             .with_unit("s")
             .with_description("Time to decide one ext_authz check")
             .with_boundaries(SECONDS_BUCKETS.to_vec())
+            .build(),
+        transmitter_deliveries: meter
+            .u64_counter("chamberlain.transmitter.deliveries")
+            .with_description(
+                "Deliveries to transmitters by outcome (delivered, retried, dead_lettered, \
+                 dropped: its lane was full, blocked: the egress policy refuses its destination)",
+            )
             .build(),
         spans_dropped: meter
             .u64_counter("chamberlain.telemetry.spans_dropped")

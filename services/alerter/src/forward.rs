@@ -42,7 +42,17 @@ impl DeliveryClient for Destinations {
     }
 }
 
-/// What the forwarder has done, for logs and tests.
+/// Counts one delivery outcome in `field` and in `chamberlain_transmitter_deliveries_total`;
+/// returns the new count.
+fn count(field: &AtomicU64, outcome: &'static str) -> u64 {
+    chamberlain_telemetry::instruments()
+        .transmitter_deliveries
+        .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
+    field.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// What the forwarder has done, for logs and tests (and, by outcome, the metric
+/// `chamberlain_transmitter_deliveries_total`).
 #[derive(Debug, Default)]
 pub struct ForwardStats {
     pub delivered: AtomicU64,
@@ -193,7 +203,7 @@ impl Forwarder {
                 continue;
             };
             if lane.tx.try_send(delivery).is_err() {
-                let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let dropped = count(&self.stats.dropped, "dropped");
                 if dropped.is_power_of_two() {
                     tracing::warn!(
                         transmitter = %lane.transmitter.id,
@@ -224,12 +234,12 @@ async fn run_lane(
         let last_error = loop {
             match client.deliver(&transmitter, &delivery).await {
                 Ok(()) => {
-                    stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    count(&stats.delivered, "delivered");
                     blocked = false;
                     break None;
                 }
                 Err(DeliveryError::Blocked { reason }) => {
-                    stats.blocked.fetch_add(1, Ordering::Relaxed);
+                    count(&stats.blocked, "blocked");
                     if blocked {
                         tracing::debug!(transmitter = %transmitter.id, %reason, "destination still blocked; delivery skipped");
                         break None;
@@ -242,7 +252,7 @@ async fn run_lane(
                 Err(DeliveryError::Transient { reason }) => match retry.backoff_after(attempt) {
                     Some(wait) => {
                         tracing::debug!(transmitter = %transmitter.id, attempt, %reason, ?wait, "delivery failed; retrying");
-                        stats.retried.fetch_add(1, Ordering::Relaxed);
+                        count(&stats.retried, "retried");
                         tokio::time::sleep(wait).await;
                         attempt += 1;
                     }
@@ -265,7 +275,7 @@ async fn run_lane(
         };
         match repository.record_dead_letter(&letter).await {
             Ok(()) => {
-                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                count(&stats.dead_lettered, "dead_lettered");
             }
             Err(e) => {
                 tracing::error!(transmitter = %transmitter.id, error = %e, "dead letter not stored")
