@@ -1,0 +1,36 @@
+//! The console's static files, embedded in the binary.
+
+use axum::extract::Path;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// (name, content type, content).
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../static/console.css"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/console.js"),
+    ),
+];
+
+pub(crate) async fn asset(Path(name): Path<String>) -> Response {
+    let Some((_, content_type, body)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            ),
+        ],
+        *body,
+    )
+        .into_response()
+}

@@ -1,0 +1,94 @@
+#![doc = include_str!("../README.md")]
+
+mod assets;
+mod pages;
+mod session;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use chamberlain_domain::ports::Clock;
+use chamberlain_domain::usecases::ApiUseCases;
+
+pub use session::SESSION_COOKIE;
+
+/// Where the console lives: every page and asset is under this path.
+pub const CONSOLE_PATH: &str = "/console";
+
+/// Settings of the console.
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    /// Secret of the CSRF tokens (each is an HMAC of the session token under it); at least 32
+    /// bytes (the installation's identity key, or random per process in the embedded mode).
+    pub csrf_key: Vec<u8>,
+    /// Marks the session cookie `Secure` (the console is reached over HTTPS).
+    pub secure_cookies: bool,
+}
+
+/// The console: a driving adapter beside the gRPC one, calling the same use cases. It renders
+/// pages on the server; it has no business rule of its own.
+#[derive(Clone)]
+pub struct Console {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    api: ApiUseCases,
+    clock: Arc<dyn Clock>,
+    settings: ConsoleSettings,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console").finish_non_exhaustive()
+    }
+}
+
+impl Console {
+    pub fn new(api: ApiUseCases, clock: Arc<dyn Clock>, settings: ConsoleSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                api,
+                clock,
+                settings,
+            }),
+        }
+    }
+
+    /// The console's routes, all under [`CONSOLE_PATH`], with its security headers on every
+    /// answer; `/` redirects to it.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(pages::to_console))
+            .route(CONSOLE_PATH, get(pages::to_console))
+            .route("/console/", get(pages::overview))
+            .route(
+                "/console/sign-in",
+                get(pages::sign_in_form).post(pages::sign_in),
+            )
+            .route("/console/sign-out", post(pages::sign_out))
+            .route("/console/chambers/{id}", get(pages::chamber))
+            .route("/console/chambers/{id}/interval", post(pages::set_interval))
+            .route("/console/chambers/{id}/pause", post(pages::pause))
+            .route("/console/chambers/{id}/resume", post(pages::resume))
+            .route("/console/static/{name}", get(assets::asset))
+            .fallback(pages::not_found)
+            .with_state(self.clone())
+            .layer(axum::middleware::map_response(session::security_headers))
+    }
+
+    /// Serves the console on `listener` until `shutdown` resolves.
+    ///
+    /// # Errors
+    /// The listener's error.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

@@ -1,0 +1,823 @@
+//! The console's pages: each reads the caller's session, calls the API's use cases, and renders
+//! a compiled template. Refusals are pages too, without internals.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::model::{
+    ChamberId, ChamberState, HealthState, PageRequest, PageSize, PollOutcome, Role, SectionId,
+};
+use chamberlain_domain::ports::{AlertFilter, ChamberFilter, LedgerQuery};
+use chamberlain_domain::usecases::{
+    AuthError, ChamberView, Identity, Refusal, SignInError, UseCaseError,
+};
+use serde::Deserialize;
+
+use crate::Console;
+use crate::session::{
+    cleared_cookie, csrf_matches, csrf_token, same_origin, session_cookie, session_token,
+};
+
+/// Chambers on one overview page.
+const OVERVIEW_PAGE: u32 = 100;
+/// Store pages an overview with a name or health filter reads at most before it offers the
+/// next page (the filter is applied to what was read).
+const OVERVIEW_SCAN_PAGES: usize = 20;
+
+/// A signed-in caller.
+struct Session {
+    identity: Identity,
+    token: String,
+    csrf: String,
+    user: String,
+}
+
+/// What every signed-in page shows in its header.
+pub(crate) struct Nav {
+    user: String,
+    role: String,
+    csrf: String,
+}
+
+impl Session {
+    fn nav(&self) -> Nav {
+        Nav {
+            user: self.user.clone(),
+            role: self.identity.actor.role.to_string(),
+            csrf: self.csrf.clone(),
+        }
+    }
+}
+
+fn render(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "console template failed");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "The page could not be shown; try again.",
+            )
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    title: &'a str,
+    message: &'a str,
+}
+
+fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let html = ErrorPage { title, message }
+        .render()
+        .unwrap_or_else(|_| title.to_owned());
+    (status, Html(html)).into_response()
+}
+
+/// A use case's refusal as a page: the reason the API would give, never a driver's error.
+fn refusal(e: &UseCaseError) -> Response {
+    match e {
+        UseCaseError::Forbidden(f) => {
+            error_page(StatusCode::FORBIDDEN, "Not allowed", &f.to_string())
+        }
+        UseCaseError::NotFound { entity } => error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            &format!("No such {entity} in your organization."),
+        ),
+        UseCaseError::Unavailable { message } => {
+            tracing::warn!(error = %message, "console: storage unavailable");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "The data cannot be read right now; try again in a moment.",
+            )
+        }
+        other => error_page(StatusCode::BAD_REQUEST, "Refused", &other.to_string()),
+    }
+}
+
+impl Console {
+    /// The caller's session, or the answer for a caller without one: to the sign-in page.
+    async fn session(&self, headers: &HeaderMap) -> Result<Session, Response> {
+        let to_sign_in = || Redirect::to("/console/sign-in").into_response();
+        let Some(token) = session_token(headers) else {
+            return Err(to_sign_in());
+        };
+        match self.inner.api.auth.authenticate(Some(&token)).await {
+            Ok(identity) => {
+                let user = self
+                    .inner
+                    .api
+                    .users
+                    .who_am_i(&identity.actor)
+                    .await
+                    .map(|u| u.display_name.as_str().to_owned())
+                    .unwrap_or_default();
+                Ok(Session {
+                    csrf: csrf_token(&self.inner.settings.csrf_key, &token),
+                    identity,
+                    token,
+                    user,
+                })
+            }
+            Err(AuthError::Unauthenticated(_)) => {
+                let mut response = to_sign_in();
+                response
+                    .headers_mut()
+                    .insert(header::SET_COOKIE, cleared_cookie());
+                Err(response)
+            }
+            Err(AuthError::Unavailable { message }) => {
+                tracing::warn!(error = %message, "console: authentication unavailable");
+                Err(error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Unavailable",
+                    "Signing in cannot be checked right now; try again in a moment.",
+                ))
+            }
+        }
+    }
+
+    /// The session of a state-changing request: same origin, and its CSRF token.
+    async fn session_for_change(
+        &self,
+        headers: &HeaderMap,
+        csrf: &str,
+    ) -> Result<Session, Response> {
+        if !same_origin(headers) {
+            return Err(error_page(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "This request did not come from the console.",
+            ));
+        }
+        let session = match self.session(headers).await {
+            Ok(s) => s,
+            Err(_) => {
+                return Err(error_page(
+                    StatusCode::FORBIDDEN,
+                    "Signed out",
+                    "Your session has ended; sign in again.",
+                ));
+            }
+        };
+        if !csrf_matches(&self.inner.settings.csrf_key, &session.token, csrf) {
+            return Err(error_page(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "The form has expired; reload the page and try again.",
+            ));
+        }
+        Ok(session)
+    }
+}
+
+pub(crate) async fn to_console() -> Redirect {
+    Redirect::to("/console/")
+}
+
+pub(crate) async fn not_found(State(console): State<Console>, headers: HeaderMap) -> Response {
+    match console.session(&headers).await {
+        Ok(_) => error_page(StatusCode::NOT_FOUND, "Not found", "There is no such page."),
+        Err(to_sign_in) => to_sign_in,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+struct SignInPage {
+    email: String,
+    message: Option<String>,
+    ask_organization: bool,
+    organizations: Vec<(String, String)>,
+}
+
+pub(crate) async fn sign_in_form(State(console): State<Console>, headers: HeaderMap) -> Response {
+    if console.session(&headers).await.is_ok() {
+        return Redirect::to("/console/").into_response();
+    }
+    render(&SignInPage {
+        email: String::new(),
+        message: None,
+        ask_organization: false,
+        organizations: Vec::new(),
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignInForm {
+    email: String,
+    password: String,
+    #[serde(default)]
+    organization: String,
+}
+
+pub(crate) async fn sign_in(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This request did not come from the console.",
+        );
+    }
+    let page = |message: &str, organizations: Vec<(String, String)>| {
+        let mut response = render(&SignInPage {
+            email: form.email.clone(),
+            message: Some(message.to_owned()),
+            ask_organization: !organizations.is_empty(),
+            organizations,
+        });
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response
+    };
+    let auth = &console.inner.api.auth;
+    match auth
+        .sign_in(&form.email, &form.password, Some(&form.organization))
+        .await
+    {
+        Ok(issued) => {
+            let now = console.inner.clock.now();
+            let max_age = issued.token.expires_at.map_or(0, |t| {
+                u64::try_from((t.as_unix_millis() - now.as_unix_millis()) / 1000).unwrap_or(0)
+            });
+            let mut response = Redirect::to("/console/").into_response();
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                session_cookie(
+                    issued.secret.expose(),
+                    max_age,
+                    console.inner.settings.secure_cookies,
+                ),
+            );
+            response
+        }
+        Err(SignInError::ChooseOrganization(choices)) => page(
+            "Your address has an account in several organizations: choose one.",
+            choices
+                .into_iter()
+                .map(|c| (c.id.to_string(), c.name.as_str().to_owned()))
+                .collect(),
+        ),
+        Err(SignInError::Auth(AuthError::Unauthenticated(Refusal::UserDisabled))) => {
+            page("This account is disabled.", Vec::new())
+        }
+        Err(SignInError::Auth(AuthError::Unauthenticated(_))) => {
+            page("Wrong e-mail or password.", Vec::new())
+        }
+        Err(SignInError::Auth(AuthError::Unavailable { message })) => {
+            tracing::warn!(error = %message, "console: sign-in unavailable");
+            error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "Signing in is not possible right now; try again in a moment.",
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(crate) async fn sign_out(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    if let Err(e) = console
+        .inner
+        .api
+        .auth
+        .revoke_token(&session.identity.actor, session.identity.token_id)
+        .await
+    {
+        tracing::warn!(error = %e, "console: session token not revoked at sign-out");
+    }
+    let mut response = Redirect::to("/console/sign-in").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, cleared_cookie());
+    response
+}
+
+/// The overview's filter, as its form sends it.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct OverviewFilter {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    health: String,
+    #[serde(default)]
+    section: String,
+    #[serde(default)]
+    after: String,
+}
+
+impl OverviewFilter {
+    fn any(&self) -> bool {
+        !(self.name.is_empty() && self.health.is_empty() && self.section.is_empty())
+    }
+
+    fn keeps(&self, view: &ChamberView) -> bool {
+        let name = self.name.trim().to_lowercase();
+        let health = view.health.unwrap_or(HealthState::Unknown).as_str();
+        (name.is_empty() || view.chamber.name.as_str().to_lowercase().contains(&name))
+            && (self.health.is_empty() || self.health == health)
+    }
+
+    fn next_link(&self, after: ChamberId) -> String {
+        let mut link = format!("/console/?after={after}");
+        for (key, value) in [
+            ("name", &self.name),
+            ("health", &self.health),
+            ("section", &self.section),
+        ] {
+            if !value.is_empty() {
+                link.push_str(&format!("&{key}={}", percent_encode(value)));
+            }
+        }
+        link
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+struct OverviewRow {
+    id: String,
+    name: String,
+    section: String,
+    health: &'static str,
+    paused: bool,
+    age: String,
+    values: Vec<String>,
+    open_alerts: usize,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    nav: Nav,
+    filter: OverviewFilter,
+    healths: Vec<&'static str>,
+    sections: Vec<(String, String)>,
+    rows: Vec<OverviewRow>,
+    next: Option<String>,
+}
+
+/// How long ago, in words.
+fn age(now: Timestamp, then: Option<Timestamp>) -> String {
+    let Some(then) = then else {
+        return "never".into();
+    };
+    let secs = (now.as_unix_millis() - then.as_unix_millis()).max(0) / 1000;
+    match secs {
+        0..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86_399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86_400),
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 && d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{s:.3} s")
+    }
+}
+
+pub(crate) async fn overview(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(filter): Query<OverviewFilter>,
+) -> Response {
+    let session = match console.session(&headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    match overview_page(&console, &session, filter).await {
+        Ok(page) => render(&page),
+        Err(e) => refusal(&e),
+    }
+}
+
+async fn overview_page(
+    console: &Console,
+    session: &Session,
+    filter: OverviewFilter,
+) -> Result<OverviewPage, UseCaseError> {
+    let api = &console.inner.api;
+    let actor = &session.identity.actor;
+    let mut sections = Vec::new();
+    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
+    loop {
+        let p = api.admin.list_sections(actor, page.clone()).await?;
+        sections.extend(
+            p.items
+                .into_iter()
+                .map(|s| (s.id.to_string(), s.name.as_str().to_owned())),
+        );
+        match p.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    let section_names: HashMap<String, String> = sections.iter().cloned().collect();
+    let chamber_filter = ChamberFilter {
+        section_id: SectionId::parse(&filter.section).ok(),
+        state: None,
+    };
+    let size = PageSize::new(OVERVIEW_PAGE).unwrap_or_default();
+    let mut request = PageRequest {
+        after: ChamberId::parse(&filter.after).ok(),
+        size,
+    };
+    let mut views = Vec::new();
+    let mut next = None;
+    for _ in 0..OVERVIEW_SCAN_PAGES {
+        let p = api
+            .admin
+            .list_chamber_views(actor, chamber_filter, request.clone())
+            .await?;
+        views.extend(p.items.into_iter().filter(|v| filter.keeps(v)));
+        next = p.next;
+        match next {
+            Some(after) if views.len() < OVERVIEW_PAGE as usize => request.after = Some(after),
+            _ => break,
+        }
+    }
+    if views.len() > OVERVIEW_PAGE as usize {
+        views.truncate(OVERVIEW_PAGE as usize);
+        next = views.last().map(|v| v.chamber.id);
+    }
+    let ids: Vec<ChamberId> = views.iter().map(|v| v.chamber.id).collect();
+    let latest = if ids.is_empty() {
+        Vec::new()
+    } else {
+        api.queries.latest(actor, &ids).await?
+    };
+    let mut open_alerts: HashMap<ChamberId, usize> = HashMap::new();
+    let alerts = api
+        .alerts
+        .list_alerts(
+            actor,
+            AlertFilter {
+                open_only: true,
+                ..AlertFilter::default()
+            },
+            PageRequest::first(PageSize::new(1000).unwrap_or_default()),
+        )
+        .await?;
+    for alert in alerts.items {
+        *open_alerts.entry(alert.chamber_id).or_default() += 1;
+    }
+    let now = console.inner.clock.now();
+    let rows = views
+        .into_iter()
+        .map(|v| {
+            let last = latest.iter().find(|l| l.chamber_id == v.chamber.id);
+            let values = last
+                .map(|l| {
+                    v.detectors
+                        .iter()
+                        .filter_map(|d| {
+                            let r = l.readings.iter().find(|r| r.detector_id == d.id)?;
+                            Some(match r.value.value() {
+                                Some(x) => format!("{} {} {}", d.name.as_str(), x, d.unit.as_str()),
+                                None => format!("{} corrupted", d.name.as_str()),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            OverviewRow {
+                id: v.chamber.id.to_string(),
+                name: v.chamber.name.as_str().to_owned(),
+                section: section_names
+                    .get(&v.chamber.section_id.to_string())
+                    .cloned()
+                    .unwrap_or_default(),
+                health: v.health.unwrap_or(HealthState::Unknown).as_str(),
+                paused: v.chamber.state == ChamberState::Paused,
+                age: age(now, last.map(|l| l.slot)),
+                values,
+                open_alerts: open_alerts.get(&v.chamber.id).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    Ok(OverviewPage {
+        nav: session.nav(),
+        next: next.map(|after| filter.next_link(after)),
+        filter,
+        healths: HealthState::ALL.iter().map(|h| h.as_str()).collect(),
+        sections,
+        rows,
+    })
+}
+
+struct DetectorRow {
+    name: String,
+    value: String,
+    unit: String,
+    key: String,
+}
+
+struct LedgerRow {
+    slot: String,
+    code: &'static str,
+    outcome: String,
+    latency: String,
+    lateness: String,
+}
+
+#[derive(Template)]
+#[template(path = "chamber.html")]
+struct ChamberPage {
+    nav: Nav,
+    id: String,
+    name: String,
+    health: &'static str,
+    paused: bool,
+    message: Option<String>,
+    detectors: Vec<DetectorRow>,
+    age: String,
+    url: String,
+    format: String,
+    interval: String,
+    interval_seconds: String,
+    timeout: String,
+    degraded_after: u32,
+    down_after_failures: u32,
+    down_after: String,
+    can_edit: bool,
+    ledger: Vec<LedgerRow>,
+}
+
+fn describe(outcome: &PollOutcome) -> String {
+    match outcome {
+        PollOutcome::Ok => "ok".into(),
+        PollOutcome::CorruptedValues { corrupted } => format!("{corrupted} values corrupted"),
+        PollOutcome::Timeout => "timed out".into(),
+        PollOutcome::ConnectionFailed { reason } => format!("connection failed: {reason}"),
+        PollOutcome::Blocked { reason } => format!("blocked: {reason}"),
+        PollOutcome::HttpStatus { status } => format!("HTTP {status}"),
+        PollOutcome::TooLarge { limit_bytes } => format!("body over {limit_bytes} bytes"),
+        PollOutcome::Malformed { reason } => format!("malformed: {reason}"),
+        PollOutcome::Missed => "missed (not scheduled)".into(),
+        PollOutcome::Expired => "expired (delivered too late)".into(),
+        PollOutcome::Cancelled => "cancelled".into(),
+    }
+}
+
+pub(crate) async fn chamber(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let session = match console.session(&headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let Ok(id) = ChamberId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such chamber in your organization.",
+        );
+    };
+    match chamber_page(&console, &session, id, None).await {
+        Ok(page) => render(&page),
+        Err(e) => refusal(&e),
+    }
+}
+
+async fn chamber_page(
+    console: &Console,
+    session: &Session,
+    id: ChamberId,
+    message: Option<String>,
+) -> Result<ChamberPage, UseCaseError> {
+    let api = &console.inner.api;
+    let actor = &session.identity.actor;
+    let view = api.admin.chamber_view(actor, id).await?;
+    let latest = api.queries.latest(actor, &[id]).await?;
+    let latest = latest.into_iter().next();
+    let now = console.inner.clock.now();
+    let hour_ago = Timestamp::from_unix_millis(now.as_unix_millis() - 3_600_000);
+    let ledger = api
+        .queries
+        .ledger(
+            actor,
+            &LedgerQuery {
+                chamber_id: id,
+                from: hour_ago,
+                to: Timestamp::from_unix_millis(now.as_unix_millis() + 1),
+                failures_only: false,
+                page: PageRequest::first(PageSize::new(1000).unwrap_or_default()),
+            },
+        )
+        .await?;
+    let c = &view.chamber;
+    let policy = c.health_policy;
+    Ok(ChamberPage {
+        nav: session.nav(),
+        id: c.id.to_string(),
+        name: c.name.as_str().to_owned(),
+        health: view.health.unwrap_or(HealthState::Unknown).as_str(),
+        paused: c.state == ChamberState::Paused,
+        message,
+        detectors: view
+            .detectors
+            .iter()
+            .map(|d| DetectorRow {
+                name: d.name.as_str().to_owned(),
+                value: latest
+                    .as_ref()
+                    .and_then(|l| l.readings.iter().find(|r| r.detector_id == d.id))
+                    .map_or_else(String::new, |r| {
+                        r.value
+                            .value()
+                            .map_or_else(|| "corrupted".into(), |x| x.to_string())
+                    }),
+                unit: d.unit.as_str().to_owned(),
+                key: d.key.to_string(),
+            })
+            .collect(),
+        age: age(now, latest.as_ref().map(|l| l.slot)),
+        url: c.endpoint.to_string(),
+        format: c.format.to_string(),
+        interval: seconds(c.interval.as_duration()),
+        interval_seconds: c.interval.as_duration().as_secs_f64().to_string(),
+        timeout: seconds(c.timeout.as_duration()),
+        degraded_after: policy.degraded_after(),
+        down_after_failures: policy.down_after_failures(),
+        down_after: seconds(policy.down_after()),
+        can_edit: actor.role >= Role::Operator,
+        ledger: ledger
+            .items
+            .iter()
+            .rev()
+            .take(200)
+            .map(|e| LedgerRow {
+                slot: e.poll.slot.to_string(),
+                code: e.outcome.code(),
+                outcome: describe(&e.outcome),
+                latency: e
+                    .latency
+                    .map_or_else(String::new, |d| format!("{} ms", d.as_millis())),
+                lateness: format!("{} ms", e.lateness.as_millis()),
+            })
+            .collect(),
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct IntervalForm {
+    #[serde(default)]
+    csrf: String,
+    seconds: String,
+}
+
+/// After a change: back to the chamber's page, or the page again with the refusal.
+async fn after_change(
+    console: &Console,
+    session: &Session,
+    id: ChamberId,
+    result: Result<(), UseCaseError>,
+) -> Response {
+    match result {
+        Ok(()) => Redirect::to(&format!("/console/chambers/{id}")).into_response(),
+        Err(e @ UseCaseError::Invalid(_)) => {
+            match chamber_page(console, session, id, Some(e.to_string())).await {
+                Ok(page) => {
+                    let mut response = render(&page);
+                    *response.status_mut() = StatusCode::BAD_REQUEST;
+                    response
+                }
+                Err(e) => refusal(&e),
+            }
+        }
+        Err(e) => refusal(&e),
+    }
+}
+
+pub(crate) async fn set_interval(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<IntervalForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = ChamberId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such chamber in your organization.",
+        );
+    };
+    let interval = form
+        .seconds
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64);
+    let result = match interval {
+        Some(interval) => console
+            .inner
+            .api
+            .admin
+            .set_interval(&session.identity.actor, id, interval)
+            .await
+            .map(drop),
+        None => Err(UseCaseError::Invalid(
+            chamberlain_domain::error::ValidationError::new(
+                "interval",
+                chamberlain_domain::error::Rule::Format(
+                    "a number of seconds, such as 5 or 0.5".into(),
+                ),
+            ),
+        )),
+    };
+    after_change(&console, &session, id, result).await
+}
+
+async fn set_state(
+    console: Console,
+    headers: HeaderMap,
+    id: String,
+    csrf: String,
+    pause: bool,
+) -> Response {
+    let session = match console.session_for_change(&headers, &csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = ChamberId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such chamber in your organization.",
+        );
+    };
+    let admin = &console.inner.api.admin;
+    let actor = &session.identity.actor;
+    let result = if pause {
+        admin.pause(actor, id).await
+    } else {
+        admin.resume(actor, id).await
+    };
+    after_change(&console, &session, id, result.map(drop)).await
+}
+
+pub(crate) async fn pause(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    set_state(console, headers, id, form.csrf, true).await
+}
+
+pub(crate) async fn resume(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    set_state(console, headers, id, form.csrf, false).await
+}

@@ -1,0 +1,464 @@
+//! The console over the API's use cases on in-memory adapters, request by request: sessions,
+//! CSRF, roles and what each page shows. (Browser tests run it in Chromium.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use chamberlain_console::{Console, ConsoleSettings};
+use chamberlain_domain::conformance::fixtures::{self, T0};
+use chamberlain_domain::model::{ChamberId, OrganizationId, Role};
+use chamberlain_domain::ports::{
+    ChamberRepository, DetectorRepository, ReadingRepository, Repositories,
+};
+use chamberlain_domain::usecases::{
+    Actor, ApiPorts, ApiSettings, ApiUseCases, NewChamber, NewDetector, NewSection, NewUser,
+};
+use chamberlain_fakes::{InsecureTestPasswordHasher, ManualClock, MemoryStore};
+use chamberlain_memory::{MemoryAccessEpoch, MemoryChamberChanges, MemoryEventBus};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+const PASSWORD: &str = "correct horse battery";
+
+struct Lab {
+    router: Router,
+    store: Arc<MemoryStore>,
+    org: OrganizationId,
+    chamber: ChamberId,
+}
+
+async fn lab() -> Lab {
+    let store = Arc::new(MemoryStore::new());
+    let clock = ManualClock::at(T0);
+    let repositories = Repositories::of(store.clone());
+    let bus = Arc::new(MemoryEventBus::new(64));
+    let api = ApiUseCases::new(
+        &repositories,
+        ApiPorts {
+            changes: Arc::new(MemoryChamberChanges::new(64)),
+            events: bus.clone(),
+            feed: bus,
+            passwords: Arc::new(InsecureTestPasswordHasher),
+            access: Arc::new(MemoryAccessEpoch::default()),
+            clock: clock.clone(),
+        },
+        ApiSettings::default(),
+    );
+    let user = |email: &str, role: &str| NewUser {
+        email: email.into(),
+        display_name: email.split('@').next().unwrap().into(),
+        role: role.into(),
+        password: Some(PASSWORD.into()),
+    };
+    let (org, admin) = api
+        .users
+        .create_organization("Lab", user("admin@lab.example", "admin"))
+        .await
+        .unwrap();
+    let admin = Actor {
+        user_id: admin.id,
+        organization_id: org.id,
+        role: Role::Admin,
+    };
+    for (email, role) in [
+        ("op@lab.example", "operator"),
+        ("viewer@lab.example", "viewer"),
+    ] {
+        api.users
+            .create_user(&admin, user(email, role))
+            .await
+            .unwrap();
+    }
+    let section = api
+        .admin
+        .create_section(
+            &admin,
+            NewSection {
+                name: "Growth room".into(),
+                description: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut chamber = None;
+    for name in ["oven-a", "oven-b", "freezer"] {
+        let created = api
+            .admin
+            .create_chamber(
+                &admin,
+                NewChamber {
+                    section_id: section.id,
+                    name: name.into(),
+                    url: format!("http://chambers.example/{name}"),
+                    format: String::new(),
+                    interval: Duration::from_secs(60),
+                    timeout: None,
+                    detectors: vec![NewDetector {
+                        name: "temperature".into(),
+                        alias: None,
+                        unit: "°C".into(),
+                        key: "/t".into(),
+                        min: None,
+                        max: None,
+                    }],
+                },
+            )
+            .await
+            .unwrap();
+        chamber.get_or_insert(created.chamber.id);
+    }
+    // oven-a has read 21.5 °C.
+    let chamber = chamber.unwrap();
+    let c = ChamberRepository::get(&*store, org.id, chamber)
+        .await
+        .unwrap();
+    let detectors = store.list_for_chamber(org.id, chamber).await.unwrap();
+    store
+        .store_polls(&[fixtures::poll_record(&c, &detectors, T0, 21.5, None)])
+        .await
+        .unwrap();
+    let console = Console::new(
+        api,
+        clock,
+        ConsoleSettings {
+            csrf_key: b"a test key of at least thirty-two bytes".to_vec(),
+            secure_cookies: false,
+        },
+    );
+    Lab {
+        router: console.router(),
+        store,
+        org: org.id,
+        chamber,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Lab {
+    async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> Answer {
+        let mut request = Request::get(path).header(header::HOST, "lab:8080");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    /// A form post as the console's own page sends it (same origin), unless `origin` says
+    /// otherwise.
+    async fn post(&self, path: &str, cookie: Option<&str>, form: &str, origin: &str) -> Answer {
+        let mut request = Request::post(path)
+            .header(header::HOST, "lab:8080")
+            .header(header::ORIGIN, origin)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        self.send(request.body(Body::from(form.to_owned())).unwrap())
+            .await
+    }
+
+    /// Signs in; the session cookie (`name=value`) and the page's CSRF token.
+    async fn sign_in(&self, email: &str) -> (String, String) {
+        let answer = self
+            .post(
+                "/console/sign-in",
+                None,
+                &format!("email={email}&password=correct+horse+battery"),
+                "http://lab:8080",
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        let cookie = answer
+            .headers
+            .get(header::SET_COOKIE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let pair = cookie.split(';').next().unwrap().to_owned();
+        let page = self.get("/console/", Some(&pair)).await;
+        let csrf = page
+            .body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no CSRF token on the page: {} {}", page.status, page.body))
+            .to_owned();
+        (pair, csrf)
+    }
+
+    async fn interval(&self) -> Duration {
+        ChamberRepository::get(&*self.store, self.org, self.chamber)
+            .await
+            .unwrap()
+            .interval
+            .as_duration()
+    }
+}
+
+#[tokio::test]
+async fn no_console_page_answers_without_a_session() {
+    let lab = lab().await;
+    for path in [
+        "/console/".to_owned(),
+        format!("/console/chambers/{}", lab.chamber),
+        "/console/no-such-page".to_owned(),
+    ] {
+        let answer = lab.get(&path, None).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(answer.location(), "/console/sign-in", "{path}");
+        assert!(!answer.body.contains("oven"), "{path}");
+    }
+    let forged = lab
+        .get("/console/", Some("chamberlain_session=chm_not_a_session"))
+        .await;
+    assert_eq!(forged.location(), "/console/sign-in");
+    let post = lab
+        .post(
+            &format!("/console/chambers/{}/pause", lab.chamber),
+            None,
+            "csrf=x",
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::FORBIDDEN);
+    // Only the sign-in page and the static files answer.
+    assert_eq!(
+        lab.get("/console/sign-in", None).await.status,
+        StatusCode::OK
+    );
+    let css = lab.get("/console/static/console.css", None).await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(
+        css.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+}
+
+#[tokio::test]
+async fn signing_in_sets_a_strict_httponly_cookie_and_the_overview_shows_the_chambers() {
+    let lab = lab().await;
+    let answer = lab
+        .post(
+            "/console/sign-in",
+            None,
+            "email=viewer%40lab.example&password=correct+horse+battery",
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let cookie = answer.headers[header::SET_COOKIE].to_str().unwrap();
+    for part in [
+        "chamberlain_session=chm_",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console",
+    ] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap();
+    let page = lab.get("/console/", Some(pair)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    for shown in [
+        "oven-a",
+        "oven-b",
+        "freezer",
+        "Growth room",
+        "21.5",
+        "°C",
+        "viewer",
+    ] {
+        assert!(page.body.contains(shown), "{shown} missing");
+    }
+    let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(!page.body.contains("<script>"), "no inline script");
+    assert_eq!(page.headers[header::CACHE_CONTROL], "no-store");
+
+    // Filtered by name.
+    let ovens = lab.get("/console/?name=oven", Some(pair)).await;
+    assert!(ovens.body.contains("oven-a") && ovens.body.contains("oven-b"));
+    assert!(!ovens.body.contains("freezer"));
+    // By health: nothing has been polled into a health state but "unknown".
+    let down = lab.get("/console/?health=down", Some(pair)).await;
+    assert!(!down.body.contains("oven-a"), "{}", down.body);
+    assert!(down.body.contains("match the filter"));
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_keeping_the_address_typed() {
+    let lab = lab().await;
+    let answer = lab
+        .post(
+            "/console/sign-in",
+            None,
+            "email=viewer%40lab.example&password=wrong+password+here",
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(answer.body.contains("Wrong e-mail or password"));
+    assert!(answer.body.contains("value=\"viewer@lab.example\""));
+    assert!(!answer.body.contains("wrong+password") && !answer.body.contains("wrong password"));
+    assert!(!answer.headers.contains_key(header::SET_COOKIE));
+}
+
+#[tokio::test]
+async fn an_operator_changes_the_interval_but_not_from_another_site_nor_without_the_form_token() {
+    let lab = lab().await;
+    let (cookie, csrf) = lab.sign_in("op%40lab.example").await;
+    let path = format!("/console/chambers/{}/interval", lab.chamber);
+    let page = lab
+        .get(&format!("/console/chambers/{}", lab.chamber), Some(&cookie))
+        .await;
+    assert!(page.body.contains("Change interval"));
+
+    // A cross-site form post, a post without the token and one with another's token.
+    let cross_site = lab
+        .post(
+            &path,
+            Some(&cookie),
+            &format!("csrf={csrf}&seconds=5"),
+            "http://evil.example",
+        )
+        .await;
+    assert_eq!(cross_site.status, StatusCode::FORBIDDEN);
+    let no_token = lab
+        .post(&path, Some(&cookie), "seconds=5", "http://lab:8080")
+        .await;
+    assert_eq!(no_token.status, StatusCode::FORBIDDEN);
+    let (_, viewers_token) = lab.sign_in("viewer%40lab.example").await;
+    let wrong_token = lab
+        .post(
+            &path,
+            Some(&cookie),
+            &format!("csrf={viewers_token}&seconds=5"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(wrong_token.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        lab.interval().await,
+        Duration::from_secs(60),
+        "nothing changed"
+    );
+
+    // Bad input is refused naming the field, on the page.
+    let bad = lab
+        .post(
+            &path,
+            Some(&cookie),
+            &format!("csrf={csrf}&seconds=soon"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("interval"), "{}", bad.body);
+
+    let changed = lab
+        .post(
+            &path,
+            Some(&cookie),
+            &format!("csrf={csrf}&seconds=5"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::SEE_OTHER, "{}", changed.body);
+    assert_eq!(lab.interval().await, Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_viewer_sees_no_edit_controls_and_a_forged_edit_is_refused() {
+    let lab = lab().await;
+    let (cookie, csrf) = lab.sign_in("viewer%40lab.example").await;
+    let page = lab
+        .get(&format!("/console/chambers/{}", lab.chamber), Some(&cookie))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("oven-a"));
+    for control in ["Change interval", "Pause", "/pause\""] {
+        assert!(!page.body.contains(control), "{control} shown to a viewer");
+    }
+    for (path, form) in [
+        (
+            format!("/console/chambers/{}/interval", lab.chamber),
+            format!("csrf={csrf}&seconds=5"),
+        ),
+        (
+            format!("/console/chambers/{}/pause", lab.chamber),
+            format!("csrf={csrf}"),
+        ),
+    ] {
+        let forged = lab
+            .post(&path, Some(&cookie), &form, "http://lab:8080")
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            forged.body.contains("requires the operator role"),
+            "{}",
+            forged.body
+        );
+        assert!(!forged.body.contains("StoreError") && !forged.body.contains("panicked"));
+    }
+    assert_eq!(lab.interval().await, Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session_on_the_server() {
+    let lab = lab().await;
+    let (cookie, csrf) = lab.sign_in("admin%40lab.example").await;
+    let out = lab
+        .post(
+            "/console/sign-out",
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(
+        out.headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    // The old cookie, replayed, no longer opens anything.
+    let replayed = lab.get("/console/", Some(&cookie)).await;
+    assert_eq!(replayed.location(), "/console/sign-in");
+}
