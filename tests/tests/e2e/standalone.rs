@@ -22,6 +22,10 @@ pub(crate) struct Standalone {
     pub(crate) child: Child,
     /// The token line, if this start printed one.
     pub(crate) token: Option<String>,
+    /// The console's password, if this start printed one.
+    pub(crate) console_password: Option<String>,
+    /// Where the console answers.
+    pub(crate) http: u16,
 }
 
 impl Drop for Standalone {
@@ -43,6 +47,7 @@ pub(crate) fn start_simulating(
     sim: u16,
     simulate: u32,
 ) -> Standalone {
+    let http = free_port();
     let mut child = Command::new(bin)
         .args([
             "standalone",
@@ -56,6 +61,7 @@ pub(crate) fn start_simulating(
             &format!("127.0.0.2:{sim}"),
         ])
         .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0")
+        .env("CHAMBERLAIN_HTTP_LISTEN", format!("127.0.0.1:{http}"))
         .env("CHAMBERLAIN_LOG", "warn")
         .env_remove("CHAMBERLAIN_DATABASE_URL")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -71,14 +77,22 @@ pub(crate) fn start_simulating(
             let _ = tx.send(line);
         }
     });
-    let mut token = None;
+    let (mut token, mut console_password) = (None, None);
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
+        if let Some(sign_in) = line.strip_prefix("console sign-in (shown once, keep it): ") {
+            console_password = sign_in.split(" / ").nth(1).map(str::to_owned);
+        }
         if let Some(t) = line.strip_prefix("api token (shown once, keep it): ") {
             token = Some(t.trim().to_owned());
             break;
         }
     }
-    Standalone { child, token }
+    Standalone {
+        child,
+        token,
+        console_password,
+        http,
+    }
 }
 
 pub(crate) async fn connect(port: u16) -> Channel {
@@ -299,5 +313,75 @@ async fn standalone_polls_simulated_chambers_and_resumes_after_a_restart() {
         "polls from before the stop are still there"
     );
     drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One HTTP/1.1 exchange: status, headers (lowercase names) and body.
+async fn exchange(port: u16, request: String) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the console answers");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// The console on the standalone's HTTP address: nothing without a session, and the password
+/// the first start printed signs the administrator in to a page listing the chambers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_answers_on_the_http_address_and_the_printed_password_signs_in() {
+    let dir = std::env::temp_dir().join(format!("chamberlain-console-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&dir).unwrap();
+    let (api, sim) = (free_port(), free_port_on_127_0_0_2());
+    let standalone = start_simulating(&chamberlain_bin(), &dir, api, sim, 3);
+    let password = standalone
+        .console_password
+        .clone()
+        .expect("the first start prints the console's password");
+    connect(api).await;
+    let get = |path: &str, cookie: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncookie: {cookie}\r\n\r\n"
+        )
+    };
+    let (status, headers, _) = exchange(standalone.http, get("/console/", "")).await;
+    assert_eq!(status, 303);
+    assert!(headers.contains(&("location".into(), "/console/sign-in".into())));
+
+    let form = format!("email=admin%40localhost&password={password}");
+    let (status, headers, body) = exchange(
+        standalone.http,
+        format!(
+            "POST /console/sign-in HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\norigin: http://127.0.0.1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .expect("a session cookie");
+    let (status, _, page) = exchange(standalone.http, get("/console/", &cookie)).await;
+    assert_eq!(status, 200);
+    for name in ["sim-0000", "sim-0001", "sim-0002", "simulated"] {
+        assert!(page.contains(name), "{name} not on the overview");
+    }
+    drop(standalone);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -41,6 +41,14 @@ pub struct StandaloneArgs {
     data_dir: DataDirArg,
     #[command(flatten)]
     listen: GatewayListenArg,
+    /// Where the web console (and, later, the JSON API) answers: open
+    /// http://<this address>/console/ in a browser.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_HTTP_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    http_listen: SocketAddr,
     /// Also serve this many simulated chambers (8 detectors each, at 1 s) and register them
     /// once, in a section named "simulated" (the simulator's address is added to the egress
     /// allowlist).
@@ -79,6 +87,8 @@ async fn administrator(
             role: Role::Admin,
         });
     }
+    // A password for the console, shown once with the token.
+    let password: String = uuid::Uuid::new_v4().simple().to_string()[..20].to_owned();
     let (org, admin) = use_cases
         .users
         .create_organization(
@@ -87,7 +97,7 @@ async fn administrator(
                 email: ADMIN_EMAIL.into(),
                 display_name: "Administrator".into(),
                 role: "admin".into(),
-                password: None,
+                password: Some(password.clone()),
             },
         )
         .await?;
@@ -106,6 +116,7 @@ async fn administrator(
     )]
     {
         println!("created organization \"Lab\" with administrator {ADMIN_EMAIL}");
+        println!("console sign-in (shown once, keep it): {ADMIN_EMAIL} / {password}");
         println!(
             "api token (shown once, keep it): {}",
             issued.secret.expose()
@@ -204,6 +215,16 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
     args.metrics.serve(telemetry, 9460).await?;
     args.data_dir.create()?;
     let listener = args.listen.bind().await?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .map_err(|e| {
+            bad_setting(
+                "--http-listen",
+                "CHAMBERLAIN_HTTP_LISTEN",
+                format!("cannot bind {}: {e}", args.http_listen),
+            )
+        })?;
+    let http_address = http_listener.local_addr()?;
 
     let path = args.data_dir.database_file();
     let store = Arc::new(SqliteStore::connect(&SqliteConfig::file(path.clone())).await?);
@@ -267,6 +288,21 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
         .flat_map(|_| uuid::Uuid::new_v4().into_bytes())
         .collect();
     let identity_key = IdentityKey::new(key_bytes).map_err(|e| anyhow::anyhow!(e))?;
+    let console = chamberlain_console::Console::new(
+        use_cases.clone(),
+        embedded.clock(),
+        chamberlain_console::ConsoleSettings {
+            // Per process: a form left open across a restart asks to be reloaded.
+            csrf_key: (0..2)
+                .flat_map(|_| uuid::Uuid::new_v4().into_bytes())
+                .collect(),
+            secure_cookies: false,
+        },
+    );
+    let console = {
+        let shutdown = until_stopped();
+        tokio::spawn(async move { console.serve(http_listener, shutdown).await })
+    };
     let api = chamberlain_grpc::Api::new(use_cases, embedded.clock(), Duration::from_secs(1));
     let gateway = tokio::spawn(chamberlain_gateway::serve(
         api,
@@ -279,8 +315,16 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
         listener,
         until_stopped(),
     ));
+    #[allow(
+        clippy::print_stdout,
+        reason = "where to point a browser, on every start"
+    )]
+    {
+        println!("console: http://{http_address}/console/");
+    }
     tracing::info!(
         api = %args.listen.listen,
+        console = %http_address,
         data = %path.display(),
         simulated = args.simulate.unwrap_or(0),
         "chamberlain standalone running"
@@ -290,6 +334,7 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
     tracing::info!("stopping: draining polls in flight");
     let _ = stop.send(true);
     let _ = gateway.await;
+    let _ = console.await;
     let report = worker.await.unwrap_or_default();
     let _ = scheduler.await;
     let _ = alerter.await;
