@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod assets;
+mod live;
 mod pages;
 mod session;
 
@@ -73,6 +74,7 @@ impl Console {
             .route("/console/chambers/{id}/pause", post(pages::pause))
             .route("/console/chambers/{id}/resume", post(pages::resume))
             .route("/console/static/{name}", get(assets::asset))
+            .route("/console/live", get(live::live))
             .fallback(pages::not_found)
             .with_state(self.clone())
             .layer(axum::middleware::map_response(session::security_headers))

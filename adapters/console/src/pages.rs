@@ -31,8 +31,8 @@ const OVERVIEW_PAGE: u32 = 100;
 const OVERVIEW_SCAN_PAGES: usize = 20;
 
 /// A signed-in caller.
-struct Session {
-    identity: Identity,
+pub(crate) struct Session {
+    pub(crate) identity: Identity,
     token: String,
     csrf: String,
     user: String,
@@ -84,7 +84,7 @@ fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
 }
 
 /// A use case's refusal as a page: the reason the API would give, never a driver's error.
-fn refusal(e: &UseCaseError) -> Response {
+pub(crate) fn refusal(e: &UseCaseError) -> Response {
     match e {
         UseCaseError::Forbidden(f) => {
             error_page(StatusCode::FORBIDDEN, "Not allowed", &f.to_string())
@@ -108,7 +108,7 @@ fn refusal(e: &UseCaseError) -> Response {
 
 impl Console {
     /// The caller's session, or the answer for a caller without one: to the sign-in page.
-    async fn session(&self, headers: &HeaderMap) -> Result<Session, Response> {
+    pub(crate) async fn session(&self, headers: &HeaderMap) -> Result<Session, Response> {
         let to_sign_in = || Redirect::to("/console/sign-in").into_response();
         let Some(token) = session_token(headers) else {
             return Err(to_sign_in());
@@ -372,6 +372,13 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+struct ValueCell {
+    detector: String,
+    name: String,
+    value: String,
+    unit: String,
+}
+
 struct OverviewRow {
     id: String,
     name: String,
@@ -379,7 +386,9 @@ struct OverviewRow {
     health: &'static str,
     paused: bool,
     age: String,
-    values: Vec<String>,
+    /// The latest slot, Unix milliseconds (the page's script keeps the age current).
+    slot: String,
+    values: Vec<ValueCell>,
     open_alerts: usize,
 }
 
@@ -507,20 +516,25 @@ async fn overview_page(
         .into_iter()
         .map(|v| {
             let last = latest.iter().find(|l| l.chamber_id == v.chamber.id);
-            let values = last
-                .map(|l| {
-                    v.detectors
-                        .iter()
-                        .filter_map(|d| {
-                            let r = l.readings.iter().find(|r| r.detector_id == d.id)?;
-                            Some(match r.value.value() {
-                                Some(x) => format!("{} {} {}", d.name.as_str(), x, d.unit.as_str()),
-                                None => format!("{} corrupted", d.name.as_str()),
-                            })
-                        })
-                        .collect()
+            let values = v
+                .detectors
+                .iter()
+                .map(|d| ValueCell {
+                    detector: d.id.to_string(),
+                    name: d.name.as_str().to_owned(),
+                    value: last
+                        .and_then(|l| l.readings.iter().find(|r| r.detector_id == d.id))
+                        .map_or_else(
+                            || "–".to_owned(),
+                            |r| {
+                                r.value
+                                    .value()
+                                    .map_or_else(|| "corrupted".into(), |x| x.to_string())
+                            },
+                        ),
+                    unit: d.unit.as_str().to_owned(),
                 })
-                .unwrap_or_default();
+                .collect();
             OverviewRow {
                 id: v.chamber.id.to_string(),
                 name: v.chamber.name.as_str().to_owned(),
@@ -531,6 +545,7 @@ async fn overview_page(
                 health: v.health.unwrap_or(HealthState::Unknown).as_str(),
                 paused: v.chamber.state == ChamberState::Paused,
                 age: age(now, last.map(|l| l.slot)),
+                slot: last.map_or_else(String::new, |l| l.slot.as_unix_millis().to_string()),
                 values,
                 open_alerts: open_alerts.get(&v.chamber.id).copied().unwrap_or(0),
             }

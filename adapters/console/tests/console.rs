@@ -25,6 +25,7 @@ const PASSWORD: &str = "correct horse battery";
 
 struct Lab {
     router: Router,
+    bus: Arc<MemoryEventBus>,
     store: Arc<MemoryStore>,
     org: OrganizationId,
     chamber: ChamberId,
@@ -40,7 +41,7 @@ async fn lab() -> Lab {
         ApiPorts {
             changes: Arc::new(MemoryChamberChanges::new(64)),
             events: bus.clone(),
-            feed: bus,
+            feed: bus.clone(),
             passwords: Arc::new(InsecureTestPasswordHasher),
             access: Arc::new(MemoryAccessEpoch::default()),
             clock: clock.clone(),
@@ -130,6 +131,7 @@ async fn lab() -> Lab {
     );
     Lab {
         router: console.router(),
+        bus,
         store,
         org: org.id,
         chamber,
@@ -461,4 +463,74 @@ async fn signing_out_ends_the_session_on_the_server() {
     // The old cookie, replayed, no longer opens anything.
     let replayed = lab.get("/console/", Some(&cookie)).await;
     assert_eq!(replayed.location(), "/console/sign-in");
+}
+
+/// The overview's live stream: a reading written for a chamber on the page arrives as one
+/// coalesced update with the detector's value; a chamber not on the page sends nothing.
+#[tokio::test]
+async fn the_live_stream_sends_a_followed_chambers_new_values() {
+    use chamberlain_domain::ports::{DomainEvent, EventPublisher, RoutingTag};
+    let lab = lab().await;
+    assert_eq!(
+        lab.get("/console/live", None).await.location(),
+        "/console/sign-in"
+    );
+    let (cookie, _) = lab.sign_in("viewer%40lab.example").await;
+    let response = lab
+        .router
+        .clone()
+        .oneshot(
+            Request::get(format!("/console/live?chambers={}", lab.chamber))
+                .header(header::COOKIE, &cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let c = ChamberRepository::get(&*lab.store, lab.org, lab.chamber)
+        .await
+        .unwrap();
+    let detectors = lab
+        .store
+        .list_for_chamber(lab.org, lab.chamber)
+        .await
+        .unwrap();
+    let slot = chamberlain_domain::Timestamp::from_unix_millis(T0.as_unix_millis() + 60_000);
+    let record = fixtures::poll_record(&c, &detectors, slot, 23.25, None);
+    // The subscription starts with the stream; publish until the update arrives.
+    let mut body = response.into_body();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    while !seen.contains("event: chamber") {
+        lab.bus
+            .publish(&[DomainEvent::ReadingsWritten {
+                routing: RoutingTag {
+                    organization_id: lab.org,
+                    section_id: Some(c.section_id),
+                    chamber_id: Some(c.id),
+                },
+                poll: record.entry.poll,
+                readings: record.readings.clone(),
+            }])
+            .await
+            .unwrap();
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("an update within the deadline")
+            .expect("the stream stays open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    assert!(seen.contains("23.25"), "{seen}");
+    assert!(seen.contains(&detectors[0].id.to_string()), "{seen}");
+    assert!(seen.contains(&slot.as_unix_millis().to_string()), "{seen}");
 }
