@@ -514,7 +514,9 @@ async fn overview_page(
     let now = console.inner.clock.now();
     let rows = views
         .into_iter()
-        .map(|v| {
+        .map(|mut v| {
+            v.detectors
+                .sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
             let last = latest.iter().find(|l| l.chamber_id == v.chamber.id);
             let values = v
                 .detectors
@@ -663,6 +665,9 @@ async fn chamber_page(
             },
         )
         .await?;
+    let mut view = view;
+    view.detectors
+        .sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
     let c = &view.chamber;
     let policy = c.health_policy;
     Ok(ChamberPage {
