@@ -3,7 +3,8 @@
 // throws on a failure, and each page is saved as a screenshot in SCREENSHOTS.
 //
 // Environment: CONSOLE (e.g. http://127.0.0.1:8080), ADMIN_EMAIL, ADMIN_PASSWORD,
-// VIEWER_EMAIL, VIEWER_PASSWORD, CHROMIUM (the executable), SCREENSHOTS (a directory).
+// VIEWER_EMAIL, VIEWER_PASSWORD, CHROMIUM (the executable), SCREENSHOTS (a directory),
+// FAILING_CHAMBER (the id of a chamber with a "down" alert rule, made to fail here).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
@@ -42,6 +43,12 @@ const browser = await chromium.launch({
     "--disable-sync",
   ],
 });
+
+// Submits a form by clicking `button` and waits for the page the answer leads to (the same URL
+// for most console forms, so waiting for a URL would not wait at all).
+async function submit(page, button) {
+  await Promise.all([page.waitForEvent("load"), page.click(button)]);
+}
 
 async function signIn(context, email, password) {
   const page = await context.newPage();
@@ -88,7 +95,7 @@ try {
   await Promise.all([page.waitForURL(/\/console\/chambers\//), page.locator("tr[data-chamber] a").first().click()]);
   const chamberUrl = page.url();
   await page.fill("input[name=seconds]", "5");
-  await Promise.all([page.waitForURL(chamberUrl), page.click("text=Change interval")]);
+  await submit(page, "text=Change interval");
   check((await page.locator("dl.config").textContent()).includes("5 s"), "the interval shows 5 s");
   await waitFor(
     "two ledger slots 5 s apart",
@@ -132,6 +139,36 @@ try {
   );
   check(forged === 403, `a viewer's forged edit answered ${forged}`);
   await viewerPage.screenshot({ path: `${shots}/chamber-as-viewer.png`, fullPage: true });
+
+  // A chamber made to fail, with a short health policy, turns down on the overview (live),
+  // and its alert appears and is acknowledged.
+  const failing = `${base}/console/chambers/${env("FAILING_CHAMBER")}`;
+  await page.goto(failing);
+  await page.fill("input[name=degraded_after]", "1");
+  await page.fill("input[name=down_after_failures]", "1");
+  await page.fill("input[name=down_after_seconds]", "0");
+  await submit(page, "text=Save health policy");
+  check((await page.locator("dl.config").textContent()).includes("down after 1 failures"), "the policy was saved");
+  // Nothing listens on port 9 of the simulator's address: every poll fails to connect.
+  const url = new URL(await page.locator("input[name=url]").inputValue());
+  url.port = "9";
+  await page.fill("input[name=url]", url.toString());
+  await submit(page, "text=Save URL and timeout");
+  await page.goto(`${base}/console/`);
+  const failingRow = page.locator(`tr[data-chamber="${env("FAILING_CHAMBER")}"] [data-health]`);
+  await waitFor("the failing chamber down on the overview", async () => (await failingRow.textContent()) === "down");
+  await page.screenshot({ path: `${shots}/overview-down.png`, fullPage: true });
+  await waitFor("its alert open", async () => {
+    await page.goto(`${base}/console/alerts`);
+    return (await page.locator("tr[data-alert]").count()) > 0;
+  });
+  await page.fill("tr[data-alert] input[name=comment]", "Door left open; closed it");
+  await submit(page, "button:has-text(\"Acknowledge\")");
+  check(
+    (await page.locator("tr[data-alert]").first().textContent()).includes("Door left open; closed it"),
+    "the acknowledgement shows",
+  );
+  await page.screenshot({ path: `${shots}/alerts.png`, fullPage: true });
 
   // Signing out ends the session.
   await Promise.all([page.waitForURL(`${base}/console/sign-in`), page.click("text=Sign out")]);

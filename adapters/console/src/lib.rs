@@ -73,6 +73,13 @@ impl Console {
             .route("/console/chambers/{id}/interval", post(pages::set_interval))
             .route("/console/chambers/{id}/pause", post(pages::pause))
             .route("/console/chambers/{id}/resume", post(pages::resume))
+            .route("/console/chambers/{id}/settings", post(pages::set_settings))
+            .route(
+                "/console/chambers/{id}/health-policy",
+                post(pages::set_health_policy),
+            )
+            .route("/console/alerts", get(pages::alerts))
+            .route("/console/alerts/{id}/acknowledge", post(pages::acknowledge))
             .route("/console/static/{name}", get(assets::asset))
             .route("/console/live", get(live::live))
             .fallback(pages::not_found)

@@ -10,12 +10,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chamberlain_domain::Timestamp;
+use chamberlain_domain::alerting::AlertCondition;
+use chamberlain_domain::model::AlertId;
 use chamberlain_domain::model::{
     ChamberId, ChamberState, HealthState, PageRequest, PageSize, PollOutcome, Role, SectionId,
 };
 use chamberlain_domain::ports::{AlertFilter, ChamberFilter, LedgerQuery};
 use chamberlain_domain::usecases::{
-    AuthError, ChamberView, Identity, Refusal, SignInError, UseCaseError,
+    AuthError, ChamberPatch, ChamberView, Identity, Refusal, SignInError, UseCaseError,
 };
 use serde::Deserialize;
 
@@ -594,11 +596,14 @@ struct ChamberPage {
     interval: String,
     interval_seconds: String,
     timeout: String,
+    timeout_seconds: String,
     degraded_after: u32,
     down_after_failures: u32,
     down_after: String,
+    down_after_seconds: u64,
     can_edit: bool,
     ledger: Vec<LedgerRow>,
+    rules: Vec<(String, String)>,
 }
 
 fn describe(outcome: &PollOutcome) -> String {
@@ -700,10 +705,24 @@ async fn chamber_page(
         interval: seconds(c.interval.as_duration()),
         interval_seconds: c.interval.as_duration().as_secs_f64().to_string(),
         timeout: seconds(c.timeout.as_duration()),
+        timeout_seconds: c.timeout.as_duration().as_secs_f64().to_string(),
         degraded_after: policy.degraded_after(),
         down_after_failures: policy.down_after_failures(),
         down_after: seconds(policy.down_after()),
+        down_after_seconds: policy.down_after().as_secs(),
         can_edit: actor.role >= Role::Operator,
+        rules: api
+            .alerts
+            .list_rules(
+                actor,
+                Some(id),
+                PageRequest::first(PageSize::new(1000).unwrap_or_default()),
+            )
+            .await?
+            .items
+            .into_iter()
+            .map(|r| (r.name.as_str().to_owned(), condition_text(&r.condition)))
+            .collect(),
         ledger: ledger
             .items
             .iter()
@@ -840,4 +859,264 @@ pub(crate) async fn resume(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     set_state(console, headers, id, form.csrf, false).await
+}
+
+fn condition_text(condition: &AlertCondition) -> String {
+    match condition {
+        AlertCondition::ChamberDown { after } => format!("down for {}", seconds(*after)),
+        AlertCondition::OutOfRange {
+            min, max, after, ..
+        } => format!(
+            "a detector outside [{}, {}] for {}",
+            min.map_or_else(|| "−∞".to_owned(), |m| m.get().to_string()),
+            max.map_or_else(|| "∞".to_owned(), |m| m.get().to_string()),
+            seconds(*after)
+        ),
+        AlertCondition::NoReading { after, .. } => format!("no reading for {}", seconds(*after)),
+    }
+}
+
+fn parse_seconds(field: &'static str, raw: &str) -> Result<Duration, UseCaseError> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
+                field,
+                chamberlain_domain::error::Rule::Format(
+                    "a number of seconds, such as 5 or 0.5".into(),
+                ),
+            ))
+        })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SettingsForm {
+    #[serde(default)]
+    csrf: String,
+    url: String,
+    timeout_seconds: String,
+}
+
+/// URL and timeout.
+pub(crate) async fn set_settings(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<SettingsForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = ChamberId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such chamber in your organization.",
+        );
+    };
+    let result = match parse_seconds("timeout", &form.timeout_seconds) {
+        Ok(timeout) => console
+            .inner
+            .api
+            .admin
+            .update_chamber(
+                &session.identity.actor,
+                id,
+                ChamberPatch {
+                    url: Some(form.url.clone()),
+                    timeout: Some(timeout),
+                    ..ChamberPatch::default()
+                },
+            )
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    after_change(&console, &session, id, result).await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HealthPolicyForm {
+    #[serde(default)]
+    csrf: String,
+    degraded_after: String,
+    down_after_failures: String,
+    down_after_seconds: String,
+}
+
+pub(crate) async fn set_health_policy(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HealthPolicyForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = ChamberId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such chamber in your organization.",
+        );
+    };
+    let count = |field: &'static str, raw: &str| {
+        raw.trim().parse::<u32>().map_err(|_| {
+            UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
+                field,
+                chamberlain_domain::error::Rule::Format("a whole number, such as 3".into()),
+            ))
+        })
+    };
+    let parsed = count("health.degraded_after", &form.degraded_after).and_then(|degraded| {
+        Ok((
+            degraded,
+            count("health.down_after_failures", &form.down_after_failures)?,
+            parse_seconds("health.down_after", &form.down_after_seconds)?,
+        ))
+    });
+    let result = match parsed {
+        Ok((degraded, down, after)) => console
+            .inner
+            .api
+            .admin
+            .set_health_policy(&session.identity.actor, id, degraded, down, after)
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    after_change(&console, &session, id, result).await
+}
+
+struct AlertRow {
+    id: String,
+    chamber_id: String,
+    chamber: String,
+    rule: String,
+    since: String,
+    resolved: String,
+    detail: String,
+    open: bool,
+    acknowledged: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "alerts.html")]
+struct AlertsPage {
+    nav: Nav,
+    all: bool,
+    can_acknowledge: bool,
+    alerts: Vec<AlertRow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AlertsQuery {
+    #[serde(default)]
+    state: String,
+}
+
+pub(crate) async fn alerts(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Query(query): Query<AlertsQuery>,
+) -> Response {
+    let session = match console.session(&headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let all = query.state == "all";
+    let api = &console.inner.api;
+    let actor = &session.identity.actor;
+    let page = api
+        .alerts
+        .list_alerts(
+            actor,
+            AlertFilter {
+                open_only: !all,
+                ..AlertFilter::default()
+            },
+            PageRequest::first(PageSize::new(1000).unwrap_or_default()),
+        )
+        .await;
+    let page = match page {
+        Ok(p) => p,
+        Err(e) => return refusal(&e),
+    };
+    let mut names: HashMap<ChamberId, String> = HashMap::new();
+    let mut rows = Vec::new();
+    for alert in page.items.into_iter().rev() {
+        if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(alert.chamber_id) {
+            let name = api
+                .admin
+                .get_chamber(actor, alert.chamber_id)
+                .await
+                .map(|c| c.chamber.name.as_str().to_owned())
+                .unwrap_or_else(|_| "(deleted)".into());
+            slot.insert(name);
+        }
+        rows.push(AlertRow {
+            id: alert.id.to_string(),
+            chamber_id: alert.chamber_id.to_string(),
+            chamber: names[&alert.chamber_id].clone(),
+            rule: alert.rule_name.as_str().to_owned(),
+            since: alert.since.to_string(),
+            resolved: alert
+                .resolved_at
+                .map_or_else(String::new, |t| t.to_string()),
+            detail: alert.detail.clone(),
+            open: alert.resolved_at.is_none(),
+            acknowledged: alert
+                .acknowledgement
+                .as_ref()
+                .map(|a| format!("{} at {}", a.comment.as_str(), a.at)),
+        });
+    }
+    render(&AlertsPage {
+        nav: session.nav(),
+        all,
+        can_acknowledge: actor.role >= Role::Operator,
+        alerts: rows,
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AcknowledgeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    comment: String,
+}
+
+pub(crate) async fn acknowledge(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<AcknowledgeForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = AlertId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such alert in your organization.",
+        );
+    };
+    match console
+        .inner
+        .api
+        .alerts
+        .acknowledge(&session.identity.actor, id, &form.comment)
+        .await
+    {
+        Ok(_) => Redirect::to("/console/alerts").into_response(),
+        Err(e) => refusal(&e),
+    }
 }

@@ -68,6 +68,11 @@ fn chamber(
         detectors: detectors.into_iter().map(detector).collect(),
         created_at: Some(ts(c.created_at)),
         updated_at: Some(ts(c.updated_at)),
+        health_policy: Some(v1::HealthPolicy {
+            degraded_after: c.health_policy.degraded_after(),
+            down_after_failures: c.health_policy.down_after_failures(),
+            down_after: Some(dur(c.health_policy.down_after())),
+        }),
     }
 }
 
@@ -333,6 +338,37 @@ impl ChamberService for Api {
             .set_interval(&actor, cid, interval)
             .await
             .map_err(from_use_case)?;
+        Ok(Response::new(self.full_chamber(&actor, cid).await?))
+    }
+
+    async fn set_chamber_health_policy(
+        &self,
+        request: Request<v1::SetChamberHealthPolicyRequest>,
+    ) -> Reply<v1::Chamber> {
+        let actor = caller(&request)?;
+        let r = request.get_ref();
+        let cid = id("id", &r.id, ChamberId::parse)?;
+        let policy = r
+            .health_policy
+            .as_ref()
+            .ok_or_else(|| crate::status::invalid("health_policy", "is required"))?;
+        let down_after = required_duration("health_policy.down_after", policy.down_after.as_ref())?;
+        self.admin
+            .set_health_policy(
+                &actor,
+                cid,
+                policy.degraded_after,
+                policy.down_after_failures,
+                down_after,
+            )
+            .await
+            .map_err(|e| match e {
+                chamberlain_domain::usecases::UseCaseError::Invalid(mut v) => {
+                    v.field = v.field.replacen("health.", "health_policy.", 1).into();
+                    from_use_case(chamberlain_domain::usecases::UseCaseError::Invalid(v))
+                }
+                other => from_use_case(other),
+            })?;
         Ok(Response::new(self.full_chamber(&actor, cid).await?))
     }
 

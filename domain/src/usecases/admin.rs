@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Rule, ValidationError};
-use crate::limits::MAX_DETECTORS_PER_CHAMBER;
+use crate::limits::{MAX_DETECTORS_PER_CHAMBER, MAX_POLL_INTERVAL};
 use crate::model::{
     Batch, BatchId, Chamber, ChamberId, ChamberState, Description, Detector, DetectorId,
     DetectorKey, EndpointUrl, HealthPolicy, HealthState, IntervalFloor, Name, Page, PageRequest,
@@ -450,6 +450,46 @@ impl ChamberAdmin {
         }
         chamber.schedule_since = now;
         chamber.updated_at = now;
+        self.chambers.update(&chamber).await?;
+        self.publish_upsert(&chamber).await;
+        Ok(chamber)
+    }
+
+    /// Sets when failures change the chamber's health: degraded after `degraded_after`
+    /// consecutive failures, down after `down_after_failures` of them lasting at least
+    /// `down_after`. Takes effect from the chamber's next poll.
+    ///
+    /// # Errors
+    /// `Forbidden` below operator; `Invalid` (`health.degraded_after`,
+    /// `health.down_after_failures`, `health.down_after` over a day); `NotFound`;
+    /// `Unavailable`.
+    pub async fn set_health_policy(
+        &self,
+        actor: &Actor,
+        id: ChamberId,
+        degraded_after: u32,
+        down_after_failures: u32,
+        down_after: Duration,
+    ) -> Result<Chamber> {
+        actor.require(Role::Operator, "change a chamber's health policy")?;
+        if down_after > MAX_POLL_INTERVAL {
+            return Err(ValidationError::new(
+                "health.down_after",
+                Rule::OutOfRange {
+                    min: "0s".into(),
+                    max: "86400s".into(),
+                    actual: format!("{}s", down_after.as_secs()),
+                },
+            )
+            .into());
+        }
+        let policy = HealthPolicy::new(degraded_after, down_after_failures, down_after)?;
+        let mut chamber = self.chambers.get(actor.organization_id, id).await?;
+        if chamber.health_policy == policy {
+            return Ok(chamber);
+        }
+        chamber.health_policy = policy;
+        chamber.updated_at = self.clock.now();
         self.chambers.update(&chamber).await?;
         self.publish_upsert(&chamber).await;
         Ok(chamber)

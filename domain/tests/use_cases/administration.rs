@@ -5,7 +5,7 @@ use std::time::Duration;
 use chamberlain_domain::model::{ChamberState, PageRequest, Role};
 use chamberlain_domain::ports::{ChamberChange, ChamberFilter, ReadingQuery, ReadingScope};
 use chamberlain_domain::usecases::{
-    ChamberPatch, NewChamber, NewDetector, NewSection, NewUser, UseCaseError,
+    Actor, ChamberPatch, NewChamber, NewDetector, NewSection, NewUser, UseCaseError,
 };
 
 use crate::support::Harness;
@@ -446,4 +446,77 @@ async fn a_chamber_without_a_format_is_json_and_a_wrong_one_is_named() {
         .await
         .unwrap_err();
     assert_eq!(field_of(refused), "chamber.format");
+}
+
+/// A chamber's health policy is set by operators, checked field by field, stored, and published
+/// for the scheduler and workers.
+#[tokio::test]
+async fn an_operator_sets_a_chambers_health_policy_and_a_viewer_cannot() {
+    use chamberlain_domain::ports::ChamberChanges as _;
+    let h = Harness::new();
+    let op = h.tenant("policy", Role::Operator).await;
+    let c = h.json_chamber(&op, "c1").await;
+    let mut feed = h.changes.subscribe().await.unwrap();
+    let set = h
+        .admin
+        .set_health_policy(&op, c.chamber.id, 1, 2, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            set.health_policy.degraded_after(),
+            set.health_policy.down_after_failures(),
+            set.health_policy.down_after()
+        ),
+        (1, 2, Duration::from_secs(5))
+    );
+    match feed.next().await.expect("feed open") {
+        ChamberChange::Upserted { chamber } => {
+            assert_eq!(chamber.health_policy, set.health_policy);
+        }
+        other => panic!("expected the change on the feed, got {other:?}"),
+    }
+    for (degraded, down, after, field) in [
+        (0, 2, 5, "health.degraded_after"),
+        (3, 2, 5, "health.down_after_failures"),
+        (1, 2, 100_000, "health.down_after"),
+    ] {
+        let e = h
+            .admin
+            .set_health_policy(
+                &op,
+                c.chamber.id,
+                degraded,
+                down,
+                Duration::from_secs(after),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(field_of(e), field);
+    }
+    let viewer = h
+        .tenant_user(&op_admin(&h, &op).await, "v", Role::Viewer)
+        .await;
+    assert!(matches!(
+        h.admin
+            .set_health_policy(&viewer, c.chamber.id, 5, 5, Duration::ZERO)
+            .await,
+        Err(UseCaseError::Forbidden(_))
+    ));
+}
+
+/// The admin of `actor`'s organization.
+async fn op_admin(h: &Harness, actor: &Actor) -> Actor {
+    let users = h
+        .repositories
+        .users
+        .list(actor.organization_id, Default::default())
+        .await
+        .unwrap();
+    let admin = users.items.iter().find(|u| u.role == Role::Admin).unwrap();
+    Actor {
+        user_id: admin.id,
+        organization_id: actor.organization_id,
+        role: Role::Admin,
+    }
 }

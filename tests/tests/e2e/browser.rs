@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use chamberlain_proto::v1::{self, user_service_client::UserServiceClient};
+use chamberlain_proto::v1::{
+    self, alert_service_client::AlertServiceClient, chamber_service_client::ChamberServiceClient,
+    user_service_client::UserServiceClient,
+};
 use chamberlain_tests::api_stack::free_port;
 use chamberlain_tests::chamberlain_bin;
 
@@ -40,6 +43,34 @@ async fn the_console_works_in_chromium() {
         .clone()
         .expect("the first start prints the console's password");
     let channel = connect(api).await;
+    // An alert rule on sim-0000, which the browser makes fail.
+    let failing = ChamberServiceClient::new(channel.clone())
+        .list_chambers(authed(v1::ListChambersRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .chambers
+        .into_iter()
+        .find(|c| c.name == "sim-0000")
+        .expect("sim-0000 is registered");
+    AlertServiceClient::new(channel.clone())
+        .create_alert_rule(authed(
+            v1::CreateAlertRuleRequest {
+                chamber_id: failing.id.clone(),
+                name: "sim-0000 down".into(),
+                condition: Some(v1::create_alert_rule_request::Condition::ChamberDown(
+                    v1::ChamberDownCondition {
+                        after: Some(prost_types::Duration {
+                            seconds: 1,
+                            nanos: 0,
+                        }),
+                    },
+                )),
+            },
+            &token,
+        ))
+        .await
+        .expect("an alert rule is created");
     UserServiceClient::new(channel)
         .create_user(authed(
             v1::CreateUserRequest {
@@ -66,6 +97,7 @@ async fn the_console_works_in_chromium() {
             .env("VIEWER_EMAIL", "viewer@lab.example")
             .env("VIEWER_PASSWORD", VIEWER_PASSWORD)
             .env("CHROMIUM", chromium)
+            .env("FAILING_CHAMBER", failing.id)
             .env("SCREENSHOTS", &shots)
             .output()
             .map(|o| (o, standalone))
