@@ -48,11 +48,11 @@ fn field_of(e: UseCaseError) -> String {
 async fn viewers_read_operators_configure_admins_manage_users() {
     let h = Harness::new();
     let viewer = h.tenant("roles", Role::Viewer).await;
-    let operator = chamberlain_domain::usecases::Actor {
+    let operator = Actor {
         role: Role::Operator,
         ..viewer
     };
-    let admin = chamberlain_domain::usecases::Actor {
+    let admin = Actor {
         role: Role::Admin,
         ..viewer
     };
