@@ -94,6 +94,11 @@ try {
   // A chamber: its interval set to 5 s shows in the ledger.
   await Promise.all([page.waitForURL(/\/console\/chambers\//), page.locator("tr[data-chamber] a").first().click()]);
   const chamberUrl = page.url();
+  // Its charts: one per detector, with points, and live points arriving.
+  await waitFor("charts drawn", async () => (await page.locator("#charts .chart canvas").count()) === 8);
+  check(Number(await page.locator("#charts").getAttribute("data-points")) > 0, "the chart has no points");
+  await waitFor("a live point on the chart", async () => Number((await page.locator("#charts").getAttribute("data-live-points")) || 0) > 0);
+  await page.screenshot({ path: `${shots}/chamber-charts.png`, fullPage: true });
   await page.fill("input[name=seconds]", "5");
   await submit(page, "text=Change interval");
   check((await page.locator("dl.config").textContent()).includes("5 s"), "the interval shows 5 s");

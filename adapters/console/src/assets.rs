@@ -16,6 +16,22 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../static/console.js"),
     ),
+    // Charts: uPlot, vendored at a pinned version (static/vendor/README.md).
+    (
+        "uPlot-1.6.32.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/vendor/uplot-1.6.32/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot-1.6.32.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../static/vendor/uplot-1.6.32/uPlot.min.css"),
+    ),
+    (
+        "uPlot-LICENSE.txt",
+        "text/plain; charset=utf-8",
+        include_bytes!("../static/vendor/uplot-1.6.32/LICENSE"),
+    ),
 ];
 
 pub(crate) async fn asset(Path(name): Path<String>) -> Response {

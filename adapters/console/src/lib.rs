@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod assets;
+mod charts;
 mod live;
 mod pages;
 mod session;
@@ -74,6 +75,7 @@ impl Console {
             .route("/console/chambers/{id}/pause", post(pages::pause))
             .route("/console/chambers/{id}/resume", post(pages::resume))
             .route("/console/chambers/{id}/settings", post(pages::set_settings))
+            .route("/console/chambers/{id}/series", get(charts::series))
             .route(
                 "/console/chambers/{id}/health-policy",
                 post(pages::set_health_policy),

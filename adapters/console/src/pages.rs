@@ -604,6 +604,29 @@ struct ChamberPage {
     can_edit: bool,
     ledger: Vec<LedgerRow>,
     rules: Vec<(String, String)>,
+    ranges: Vec<(&'static str, &'static str)>,
+    range: String,
+    from: String,
+    to: String,
+    series_url: String,
+    live: bool,
+    coverage: Vec<CoverageCell>,
+}
+
+struct CoverageCell {
+    class: &'static str,
+    title: String,
+}
+
+/// Which chart range a chamber's page shows.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ChartRange {
+    #[serde(default)]
+    range: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
 }
 
 fn describe(outcome: &PollOutcome) -> String {
@@ -626,6 +649,7 @@ pub(crate) async fn chamber(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(chart): Query<ChartRange>,
 ) -> Response {
     let session = match console.session(&headers).await {
         Ok(s) => s,
@@ -638,7 +662,7 @@ pub(crate) async fn chamber(
             "No such chamber in your organization.",
         );
     };
-    match chamber_page(&console, &session, id, None).await {
+    match chamber_page(&console, &session, id, None, chart).await {
         Ok(page) => render(&page),
         Err(e) => refusal(&e),
     }
@@ -649,6 +673,7 @@ async fn chamber_page(
     session: &Session,
     id: ChamberId,
     message: Option<String>,
+    chart: ChartRange,
 ) -> Result<ChamberPage, UseCaseError> {
     let api = &console.inner.api;
     let actor = &session.identity.actor;
@@ -670,6 +695,24 @@ async fn chamber_page(
             },
         )
         .await?;
+    let coverage = hourly_coverage(console, actor, id, now).await?;
+    let custom = !chart.from.is_empty() && !chart.to.is_empty();
+    let range = if custom {
+        String::new()
+    } else if ["1h", "24h", "7d"].contains(&chart.range.as_str()) {
+        chart.range.clone()
+    } else {
+        "1h".to_owned()
+    };
+    let series_url = if custom {
+        format!(
+            "/console/chambers/{id}/series?from={}&to={}",
+            percent_encode(&chart.from),
+            percent_encode(&chart.to)
+        )
+    } else {
+        format!("/console/chambers/{id}/series?range={range}")
+    };
     let mut view = view;
     view.detectors
         .sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
@@ -711,6 +754,13 @@ async fn chamber_page(
         down_after: seconds(policy.down_after()),
         down_after_seconds: policy.down_after().as_secs(),
         can_edit: actor.role >= Role::Operator,
+        ranges: vec![("1 h", "1h"), ("24 h", "24h"), ("7 d", "7d")],
+        live: range == "1h",
+        range,
+        from: chart.from,
+        to: chart.to,
+        series_url,
+        coverage,
         rules: api
             .alerts
             .list_rules(
@@ -758,7 +808,15 @@ async fn after_change(
     match result {
         Ok(()) => Redirect::to(&format!("/console/chambers/{id}")).into_response(),
         Err(e @ UseCaseError::Invalid(_)) => {
-            match chamber_page(console, session, id, Some(e.to_string())).await {
+            match chamber_page(
+                console,
+                session,
+                id,
+                Some(e.to_string()),
+                ChartRange::default(),
+            )
+            .await
+            {
                 Ok(page) => {
                     let mut response = render(&page);
                     *response.status_mut() = StatusCode::BAD_REQUEST;
@@ -1119,4 +1177,48 @@ pub(crate) async fn acknowledge(
         Ok(_) => Redirect::to("/console/alerts").into_response(),
         Err(e) => refusal(&e),
     }
+}
+
+/// The last 24 hours' coverage, an hour a cell (oldest first).
+async fn hourly_coverage(
+    console: &Console,
+    actor: &chamberlain_domain::usecases::Actor,
+    id: ChamberId,
+    now: Timestamp,
+) -> Result<Vec<CoverageCell>, UseCaseError> {
+    const HOUR: i64 = 3_600_000;
+    let this_hour = now.as_unix_millis().div_euclid(HOUR) * HOUR;
+    let mut cells = Vec::with_capacity(24);
+    for h in (0..24).rev() {
+        let from = Timestamp::from_unix_millis(this_hour - h * HOUR);
+        let to = Timestamp::from_unix_millis(
+            (this_hour - h * HOUR + HOUR).min(now.as_unix_millis().max(this_hour - h * HOUR + 1)),
+        );
+        let c = console
+            .inner
+            .api
+            .queries
+            .coverage(
+                actor,
+                chamberlain_domain::usecases::CoverageScope::Chamber(id),
+                from,
+                to,
+            )
+            .await?;
+        let ratio = c.ratio();
+        let class = match (c.slots, ratio) {
+            (0, _) => "none",
+            (_, r) if r >= 0.999 => "full",
+            (_, r) if r >= 0.9 => "most",
+            _ => "poor",
+        };
+        cells.push(CoverageCell {
+            class,
+            title: format!(
+                "{from}: {} of {} slots read, {} failed, {} missed",
+                c.read, c.slots, c.failed, c.missed
+            ),
+        });
+    }
+    Ok(cells)
 }

@@ -44,7 +44,65 @@ function followOverview(table) {
   }, 1000);
 }
 
+// A chamber's charts: one uPlot chart per detector from the server's aggregated series; over
+// the last hour, points are appended as the live stream brings them.
+async function drawCharts(container) {
+  const response = await fetch(container.dataset.series, { credentials: "same-origin" });
+  if (!response.ok) {
+    container.textContent = "The chart could not be loaded.";
+    return;
+  }
+  const series = await response.json();
+  const charts = new Map();
+  const width = Math.max(320, Math.min(container.clientWidth || 900, 1100));
+  series.detectors.forEach((detector, i) => {
+    const box = document.createElement("div");
+    box.className = "chart";
+    box.dataset.detector = detector.id;
+    container.append(box);
+    const title = detector.unit ? `${detector.name} (${detector.unit})` : detector.name;
+    const data = [series.t.slice(), series.values[i].slice()];
+    const plot = new uPlot(
+      {
+        title,
+        width,
+        height: 200,
+        scales: { x: { time: true } },
+        series: [{}, { label: detector.name, stroke: "#2563eb", width: 1.5, spanGaps: false }],
+      },
+      data,
+      box,
+    );
+    charts.set(detector.id, { plot, data });
+  });
+  container.dataset.points = String(series.t.length);
+  if (container.dataset.live !== "true") return;
+  const source = new EventSource(`/console/live?chambers=${container.dataset.chamber}`);
+  source.addEventListener("chamber", (message) => {
+    const update = JSON.parse(message.data);
+    if (!update.slot) return;
+    const t = update.slot / 1000;
+    const horizon = t - 3600;
+    for (const [detector, value] of Object.entries(update.values || {})) {
+      const chart = charts.get(detector);
+      if (!chart) continue;
+      const [times, values] = chart.data;
+      if (times.length && times[times.length - 1] >= t) continue;
+      times.push(t);
+      values.push(value);
+      while (times.length && times[0] < horizon) {
+        times.shift();
+        values.shift();
+      }
+      chart.plot.setData(chart.data);
+    }
+    container.dataset.livePoints = String(Number(container.dataset.livePoints || 0) + 1);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  const charts = document.getElementById("charts");
+  if (charts && window.uPlot) drawCharts(charts);
   // Filters apply as soon as a choice changes.
   for (const select of document.querySelectorAll("form.filters select")) {
     select.addEventListener("change", () => select.form.submit());

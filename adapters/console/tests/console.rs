@@ -25,6 +25,7 @@ const PASSWORD: &str = "correct horse battery";
 
 struct Lab {
     router: Router,
+    clock: Arc<ManualClock>,
     bus: Arc<MemoryEventBus>,
     store: Arc<MemoryStore>,
     org: OrganizationId,
@@ -123,7 +124,7 @@ async fn lab() -> Lab {
         .unwrap();
     let console = Console::new(
         api,
-        clock,
+        clock.clone(),
         ConsoleSettings {
             csrf_key: b"a test key of at least thirty-two bytes".to_vec(),
             secure_cookies: false,
@@ -131,6 +132,7 @@ async fn lab() -> Lab {
     );
     Lab {
         router: console.router(),
+        clock,
         bus,
         store,
         org: org.id,
@@ -533,4 +535,34 @@ async fn the_live_stream_sends_a_followed_chambers_new_values() {
     assert!(seen.contains("23.25"), "{seen}");
     assert!(seen.contains(&detectors[0].id.to_string()), "{seen}");
     assert!(seen.contains(&slot.as_unix_millis().to_string()), "{seen}");
+}
+
+/// A chart's data: each detector's values over the range, aggregated on the server; a bad range
+/// is refused naming it.
+#[tokio::test]
+async fn a_chart_gets_each_detectors_values_over_the_range() {
+    let lab = lab().await;
+    let (cookie, _) = lab.sign_in("viewer%40lab.example").await;
+    lab.clock.advance(Duration::from_secs(30));
+    let path = format!("/console/chambers/{}/series?range=1h", lab.chamber);
+    let answer = lab.get(&path, Some(&cookie)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let series: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(series["detectors"][0]["name"], "temperature");
+    assert_eq!(series["detectors"][0]["unit"], "°C");
+    assert_eq!(series["t"].as_array().unwrap().len(), 1, "{series}");
+    assert_eq!(series["values"][0][0], 21.5);
+    assert_eq!(
+        series["bucket"], 60,
+        "the chamber's interval: one point per slot"
+    );
+    let bad = lab
+        .get(
+            &format!("/console/chambers/{}/series?range=2w", lab.chamber),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("range"));
+    assert_eq!(lab.get(&path, None).await.location(), "/console/sign-in");
 }
