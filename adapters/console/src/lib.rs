@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use chamberlain_domain::ports::Clock;
+use chamberlain_domain::ports::{Clock, Rate, RateLimiter};
 use chamberlain_domain::usecases::ApiUseCases;
 
 pub use session::SESSION_COOKIE;
@@ -19,13 +19,28 @@ pub use session::SESSION_COOKIE;
 pub const CONSOLE_PATH: &str = "/console";
 
 /// Settings of the console.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsoleSettings {
     /// Secret of the CSRF tokens (each is an HMAC of the session token under it); at least 32
     /// bytes (the installation's identity key, or random per process in the embedded mode).
     pub csrf_key: Vec<u8>,
     /// Marks the session cookie `Secure` (the console is reached over HTTPS).
     pub secure_cookies: bool,
+    /// Sign-in attempts per client address (in memory in the embedded mode, shared in Redis
+    /// in the distributed one); beyond, the form answers 429 without checking the password.
+    pub sign_in_limit: Option<(Arc<dyn RateLimiter>, Rate)>,
+}
+
+impl std::fmt::Debug for ConsoleSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleSettings")
+            .field("secure_cookies", &self.secure_cookies)
+            .field(
+                "sign_in_limit",
+                &self.sign_in_limit.as_ref().map(|(_, rate)| rate),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The console: a driving adapter beside the gRPC one, calling the same use cases. It renders
@@ -98,8 +113,12 @@ impl Console {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     }
 }

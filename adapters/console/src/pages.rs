@@ -109,6 +109,33 @@ pub(crate) fn refusal(e: &UseCaseError) -> Response {
 }
 
 impl Console {
+    /// The answer to a sign-in attempt past the client address's limit, if it is. A limiter
+    /// that cannot answer lets the attempt through (the password check still stands).
+    async fn sign_in_refused(&self, peer: Option<std::net::SocketAddr>) -> Option<Response> {
+        let (limiter, rate) = self.inner.settings.sign_in_limit.as_ref()?;
+        let client = peer.map_or_else(|| "unknown".to_owned(), |p| p.ip().to_string());
+        let bucket = chamberlain_domain::ports::Bucket {
+            key: format!("console-sign-in:{client}"),
+            rate: *rate,
+        };
+        let chamberlain_domain::ports::Admission::Refused { retry_after, .. } =
+            limiter.admit(&[bucket]).await.ok()?
+        else {
+            return None;
+        };
+        let mut response = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many attempts",
+            "Too many sign-in attempts from your address; wait a moment and try again.",
+        );
+        if let Ok(value) =
+            axum::http::HeaderValue::from_str(&(retry_after.as_secs() + 1).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        Some(response)
+    }
+
     /// The caller's session, or the answer for a caller without one: to the sign-in page.
     pub(crate) async fn session(&self, headers: &HeaderMap) -> Result<Session, Response> {
         let to_sign_in = || Redirect::to("/console/sign-in").into_response();
@@ -226,15 +253,31 @@ pub(crate) struct SignInForm {
 
 pub(crate) async fn sign_in(
     State(console): State<Console>,
-    headers: HeaderMap,
-    Form(form): Form<SignInForm>,
+    request: axum::extract::Request,
 ) -> Response {
+    use axum::extract::FromRequest as _;
+    // The connection's peer (absent when the router is called without a listener).
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let headers = request.headers().clone();
+    let Ok(Form(form)) = Form::<SignInForm>::from_request(request, &console).await else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Refused",
+            "The sign-in form was incomplete.",
+        );
+    };
     if !same_origin(&headers) {
         return error_page(
             StatusCode::FORBIDDEN,
             "Refused",
             "This request did not come from the console.",
         );
+    }
+    if let Some(refused) = console.sign_in_refused(peer).await {
+        return refused;
     }
     let page = |message: &str, organizations: Vec<(String, String)>| {
         let mut response = render(&SignInPage {

@@ -128,6 +128,13 @@ async fn lab() -> Lab {
         ConsoleSettings {
             csrf_key: b"a test key of at least thirty-two bytes".to_vec(),
             secure_cookies: false,
+            sign_in_limit: Some((
+                Arc::new(chamberlain_memory::MemoryRateLimiter::default()),
+                chamberlain_domain::ports::Rate {
+                    per_second: std::num::NonZeroU32::MIN,
+                    burst: std::num::NonZeroU32::new(10).unwrap(),
+                },
+            )),
         },
     );
     Lab {
@@ -565,4 +572,34 @@ async fn a_chart_gets_each_detectors_values_over_the_range() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.contains("range"));
     assert_eq!(lab.get(&path, None).await.location(), "/console/sign-in");
+}
+
+/// Sign-in attempts are limited: past the burst, the form answers 429 without a password check.
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited() {
+    let lab = lab().await;
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let answer = lab
+            .post(
+                "/console/sign-in",
+                None,
+                "email=viewer%40lab.example&password=wrong+password+here",
+                "http://lab:8080",
+            )
+            .await;
+        statuses.push(answer.status);
+    }
+    assert!(
+        statuses[..10]
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[11..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
 }

@@ -297,6 +297,10 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
                 .flat_map(|_| uuid::Uuid::new_v4().into_bytes())
                 .collect(),
             secure_cookies: false,
+            sign_in_limit: Some((
+                Arc::new(chamberlain_memory::MemoryRateLimiter::default()),
+                chamberlain_auth::DEFAULT_SIGN_IN_LIMIT,
+            )),
         },
     );
     let console = {
