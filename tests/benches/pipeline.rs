@@ -365,6 +365,7 @@ impl StalledSubscriber {
                 .env("CHAMBERLAIN_IDENTITY_KEY", Self::KEY)
                 .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0")
                 .env("CHAMBERLAIN_GATEWAY_LISTEN", format!("127.0.0.1:{port}"))
+                .env("CHAMBERLAIN_GATEWAY_HTTP_LISTEN", "127.0.0.1:0")
                 .env("CHAMBERLAIN_WATCH_MAX_LAG_SECS", "5")
                 .env("CHAMBERLAIN_LOG", "warn")
                 .stdout(Stdio::null())

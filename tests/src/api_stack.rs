@@ -103,6 +103,7 @@ pub fn write_envoy_config(
         .args(["--listen", &format!("127.0.0.1:{}", ports.envoy)])
         .args(["--admin", &format!("127.0.0.1:{}", ports.admin)])
         .args(["--gateway", &format!("127.0.0.1:{upstream_gateway}")])
+        .args(["--console", &format!("127.0.0.1:{}", ports.console)])
         .args([
             "--auth",
             &auths
@@ -137,6 +138,8 @@ pub struct Ports {
     pub envoy: u16,
     pub admin: u16,
     pub gateway: u16,
+    /// The gateway's console listener.
+    pub console: u16,
     pub auth: u16,
     pub otel: u16,
 }
@@ -244,6 +247,7 @@ impl Stack {
             envoy: free_port(),
             admin: free_port(),
             gateway: free_port(),
+            console: free_port(),
             auth: options.auth_override.unwrap_or_else(free_port),
             otel: free_port(),
         };
@@ -282,6 +286,18 @@ impl Stack {
                 )
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit());
+            if role == "gateway" {
+                // The first gateway's console is behind Envoy; the others' on any port.
+                let console = if listen == ports.gateway {
+                    ports.console
+                } else {
+                    0
+                };
+                cmd.env(
+                    "CHAMBERLAIN_GATEWAY_HTTP_LISTEN",
+                    format!("127.0.0.1:{console}"),
+                );
+            }
             for (k, v) in extra {
                 cmd.env(k, v);
             }
@@ -442,6 +458,7 @@ impl Stack {
                 "CHAMBERLAIN_GATEWAY_LISTEN",
                 format!("127.0.0.1:{}", self.ports.gateway),
             )
+            .env("CHAMBERLAIN_GATEWAY_HTTP_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -590,6 +607,30 @@ impl Stack {
             AuthSettings::default(),
         )
     }
+}
+
+/// One raw HTTP/1.1 exchange on a new connection (the request must say `connection: close`):
+/// status, headers (lowercase names) and body.
+pub async fn http_exchange(port: u16, request: String) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the server answers");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 /// A minimal HTTP/1.1 client (one request per connection), enough for JSON calls and Envoy's

@@ -54,6 +54,9 @@ struct Inner {
     api: ApiUseCases,
     clock: Arc<dyn Clock>,
     settings: ConsoleSettings,
+    /// Set when the server stops: live streams end, so a graceful shutdown is not held up by
+    /// a browser that keeps a page open.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Console {
@@ -69,6 +72,7 @@ impl Console {
                 api,
                 clock,
                 settings,
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -104,7 +108,13 @@ impl Console {
             .layer(axum::middleware::map_response(session::security_headers))
     }
 
-    /// Serves the console on `listener` until `shutdown` resolves.
+    /// Ends every live stream (as [`Console::serve`] does when its shutdown comes).
+    pub fn close_live_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Serves the console on `listener` until `shutdown` resolves; then live streams end and
+    /// requests in flight finish.
     ///
     /// # Errors
     /// The listener's error.
@@ -118,7 +128,13 @@ impl Console {
             self.router()
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown({
+            let console = self.clone();
+            async move {
+                shutdown.await;
+                console.close_live_streams();
+            }
+        })
         .await
     }
 }

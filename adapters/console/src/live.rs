@@ -104,12 +104,18 @@ pub(crate) async fn live(
         Err(e) => return crate::pages::refusal(&e),
     };
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
+    let mut closing = console.inner.closing.subscribe();
+    if *closing.borrow() {
+        return crate::pages::unavailable();
+    }
     tokio::spawn(async move {
         let mut pending: HashMap<ChamberId, RowUpdate> = HashMap::new();
         let mut tick = tokio::time::interval(COALESCE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // The only change is to closing.
+                _ = closing.changed() => return,
                 item = watch.next() => match item {
                     Some(WatchItem::Event(event)) => {
                         if let Some(id) = chamber_of(&event).filter(|id| followed.contains(id)) {

@@ -211,6 +211,15 @@ impl Console {
     }
 }
 
+/// The server is stopping.
+pub(crate) fn unavailable() -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        "The console is restarting; try again in a moment.",
+    )
+}
+
 pub(crate) async fn to_console() -> Redirect {
     Redirect::to("/console/")
 }

@@ -31,6 +31,14 @@ pub struct EnvoyConfigArgs {
         default_value = "127.0.0.1:50051"
     )]
     gateway: String,
+    /// The gateways' console listeners (`CHAMBERLAIN_GATEWAY_HTTP_LISTEN`), `host:port`
+    /// separated by commas: Envoy routes `/console` there.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_ENVOY_CONSOLE",
+        default_value = "127.0.0.1:8081"
+    )]
+    console: String,
     /// The `chamberlain auth` replicas, `host:port` separated by commas.
     #[arg(
         long,
@@ -149,6 +157,7 @@ pub struct EnvoyConfig {
     pub admin: Endpoint,
     pub gateways: Vec<Endpoint>,
     pub auths: Vec<Endpoint>,
+    pub consoles: Vec<Endpoint>,
     pub otel_collector: Endpoint,
     /// An absolute path.
     pub descriptor: PathBuf,
@@ -223,6 +232,7 @@ impl EnvoyConfigArgs {
             admin: one(&self.admin, "--admin", "CHAMBERLAIN_ENVOY_ADMIN")?,
             gateways: endpoints(&self.gateway, "--gateway", "CHAMBERLAIN_ENVOY_GATEWAY")?,
             auths: endpoints(&self.auth, "--auth", "CHAMBERLAIN_ENVOY_AUTH")?,
+            consoles: endpoints(&self.console, "--console", "CHAMBERLAIN_ENVOY_CONSOLE")?,
             otel_collector: one(
                 &self.otel_collector,
                 "--otel-collector",
@@ -309,6 +319,7 @@ impl EnvoyConfig {
             ("ADMIN_PORT", self.admin.port.to_string()),
             ("GATEWAY_ENDPOINTS", lb_endpoints(&self.gateways)),
             ("AUTH_ENDPOINTS", lb_endpoints(&self.auths)),
+            ("CONSOLE_ENDPOINTS", lb_endpoints(&self.consoles)),
             (
                 "OTEL_COLLECTOR_ENDPOINTS",
                 lb_endpoints(std::slice::from_ref(&self.otel_collector)),
@@ -383,7 +394,7 @@ pub fn envoy_config(args: &EnvoyConfigArgs) -> Result<(), anyhow::Error> {
             anyhow::anyhow!("cannot write {}: {e}", out.display())
         })?;
     println!(
-        "wrote {}: listener {}:{}{}, gateway {}, auth {}, descriptor {}",
+        "wrote {}: listener {}:{}{}, gateway {}, console {}, auth {}, descriptor {}",
         out.display(),
         config.listen.host,
         config.listen.port,
@@ -393,6 +404,7 @@ pub fn envoy_config(args: &EnvoyConfigArgs) -> Result<(), anyhow::Error> {
             " (plaintext)"
         },
         list(&config.gateways),
+        list(&config.consoles),
         list(&config.auths),
         config.descriptor.display()
     );

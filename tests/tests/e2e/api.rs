@@ -1536,6 +1536,98 @@ async fn an_address_in_two_organizations_signs_in_to_the_one_named() {
     assert_eq!(me.organization_id, orgs[0]);
 }
 
+/// The console through Envoy, served by the gateway: its own session cookie opens it (a bearer
+/// token does not), and that cookie opens nothing of the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_through_envoy_on_its_own_session() {
+    use chamberlain_tests::api_stack::http_exchange;
+    let stack = Stack::start(StackOptions::default()).await;
+    let (_, admin) = stack.tenant("a", Role::Admin).await;
+    let channel = stack.channel().await;
+    UserServiceClient::new(channel.clone())
+        .create_user(authed(
+            v1::CreateUserRequest {
+                email: "tech@a.example".into(),
+                display_name: "Tech".into(),
+                role: "operator".into(),
+                password: "correct horse battery".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let s = section(&channel, &admin, "Cold room").await;
+    let port = stack.ports.envoy;
+    let get = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n{extra}\r\n")
+    };
+    let location = |headers: &[(String, String)]| {
+        headers
+            .iter()
+            .find(|(k, _)| k == "location")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+
+    let (status, headers, _) = http_exchange(port, get("/console/", "")).await;
+    assert_eq!(
+        (status, location(&headers).as_str()),
+        (303, "/console/sign-in")
+    );
+    let (status, headers, _) = http_exchange(
+        port,
+        get("/console/", &format!("authorization: Bearer {admin}\r\n")),
+    )
+    .await;
+    assert_eq!(
+        (status, location(&headers).as_str()),
+        (303, "/console/sign-in"),
+        "a bearer token does not open the console"
+    );
+    let (status, headers, page) = http_exchange(port, get("/console/sign-in", "")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("name=\"password\""));
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "content-security-policy" && v.contains("script-src 'self'")),
+        "{headers:?}"
+    );
+
+    let form = "email=tech%40a.example&password=correct+horse+battery";
+    let (status, headers, body) = http_exchange(
+        port,
+        format!(
+            "POST /console/sign-in HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\norigin: http://127.0.0.1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let cookie = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap().to_owned())
+        .expect("a session cookie");
+    let (status, _, page) = http_exchange(
+        port,
+        get(
+            &format!("/console/?section={}", s.id),
+            &format!("cookie: {cookie}\r\n"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Cold room") && page.contains("Tech"),
+        "{page}"
+    );
+    // The cookie opens nothing of the API.
+    let (status, _, _) =
+        http_exchange(port, get("/v1/sections", &format!("cookie: {cookie}\r\n"))).await;
+    assert_eq!(status, 401);
+}
+
 /// docs/API.md lists every JSON route the API has, as `VERB /path` (read from the descriptor
 /// set's `google.api.http` options, so a new RPC without its line fails here).
 #[test]

@@ -11,7 +11,7 @@ use chamberlain_proto::v1::{
     self, chamber_service_client::ChamberServiceClient, poll_service_client::PollServiceClient,
     reading_service_client::ReadingServiceClient,
 };
-use chamberlain_tests::api_stack::free_port;
+use chamberlain_tests::api_stack::{free_port, http_exchange};
 use chamberlain_tests::chamberlain_bin;
 use tonic::transport::Channel;
 
@@ -316,30 +316,6 @@ async fn standalone_polls_simulated_chambers_and_resumes_after_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One HTTP/1.1 exchange: status, headers (lowercase names) and body.
-async fn exchange(port: u16, request: String) -> (u16, Vec<(String, String)>, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the console answers");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
 /// The console on the standalone's HTTP address: nothing without a session, and the password
 /// the first start printed signs the administrator in to a page listing the chambers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,12 +334,12 @@ async fn the_console_answers_on_the_http_address_and_the_printed_password_signs_
             "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncookie: {cookie}\r\n\r\n"
         )
     };
-    let (status, headers, _) = exchange(standalone.http, get("/console/", "")).await;
+    let (status, headers, _) = http_exchange(standalone.http, get("/console/", "")).await;
     assert_eq!(status, 303);
     assert!(headers.contains(&("location".into(), "/console/sign-in".into())));
 
     let form = format!("email=admin%40localhost&password={password}");
-    let (status, headers, body) = exchange(
+    let (status, headers, body) = http_exchange(
         standalone.http,
         format!(
             "POST /console/sign-in HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\norigin: http://127.0.0.1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
@@ -377,7 +353,7 @@ async fn the_console_answers_on_the_http_address_and_the_printed_password_signs_
         .find(|(k, _)| k == "set-cookie")
         .map(|(_, v)| v.split(';').next().unwrap().to_owned())
         .expect("a session cookie");
-    let (status, _, page) = exchange(standalone.http, get("/console/", &cookie)).await;
+    let (status, _, page) = http_exchange(standalone.http, get("/console/", &cookie)).await;
     assert_eq!(status, 200);
     for name in ["sim-0000", "sim-0001", "sim-0002", "simulated"] {
         assert!(page.contains(name), "{name} not on the overview");

@@ -121,7 +121,8 @@ async fn the_readmes_distributed_walkthrough_runs_as_written() {
         db.name
     );
     let redis_url = chamberlain_redis::testing::server_url();
-    let (envoy_port, envoy_admin, gateway, auth, chamber_port) = (
+    let (envoy_port, envoy_admin, gateway, auth, chamber_port, console) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -213,6 +214,11 @@ async fn the_readmes_distributed_walkthrough_runs_as_written() {
             )
             .env("CHAMBERLAIN_ENVOY_GATEWAY", format!("127.0.0.1:{gateway}"))
             .env("CHAMBERLAIN_ENVOY_AUTH", format!("127.0.0.1:{auth}"))
+            .env(
+                "CHAMBERLAIN_GATEWAY_HTTP_LISTEN",
+                format!("127.0.0.1:{console}"),
+            )
+            .env("CHAMBERLAIN_ENVOY_CONSOLE", format!("127.0.0.1:{console}"))
             .env_remove("CHAMBERLAIN_METRICS_LISTEN")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())

@@ -48,6 +48,17 @@ pub struct GatewayArgs {
     /// other gateways' answers may lag by up to this. 0 turns the cache off.
     #[arg(long, env = "CHAMBERLAIN_GATEWAY_CHAMBER_CACHE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     chamber_cache_ms: u64,
+    /// Where the web console answers (plain HTTP/1.1; Envoy routes `/console` here).
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_GATEWAY_HTTP_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    http_listen: std::net::SocketAddr,
+    /// Marks the console's session cookie `Secure`: set it when browsers reach Envoy over
+    /// HTTPS.
+    #[arg(long, env = "CHAMBERLAIN_CONSOLE_SECURE_COOKIES")]
+    console_secure_cookies: bool,
 }
 
 pub async fn gateway(args: GatewayArgs, telemetry: &Telemetry) -> Result<(), anyhow::Error> {
@@ -65,8 +76,40 @@ pub async fn gateway(args: GatewayArgs, telemetry: &Telemetry) -> Result<(), any
         auth: args.authentication.settings(),
         ..ApiSettings::default()
     };
+    let use_cases = distributed.use_cases(&repositories, settings).await?;
+    // The console: its CSRF tokens are keyed by the identity key, so any gateway replica
+    // accepts a form another one rendered; sign-in attempts are limited in Redis.
+    let console = chamberlain_console::Console::new(
+        use_cases.clone(),
+        distributed.clock(),
+        chamberlain_console::ConsoleSettings {
+            csrf_key: args
+                .key
+                .identity_key
+                .clone()
+                .unwrap_or_default()
+                .into_bytes(),
+            secure_cookies: args.console_secure_cookies,
+            sign_in_limit: Some((
+                distributed.rate_limiter().await?,
+                chamberlain_auth::DEFAULT_SIGN_IN_LIMIT,
+            )),
+        },
+    );
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .map_err(|e| {
+            crate::settings::bad_setting(
+                "--http-listen",
+                "CHAMBERLAIN_GATEWAY_HTTP_LISTEN",
+                format!("cannot bind {}: {e}", args.http_listen),
+            )
+        })?;
+    tracing::info!(listen = %http_listener.local_addr()?, "console serving");
+    let console =
+        tokio::spawn(async move { console.serve(http_listener, shutdown_signal()).await });
     let api = chamberlain_grpc::Api::new(
-        distributed.use_cases(&repositories, settings).await?,
+        use_cases,
         distributed.clock(),
         Duration::from_millis(args.chamber_cache_ms),
     );
@@ -84,6 +127,7 @@ pub async fn gateway(args: GatewayArgs, telemetry: &Telemetry) -> Result<(), any
         shutdown_signal(),
     )
     .await?;
+    let _ = console.await;
     tracing::info!("gateway stopped");
     Ok(())
 }
