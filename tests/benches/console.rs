@@ -6,6 +6,8 @@
 //! `cargo bench -p chamberlain-tests --bench console`; `CHAMBERLAIN_BENCH_SMOKE=1` (as
 //! `scripts/test` sets it) runs a seconds-long pass on 200 chambers and an hour of chart data.
 
+#![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
