@@ -205,7 +205,8 @@ fn main() {
         for (label, path, n) in [
             ("overview, first page", "/console/".to_owned(), runs),
             ("overview, one section", format!("/console/?section={}", charted.chamber.section_id), runs),
-            ("overview, name filter (scans ≤ 2,000)", "/console/?name=0999".to_owned(), runs),
+            ("overview, name filter", "/console/?name=0999".to_owned(), runs),
+            ("overview, health filter", "/console/?health=down".to_owned(), runs),
             ("chamber page", chamber_page, runs),
             (if smoke { "chart, 1 h" } else { "chart, 7 d at 1 s" }, chart, 3),
         ] {

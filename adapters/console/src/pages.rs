@@ -17,7 +17,7 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{AlertFilter, ChamberFilter, LedgerQuery};
 use chamberlain_domain::usecases::{
-    AuthError, ChamberPatch, ChamberView, Identity, Refusal, SignInError, UseCaseError,
+    AuthError, ChamberPatch, Identity, Refusal, SignInError, UseCaseError,
 };
 use serde::Deserialize;
 
@@ -28,9 +28,6 @@ use crate::session::{
 
 /// Chambers on one overview page.
 const OVERVIEW_PAGE: u32 = 100;
-/// Store pages an overview with a name or health filter reads at most before it offers the
-/// next page (the filter is applied to what was read).
-const OVERVIEW_SCAN_PAGES: usize = 20;
 
 /// A signed-in caller.
 pub(crate) struct Session {
@@ -392,13 +389,6 @@ impl OverviewFilter {
         !(self.name.is_empty() && self.health.is_empty() && self.section.is_empty())
     }
 
-    fn keeps(&self, view: &ChamberView) -> bool {
-        let name = self.name.trim().to_lowercase();
-        let health = view.health.unwrap_or(HealthState::Unknown).as_str();
-        (name.is_empty() || view.chamber.name.as_str().to_lowercase().contains(&name))
-            && (self.health.is_empty() || self.health == health)
-    }
-
     fn next_link(&self, after: ChamberId) -> String {
         let mut link = format!("/console/?after={after}");
         for (key, value) in [
@@ -519,31 +509,22 @@ async fn overview_page(
     let section_names: HashMap<String, String> = sections.iter().cloned().collect();
     let chamber_filter = ChamberFilter {
         section_id: SectionId::parse(&filter.section).ok(),
-        state: None,
+        name_contains: Some(filter.name.trim().to_owned()).filter(|n| !n.is_empty()),
+        health: HealthState::parse(&filter.health),
+        ..ChamberFilter::default()
     };
-    let size = PageSize::new(OVERVIEW_PAGE).unwrap_or_default();
-    let mut request = PageRequest {
-        after: ChamberId::parse(&filter.after).ok(),
-        size,
-    };
-    let mut views = Vec::new();
-    let mut next = None;
-    for _ in 0..OVERVIEW_SCAN_PAGES {
-        let p = api
-            .admin
-            .list_chamber_views(actor, chamber_filter, request.clone())
-            .await?;
-        views.extend(p.items.into_iter().filter(|v| filter.keeps(v)));
-        next = p.next;
-        match next {
-            Some(after) if views.len() < OVERVIEW_PAGE as usize => request.after = Some(after),
-            _ => break,
-        }
-    }
-    if views.len() > OVERVIEW_PAGE as usize {
-        views.truncate(OVERVIEW_PAGE as usize);
-        next = views.last().map(|v| v.chamber.id);
-    }
+    let page = api
+        .admin
+        .list_chamber_views(
+            actor,
+            chamber_filter,
+            PageRequest {
+                after: ChamberId::parse(&filter.after).ok(),
+                size: PageSize::new(OVERVIEW_PAGE).unwrap_or_default(),
+            },
+        )
+        .await?;
+    let (views, next) = (page.items, page.next);
     let ids: Vec<ChamberId> = views.iter().map(|v| v.chamber.id).collect();
     let latest = if ids.is_empty() {
         Vec::new()

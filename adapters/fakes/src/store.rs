@@ -324,6 +324,22 @@ impl ChamberRepository for MemoryStore {
                 .filter(|c| c.organization_id == org)
                 .filter(|c| filter.section_id.is_none_or(|s| c.section_id == s))
                 .filter(|c| filter.state.is_none_or(|s| c.state == s))
+                .filter(|c| {
+                    filter.name_contains.as_deref().is_none_or(|part| {
+                        c.name
+                            .as_str()
+                            .to_ascii_lowercase()
+                            .contains(&part.to_ascii_lowercase())
+                    })
+                })
+                .filter(|c| {
+                    filter.health.is_none_or(|h| {
+                        t.health
+                            .get(&c.id)
+                            .map_or(chamberlain_domain::model::HealthState::Unknown, |x| x.state)
+                            == h
+                    })
+                })
                 .cloned(),
             |c| c.id,
             &request,

@@ -255,6 +255,7 @@ impl ChamberService for Api {
                 Ok(v1::ChamberState::Unspecified) => None,
                 Err(_) => return Err(crate::status::invalid("state", "is not a chamber state")),
             },
+            ..ChamberFilter::default()
         };
         let p = page(r.page.as_ref(), |t| ChamberId::parse(t).ok())?;
         let p = self

@@ -341,7 +341,11 @@ impl ChamberRepository for PgStore {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE organization_id = $1 \
              AND ($2::uuid IS NULL OR section_id = $2) AND ($3::text IS NULL OR state = $3) \
-             AND ($4::uuid IS NULL OR id > $4) ORDER BY id LIMIT $5",
+             AND ($4::uuid IS NULL OR id > $4) \
+             AND ($6::text IS NULL OR strpos(lower(name), lower($6)) > 0) \
+             AND ($7::text IS NULL OR COALESCE((SELECT h.state FROM chamber_health h \
+                  WHERE h.chamber_id = chambers.id), 'unknown') = $7) \
+             ORDER BY id LIMIT $5",
             rows::CHAMBER_COLUMNS
         )))
         .bind(org.as_uuid())
@@ -349,6 +353,12 @@ impl ChamberRepository for PgStore {
         .bind(filter.state.map(rows::state_str))
         .bind(page.after.map(|a| *a.as_uuid()))
         .bind(limit(&page))
+        .bind(filter.name_contains.as_deref())
+        .bind(
+            filter
+                .health
+                .map(chamberlain_domain::model::HealthState::as_str),
+        )
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;

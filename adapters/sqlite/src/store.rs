@@ -1308,6 +1308,9 @@ impl ChamberRepository for SqliteStore {
             chamber_columns!(),
             " FROM chambers WHERE organization_id = ?1 AND id > ?2 \
               AND (?3 IS NULL OR section_id = ?3) AND (?4 IS NULL OR state = ?4) \
+              AND (?6 IS NULL OR instr(lower(name), lower(?6)) > 0) \
+              AND (?7 IS NULL OR COALESCE((SELECT h.state FROM chamber_health h \
+                   WHERE h.chamber_id = chambers.id), 'unknown') = ?7) \
               ORDER BY id LIMIT ?5"
         ))
         .bind(*org.as_uuid())
@@ -1315,6 +1318,8 @@ impl ChamberRepository for SqliteStore {
         .bind(filter.section_id.map(|s| *s.as_uuid()))
         .bind(filter.state.map(chamber_state_code))
         .bind(limit(page.size))
+        .bind(filter.name_contains.as_deref())
+        .bind(filter.health.map(HealthState::as_str))
         .fetch_all(&self.readers)
         .await
         .map_err(db)?;

@@ -1212,6 +1212,69 @@ pub use crate::conformance::alerts::{
     alert_rules_are_per_chamber_and_per_tenant, transmitters_and_their_dead_letters,
 };
 
+/// Chambers listed by part of their name (ASCII letters without case) and by health (a chamber
+/// never polled is `unknown`), with the other filters and paging.
+pub async fn chambers_are_listed_by_name_and_health(p: &StorePorts) {
+    let w = world(p, "filters").await;
+    let oven = fixtures::chamber(w.org.id, w.section.id, "Oven-Left", 1);
+    let freezer = fixtures::chamber(w.org.id, w.section.id, "freezer", 1);
+    for c in [&oven, &freezer] {
+        p.chambers
+            .create(c, &[fixtures::detector(c, "t")])
+            .await
+            .unwrap();
+    }
+    let mut up = crate::model::ChamberHealth::unknown(oven.id, T0);
+    up.state = crate::model::HealthState::Up;
+    p.health.save(&up).await.unwrap();
+    let names = |filter: ChamberFilter| async move {
+        let mut names: Vec<String> = p
+            .chambers
+            .list(w.org.id, filter, page_of(100))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|c| c.name.as_str().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(ChamberFilter {
+            name_contains: Some("oVEN".into()),
+            ..Default::default()
+        })
+        .await,
+        ["Oven-Left"]
+    );
+    assert_eq!(
+        names(ChamberFilter {
+            health: Some(crate::model::HealthState::Up),
+            ..Default::default()
+        })
+        .await,
+        ["Oven-Left"]
+    );
+    assert_eq!(
+        names(ChamberFilter {
+            health: Some(crate::model::HealthState::Unknown),
+            ..Default::default()
+        })
+        .await,
+        ["chamber-1", "freezer"]
+    );
+    assert!(
+        names(ChamberFilter {
+            name_contains: Some("oven".into()),
+            health: Some(crate::model::HealthState::Down),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+}
+
 /// Expands to one `#[tokio::test]` per repository case. `$make` is an expression evaluating to
 /// a future of a fresh [`StorePorts`].
 #[macro_export]
@@ -1220,6 +1283,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@cases $make;
             sections_crud,
             chambers_are_created_with_their_detectors_or_not_at_all,
+            chambers_are_listed_by_name_and_health,
             many_chambers_are_created_together_or_not_at_all,
             detectors_crud,
             tenants_never_see_each_other,

@@ -129,10 +129,14 @@ pub struct ItemError {
 }
 
 /// Filters for listing chambers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChamberFilter {
     pub section_id: Option<SectionId>,
     pub state: Option<ChamberState>,
+    /// Names containing this text (ASCII letters compared without case).
+    pub name_contains: Option<String>,
+    /// Chambers in this health state (`Unknown` includes those never polled).
+    pub health: Option<HealthState>,
 }
 
 /// A chamber with its detectors, as a worker needs it.

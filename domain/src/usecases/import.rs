@@ -214,6 +214,7 @@ impl ChamberImport {
         let filter = ChamberFilter {
             section_id: Some(section),
             state: None,
+            ..ChamberFilter::default()
         };
         let mut names = HashSet::new();
         let mut page = PageRequest::first(size);
@@ -221,7 +222,7 @@ impl ChamberImport {
             let found = self
                 .admin
                 .chambers
-                .list(self.actor.organization_id, filter, page.clone())
+                .list(self.actor.organization_id, filter.clone(), page.clone())
                 .await?;
             names.extend(found.items.into_iter().map(|c| c.name));
             match found.next {

@@ -271,6 +271,7 @@ impl ReadingQueries {
                             ChamberFilter {
                                 section_id: Some(batch.section_id),
                                 state: None,
+                                ..ChamberFilter::default()
                             },
                             page.clone(),
                         )

@@ -162,6 +162,7 @@ async fn register_simulated(
                 ChamberFilter {
                     section_id: Some(section.id),
                     state: None,
+                    ..ChamberFilter::default()
                 },
                 page.clone(),
             )
