@@ -1224,8 +1224,8 @@ pub async fn chambers_are_listed_by_name_and_health(p: &StorePorts) {
             .await
             .unwrap();
     }
-    let mut up = crate::model::ChamberHealth::unknown(oven.id, T0);
-    up.state = crate::model::HealthState::Up;
+    let mut up = ChamberHealth::unknown(oven.id, T0);
+    up.state = HealthState::Up;
     p.health.save(&up).await.unwrap();
     let names = |filter: ChamberFilter| async move {
         let mut names: Vec<String> = p
@@ -1250,7 +1250,7 @@ pub async fn chambers_are_listed_by_name_and_health(p: &StorePorts) {
     );
     assert_eq!(
         names(ChamberFilter {
-            health: Some(crate::model::HealthState::Up),
+            health: Some(HealthState::Up),
             ..Default::default()
         })
         .await,
@@ -1258,7 +1258,7 @@ pub async fn chambers_are_listed_by_name_and_health(p: &StorePorts) {
     );
     assert_eq!(
         names(ChamberFilter {
-            health: Some(crate::model::HealthState::Unknown),
+            health: Some(HealthState::Unknown),
             ..Default::default()
         })
         .await,
@@ -1267,7 +1267,7 @@ pub async fn chambers_are_listed_by_name_and_health(p: &StorePorts) {
     assert!(
         names(ChamberFilter {
             name_contains: Some("oven".into()),
-            health: Some(crate::model::HealthState::Down),
+            health: Some(HealthState::Down),
             ..Default::default()
         })
         .await
