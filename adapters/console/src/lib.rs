@@ -99,6 +99,11 @@ impl Console {
                 "/console/chambers/{id}/health-policy",
                 post(pages::set_health_policy),
             )
+            .route("/console/chambers/{id}/rules", post(pages::add_rule))
+            .route(
+                "/console/chambers/{id}/rules/{rule}/delete",
+                post(pages::delete_rule),
+            )
             .route("/console/alerts", get(pages::alerts))
             .route("/console/alerts/{id}/acknowledge", post(pages::acknowledge))
             .route("/console/static/{name}", get(assets::asset))

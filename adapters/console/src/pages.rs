@@ -636,7 +636,10 @@ struct ChamberPage {
     down_after_seconds: u64,
     can_edit: bool,
     ledger: Vec<LedgerRow>,
-    rules: Vec<(String, String)>,
+    /// (id, name, condition).
+    rules: Vec<(String, String, String)>,
+    /// (id, name) of the chamber's detectors, for rule conditions.
+    detector_choices: Vec<(String, String)>,
     ranges: Vec<(&'static str, &'static str)>,
     range: String,
     from: String,
@@ -804,7 +807,18 @@ async fn chamber_page(
             .await?
             .items
             .into_iter()
-            .map(|r| (r.name.as_str().to_owned(), condition_text(&r.condition)))
+            .map(|r| {
+                (
+                    r.id.to_string(),
+                    r.name.as_str().to_owned(),
+                    condition_text(&r.condition),
+                )
+            })
+            .collect(),
+        detector_choices: view
+            .detectors
+            .iter()
+            .map(|d| (d.id.to_string(), d.name.as_str().to_owned()))
             .collect(),
         ledger: ledger
             .items
@@ -1254,4 +1268,138 @@ async fn hourly_coverage(
         });
     }
     Ok(cells)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RuleForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    /// `down`, `no_reading` or `out_of_range`.
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    detector: String,
+    #[serde(default)]
+    min: String,
+    #[serde(default)]
+    max: String,
+    #[serde(default)]
+    after_seconds: String,
+}
+
+fn optional_number(field: &'static str, raw: &str) -> Result<Option<f64>, UseCaseError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse::<f64>().map(Some).map_err(|_| {
+        UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
+            field,
+            chamberlain_domain::error::Rule::Format("a number, or empty".into()),
+        ))
+    })
+}
+
+/// The condition a rule form describes.
+fn condition_of(
+    form: &RuleForm,
+) -> Result<chamberlain_domain::usecases::NewCondition, UseCaseError> {
+    use chamberlain_domain::usecases::NewCondition;
+    let after = parse_seconds("condition.after", &form.after_seconds)?;
+    let detector = chamberlain_domain::model::DetectorId::parse(&form.detector).ok();
+    let needs_detector = || {
+        UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
+            "condition.detector_id",
+            chamberlain_domain::error::Rule::Format("choose a detector".into()),
+        ))
+    };
+    match form.kind.as_str() {
+        "down" => Ok(NewCondition::ChamberDown { after }),
+        "no_reading" => Ok(NewCondition::NoReading {
+            detector_id: detector,
+            after,
+        }),
+        "out_of_range" => Ok(NewCondition::OutOfRange {
+            detector_id: detector.ok_or_else(needs_detector)?,
+            min: optional_number("condition.min", &form.min)?,
+            max: optional_number("condition.max", &form.max)?,
+            after,
+        }),
+        _ => Err(UseCaseError::Invalid(
+            chamberlain_domain::error::ValidationError::new(
+                "condition",
+                chamberlain_domain::error::Rule::Format(
+                    "one of: down, no reading, out of range".into(),
+                ),
+            ),
+        )),
+    }
+}
+
+pub(crate) async fn add_rule(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RuleForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = ChamberId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such chamber in your organization.",
+        );
+    };
+    let result = match condition_of(&form) {
+        Ok(condition) => console
+            .inner
+            .api
+            .alerts
+            .create_rule(
+                &session.identity.actor,
+                chamberlain_domain::usecases::NewAlertRule {
+                    chamber_id: id,
+                    name: form.name.clone(),
+                    condition,
+                },
+            )
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    after_change(&console, &session, id, result).await
+}
+
+pub(crate) async fn delete_rule(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path((id, rule)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let (Ok(id), Ok(rule)) = (
+        ChamberId::parse(&id),
+        chamberlain_domain::model::AlertRuleId::parse(&rule),
+    ) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such rule in your organization.",
+        );
+    };
+    let result = console
+        .inner
+        .api
+        .alerts
+        .delete_rule(&session.identity.actor, rule)
+        .await;
+    after_change(&console, &session, id, result).await
 }

@@ -603,3 +603,82 @@ async fn sign_in_attempts_are_rate_limited() {
         "{statuses:?}"
     );
 }
+
+/// An operator adds and deletes a chamber's alert rules on its page; a bad rule is refused
+/// naming the field; a viewer is refused.
+#[tokio::test]
+async fn alert_rules_are_added_and_deleted_on_a_chambers_page() {
+    let lab = lab().await;
+    let (cookie, csrf) = lab.sign_in("op%40lab.example").await;
+    let page = format!("/console/chambers/{}", lab.chamber);
+    let rules = format!("{page}/rules");
+    let added = lab
+        .post(
+            &rules,
+            Some(&cookie),
+            &format!("csrf={csrf}&name=Oven+down&kind=down&after_seconds=120"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::SEE_OTHER, "{}", added.body);
+    let shown = lab.get(&page, Some(&cookie)).await;
+    assert!(
+        shown.body.contains("Oven down") && shown.body.contains("down for 120 s"),
+        "{}",
+        shown.body
+    );
+
+    for (form, field) in [
+        ("name=Fast&kind=down&after_seconds=0", "condition.after"),
+        (
+            "name=Range&kind=out_of_range&after_seconds=60&max=30",
+            "condition.detector_id",
+        ),
+        ("name=Odd&kind=sometimes&after_seconds=60", "condition"),
+    ] {
+        let refused = lab
+            .post(
+                &rules,
+                Some(&cookie),
+                &format!("csrf={csrf}&{form}"),
+                "http://lab:8080",
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{form}");
+        assert!(refused.body.contains(field), "{form}: {}", refused.body);
+    }
+
+    let (viewer, viewer_csrf) = lab.sign_in("viewer%40lab.example").await;
+    let forged = lab
+        .post(
+            &rules,
+            Some(&viewer),
+            &format!("csrf={viewer_csrf}&name=Mine&kind=down&after_seconds=60"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+    let rule_id = shown
+        .body
+        .split("/rules/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let deleted = lab
+        .post(
+            &format!("{rules}/{rule_id}/delete"),
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER);
+    assert!(
+        !lab.get(&page, Some(&cookie))
+            .await
+            .body
+            .contains("Oven down")
+    );
+}
