@@ -255,7 +255,15 @@ impl ChamberService for Api {
                 Ok(v1::ChamberState::Unspecified) => None,
                 Err(_) => return Err(crate::status::invalid("state", "is not a chamber state")),
             },
-            ..ChamberFilter::default()
+            name_contains: Some(r.name_contains.trim().to_owned()).filter(|n| !n.is_empty()),
+            health: match v1::HealthState::try_from(r.health) {
+                Ok(v1::HealthState::Unspecified) => None,
+                Ok(v1::HealthState::Unknown) => Some(HealthState::Unknown),
+                Ok(v1::HealthState::Up) => Some(HealthState::Up),
+                Ok(v1::HealthState::Degraded) => Some(HealthState::Degraded),
+                Ok(v1::HealthState::Down) => Some(HealthState::Down),
+                Err(_) => return Err(crate::status::invalid("health", "is not a health state")),
+            },
         };
         let p = page(r.page.as_ref(), |t| ChamberId::parse(t).ok())?;
         let p = self

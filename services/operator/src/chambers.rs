@@ -18,6 +18,9 @@ pub enum ChambersCommand {
         section: Option<String>,
         #[arg(long, value_enum)]
         state: Option<StateArg>,
+        /// Only chambers whose name contains this text.
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         limit: Limit,
     },
@@ -131,6 +134,7 @@ pub(crate) async fn run(client: &Client, command: ChambersCommand) -> Done {
         ChambersCommand::List {
             section,
             state,
+            name,
             limit,
         } => {
             let state = match state {
@@ -139,15 +143,19 @@ pub(crate) async fn run(client: &Client, command: ChambersCommand) -> Done {
                 Some(StateArg::Paused) => v1::ChamberState::Paused,
             };
             let section = section.unwrap_or_default();
+            let name = name.unwrap_or_default();
             let items = all_pages(limit.get(), |page| {
                 let mut api = api.clone();
                 let section_id = section.clone();
+                let name_contains = name.clone();
                 async move {
                     let r = api
                         .list_chambers(v1::ListChambersRequest {
                             page: Some(page),
                             section_id,
                             state: state.into(),
+                            name_contains,
+                            health: v1::HealthState::Unspecified.into(),
                         })
                         .await?
                         .into_inner();

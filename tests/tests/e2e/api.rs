@@ -158,6 +158,63 @@ async fn a_chamber_created_over_grpc_reads_back_as_json_over_http1() {
         .unwrap()
         .into_inner();
     assert_eq!(again.interval, secs(60));
+
+    // Listed by part of the name and by health, as JSON query parameters; the health policy
+    // set over JSON reads back.
+    let (status, body) = stack
+        .http(
+            "GET",
+            "/v1/chambers?nameContains=growth",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = json(&body);
+    let names: Vec<&str> = listed["chambers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Growth 2"]);
+    let (status, body) = stack
+        .http(
+            "GET",
+            "/v1/chambers?health=HEALTH_STATE_DOWN",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        json(&body)["chambers"].as_array().unwrap().is_empty(),
+        "{body}"
+    );
+    let (status, body) = stack
+        .http(
+            "POST",
+            &format!("/v1/chambers/{}:setHealthPolicy", again.id),
+            Some(&token),
+            Some(r#"{"health_policy":{"degraded_after":2,"down_after_failures":4,"down_after":"30s"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["health_policy"]["down_after_failures"],
+        4,
+        "{body}"
+    );
+    let (status, body) = stack
+        .http(
+            "POST",
+            &format!("/v1/chambers/{}:setHealthPolicy", again.id),
+            Some(&token),
+            Some(r#"{"health_policy":{"degraded_after":0,"down_after_failures":4,"down_after":"30s"}}"#),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("health_policy.degraded_after"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
