@@ -99,6 +99,18 @@ impl Console {
                 "/console/chambers/{id}/health-policy",
                 post(pages::set_health_policy),
             )
+            .route(
+                "/console/chambers/{id}/detectors",
+                post(pages::add_detector),
+            )
+            .route(
+                "/console/chambers/{id}/detectors/{detector}",
+                post(pages::update_detector),
+            )
+            .route(
+                "/console/chambers/{id}/detectors/{detector}/delete",
+                post(pages::remove_detector),
+            )
             .route("/console/chambers/{id}/rules", post(pages::add_rule))
             .route(
                 "/console/chambers/{id}/rules/{rule}/delete",

@@ -599,10 +599,13 @@ async fn overview_page(
 }
 
 struct DetectorRow {
+    id: String,
     name: String,
     value: String,
     unit: String,
     key: String,
+    min: String,
+    max: String,
 }
 
 struct LedgerRow {
@@ -765,6 +768,9 @@ async fn chamber_page(
             .detectors
             .iter()
             .map(|d| DetectorRow {
+                id: d.id.to_string(),
+                min: d.range.min().map_or_else(String::new, |m| m.to_string()),
+                max: d.range.max().map_or_else(String::new, |m| m.to_string()),
                 name: d.name.as_str().to_owned(),
                 value: latest
                     .as_ref()
@@ -1400,6 +1406,127 @@ pub(crate) async fn delete_rule(
         .api
         .alerts
         .delete_rule(&session.identity.actor, rule)
+        .await;
+    after_change(&console, &session, id, result).await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DetectorForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    unit: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    min: String,
+    #[serde(default)]
+    max: String,
+}
+
+impl DetectorForm {
+    fn detector(&self) -> Result<chamberlain_domain::usecases::NewDetector, UseCaseError> {
+        Ok(chamberlain_domain::usecases::NewDetector {
+            name: self.name.clone(),
+            alias: None,
+            unit: self.unit.clone(),
+            key: self.key.clone(),
+            min: optional_number("detector.min", &self.min)?,
+            max: optional_number("detector.max", &self.max)?,
+        })
+    }
+}
+
+pub(crate) async fn add_detector(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<DetectorForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = ChamberId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such chamber in your organization.",
+        );
+    };
+    let result = match form.detector() {
+        Ok(new) => console
+            .inner
+            .api
+            .admin
+            .add_detector(&session.identity.actor, id, new)
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    after_change(&console, &session, id, result).await
+}
+
+pub(crate) async fn update_detector(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path((id, detector)): Path<(String, String)>,
+    Form(form): Form<DetectorForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let (Ok(id), Ok(detector)) = (
+        ChamberId::parse(&id),
+        chamberlain_domain::model::DetectorId::parse(&detector),
+    ) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such detector in your organization.",
+        );
+    };
+    let result = match form.detector() {
+        Ok(new) => console
+            .inner
+            .api
+            .admin
+            .update_detector(&session.identity.actor, detector, new)
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    after_change(&console, &session, id, result).await
+}
+
+pub(crate) async fn remove_detector(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path((id, detector)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let (Ok(id), Ok(detector)) = (
+        ChamberId::parse(&id),
+        chamberlain_domain::model::DetectorId::parse(&detector),
+    ) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such detector in your organization.",
+        );
+    };
+    let result = console
+        .inner
+        .api
+        .admin
+        .remove_detector(&session.identity.actor, detector)
         .await;
     after_change(&console, &session, id, result).await
 }

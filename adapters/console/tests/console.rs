@@ -682,3 +682,76 @@ async fn alert_rules_are_added_and_deleted_on_a_chambers_page() {
             .contains("Oven down")
     );
 }
+
+/// An operator adds, changes and removes a chamber's detectors on its page; a bad key is
+/// refused naming the field.
+#[tokio::test]
+async fn detectors_are_added_changed_and_removed_on_a_chambers_page() {
+    let lab = lab().await;
+    let (cookie, csrf) = lab.sign_in("op%40lab.example").await;
+    let page = format!("/console/chambers/{}", lab.chamber);
+    let detectors = format!("{page}/detectors");
+    let added = lab
+        .post(
+            &detectors,
+            Some(&cookie),
+            &format!("csrf={csrf}&name=humidity&unit=%25RH&key=%2Fh&min=0&max=100"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::SEE_OTHER, "{}", added.body);
+    let bad = lab
+        .post(
+            &detectors,
+            Some(&cookie),
+            &format!("csrf={csrf}&name=co2&key=no-pointer"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("key"), "{}", bad.body);
+
+    let listed = ChamberRepository::get(&*lab.store, lab.org, lab.chamber)
+        .await
+        .unwrap();
+    let all = lab
+        .store
+        .list_for_chamber(lab.org, listed.id)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    let humidity = all.iter().find(|d| d.name.as_str() == "humidity").unwrap();
+    let changed = lab
+        .post(
+            &format!("{detectors}/{}", humidity.id),
+            Some(&cookie),
+            &format!("csrf={csrf}&name=rh&unit=%25RH&key=%2Fh&min=0&max=95"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::SEE_OTHER, "{}", changed.body);
+    let after = lab
+        .store
+        .list_for_chamber(lab.org, listed.id)
+        .await
+        .unwrap();
+    let rh = after.iter().find(|d| d.id == humidity.id).unwrap();
+    assert_eq!((rh.name.as_str(), rh.range.max()), ("rh", Some(95.0)));
+    let removed = lab
+        .post(
+            &format!("{detectors}/{}/delete", humidity.id),
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            "http://lab:8080",
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        lab.store
+            .list_for_chamber(lab.org, listed.id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
