@@ -11,13 +11,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::alerting::AlertCondition;
-use chamberlain_domain::model::AlertId;
+use chamberlain_domain::model::{AlertId, DetectorId};
 use chamberlain_domain::model::{
     ChamberId, ChamberState, HealthState, PageRequest, PageSize, PollOutcome, Role, SectionId,
 };
 use chamberlain_domain::ports::{AlertFilter, ChamberFilter, LedgerQuery};
 use chamberlain_domain::usecases::{
-    AuthError, ChamberPatch, Identity, Refusal, SignInError, UseCaseError,
+    Actor, ApiUseCases, AuthError, ChamberPatch, Identity, Refusal, SignInError, UseCaseError,
 };
 use serde::Deserialize;
 
@@ -251,7 +251,9 @@ pub(crate) async fn sign_in_form(State(console): State<Console>, headers: Header
 
 #[derive(Deserialize)]
 pub(crate) struct SignInForm {
+    #[serde(default)]
     email: String,
+    #[serde(default)]
     password: String,
     #[serde(default)]
     organization: String,
@@ -695,11 +697,7 @@ pub(crate) async fn chamber(
         Err(to_sign_in) => return to_sign_in,
     };
     let Ok(id) = ChamberId::parse(&id) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such chamber in your organization.",
-        );
+        return refusal(&UseCaseError::NotFound { entity: "chamber" });
     };
     match chamber_page(&console, &session, id, None, chart).await {
         Ok(page) => render(&page),
@@ -848,6 +846,7 @@ async fn chamber_page(
 pub(crate) struct IntervalForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     seconds: String,
 }
 
@@ -882,96 +881,6 @@ async fn after_change(
     }
 }
 
-pub(crate) async fn set_interval(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<IntervalForm>,
-) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let Ok(id) = ChamberId::parse(&id) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such chamber in your organization.",
-        );
-    };
-    let interval = form
-        .seconds
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-        .map(Duration::from_secs_f64);
-    let result = match interval {
-        Some(interval) => console
-            .inner
-            .api
-            .admin
-            .set_interval(&session.identity.actor, id, interval)
-            .await
-            .map(drop),
-        None => Err(UseCaseError::Invalid(
-            chamberlain_domain::error::ValidationError::new(
-                "interval",
-                chamberlain_domain::error::Rule::Format(
-                    "a number of seconds, such as 5 or 0.5".into(),
-                ),
-            ),
-        )),
-    };
-    after_change(&console, &session, id, result).await
-}
-
-async fn set_state(
-    console: Console,
-    headers: HeaderMap,
-    id: String,
-    csrf: String,
-    pause: bool,
-) -> Response {
-    let session = match console.session_for_change(&headers, &csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let Ok(id) = ChamberId::parse(&id) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such chamber in your organization.",
-        );
-    };
-    let admin = &console.inner.api.admin;
-    let actor = &session.identity.actor;
-    let result = if pause {
-        admin.pause(actor, id).await
-    } else {
-        admin.resume(actor, id).await
-    };
-    after_change(&console, &session, id, result.map(drop)).await
-}
-
-pub(crate) async fn pause(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    set_state(console, headers, id, form.csrf, true).await
-}
-
-pub(crate) async fn resume(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    set_state(console, headers, id, form.csrf, false).await
-}
-
 fn condition_text(condition: &AlertCondition) -> String {
     match condition {
         AlertCondition::ChamberDown { after } => format!("down for {}", seconds(*after)),
@@ -993,115 +902,29 @@ fn parse_seconds(field: &'static str, raw: &str) -> Result<Duration, UseCaseErro
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
-                field,
-                chamberlain_domain::error::Rule::Format(
-                    "a number of seconds, such as 5 or 0.5".into(),
-                ),
-            ))
-        })
+        .ok_or_else(|| invalid(field, "a number of seconds, such as 5 or 0.5"))
 }
 
 #[derive(Deserialize)]
 pub(crate) struct SettingsForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     url: String,
+    #[serde(default)]
     timeout_seconds: String,
-}
-
-/// URL and timeout.
-pub(crate) async fn set_settings(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<SettingsForm>,
-) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let Ok(id) = ChamberId::parse(&id) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such chamber in your organization.",
-        );
-    };
-    let result = match parse_seconds("timeout", &form.timeout_seconds) {
-        Ok(timeout) => console
-            .inner
-            .api
-            .admin
-            .update_chamber(
-                &session.identity.actor,
-                id,
-                ChamberPatch {
-                    url: Some(form.url.clone()),
-                    timeout: Some(timeout),
-                    ..ChamberPatch::default()
-                },
-            )
-            .await
-            .map(drop),
-        Err(e) => Err(e),
-    };
-    after_change(&console, &session, id, result).await
 }
 
 #[derive(Deserialize)]
 pub(crate) struct HealthPolicyForm {
     #[serde(default)]
     csrf: String,
+    #[serde(default)]
     degraded_after: String,
+    #[serde(default)]
     down_after_failures: String,
+    #[serde(default)]
     down_after_seconds: String,
-}
-
-pub(crate) async fn set_health_policy(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<HealthPolicyForm>,
-) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let Ok(id) = ChamberId::parse(&id) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such chamber in your organization.",
-        );
-    };
-    let count = |field: &'static str, raw: &str| {
-        raw.trim().parse::<u32>().map_err(|_| {
-            UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
-                field,
-                chamberlain_domain::error::Rule::Format("a whole number, such as 3".into()),
-            ))
-        })
-    };
-    let parsed = count("health.degraded_after", &form.degraded_after).and_then(|degraded| {
-        Ok((
-            degraded,
-            count("health.down_after_failures", &form.down_after_failures)?,
-            parse_seconds("health.down_after", &form.down_after_seconds)?,
-        ))
-    });
-    let result = match parsed {
-        Ok((degraded, down, after)) => console
-            .inner
-            .api
-            .admin
-            .set_health_policy(&session.identity.actor, id, degraded, down, after)
-            .await
-            .map(drop),
-        Err(e) => Err(e),
-    };
-    after_change(&console, &session, id, result).await
 }
 
 struct AlertRow {
@@ -1235,7 +1058,7 @@ pub(crate) async fn acknowledge(
 /// The last 24 hours' coverage, an hour a cell (oldest first).
 async fn hourly_coverage(
     console: &Console,
-    actor: &chamberlain_domain::usecases::Actor,
+    actor: &Actor,
     id: ChamberId,
     now: Timestamp,
 ) -> Result<Vec<CoverageCell>, UseCaseError> {
@@ -1300,12 +1123,9 @@ fn optional_number(field: &'static str, raw: &str) -> Result<Option<f64>, UseCas
     if raw.is_empty() {
         return Ok(None);
     }
-    raw.parse::<f64>().map(Some).map_err(|_| {
-        UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
-            field,
-            chamberlain_domain::error::Rule::Format("a number, or empty".into()),
-        ))
-    })
+    raw.parse::<f64>()
+        .map(Some)
+        .map_err(|_| invalid(field, "a number, or empty"))
 }
 
 /// The condition a rule form describes.
@@ -1314,13 +1134,8 @@ fn condition_of(
 ) -> Result<chamberlain_domain::usecases::NewCondition, UseCaseError> {
     use chamberlain_domain::usecases::NewCondition;
     let after = parse_seconds("condition.after", &form.after_seconds)?;
-    let detector = chamberlain_domain::model::DetectorId::parse(&form.detector).ok();
-    let needs_detector = || {
-        UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
-            "condition.detector_id",
-            chamberlain_domain::error::Rule::Format("choose a detector".into()),
-        ))
-    };
+    let detector = DetectorId::parse(&form.detector).ok();
+    let needs_detector = || invalid("condition.detector_id", "choose a detector");
     match form.kind.as_str() {
         "down" => Ok(NewCondition::ChamberDown { after }),
         "no_reading" => Ok(NewCondition::NoReading {
@@ -1333,81 +1148,11 @@ fn condition_of(
             max: optional_number("condition.max", &form.max)?,
             after,
         }),
-        _ => Err(UseCaseError::Invalid(
-            chamberlain_domain::error::ValidationError::new(
-                "condition",
-                chamberlain_domain::error::Rule::Format(
-                    "one of: down, no reading, out of range".into(),
-                ),
-            ),
+        _ => Err(invalid(
+            "condition",
+            "one of: down, no reading, out of range",
         )),
     }
-}
-
-pub(crate) async fn add_rule(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(form): Form<RuleForm>,
-) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let Ok(id) = ChamberId::parse(&id) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such chamber in your organization.",
-        );
-    };
-    let result = match condition_of(&form) {
-        Ok(condition) => console
-            .inner
-            .api
-            .alerts
-            .create_rule(
-                &session.identity.actor,
-                chamberlain_domain::usecases::NewAlertRule {
-                    chamber_id: id,
-                    name: form.name.clone(),
-                    condition,
-                },
-            )
-            .await
-            .map(drop),
-        Err(e) => Err(e),
-    };
-    after_change(&console, &session, id, result).await
-}
-
-pub(crate) async fn delete_rule(
-    State(console): State<Console>,
-    headers: HeaderMap,
-    Path((id, rule)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let (Ok(id), Ok(rule)) = (
-        ChamberId::parse(&id),
-        chamberlain_domain::model::AlertRuleId::parse(&rule),
-    ) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such rule in your organization.",
-        );
-    };
-    let result = console
-        .inner
-        .api
-        .alerts
-        .delete_rule(&session.identity.actor, rule)
-        .await;
-    after_change(&console, &session, id, result).await
 }
 
 #[derive(Deserialize)]
@@ -1439,34 +1184,207 @@ impl DetectorForm {
     }
 }
 
+/// A change to one chamber from its page: the request's origin, session and form token are
+/// checked, `change` runs as the caller (a refusal from it is answered like the API's), and the
+/// answer is the chamber's page.
+async fn change_chamber(
+    console: &Console,
+    headers: &HeaderMap,
+    csrf: &str,
+    id: &str,
+    change: impl AsyncFnOnce(&ApiUseCases, &Actor, ChamberId) -> Result<(), UseCaseError>,
+) -> Response {
+    let session = match console.session_for_change(headers, csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(id) = ChamberId::parse(id) else {
+        return refusal(&UseCaseError::NotFound { entity: "chamber" });
+    };
+    let result = change(&console.inner.api, &session.identity.actor, id).await;
+    after_change(console, &session, id, result).await
+}
+
+fn invalid(field: &'static str, rule: &str) -> UseCaseError {
+    UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
+        field,
+        chamberlain_domain::error::Rule::Format(rule.into()),
+    ))
+}
+
+fn detector_id(raw: &str) -> Result<DetectorId, UseCaseError> {
+    DetectorId::parse(raw).map_err(|_| UseCaseError::NotFound { entity: "detector" })
+}
+
+pub(crate) async fn set_interval(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<IntervalForm>,
+) -> Response {
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, id| {
+            let interval = parse_seconds("interval", &form.seconds)?;
+            api.admin.set_interval(actor, id, interval).await.map(drop)
+        },
+    )
+    .await
+}
+
+pub(crate) async fn pause(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, id| api.admin.pause(actor, id).await.map(drop),
+    )
+    .await
+}
+
+pub(crate) async fn resume(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, id| api.admin.resume(actor, id).await.map(drop),
+    )
+    .await
+}
+
+/// URL and timeout.
+pub(crate) async fn set_settings(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<SettingsForm>,
+) -> Response {
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, id| {
+            let patch = ChamberPatch {
+                url: Some(form.url.clone()),
+                timeout: Some(parse_seconds("timeout", &form.timeout_seconds)?),
+                ..ChamberPatch::default()
+            };
+            api.admin.update_chamber(actor, id, patch).await.map(drop)
+        },
+    )
+    .await
+}
+
+pub(crate) async fn set_health_policy(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HealthPolicyForm>,
+) -> Response {
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, id| {
+            let count = |field: &'static str, raw: &str| {
+                raw.trim()
+                    .parse::<u32>()
+                    .map_err(|_| invalid(field, "a whole number, such as 3"))
+            };
+            let degraded = count("health.degraded_after", &form.degraded_after)?;
+            let down = count("health.down_after_failures", &form.down_after_failures)?;
+            let after = parse_seconds("health.down_after", &form.down_after_seconds)?;
+            api.admin
+                .set_health_policy(actor, id, degraded, down, after)
+                .await
+                .map(drop)
+        },
+    )
+    .await
+}
+
+pub(crate) async fn add_rule(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RuleForm>,
+) -> Response {
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, id| {
+            let rule = chamberlain_domain::usecases::NewAlertRule {
+                chamber_id: id,
+                name: form.name.clone(),
+                condition: condition_of(&form)?,
+            };
+            api.alerts.create_rule(actor, rule).await.map(drop)
+        },
+    )
+    .await
+}
+
+pub(crate) async fn delete_rule(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path((id, rule)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, _| {
+            let rule = chamberlain_domain::model::AlertRuleId::parse(&rule).map_err(|_| {
+                UseCaseError::NotFound {
+                    entity: "alert rule",
+                }
+            })?;
+            api.alerts.delete_rule(actor, rule).await
+        },
+    )
+    .await
+}
+
 pub(crate) async fn add_detector(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(form): Form<DetectorForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let Ok(id) = ChamberId::parse(&id) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such chamber in your organization.",
-        );
-    };
-    let result = match form.detector() {
-        Ok(new) => console
-            .inner
-            .api
-            .admin
-            .add_detector(&session.identity.actor, id, new)
-            .await
-            .map(drop),
-        Err(e) => Err(e),
-    };
-    after_change(&console, &session, id, result).await
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, id| {
+            api.admin
+                .add_detector(actor, id, form.detector()?)
+                .await
+                .map(drop)
+        },
+    )
+    .await
 }
 
 pub(crate) async fn update_detector(
@@ -1475,31 +1393,19 @@ pub(crate) async fn update_detector(
     Path((id, detector)): Path<(String, String)>,
     Form(form): Form<DetectorForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let (Ok(id), Ok(detector)) = (
-        ChamberId::parse(&id),
-        chamberlain_domain::model::DetectorId::parse(&detector),
-    ) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such detector in your organization.",
-        );
-    };
-    let result = match form.detector() {
-        Ok(new) => console
-            .inner
-            .api
-            .admin
-            .update_detector(&session.identity.actor, detector, new)
-            .await
-            .map(drop),
-        Err(e) => Err(e),
-    };
-    after_change(&console, &session, id, result).await
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, _| {
+            api.admin
+                .update_detector(actor, detector_id(&detector)?, form.detector()?)
+                .await
+                .map(drop)
+        },
+    )
+    .await
 }
 
 pub(crate) async fn remove_detector(
@@ -1508,25 +1414,16 @@ pub(crate) async fn remove_detector(
     Path((id, detector)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let (Ok(id), Ok(detector)) = (
-        ChamberId::parse(&id),
-        chamberlain_domain::model::DetectorId::parse(&detector),
-    ) else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No such detector in your organization.",
-        );
-    };
-    let result = console
-        .inner
-        .api
-        .admin
-        .remove_detector(&session.identity.actor, detector)
-        .await;
-    after_change(&console, &session, id, result).await
+    change_chamber(
+        &console,
+        &headers,
+        &form.csrf,
+        &id,
+        async |api, actor, _| {
+            api.admin
+                .remove_detector(actor, detector_id(&detector)?)
+                .await
+        },
+    )
+    .await
 }

@@ -755,3 +755,35 @@ async fn detectors_are_added_changed_and_removed_on_a_chambers_page() {
         1
     );
 }
+
+/// A form with a field left out is refused naming the field, like one with a bad value.
+#[tokio::test]
+async fn a_form_without_a_field_names_it() {
+    let lab = lab().await;
+    let (cookie, csrf) = lab.sign_in("op%40lab.example").await;
+    let page = format!("/console/chambers/{}", lab.chamber);
+    for (path, form, field) in [
+        (
+            format!("{page}/interval"),
+            format!("csrf={csrf}"),
+            "interval",
+        ),
+        (
+            format!("{page}/settings"),
+            format!("csrf={csrf}&url=http%3A%2F%2Fa.example%2F"),
+            "timeout",
+        ),
+        (
+            format!("{page}/health-policy"),
+            format!("csrf={csrf}&degraded_after=1"),
+            "health.down_after_failures",
+        ),
+    ] {
+        let refused = lab
+            .post(&path, Some(&cookie), &form, "http://lab:8080")
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(refused.body.contains(field), "{path}: {}", refused.body);
+    }
+    assert_eq!(lab.interval().await, Duration::from_secs(60));
+}
