@@ -130,19 +130,22 @@ impl Console {
         self.inner.closing.send_replace(true);
     }
 
-    /// Serves the console on `listener` until `shutdown` resolves; then live streams end and
-    /// requests in flight finish.
+    /// Serves the console, and the routes of `beside` (the embedded mode's JSON API), on
+    /// `listener` until `shutdown` resolves; then live streams end and requests in flight
+    /// finish.
     ///
     /// # Errors
     /// The listener's error.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
+        beside: Router,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         axum::serve(
             listener,
             self.router()
+                .merge(beside)
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown({

@@ -172,18 +172,20 @@ fn rate_limited(message: &str, retry_after: Duration, caller_speaks_grpc: bool) 
 }
 
 /// A refusal. A gRPC caller reads Envoy's local reply body as its `grpc-message`, so it gets
-/// the plain message; any other caller a `google.rpc.Status` JSON body.
+/// the plain message; any other caller a `google.rpc.Status` JSON body, printed as Envoy prints
+/// the gateway's (every field, `details` empty).
 fn denied(status: HttpStatusCode, grpc: Status, caller_speaks_grpc: bool) -> CheckResponse {
     let (content_type, body) = if caller_speaks_grpc {
         ("text/plain", grpc.message().to_owned())
     } else {
         (
             "application/json",
-            format!(
-                "{{\"code\":{},\"message\":{:?}}}",
-                i32::from(grpc.code()),
-                grpc.message()
-            ),
+            serde_json::json!({
+                "code": i32::from(grpc.code()),
+                "message": grpc.message(),
+                "details": [],
+            })
+            .to_string(),
         )
     };
     let mut http: DeniedHttpResponseBuilder = DeniedHttpResponseBuilder::new();

@@ -10,6 +10,7 @@ mod clients;
 mod compose;
 mod events;
 mod in_memory_pipeline;
+mod json_api;
 mod pipeline;
 mod processes;
 mod standalone;

@@ -106,8 +106,11 @@ pub async fn gateway(args: GatewayArgs, telemetry: &Telemetry) -> Result<(), any
             )
         })?;
     tracing::info!(listen = %http_listener.local_addr()?, "console serving");
-    let console =
-        tokio::spawn(async move { console.serve(http_listener, shutdown_signal()).await });
+    let console = tokio::spawn(async move {
+        console
+            .serve(http_listener, axum::Router::new(), shutdown_signal())
+            .await
+    });
     let api = chamberlain_grpc::Api::new(
         use_cases,
         distributed.clock(),

@@ -18,6 +18,7 @@ use chamberlain_domain::usecases::{
 use chamberlain_grpc::IdentityKey;
 use chamberlain_sqlite::{SqliteConfig, SqliteStore};
 use chamberlain_telemetry::Telemetry;
+use chamberlain_transcoder::Transcoder;
 use chamberlain_worker::WorkerConfig;
 use tokio::sync::watch;
 
@@ -41,8 +42,8 @@ pub struct StandaloneArgs {
     data_dir: DataDirArg,
     #[command(flatten)]
     listen: GatewayListenArg,
-    /// Where the web console (and, later, the JSON API) answers: open
-    /// http://<this address>/console/ in a browser.
+    /// Where the web console and the JSON API answer: open http://<this address>/console/ in a
+    /// browser; the JSON routes (docs/API.md) are those Envoy serves in the distributed mode.
     #[arg(
         long,
         env = "CHAMBERLAIN_HTTP_LISTEN",
@@ -216,6 +217,7 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
     args.metrics.serve(telemetry, 9460).await?;
     args.data_dir.create()?;
     let listener = args.listen.bind().await?;
+    let grpc_address = listener.local_addr()?;
     let http_listener = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .map_err(|e| {
@@ -304,9 +306,16 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
             )),
         },
     );
+    // The JSON API beside the console: each call transcoded to a gRPC call on this process's
+    // own gRPC address, as Envoy does in the distributed mode.
+    let json_api = Transcoder::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", loopback(grpc_address)))?
+            .connect_lazy(),
+    )?;
     let console = {
         let shutdown = until_stopped();
-        tokio::spawn(async move { console.serve(http_listener, shutdown).await })
+        let beside = json_api.router();
+        tokio::spawn(async move { console.serve(http_listener, beside, shutdown).await })
     };
     let api = chamberlain_grpc::Api::new(use_cases, embedded.clock(), Duration::from_secs(1));
     let gateway = tokio::spawn(chamberlain_gateway::serve(
@@ -348,4 +357,17 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
     }
     tracing::info!(?report, "chamberlain standalone stopped");
     Ok(())
+}
+
+/// The address to dial for a listener: an unspecified IP (`0.0.0.0`, `::`) becomes loopback.
+fn loopback(address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        let ip = match address {
+            SocketAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            SocketAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, address.port())
+    } else {
+        address
+    }
 }
