@@ -54,7 +54,7 @@ async function signIn(context, email, password) {
   const page = await context.newPage();
   const violations = [];
   page.on("console", (message) => {
-    if (message.type() === "error") violations.push(message.text());
+    if (message.type() === "error") violations.push(`${message.text()} (${message.location().url})`);
   });
   await page.goto(`${base}/console/`);
   check(page.url().endsWith("/console/sign-in"), `no session should lead to sign-in, got ${page.url()}`);

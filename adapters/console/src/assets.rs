@@ -16,6 +16,13 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../static/console.js"),
     ),
+    // Linked from every page, so a browser never asks for `/favicon.ico`, which is outside the
+    // console (through Envoy, an API path that wants a token).
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../static/favicon.svg"),
+    ),
     // Charts: uPlot, vendored at a pinned version (static/vendor/README.md).
     (
         "uPlot-1.6.32.min.js",

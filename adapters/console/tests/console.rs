@@ -263,10 +263,20 @@ async fn no_console_page_answers_without_a_session() {
         .await;
     assert_eq!(post.status, StatusCode::FORBIDDEN);
     // Only the sign-in page and the static files answer.
-    assert_eq!(
-        lab.get("/console/sign-in", None).await.status,
-        StatusCode::OK
+    let sign_in = lab.get("/console/sign-in", None).await;
+    assert_eq!(sign_in.status, StatusCode::OK);
+    // The page names its icon, so a browser never asks for /favicon.ico (outside the console:
+    // through Envoy an API path, refused without a token).
+    assert!(
+        sign_in
+            .body
+            .contains(r#"<link rel="icon" href="/console/static/favicon.svg""#),
+        "{}",
+        sign_in.body
     );
+    let icon = lab.get("/console/static/favicon.svg", None).await;
+    assert_eq!(icon.status, StatusCode::OK);
+    assert_eq!(icon.headers[header::CONTENT_TYPE], "image/svg+xml");
     let css = lab.get("/console/static/console.css", None).await;
     assert_eq!(css.status, StatusCode::OK);
     assert!(

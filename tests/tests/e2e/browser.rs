@@ -1,11 +1,19 @@
 //! The console in a real headless Chromium (Debian's, driven by playwright-core from
-//! `tests/browser`), against `chamberlain standalone --simulate 3`: the script
+//! `tests/browser`), against `chamberlain standalone --simulate 3` and against the distributed
+//! mode through Envoy: the script
 //! `tests/browser/console.mjs` signs in, watches the overview go live, changes an interval and
 //! sees it in the ledger, tries a cross-site post and a viewer's forged edit, and signs out. Its
-//! screenshots are kept in `target/browser-screenshots/`.
+//! screenshots are kept in `target/browser-screenshots/{standalone,envoy}/`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
+
+use chamberlain_domain::model::Role;
+use chamberlain_simulator::{Format, Simulator, SimulatorConfig};
+use chamberlain_tests::api_stack::{Stack, StackOptions};
+use tonic::transport::Channel;
 
 use chamberlain_proto::v1::{
     self, alert_service_client::AlertServiceClient, chamber_service_client::ChamberServiceClient,
@@ -14,13 +22,26 @@ use chamberlain_proto::v1::{
 use chamberlain_tests::api_stack::free_port;
 use chamberlain_tests::chamberlain_bin;
 
-use crate::api::authed;
+use crate::api::{authed, section};
 use crate::standalone::{connect, free_port_on_127_0_0_2, start_simulating};
 
+const VIEWER_EMAIL: &str = "viewer@lab.example";
 const VIEWER_PASSWORD: &str = "correct horse battery";
+const ADMIN_PASSWORD: &str = "battery staple horse";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_works_in_chromium() {
+/// Where the script signs in, and what it finds there.
+struct ConsoleUnderTest {
+    /// The console's origin (`http://127.0.0.1:port`).
+    origin: String,
+    admin_email: String,
+    admin_password: String,
+    /// A chamber with a "down" alert rule, which the script makes fail.
+    failing_chamber: String,
+    /// A name for the screenshots' directory.
+    label: &'static str,
+}
+
+fn chromium_and_script() -> (String, PathBuf, PathBuf) {
     let chromium = std::env::var("CHAMBERLAIN_TEST_CHROMIUM").unwrap_or_else(|_| {
         panic!("CHAMBERLAIN_TEST_CHROMIUM is not set: run the tests with scripts/test, which installs Debian's chromium")
     });
@@ -30,6 +51,90 @@ async fn the_console_works_in_chromium() {
         browser_dir.join("node_modules/playwright-core").is_dir(),
         "playwright-core is not installed in tests/browser: run the tests with scripts/test"
     );
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+    (chromium, browser_dir, target.join("browser-screenshots"))
+}
+
+/// Runs `tests/browser/console.mjs` against `console` and fails the test with its output if it
+/// fails.
+async fn run_console_script(console: ConsoleUnderTest) {
+    let (chromium, browser_dir, shots) = chromium_and_script();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("console.mjs")
+            .current_dir(&browser_dir)
+            .env("CONSOLE", &console.origin)
+            .env("ADMIN_EMAIL", &console.admin_email)
+            .env("ADMIN_PASSWORD", &console.admin_password)
+            .env("VIEWER_EMAIL", VIEWER_EMAIL)
+            .env("VIEWER_PASSWORD", VIEWER_PASSWORD)
+            .env("CHROMIUM", chromium)
+            .env("FAILING_CHAMBER", &console.failing_chamber)
+            .env("SCREENSHOTS", shots.join(console.label))
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A "down after 1 s" alert rule on the chamber named `name`; returns the chamber's id.
+async fn down_rule_on(channel: &Channel, token: &str, name: &str) -> String {
+    let failing = ChamberServiceClient::new(channel.clone())
+        .list_chambers(authed(v1::ListChambersRequest::default(), token))
+        .await
+        .unwrap()
+        .into_inner()
+        .chambers
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("the chamber is registered");
+    AlertServiceClient::new(channel.clone())
+        .create_alert_rule(authed(
+            v1::CreateAlertRuleRequest {
+                chamber_id: failing.id.clone(),
+                name: format!("{name} down"),
+                condition: Some(v1::create_alert_rule_request::Condition::ChamberDown(
+                    v1::ChamberDownCondition {
+                        after: Some(prost_types::Duration {
+                            seconds: 1,
+                            nanos: 0,
+                        }),
+                    },
+                )),
+            },
+            token,
+        ))
+        .await
+        .expect("an alert rule is created");
+    failing.id
+}
+
+async fn add_user(channel: &Channel, token: &str, email: &str, role: &str, password: &str) {
+    UserServiceClient::new(channel.clone())
+        .create_user(authed(
+            v1::CreateUserRequest {
+                email: email.into(),
+                display_name: role.into(),
+                role: role.into(),
+                password: password.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{role} {email} is created: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_chromium() {
+    chromium_and_script();
     let dir = std::env::temp_dir().join(format!("chamberlain-browser-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir(&dir).unwrap();
     let (api, sim) = (free_port(), free_port_on_127_0_0_2());
@@ -43,75 +148,91 @@ async fn the_console_works_in_chromium() {
         .clone()
         .expect("the first start prints the console's password");
     let channel = connect(api).await;
-    // An alert rule on sim-0000, which the browser makes fail.
-    let failing = ChamberServiceClient::new(channel.clone())
-        .list_chambers(authed(v1::ListChambersRequest::default(), &token))
-        .await
-        .unwrap()
-        .into_inner()
-        .chambers
-        .into_iter()
-        .find(|c| c.name == "sim-0000")
-        .expect("sim-0000 is registered");
-    AlertServiceClient::new(channel.clone())
-        .create_alert_rule(authed(
-            v1::CreateAlertRuleRequest {
-                chamber_id: failing.id.clone(),
-                name: "sim-0000 down".into(),
-                condition: Some(v1::create_alert_rule_request::Condition::ChamberDown(
-                    v1::ChamberDownCondition {
-                        after: Some(prost_types::Duration {
-                            seconds: 1,
-                            nanos: 0,
-                        }),
-                    },
-                )),
-            },
-            &token,
-        ))
-        .await
-        .expect("an alert rule is created");
-    UserServiceClient::new(channel)
-        .create_user(authed(
-            v1::CreateUserRequest {
-                email: "viewer@lab.example".into(),
-                display_name: "Viewer".into(),
-                role: "viewer".into(),
-                password: VIEWER_PASSWORD.into(),
-            },
-            &token,
-        ))
-        .await
-        .expect("a viewer is created");
+    let failing_chamber = down_rule_on(&channel, &token, "sim-0000").await;
+    add_user(&channel, &token, VIEWER_EMAIL, "viewer", VIEWER_PASSWORD).await;
 
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
-    let shots = target.join("browser-screenshots");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("console.mjs")
-            .current_dir(&browser_dir)
-            .env("CONSOLE", format!("http://127.0.0.1:{}", standalone.http))
-            .env("ADMIN_EMAIL", "admin@localhost")
-            .env("ADMIN_PASSWORD", password)
-            .env("VIEWER_EMAIL", "viewer@lab.example")
-            .env("VIEWER_PASSWORD", VIEWER_PASSWORD)
-            .env("CHROMIUM", chromium)
-            .env("FAILING_CHAMBER", failing.id)
-            .env("SCREENSHOTS", &shots)
-            .output()
-            .map(|o| (o, standalone))
+    run_console_script(ConsoleUnderTest {
+        origin: format!("http://127.0.0.1:{}", standalone.http),
+        admin_email: "admin@localhost".into(),
+        admin_password: password,
+        failing_chamber,
+        label: "standalone",
     })
-    .await
-    .unwrap()
-    .expect("node runs");
-    let (output, standalone) = output;
+    .await;
     drop(standalone);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        output.status.success(),
-        "the browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+}
+
+/// The same script in the distributed mode: Envoy in front of a gateway (which serves the
+/// console) and the auth service, with a scheduler, a worker and an alerter on PostgreSQL and
+/// Redis, and three simulated chambers registered through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_chromium_through_envoy() {
+    chromium_and_script();
+    let sim = Simulator::start(
+        SimulatorConfig::builder()
+            .chambers(3)
+            .detectors(8)
+            .interval(Duration::from_secs(1))
+            .bind(SocketAddr::from(([127, 0, 0, 2], free_port_on_127_0_0_2())))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut stack = Stack::start(StackOptions::default()).await;
+    let channel = stack.channel().await;
+    let (_, token) = stack.tenant("browser", Role::Admin).await;
+    let section = section(&channel, &token, "simulated").await;
+    for i in 0..3 {
+        ChamberServiceClient::new(channel.clone())
+            .create_chamber(authed(
+                v1::CreateChamberRequest {
+                    section_id: section.id.clone(),
+                    name: format!("sim-{i:04}"),
+                    url: sim.chamber_url(i, Format::Json),
+                    format: "json".into(),
+                    interval: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    timeout: None,
+                    detectors: (0..8)
+                        .map(|j| v1::NewDetector {
+                            name: format!("d{j}"),
+                            key: format!("/detectors/{j}/value"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                },
+                &token,
+            ))
+            .await
+            .expect("a simulated chamber is registered");
+    }
+    let failing_chamber = down_rule_on(&channel, &token, "sim-0000").await;
+    let admin_email = "admin.console@browser.example";
+    add_user(&channel, &token, admin_email, "admin", ADMIN_PASSWORD).await;
+    add_user(&channel, &token, VIEWER_EMAIL, "viewer", VIEWER_PASSWORD).await;
+    let chambers = [("CHAMBERLAIN_EGRESS_ALLOW", "127.0.0.2/32")];
+    stack.spawn("scheduler", &chambers);
+    stack.spawn("worker", &chambers);
+    stack.spawn(
+        "alerter",
+        &[
+            ("CHAMBERLAIN_EGRESS_ALLOW", "127.0.0.1/32"),
+            ("CHAMBERLAIN_ALERTER_RELOAD_SECS", "1"),
+        ],
     );
+
+    run_console_script(ConsoleUnderTest {
+        origin: format!("http://127.0.0.1:{}", stack.ports.envoy),
+        admin_email: admin_email.into(),
+        admin_password: ADMIN_PASSWORD.into(),
+        failing_chamber,
+        label: "envoy",
+    })
+    .await;
+    drop(stack);
+    drop(sim);
 }
