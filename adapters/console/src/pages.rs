@@ -1055,7 +1055,7 @@ pub(crate) async fn acknowledge(
     }
 }
 
-/// The last 24 hours' coverage, an hour a cell (oldest first).
+/// The last 24 hours' coverage, an hour a cell (oldest first), from one ledger query.
 async fn hourly_coverage(
     console: &Console,
     actor: &Actor,
@@ -1064,39 +1064,33 @@ async fn hourly_coverage(
 ) -> Result<Vec<CoverageCell>, UseCaseError> {
     const HOUR: i64 = 3_600_000;
     let this_hour = now.as_unix_millis().div_euclid(HOUR) * HOUR;
-    let mut cells = Vec::with_capacity(24);
-    for h in (0..24).rev() {
-        let from = Timestamp::from_unix_millis(this_hour - h * HOUR);
-        let to = Timestamp::from_unix_millis(
-            (this_hour - h * HOUR + HOUR).min(now.as_unix_millis().max(this_hour - h * HOUR + 1)),
-        );
-        let c = console
-            .inner
-            .api
-            .queries
-            .coverage(
-                actor,
-                chamberlain_domain::usecases::CoverageScope::Chamber(id),
-                from,
-                to,
-            )
-            .await?;
-        let ratio = c.ratio();
-        let class = match (c.slots, ratio) {
-            (0, _) => "none",
-            (_, r) if r >= 0.999 => "full",
-            (_, r) if r >= 0.9 => "most",
-            _ => "poor",
-        };
-        cells.push(CoverageCell {
-            class,
-            title: format!(
-                "{from}: {} of {} slots read, {} failed, {} missed",
-                c.read, c.slots, c.failed, c.missed
-            ),
-        });
-    }
-    Ok(cells)
+    let from = Timestamp::from_unix_millis(this_hour - 23 * HOUR);
+    // The hour under way ends now (and is never empty, so that it gets its cell).
+    let to = Timestamp::from_unix_millis(now.as_unix_millis().max(this_hour + 1));
+    let hours = console
+        .inner
+        .api
+        .queries
+        .coverage_per_bucket(actor, id, from, to, Duration::from_secs(3600))
+        .await?;
+    Ok(hours
+        .into_iter()
+        .map(|(from, c)| {
+            let class = match (c.slots, c.ratio()) {
+                (0, _) => "none",
+                (_, r) if r >= 0.999 => "full",
+                (_, r) if r >= 0.9 => "most",
+                _ => "poor",
+            };
+            CoverageCell {
+                class,
+                title: format!(
+                    "{from}: {} of {} slots read, {} failed, {} missed",
+                    c.read, c.slots, c.failed, c.missed
+                ),
+            }
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]

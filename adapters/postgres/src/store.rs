@@ -13,10 +13,11 @@ use chamberlain_domain::model::{
     SectionId, TokenHash, User, UserId,
 };
 use chamberlain_domain::ports::{
-    ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,
-    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
-    ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
+    Aggregate, AggregateQuery, ApiTokenRepository, BatchRepository, ChamberFilter,
+    ChamberHealthRepository, ChamberRepository, ChamberWithDetectors, DetectorRepository,
+    ItemError, LatestReadings, LedgerQuery, LedgerTally, OrganizationRepository,
+    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
+    SectionRepository, StoreError, TallyQuery, UserRepository, WriteReport,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
@@ -43,6 +44,51 @@ fn decode_all<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T>) -> Result<Vec<T>> {
 }
 
 impl PgStore {
+    /// The detectors of a reading scope within `org` (an unknown or foreign scope is "not
+    /// found"), and the batch to filter on for a batch scope.
+    async fn scope_detectors(
+        &self,
+        org: OrganizationId,
+        scope: ReadingScope,
+    ) -> Result<(Vec<Uuid>, Option<Uuid>)> {
+        let (scope_sql, entity, id, batch) = match scope {
+            ReadingScope::Detector(id) => (
+                "SELECT d.id FROM detectors d WHERE d.organization_id = $1 AND d.id = $2",
+                "detector",
+                *id.as_uuid(),
+                None,
+            ),
+            ReadingScope::Chamber(id) => (
+                "SELECT c.id AS owner, d.id FROM chambers c LEFT JOIN detectors d ON d.chamber_id = c.id \
+                 WHERE c.organization_id = $1 AND c.id = $2",
+                "chamber",
+                *id.as_uuid(),
+                None,
+            ),
+            ReadingScope::Batch(id) => (
+                "SELECT b.id AS owner, d.id FROM batches b LEFT JOIN chambers c ON c.section_id = b.section_id \
+                 LEFT JOIN detectors d ON d.chamber_id = c.id WHERE b.organization_id = $1 AND b.id = $2",
+                "batch",
+                *id.as_uuid(),
+                Some(*id.as_uuid()),
+            ),
+        };
+        let scope = sqlx::query(scope_sql)
+            .bind(org.as_uuid())
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if scope.is_empty() {
+            return Err(not_found(entity));
+        }
+        let detectors = scope
+            .iter()
+            .filter_map(|r| r.try_get::<Option<Uuid>, _>("id").ok().flatten())
+            .collect();
+        Ok((detectors, batch))
+    }
+
     async fn exists(&self, sql: &'static str, a: Uuid, b: Uuid) -> Result<bool> {
         let row = sqlx::query(sql)
             .bind(a)
@@ -1103,43 +1149,7 @@ impl ReadingRepository for PgStore {
         org: OrganizationId,
         q: &ReadingQuery,
     ) -> Result<Page<Reading, ReadingCursor>> {
-        // The detectors whose key ranges to scan, found within the caller's organization (an
-        // unknown or foreign scope is "not found").
-        let (scope_sql, entity, id, batch) = match q.scope {
-            ReadingScope::Detector(id) => (
-                "SELECT d.id FROM detectors d WHERE d.organization_id = $1 AND d.id = $2",
-                "detector",
-                *id.as_uuid(),
-                None,
-            ),
-            ReadingScope::Chamber(id) => (
-                "SELECT c.id AS owner, d.id FROM chambers c LEFT JOIN detectors d ON d.chamber_id = c.id \
-                 WHERE c.organization_id = $1 AND c.id = $2",
-                "chamber",
-                *id.as_uuid(),
-                None,
-            ),
-            ReadingScope::Batch(id) => (
-                "SELECT b.id AS owner, d.id FROM batches b LEFT JOIN chambers c ON c.section_id = b.section_id \
-                 LEFT JOIN detectors d ON d.chamber_id = c.id WHERE b.organization_id = $1 AND b.id = $2",
-                "batch",
-                *id.as_uuid(),
-                Some(*id.as_uuid()),
-            ),
-        };
-        let scope = sqlx::query(scope_sql)
-            .bind(org.as_uuid())
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
-        if scope.is_empty() {
-            return Err(not_found(entity));
-        }
-        let detectors: Vec<Uuid> = scope
-            .iter()
-            .filter_map(|r| r.try_get::<Option<Uuid>, _>("id").ok().flatten())
-            .collect();
+        let (detectors, batch) = self.scope_detectors(org, q.scope).await?;
         // One key-range scan per detector, each in slot order and cut at the page size, then
         // merged into (slot, detector) order.
         let rows = sqlx::query(AssertSqlSafe(format!(
@@ -1170,6 +1180,52 @@ impl ReadingRepository for PgStore {
             q.page.size,
             cursor,
         ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::aggregate", db.system = "postgresql", db.operation = "ReadingRepository::aggregate"))]
+    async fn aggregate(&self, org: OrganizationId, q: &AggregateQuery) -> Result<Vec<Aggregate>> {
+        let (detectors, batch) = self.scope_detectors(org, q.scope).await?;
+        // One key-range scan per detector (the key holds the rows in slot order), summed up in
+        // epoch-aligned buckets by `date_bin`.
+        let rows = sqlx::query(
+            "SELECT d.id AS detector_id, a.bucket, a.low, a.high, a.total, a.n \
+             FROM UNNEST($1::uuid[]) AS d(id) CROSS JOIN LATERAL ( \
+                SELECT date_bin(make_interval(secs => $4::float8 / 1000), slot, \
+                         timestamptz '1970-01-01 00:00:00+00') AS bucket, \
+                       min(value) AS low, max(value) AS high, sum(value) AS total, \
+                       count(value) AS n \
+                FROM readings WHERE detector_id = d.id AND slot >= $2 AND slot < $3 \
+                AND value IS NOT NULL AND ($5::uuid IS NULL OR batch_id = $5) \
+                GROUP BY 1) a \
+             ORDER BY d.id, a.bucket",
+        )
+        .bind(&detectors)
+        .bind(ts(q.from))
+        .bind(ts(q.to))
+        .bind(q.bucket_millis.max(1))
+        .bind(batch)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let c = rows::Cols {
+                    row,
+                    table: "readings",
+                };
+                let count =
+                    u64::try_from(c.get::<i64>("n")?).map_err(|e| corrupt("readings", "n", e))?;
+                #[allow(clippy::cast_precision_loss, reason = "a mean")]
+                Ok(Aggregate {
+                    detector_id: DetectorId::from_uuid(c.uuid("detector_id")?),
+                    bucket_start: c.ts("bucket")?,
+                    min: c.get("low")?,
+                    max: c.get("high")?,
+                    mean: c.get::<f64>("total")? / count as f64,
+                    count,
+                })
+            })
+            .collect()
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::latest", db.system = "postgresql", db.operation = "ReadingRepository::latest"))]
@@ -1286,6 +1342,55 @@ impl PollLedgerRepository for PgStore {
             q.page.size,
             |e| e.poll.slot,
         ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::tally", db.system = "postgresql", db.operation = "PollLedgerRepository::tally"))]
+    async fn tally(&self, org: OrganizationId, q: &TallyQuery) -> Result<Vec<LedgerTally>> {
+        if !self
+            .exists(
+                "SELECT 1 FROM chambers WHERE organization_id = $1 AND id = $2",
+                *org.as_uuid(),
+                *q.chamber_id.as_uuid(),
+            )
+            .await?
+        {
+            return Err(not_found("chamber"));
+        }
+        // Along the key (chamber, slot), in buckets starting at `from`.
+        let rows = sqlx::query(
+            "SELECT date_bin(make_interval(secs => $4::float8 / 1000), slot, $2) AS bucket, \
+               count(*) FILTER (WHERE outcome IN ('ok', 'corrupted_values')) AS read, \
+               count(*) FILTER (WHERE outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
+               count(*) AS n \
+             FROM poll_ledger WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
+             GROUP BY 1 ORDER BY 1",
+        )
+        .bind(q.chamber_id.as_uuid())
+        .bind(ts(q.from))
+        .bind(ts(q.to))
+        .bind(q.bucket_millis.max(1))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let c = rows::Cols {
+                    row,
+                    table: "poll_ledger",
+                };
+                let count = |column| {
+                    u64::try_from(c.get::<i64>(column)?)
+                        .map_err(|e| corrupt("poll_ledger", column, e))
+                };
+                let (read, missed, all) = (count("read")?, count("missed")?, count("n")?);
+                Ok(LedgerTally {
+                    bucket_start: c.ts("bucket")?,
+                    read,
+                    failed: all - read - missed,
+                    missed,
+                })
+            })
+            .collect()
     }
 }
 

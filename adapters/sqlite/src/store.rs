@@ -27,10 +27,11 @@ use chamberlain_domain::model::{
     ReadingValue, ResponseFormat, Role, Section, SectionId, TokenHash, Unit, User, UserId,
 };
 use chamberlain_domain::ports::{
-    ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,
-    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
-    ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
+    Aggregate, AggregateQuery, ApiTokenRepository, BatchRepository, ChamberFilter,
+    ChamberHealthRepository, ChamberRepository, ChamberWithDetectors, DetectorRepository,
+    ItemError, LatestReadings, LedgerQuery, LedgerTally, OrganizationRepository,
+    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
+    SectionRepository, StoreError, TallyQuery, UserRepository, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
 use sqlx::sqlite::{
@@ -1783,7 +1784,17 @@ async fn scoped_query(
     org: OrganizationId,
     q: &ReadingQuery,
 ) -> Result<Vec<Reading>, StoreError> {
-    let (check, entity) = match q.scope {
+    check_scope(conn, org, q.scope).await?;
+    query_readings(conn, q).await
+}
+
+/// The scope is the organization's, or `NotFound` naming it.
+async fn check_scope(
+    conn: &mut SqliteConnection,
+    org: OrganizationId,
+    scope: ReadingScope,
+) -> Result<(), StoreError> {
+    let (check, entity) = match scope {
         ReadingScope::Detector(id) => (
             sqlx::query("SELECT 1 FROM detectors WHERE id = ?1 AND organization_id = ?2")
                 .bind(*id.as_uuid()),
@@ -1800,10 +1811,104 @@ async fn scoped_query(
             "batch",
         ),
     };
-    if !exists(conn, check.bind(*org.as_uuid())).await? {
-        return Err(not_found(entity));
+    if exists(conn, check.bind(*org.as_uuid())).await? {
+        Ok(())
+    } else {
+        Err(not_found(entity))
     }
-    query_readings(conn, q).await
+}
+
+/// Measured values per detector and epoch-aligned bucket, summed up by SQLite. A chamber's
+/// detectors are read through the primary key (detector, slot), whose rows hold the values, so
+/// no row is looked up twice; `slot - slot % w` is the bucket (slots are after the epoch).
+async fn aggregate_readings(
+    conn: &mut SqliteConnection,
+    org: OrganizationId,
+    q: &AggregateQuery,
+) -> Result<Vec<Aggregate>, StoreError> {
+    check_scope(conn, org, q.scope).await?;
+    macro_rules! aggregate_sql {
+        ($scope:literal) => {
+            concat!(
+                "SELECT detector_id, slot - slot % ?4 AS bucket, min(value) AS low, \
+                   max(value) AS high, total(value) AS sum, count(value) AS n \
+                 FROM readings WHERE ",
+                $scope,
+                " AND slot >= ?2 AND slot < ?3 AND value IS NOT NULL \
+                 GROUP BY detector_id, bucket ORDER BY detector_id, bucket"
+            )
+        };
+    }
+    let (sql, id) = match q.scope {
+        ReadingScope::Detector(id) => (aggregate_sql!("detector_id = ?1"), *id.as_uuid()),
+        ReadingScope::Chamber(id) => (
+            aggregate_sql!("detector_id IN (SELECT id FROM detectors WHERE chamber_id = ?1)"),
+            *id.as_uuid(),
+        ),
+        ReadingScope::Batch(id) => (aggregate_sql!("batch_id = ?1"), *id.as_uuid()),
+    };
+    let rows = sqlx::query(sql)
+        .bind(id)
+        .bind(q.from.as_unix_millis())
+        .bind(q.to.as_unix_millis())
+        .bind(q.bucket_millis.max(1))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            let c = Cols::new(row, "readings");
+            let count: u64 = c.count("n")?;
+            let sum: f64 = c.get("sum")?;
+            #[allow(clippy::cast_precision_loss, reason = "a mean")]
+            Ok(Aggregate {
+                detector_id: DetectorId::from_uuid(c.uuid("detector_id")?),
+                bucket_start: c.at("bucket")?,
+                min: c.get("low")?,
+                max: c.get("high")?,
+                mean: sum / count as f64,
+                count,
+            })
+        })
+        .collect()
+}
+
+/// A chamber's ledger counted per bucket from `from` by SQLite, along the primary key
+/// (chamber, slot).
+async fn tally_ledger(
+    conn: &mut SqliteConnection,
+    org: OrganizationId,
+    q: &TallyQuery,
+) -> Result<Vec<LedgerTally>, StoreError> {
+    check_scope(conn, org, ReadingScope::Chamber(q.chamber_id)).await?;
+    let rows = sqlx::query(
+        "SELECT ?2 + ((slot - ?2) / ?4) * ?4 AS bucket, \
+           sum(outcome IN ('ok', 'corrupted_values')) AS read, \
+           sum(outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
+           count(*) AS n \
+         FROM poll_ledger WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+         GROUP BY bucket ORDER BY bucket",
+    )
+    .bind(*q.chamber_id.as_uuid())
+    .bind(q.from.as_unix_millis())
+    .bind(q.to.as_unix_millis())
+    .bind(q.bucket_millis.max(1))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    rows.iter()
+        .map(|row| {
+            let c = Cols::new(row, "poll_ledger");
+            let (read, missed, all): (u64, u64, u64) =
+                (c.count("read")?, c.count("missed")?, c.count("n")?);
+            Ok(LedgerTally {
+                bucket_start: c.at("bucket")?,
+                read,
+                failed: all - read - missed,
+                missed,
+            })
+        })
+        .collect()
 }
 
 async fn latest_readings(
@@ -1891,6 +1996,17 @@ impl ReadingRepository for SqliteStore {
     ) -> Result<Vec<LatestReadings>, StoreError> {
         let mut tx = self.begin_read().await?;
         let result = latest_readings(&mut tx, org, chambers).await;
+        end_read(tx, result).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::aggregate", db.system = "sqlite", db.operation = "ReadingRepository::aggregate"))]
+    async fn aggregate(
+        &self,
+        org: OrganizationId,
+        query: &AggregateQuery,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let result = aggregate_readings(&mut tx, org, query).await;
         end_read(tx, result).await
     }
 
@@ -1996,6 +2112,17 @@ impl PollLedgerRepository for SqliteStore {
         let result = list_ledger(&mut tx, org, query).await;
         let entries = end_read(tx, result).await?;
         Ok(Page::from_sorted(entries, query.page.size, |e| e.poll.slot))
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::tally", db.system = "sqlite", db.operation = "PollLedgerRepository::tally"))]
+    async fn tally(
+        &self,
+        org: OrganizationId,
+        query: &TallyQuery,
+    ) -> Result<Vec<LedgerTally>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let result = tally_ledger(&mut tx, org, query).await;
+        end_read(tx, result).await
     }
 }
 

@@ -9,8 +9,8 @@ use crate::model::{
     Section, TokenHash,
 };
 use crate::ports::{
-    ChamberFilter, ChamberWithDetectors, ItemError, LedgerQuery, ReadingCursor, ReadingQuery,
-    ReadingScope, StoreError,
+    Aggregate, AggregateQuery, ChamberFilter, ChamberWithDetectors, ItemError, LedgerQuery,
+    LedgerTally, ReadingCursor, ReadingQuery, ReadingScope, StoreError, TallyQuery,
 };
 use crate::time::Timestamp;
 
@@ -1275,6 +1275,188 @@ pub async fn chambers_are_listed_by_name_and_health(p: &StorePorts) {
     );
 }
 
+pub async fn readings_are_aggregated_per_detector_and_epoch_aligned_bucket(p: &StorePorts) {
+    let w = world(p, "aggregates").await;
+    let other = world(p, "aggregates elsewhere").await;
+    let batch = fixtures::batch(w.org.id, w.section.id, "trial", slot(0));
+    p.batches.start(&batch).await.unwrap();
+    // Slots 0..10 (T0 is a multiple of 4 s): detector 0 reads s, detector 1 reads s + 1;
+    // slot 5 is corrupted, and slot 9 alone in its bucket with slot 8 (and 10 out of range).
+    let records: Vec<_> = (0..11)
+        .map(|s| {
+            let corrupt = (s == 5).then_some(CorruptionReason::Unparsable);
+            let mut r = fixtures::poll_record(&w.chamber, &w.detectors, slot(s), s as f64, corrupt);
+            if s < 4 {
+                r.readings
+                    .iter_mut()
+                    .for_each(|x| x.batch_id = Some(batch.id));
+            }
+            r
+        })
+        .collect();
+    p.readings.store_polls(&records).await.unwrap();
+    let aggregate = |scope, from: i64, to: i64| {
+        let query = AggregateQuery {
+            scope,
+            from: slot(from),
+            to: slot(to),
+            bucket_millis: 4000,
+        };
+        async move { p.readings.aggregate(w.org.id, &query).await }
+    };
+    let (d0, d1) = (w.detectors[0].id, w.detectors[1].id);
+    let bucket = |detector, start: i64, min: f64, max: f64, count: u64| Aggregate {
+        detector_id: detector,
+        bucket_start: slot(start),
+        min,
+        max,
+        mean: (min + max) / 2.0,
+        count,
+    };
+    // From slot 1 (inside the first bucket) to slot 10 (excluded); slot 5 not counted.
+    let mut expected = vec![
+        bucket(d0, 0, 1.0, 3.0, 3),
+        bucket(d0, 4, 4.0, 7.0, 3),
+        bucket(d0, 8, 8.0, 9.0, 2),
+        bucket(d1, 0, 2.0, 4.0, 3),
+        bucket(d1, 4, 5.0, 8.0, 3),
+        bucket(d1, 8, 9.0, 10.0, 2),
+    ];
+    // Bucket 4..8 holds 4, 6, 7: its mean is not the midpoint.
+    expected[1].mean = 17.0 / 3.0;
+    expected[4].mean = 20.0 / 3.0;
+    expected.sort_by_key(|a| (a.detector_id, a.bucket_start));
+    let got = aggregate(ReadingScope::Chamber(w.chamber.id), 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), expected.len(), "{got:?}");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(
+            (g.detector_id, g.bucket_start, g.min, g.max, g.count),
+            (e.detector_id, e.bucket_start, e.min, e.max, e.count),
+            "{got:?}"
+        );
+        assert!((g.mean - e.mean).abs() < 1e-9, "{g:?} against {e:?}");
+    }
+    let one = aggregate(ReadingScope::Detector(d1), 1, 10).await.unwrap();
+    assert_eq!(
+        one.iter().map(|a| a.bucket_start).collect::<Vec<_>>(),
+        [slot(0), slot(4), slot(8)]
+    );
+    assert!(one.iter().all(|a| a.detector_id == d1));
+    let in_batch = aggregate(ReadingScope::Batch(batch.id), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        in_batch
+            .iter()
+            .map(|a| (a.bucket_start, a.count))
+            .collect::<Vec<_>>(),
+        [(slot(0), 4), (slot(0), 4)]
+    );
+    // A bucket of corrupted values only is left out; nothing out of range is counted.
+    assert!(
+        aggregate(ReadingScope::Chamber(w.chamber.id), 5, 6)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        aggregate(ReadingScope::Chamber(w.chamber.id), 20, 30)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another organization's scope is not found.
+    for scope in [
+        ReadingScope::Chamber(other.chamber.id),
+        ReadingScope::Detector(other.detectors[0].id),
+    ] {
+        let query = AggregateQuery {
+            scope,
+            from: slot(0),
+            to: slot(10),
+            bucket_millis: 4000,
+        };
+        assert!(
+            matches!(
+                p.readings.aggregate(w.org.id, &query).await,
+                Err(StoreError::NotFound { .. })
+            ),
+            "{scope:?}"
+        );
+    }
+}
+
+pub async fn the_ledger_is_tallied_per_bucket_from_the_start(p: &StorePorts) {
+    let w = world(p, "tally").await;
+    let other = world(p, "tally elsewhere").await;
+    // Slots 0..5 read, 5 read with corrupted values, 6 and 7 timed out, 8 missed, 9 expired.
+    let mut records: Vec<_> = (0..6)
+        .map(|s| {
+            let corrupt = (s == 5).then_some(CorruptionReason::Implausible);
+            fixtures::poll_record(&w.chamber, &w.detectors, slot(s), 1.0, corrupt)
+        })
+        .collect();
+    for s in [6, 7] {
+        let mut failed = fixtures::poll_record(&w.chamber, &w.detectors, slot(s), 1.0, None);
+        failed.readings.clear();
+        failed.entry.outcome = PollOutcome::Timeout;
+        records.push(failed);
+    }
+    p.readings.store_polls(&records).await.unwrap();
+    let unfetched = [(8, PollOutcome::Missed), (9, PollOutcome::Expired)].map(|(s, outcome)| {
+        LedgerEntry::unfetched(
+            PollId {
+                chamber_id: w.chamber.id,
+                slot: slot(s),
+            },
+            outcome,
+            0,
+            slot(20),
+        )
+    });
+    p.ledger.record(&unfetched).await.unwrap();
+    let tally = |chamber_id, from: i64, to: i64, width: i64| {
+        let query = TallyQuery {
+            chamber_id,
+            from: slot(from),
+            to: slot(to),
+            bucket_millis: width * 1000,
+        };
+        async move { p.ledger.tally(w.org.id, &query).await }
+    };
+    let counts = |tallies: Vec<LedgerTally>| {
+        tallies
+            .into_iter()
+            .map(|t| {
+                (
+                    (t.bucket_start.as_unix_millis() - T0.as_unix_millis()) / 1000,
+                    t.read,
+                    t.failed,
+                    t.missed,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // Buckets of 3 s from slot 1: [1, 4), [4, 7), [7, 10) cut at 9.
+    assert_eq!(
+        counts(tally(w.chamber.id, 1, 9, 3).await.unwrap()),
+        [(1, 3, 0, 0), (4, 2, 1, 0), (7, 0, 1, 1)]
+    );
+    // One bucket over everything; a range without entries has no bucket.
+    assert_eq!(
+        counts(tally(w.chamber.id, 0, 100, 100).await.unwrap()),
+        [(0, 6, 2, 2)]
+    );
+    assert!(tally(w.chamber.id, 50, 60, 5).await.unwrap().is_empty());
+    assert_eq!(
+        tally(other.chamber.id, 0, 10, 5).await,
+        nf("chamber"),
+        "another organization's chamber"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per repository case. `$make` is an expression evaluating to
 /// a future of a fresh [`StorePorts`].
 #[macro_export]
@@ -1293,6 +1475,8 @@ macro_rules! store_conformance_tests {
             corrupted_readings_are_stored_like_any_other,
             time_range_queries_are_half_open_and_span_days,
             the_ledger_keeps_one_entry_per_poll,
+            readings_are_aggregated_per_detector_and_epoch_aligned_bucket,
+            the_ledger_is_tallied_per_bucket_from_the_start,
             health_writes_use_optimistic_concurrency,
             a_section_has_at_most_one_open_batch,
             users_and_tokens,

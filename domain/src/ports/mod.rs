@@ -27,10 +27,11 @@ pub use passwords::{PasswordError, PasswordHasher};
 pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
 pub use repositories::{Repositories, Store};
 pub use storage::{
-    ApiTokenRepository, BatchRepository, ChamberFilter, ChamberHealthRepository, ChamberRepository,
-    ChamberWithDetectors, DetectorRepository, ItemError, LatestReadings, LedgerQuery,
-    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
-    ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
+    Aggregate, AggregateQuery, ApiTokenRepository, BatchRepository, ChamberFilter,
+    ChamberHealthRepository, ChamberRepository, ChamberWithDetectors, DetectorRepository,
+    ItemError, LatestReadings, LedgerQuery, LedgerTally, OrganizationRepository,
+    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
+    SectionRepository, StoreError, TallyQuery, UserRepository, WriteReport,
 };
 
 #[cfg(feature = "mock")]

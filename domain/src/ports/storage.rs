@@ -346,6 +346,53 @@ pub struct ReadingCursor {
     pub detector_id: DetectorId,
 }
 
+/// Min, max, mean and count of one detector's measured values in one bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aggregate {
+    pub detector_id: DetectorId,
+    pub bucket_start: Timestamp,
+    pub min: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub count: u64,
+}
+
+/// The measured values of a scope with `from <= slot < to`, summed up per detector and
+/// epoch-aligned bucket of `bucket_millis` (a bucket starts at a multiple of it since the Unix
+/// epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateQuery {
+    pub scope: ReadingScope,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    /// At least 1.
+    pub bucket_millis: i64,
+}
+
+/// How a chamber's slots in one bucket ended, by its ledger entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerTally {
+    pub bucket_start: Timestamp,
+    /// The chamber answered (`ok`, `corrupted_values`: `PollOutcome::chamber_succeeded` is
+    /// `Some(true)`).
+    pub read: u64,
+    /// A failure of the chamber (`timeout`, `http_status`, ...: `Some(false)`).
+    pub failed: u64,
+    /// Not the chamber's doing: `missed`, `expired`, `cancelled` (`None`).
+    pub missed: u64,
+}
+
+/// A chamber's ledger with `from <= slot < to`, counted per bucket of `bucket_millis` starting
+/// at `from` (bucket `i` is `from + i·width ..`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TallyQuery {
+    pub chamber_id: ChamberId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    /// At least 1.
+    pub bucket_millis: i64,
+}
+
 /// Readings of a scope with `from <= slot < to`, ordered by (slot, detector).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadingQuery {
@@ -413,6 +460,62 @@ pub trait ReadingRepository: Send + Sync {
         chambers: &[ChamberId],
     ) -> Result<Vec<LatestReadings>, StoreError>;
 
+    /// The scope's measured values summed up per detector and bucket (corrupted values are not
+    /// counted; a bucket without a measured value is left out), ordered by (detector, bucket).
+    /// Adapters compute it where the readings are (SQL `GROUP BY`); the default pages through
+    /// [`ReadingRepository::query`].
+    ///
+    /// # Errors
+    /// `NotFound { entity }` for a scope that is not in `org`; `Unavailable`.
+    async fn aggregate(
+        &self,
+        org: OrganizationId,
+        query: &AggregateQuery,
+    ) -> Result<Vec<Aggregate>, StoreError> {
+        let width = query.bucket_millis.max(1);
+        let mut sums: std::collections::BTreeMap<(DetectorId, i64), (f64, f64, f64, u64)> =
+            std::collections::BTreeMap::new();
+        let mut page_query = ReadingQuery {
+            scope: query.scope,
+            from: query.from,
+            to: query.to,
+            page: PageRequest::first(PageSize::new(MAX_PAGE_SIZE).unwrap_or_default()),
+        };
+        loop {
+            let page = self.query(org, &page_query).await?;
+            for r in &page.items {
+                let Some(v) = r.value.value() else { continue };
+                let start = r.slot.as_unix_millis().div_euclid(width) * width;
+                let e = sums.entry((r.detector_id, start)).or_insert((
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                    0.0,
+                    0,
+                ));
+                e.0 = e.0.min(v);
+                e.1 = e.1.max(v);
+                e.2 += v;
+                e.3 += 1;
+            }
+            match page.next {
+                Some(next) => page_query.page.after = Some(next),
+                None => break,
+            }
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a mean")]
+        Ok(sums
+            .into_iter()
+            .map(|((detector_id, start), (min, max, sum, count))| Aggregate {
+                detector_id,
+                bucket_start: Timestamp::from_unix_millis(start),
+                min,
+                max,
+                mean: sum / count as f64,
+                count,
+            })
+            .collect())
+    }
+
     /// Retention: removes readings and ledger entries of every chamber with a slot before
     /// `cutoff`, at the adapter's granularity. It never removes anything at or after `cutoff`,
     /// and always removes everything before the start of `cutoff`'s UTC day (an adapter that
@@ -466,6 +569,53 @@ pub trait PollLedgerRepository: Send + Sync {
         org: OrganizationId,
         query: &LedgerQuery,
     ) -> Result<Page<LedgerEntry, Timestamp>, StoreError>;
+
+    /// The chamber's ledger counted per bucket (buckets without entries left out), in bucket
+    /// order. Adapters count where the ledger is (SQL `GROUP BY`); the default pages through
+    /// [`PollLedgerRepository::list`].
+    ///
+    /// # Errors
+    /// `NotFound { entity: "chamber" }` if the chamber is not in `org`; `Unavailable`.
+    async fn tally(
+        &self,
+        org: OrganizationId,
+        query: &TallyQuery,
+    ) -> Result<Vec<LedgerTally>, StoreError> {
+        let width = query.bucket_millis.max(1);
+        let from = query.from.as_unix_millis();
+        let mut tallies: std::collections::BTreeMap<i64, LedgerTally> =
+            std::collections::BTreeMap::new();
+        let mut page_query = LedgerQuery {
+            chamber_id: query.chamber_id,
+            from: query.from,
+            to: query.to,
+            failures_only: false,
+            page: PageRequest::first(PageSize::new(MAX_PAGE_SIZE).unwrap_or_default()),
+        };
+        loop {
+            let page = self.list(org, &page_query).await?;
+            for entry in &page.items {
+                let slot = entry.poll.slot.as_unix_millis();
+                let start = from + (slot - from).div_euclid(width) * width;
+                let tally = tallies.entry(start).or_insert(LedgerTally {
+                    bucket_start: Timestamp::from_unix_millis(start),
+                    read: 0,
+                    failed: 0,
+                    missed: 0,
+                });
+                match entry.outcome.chamber_succeeded() {
+                    Some(true) => tally.read += 1,
+                    Some(false) => tally.failed += 1,
+                    None => tally.missed += 1,
+                }
+            }
+            match page.next {
+                Some(next) => page_query.page.after = Some(next),
+                None => break,
+            }
+        }
+        Ok(tallies.into_values().collect())
+    }
 }
 
 /// Chamber health, written with optimistic concurrency (several workers may finish polls of one

@@ -34,8 +34,7 @@ pub use poll::{
     ProcessedPoll, interpret_response,
 };
 pub use queries::{
-    Aggregate, Coverage, CoverageScope, MAX_AGGREGATED_READINGS, MAX_BUCKETS, MAX_LATEST_CHAMBERS,
-    ReadingQueries,
+    Aggregate, Coverage, CoverageScope, MAX_BUCKETS, MAX_LATEST_CHAMBERS, ReadingQueries,
 };
 pub use users::{NewUser, UserAdmin};
 pub use watch::{

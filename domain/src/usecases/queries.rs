@@ -3,17 +3,13 @@
 use std::sync::Arc;
 
 use crate::error::{Rule, ValidationError};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::model::{
-    BatchId, ChamberId, DetectorId, LedgerEntry, Page, PageRequest, PageSize, PollOutcome, Reading,
-    Role,
-};
+use crate::model::{BatchId, ChamberId, LedgerEntry, Page, PageRequest, PageSize, Reading, Role};
 use crate::ports::{
-    BatchRepository, ChamberFilter, ChamberRepository, LatestReadings, LedgerQuery,
-    PollLedgerRepository, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
-    Repositories,
+    AggregateQuery, BatchRepository, ChamberFilter, ChamberRepository, LatestReadings, LedgerQuery,
+    LedgerTally, PollLedgerRepository, ReadingCursor, ReadingQuery, ReadingRepository,
+    ReadingScope, Repositories, TallyQuery,
 };
 use crate::time::Timestamp;
 use crate::usecases::{Actor, UseCaseError};
@@ -30,21 +26,10 @@ pub struct ReadingQueries {
     pub batches: Arc<dyn BatchRepository>,
 }
 
+pub use crate::ports::Aggregate;
+
 /// The most buckets one aggregate call may produce per detector.
 pub const MAX_BUCKETS: u64 = 100_000;
-/// The most readings one aggregate call may scan.
-pub const MAX_AGGREGATED_READINGS: usize = 5_000_000;
-
-/// Measured values of one detector in one time bucket.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Aggregate {
-    pub detector_id: DetectorId,
-    pub bucket_start: Timestamp,
-    pub min: f64,
-    pub max: f64,
-    pub mean: f64,
-    pub count: u64,
-}
 
 /// What the ledger says about a chamber's or batch's slots over a range.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +41,20 @@ pub struct Coverage {
 }
 
 impl Coverage {
+    /// The coverage one ledger tally counts.
+    pub fn of(tally: &LedgerTally) -> Self {
+        let mut coverage = Self::default();
+        coverage.add(tally);
+        coverage
+    }
+
+    fn add(&mut self, tally: &LedgerTally) {
+        self.read += tally.read;
+        self.failed += tally.failed;
+        self.missed += tally.missed;
+        self.slots += tally.read + tally.failed + tally.missed;
+    }
+
     /// Read slots over all slots; 0 without slots.
     #[allow(clippy::cast_precision_loss, reason = "a ratio")]
     pub fn ratio(&self) -> f64 {
@@ -161,8 +160,7 @@ impl ReadingQueries {
     ///
     /// # Errors
     /// `Invalid` (`to`; `bucket` below 1 s or making more than 100,000 buckets); `NotFound`
-    /// for a scope outside the caller's organization; `FailedPrecondition` when the range holds
-    /// more than 5,000,000 readings (narrow it); `Unavailable`.
+    /// for a scope outside the caller's organization; `Unavailable`.
     pub async fn aggregate(
         &self,
         actor: &Actor,
@@ -173,68 +171,64 @@ impl ReadingQueries {
     ) -> Result<Vec<Aggregate>, UseCaseError> {
         actor.require(Role::Viewer, "read readings")?;
         check_range(from, to)?;
-        let width = i64::try_from(bucket.as_millis()).unwrap_or(i64::MAX);
-        let span = u64::try_from(to.as_unix_millis() - from.as_unix_millis()).unwrap_or(u64::MAX);
-        if width < 1000 || span / u64::try_from(width).unwrap_or(1) > MAX_BUCKETS {
-            return Err(ValidationError::new(
-                "bucket",
-                Rule::OutOfRange {
-                    min: "1s".into(),
-                    max: format!("{MAX_BUCKETS} buckets over the range"),
-                    actual: format!("{}ms", bucket.as_millis()),
+        let width = bucket_width(bucket, from, to)?;
+        Ok(self
+            .readings
+            .aggregate(
+                actor.organization_id,
+                &AggregateQuery {
+                    scope,
+                    from,
+                    to,
+                    bucket_millis: width,
                 },
             )
-            .into());
+            .await?)
+    }
+
+    /// A chamber's coverage per bucket of `bucket` from `from` (bucket `i` starts at
+    /// `from + i·bucket`; the last is cut at `to`), one per bucket, empty ones included: what a
+    /// coverage strip shows. Counted by the store in one query.
+    ///
+    /// # Errors
+    /// `Invalid` (`to`; `bucket` below 1 s or making more than 100,000 buckets); `NotFound`
+    /// (`chamber`); `Unavailable`.
+    pub async fn coverage_per_bucket(
+        &self,
+        actor: &Actor,
+        chamber_id: ChamberId,
+        from: Timestamp,
+        to: Timestamp,
+        bucket: Duration,
+    ) -> Result<Vec<(Timestamp, Coverage)>, UseCaseError> {
+        actor.require(Role::Viewer, "read the poll ledger")?;
+        check_range(from, to)?;
+        let width = bucket_width(bucket, from, to)?;
+        let tallies = self
+            .ledger
+            .tally(
+                actor.organization_id,
+                &TallyQuery {
+                    chamber_id,
+                    from,
+                    to,
+                    bucket_millis: width,
+                },
+            )
+            .await?;
+        let mut tallies = tallies.into_iter().peekable();
+        let mut out = Vec::new();
+        let mut start = from.as_unix_millis();
+        while start < to.as_unix_millis() {
+            let at = Timestamp::from_unix_millis(start);
+            let coverage = match tallies.peek() {
+                Some(t) if t.bucket_start == at => Coverage::of(&tallies.next().expect("peeked")),
+                _ => Coverage::default(),
+            };
+            out.push((at, coverage));
+            start += width;
         }
-        let mut acc: BTreeMap<(DetectorId, i64), (f64, f64, f64, u64)> = BTreeMap::new();
-        let mut scanned = 0usize;
-        let mut query = ReadingQuery {
-            scope,
-            from,
-            to,
-            page: PageRequest::first(
-                PageSize::new(crate::limits::MAX_PAGE_SIZE).unwrap_or_default(),
-            ),
-        };
-        loop {
-            let page = self.readings.query(actor.organization_id, &query).await?;
-            scanned += page.items.len();
-            if scanned > MAX_AGGREGATED_READINGS {
-                return Err(UseCaseError::FailedPrecondition(format!(
-                    "the range holds more than {MAX_AGGREGATED_READINGS} readings; narrow it"
-                )));
-            }
-            for r in &page.items {
-                let Some(v) = r.value.value() else { continue };
-                let start = r.slot.as_unix_millis().div_euclid(width) * width;
-                let e = acc.entry((r.detector_id, start)).or_insert((
-                    f64::INFINITY,
-                    f64::NEG_INFINITY,
-                    0.0,
-                    0,
-                ));
-                e.0 = e.0.min(v);
-                e.1 = e.1.max(v);
-                e.2 += v;
-                e.3 += 1;
-            }
-            match page.next {
-                Some(next) => query.page.after = Some(next),
-                None => break,
-            }
-        }
-        #[allow(clippy::cast_precision_loss, reason = "a mean")]
-        Ok(acc
-            .into_iter()
-            .map(|((detector_id, start), (min, max, sum, count))| Aggregate {
-                detector_id,
-                bucket_start: Timestamp::from_unix_millis(start),
-                min,
-                max,
-                mean: sum / count as f64,
-                count,
-            })
-            .collect())
+        Ok(out)
     }
 
     /// How many of a chamber's slots over `from..to` were read, failed or missed, by the
@@ -289,32 +283,43 @@ impl ReadingQueries {
         if from >= to {
             return Ok(coverage);
         }
+        let width = to.as_unix_millis() - from.as_unix_millis();
         for chamber_id in chambers {
-            let mut query = LedgerQuery {
-                chamber_id,
-                from,
-                to,
-                failures_only: false,
-                page: PageRequest::first(PageSize::new(1000).unwrap_or_default()),
-            };
-            loop {
-                let page = self.ledger.list(org, &query).await?;
-                for entry in &page.items {
-                    coverage.slots += 1;
-                    match entry.outcome {
-                        PollOutcome::Ok | PollOutcome::CorruptedValues { .. } => coverage.read += 1,
-                        PollOutcome::Missed | PollOutcome::Expired | PollOutcome::Cancelled => {
-                            coverage.missed += 1;
-                        }
-                        _ => coverage.failed += 1,
-                    }
-                }
-                match page.next {
-                    Some(next) => query.page.after = Some(next),
-                    None => break,
-                }
+            let tallies = self
+                .ledger
+                .tally(
+                    org,
+                    &TallyQuery {
+                        chamber_id,
+                        from,
+                        to,
+                        bucket_millis: width,
+                    },
+                )
+                .await?;
+            for tally in tallies {
+                coverage.add(&tally);
             }
         }
         Ok(coverage)
     }
+}
+
+/// A bucket's width in milliseconds: at least 1 s, and at most [`MAX_BUCKETS`] of them over
+/// the range.
+fn bucket_width(bucket: Duration, from: Timestamp, to: Timestamp) -> Result<i64, UseCaseError> {
+    let width = i64::try_from(bucket.as_millis()).unwrap_or(i64::MAX);
+    let span = u64::try_from(to.as_unix_millis() - from.as_unix_millis()).unwrap_or(u64::MAX);
+    if width < 1000 || span / u64::try_from(width).unwrap_or(1) > MAX_BUCKETS {
+        return Err(ValidationError::new(
+            "bucket",
+            Rule::OutOfRange {
+                min: "1s".into(),
+                max: format!("{MAX_BUCKETS} buckets over the range"),
+                actual: format!("{}ms", bucket.as_millis()),
+            },
+        )
+        .into());
+    }
+    Ok(width)
 }

@@ -102,3 +102,56 @@ async fn coverage_counts_read_failed_and_missed_slots_and_is_tenant_scoped() {
         Err(UseCaseError::NotFound { entity: "chamber" })
     );
 }
+
+#[tokio::test]
+async fn coverage_per_bucket_has_a_cell_for_every_bucket_empty_ones_too() {
+    let h = Harness::new();
+    let actor = h.tenant("a", Role::Operator).await;
+    let c = h.json_chamber(&actor, "c1").await;
+    let at = |s: u64| T0 + Duration::from_secs(s);
+    // Read at 0 and 1, nothing in 2..4, a timeout at 4 and a missed slot at 7.
+    let ok: Vec<_> = (0..2)
+        .map(|i| fixtures::poll_record(&c.chamber, &c.detectors, at(i), 1.0, None))
+        .collect();
+    h.store.store_polls(&ok).await.unwrap();
+    let poll = |s| PollId {
+        chamber_id: c.chamber.id,
+        slot: at(s),
+    };
+    h.store
+        .record(&[
+            LedgerEntry::unfetched(poll(4), PollOutcome::Timeout, 1, at(5)),
+            LedgerEntry::unfetched(poll(7), PollOutcome::Missed, 0, at(8)),
+        ])
+        .await
+        .unwrap();
+    let cells = h
+        .queries
+        .coverage_per_bucket(&actor, c.chamber.id, T0, at(8), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let seen: Vec<_> = cells
+        .iter()
+        .map(|(start, c)| {
+            (
+                start.as_unix_millis() - T0.as_unix_millis(),
+                (c.slots, c.read, c.failed, c.missed),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, (2, 2, 0, 0)),
+            (2000, (0, 0, 0, 0)),
+            (4000, (1, 0, 1, 0)),
+            (6000, (1, 0, 0, 1)),
+        ]
+    );
+    assert!(matches!(
+        h.queries
+            .coverage_per_bucket(&actor, c.chamber.id, T0, at(8), Duration::from_millis(10))
+            .await,
+        Err(UseCaseError::Invalid(_))
+    ));
+}
