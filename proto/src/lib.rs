@@ -8,15 +8,24 @@
 
 pub mod codec;
 
-/// `chamberlain.v1`: the API's messages, clients (`*_client`) and servers (`*_server`).
-pub mod v1 {
-    tonic::include_proto!("chamberlain.v1");
+/// The packages as prost lays them out (a package's code refers to another's by `super::`).
+pub mod chamberlain {
+    /// `chamberlain.v1`: the API's messages, clients (`*_client`) and servers (`*_server`).
+    pub mod v1 {
+        tonic::include_proto!("chamberlain.v1");
+    }
 }
 
-/// The `google.api` HTTP annotations the API's methods carry.
-pub mod google_api {
-    tonic::include_proto!("google.api");
+/// The `google.api` HTTP annotations the API's methods carry, and `HttpBody` (a download's
+/// body).
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
 }
+
+pub use chamberlain::v1;
+pub use google::api as google_api;
 
 /// The API's serialized `FileDescriptorSet`, imports included: for gRPC reflection, and the
 /// descriptor file Envoy's JSON transcoder loads (`chamberlain descriptor-set`).

@@ -60,7 +60,10 @@ fn bad(message: &str) -> Response {
 }
 
 /// The range asked for, ending now unless `from` and `to` are given.
-fn range(query: &SeriesQuery, now: Timestamp) -> Result<(Timestamp, Timestamp), &'static str> {
+pub(crate) fn range(
+    query: &SeriesQuery,
+    now: Timestamp,
+) -> Result<(Timestamp, Timestamp), &'static str> {
     let hours = match query.range.as_str() {
         "1h" => Some(1),
         "24h" => Some(24),

@@ -2,6 +2,7 @@
 
 mod assets;
 mod charts;
+mod download;
 mod live;
 mod pages;
 mod session;
@@ -95,6 +96,10 @@ impl Console {
             .route("/console/chambers/{id}/resume", post(pages::resume))
             .route("/console/chambers/{id}/settings", post(pages::set_settings))
             .route("/console/chambers/{id}/series", get(charts::series))
+            .route(
+                "/console/chambers/{id}/readings.csv",
+                get(download::chamber_csv),
+            )
             .route(
                 "/console/chambers/{id}/health-policy",
                 post(pages::set_health_policy),

@@ -650,6 +650,8 @@ struct ChamberPage {
     from: String,
     to: String,
     series_url: String,
+    /// The same range's readings as a CSV file.
+    csv_url: String,
     live: bool,
     coverage: Vec<CoverageCell>,
 }
@@ -750,6 +752,7 @@ async fn chamber_page(
     } else {
         format!("/console/chambers/{id}/series?range={range}")
     };
+    let csv_url = series_url.replacen("/series?", "/readings.csv?", 1);
     let mut view = view;
     view.detectors
         .sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
@@ -800,6 +803,7 @@ async fn chamber_page(
         from: chart.from,
         to: chart.to,
         series_url,
+        csv_url,
         coverage,
         rules: api
             .alerts

@@ -584,6 +584,61 @@ async fn a_chart_gets_each_detectors_values_over_the_range() {
     assert_eq!(lab.get(&path, None).await.location(), "/console/sign-in");
 }
 
+/// A chamber's readings over the chart's range download as the API's CSV file, linked from its
+/// page; a range that does not parse is refused, and nothing answers without a session.
+#[tokio::test]
+async fn a_chambers_readings_download_as_csv() {
+    let lab = lab().await;
+    let (cookie, _) = lab.sign_in("viewer%40lab.example").await;
+    lab.clock.advance(Duration::from_secs(30));
+    let page = lab
+        .get(
+            &format!("/console/chambers/{}?range=24h", lab.chamber),
+            Some(&cookie),
+        )
+        .await;
+    let link = format!("/console/chambers/{}/readings.csv?range=24h", lab.chamber);
+    assert!(
+        page.body.contains(&link),
+        "the page links its download: {}",
+        page.body
+    );
+    let csv = lab.get(&link, Some(&cookie)).await;
+    assert_eq!(csv.status, StatusCode::OK, "{}", csv.body);
+    assert_eq!(csv.headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    assert!(
+        csv.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"chamber-"),
+        "{:?}",
+        csv.headers
+    );
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(
+        lines[0],
+        chamberlain_domain::usecases::CSV_HEADER.trim_end()
+    );
+    assert_eq!(lines.len(), 2, "{}", csv.body);
+    assert!(
+        lines[1].starts_with(&format!("{},{},", T0.to_rfc3339(), lab.chamber))
+            && lines[1].contains(",21.5,"),
+        "{}",
+        lines[1]
+    );
+    let bad = lab
+        .get(
+            &format!(
+                "/console/chambers/{}/readings.csv?range=forever",
+                lab.chamber
+            ),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(lab.get(&link, None).await.location(), "/console/sign-in");
+}
+
 /// Sign-in attempts are limited: past the burst, the form answers 429 without a password check.
 #[tokio::test]
 async fn sign_in_attempts_are_rate_limited() {

@@ -1,12 +1,11 @@
 //! `ReadingService` and `PollService` (readings.proto): readings (query, latest, aggregates, CSV
 //! export) and the poll ledger (polls, coverage).
 
-use std::fmt::Write as _;
 use std::pin::Pin;
 
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{
-    BatchId, ChamberId, DetectorId, LedgerEntry, PollOutcome, Reading, ReadingValue,
+    BatchId, ChamberId, DetectorId, LedgerEntry, PollOutcome, Reading, ReadingValue, SectionId,
 };
 use chamberlain_domain::ports::{LedgerQuery, ReadingCursor, ReadingQuery, ReadingScope};
 use chamberlain_domain::usecases::CoverageScope;
@@ -103,35 +102,14 @@ pub(crate) fn poll(e: &LedgerEntry) -> v1::Poll {
     }
 }
 
-/// One CSV line per reading: slot (RFC 3339), chamber_id, detector_id, value, corrupted, batch_id.
-pub const CSV_HEADER: &str = "slot,chamber_id,detector_id,value,corrupted,batch_id\n";
-
-fn csv_line(out: &mut String, r: &Reading) {
-    let _ = write!(
-        out,
-        "{},{},{},",
-        r.slot.to_rfc3339(),
-        r.chamber_id,
-        r.detector_id
-    );
-    match &r.value {
-        ReadingValue::Measured(v) => {
-            let _ = write!(out, "{},", v.get());
-        }
-        ReadingValue::Corrupted(why) => {
-            let _ = write!(out, ",{why}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        ",{}",
-        r.batch_id.map(|b| b.to_string()).unwrap_or_default()
-    );
-}
+pub use chamberlain_domain::usecases::CSV_HEADER;
+use chamberlain_domain::usecases::{ExportScope, csv_line};
 
 #[tonic::async_trait]
 impl ReadingService for Api {
     type ExportReadingsStream = Pin<Box<dyn Stream<Item = Result<v1::CsvChunk, Status>> + Send>>;
+    type DownloadReadingsStream =
+        Pin<Box<dyn Stream<Item = Result<chamberlain_proto::google_api::HttpBody, Status>> + Send>>;
 
     async fn query_readings(
         &self,
@@ -272,7 +250,72 @@ impl ReadingService for Api {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+
+    async fn download_readings(
+        &self,
+        request: Request<v1::DownloadReadingsRequest>,
+    ) -> Reply<Self::DownloadReadingsStream> {
+        use v1::download_readings_request::Scope;
+        let actor = caller(&request)?;
+        let r = request.get_ref();
+        let scope = match &r.scope {
+            Some(Scope::ChamberId(v)) => {
+                ExportScope::Chamber(id("chamber_id", v, ChamberId::parse)?)
+            }
+            Some(Scope::SectionId(v)) => {
+                ExportScope::Section(id("section_id", v, SectionId::parse)?)
+            }
+            Some(Scope::BatchId(v)) => ExportScope::Batch(id("batch_id", v, BatchId::parse)?),
+            Some(Scope::DetectorId(v)) => {
+                ExportScope::Detector(id("detector_id", v, DetectorId::parse)?)
+            }
+            None => {
+                return Err(invalid(
+                    "scope",
+                    "one of chamber_id, section_id, batch_id, detector_id is required",
+                ));
+            }
+        };
+        // The scope and range are checked before answering, so a bad request is an error
+        // status, not a broken download.
+        let mut export = self
+            .queries
+            .export_csv(
+                &actor,
+                scope,
+                timestamp("from", r.from.as_ref())?,
+                until("to", r.to.as_ref(), self.clock.now())?,
+            )
+            .await
+            .map_err(from_use_case)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<chamberlain_proto::google_api::HttpBody, Status>,
+        >(4);
+        tokio::spawn(async move {
+            loop {
+                let message = match export.next_chunk().await {
+                    Ok(Some(text)) => Ok(chamberlain_proto::google_api::HttpBody {
+                        content_type: CSV_CONTENT_TYPE.to_owned(),
+                        data: text.into_bytes(),
+                        extensions: Vec::new(),
+                    }),
+                    Ok(None) => return,
+                    Err(e) => Err(from_use_case(e)),
+                };
+                let failed = message.is_err();
+                if tx.send(message).await.is_err() || failed {
+                    return; // the client went away, or the export failed
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 }
+
+/// The download's media type (CSV with a header line).
+pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
 
 #[tonic::async_trait]
 impl PollService for Api {

@@ -168,6 +168,10 @@ impl Transcoder {
             tokio_stream::iter(messages),
         );
         let options = self.print_options();
+        if rpc.output().full_name() == HTTP_BODY {
+            return http_body_reply(&mut grpc, request, path, codec, rpc.is_server_streaming())
+                .await;
+        }
         if rpc.is_server_streaming() {
             let reply = grpc.streaming(request, path, codec).await?;
             let (metadata, stream, _) = reply.into_parts();
@@ -328,6 +332,67 @@ fn metadata_from(headers: &HeaderMap) -> MetadataMap {
         }
     }
     MetadataMap::from_headers(kept)
+}
+
+/// A method returning `google.api.HttpBody` answers its `data` as the body, with its
+/// `content_type`; a stream of them is one body, the first message's content type for all, as
+/// Envoy does.
+const HTTP_BODY: &str = "google.api.HttpBody";
+
+async fn http_body_reply(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    request: tonic::Request<tokio_stream::Iter<std::vec::IntoIter<DynamicMessage>>>,
+    path: http::uri::PathAndQuery,
+    codec: DynamicCodec,
+    streaming: bool,
+) -> Result<Response<Body>, tonic::Status> {
+    fn part(message: &DynamicMessage, field: &str) -> Option<prost_reflect::Value> {
+        message
+            .get_field_by_name(field)
+            .map(std::borrow::Cow::into_owned)
+    }
+    fn data(message: &DynamicMessage) -> Bytes {
+        match part(message, "data") {
+            Some(prost_reflect::Value::Bytes(bytes)) => bytes,
+            _ => Bytes::new(),
+        }
+    }
+    let content_type = |message: Option<&DynamicMessage>| {
+        let declared = match message.and_then(|m| part(m, "content_type")) {
+            Some(prost_reflect::Value::String(s)) if !s.is_empty() => s,
+            _ => "application/octet-stream".to_owned(),
+        };
+        HeaderValue::try_from(declared)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    };
+    let (metadata, body, first) = if streaming {
+        let (metadata, mut stream, _) = grpc.streaming(request, path, codec).await?.into_parts();
+        // The first message decides the content type, so it is awaited before answering (an
+        // error before it is an error status, not a broken body).
+        let first = stream.next().await.transpose()?;
+        let head = first.as_ref().map(data).unwrap_or_default();
+        let rest = stream.map(|item| match item {
+            Ok(message) => Ok(data(&message)),
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "a download ended with an error");
+                Err(std::io::Error::other(status.message().to_owned()))
+            }
+        });
+        let body = Body::from_stream(tokio_stream::once(Ok(head)).chain(rest));
+        (metadata, body, first)
+    } else {
+        let (metadata, message, _) = grpc
+            .client_streaming(request, path, codec)
+            .await?
+            .into_parts();
+        let body = Body::from(data(&message));
+        (metadata, body, Some(message))
+    };
+    let mut response = json_response(StatusCode::OK, &metadata, body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, content_type(first.as_ref()));
+    Ok(response)
 }
 
 fn json_response(status: StatusCode, metadata: &MetadataMap, body: Body) -> Response<Body> {

@@ -7,6 +7,7 @@ mod auth;
 mod authz;
 mod bundle;
 mod errors;
+mod export;
 mod import;
 mod poll;
 mod queries;
@@ -28,6 +29,7 @@ pub use auth::{
 pub use authz::{Actor, Forbidden};
 pub use bundle::{ApiPorts, ApiSettings, ApiUseCases};
 pub use errors::UseCaseError;
+pub use export::{CSV_HEADER, CsvExport, ExportScope, csv_line};
 pub use import::{ChamberImport, ImportMode, ImportReport, RowRejection};
 pub use poll::{
     Completion, CompletionStages, Fetched, Handled, NoStages, PollError, PollHandler, PollSettings,

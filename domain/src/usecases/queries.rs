@@ -5,11 +5,14 @@ use std::sync::Arc;
 use crate::error::{Rule, ValidationError};
 use std::time::Duration;
 
-use crate::model::{BatchId, ChamberId, LedgerEntry, Page, PageRequest, PageSize, Reading, Role};
+use crate::model::{
+    BatchId, ChamberId, LedgerEntry, OrganizationId, Page, PageRequest, PageSize, Reading, Role,
+    SectionId,
+};
 use crate::ports::{
     AggregateQuery, BatchRepository, ChamberFilter, ChamberRepository, LatestReadings, LedgerQuery,
     LedgerTally, PollLedgerRepository, ReadingCursor, ReadingQuery, ReadingRepository,
-    ReadingScope, Repositories, TallyQuery,
+    ReadingScope, Repositories, SectionRepository, TallyQuery,
 };
 use crate::time::Timestamp;
 use crate::usecases::{Actor, UseCaseError};
@@ -24,6 +27,7 @@ pub struct ReadingQueries {
     pub ledger: Arc<dyn PollLedgerRepository>,
     pub chambers: Arc<dyn ChamberRepository>,
     pub batches: Arc<dyn BatchRepository>,
+    pub sections: Arc<dyn SectionRepository>,
 }
 
 pub use crate::ports::Aggregate;
@@ -79,7 +83,7 @@ impl std::fmt::Debug for ReadingQueries {
     }
 }
 
-fn check_range(from: Timestamp, to: Timestamp) -> Result<(), ValidationError> {
+pub(super) fn check_range(from: Timestamp, to: Timestamp) -> Result<(), ValidationError> {
     if from >= to {
         return Err(ValidationError::new(
             "to",
@@ -96,6 +100,35 @@ impl ReadingQueries {
             ledger: repositories.ledger.clone(),
             chambers: repositories.chambers.clone(),
             batches: repositories.batches.clone(),
+            sections: repositories.sections.clone(),
+        }
+    }
+
+    /// Every chamber of a section (by id).
+    pub(super) async fn chambers_of_section(
+        &self,
+        org: OrganizationId,
+        section: SectionId,
+    ) -> Result<Vec<ChamberId>, UseCaseError> {
+        let mut ids = Vec::new();
+        let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
+        loop {
+            let p = self
+                .chambers
+                .list(
+                    org,
+                    ChamberFilter {
+                        section_id: Some(section),
+                        ..ChamberFilter::default()
+                    },
+                    page.clone(),
+                )
+                .await?;
+            ids.extend(p.items.iter().map(|c| c.id));
+            match p.next {
+                Some(next) => page.after = Some(next),
+                None => return Ok(ids),
+            }
         }
     }
 
@@ -255,27 +288,7 @@ impl ReadingQueries {
                 let batch = self.batches.get(org, id).await?;
                 let from = from.max(batch.started_at);
                 let to = batch.ended_at.map_or(to, |end| to.min(end));
-                let mut ids = Vec::new();
-                let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-                loop {
-                    let p = self
-                        .chambers
-                        .list(
-                            org,
-                            ChamberFilter {
-                                section_id: Some(batch.section_id),
-                                state: None,
-                                ..ChamberFilter::default()
-                            },
-                            page.clone(),
-                        )
-                        .await?;
-                    ids.extend(p.items.iter().map(|c| c.id));
-                    match p.next {
-                        Some(next) => page.after = Some(next),
-                        None => break,
-                    }
-                }
+                let ids = self.chambers_of_section(org, batch.section_id).await?;
                 (ids, from, to)
             }
         };

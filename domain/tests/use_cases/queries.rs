@@ -155,3 +155,115 @@ async fn coverage_per_bucket_has_a_cell_for_every_bucket_empty_ones_too() {
         Err(UseCaseError::Invalid(_))
     ));
 }
+
+/// Reads a whole export.
+async fn export_text(mut export: chamberlain_domain::usecases::CsvExport) -> String {
+    let mut text = String::new();
+    while let Some(chunk) = export.next_chunk().await.unwrap() {
+        text.push_str(&chunk);
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_csv_export_is_the_header_then_each_chambers_readings_in_slot_order() {
+    use chamberlain_domain::usecases::{CSV_HEADER, ExportScope, NewChamber, NewDetector};
+    let h = Harness::new();
+    let actor = h.tenant("a", Role::Operator).await;
+    let first = h.json_chamber(&actor, "c1").await;
+    let section = first.chamber.section_id;
+    let second = h
+        .admin
+        .create_chamber(
+            &actor,
+            NewChamber {
+                section_id: section,
+                name: "c2".into(),
+                url: "http://chamber.test/c2".into(),
+                format: "json".into(),
+                interval: Duration::from_secs(1),
+                timeout: None,
+                detectors: vec![NewDetector {
+                    name: "t".into(),
+                    key: "/t".into(),
+                    ..Default::default()
+                }],
+            },
+        )
+        .await
+        .unwrap();
+    let at = |s: u64| T0 + Duration::from_secs(s);
+    // Slot 1 of the first chamber is corrupted; slot 9 is outside the range.
+    let mut records: Vec<_> = [0, 1, 2, 9]
+        .iter()
+        .map(|&i| {
+            let corrupt = (i == 1).then_some(CorruptionReason::Unparsable);
+            fixtures::poll_record(&first.chamber, &first.detectors, at(i), 20.0, corrupt)
+        })
+        .collect();
+    records.push(fixtures::poll_record(
+        &second.chamber,
+        &second.detectors,
+        at(0),
+        5.0,
+        None,
+    ));
+    h.store.store_polls(&records).await.unwrap();
+    let export = |scope| h.queries.export_csv(&actor, scope, T0, at(5));
+
+    let chamber = export_text(
+        export(ExportScope::Chamber(first.chamber.id))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let lines: Vec<&str> = chamber.lines().collect();
+    assert_eq!(lines[0], CSV_HEADER.trim_end());
+    // 3 slots × 2 detectors, by (slot, detector).
+    assert_eq!(lines.len(), 7, "{chamber}");
+    assert!(lines[1].starts_with(&at(0).to_rfc3339()), "{chamber}");
+    assert!(lines[6].starts_with(&at(2).to_rfc3339()), "{chamber}");
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with(",unparsable,")).count(),
+        2,
+        "a corrupted reading has no value and its reason: {chamber}"
+    );
+
+    let whole = export_text(export(ExportScope::Section(section)).await.unwrap()).await;
+    assert_eq!(whole.lines().count(), 1 + 6 + 1, "{whole}");
+    assert_eq!(
+        whole.matches(&second.chamber.id.to_string()).count(),
+        1,
+        "{whole}"
+    );
+
+    let one = export_text(
+        export(ExportScope::Detector(first.detectors[0].id))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(one.lines().count(), 1 + 3, "{one}");
+
+    // Another organization's scopes are not found before any line is made.
+    let other = h.tenant("b", Role::Admin).await;
+    for scope in [
+        ExportScope::Chamber(first.chamber.id),
+        ExportScope::Section(section),
+        ExportScope::Detector(first.detectors[0].id),
+    ] {
+        assert!(
+            matches!(
+                h.queries.export_csv(&other, scope, T0, at(5)).await,
+                Err(UseCaseError::NotFound { .. })
+            ),
+            "{scope:?}"
+        );
+    }
+    assert!(matches!(
+        h.queries
+            .export_csv(&actor, ExportScope::Chamber(first.chamber.id), at(5), T0)
+            .await,
+        Err(UseCaseError::Invalid(_))
+    ));
+}

@@ -39,6 +39,50 @@ impl Scope {
     }
 }
 
+/// What to export: exactly one of a chamber, every chamber of a section, a batch or a
+/// detector.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ExportScope {
+    #[arg(long)]
+    chamber: Option<String>,
+    #[arg(long)]
+    section: Option<String>,
+    #[arg(long)]
+    batch: Option<String>,
+    #[arg(long)]
+    detector: Option<String>,
+}
+
+impl ExportScope {
+    fn download(&self) -> v1::download_readings_request::Scope {
+        use v1::download_readings_request::Scope as S;
+        match (&self.chamber, &self.section, &self.batch, &self.detector) {
+            (Some(c), ..) => S::ChamberId(c.clone()),
+            (_, Some(s), ..) => S::SectionId(s.clone()),
+            (_, _, Some(b), _) => S::BatchId(b.clone()),
+            (_, _, _, Some(d)) => S::DetectorId(d.clone()),
+            _ => unreachable!("clap requires one of --chamber, --section, --batch, --detector"),
+        }
+    }
+
+    /// The readings query's selector (JSON export); a section has none.
+    fn selector(&self) -> Result<v1::ReadingSelector, Failure> {
+        use v1::reading_selector::Scope as S;
+        let scope = match self.download() {
+            v1::download_readings_request::Scope::ChamberId(c) => S::ChamberId(c),
+            v1::download_readings_request::Scope::BatchId(b) => S::BatchId(b),
+            v1::download_readings_request::Scope::DetectorId(d) => S::DetectorId(d),
+            v1::download_readings_request::Scope::SectionId(_) => {
+                return Err(Failure::usage(
+                    "--section: exported as CSV only (--format csv); for JSON, export its chambers one by one",
+                ));
+            }
+        };
+        Ok(v1::ReadingSelector { scope: Some(scope) })
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ExportFormat {
     Csv,
@@ -66,10 +110,11 @@ pub enum ReadingsCommand {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Write readings over a range to stdout or a file, as CSV or a JSON array.
+    /// Write readings over a range to stdout or a file, as CSV (the API's download) or a JSON
+    /// array.
     Export {
         #[command(flatten)]
-        scope: Scope,
+        scope: ExportScope,
         #[command(flatten)]
         range: Range,
         #[arg(long, value_enum, default_value = "csv")]
@@ -231,7 +276,7 @@ pub(crate) async fn run(client: &Client, command: ReadingsCommand) -> Done {
 /// Writes the readings of `scope` over `range` to `sink` in `format`.
 async fn export_into(
     api: &mut ReadingServiceClient<Transport>,
-    scope: &Scope,
+    scope: &ExportScope,
     (from, to): (prost_types::Timestamp, prost_types::Timestamp),
     format: ExportFormat,
     sink: &mut Sink,
@@ -239,8 +284,8 @@ async fn export_into(
     match format {
         ExportFormat::Csv => {
             let mut stream = api
-                .export_readings(v1::ExportReadingsRequest {
-                    selector: Some(scope.selector()),
+                .download_readings(v1::DownloadReadingsRequest {
+                    scope: Some(scope.download()),
                     from: Some(from),
                     to: Some(to),
                 })
@@ -257,7 +302,7 @@ async fn export_into(
             loop {
                 let r = api
                     .query_readings(v1::QueryReadingsRequest {
-                        selector: Some(scope.selector()),
+                        selector: Some(scope.selector()?),
                         from: Some(from),
                         to: Some(to),
                         page: Some(v1::PageRequest {

@@ -493,6 +493,26 @@ fn every_operator_command_against_a_standalone_server() {
         &["not found"],
     );
     assert!(!failed_export.exists() && !op.dir.join("failed.csv.partial").exists());
+    // A section's readings leave as CSV (the API's download), not as JSON.
+    op.fails(
+        2,
+        &[
+            "readings",
+            "export",
+            "--section",
+            &unknown,
+            "--format",
+            "json",
+            "--from",
+            "1h",
+        ],
+        &["--section", "CSV only"],
+    );
+    op.fails(
+        4,
+        &["readings", "export", "--section", &unknown, "--from", "1h"],
+        &["section not found"],
+    );
     op.fails(5, &["chambers", "show", "xyz"], &["id"]);
     op.fails(
         5,

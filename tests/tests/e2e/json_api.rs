@@ -776,3 +776,237 @@ async fn curl_calls_the_json_api_of_standalone() {
     drop(standalone);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `curl -i` of `path` on `port` with `token`: status, content type and body.
+fn curl_download(port: u16, path: &str, token: &str) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// The CSV the JSON export route gives for the same query (its chunks' data put together).
+async fn exported_csv(target: &Target, query: &str) -> String {
+    let (status, body) = http_request(
+        target.port,
+        "GET",
+        &format!("/v1/readings:export?{query}"),
+        Some(&target.token),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{}: {body}", target.name);
+    let chunks: Value = serde_json::from_str(&body).unwrap();
+    chunks
+        .as_array()
+        .expect("a stream is an array")
+        .iter()
+        .map(|c| {
+            let data = c["data"].as_str().unwrap_or_default();
+            String::from_utf8(BASE64_STANDARD.decode(data).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// `GET /v1/readings:download` answers the CSV file itself (`content-type: text/csv`), with the
+/// rows the export route gives for the same range, through Envoy and against standalone;
+/// a bad request is a JSON error naming the field, as any other call's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_download_as_text_csv_through_envoy_and_standalone() {
+    use chamberlain_domain::Timestamp;
+    use chamberlain_domain::conformance::fixtures;
+    use chamberlain_domain::model::ChamberId;
+    use chamberlain_domain::ports::{ChamberRepository, DetectorRepository, ReadingRepository};
+
+    let stack = Stack::start(StackOptions::default()).await;
+    let (actor, token) = stack.tenant("csv", Role::Admin).await;
+    let envoy = Target {
+        name: "envoy",
+        port: stack.ports.envoy,
+        token,
+    };
+    let (_, section) = http_request(
+        envoy.port,
+        "POST",
+        "/v1/sections",
+        Some(&envoy.token),
+        Some(r#"{"name":"CSV"}"#),
+        &[],
+    )
+    .await;
+    let section_id = id_of(&serde_json::from_str(&section).unwrap());
+    let (_, chamber) = http_request(
+        envoy.port,
+        "POST",
+        "/v1/chambers",
+        Some(&envoy.token),
+        Some(&format!(
+            r#"{{"section_id":"{section_id}","name":"Growth 1","url":"https://127.0.0.2/g1","format":"json","interval":"1s","detectors":[{{"name":"t","key":"/t"}},{{"name":"h","key":"/h"}}]}}"#
+        )),
+        &[],
+    )
+    .await;
+    let envoy_chamber = id_of(&serde_json::from_str(&chamber).unwrap());
+    // Readings written as a worker would: 30 polls at 1 s, the tenth corrupted.
+    let id = ChamberId::parse(&envoy_chamber).unwrap();
+    let stored = ChamberRepository::get(&*stack.store, actor.organization_id, id)
+        .await
+        .unwrap();
+    let detectors = stack
+        .store
+        .list_for_chamber(actor.organization_id, id)
+        .await
+        .unwrap();
+    let t0 = Timestamp::from_unix_millis(1_764_547_200_000); // 2025-12-01T00:00:00Z
+    let polls: Vec<_> = (0..30)
+        .map(|i| {
+            let corrupt =
+                (i == 9).then_some(chamberlain_domain::model::CorruptionReason::Unparsable);
+            fixtures::poll_record(
+                &stored,
+                &detectors,
+                Timestamp::from_unix_millis(t0.as_unix_millis() + i * 1000),
+                f64::from(i32::try_from(i).unwrap()) / 4.0,
+                corrupt,
+            )
+        })
+        .collect();
+    stack.store.store_polls(&polls).await.unwrap();
+
+    let dir = tempdir("json-download");
+    let (standalone, local) = standalone_target(&dir).await;
+    let (_, listed) = http_request(
+        local.port,
+        "GET",
+        "/v1/chambers?name_contains=sim-0000",
+        Some(&local.token),
+        None,
+        &[],
+    )
+    .await;
+    let local_chamber = serde_json::from_str::<Value>(&listed).unwrap()["chambers"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for (target, chamber, from, to) in [
+        (&envoy, &envoy_chamber, t0, 30_000),
+        // The simulated chamber's readings: a range already past, so both calls see the same.
+        (&local, &local_chamber, Timestamp::from_unix_millis(0), 0),
+    ] {
+        let to = if to == 0 {
+            // Wait (with a deadline) for a few seconds of readings, then cut the range a
+            // second ago.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let csv = exported_csv(
+                    target,
+                    &format!("selector.chamber_id={chamber}&from=2020-01-01T00:00:00Z"),
+                )
+                .await;
+                if csv.lines().count() > 3 * 8 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "no readings: {csv}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Timestamp::from_unix_millis(
+                (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64
+                    / 1000
+                    - 1)
+                    * 1000,
+            )
+        } else {
+            Timestamp::from_unix_millis(from.as_unix_millis() + to)
+        };
+        let range = format!("from={}&to={}", from.to_rfc3339(), to.to_rfc3339());
+        let (status, content_type, body) = curl_download(
+            target.port,
+            &format!("/v1/readings:download?chamber_id={chamber}&{range}"),
+            &target.token,
+        );
+        assert_eq!(status, 200, "{}: {body}", target.name);
+        assert!(
+            content_type.starts_with("text/csv"),
+            "{}: {content_type}",
+            target.name
+        );
+        assert!(
+            body.starts_with(chamberlain_domain::usecases::CSV_HEADER),
+            "{}: {body}",
+            target.name
+        );
+        let exported =
+            exported_csv(target, &format!("selector.chamber_id={chamber}&{range}")).await;
+        assert_eq!(
+            body, exported,
+            "{}: the same rows as the export route",
+            target.name
+        );
+        assert!(body.lines().count() > 1, "{}: {body}", target.name);
+        if target.name == "envoy" {
+            assert_eq!(body.lines().count(), 1 + 30 * 2, "{body}");
+            assert_eq!(body.matches(",unparsable,").count(), 2, "{body}");
+        }
+        // A bad scope, and none at all, are refused as JSON naming the field.
+        let (status, _, error) = curl_download(
+            target.port,
+            &format!("/v1/readings:download?chamber_id=not-a-uuid&{range}"),
+            &target.token,
+        );
+        assert_eq!(status, 400, "{}: {error}", target.name);
+        let error: Value = serde_json::from_str(&error).unwrap();
+        assert_eq!(
+            error["details"][0]["field_violations"][0]["field"], "chamber_id",
+            "{}: {error}",
+            target.name
+        );
+        let (status, _, error) = curl_download(
+            target.port,
+            &format!("/v1/readings:download?{range}"),
+            &target.token,
+        );
+        assert_eq!(status, 400, "{}: {error}", target.name);
+        assert!(error.contains("scope"), "{}: {error}", target.name);
+    }
+    // By section: the chamber is its section's only one in the Envoy tenant.
+    let (status, content_type, by_section) = curl_download(
+        envoy.port,
+        &format!(
+            "/v1/readings:download?section_id={section_id}&from={}",
+            t0.to_rfc3339()
+        ),
+        &envoy.token,
+    );
+    assert_eq!((status, content_type.starts_with("text/csv")), (200, true));
+    assert_eq!(by_section.lines().count(), 1 + 30 * 2, "{by_section}");
+    drop(standalone);
+    let _ = std::fs::remove_dir_all(&dir);
+}
