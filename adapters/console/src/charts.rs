@@ -31,6 +31,13 @@ pub(crate) struct SeriesQuery {
     to: String,
 }
 
+impl SeriesQuery {
+    /// Neither a named range nor `from` and `to`.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.range.is_empty() && self.from.is_empty() && self.to.is_empty()
+    }
+}
+
 #[derive(Serialize)]
 struct DetectorInfo {
     id: String,

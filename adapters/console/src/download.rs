@@ -1,11 +1,14 @@
 //! Readings downloaded as CSV: the same file as the API's `DownloadReadings` (the
-//! `ReadingQueries::export_csv` use case), streamed page by page as it is read.
+//! `ReadingQueries::export_csv` use case), streamed page by page as it is read. Of a chamber or
+//! a section over a range (`range=1h|24h|7d`, or `from` and `to`), or of a batch over its own
+//! time unless a range is given.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chamberlain_domain::model::ChamberId;
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::model::{BatchId, ChamberId, SectionId};
 use chamberlain_domain::usecases::ExportScope;
 
 use crate::Console;
@@ -22,22 +25,88 @@ pub(crate) async fn chamber_csv(
     Path(id): Path<String>,
     Query(query): Query<SeriesQuery>,
 ) -> Response {
-    let session = match console.session(&headers).await {
-        Ok(s) => s,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let Ok(id) = ChamberId::parse(&id) else {
         return (StatusCode::NOT_FOUND, "no such chamber").into_response();
     };
-    let (from, to) = match range(&query, console.inner.clock.now()) {
-        Ok(r) => r,
-        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+    download(
+        &console,
+        &headers,
+        ExportScope::Chamber(id),
+        &query,
+        "chamber",
+    )
+    .await
+}
+
+/// `GET /console/sections/{id}/readings.csv?range=24h`: every chamber of the section.
+pub(crate) async fn section_csv(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<SeriesQuery>,
+) -> Response {
+    let Ok(id) = SectionId::parse(&id) else {
+        return (StatusCode::NOT_FOUND, "no such section").into_response();
+    };
+    download(
+        &console,
+        &headers,
+        ExportScope::Section(id),
+        &query,
+        "section",
+    )
+    .await
+}
+
+/// `GET /console/batches/{id}/readings.csv`: over the batch's time unless a range is given.
+pub(crate) async fn batch_csv(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<SeriesQuery>,
+) -> Response {
+    let Ok(id) = BatchId::parse(&id) else {
+        return (StatusCode::NOT_FOUND, "no such batch").into_response();
+    };
+    download(&console, &headers, ExportScope::Batch(id), &query, "batch").await
+}
+
+async fn download(
+    console: &Console,
+    headers: &HeaderMap,
+    scope: ExportScope,
+    query: &SeriesQuery,
+    what: &str,
+) -> Response {
+    let session = match console.session(headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let actor = &session.identity.actor;
+    let now = console.inner.clock.now();
+    let (from, to) = match (scope, query.is_empty()) {
+        (ExportScope::Batch(id), true) => {
+            match console.inner.api.admin.get_batch(actor, id).await {
+                // A batch started this very millisecond has no slot yet: an empty file.
+                Ok(b) => (
+                    b.started_at,
+                    b.ended_at.unwrap_or(now).max(Timestamp::from_unix_millis(
+                        b.started_at.as_unix_millis() + 1,
+                    )),
+                ),
+                Err(e) => return refusal(&e),
+            }
+        }
+        _ => match range(query, now) {
+            Ok(r) => r,
+            Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+        },
     };
     let mut export = match console
         .inner
         .api
         .queries
-        .export_csv(&session.identity.actor, ExportScope::Chamber(id), from, to)
+        .export_csv(actor, scope, from, to)
         .await
     {
         Ok(export) => export,
@@ -62,8 +131,14 @@ pub(crate) async fn chamber_csv(
             }
         }
     });
+    let id = match scope {
+        ExportScope::Chamber(id) => id.to_string(),
+        ExportScope::Section(id) => id.to_string(),
+        ExportScope::Batch(id) => id.to_string(),
+        ExportScope::Detector(id) => id.to_string(),
+    };
     let filename = format!(
-        "attachment; filename=\"chamber-{id}-{}.csv\"",
+        "attachment; filename=\"{what}-{id}-{}.csv\"",
         from.to_rfc3339().replace(':', "")
     );
     (

@@ -5,6 +5,7 @@ mod charts;
 mod download;
 mod live;
 mod pages;
+mod sections;
 mod session;
 
 use std::sync::Arc;
@@ -99,6 +100,29 @@ impl Console {
             .route(
                 "/console/chambers/{id}/readings.csv",
                 get(download::chamber_csv),
+            )
+            .route(
+                "/console/sections",
+                get(sections::sections).post(sections::create_section),
+            )
+            .route(
+                "/console/sections/{id}/rename",
+                post(sections::rename_section),
+            )
+            .route(
+                "/console/sections/{id}/delete",
+                post(sections::delete_section),
+            )
+            .route(
+                "/console/sections/{id}/readings.csv",
+                get(download::section_csv),
+            )
+            .route("/console/batches", post(sections::start_batch))
+            .route("/console/batches/{id}", get(sections::batch))
+            .route("/console/batches/{id}/end", post(sections::end_batch))
+            .route(
+                "/console/batches/{id}/readings.csv",
+                get(download::batch_csv),
             )
             .route(
                 "/console/chambers/{id}/health-policy",

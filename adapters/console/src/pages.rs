@@ -39,13 +39,13 @@ pub(crate) struct Session {
 
 /// What every signed-in page shows in its header.
 pub(crate) struct Nav {
-    user: String,
-    role: String,
-    csrf: String,
+    pub(crate) user: String,
+    pub(crate) role: String,
+    pub(crate) csrf: String,
 }
 
 impl Session {
-    fn nav(&self) -> Nav {
+    pub(crate) fn nav(&self) -> Nav {
         Nav {
             user: self.user.clone(),
             role: self.identity.actor.role.to_string(),
@@ -54,7 +54,7 @@ impl Session {
     }
 }
 
-fn render(template: &impl Template) -> Response {
+pub(crate) fn render(template: &impl Template) -> Response {
     match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
@@ -75,7 +75,7 @@ struct ErrorPage<'a> {
     message: &'a str,
 }
 
-fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+pub(crate) fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     let html = ErrorPage { title, message }
         .render()
         .unwrap_or_else(|_| title.to_owned());
@@ -175,7 +175,7 @@ impl Console {
     }
 
     /// The session of a state-changing request: same origin, and its CSRF token.
-    async fn session_for_change(
+    pub(crate) async fn session_for_change(
         &self,
         headers: &HeaderMap,
         csrf: &str,
@@ -1203,7 +1203,7 @@ async fn change_chamber(
     after_change(console, &session, id, result).await
 }
 
-fn invalid(field: &'static str, rule: &str) -> UseCaseError {
+pub(crate) fn invalid(field: &'static str, rule: &str) -> UseCaseError {
     UseCaseError::Invalid(chamberlain_domain::error::ValidationError::new(
         field,
         chamberlain_domain::error::Rule::Format(rule.into()),

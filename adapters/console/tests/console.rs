@@ -852,3 +852,194 @@ async fn a_form_without_a_field_names_it() {
     }
     assert_eq!(lab.interval().await, Duration::from_secs(60));
 }
+
+/// An operator creates, renames and deletes sections and starts and ends a batch on the
+/// sections page; bad input comes back on the page naming the field with what was typed kept; a
+/// section with chambers is not deleted; a batch's page shows its coverage, its chambers and a
+/// download of its readings; a viewer sees no forms and a forged change is refused.
+#[tokio::test]
+async fn sections_and_batches_are_managed_on_their_page() {
+    let lab = lab().await;
+    let (cookie, csrf) = lab.sign_in("op%40lab.example").await;
+    let origin = "http://lab:8080";
+    let page = lab.get("/console/sections", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("Growth room") && page.body.contains("Create section"));
+
+    let created = lab
+        .post(
+            "/console/sections",
+            Some(&cookie),
+            &format!("csrf={csrf}&name=Cold+store&description=Minus+twenty"),
+            origin,
+        )
+        .await;
+    assert_eq!(created.location(), "/console/sections");
+    let page = lab.get("/console/sections", Some(&cookie)).await;
+    assert!(page.body.contains("Cold store") && page.body.contains("Minus twenty"));
+
+    // An empty name: refused naming the field, the description typed kept.
+    let bad = lab
+        .post(
+            "/console/sections",
+            Some(&cookie),
+            &format!("csrf={csrf}&name=&description=kept+as+typed"),
+            origin,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(bad.body.contains("section.name"), "{}", bad.body);
+    assert!(
+        bad.body.contains(r#"value="kept as typed""#),
+        "{}",
+        bad.body
+    );
+
+    let cold = section_id_named(&lab, &cookie, "Cold store").await;
+    let renamed = lab
+        .post(
+            &format!("/console/sections/{cold}/rename"),
+            Some(&cookie),
+            &format!("csrf={csrf}&name=Cold+room&description="),
+            origin,
+        )
+        .await;
+    assert_eq!(renamed.location(), "/console/sections");
+    assert!(
+        lab.get("/console/sections", Some(&cookie))
+            .await
+            .body
+            .contains("Cold room")
+    );
+
+    // The growth room holds chambers: it stays, and the page says why.
+    let growth = section_id_named(&lab, &cookie, "Growth room").await;
+    let refused = lab
+        .post(
+            &format!("/console/sections/{growth}/delete"),
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            origin,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    let deleted = lab
+        .post(
+            &format!("/console/sections/{cold}/delete"),
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            origin,
+        )
+        .await;
+    assert_eq!(deleted.location(), "/console/sections");
+    assert!(
+        !lab.get("/console/sections", Some(&cookie))
+            .await
+            .body
+            .contains("Cold room")
+    );
+
+    // A batch in the growth room: its page, its download, then ended.
+    let started = lab
+        .post(
+            "/console/batches",
+            Some(&cookie),
+            &format!("csrf={csrf}&section={growth}&name=Trial+7&description="),
+            origin,
+        )
+        .await;
+    assert_eq!(started.location(), "/console/sections");
+    let page = lab.get("/console/sections", Some(&cookie)).await;
+    let batch = page
+        .body
+        .split("data-batch=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the batch is listed")
+        .to_owned();
+    lab.clock.advance(Duration::from_secs(120));
+    let batch_page = lab
+        .get(&format!("/console/batches/{batch}"), Some(&cookie))
+        .await;
+    assert_eq!(batch_page.status, StatusCode::OK, "{}", batch_page.body);
+    assert!(batch_page.body.contains("Trial 7") && batch_page.body.contains("oven-a"));
+    assert!(
+        batch_page.body.contains("slots read"),
+        "{}",
+        batch_page.body
+    );
+    let csv = lab
+        .get(
+            &format!("/console/batches/{batch}/readings.csv"),
+            Some(&cookie),
+        )
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(csv.headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    assert!(
+        csv.body
+            .starts_with(chamberlain_domain::usecases::CSV_HEADER)
+    );
+    let again = lab
+        .post(
+            "/console/batches",
+            Some(&cookie),
+            &format!("csrf={csrf}&section={growth}&name=Trial+8&description="),
+            origin,
+        )
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::CONFLICT,
+        "one open batch per section: {}",
+        again.body
+    );
+    assert!(again.body.contains(r#"value="Trial 8""#), "{}", again.body);
+    let ended = lab
+        .post(
+            &format!("/console/batches/{batch}/end"),
+            Some(&cookie),
+            &format!("csrf={csrf}"),
+            origin,
+        )
+        .await;
+    assert_eq!(ended.location(), format!("/console/batches/{batch}"));
+    assert!(
+        !lab.get(&format!("/console/batches/{batch}"), Some(&cookie))
+            .await
+            .body
+            .contains("End batch")
+    );
+
+    // A viewer: no forms, and a forged change is refused by the use case.
+    let (viewer, viewer_csrf) = lab.sign_in("viewer%40lab.example").await;
+    let page = lab.get("/console/sections", Some(&viewer)).await;
+    assert!(!page.body.contains("Create section") && !page.body.contains("Start batch"));
+    let forged = lab
+        .post(
+            "/console/sections",
+            Some(&viewer),
+            &format!("csrf={viewer_csrf}&name=Forged&description="),
+            origin,
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    assert!(
+        !lab.get("/console/sections", Some(&cookie))
+            .await
+            .body
+            .contains("Forged")
+    );
+}
+
+/// The id of the section named `name` on the sections page.
+async fn section_id_named(lab: &Lab, cookie: &str, name: &str) -> String {
+    let page = lab.get("/console/sections", Some(cookie)).await;
+    page.body
+        .split("<tr data-section=\"")
+        .skip(1)
+        .find(|row| row.contains(&format!(">{name}</a>")))
+        .and_then(|row| row.split('"').next())
+        .unwrap_or_else(|| panic!("{name} is listed: {}", page.body))
+        .to_owned()
+}

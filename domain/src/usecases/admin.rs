@@ -697,6 +697,13 @@ impl ChamberAdmin {
     }
 
     /// # Errors
+    /// `NotFound`; `Unavailable`.
+    pub async fn get_batch(&self, actor: &Actor, id: BatchId) -> Result<Batch> {
+        actor.require(Role::Viewer, "read batches")?;
+        Ok(self.batches.get(actor.organization_id, id).await?)
+    }
+
+    /// # Errors
     /// `Unavailable`.
     pub async fn list_batches(
         &self,

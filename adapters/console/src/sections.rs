@@ -1,0 +1,426 @@
+//! Sections and batches: the organization's rooms and the runs in them. Operators create,
+//! rename and delete sections and start and end batches; a batch's page shows its coverage, its
+//! chambers and its readings as a CSV download. The same use cases as the API.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use chamberlain_domain::model::{BatchId, PageRequest, PageSize, Role, SectionId};
+use chamberlain_domain::ports::ChamberFilter;
+use chamberlain_domain::usecases::{CoverageScope, NewSection, UseCaseError};
+use serde::Deserialize;
+
+use crate::Console;
+use crate::pages::{Nav, Session, error_page, refusal, render};
+
+struct SectionRow {
+    id: String,
+    name: String,
+    description: String,
+}
+
+struct BatchRow {
+    id: String,
+    name: String,
+    section: String,
+    started: String,
+    ended: Option<String>,
+}
+
+/// What the user typed into a form that was refused, shown again with the reason.
+#[derive(Default)]
+struct Typed {
+    /// Which form: `create`, `batch`, or a section's id (rename).
+    form: String,
+    name: String,
+    description: String,
+    section: String,
+}
+
+#[derive(Template)]
+#[template(path = "sections.html")]
+struct SectionsPage {
+    nav: Nav,
+    can_edit: bool,
+    error: Option<String>,
+    typed: Typed,
+    sections: Vec<SectionRow>,
+    batches: Vec<BatchRow>,
+}
+
+async fn sections_page(
+    console: &Console,
+    session: &Session,
+    error: Option<String>,
+    typed: Typed,
+) -> Result<SectionsPage, UseCaseError> {
+    let api = &console.inner.api;
+    let actor = &session.identity.actor;
+    let mut sections = Vec::new();
+    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
+    loop {
+        let p = api.admin.list_sections(actor, page.clone()).await?;
+        sections.extend(p.items);
+        match p.next {
+            Some(next) => page.after = Some(next),
+            None => break,
+        }
+    }
+    sections.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+    let names: std::collections::HashMap<SectionId, String> = sections
+        .iter()
+        .map(|s| (s.id, s.name.as_str().to_owned()))
+        .collect();
+    let batches = api
+        .admin
+        .list_batches(
+            actor,
+            None,
+            PageRequest::first(PageSize::new(1000).unwrap_or_default()),
+        )
+        .await?;
+    let mut batches = batches.items;
+    // Open batches first, then the most recent.
+    batches.sort_by_key(|b| (b.ended_at.is_some(), std::cmp::Reverse(b.started_at)));
+    Ok(SectionsPage {
+        nav: session.nav(),
+        can_edit: actor.role >= Role::Operator,
+        error,
+        typed,
+        batches: batches
+            .into_iter()
+            .map(|b| BatchRow {
+                id: b.id.to_string(),
+                name: b.name.as_str().to_owned(),
+                section: names.get(&b.section_id).cloned().unwrap_or_default(),
+                started: b.started_at.to_string(),
+                ended: b.ended_at.map(|t| t.to_string()),
+            })
+            .collect(),
+        sections: sections
+            .into_iter()
+            .map(|s| SectionRow {
+                id: s.id.to_string(),
+                name: s.name.as_str().to_owned(),
+                description: s.description.as_str().to_owned(),
+            })
+            .collect(),
+    })
+}
+
+pub(crate) async fn sections(State(console): State<Console>, headers: HeaderMap) -> Response {
+    let session = match console.session(&headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    match sections_page(&console, &session, None, Typed::default()).await {
+        Ok(page) => render(&page),
+        Err(e) => refusal(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SectionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    /// The section a batch starts in.
+    #[serde(default)]
+    section: String,
+}
+
+/// After a change: back to the list, or the list again with the reason and what was typed.
+async fn after_change(
+    console: &Console,
+    session: &Session,
+    result: Result<(), UseCaseError>,
+    typed: Typed,
+) -> Response {
+    match result {
+        Ok(()) => Redirect::to("/console/sections").into_response(),
+        Err(
+            e @ (UseCaseError::Invalid(_)
+            | UseCaseError::Duplicate { .. }
+            | UseCaseError::FailedPrecondition(_)),
+        ) => match sections_page(console, session, Some(e.to_string()), typed).await {
+            Ok(page) => {
+                let mut response = render(&page);
+                *response.status_mut() = match e {
+                    UseCaseError::FailedPrecondition(_) | UseCaseError::Duplicate { .. } => {
+                        StatusCode::CONFLICT
+                    }
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                response
+            }
+            Err(e) => refusal(&e),
+        },
+        Err(e) => refusal(&e),
+    }
+}
+
+fn section_id(raw: &str) -> Result<SectionId, UseCaseError> {
+    SectionId::parse(raw).map_err(|_| UseCaseError::NotFound { entity: "section" })
+}
+
+pub(crate) async fn create_section(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<SectionForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let result = console
+        .inner
+        .api
+        .admin
+        .create_section(
+            &session.identity.actor,
+            NewSection {
+                name: form.name.clone(),
+                description: form.description.clone(),
+            },
+        )
+        .await
+        .map(drop);
+    let typed = Typed {
+        form: "create".into(),
+        name: form.name,
+        description: form.description,
+        section: String::new(),
+    };
+    after_change(&console, &session, result, typed).await
+}
+
+pub(crate) async fn rename_section(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<SectionForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let result = match section_id(&id) {
+        Ok(section) => console
+            .inner
+            .api
+            .admin
+            .update_section(
+                &session.identity.actor,
+                section,
+                NewSection {
+                    name: form.name.clone(),
+                    description: form.description.clone(),
+                },
+            )
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    let typed = Typed {
+        form: id,
+        name: form.name,
+        description: form.description,
+        section: String::new(),
+    };
+    after_change(&console, &session, result, typed).await
+}
+
+pub(crate) async fn delete_section(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<SectionForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let result = match section_id(&id) {
+        Ok(section) => {
+            console
+                .inner
+                .api
+                .admin
+                .delete_section(&session.identity.actor, section)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    after_change(&console, &session, result, Typed::default()).await
+}
+
+pub(crate) async fn start_batch(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<SectionForm>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let result = match SectionId::parse(&form.section) {
+        Ok(section) => console
+            .inner
+            .api
+            .admin
+            .start_batch(
+                &session.identity.actor,
+                section,
+                NewSection {
+                    name: form.name.clone(),
+                    description: form.description.clone(),
+                },
+            )
+            .await
+            .map(drop),
+        Err(_) => Err(crate::pages::invalid("section", "choose a section")),
+    };
+    let typed = Typed {
+        form: "batch".into(),
+        name: form.name,
+        description: form.description,
+        section: form.section,
+    };
+    after_change(&console, &session, result, typed).await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(crate) async fn end_batch(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    let session = match console.session_for_change(&headers, &form.csrf).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let Ok(batch) = BatchId::parse(&id) else {
+        return refusal(&UseCaseError::NotFound { entity: "batch" });
+    };
+    match console
+        .inner
+        .api
+        .admin
+        .end_batch(&session.identity.actor, batch)
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/console/batches/{batch}")).into_response(),
+        Err(e) => refusal(&e),
+    }
+}
+
+struct ChamberLink {
+    id: String,
+    name: String,
+}
+
+#[derive(Template)]
+#[template(path = "batch.html")]
+struct BatchPage {
+    nav: Nav,
+    can_edit: bool,
+    id: String,
+    name: String,
+    description: String,
+    section: String,
+    started: String,
+    ended: Option<String>,
+    coverage: String,
+    chambers: Vec<ChamberLink>,
+}
+
+pub(crate) async fn batch(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let session = match console.session(&headers).await {
+        Ok(s) => s,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let Ok(id) = BatchId::parse(&id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No such batch in your organization.",
+        );
+    };
+    match batch_page(&console, &session, id).await {
+        Ok(page) => render(&page),
+        Err(e) => refusal(&e),
+    }
+}
+
+async fn batch_page(
+    console: &Console,
+    session: &Session,
+    id: BatchId,
+) -> Result<BatchPage, UseCaseError> {
+    let api = &console.inner.api;
+    let actor = &session.identity.actor;
+    let batch = api.admin.get_batch(actor, id).await?;
+    let section = api.admin.get_section(actor, batch.section_id).await?;
+    let now = console.inner.clock.now();
+    let end = batch.ended_at.unwrap_or(now);
+    let coverage = if batch.started_at < end {
+        let c = api
+            .queries
+            .coverage(actor, CoverageScope::Batch(id), batch.started_at, end)
+            .await?;
+        format!(
+            "{:.2} % of {} slots read ({} failed, {} missed)",
+            c.ratio() * 100.0,
+            c.slots,
+            c.failed,
+            c.missed
+        )
+    } else {
+        "no slots yet".to_owned()
+    };
+    let chambers = api
+        .admin
+        .list_chambers(
+            actor,
+            ChamberFilter {
+                section_id: Some(batch.section_id),
+                ..ChamberFilter::default()
+            },
+            PageRequest::first(PageSize::new(1000).unwrap_or_default()),
+        )
+        .await?;
+    Ok(BatchPage {
+        nav: session.nav(),
+        can_edit: actor.role >= Role::Operator,
+        id: id.to_string(),
+        name: batch.name.as_str().to_owned(),
+        description: batch.description.as_str().to_owned(),
+        section: section.name.as_str().to_owned(),
+        started: batch.started_at.to_string(),
+        ended: batch.ended_at.map(|t| t.to_string()),
+        coverage,
+        chambers: chambers
+            .items
+            .into_iter()
+            .map(|c| ChamberLink {
+                id: c.id.to_string(),
+                name: c.name.as_str().to_owned(),
+            })
+            .collect(),
+    })
+}
