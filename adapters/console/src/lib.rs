@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod accounts;
 mod assets;
 mod charts;
 mod download;
@@ -117,6 +118,15 @@ impl Console {
                 "/console/sections/{id}/readings.csv",
                 get(download::section_csv),
             )
+            .route(
+                "/console/users",
+                get(accounts::users).post(accounts::add_user),
+            )
+            .route("/console/users/{id}/role", post(accounts::set_role))
+            .route("/console/users/{id}/delete", post(accounts::delete_user))
+            .route("/console/account/name", post(accounts::set_own_name))
+            .route("/console/tokens", post(accounts::create_token))
+            .route("/console/tokens/{id}/revoke", post(accounts::revoke_token))
             .route("/console/batches", post(sections::start_batch))
             .route("/console/batches/{id}", get(sections::batch))
             .route("/console/batches/{id}/end", post(sections::end_batch))

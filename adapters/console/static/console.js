@@ -109,4 +109,16 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   const overview = document.querySelector("table[data-live=overview]");
   if (overview) followOverview(overview);
+  // A new token's secret: copied with one click (it is shown this once).
+  for (const button of document.querySelectorAll("button[data-copy]")) {
+    button.addEventListener("click", async () => {
+      const text = document.getElementById(button.dataset.copy).textContent;
+      try {
+        await navigator.clipboard.writeText(text);
+        button.textContent = "Copied";
+      } catch {
+        button.textContent = "Select and copy it by hand";
+      }
+    });
+  }
 });

@@ -30,6 +30,8 @@ struct Lab {
     store: Arc<MemoryStore>,
     org: OrganizationId,
     chamber: ChamberId,
+    /// The API's authenticator (the one the console's use cases share).
+    auth: chamberlain_domain::usecases::Authenticator,
 }
 
 async fn lab() -> Lab {
@@ -122,6 +124,7 @@ async fn lab() -> Lab {
         .store_polls(&[fixtures::poll_record(&c, &detectors, T0, 21.5, None)])
         .await
         .unwrap();
+    let auth = api.auth.clone();
     let console = Console::new(
         api,
         clock.clone(),
@@ -144,6 +147,7 @@ async fn lab() -> Lab {
         store,
         org: org.id,
         chamber,
+        auth,
     }
 }
 
@@ -163,6 +167,14 @@ impl Answer {
 }
 
 impl Lab {
+    /// Whether the API would take `secret` as a bearer token now.
+    async fn console_api_accepts(&self, secret: &str) -> bool {
+        self.auth
+            .authenticate(Some(&format!("Bearer {secret}")))
+            .await
+            .is_ok()
+    }
+
     async fn send(&self, request: Request<Body>) -> Answer {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
@@ -1042,4 +1054,159 @@ async fn section_id_named(lab: &Lab, cookie: &str, name: &str) -> String {
         .and_then(|row| row.split('"').next())
         .unwrap_or_else(|| panic!("{name} is listed: {}", page.body))
         .to_owned()
+}
+
+/// An admin adds a user, changes their role and deletes them, creates a token whose secret is
+/// shown once (never on the page again) and revokes it, after which it is refused at once; bad
+/// input is refused naming the field with what was typed kept; anyone changes their own name;
+/// a viewer sees no user administration and a forged admin request is refused.
+#[tokio::test]
+async fn users_and_tokens_are_managed_on_their_page() {
+    let lab = lab().await;
+    let origin = "http://lab:8080";
+    let (admin, csrf) = lab.sign_in("admin%40lab.example").await;
+    let page = lab.get("/console/users", Some(&admin)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("viewer@lab.example") && page.body.contains("Add user"));
+
+    let bad = lab
+        .post(
+            "/console/users",
+            Some(&admin),
+            &format!("csrf={csrf}&email=not-an-address&name=Tech&role=operator&password="),
+            origin,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(bad.body.contains("user.email"), "{}", bad.body);
+    assert!(
+        bad.body.contains(r#"value="not-an-address""#),
+        "{}",
+        bad.body
+    );
+    let added = lab
+        .post(
+            "/console/users",
+            Some(&admin),
+            &format!(
+                "csrf={csrf}&email=tech%40lab.example&name=Tech&role=viewer&password=correct+horse+battery"
+            ),
+            origin,
+        )
+        .await;
+    assert_eq!(added.location(), "/console/users");
+    let page = lab.get("/console/users", Some(&admin)).await;
+    let tech = page
+        .body
+        .split("<tr data-user=\"")
+        .skip(1)
+        .find(|row| row.contains("tech@lab.example"))
+        .and_then(|row| row.split('"').next())
+        .expect("the new user is listed")
+        .to_owned();
+    let promoted = lab
+        .post(
+            &format!("/console/users/{tech}/role"),
+            Some(&admin),
+            &format!("csrf={csrf}&role=operator"),
+            origin,
+        )
+        .await;
+    assert_eq!(promoted.location(), "/console/users");
+
+    // A token: its secret on the answer only, then revoked and refused at once.
+    let created = lab
+        .post(
+            "/console/tokens",
+            Some(&admin),
+            &format!("csrf={csrf}&name=logger&role=viewer&expires_days="),
+            origin,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.body);
+    assert_eq!(created.headers[header::CACHE_CONTROL], "no-store");
+    let secret = created
+        .body
+        .split("<output id=\"token-secret\" class=\"secret\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the secret is shown")
+        .to_owned();
+    assert!(secret.starts_with("chm_"), "{secret}");
+    let page = lab.get("/console/users", Some(&admin)).await;
+    assert!(!page.body.contains(&secret), "shown once only");
+    assert!(lab.console_api_accepts(&secret).await);
+    let token = page
+        .body
+        .split("<tr data-token=\"")
+        .skip(1)
+        .find(|row| row.contains("logger"))
+        .and_then(|row| row.split('"').next())
+        .expect("the token is listed")
+        .to_owned();
+    let revoked = lab
+        .post(
+            &format!("/console/tokens/{token}/revoke"),
+            Some(&admin),
+            &format!("csrf={csrf}"),
+            origin,
+        )
+        .await;
+    assert_eq!(revoked.location(), "/console/users");
+    assert!(!lab.console_api_accepts(&secret).await, "refused at once");
+    let bad_days = lab
+        .post(
+            "/console/tokens",
+            Some(&admin),
+            &format!("csrf={csrf}&name=kept&role=&expires_days=soon"),
+            origin,
+        )
+        .await;
+    assert_eq!(bad_days.status, StatusCode::BAD_REQUEST);
+    assert!(bad_days.body.contains("expires_days") && bad_days.body.contains(r#"value="kept""#));
+
+    let deleted = lab
+        .post(
+            &format!("/console/users/{tech}/delete"),
+            Some(&admin),
+            &format!("csrf={csrf}"),
+            origin,
+        )
+        .await;
+    assert_eq!(deleted.location(), "/console/users");
+    assert!(
+        !lab.get("/console/users", Some(&admin))
+            .await
+            .body
+            .contains("tech@lab.example")
+    );
+
+    // A viewer: their own name and tokens only; a forged admin request is refused.
+    let (viewer, viewer_csrf) = lab.sign_in("viewer%40lab.example").await;
+    let page = lab.get("/console/users", Some(&viewer)).await;
+    assert!(!page.body.contains("Add user") && !page.body.contains("admin@lab.example"));
+    let renamed = lab
+        .post(
+            "/console/account/name",
+            Some(&viewer),
+            &format!("csrf={viewer_csrf}&name=Vera"),
+            origin,
+        )
+        .await;
+    assert_eq!(renamed.location(), "/console/users");
+    assert!(
+        lab.get("/console/users", Some(&viewer))
+            .await
+            .body
+            .contains("Vera")
+    );
+    let forged = lab
+        .post(
+            "/console/users",
+            Some(&viewer),
+            &format!("csrf={viewer_csrf}&email=x%40lab.example&name=X&role=admin&password="),
+            origin,
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
 }

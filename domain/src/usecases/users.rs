@@ -121,6 +121,19 @@ impl UserAdmin {
         Ok(self.users.get(actor.organization_id, actor.user_id).await?)
     }
 
+    /// Changes the caller's own display name.
+    ///
+    /// # Errors
+    /// `Invalid` (`user.display_name`); `NotFound` (deleted since the token was checked);
+    /// `Unavailable`.
+    pub async fn set_own_display_name(&self, actor: &Actor, name: &str) -> Result<User> {
+        let mut user = self.users.get(actor.organization_id, actor.user_id).await?;
+        user.display_name =
+            Name::parse(name).map_err(|e| e.for_field("display_name").within("user"))?;
+        self.users.update(&user).await?;
+        Ok(user)
+    }
+
     /// # Errors
     /// `Forbidden` unless admin; `Unavailable`.
     pub async fn list_users(
