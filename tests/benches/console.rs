@@ -1,6 +1,7 @@
 //! The console's server time on the embedded default's store (SQLite in a file): the overview's
 //! first page (plain and filtered) with 10,000 chambers of 8 detectors, a chamber's page, and a
-//! chamber's 7-day chart at 1 s data (aggregated on the server). Each figure is the time from
+//! chamber's 7-day chart at 1 s data (aggregated on the server), and a CSV download of 24 h of
+//! that chamber's 1 s data (the whole body read). Each figure is the time from
 //! the request to the whole page, through the console's router (session check included).
 //!
 //! `cargo bench -p chamberlain-tests --bench console`; `CHAMBERLAIN_BENCH_SMOKE=1` (as
@@ -209,6 +210,15 @@ fn main() {
             ("overview, health filter", "/console/?health=down".to_owned(), runs),
             ("chamber page", chamber_page, runs),
             (if smoke { "chart, 1 h" } else { "chart, 7 d at 1 s" }, chart, 3),
+            (
+                if smoke { "CSV download, 1 h" } else { "CSV download, 24 h at 1 s (whole body)" },
+                format!(
+                    "/console/chambers/{}/readings.csv?range={}",
+                    charted.chamber.id,
+                    if smoke { "1h" } else { "24h" }
+                ),
+                3,
+            ),
         ] {
             let (p50, p95, bytes) = measure(&router, &cookie, &path, n).await;
             println!(
