@@ -102,8 +102,7 @@ pub(crate) fn poll(e: &LedgerEntry) -> v1::Poll {
     }
 }
 
-pub use chamberlain_domain::usecases::CSV_HEADER;
-use chamberlain_domain::usecases::{ExportScope, csv_line};
+use chamberlain_domain::usecases::{CsvExport, ExportScope};
 
 #[tonic::async_trait]
 impl ReadingService for Api {
@@ -201,54 +200,26 @@ impl ReadingService for Api {
     ) -> Reply<Self::ExportReadingsStream> {
         let actor = caller(&request)?;
         let r = request.get_ref();
-        let mut query = ReadingQuery {
-            scope: scope(r.selector.as_ref())?,
-            from: timestamp("from", r.from.as_ref())?,
-            to: until("to", r.to.as_ref(), self.clock.now())?,
-            page: page(
-                Some(&v1::PageRequest {
-                    page_size: 1000,
-                    page_token: String::new(),
-                }),
-                reading_cursor,
-            )?,
+        let scope = match scope(r.selector.as_ref())? {
+            ReadingScope::Chamber(id) => ExportScope::Chamber(id),
+            ReadingScope::Batch(id) => ExportScope::Batch(id),
+            ReadingScope::Detector(id) => ExportScope::Detector(id),
         };
-        // The first page is read before answering, so a bad scope is an error status, not a
-        // broken stream.
-        let first = self
+        // The scope and range are checked before answering, so a bad request is an error
+        // status, not a broken stream.
+        let export = self
             .queries
-            .readings(&actor, &query)
+            .export_csv(
+                &actor,
+                scope,
+                timestamp("from", r.from.as_ref())?,
+                until("to", r.to.as_ref(), self.clock.now())?,
+            )
             .await
             .map_err(from_use_case)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::CsvChunk, Status>>(4);
-        let queries = self.queries.clone();
-        tokio::spawn(async move {
-            let mut out = String::from(CSV_HEADER);
-            let mut current = first;
-            loop {
-                for reading in &current.items {
-                    csv_line(&mut out, reading);
-                }
-                let chunk = v1::CsvChunk {
-                    data: std::mem::take(&mut out).into_bytes(),
-                };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return; // the client went away
-                }
-                let Some(next) = current.next else { return };
-                query.page.after = Some(next);
-                match queries.readings(&actor, &query).await {
-                    Ok(p) => current = p,
-                    Err(e) => {
-                        let _ = tx.send(Err(from_use_case(e))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        Ok(Response::new(stream_csv(export, |text| v1::CsvChunk {
+            data: text.into_bytes(),
+        })))
     }
 
     async fn download_readings(
@@ -278,7 +249,7 @@ impl ReadingService for Api {
         };
         // The scope and range are checked before answering, so a bad request is an error
         // status, not a broken download.
-        let mut export = self
+        let export = self
             .queries
             .export_csv(
                 &actor,
@@ -288,34 +259,41 @@ impl ReadingService for Api {
             )
             .await
             .map_err(from_use_case)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<
-            Result<chamberlain_proto::google_api::HttpBody, Status>,
-        >(4);
-        tokio::spawn(async move {
-            loop {
-                let message = match export.next_chunk().await {
-                    Ok(Some(text)) => Ok(chamberlain_proto::google_api::HttpBody {
-                        content_type: CSV_CONTENT_TYPE.to_owned(),
-                        data: text.into_bytes(),
-                        extensions: Vec::new(),
-                    }),
-                    Ok(None) => return,
-                    Err(e) => Err(from_use_case(e)),
-                };
-                let failed = message.is_err();
-                if tx.send(message).await.is_err() || failed {
-                    return; // the client went away, or the export failed
-                }
+        Ok(Response::new(stream_csv(export, |text| {
+            chamberlain_proto::google_api::HttpBody {
+                content_type: CSV_CONTENT_TYPE.to_owned(),
+                data: text.into_bytes(),
+                extensions: Vec::new(),
             }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        })))
     }
 }
 
 /// The download's media type (CSV with a header line).
 pub const CSV_CONTENT_TYPE: &str = "text/csv; charset=utf-8";
+
+/// An export's chunks as a stream of `wrap`ped messages, read as the client takes them; an
+/// error ends the stream with its status.
+fn stream_csv<T: Send + 'static>(
+    mut export: CsvExport,
+    wrap: fn(String) -> T,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<T, Status>>(4);
+    tokio::spawn(async move {
+        loop {
+            let message = match export.next_chunk().await {
+                Ok(Some(text)) => Ok(wrap(text)),
+                Ok(None) => return,
+                Err(e) => Err(from_use_case(e)),
+            };
+            let failed = message.is_err();
+            if tx.send(message).await.is_err() || failed {
+                return; // the client went away, or the export failed
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl PollService for Api {
