@@ -408,6 +408,53 @@ pub struct DeadLetter {
     pub at: Timestamp,
 }
 
+/// How a transmitter's deliveries are going, as its forwarder last wrote it down: at once when
+/// deliveries start or stop failing, otherwise every few seconds at most, so a busy transmitter
+/// costs the store little.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryState {
+    pub transmitter_id: TransmitterId,
+    pub organization_id: OrganizationId,
+    /// When the last delivery went through.
+    pub last_delivered_at: Option<Timestamp>,
+    /// Since when every try has failed; `None` while deliveries go through.
+    pub failing_since: Option<Timestamp>,
+    /// Why the last failed try failed (kept after deliveries recover, for the record).
+    pub last_error: Option<String>,
+    /// When this was written down.
+    pub updated_at: Timestamp,
+}
+
+impl DeliveryState {
+    /// Nothing delivered or tried yet.
+    pub fn new(transmitter: &Transmitter, now: Timestamp) -> Self {
+        Self {
+            transmitter_id: transmitter.id,
+            organization_id: transmitter.organization_id,
+            last_delivered_at: None,
+            failing_since: None,
+            last_error: None,
+            updated_at: now,
+        }
+    }
+
+    /// A delivery went through at `at`; true when this ends a run of failures.
+    pub fn delivered(&mut self, at: Timestamp) -> bool {
+        self.last_delivered_at = Some(at);
+        self.failing_since.take().is_some()
+    }
+
+    /// A try failed at `at` for `reason`; true when this starts a run of failures.
+    pub fn failed(&mut self, at: Timestamp, reason: &str) -> bool {
+        self.last_error = Some(reason.to_owned());
+        if self.failing_since.is_none() {
+            self.failing_since = Some(at);
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

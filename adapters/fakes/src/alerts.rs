@@ -7,7 +7,7 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{AlertFilter, AlertRepository, StoreError, TransmitterRepository};
 use chamberlain_domain::time::Timestamp;
-use chamberlain_domain::transmit::{DeadLetter, Transmitter};
+use chamberlain_domain::transmit::{DeadLetter, DeliveryState, Transmitter};
 
 use crate::store::{MemoryStore, not_found, page};
 
@@ -261,6 +261,7 @@ impl TransmitterRepository for MemoryStore {
         }
         t.transmitters.remove(&id);
         t.dead_letters.retain(|_, d| d.transmitter_id != id);
+        t.delivery_states.remove(&id);
         Ok(())
     }
 
@@ -304,5 +305,31 @@ impl TransmitterRepository for MemoryStore {
             |d| d.id,
             &request,
         ))
+    }
+
+    async fn record_delivery_state(&self, state: &DeliveryState) -> Result<(), StoreError> {
+        let mut t = self.lock();
+        if t.transmitters
+            .get(&state.transmitter_id)
+            .is_none_or(|x| x.organization_id != state.organization_id)
+        {
+            return Err(StoreError::MissingParent {
+                entity: "delivery_state",
+                parent: "transmitter",
+            });
+        }
+        t.delivery_states
+            .insert(state.transmitter_id, state.clone());
+        Ok(())
+    }
+
+    async fn delivery_states(&self, org: OrganizationId) -> Result<Vec<DeliveryState>, StoreError> {
+        Ok(self
+            .lock()
+            .delivery_states
+            .values()
+            .filter(|s| s.organization_id == org)
+            .cloned()
+            .collect())
     }
 }

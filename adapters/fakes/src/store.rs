@@ -22,7 +22,7 @@ use chamberlain_domain::ports::{
     ReadingRepository, ReadingScope, SectionRepository, StoreError, UserRepository, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
-use chamberlain_domain::transmit::{DeadLetter, Transmitter};
+use chamberlain_domain::transmit::{DeadLetter, DeliveryState, Transmitter};
 
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
@@ -42,6 +42,7 @@ pub(crate) struct Tables {
     pub(crate) alerts: BTreeMap<AlertId, Alert>,
     pub(crate) transmitters: BTreeMap<TransmitterId, Transmitter>,
     pub(crate) dead_letters: BTreeMap<DeadLetterId, DeadLetter>,
+    pub(crate) delivery_states: BTreeMap<TransmitterId, DeliveryState>,
 }
 
 /// All repositories in memory. Cheap to create: one per test.

@@ -9,7 +9,7 @@ use chamberlain_domain::model::{
     TransmitterId, UserId,
 };
 use chamberlain_domain::ports::{AlertFilter, AlertRepository, StoreError, TransmitterRepository};
-use chamberlain_domain::transmit::{DeadLetter, Forwarded, Transmitter};
+use chamberlain_domain::transmit::{DeadLetter, DeliveryState, Forwarded, Transmitter};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
@@ -111,6 +111,24 @@ fn letter(row: &PgRow) -> Result<DeadLetter> {
             .map_err(|e| corrupt("dead_letters", "attempts", e))?,
         last_error: c.get("last_error")?,
         at: c.ts("at")?,
+    })
+}
+
+const STATE_COLUMNS: &str =
+    "transmitter_id, organization_id, last_delivered_at, failing_since, last_error, updated_at";
+
+fn delivery_state(row: &PgRow) -> Result<DeliveryState> {
+    let c = Cols {
+        row,
+        table: "transmitter_delivery_states",
+    };
+    Ok(DeliveryState {
+        transmitter_id: TransmitterId::from_uuid(c.uuid("transmitter_id")?),
+        organization_id: OrganizationId::from_uuid(c.uuid("organization_id")?),
+        last_delivered_at: c.opt_ts("last_delivered_at")?,
+        failing_since: c.opt_ts("failing_since")?,
+        last_error: c.get("last_error")?,
+        updated_at: c.ts("updated_at")?,
     })
 }
 
@@ -480,5 +498,48 @@ impl TransmitterRepository for PgStore {
         Ok(Page::from_sorted(decode(&rows, letter)?, page.size, |l| {
             l.id
         }))
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_delivery_state", db.system = "postgresql", db.operation = "TransmitterRepository::record_delivery_state"))]
+    async fn record_delivery_state(&self, s: &DeliveryState) -> Result<()> {
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO transmitter_delivery_states ({STATE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (transmitter_id) DO UPDATE SET \
+             last_delivered_at = EXCLUDED.last_delivered_at, \
+             failing_since = EXCLUDED.failing_since, last_error = EXCLUDED.last_error, \
+             updated_at = EXCLUDED.updated_at \
+             WHERE transmitter_delivery_states.organization_id = EXCLUDED.organization_id"
+        )))
+        .bind(s.transmitter_id.as_uuid())
+        .bind(s.organization_id.as_uuid())
+        .bind(s.last_delivered_at.map(ts))
+        .bind(s.failing_since.map(ts))
+        .bind(s.last_error.as_deref())
+        .bind(ts(s.updated_at))
+        .execute(self.pool())
+        .await
+        .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            // The id is another organization's transmitter.
+            return Err(StoreError::MissingParent {
+                entity: "delivery_state",
+                parent: "transmitter",
+            });
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delivery_states", db.system = "postgresql", db.operation = "TransmitterRepository::delivery_states"))]
+    async fn delivery_states(&self, org: OrganizationId) -> Result<Vec<DeliveryState>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {STATE_COLUMNS} FROM transmitter_delivery_states \
+             WHERE organization_id = $1 ORDER BY transmitter_id"
+        )))
+        .bind(org.as_uuid())
+        .fetch_all(self.pool())
+        .await
+        .map_err(store_error)?;
+        decode(&rows, delivery_state)
     }
 }

@@ -35,6 +35,7 @@ fn constraint_error(constraint: &str) -> Option<StoreError> {
         "transmitters_name_key" | "transmitters_pkey" => dup("transmitter", "name"),
         "transmitters_organization_id_fkey" => parent("transmitter", "organization"),
         "dead_letters_transmitter_fkey" => parent("dead_letter", "transmitter"),
+        "delivery_states_transmitter_fkey" => parent("delivery_state", "transmitter"),
         _ => None,
     }
 }

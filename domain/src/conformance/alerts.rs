@@ -13,8 +13,8 @@ use crate::model::{
 use crate::ports::{AlertFilter, StoreError};
 use crate::time::Timestamp;
 use crate::transmit::{
-    DeadLetter, Delivery, DeliveryKind, Destination, Forwarded, MqttBroker, TopicPrefix,
-    Transmitter, WebhookSecret,
+    DeadLetter, Delivery, DeliveryKind, DeliveryState, Destination, Forwarded, MqttBroker,
+    TopicPrefix, Transmitter, WebhookSecret,
 };
 
 fn page<K>() -> PageRequest<K> {
@@ -418,6 +418,91 @@ pub async fn transmitters_and_their_dead_letters(p: &StorePorts) {
         p.transmitters.record_dead_letter(&late).await,
         Err(StoreError::MissingParent {
             entity: "dead_letter",
+            parent: "transmitter"
+        })
+    );
+}
+
+/// A transmitter's delivery state is one row per transmitter, replaced on each write, read per
+/// organization, and gone with its transmitter.
+pub async fn a_transmitter_has_one_delivery_state_replaced_on_each_write(p: &StorePorts) {
+    let w = world(p, "delivery states").await;
+    let other = world(p, "delivery states other").await;
+    let hook = webhook(w.org.id, "hook");
+    let second = webhook(w.org.id, "second");
+    let theirs = webhook(other.org.id, "hook");
+    for t in [&hook, &second, &theirs] {
+        p.transmitters.create_transmitter(t).await.unwrap();
+    }
+    assert!(
+        p.transmitters
+            .delivery_states(w.org.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let mut state = DeliveryState::new(&hook, at(1));
+    assert!(state.failed(at(2), "HTTP 503"));
+    state.updated_at = at(2);
+    p.transmitters.record_delivery_state(&state).await.unwrap();
+    let mut theirs_state = DeliveryState::new(&theirs, at(1));
+    theirs_state.delivered(at(1));
+    p.transmitters
+        .record_delivery_state(&theirs_state)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.transmitters.delivery_states(w.org.id).await.unwrap(),
+        vec![state.clone()]
+    );
+
+    // Recovered: the row is replaced, not added to; the last error stays for the record.
+    assert!(state.delivered(at(5)));
+    state.updated_at = at(5);
+    p.transmitters.record_delivery_state(&state).await.unwrap();
+    let mut second_state = DeliveryState::new(&second, at(6));
+    second_state.delivered(at(6));
+    p.transmitters
+        .record_delivery_state(&second_state)
+        .await
+        .unwrap();
+    let mut expected = vec![state.clone(), second_state.clone()];
+    expected.sort_by_key(|s| s.transmitter_id);
+    assert_eq!(
+        p.transmitters.delivery_states(w.org.id).await.unwrap(),
+        expected
+    );
+    assert_eq!(
+        p.transmitters.delivery_states(other.org.id).await.unwrap(),
+        vec![theirs_state]
+    );
+
+    // Another organization's transmitter id does not take a state under this one.
+    let forged = DeliveryState {
+        organization_id: w.org.id,
+        ..DeliveryState::new(&theirs, at(7))
+    };
+    assert_eq!(
+        p.transmitters.record_delivery_state(&forged).await,
+        Err(StoreError::MissingParent {
+            entity: "delivery_state",
+            parent: "transmitter"
+        })
+    );
+
+    p.transmitters
+        .delete_transmitter(w.org.id, hook.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.transmitters.delivery_states(w.org.id).await.unwrap(),
+        vec![second_state]
+    );
+    assert_eq!(
+        p.transmitters.record_delivery_state(&state).await,
+        Err(StoreError::MissingParent {
+            entity: "delivery_state",
             parent: "transmitter"
         })
     );

@@ -1209,6 +1209,7 @@ pub async fn retention_removes_whole_days_before_the_cutoff(p: &StorePorts) {
 
 pub use crate::conformance::alerts::{
     a_rule_has_at_most_one_open_alert_and_keeps_its_history,
+    a_transmitter_has_one_delivery_state_replaced_on_each_write,
     alert_rules_are_per_chamber_and_per_tenant, transmitters_and_their_dead_letters,
 };
 
@@ -1483,7 +1484,8 @@ macro_rules! store_conformance_tests {
             retention_removes_whole_days_before_the_cutoff,
             alert_rules_are_per_chamber_and_per_tenant,
             a_rule_has_at_most_one_open_alert_and_keeps_its_history,
-            transmitters_and_their_dead_letters
+            transmitters_and_their_dead_letters,
+            a_transmitter_has_one_delivery_state_replaced_on_each_write
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

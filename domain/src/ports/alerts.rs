@@ -10,7 +10,7 @@ use crate::model::{
 };
 use crate::ports::StoreError;
 use crate::time::Timestamp;
-use crate::transmit::{DeadLetter, Transmitter};
+use crate::transmit::{DeadLetter, DeliveryState, Transmitter};
 
 /// Which alerts to list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,7 +141,7 @@ pub trait TransmitterRepository: Send + Sync {
         page: PageRequest<TransmitterId>,
     ) -> Result<Page<Transmitter, TransmitterId>, StoreError>;
 
-    /// Deletes the transmitter with its dead letters.
+    /// Deletes the transmitter with its dead letters and its delivery state.
     ///
     /// # Errors
     /// `NotFound { entity: "transmitter" }`; `Unavailable`.
@@ -175,4 +175,18 @@ pub trait TransmitterRepository: Send + Sync {
         transmitter: Option<TransmitterId>,
         page: PageRequest<DeadLetterId>,
     ) -> Result<Page<DeadLetter, DeadLetterId>, StoreError>;
+
+    /// Writes down how a transmitter's deliveries are going, replacing what was written before.
+    ///
+    /// # Errors
+    /// `MissingParent { entity: "delivery_state", parent: "transmitter" }` (the transmitter was
+    /// deleted meanwhile); `Unavailable`.
+    async fn record_delivery_state(&self, state: &DeliveryState) -> Result<(), StoreError>;
+
+    /// The delivery states of `org`'s transmitters, ordered by transmitter id; a transmitter
+    /// whose forwarder has not written one yet is absent.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn delivery_states(&self, org: OrganizationId) -> Result<Vec<DeliveryState>, StoreError>;
 }

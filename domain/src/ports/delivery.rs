@@ -21,6 +21,17 @@ pub enum DeliveryError {
     Blocked { reason: String },
 }
 
+impl DeliveryError {
+    /// Why the delivery failed, without the kind of failure.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Transient { reason } | Self::Permanent { reason } | Self::Blocked { reason } => {
+                reason
+            }
+        }
+    }
+}
+
 /// Sends deliveries. An adapter serves one or more kinds of
 /// [`Destination`](crate::transmit::Destination); each call is bounded in time by the adapter.
 #[cfg_attr(feature = "mock", mockall::automock)]

@@ -18,7 +18,8 @@ use crate::ports::{
     TransmitterRepository,
 };
 use crate::transmit::{
-    DeadLetter, Destination, Forwarded, MqttBroker, TopicPrefix, Transmitter, WebhookSecret,
+    DeadLetter, DeliveryState, Destination, Forwarded, MqttBroker, TopicPrefix, Transmitter,
+    WebhookSecret,
 };
 use crate::usecases::{Actor, UseCaseError};
 
@@ -295,6 +296,18 @@ impl TransmitterAdmin {
         Ok(self
             .transmitters
             .delete_transmitter(actor.organization_id, id)
+            .await?)
+    }
+
+    /// How each transmitter's deliveries are going (those with no delivery yet are absent).
+    ///
+    /// # Errors
+    /// `Forbidden` below admin; `Unavailable`.
+    pub async fn delivery_states(&self, actor: &Actor) -> Result<Vec<DeliveryState>> {
+        actor.require(Role::Admin, "read delivery states")?;
+        Ok(self
+            .transmitters
+            .delivery_states(actor.organization_id)
             .await?)
     }
 

@@ -13,7 +13,9 @@ use chamberlain_domain::model::{
 use chamberlain_domain::ports::{
     Clock, DeliveryClient, DeliveryError, DomainEvent, StoreError, TransmitterRepository,
 };
-use chamberlain_domain::transmit::{DeadLetter, Delivery, Destination, RetryPolicy, Transmitter};
+use chamberlain_domain::transmit::{
+    DeadLetter, Delivery, DeliveryState, Destination, RetryPolicy, Transmitter,
+};
 use tokio::sync::mpsc;
 
 /// Routes each delivery to the client of its transmitter's kind.
@@ -216,6 +218,48 @@ impl Forwarder {
     }
 }
 
+/// How often a lane writes its transmitter's [`DeliveryState`] down while nothing changes (a
+/// change between delivering and failing is written at once).
+const STATE_EVERY_MILLIS: i64 = 10_000;
+
+/// A lane's [`DeliveryState`] and when it was last written down.
+struct StateRecorder {
+    state: DeliveryState,
+    written_at: Option<i64>,
+}
+
+impl StateRecorder {
+    /// Applies one outcome (`Ok` delivered, `Err(reason)` a failed try) and writes the state
+    /// down when it changed or has not been written for a while. A write that fails is logged;
+    /// the next outcome tries again.
+    async fn note(
+        &mut self,
+        outcome: Result<(), &str>,
+        repository: &dyn TransmitterRepository,
+        clock: &dyn Clock,
+    ) {
+        let now = clock.now();
+        let changed = match outcome {
+            Ok(()) => self.state.delivered(now),
+            Err(reason) => self.state.failed(now, reason),
+        };
+        let millis = now.as_unix_millis();
+        let due = self
+            .written_at
+            .is_none_or(|at| millis - at >= STATE_EVERY_MILLIS);
+        if !(changed || due) {
+            return;
+        }
+        self.state.updated_at = now;
+        match repository.record_delivery_state(&self.state).await {
+            Ok(()) => self.written_at = Some(millis),
+            Err(e) => {
+                tracing::debug!(transmitter = %self.state.transmitter_id, error = %e, "delivery state not stored");
+            }
+        }
+    }
+}
+
 async fn run_lane(
     transmitter: Arc<Transmitter>,
     mut rx: mpsc::Receiver<Delivery>,
@@ -229,10 +273,22 @@ async fn run_lane(
     // reported (a WARN and a dead letter) and later deliveries are only counted, until one goes
     // through (the destination's address changed) or the transmitter is changed (a new lane).
     let mut blocked = false;
+    let mut recorder = StateRecorder {
+        state: DeliveryState::new(&transmitter, clock.now()),
+        written_at: None,
+    };
     while let Some(delivery) = rx.recv().await {
         let mut attempt = 1;
         let last_error = loop {
-            match client.deliver(&transmitter, &delivery).await {
+            let outcome = client.deliver(&transmitter, &delivery).await;
+            recorder
+                .note(
+                    outcome.as_ref().map(drop).map_err(|e| e.reason()),
+                    repository.as_ref(),
+                    clock.as_ref(),
+                )
+                .await;
+            match outcome {
                 Ok(()) => {
                     count(&stats.delivered, "delivered");
                     blocked = false;

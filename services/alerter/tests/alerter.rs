@@ -233,6 +233,14 @@ async fn a_failing_delivery_is_retried_with_backoff_until_it_succeeds() {
             .items
             .is_empty()
     );
+    // The recovery is written down at once: delivering again, the last error kept.
+    let states = w.store.delivery_states(w.org).await.unwrap();
+    let [state] = states.as_slice() else {
+        panic!("one delivery state: {states:?}")
+    };
+    assert_eq!(state.failing_since, None);
+    assert_eq!(state.last_delivered_at, Some(T0 + Duration::from_secs(3)));
+    assert_eq!(state.last_error.as_deref(), Some("HTTP 503"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -271,6 +279,15 @@ async fn a_destination_that_stays_down_gets_every_try_and_then_a_dead_letter() {
         letter.delivery,
         Delivery::for_event(&event, t.forwarded).unwrap()
     );
+    // Failing since the first try, nothing ever delivered.
+    let states = w.store.delivery_states(w.org).await.unwrap();
+    let [state] = states.as_slice() else {
+        panic!("one delivery state: {states:?}")
+    };
+    assert_eq!(state.transmitter_id, t.id);
+    assert_eq!(state.failing_since, Some(T0));
+    assert_eq!(state.last_delivered_at, None);
+    assert_eq!(state.last_error.as_deref(), Some("HTTP 503"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,7 +9,7 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{AlertFilter, AlertRepository, StoreError, TransmitterRepository};
 use chamberlain_domain::time::Timestamp;
-use chamberlain_domain::transmit::{DeadLetter, Forwarded, Transmitter};
+use chamberlain_domain::transmit::{DeadLetter, DeliveryState, Forwarded, Transmitter};
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
@@ -115,6 +115,24 @@ fn letter(row: &SqliteRow) -> Result<DeadLetter> {
         attempts: c.count("attempts")?,
         last_error: c.get("last_error")?,
         at: c.at("at")?,
+    })
+}
+
+macro_rules! state_columns {
+    () => {
+        "transmitter_id, organization_id, last_delivered_at, failing_since, last_error, updated_at"
+    };
+}
+
+fn delivery_state(row: &SqliteRow) -> Result<DeliveryState> {
+    let c = Cols::new(row, "transmitter_delivery_states");
+    Ok(DeliveryState {
+        transmitter_id: TransmitterId::from_uuid(c.uuid("transmitter_id")?),
+        organization_id: OrganizationId::from_uuid(c.uuid("organization_id")?),
+        last_delivered_at: c.opt_at("last_delivered_at")?,
+        failing_since: c.opt_at("failing_since")?,
+        last_error: c.get("last_error")?,
+        updated_at: c.at("updated_at")?,
     })
 }
 
@@ -582,5 +600,57 @@ impl TransmitterRepository for SqliteStore {
             page.size,
             |l| l.id,
         ))
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_delivery_state", db.system = "sqlite", db.operation = "TransmitterRepository::record_delivery_state"))]
+    async fn record_delivery_state(&self, s: &DeliveryState) -> Result<()> {
+        let mut w = self.begin_write().await?;
+        let result = async {
+            let parent = exists(
+                w.conn(),
+                sqlx::query("SELECT 1 FROM transmitters WHERE id = ?1 AND organization_id = ?2")
+                    .bind(*s.transmitter_id.as_uuid())
+                    .bind(*s.organization_id.as_uuid()),
+            )
+            .await?;
+            if !parent {
+                return Err(missing_parent("delivery_state", "transmitter"));
+            }
+            sqlx::query(concat!(
+                "INSERT INTO transmitter_delivery_states (",
+                state_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (transmitter_id) DO UPDATE SET \
+                 last_delivered_at = excluded.last_delivered_at, \
+                 failing_since = excluded.failing_since, last_error = excluded.last_error, \
+                 updated_at = excluded.updated_at"
+            ))
+            .bind(*s.transmitter_id.as_uuid())
+            .bind(*s.organization_id.as_uuid())
+            .bind(s.last_delivered_at.map(Timestamp::as_unix_millis))
+            .bind(s.failing_since.map(Timestamp::as_unix_millis))
+            .bind(s.last_error.as_deref())
+            .bind(s.updated_at.as_unix_millis())
+            .execute(w.conn())
+            .await
+            .map_err(writing(child("delivery_state", "transmitter")))?;
+            Ok(())
+        }
+        .await;
+        w.finish(result).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delivery_states", db.system = "sqlite", db.operation = "TransmitterRepository::delivery_states"))]
+    async fn delivery_states(&self, org: OrganizationId) -> Result<Vec<DeliveryState>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            state_columns!(),
+            " FROM transmitter_delivery_states WHERE organization_id = ?1 ORDER BY transmitter_id"
+        ))
+        .bind(*org.as_uuid())
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        decode_all(&rows, delivery_state)
     }
 }
