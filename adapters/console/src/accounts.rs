@@ -3,15 +3,15 @@
 //! the page that answers its creation. The same use cases as the API.
 
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use chamberlain_domain::model::{ApiTokenId, PageRequest, PageSize, Role, UserId};
 use chamberlain_domain::usecases::{NewUser, UseCaseError};
 use serde::Deserialize;
 
 use crate::Console;
+use crate::forms::{Change, after_form};
 use crate::pages::{Nav, Session, refusal, render};
 
 struct UserRow {
@@ -147,26 +147,10 @@ async fn after_change(
     result: Result<(), UseCaseError>,
     typed: Typed,
 ) -> Response {
-    match result {
-        Ok(()) => Redirect::to("/console/users").into_response(),
-        Err(
-            e @ (UseCaseError::Invalid(_)
-            | UseCaseError::Duplicate { .. }
-            | UseCaseError::FailedPrecondition(_)),
-        ) => match users_page(console, session, Some(e.to_string()), typed, None).await {
-            Ok(page) => {
-                let mut response = render(&page);
-                *response.status_mut() = if matches!(e, UseCaseError::Invalid(_)) {
-                    StatusCode::BAD_REQUEST
-                } else {
-                    StatusCode::CONFLICT
-                };
-                response
-            }
-            Err(e) => refusal(&e),
-        },
-        Err(e) => refusal(&e),
-    }
+    after_form(result, "/console/users", async |reason| {
+        users_page(console, session, Some(reason), typed, None).await
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -186,28 +170,21 @@ pub(crate) struct AccountForm {
     expires_days: String,
 }
 
+crate::forms::csrf_forms!(AccountForm);
+
 pub(crate) async fn add_user(
     State(console): State<Console>,
-    headers: HeaderMap,
-    Form(form): Form<AccountForm>,
+    Change { session, form }: Change<AccountForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
+    let new = NewUser {
+        email: form.email.clone(),
+        display_name: form.name.clone(),
+        role: form.role.clone(),
+        password: Some(form.password).filter(|p| !p.is_empty()),
     };
-    let result = console
-        .inner
-        .api
-        .users
-        .create_user(
-            &session.identity.actor,
-            NewUser {
-                email: form.email.clone(),
-                display_name: form.name.clone(),
-                role: form.role.clone(),
-                password: Some(form.password.clone()).filter(|p| !p.is_empty()),
-            },
-        )
+    let users = &console.inner.api.users;
+    let result = users
+        .create_user(&session.identity.actor, new)
         .await
         .map(drop);
     let typed = Typed {
@@ -225,19 +202,12 @@ fn user_id(raw: &str) -> Result<UserId, UseCaseError> {
 
 pub(crate) async fn set_role(
     State(console): State<Console>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<AccountForm>,
+    Change { session, form }: Change<AccountForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
+    let users = &console.inner.api.users;
     let result = match user_id(&id) {
-        Ok(id) => console
-            .inner
-            .api
-            .users
+        Ok(id) => users
             .set_role(&session.identity.actor, id, &form.role)
             .await
             .map(drop),
@@ -248,23 +218,12 @@ pub(crate) async fn set_role(
 
 pub(crate) async fn delete_user(
     State(console): State<Console>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<AccountForm>,
+    Change { session, .. }: Change<AccountForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
+    let users = &console.inner.api.users;
     let result = match user_id(&id) {
-        Ok(id) => {
-            console
-                .inner
-                .api
-                .users
-                .delete_user(&session.identity.actor, id)
-                .await
-        }
+        Ok(id) => users.delete_user(&session.identity.actor, id).await,
         Err(e) => Err(e),
     };
     after_change(&console, &session, result, Typed::default()).await
@@ -272,17 +231,10 @@ pub(crate) async fn delete_user(
 
 pub(crate) async fn set_own_name(
     State(console): State<Console>,
-    headers: HeaderMap,
-    Form(form): Form<AccountForm>,
+    Change { session, form }: Change<AccountForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
-    let result = console
-        .inner
-        .api
-        .users
+    let users = &console.inner.api.users;
+    let result = users
         .set_own_display_name(&session.identity.actor, &form.name)
         .await
         .map(drop);
@@ -297,13 +249,8 @@ pub(crate) async fn set_own_name(
 /// Creates a token for the caller and answers the page with its secret, this once.
 pub(crate) async fn create_token(
     State(console): State<Console>,
-    headers: HeaderMap,
-    Form(form): Form<AccountForm>,
+    Change { session, form }: Change<AccountForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
     let typed = Typed {
         form: "token",
         name: form.name.clone(),
@@ -356,23 +303,12 @@ pub(crate) async fn create_token(
 
 pub(crate) async fn revoke_token(
     State(console): State<Console>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<AccountForm>,
+    Change { session, .. }: Change<AccountForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
+    let auth = &console.inner.api.auth;
     let result = match ApiTokenId::parse(&id) {
-        Ok(id) => {
-            console
-                .inner
-                .api
-                .auth
-                .revoke_token(&session.identity.actor, id)
-                .await
-        }
+        Ok(id) => auth.revoke_token(&session.identity.actor, id).await,
         Err(_) => Err(UseCaseError::NotFound { entity: "token" }),
     };
     after_change(&console, &session, result, Typed::default()).await

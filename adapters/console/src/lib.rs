@@ -4,6 +4,7 @@ mod accounts;
 mod assets;
 mod charts;
 mod download;
+mod forms;
 mod live;
 mod pages;
 mod sections;

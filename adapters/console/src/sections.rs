@@ -3,7 +3,6 @@
 //! chambers and its readings as a CSV download. The same use cases as the API.
 
 use askama::Template;
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -13,6 +12,7 @@ use chamberlain_domain::usecases::{CoverageScope, NewSection, UseCaseError};
 use serde::Deserialize;
 
 use crate::Console;
+use crate::forms::{Change, after_form};
 use crate::pages::{Nav, Session, error_page, refusal, render};
 
 struct SectionRow {
@@ -134,6 +134,8 @@ pub(crate) struct SectionForm {
     section: String,
 }
 
+crate::forms::csrf_forms!(SectionForm, CsrfOnly);
+
 /// After a change: back to the list, or the list again with the reason and what was typed.
 async fn after_change(
     console: &Console,
@@ -141,119 +143,72 @@ async fn after_change(
     result: Result<(), UseCaseError>,
     typed: Typed,
 ) -> Response {
-    match result {
-        Ok(()) => Redirect::to("/console/sections").into_response(),
-        Err(
-            e @ (UseCaseError::Invalid(_)
-            | UseCaseError::Duplicate { .. }
-            | UseCaseError::FailedPrecondition(_)),
-        ) => match sections_page(console, session, Some(e.to_string()), typed).await {
-            Ok(page) => {
-                let mut response = render(&page);
-                *response.status_mut() = match e {
-                    UseCaseError::FailedPrecondition(_) | UseCaseError::Duplicate { .. } => {
-                        StatusCode::CONFLICT
-                    }
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                response
-            }
-            Err(e) => refusal(&e),
-        },
-        Err(e) => refusal(&e),
-    }
+    after_form(result, "/console/sections", async |reason| {
+        sections_page(console, session, Some(reason), typed).await
+    })
+    .await
 }
 
 fn section_id(raw: &str) -> Result<SectionId, UseCaseError> {
     SectionId::parse(raw).map_err(|_| UseCaseError::NotFound { entity: "section" })
 }
 
+impl SectionForm {
+    fn section(&self) -> NewSection {
+        NewSection {
+            name: self.name.clone(),
+            description: self.description.clone(),
+        }
+    }
+
+    fn typed(self, form: String) -> Typed {
+        Typed {
+            form,
+            name: self.name,
+            description: self.description,
+            section: self.section,
+        }
+    }
+}
+
 pub(crate) async fn create_section(
     State(console): State<Console>,
-    headers: HeaderMap,
-    Form(form): Form<SectionForm>,
+    Change { session, form }: Change<SectionForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
     let result = console
         .inner
         .api
         .admin
-        .create_section(
-            &session.identity.actor,
-            NewSection {
-                name: form.name.clone(),
-                description: form.description.clone(),
-            },
-        )
+        .create_section(&session.identity.actor, form.section())
         .await
         .map(drop);
-    let typed = Typed {
-        form: "create".into(),
-        name: form.name,
-        description: form.description,
-        section: String::new(),
-    };
-    after_change(&console, &session, result, typed).await
+    after_change(&console, &session, result, form.typed("create".into())).await
 }
 
 pub(crate) async fn rename_section(
     State(console): State<Console>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<SectionForm>,
+    Change { session, form }: Change<SectionForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
+    let admin = &console.inner.api.admin;
     let result = match section_id(&id) {
-        Ok(section) => console
-            .inner
-            .api
-            .admin
-            .update_section(
-                &session.identity.actor,
-                section,
-                NewSection {
-                    name: form.name.clone(),
-                    description: form.description.clone(),
-                },
-            )
+        Ok(section) => admin
+            .update_section(&session.identity.actor, section, form.section())
             .await
             .map(drop),
         Err(e) => Err(e),
     };
-    let typed = Typed {
-        form: id,
-        name: form.name,
-        description: form.description,
-        section: String::new(),
-    };
-    after_change(&console, &session, result, typed).await
+    after_change(&console, &session, result, form.typed(id)).await
 }
 
 pub(crate) async fn delete_section(
     State(console): State<Console>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<SectionForm>,
+    Change { session, .. }: Change<CsrfOnly>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
+    let admin = &console.inner.api.admin;
     let result = match section_id(&id) {
-        Ok(section) => {
-            console
-                .inner
-                .api
-                .admin
-                .delete_section(&session.identity.actor, section)
-                .await
-        }
+        Ok(section) => admin.delete_section(&session.identity.actor, section).await,
         Err(e) => Err(e),
     };
     after_change(&console, &session, result, Typed::default()).await
@@ -261,37 +216,17 @@ pub(crate) async fn delete_section(
 
 pub(crate) async fn start_batch(
     State(console): State<Console>,
-    headers: HeaderMap,
-    Form(form): Form<SectionForm>,
+    Change { session, form }: Change<SectionForm>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
+    let admin = &console.inner.api.admin;
     let result = match SectionId::parse(&form.section) {
-        Ok(section) => console
-            .inner
-            .api
-            .admin
-            .start_batch(
-                &session.identity.actor,
-                section,
-                NewSection {
-                    name: form.name.clone(),
-                    description: form.description.clone(),
-                },
-            )
+        Ok(section) => admin
+            .start_batch(&session.identity.actor, section, form.section())
             .await
             .map(drop),
         Err(_) => Err(crate::pages::invalid("section", "choose a section")),
     };
-    let typed = Typed {
-        form: "batch".into(),
-        name: form.name,
-        description: form.description,
-        section: form.section,
-    };
-    after_change(&console, &session, result, typed).await
+    after_change(&console, &session, result, form.typed("batch".into())).await
 }
 
 #[derive(Deserialize)]
@@ -302,14 +237,9 @@ pub(crate) struct CsrfOnly {
 
 pub(crate) async fn end_batch(
     State(console): State<Console>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Change { session, .. }: Change<CsrfOnly>,
 ) -> Response {
-    let session = match console.session_for_change(&headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(refused) => return refused,
-    };
     let Ok(batch) = BatchId::parse(&id) else {
         return refusal(&UseCaseError::NotFound { entity: "batch" });
     };
