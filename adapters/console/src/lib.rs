@@ -9,6 +9,7 @@ mod live;
 mod pages;
 mod sections;
 mod session;
+mod transmitters;
 
 use std::sync::Arc;
 
@@ -128,6 +129,15 @@ impl Console {
             .route("/console/account/name", post(accounts::set_own_name))
             .route("/console/tokens", post(accounts::create_token))
             .route("/console/tokens/{id}/revoke", post(accounts::revoke_token))
+            .route(
+                "/console/transmitters",
+                get(transmitters::transmitters).post(transmitters::create_transmitter),
+            )
+            .route("/console/transmitters/{id}", get(transmitters::transmitter))
+            .route(
+                "/console/transmitters/{id}/delete",
+                post(transmitters::delete_transmitter),
+            )
             .route("/console/batches", post(sections::start_batch))
             .route("/console/batches/{id}", get(sections::batch))
             .route("/console/batches/{id}/end", post(sections::end_batch))

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chamberlain_console::{Console, ConsoleSettings};
 use chamberlain_domain::conformance::fixtures::{self, T0};
-use chamberlain_domain::model::{ChamberId, OrganizationId, Role};
+use chamberlain_domain::model::{ChamberId, OrganizationId, PageRequest, PageSize, Role};
 use chamberlain_domain::ports::{
     ChamberRepository, DetectorRepository, ReadingRepository, Repositories,
 };
@@ -1209,4 +1209,182 @@ async fn users_and_tokens_are_managed_on_their_page() {
         )
         .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn transmitters_their_delivery_state_and_dead_letters_are_on_admin_pages() {
+    use chamberlain_domain::model::{DeadLetterId, TransmitterId};
+    use chamberlain_domain::ports::TransmitterRepository;
+    use chamberlain_domain::transmit::{DeadLetter, Delivery, DeliveryKind, DeliveryState};
+
+    let lab = lab().await;
+    let origin = "http://lab:8080";
+    let (admin, csrf) = lab.sign_in("admin%40lab.example").await;
+    let page = lab.get("/console/transmitters", Some(&admin)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("No transmitters yet."));
+
+    // Refused naming the field, what was typed kept but never the secret.
+    let bad = lab
+        .post(
+            "/console/transmitters",
+            Some(&admin),
+            &format!(
+                "csrf={csrf}&name=pager&kind=webhook&url=ftp%3A%2F%2Fhooks.example%2Fx\
+                 &secret=0123456789abcdef-typed&alerts=on"
+            ),
+            origin,
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(bad.body.contains("transmitter.webhook.url"), "{}", bad.body);
+    assert!(
+        bad.body.contains(r#"value="ftp://hooks.example/x""#),
+        "{}",
+        bad.body
+    );
+    assert!(!bad.body.contains("0123456789abcdef-typed"));
+    let no_kind = lab
+        .post(
+            "/console/transmitters",
+            Some(&admin),
+            &format!("csrf={csrf}&name=pager&alerts=on"),
+            origin,
+        )
+        .await;
+    assert!(
+        no_kind.body.contains("transmitter.kind"),
+        "{}",
+        no_kind.body
+    );
+
+    for form in [
+        "name=pager&kind=webhook&url=https%3A%2F%2Fhooks.example%2Fx&secret=0123456789abcdef-secret&alerts=on",
+        "name=broker&kind=mqtt&broker=mqtt%3A%2F%2F127.0.0.1%3A1883&topic_prefix=lab%2Fone&readings=on&alerts=on",
+    ] {
+        let created = lab
+            .post(
+                "/console/transmitters",
+                Some(&admin),
+                &format!("csrf={csrf}&{form}"),
+                origin,
+            )
+            .await;
+        assert_eq!(
+            created.location(),
+            "/console/transmitters",
+            "{}",
+            created.body
+        );
+    }
+    let duplicate = lab
+        .post(
+            "/console/transmitters",
+            Some(&admin),
+            &format!(
+                "csrf={csrf}&name=pager&kind=webhook&url=https%3A%2F%2Fhooks.example%2Fy&secret=0123456789abcdef-secret&alerts=on"
+            ),
+            origin,
+        )
+        .await;
+    assert_eq!(duplicate.status, StatusCode::CONFLICT, "{}", duplicate.body);
+
+    let stored = lab
+        .store
+        .list_transmitters(lab.org, PageRequest::first(PageSize::new(10).unwrap()))
+        .await
+        .unwrap()
+        .items;
+    let pager = stored.iter().find(|t| t.name.as_str() == "pager").unwrap();
+    let broker = stored.iter().find(|t| t.name.as_str() == "broker").unwrap();
+    // The forwarder's view: the pager fails, the broker delivers; one dead letter.
+    let mut failing = DeliveryState::new(pager, T0);
+    failing.failed(T0, "HTTP 503 from hooks.example");
+    lab.store.record_delivery_state(&failing).await.unwrap();
+    let mut delivering = DeliveryState::new(broker, T0);
+    delivering.delivered(T0);
+    lab.store.record_delivery_state(&delivering).await.unwrap();
+    lab.store
+        .record_dead_letter(&DeadLetter {
+            id: DeadLetterId::random(),
+            organization_id: lab.org,
+            transmitter_id: pager.id,
+            delivery: Delivery {
+                kind: DeliveryKind::AlertOpened,
+                organization_id: lab.org,
+                topic: "chambers/x/alerts".into(),
+                body: "{}".into(),
+            },
+            attempts: 5,
+            last_error: "HTTP 503 from hooks.example".into(),
+            at: T0,
+        })
+        .await
+        .unwrap();
+
+    let page = lab.get("/console/transmitters", Some(&admin)).await;
+    let row = |id: TransmitterId| {
+        page.body
+            .split(&format!("<tr data-transmitter=\"{id}\">"))
+            .nth(1)
+            .and_then(|rest| rest.split("</tr>").next())
+            .unwrap_or_else(|| panic!("{id} is listed: {}", page.body))
+            .to_owned()
+    };
+    let pager_row = row(pager.id);
+    assert!(
+        pager_row.contains("failing since") && pager_row.contains("HTTP 503"),
+        "{pager_row}"
+    );
+    assert!(
+        pager_row.contains("https://hooks.example/x") && pager_row.contains(">1</a>"),
+        "{pager_row}"
+    );
+    let broker_row = row(broker.id);
+    assert!(broker_row.contains("delivering"), "{broker_row}");
+    assert!(
+        broker_row.contains("mqtt://127.0.0.1:1883 under lab/one"),
+        "{broker_row}"
+    );
+    assert!(
+        broker_row.contains("readings and alerts") && broker_row.contains(">0</a>"),
+        "{broker_row}"
+    );
+
+    let letters = lab
+        .get(&format!("/console/transmitters/{}", pager.id), Some(&admin))
+        .await;
+    assert_eq!(letters.status, StatusCode::OK, "{}", letters.body);
+    assert!(letters.body.contains("alert opened") && letters.body.contains("chambers/x/alerts"));
+
+    // Not for operators or viewers, and a forged delete is refused.
+    for email in ["op%40lab.example", "viewer%40lab.example"] {
+        let (cookie, their_csrf) = lab.sign_in(email).await;
+        let page = lab.get("/console/transmitters", Some(&cookie)).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{email}");
+        let overview = lab.get("/console/", Some(&cookie)).await;
+        assert!(!overview.body.contains("/console/transmitters"), "{email}");
+        let forged = lab
+            .post(
+                &format!("/console/transmitters/{}/delete", pager.id),
+                Some(&cookie),
+                &format!("csrf={their_csrf}"),
+                origin,
+            )
+            .await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN, "{email}");
+    }
+
+    let deleted = lab
+        .post(
+            &format!("/console/transmitters/{}/delete", pager.id),
+            Some(&admin),
+            &format!("csrf={csrf}"),
+            origin,
+        )
+        .await;
+    assert_eq!(deleted.location(), "/console/transmitters");
+    let page = lab.get("/console/transmitters", Some(&admin)).await;
+    assert!(!page.body.contains(&pager.id.to_string()));
+    assert!(lab.store.delivery_states(lab.org).await.unwrap().len() == 1);
 }

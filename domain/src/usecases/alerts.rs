@@ -291,6 +291,16 @@ impl TransmitterAdmin {
 
     /// # Errors
     /// `Forbidden` below admin; `NotFound`; `Unavailable`.
+    pub async fn get(&self, actor: &Actor, id: TransmitterId) -> Result<Transmitter> {
+        actor.require(Role::Admin, "read transmitters")?;
+        Ok(self
+            .transmitters
+            .get_transmitter(actor.organization_id, id)
+            .await?)
+    }
+
+    /// # Errors
+    /// `Forbidden` below admin; `NotFound`; `Unavailable`.
     pub async fn delete(&self, actor: &Actor, id: TransmitterId) -> Result<()> {
         actor.require(Role::Admin, "delete a transmitter")?;
         Ok(self
