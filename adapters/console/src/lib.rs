@@ -5,6 +5,7 @@ mod assets;
 mod charts;
 mod download;
 mod forms;
+mod import;
 mod live;
 mod pages;
 mod sections;
@@ -129,6 +130,12 @@ impl Console {
             .route("/console/account/name", post(accounts::set_own_name))
             .route("/console/tokens", post(accounts::create_token))
             .route("/console/tokens/{id}/revoke", post(accounts::revoke_token))
+            .route(
+                "/console/import",
+                get(import::import_form).post(import::import).layer(
+                    axum::extract::DefaultBodyLimit::max(import::MAX_IMPORT_BYTES),
+                ),
+            )
             .route(
                 "/console/transmitters",
                 get(transmitters::transmitters).post(transmitters::create_transmitter),

@@ -11,7 +11,7 @@ use chamberlain_console::{Console, ConsoleSettings};
 use chamberlain_domain::conformance::fixtures::{self, T0};
 use chamberlain_domain::model::{ChamberId, OrganizationId, PageRequest, PageSize, Role};
 use chamberlain_domain::ports::{
-    ChamberRepository, DetectorRepository, ReadingRepository, Repositories,
+    ChamberFilter, ChamberRepository, DetectorRepository, ReadingRepository, Repositories,
 };
 use chamberlain_domain::usecases::{
     Actor, ApiPorts, ApiSettings, ApiUseCases, NewChamber, NewDetector, NewSection, NewUser,
@@ -1387,4 +1387,162 @@ async fn transmitters_their_delivery_state_and_dead_letters_are_on_admin_pages()
     let page = lab.get("/console/transmitters", Some(&admin)).await;
     assert!(!page.body.contains(&pager.id.to_string()));
     assert!(lab.store.delivery_states(lab.org).await.unwrap().len() == 1);
+}
+
+impl Lab {
+    /// Uploads `csv` to the import form as a browser would (multipart).
+    async fn import(&self, cookie: &str, csrf: &str, csv: &str, skip_refused: bool) -> Answer {
+        let boundary = "----chamberlain-test-boundary";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n"
+        );
+        if skip_refused {
+            body.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"skip_refused\"\r\n\r\non\r\n"
+            ));
+        }
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"chambers.csv\"\r\n\
+             Content-Type: text/csv\r\n\r\n{csv}\r\n--{boundary}--\r\n"
+        ));
+        let request = Request::post("/console/import")
+            .header(header::HOST, "lab:8080")
+            .header(header::ORIGIN, "http://lab:8080")
+            .header(
+                header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header(header::COOKIE, cookie)
+            .body(Body::from(body))
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn chamber_count(&self) -> usize {
+        self.store
+            .list(
+                self.org,
+                ChamberFilter::default(),
+                PageRequest::first(PageSize::new(1000).unwrap()),
+            )
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
+}
+
+/// `n` rows of the import format in the lab's section, row `bad` (1-based) with an interval
+/// that does not parse.
+fn chambers_csv(n: usize, bad: Option<usize>) -> String {
+    let mut csv = String::from("section,name,url,interval,detectors\n");
+    for i in 1..=n {
+        let interval = if Some(i) == bad { "often" } else { "5s" };
+        csv.push_str(&format!(
+            "Growth room,imported-{i:02},http://chambers.example/imported-{i},{interval},/t=Temperature:°C;/h=Humidity:%\n"
+        ));
+    }
+    csv
+}
+
+#[tokio::test]
+async fn a_csv_import_names_the_refused_line_and_creates_all_or_nothing() {
+    let lab = lab().await;
+    let (op, csrf) = lab.sign_in("op%40lab.example").await;
+    let page = lab.get("/console/import", Some(&op)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("enctype=\"multipart/form-data\""));
+    let before = lab.chamber_count().await;
+
+    // Row 27 is on line 28 (after the header): named with its column, nothing created.
+    let refused = lab
+        .import(&op, &csrf, &chambers_csv(50, Some(27)), false)
+        .await;
+    assert_eq!(refused.status, StatusCode::OK, "{}", refused.body);
+    assert!(
+        refused.body.contains("Checked 50 of 50 rows"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused
+            .body
+            .contains("1 of 50 rows refused; nothing was imported"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused
+            .body
+            .contains("<tr data-line=\"28\"><td>28</td><td>interval</td>"),
+        "{}",
+        refused.body
+    );
+    assert!(!refused.body.contains("Creating"));
+    assert!(
+        refused.body.trim_end().ends_with("</html>"),
+        "the page is whole"
+    );
+    assert_eq!(lab.chamber_count().await, before);
+
+    // A name already taken, found by the use case, is named too; skipping imports the rest.
+    let mut csv = chambers_csv(3, None);
+    csv.push_str("Growth room,oven-a,http://chambers.example/again,5s,/t=T\n");
+    let skipped = lab.import(&op, &csrf, &csv, true).await;
+    assert!(
+        skipped.body.contains("Imported 3 chambers of 4 rows"),
+        "{}",
+        skipped.body
+    );
+    assert!(
+        skipped
+            .body
+            .contains("<tr data-line=\"5\"><td>5</td><td>name</td>"),
+        "{}",
+        skipped.body
+    );
+    assert_eq!(lab.chamber_count().await, before + 3);
+
+    let fixed = lab
+        .import(
+            &op,
+            &csrf,
+            &chambers_csv(50, None).replace("imported-", "fixed-"),
+            false,
+        )
+        .await;
+    assert!(
+        fixed.body.contains("Creating 50 chambers"),
+        "{}",
+        fixed.body
+    );
+    assert!(
+        fixed.body.contains("Imported 50 chambers of 50 rows"),
+        "{}",
+        fixed.body
+    );
+    assert_eq!(lab.chamber_count().await, before + 53);
+
+    let wrong_header = lab.import(&op, &csrf, "section,name,colour\n", false).await;
+    assert!(
+        wrong_header.body.contains("line 1: unknown column"),
+        "{}",
+        wrong_header.body
+    );
+
+    // A viewer may not import, not even with a forged request; another site neither.
+    let (viewer, viewer_csrf) = lab.sign_in("viewer%40lab.example").await;
+    assert_eq!(
+        lab.get("/console/import", Some(&viewer)).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let forged = lab
+        .import(&viewer, &viewer_csrf, &chambers_csv(1, None), false)
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let wrong_token = lab
+        .import(&op, "not-the-token", &chambers_csv(1, None), false)
+        .await;
+    assert_eq!(wrong_token.status, StatusCode::FORBIDDEN);
+    assert_eq!(lab.chamber_count().await, before + 53);
 }
