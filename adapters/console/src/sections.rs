@@ -3,7 +3,7 @@
 //! chambers and its readings as a CSV download. The same use cases as the API.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use chamberlain_domain::model::{BatchId, PageRequest, PageSize, Role, SectionId};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::Console;
 use crate::forms::{Change, after_form};
-use crate::pages::{Nav, Session, error_page, refusal, render};
+use crate::pages::{Nav, Session, error_page, percent_encode, refusal, render};
 
 struct SectionRow {
     id: String,
@@ -273,12 +273,23 @@ struct BatchPage {
     ended: Option<String>,
     coverage: String,
     chambers: Vec<ChamberLink>,
+    /// The chamber whose charts are shown (chosen with `?chamber=`, else the first), and the
+    /// series of its detectors over the batch's time.
+    charted: Option<(String, String)>,
+    series_url: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct BatchQuery {
+    #[serde(default)]
+    chamber: String,
 }
 
 pub(crate) async fn batch(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<BatchQuery>,
 ) -> Response {
     let session = match console.session(&headers).await {
         Ok(s) => s,
@@ -291,7 +302,7 @@ pub(crate) async fn batch(
             "No such batch in your organization.",
         );
     };
-    match batch_page(&console, &session, id).await {
+    match batch_page(&console, &session, id, &query.chamber).await {
         Ok(page) => render(&page),
         Err(e) => refusal(&e),
     }
@@ -301,6 +312,7 @@ async fn batch_page(
     console: &Console,
     session: &Session,
     id: BatchId,
+    chosen: &str,
 ) -> Result<BatchPage, UseCaseError> {
     let api = &console.inner.api;
     let actor = &session.identity.actor;
@@ -334,6 +346,31 @@ async fn batch_page(
             PageRequest::first(PageSize::new(1000).unwrap_or_default()),
         )
         .await?;
+    let mut chambers: Vec<ChamberLink> = chambers
+        .items
+        .into_iter()
+        .map(|c| ChamberLink {
+            id: c.id.to_string(),
+            name: c.name.as_str().to_owned(),
+        })
+        .collect();
+    chambers.sort_by(|a, b| a.name.cmp(&b.name));
+    let charted = (batch.started_at < end)
+        .then(|| {
+            chambers
+                .iter()
+                .find(|c| c.id == chosen)
+                .or_else(|| chambers.first())
+        })
+        .flatten()
+        .map(|c| (c.id.clone(), c.name.clone()));
+    let series_url = charted.as_ref().map_or_else(String::new, |(chamber, _)| {
+        format!(
+            "/console/chambers/{chamber}/series?from={}&to={}",
+            percent_encode(&batch.started_at.to_rfc3339()),
+            percent_encode(&end.to_rfc3339())
+        )
+    });
     Ok(BatchPage {
         nav: session.nav(),
         can_edit: actor.role >= Role::Operator,
@@ -344,13 +381,8 @@ async fn batch_page(
         started: batch.started_at.to_string(),
         ended: batch.ended_at.map(|t| t.to_string()),
         coverage,
-        chambers: chambers
-            .items
-            .into_iter()
-            .map(|c| ChamberLink {
-                id: c.id.to_string(),
-                name: c.name.as_str().to_owned(),
-            })
-            .collect(),
+        chambers,
+        charted,
+        series_url,
     })
 }

@@ -101,8 +101,10 @@ async function drawCharts(container) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const charts = document.getElementById("charts");
-  if (charts && window.uPlot) drawCharts(charts);
+  // A chamber's page has one set of charts, a batch's page one per charted chamber.
+  if (window.uPlot) {
+    for (const charts of document.querySelectorAll("[data-series]")) drawCharts(charts);
+  }
   // Filters apply as soon as a choice changes.
   for (const select of document.querySelectorAll("form.filters select")) {
     select.addEventListener("change", () => select.form.submit());

@@ -980,6 +980,46 @@ async fn sections_and_batches_are_managed_on_their_page() {
         "{}",
         batch_page.body
     );
+    // Charts over the batch's time: the first chamber by name, another one on request.
+    assert!(
+        batch_page
+            .body
+            .contains("Readings of freezer during the batch"),
+        "{}",
+        batch_page.body
+    );
+    let oven = lab
+        .get(
+            &format!("/console/batches/{batch}?chamber={}", lab.chamber),
+            Some(&cookie),
+        )
+        .await;
+    assert!(oven.body.contains("Readings of oven-a during the batch"));
+    let series_url = oven
+        .body
+        .split("data-series=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a chart")
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    assert!(
+        series_url.starts_with(&format!("/console/chambers/{}/series?from=", lab.chamber)),
+        "{series_url}"
+    );
+    let series = lab.get(&series_url, Some(&cookie)).await;
+    assert_eq!(
+        series.status,
+        StatusCode::OK,
+        "{series_url}: {}",
+        series.body
+    );
+    let series: serde_json::Value = serde_json::from_str(&series.body).unwrap();
+    assert_eq!(
+        series["to"].as_i64().unwrap() - series["from"].as_i64().unwrap(),
+        120
+    );
+    assert_eq!(series["detectors"][0]["name"], "temperature");
     let csv = lab
         .get(
             &format!("/console/batches/{batch}/readings.csv"),
