@@ -59,19 +59,36 @@ fn chromium_and_script() -> (String, PathBuf, PathBuf) {
 /// Runs `tests/browser/console.mjs` against `console` and fails the test with its output if it
 /// fails.
 async fn run_console_script(console: ConsoleUnderTest) {
+    run_browser_script(
+        "console.mjs",
+        console.label,
+        vec![
+            ("CONSOLE", console.origin),
+            ("ADMIN_EMAIL", console.admin_email),
+            ("ADMIN_PASSWORD", console.admin_password),
+            ("VIEWER_EMAIL", VIEWER_EMAIL.into()),
+            ("VIEWER_PASSWORD", VIEWER_PASSWORD.into()),
+            ("FAILING_CHAMBER", console.failing_chamber),
+        ],
+    )
+    .await;
+}
+
+/// Runs `tests/browser/{script}` with `vars` (and the browser and screenshot directory) and fails
+/// the test with its output if it fails.
+async fn run_browser_script(
+    script: &'static str,
+    label: &'static str,
+    vars: Vec<(&'static str, String)>,
+) {
     let (chromium, browser_dir, shots) = chromium_and_script();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .arg("console.mjs")
+            .arg(script)
             .current_dir(&browser_dir)
-            .env("CONSOLE", &console.origin)
-            .env("ADMIN_EMAIL", &console.admin_email)
-            .env("ADMIN_PASSWORD", &console.admin_password)
-            .env("VIEWER_EMAIL", VIEWER_EMAIL)
-            .env("VIEWER_PASSWORD", VIEWER_PASSWORD)
+            .envs(vars)
             .env("CHROMIUM", chromium)
-            .env("FAILING_CHAMBER", &console.failing_chamber)
-            .env("SCREENSHOTS", shots.join(console.label))
+            .env("SCREENSHOTS", shots.join(label))
             .output()
     })
     .await
@@ -79,7 +96,7 @@ async fn run_console_script(console: ConsoleUnderTest) {
     .expect("node runs");
     assert!(
         output.status.success(),
-        "the browser test failed:\n{}\n{}",
+        "the browser test {script} failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -158,6 +175,54 @@ async fn the_console_works_in_chromium() {
         failing_chamber,
         label: "standalone",
     })
+    .await;
+    drop(standalone);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An administrator runs the organization from the console (`tests/browser/admin.mjs`):
+/// sections, a CSV import, a batch, tokens, a viewer, a webhook transmitter to a receiver the
+/// script starts, and an export checked against the API's readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_runs_the_organization_from_chromium() {
+    chromium_and_script();
+    let dir = std::env::temp_dir().join(format!("chamberlain-admin-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&dir).unwrap();
+    let (api, sim) = (free_port(), free_port_on_127_0_0_2());
+    let standalone = start_simulating(&chamberlain_bin(), &dir, api, sim, 3);
+    let token = standalone
+        .token
+        .clone()
+        .expect("the first start prints a token");
+    let password = standalone
+        .console_password
+        .clone()
+        .expect("the first start prints the console's password");
+    let channel = connect(api).await;
+    let charted = ChamberServiceClient::new(channel.clone())
+        .list_chambers(authed(v1::ListChambersRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .chambers
+        .into_iter()
+        .find(|c| c.name == "sim-0000")
+        .expect("the simulated chambers are registered");
+
+    run_browser_script(
+        "admin.mjs",
+        "admin",
+        vec![
+            ("CONSOLE", format!("http://127.0.0.1:{}", standalone.http)),
+            ("ADMIN_EMAIL", "admin@localhost".into()),
+            ("ADMIN_PASSWORD", password),
+            ("ADMIN_TOKEN", token),
+            ("CHAMBER_URL", charted.url.clone()),
+            // The simulator's address, which `--simulate` lets the egress policy reach.
+            ("RECEIVER_HOST", "127.0.0.2".into()),
+            ("CHARTED_CHAMBER", charted.id),
+        ],
+    )
     .await;
     drop(standalone);
     let _ = std::fs::remove_dir_all(&dir);
