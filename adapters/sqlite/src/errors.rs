@@ -116,6 +116,11 @@ pub(crate) const UNIQUE_INDEXES: &[(&str, Unique)] = &[
         Unique::Duplicate("transmitter", "name"),
     ),
     ("dead_letters.id", Unique::Duplicate("dead_letter", "id")),
+    // Written with ON CONFLICT (one row per transmitter, replaced); mapped for completeness.
+    (
+        "transmitter_delivery_states.transmitter_id",
+        Unique::Duplicate("delivery_state", "transmitter_id"),
+    ),
 ];
 
 /// What a unique violation of one index means.
