@@ -37,3 +37,28 @@ impl Clock for ManualClock {
         Timestamp::from_unix_millis(self.ms.load(Ordering::SeqCst))
     }
 }
+
+/// Wall time that follows Tokio's clock from `start`: on a paused test runtime, sleeping moves
+/// both, so loops that measure with the [`Clock`] port and sleep with Tokio's timer run as they
+/// do in production, an hour in milliseconds.
+#[derive(Debug)]
+pub struct TokioClock {
+    origin: Timestamp,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Reads `origin` now.
+    pub fn at(origin: Timestamp) -> Arc<Self> {
+        Arc::new(Self {
+            origin,
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        self.origin + self.start.elapsed()
+    }
+}

@@ -7,6 +7,6 @@ mod passwords;
 mod store;
 
 pub use chamber_client::{ScriptedAnswer, ScriptedChamberClient};
-pub use clock::ManualClock;
+pub use clock::{ManualClock, TokioClock};
 pub use passwords::InsecureTestPasswordHasher;
 pub use store::MemoryStore;
