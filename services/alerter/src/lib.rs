@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use chamberlain_domain::ports::{
     AlertRepository, ChamberHealthRepository, ChamberRepository, Clock, DeliveryClient,
-    EventDelivery, EventFeed, EventPublisher, EventSubscription, LeaderLease, LeaseGrant,
-    Repositories, TransmitterRepository,
+    EventDelivery, EventFeed, EventPublisher, EventSubscription, LeaderLease, Repositories,
+    TransmitterRepository,
 };
 use chamberlain_domain::usecases::AlertEvaluator;
+use chamberlain_leadership::{Leadership, sleep_until};
 
 pub use forward::{Destinations, ForwardSettings, ForwardStats, Forwarder};
 
@@ -64,11 +65,6 @@ impl std::fmt::Debug for Alerter {
     }
 }
 
-enum TermEnd {
-    LostLease,
-    Shutdown,
-}
-
 impl Alerter {
     pub fn new(
         repositories: &Repositories,
@@ -96,40 +92,17 @@ impl Alerter {
     /// Runs until `shutdown` resolves: waits for the lease, evaluates and forwards while it
     /// holds it, and gives it up on shutdown. Infrastructure errors are logged and retried.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let grant = tokio::select! {
-                () = &mut shutdown => return,
-                grant = self.acquire() => grant,
-            };
-            tracing::info!(holder = %self.config.holder, "leading alerting");
-            match self.lead(grant.clone(), &mut shutdown).await {
-                TermEnd::Shutdown => {
-                    if let Err(e) = self.lease.release(&grant).await {
-                        tracing::warn!(error = %e, "lease not released; it expires by itself");
-                    }
-                    return;
-                }
-                TermEnd::LostLease => {
-                    tracing::warn!(holder = %self.config.holder, "lost the alerter lease; following");
-                }
-            }
-        }
-    }
-
-    async fn acquire(&self) -> LeaseGrant {
-        loop {
-            match self
-                .lease
-                .acquire(&self.config.holder, self.config.lease_ttl)
-                .await
-            {
-                Ok(Some(grant)) => return grant,
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "lease store unavailable"),
-            }
-            tokio::time::sleep(self.config.renew_every).await;
-        }
+        let leadership = Leadership {
+            lease: self.lease.clone(),
+            clock: self.clock.clone(),
+            holder: self.config.holder.clone(),
+            ttl: self.config.lease_ttl,
+            renew_every: self.config.renew_every,
+            role: "alerting",
+        };
+        leadership
+            .run(shutdown, |_grant| self.lead(), |_end| {})
+            .await;
     }
 
     async fn subscribe(&self) -> Box<dyn EventSubscription> {
@@ -144,11 +117,10 @@ impl Alerter {
         }
     }
 
-    async fn lead<S: Future<Output = ()> + Unpin>(
-        &self,
-        mut grant: LeaseGrant,
-        shutdown: &mut S,
-    ) -> TermEnd {
+    /// One term as the leader: evaluates rules on every event and every tick, forwards what
+    /// transmitters want, and reloads rules and transmitters every `reload_every` (the timers on
+    /// the `Clock` port). Runs until the leadership helper drops it.
+    async fn lead(&self) {
         // Subscribe before loading, so nothing falls between the two.
         let mut subscription = self.subscribe().await;
         let mut evaluator = AlertEvaluator::new(
@@ -164,12 +136,11 @@ impl Alerter {
             self.clock.clone(),
             self.config.forward,
         );
-        let mut tick = tokio::time::interval(self.config.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut next_reload = tokio::time::Instant::now();
-        let mut next_renew = tokio::time::Instant::now() + self.config.renew_every;
+        let clock = self.clock.as_ref();
+        let mut next_tick = clock.now() + self.config.tick;
+        let mut next_reload = clock.now();
         loop {
-            let now = tokio::time::Instant::now();
+            let now = clock.now();
             if now >= next_reload {
                 match evaluator.reload().await {
                     Ok(events) => events.iter().for_each(|e| forwarder.offer(e)),
@@ -181,27 +152,15 @@ impl Alerter {
                 tracing::debug!(rules = evaluator.rules(), ?forwarder, "reloaded");
                 next_reload = now + self.config.reload_every;
             }
-            if now >= next_renew {
-                match self.lease.renew(&grant, self.config.lease_ttl).await {
-                    Ok(Some(g)) => grant = g,
-                    Ok(None) => return TermEnd::LostLease,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lease renewal failed");
-                        if self.clock.now() >= grant.expires_at {
-                            return TermEnd::LostLease;
-                        }
-                    }
+            if now >= next_tick {
+                for e in evaluator.tick().await {
+                    forwarder.offer(&e);
                 }
-                next_renew = now + self.config.renew_every;
+                // Ticks that fell behind are not made up: the next comes a tick from now.
+                next_tick = clock.now() + self.config.tick;
             }
             tokio::select! {
-                () = &mut *shutdown => return TermEnd::Shutdown,
-                _ = tick.tick() => {
-                    for e in evaluator.tick().await {
-                        forwarder.offer(&e);
-                    }
-                }
-                () = tokio::time::sleep_until(next_reload.min(next_renew)) => {}
+                () = sleep_until(clock, next_tick.min(next_reload)) => {}
                 delivery = subscription.next() => match delivery {
                     Some(EventDelivery::Event(event)) => {
                         // Alert events come from this evaluator (handed over directly below);

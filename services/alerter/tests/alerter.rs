@@ -22,19 +22,8 @@ use chamberlain_domain::ports::{
 use chamberlain_domain::transmit::{
     Delivery, DeliveryKind, Destination, Forwarded, RetryPolicy, Transmitter, WebhookSecret,
 };
-use chamberlain_fakes::MemoryStore;
+use chamberlain_fakes::{MemoryStore, TokioClock};
 use chamberlain_memory::{MemoryEventBus, MemoryLeaderLease};
-
-/// Wall time that follows Tokio's clock, so a paused test runtime moves both.
-struct TokioClock {
-    start: tokio::time::Instant,
-}
-
-impl Clock for TokioClock {
-    fn now(&self) -> Timestamp {
-        T0 + self.start.elapsed()
-    }
-}
 
 /// A destination that fails (transiently or for good) a number of times, or hangs for ever,
 /// and records what reached it.
@@ -204,9 +193,7 @@ async fn a_failing_delivery_is_retried_with_backoff_until_it_succeeds() {
         fail_first: AtomicU32::new(2),
         ..FakeDestination::default()
     });
-    let clock = Arc::new(TokioClock {
-        start: tokio::time::Instant::now(),
-    });
+    let clock = TokioClock::at(T0);
     let mut forwarder = Forwarder::new(w.store.clone(), dest.clone(), clock, settings(5));
     forwarder.reload().await.unwrap();
     forwarder.offer(&readings_event(&w, T0)); // not forwarded: alerts only
@@ -251,9 +238,7 @@ async fn a_destination_that_stays_down_gets_every_try_and_then_a_dead_letter() {
         fail_first: AtomicU32::new(u32::MAX),
         ..FakeDestination::default()
     });
-    let clock = Arc::new(TokioClock {
-        start: tokio::time::Instant::now(),
-    });
+    let clock = TokioClock::at(T0);
     let mut forwarder = Forwarder::new(w.store.clone(), dest.clone(), clock, settings(4));
     forwarder.reload().await.unwrap();
     let event = alert_event(&w);
@@ -299,9 +284,7 @@ async fn a_refused_delivery_is_dead_lettered_at_once() {
         permanent: true,
         ..FakeDestination::default()
     });
-    let clock = Arc::new(TokioClock {
-        start: tokio::time::Instant::now(),
-    });
+    let clock = TokioClock::at(T0);
     let mut forwarder = Forwarder::new(w.store.clone(), dest.clone(), clock, settings(5));
     forwarder.reload().await.unwrap();
     forwarder.offer(&alert_event(&w));
@@ -327,9 +310,7 @@ async fn a_blocked_destination_is_reported_once_per_transmitter_and_counted_per_
         blocked: true,
         ..FakeDestination::default()
     });
-    let clock = Arc::new(TokioClock {
-        start: tokio::time::Instant::now(),
-    });
+    let clock = TokioClock::at(T0);
     let mut forwarder = Forwarder::new(w.store.clone(), dest.clone(), clock, settings(5));
     forwarder.reload().await.unwrap();
     for _ in 0..10 {
@@ -386,9 +367,7 @@ async fn a_hung_destination_never_holds_up_offers_nor_the_other_transmitters() {
             }
         }
     }
-    let clock = Arc::new(TokioClock {
-        start: tokio::time::Instant::now(),
-    });
+    let clock = TokioClock::at(T0);
     let mut forwarder = Forwarder::new(
         w.store.clone(),
         Arc::new(ByName {
@@ -435,9 +414,7 @@ async fn the_leader_opens_an_alert_stores_it_publishes_it_and_forwards_it() {
     w.store.create_rule(&rule).await.unwrap();
     transmitter(&w, "pager", Forwarded::new(true, true).unwrap()).await;
     let dest = Arc::new(FakeDestination::default());
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock {
-        start: tokio::time::Instant::now(),
-    });
+    let clock: Arc<dyn Clock> = TokioClock::at(T0);
     let bus = Arc::new(MemoryEventBus::new(1024));
     let mut watcher = bus.subscribe();
     let mut config = AlerterConfig::new("alerter-test");
