@@ -15,6 +15,7 @@ use chamberlain_domain::ports::{
     ScheduleCheckpoint,
 };
 use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
+use chamberlain_leadership::{Leadership, sleep_until};
 use chamberlain_telemetry::instruments;
 
 /// How long before its slot a poll is enqueued, unless configured otherwise.
@@ -91,10 +92,41 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
-/// Why a leader term ended.
-enum TermEnd {
-    LostLease,
-    Shutdown,
+/// A resync loading in the background, stopped if the term ends first.
+struct Loading(tokio::task::JoinHandle<Option<Vec<ScheduledChamber>>>);
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What woke a term up.
+enum Wake {
+    Change(Option<ChamberChange>),
+    Loaded(Option<Vec<ScheduledChamber>>),
+    Timer,
+}
+
+/// One term as the leader: the planner and what feeds it, and when each of its timers fires
+/// next, all read on the `Clock` port. Lease renewal is the leadership helper's; the term is
+/// dropped the moment the lease is lost.
+struct Term<'s> {
+    scheduler: &'s Scheduler,
+    fencing_token: u64,
+    planner: SchedulePlanner,
+    feed: Option<Box<dyn ChangeSubscription>>,
+    /// A resync in the background: enqueuing never waits for it; changes that arrive
+    /// meanwhile are applied at once and again on top of the loaded snapshot.
+    loading: Option<Loading>,
+    changed_while_loading: Vec<ChamberChange>,
+    /// Polls whose enqueue failed (queue unavailable): retried while current.
+    unsent: Vec<PollJob>,
+    next_resync: Timestamp,
+    /// Decisions are at least `decide_every` apart (and the first comes at once).
+    next_decision: Timestamp,
+    next_checkpoint: Timestamp,
+    next_sample: Timestamp,
 }
 
 impl Scheduler {
@@ -123,199 +155,26 @@ impl Scheduler {
     /// Runs until `shutdown` resolves: waits for the lease, leads while it holds it, and gives
     /// it up on shutdown. Infrastructure errors are logged and retried; they never end the loop.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let grant = tokio::select! {
-                () = &mut shutdown => return,
-                grant = self.acquire() => grant,
-            };
-            tracing::info!(holder = %self.config.holder, token = grant.fencing_token, "leading the schedule");
-            instruments().leader.record(1, &[]);
-            let end = self.lead(grant.clone(), &mut shutdown).await;
-            instruments().leader.record(0, &[]);
-            match end {
-                TermEnd::Shutdown => {
-                    if let Err(e) = self.lease.release(&grant).await {
-                        tracing::warn!(error = %e, "lease not released; it expires by itself");
-                    }
-                    return;
-                }
-                TermEnd::LostLease => {
-                    tracing::warn!(holder = %self.config.holder, "lost the leader lease; following");
-                }
-            }
-        }
-    }
-
-    /// Tries for the lease every renewal period until it is granted.
-    async fn acquire(&self) -> LeaseGrant {
+        let leadership = Leadership {
+            lease: self.lease.clone(),
+            clock: self.clock.clone(),
+            holder: self.config.holder.clone(),
+            ttl: self.config.lease_ttl,
+            renew_every: self.config.renew_every,
+            role: "the schedule",
+        };
         instruments().leader.record(0, &[]);
-        loop {
-            match self
-                .lease
-                .acquire(&self.config.holder, self.config.lease_ttl)
-                .await
-            {
-                Ok(Some(grant)) => return grant,
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "lease store unavailable"),
-            }
-            tokio::time::sleep(self.config.renew_every).await;
-        }
-    }
-
-    async fn lead<S: Future<Output = ()> + Unpin>(
-        &self,
-        mut grant: LeaseGrant,
-        shutdown: &mut S,
-    ) -> TermEnd {
-        let now = self.clock.now();
-        let watermark = match self.checkpoint.load().await {
-            Ok(Some(w)) => w,
-            // The first leader ever: nothing was owed before now.
-            Ok(None) => Timestamp::from_unix_millis(now.as_unix_millis() - 1),
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint unavailable; starting from now");
-                Timestamp::from_unix_millis(now.as_unix_millis() - 1)
-            }
-        };
-        let mut planner = SchedulePlanner::new(self.config.catch_up, watermark);
-        // Subscribe before loading, so no change falls between the two.
-        let mut feed: Option<Box<dyn ChangeSubscription>> = match self.changes.subscribe().await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "change feed unavailable; relying on resyncs");
-                None
-            }
-        };
-        let mut next_resync = self.resync(&mut planner).await;
-        // Later resyncs load in the background, so enqueuing never waits for them; changes that
-        // arrive meanwhile are applied at once and again on top of the loaded snapshot.
-        let mut loading: Option<tokio::task::JoinHandle<Option<Vec<ScheduledChamber>>>> = None;
-        let mut changed_while_loading: Vec<ChamberChange> = Vec::new();
-        // Polls whose enqueue failed (queue unavailable): retried at each wake while current.
-        let mut unsent: Vec<PollJob> = Vec::new();
-        let mut next_checkpoint = tokio::time::Instant::now();
-        let mut next_renew = tokio::time::Instant::now() + self.config.renew_every;
-        let mut next_sample = tokio::time::Instant::now();
-        let ahead = self.config.enqueue_ahead;
-        // Decisions are at least `decide_every` apart (and the first comes at once).
-        let decide_every = self.config.decide_every.min(ahead / 4);
-        let mut next_decision = tokio::time::Instant::now();
-        loop {
-            let now = self.clock.now();
-            // Wake `ahead` before the earliest undecided slot.
-            let until_due = planner.next_due().map_or(self.config.renew_every, |due| {
-                due.saturating_since(now).saturating_sub(ahead)
-            });
-            let mut wake = (tokio::time::Instant::now() + until_due)
-                .max(next_decision)
-                .min(next_renew);
-            if loading.is_none() {
-                wake = wake.min(next_resync);
-            }
-            let change = async {
-                match feed.as_mut() {
-                    Some(f) => f.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let loaded = async {
-                match loading.as_mut() {
-                    Some(task) => task.await.ok().flatten(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = &mut *shutdown => {
-                    if let Some(task) = loading.take() {
-                        task.abort();
-                    }
-                    return TermEnd::Shutdown;
-                }
-                change = change => match change {
-                    Some(ChamberChange::Resync) => next_resync = tokio::time::Instant::now(),
-                    Some(change) => {
-                        apply_change(&mut planner, &change);
-                        if loading.is_some() {
-                            changed_while_loading.push(change);
-                        }
-                    }
-                    None => {
-                        tracing::warn!("change feed closed; relying on resyncs");
-                        feed = None;
-                    }
+        let scheduler = &self;
+        leadership
+            .run(
+                shutdown,
+                |grant| async move {
+                    instruments().leader.record(1, &[]);
+                    Term::start(scheduler, &grant).await.run().await;
                 },
-                snapshot = loaded => {
-                    loading = None;
-                    match snapshot {
-                        Some(all) => {
-                            tracing::debug!(chambers = all.len(), "resynced");
-                            planner.replace_all(all);
-                            for change in changed_while_loading.drain(..) {
-                                apply_change(&mut planner, &change);
-                            }
-                            next_resync = tokio::time::Instant::now() + self.config.resync_every;
-                        }
-                        None => {
-                            changed_while_loading.clear();
-                            next_resync = tokio::time::Instant::now() + self.config.renew_every;
-                        }
-                    }
-                }
-                () = tokio::time::sleep_until(wake) => {}
-            }
-            let instant = tokio::time::Instant::now();
-            if instant >= next_renew {
-                match self.lease.renew(&grant, self.config.lease_ttl).await {
-                    Ok(Some(g)) => grant = g,
-                    Ok(None) => {
-                        if let Some(task) = loading.take() {
-                            task.abort();
-                        }
-                        return TermEnd::LostLease;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lease renewal failed");
-                        if self.clock.now() >= grant.expires_at {
-                            if let Some(task) = loading.take() {
-                                task.abort();
-                            }
-                            return TermEnd::LostLease;
-                        }
-                    }
-                }
-                next_renew = instant + self.config.renew_every;
-            }
-            if instant >= next_sample {
-                self.sample_queue().await;
-                next_sample = instant + self.config.sample_queue_every;
-            }
-            if loading.is_none() && instant >= next_resync {
-                loading = Some(tokio::spawn(load_active(self.chambers.clone())));
-            }
-            let now = self.clock.now();
-            let decide = tokio::time::Instant::now() >= next_decision
-                && (planner.next_due().is_some_and(|due| due <= now + ahead) || !unsent.is_empty());
-            if decide {
-                next_decision = tokio::time::Instant::now() + decide_every;
-                let decision = planner.due_ahead(now, ahead);
-                let checkpoint = tokio::time::Instant::now() >= next_checkpoint;
-                if checkpoint {
-                    next_checkpoint = tokio::time::Instant::now() + self.config.checkpoint_every;
-                }
-                let watermark = checkpoint.then(|| planner.watermark());
-                unsent = self
-                    .carry_out(
-                        decision,
-                        std::mem::take(&mut unsent),
-                        now,
-                        &grant,
-                        watermark,
-                    )
-                    .await;
-            }
-        }
+                |_end| instruments().leader.record(0, &[]),
+            )
+            .await;
     }
 
     /// Queue depth and the oldest ready job's age, for the metrics.
@@ -349,18 +208,6 @@ impl Scheduler {
         }
     }
 
-    /// Loads every active chamber into the planner; returns when to do it again.
-    async fn resync(&self, planner: &mut SchedulePlanner) -> tokio::time::Instant {
-        match load_active(self.chambers.clone()).await {
-            Some(all) => {
-                tracing::debug!(chambers = all.len(), "resynced");
-                planner.replace_all(all);
-                tokio::time::Instant::now() + self.config.resync_every
-            }
-            None => tokio::time::Instant::now() + self.config.renew_every,
-        }
-    }
-
     /// Records missed slots, enqueues due polls (and earlier ones that could not be sent), then
     /// saves the watermark. Returns the polls that could not be enqueued. A crash between the
     /// steps re-decides the same slots next time, and dedup makes that harmless.
@@ -369,7 +216,7 @@ impl Scheduler {
         decision: Decision,
         unsent: Vec<PollJob>,
         now: Timestamp,
-        grant: &LeaseGrant,
+        fencing_token: u64,
         watermark: Option<Timestamp>,
     ) -> Vec<PollJob> {
         // Unsent polls whose next slot is already due will never be fetched: missed.
@@ -440,11 +287,191 @@ impl Scheduler {
         }
         drop(spans);
         if let Some(watermark) = watermark
-            && let Err(e) = self.checkpoint.save(grant.fencing_token, watermark).await
+            && let Err(e) = self.checkpoint.save(fencing_token, watermark).await
         {
             tracing::warn!(error = %e, "watermark not saved");
         }
         failed
+    }
+}
+
+impl<'s> Term<'s> {
+    /// Takes over from the saved watermark: subscribes to changes, then loads every active
+    /// chamber (in that order, so no change falls between the two).
+    async fn start(scheduler: &'s Scheduler, grant: &LeaseGrant) -> Self {
+        let clock = scheduler.clock.as_ref();
+        let now = clock.now();
+        // The first leader ever: nothing was owed before now.
+        let fresh = || Timestamp::from_unix_millis(now.as_unix_millis() - 1);
+        let watermark = match scheduler.checkpoint.load().await {
+            Ok(Some(w)) => w,
+            Ok(None) => fresh(),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint unavailable; starting from now");
+                fresh()
+            }
+        };
+        let feed = match scheduler.changes.subscribe().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed unavailable; relying on resyncs");
+                None
+            }
+        };
+        let mut term = Self {
+            scheduler,
+            fencing_token: grant.fencing_token,
+            planner: SchedulePlanner::new(scheduler.config.catch_up, watermark),
+            feed,
+            loading: None,
+            changed_while_loading: Vec::new(),
+            unsent: Vec::new(),
+            next_resync: now,
+            next_decision: now,
+            next_checkpoint: now,
+            next_sample: now,
+        };
+        let snapshot = load_active(scheduler.chambers.clone()).await;
+        term.on_loaded(snapshot);
+        term
+    }
+
+    /// Waits for a change, a loaded resync or the next timer, handles it, and carries out
+    /// whatever timer is due; until the term is dropped.
+    async fn run(mut self) {
+        let clock = self.scheduler.clock.clone();
+        loop {
+            let wake = self.next_wake(clock.now());
+            let change = async {
+                match self.feed.as_mut() {
+                    Some(f) => f.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let loaded = async {
+                match self.loading.as_mut() {
+                    Some(Loading(task)) => task.await.ok().flatten(),
+                    None => std::future::pending().await,
+                }
+            };
+            let woke = tokio::select! {
+                change = change => Wake::Change(change),
+                snapshot = loaded => Wake::Loaded(snapshot),
+                () = sleep_until(clock.as_ref(), wake) => Wake::Timer,
+            };
+            match woke {
+                Wake::Change(change) => self.on_change(change),
+                Wake::Loaded(snapshot) => {
+                    self.loading = None;
+                    self.on_loaded(snapshot);
+                }
+                Wake::Timer => {}
+            }
+            let now = clock.now();
+            self.sample_when_due(now).await;
+            self.resync_when_due(now);
+            self.decide_when_due(now).await;
+        }
+    }
+
+    /// The next time something is due: `enqueue_ahead` before the earliest undecided slot
+    /// (not before the next decision may be taken), a sample, a resync, or a retry of polls
+    /// that could not be enqueued.
+    fn next_wake(&mut self, now: Timestamp) -> Timestamp {
+        let config = &self.scheduler.config;
+        let mut wake = self.next_sample;
+        if let Some(due) = self.planner.next_due() {
+            wake = wake.min((due - config.enqueue_ahead).max(self.next_decision));
+        }
+        if !self.unsent.is_empty() {
+            wake = wake.min((now + config.renew_every).max(self.next_decision));
+        }
+        if self.loading.is_none() {
+            wake = wake.min(self.next_resync);
+        }
+        wake
+    }
+
+    fn on_change(&mut self, change: Option<ChamberChange>) {
+        match change {
+            Some(ChamberChange::Resync) => self.next_resync = self.scheduler.clock.now(),
+            Some(change) => {
+                apply_change(&mut self.planner, &change);
+                if self.loading.is_some() {
+                    self.changed_while_loading.push(change);
+                }
+            }
+            None => {
+                tracing::warn!("change feed closed; relying on resyncs");
+                self.feed = None;
+            }
+        }
+    }
+
+    /// A resync's result: the planner takes the snapshot (and the changes that came while it
+    /// loaded); a failed one is tried again after a renewal period.
+    fn on_loaded(&mut self, snapshot: Option<Vec<ScheduledChamber>>) {
+        let config = &self.scheduler.config;
+        let now = self.scheduler.clock.now();
+        match snapshot {
+            Some(all) => {
+                tracing::debug!(chambers = all.len(), "resynced");
+                self.planner.replace_all(all);
+                for change in self.changed_while_loading.drain(..) {
+                    apply_change(&mut self.planner, &change);
+                }
+                self.next_resync = now + config.resync_every;
+            }
+            None => {
+                self.changed_while_loading.clear();
+                self.next_resync = now + config.renew_every;
+            }
+        }
+    }
+
+    async fn sample_when_due(&mut self, now: Timestamp) {
+        if now >= self.next_sample {
+            self.scheduler.sample_queue().await;
+            self.next_sample = now + self.scheduler.config.sample_queue_every;
+        }
+    }
+
+    fn resync_when_due(&mut self, now: Timestamp) {
+        if self.loading.is_none() && now >= self.next_resync {
+            self.loading = Some(Loading(tokio::spawn(load_active(
+                self.scheduler.chambers.clone(),
+            ))));
+        }
+    }
+
+    /// Enqueues every slot due within `enqueue_ahead` (and retries unsent polls) when a
+    /// decision may be taken, saving the watermark at most every `checkpoint_every`.
+    async fn decide_when_due(&mut self, now: Timestamp) {
+        let config = &self.scheduler.config;
+        let ahead = config.enqueue_ahead;
+        let due = self
+            .planner
+            .next_due()
+            .is_some_and(|due| due <= now + ahead);
+        if now < self.next_decision || !(due || !self.unsent.is_empty()) {
+            return;
+        }
+        self.next_decision = now + config.decide_every.min(ahead / 4);
+        let decision = self.planner.due_ahead(now, ahead);
+        let watermark = (now >= self.next_checkpoint).then(|| {
+            self.next_checkpoint = now + config.checkpoint_every;
+            self.planner.watermark()
+        });
+        self.unsent = self
+            .scheduler
+            .carry_out(
+                decision,
+                std::mem::take(&mut self.unsent),
+                now,
+                self.fencing_token,
+                watermark,
+            )
+            .await;
     }
 }
 
