@@ -453,7 +453,7 @@ impl<'s> Term<'s> {
             .planner
             .next_due()
             .is_some_and(|due| due <= now + ahead);
-        if now < self.next_decision || !(due || !self.unsent.is_empty()) {
+        if now < self.next_decision || (!due && self.unsent.is_empty()) {
             return;
         }
         self.next_decision = now + config.decide_every.min(ahead / 4);
