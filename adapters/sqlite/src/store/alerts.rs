@@ -13,9 +13,8 @@ use chamberlain_domain::transmit::{DeadLetter, DeliveryState, Forwarded, Transmi
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
-use super::{
-    Cols, SqliteStore, after_id, decode_all, exists, limit, missing_parent, not_found, touched,
-};
+use super::rows::{Cols, decode_all};
+use super::{SqliteStore, after_id, exists, limit, missing_parent, not_found, touched};
 use crate::errors::{Write, child, corrupt, db, writing};
 
 type Result<T> = std::result::Result<T, StoreError>;
