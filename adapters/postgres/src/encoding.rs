@@ -6,7 +6,7 @@ use chamberlain_domain::ports::StoreError;
 use uuid::Uuid;
 
 use crate::errors::corrupt;
-use crate::rows::{reading_value, split_value};
+use crate::store::rows::{reading_value, split_value};
 
 /// Layout version of a packed `chamber_latest.readings` value.
 const PACKED_V1: u8 = 1;

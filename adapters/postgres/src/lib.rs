@@ -1,11 +1,9 @@
 #![doc = include_str!("../README.md")]
 
-mod alerts;
 mod config;
 mod encoding;
 mod errors;
 pub mod partitions;
-mod rows;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

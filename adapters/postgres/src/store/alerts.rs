@@ -15,9 +15,10 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use super::rows::{Cols, ts};
+use super::{decode_all, limit};
 use crate::PgStore;
 use crate::errors::{corrupt, store_error};
-use crate::rows::{Cols, ts};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -28,10 +29,6 @@ const TRANSMITTER_COLUMNS: &str =
     "id, organization_id, name, destination, forward_readings, forward_alerts, created_at";
 const LETTER_COLUMNS: &str =
     "id, organization_id, transmitter_id, delivery, attempts, last_error, at";
-
-fn limit<K>(page: &PageRequest<K>) -> i64 {
-    i64::from(page.size.get()) + 1
-}
 
 fn rule(row: &PgRow) -> Result<AlertRule> {
     let c = Cols {
@@ -132,10 +129,6 @@ fn delivery_state(row: &PgRow) -> Result<DeliveryState> {
     })
 }
 
-fn decode<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T>) -> Result<Vec<T>> {
-    rows.iter().map(f).collect()
-}
-
 #[async_trait]
 impl AlertRepository for PgStore {
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::create_rule", db.system = "postgresql", db.operation = "AlertRepository::create_rule"))]
@@ -192,7 +185,11 @@ impl AlertRepository for PgStore {
         .fetch_all(self.pool())
         .await
         .map_err(store_error)?;
-        Ok(Page::from_sorted(decode(&rows, rule)?, page.size, |r| r.id))
+        Ok(Page::from_sorted(
+            decode_all(&rows, rule)?,
+            page.size,
+            |r| r.id,
+        ))
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::delete_rule", db.system = "postgresql", db.operation = "AlertRepository::delete_rule"))]
@@ -225,7 +222,11 @@ impl AlertRepository for PgStore {
         .fetch_all(self.pool())
         .await
         .map_err(store_error)?;
-        Ok(Page::from_sorted(decode(&rows, rule)?, page.size, |r| r.id))
+        Ok(Page::from_sorted(
+            decode_all(&rows, rule)?,
+            page.size,
+            |r| r.id,
+        ))
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_alert", db.system = "postgresql", db.operation = "AlertRepository::open_alert"))]
@@ -305,9 +306,11 @@ impl AlertRepository for PgStore {
         .fetch_all(self.pool())
         .await
         .map_err(store_error)?;
-        Ok(Page::from_sorted(decode(&rows, alert)?, page.size, |a| {
-            a.id
-        }))
+        Ok(Page::from_sorted(
+            decode_all(&rows, alert)?,
+            page.size,
+            |a| a.id,
+        ))
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::acknowledge_alert", db.system = "postgresql", db.operation = "AlertRepository::acknowledge_alert"))]
@@ -415,7 +418,7 @@ impl TransmitterRepository for PgStore {
         .await
         .map_err(store_error)?;
         Ok(Page::from_sorted(
-            decode(&rows, transmitter)?,
+            decode_all(&rows, transmitter)?,
             page.size,
             |t| t.id,
         ))
@@ -452,7 +455,7 @@ impl TransmitterRepository for PgStore {
         .await
         .map_err(store_error)?;
         Ok(Page::from_sorted(
-            decode(&rows, transmitter)?,
+            decode_all(&rows, transmitter)?,
             page.size,
             |t| t.id,
         ))
@@ -495,9 +498,11 @@ impl TransmitterRepository for PgStore {
         .fetch_all(self.pool())
         .await
         .map_err(store_error)?;
-        Ok(Page::from_sorted(decode(&rows, letter)?, page.size, |l| {
-            l.id
-        }))
+        Ok(Page::from_sorted(
+            decode_all(&rows, letter)?,
+            page.size,
+            |l| l.id,
+        ))
     }
 
     #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_delivery_state", db.system = "postgresql", db.operation = "TransmitterRepository::record_delivery_state"))]
@@ -540,6 +545,6 @@ impl TransmitterRepository for PgStore {
         .fetch_all(self.pool())
         .await
         .map_err(store_error)?;
-        decode(&rows, delivery_state)
+        decode_all(&rows, delivery_state)
     }
 }

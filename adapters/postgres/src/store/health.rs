@@ -1,0 +1,89 @@
+//! [`ChamberHealthRepository`] on PostgreSQL: each chamber's health, written with optimistic
+//! concurrency.
+
+use async_trait::async_trait;
+use chamberlain_domain::model::{ChamberHealth, ChamberId};
+use chamberlain_domain::ports::{ChamberHealthRepository, StoreError};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::decode_all;
+use crate::PgStore;
+use crate::errors::{corrupt, store_error};
+use crate::store::rows::{self, ts};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[async_trait]
+impl ChamberHealthRepository for PgStore {
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::count_by_state", db.system = "postgresql", db.operation = "ChamberHealthRepository::count_by_state"))]
+    async fn count_by_state(&self) -> Result<Vec<(chamberlain_domain::model::HealthState, u64)>> {
+        let rows = sqlx::query(
+            "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
+             LEFT JOIN chamber_health h ON h.chamber_id = c.id GROUP BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state").map_err(store_error)?;
+                let n: i64 = row.try_get("n").map_err(store_error)?;
+                let state = chamberlain_domain::model::HealthState::parse(&state)
+                    .ok_or_else(|| corrupt("chamber_health", "state", &state))?;
+                Ok((state, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get", db.system = "postgresql", db.operation = "ChamberHealthRepository::get"))]
+    async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>> {
+        let row = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = $1")
+            .bind(chamber.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(rows::health).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get_many", db.system = "postgresql", db.operation = "ChamberHealthRepository::get_many"))]
+    async fn get_many(&self, chambers: &[ChamberId]) -> Result<Vec<ChamberHealth>> {
+        let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
+        let rows = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        decode_all(&rows, rows::health)
+    }
+
+    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::save", db.system = "postgresql", db.operation = "ChamberHealthRepository::save"))]
+    async fn save(&self, h: &ChamberHealth) -> Result<u64> {
+        let version = i64::try_from(h.version).unwrap_or(i64::MAX);
+        let sql = if h.version == 0 {
+            "INSERT INTO chamber_health (chamber_id, state, consecutive_failures, failing_since, last_slot, changed_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7 + 1) ON CONFLICT (chamber_id) DO NOTHING"
+        } else {
+            "UPDATE chamber_health SET state = $2, consecutive_failures = $3, failing_since = $4, last_slot = $5, \
+             changed_at = $6, version = version + 1 WHERE chamber_id = $1 AND version = $7"
+        };
+        let done = sqlx::query(sql)
+            .bind(h.chamber_id.as_uuid())
+            .bind(rows::health_state_str(h.state))
+            .bind(i32::try_from(h.consecutive_failures).unwrap_or(i32::MAX))
+            .bind(h.failing_since.map(ts))
+            .bind(h.last_slot.map(ts))
+            .bind(ts(h.changed_at))
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict {
+                entity: "health",
+                reason: format!("version {} is stale", h.version),
+            });
+        }
+        Ok(h.version + 1)
+    }
+}
