@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod alerts;
 mod chamber_client;
 mod clock;
 mod passwords;

@@ -9,7 +9,7 @@ use chamberlain_domain::ports::{AlertFilter, AlertRepository, StoreError, Transm
 use chamberlain_domain::time::Timestamp;
 use chamberlain_domain::transmit::{DeadLetter, DeliveryState, Transmitter};
 
-use crate::store::{MemoryStore, not_found, page};
+use super::{MemoryStore, not_found, page};
 
 #[async_trait]
 impl AlertRepository for MemoryStore {
