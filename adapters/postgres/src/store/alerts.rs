@@ -2,6 +2,7 @@
 //! deliveries are stored as `jsonb` in the domain's serde form.
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::alerting::{Acknowledgement, Alert, AlertRule};
 use chamberlain_domain::model::{
@@ -129,9 +130,9 @@ fn delivery_state(row: &PgRow) -> Result<DeliveryState> {
     })
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl AlertRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::create_rule", db.system = "postgresql", db.operation = "AlertRepository::create_rule"))]
     async fn create_rule(&self, r: &AlertRule) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO alert_rules ({RULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
@@ -148,7 +149,6 @@ impl AlertRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_rule", db.system = "postgresql", db.operation = "AlertRepository::get_rule"))]
     async fn get_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<AlertRule> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {RULE_COLUMNS} FROM alert_rules WHERE organization_id = $1 AND id = $2"
@@ -166,7 +166,6 @@ impl AlertRepository for PgStore {
             })
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_rules", db.system = "postgresql", db.operation = "AlertRepository::list_rules"))]
     async fn list_rules(
         &self,
         org: OrganizationId,
@@ -192,7 +191,6 @@ impl AlertRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::delete_rule", db.system = "postgresql", db.operation = "AlertRepository::delete_rule"))]
     async fn delete_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<()> {
         let done = sqlx::query("DELETE FROM alert_rules WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -208,7 +206,6 @@ impl AlertRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_all_rules", db.system = "postgresql", db.operation = "AlertRepository::list_all_rules"))]
     async fn list_all_rules(
         &self,
         page: PageRequest<AlertRuleId>,
@@ -229,7 +226,6 @@ impl AlertRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_alert", db.system = "postgresql", db.operation = "AlertRepository::open_alert"))]
     async fn open_alert(&self, a: &Alert) -> Result<()> {
         let ack = a.acknowledgement.as_ref();
         sqlx::query(AssertSqlSafe(format!(
@@ -254,7 +250,6 @@ impl AlertRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::resolve_alert", db.system = "postgresql", db.operation = "AlertRepository::resolve_alert"))]
     async fn resolve_alert(&self, rule: AlertRuleId, at: Timestamp) -> Result<Option<Alert>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE alerts SET resolved_at = $2 WHERE rule_id = $1 AND resolved_at IS NULL \
@@ -268,7 +263,6 @@ impl AlertRepository for PgStore {
         row.as_ref().map(alert).transpose()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_alert", db.system = "postgresql", db.operation = "AlertRepository::get_alert"))]
     async fn get_alert(&self, org: OrganizationId, id: AlertId) -> Result<Alert> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE organization_id = $1 AND id = $2"
@@ -284,7 +278,6 @@ impl AlertRepository for PgStore {
             .ok_or(StoreError::NotFound { entity: "alert" })
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_alerts", db.system = "postgresql", db.operation = "AlertRepository::list_alerts"))]
     async fn list_alerts(
         &self,
         org: OrganizationId,
@@ -313,7 +306,6 @@ impl AlertRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::acknowledge_alert", db.system = "postgresql", db.operation = "AlertRepository::acknowledge_alert"))]
     async fn acknowledge_alert(
         &self,
         org: OrganizationId,
@@ -346,7 +338,6 @@ impl AlertRepository for PgStore {
         }
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_rule_ids", db.system = "postgresql", db.operation = "AlertRepository::open_rule_ids"))]
     async fn open_rule_ids(&self) -> Result<Vec<AlertRuleId>> {
         let rows =
             sqlx::query("SELECT rule_id FROM alerts WHERE resolved_at IS NULL ORDER BY rule_id")
@@ -363,9 +354,9 @@ impl AlertRepository for PgStore {
     }
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl TransmitterRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::create_transmitter", db.system = "postgresql", db.operation = "TransmitterRepository::create_transmitter"))]
     async fn create_transmitter(&self, t: &Transmitter) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO transmitters ({TRANSMITTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -383,7 +374,6 @@ impl TransmitterRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::get_transmitter", db.system = "postgresql", db.operation = "TransmitterRepository::get_transmitter"))]
     async fn get_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<Transmitter> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {TRANSMITTER_COLUMNS} FROM transmitters WHERE organization_id = $1 AND id = $2"
@@ -401,7 +391,6 @@ impl TransmitterRepository for PgStore {
             })
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_transmitters", db.system = "postgresql", db.operation = "TransmitterRepository::list_transmitters"))]
     async fn list_transmitters(
         &self,
         org: OrganizationId,
@@ -424,7 +413,6 @@ impl TransmitterRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delete_transmitter", db.system = "postgresql", db.operation = "TransmitterRepository::delete_transmitter"))]
     async fn delete_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<()> {
         let done = sqlx::query("DELETE FROM transmitters WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -440,7 +428,6 @@ impl TransmitterRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_all_transmitters", db.system = "postgresql", db.operation = "TransmitterRepository::list_all_transmitters"))]
     async fn list_all_transmitters(
         &self,
         page: PageRequest<TransmitterId>,
@@ -461,7 +448,6 @@ impl TransmitterRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_dead_letter", db.system = "postgresql", db.operation = "TransmitterRepository::record_dead_letter"))]
     async fn record_dead_letter(&self, l: &DeadLetter) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO dead_letters ({LETTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -479,7 +465,6 @@ impl TransmitterRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_dead_letters", db.system = "postgresql", db.operation = "TransmitterRepository::list_dead_letters"))]
     async fn list_dead_letters(
         &self,
         org: OrganizationId,
@@ -505,7 +490,6 @@ impl TransmitterRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_delivery_state", db.system = "postgresql", db.operation = "TransmitterRepository::record_delivery_state"))]
     async fn record_delivery_state(&self, s: &DeliveryState) -> Result<()> {
         let done = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO transmitter_delivery_states ({STATE_COLUMNS}) \
@@ -535,7 +519,6 @@ impl TransmitterRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delivery_states", db.system = "postgresql", db.operation = "TransmitterRepository::delivery_states"))]
     async fn delivery_states(&self, org: OrganizationId) -> Result<Vec<DeliveryState>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {STATE_COLUMNS} FROM transmitter_delivery_states \

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{
     Batch, BatchId, Chamber, ChamberId, Detector, DetectorId, OrganizationId, Page, PageRequest,
@@ -24,9 +25,9 @@ use crate::store::rows::{self, millis, ts};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+#[db_port("postgresql")]
 #[async_trait]
 impl SectionRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::create", db.system = "postgresql", db.operation = "SectionRepository::create"))]
     async fn create(&self, s: &Section) -> Result<()> {
         sqlx::query(
             "INSERT INTO sections (id, organization_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -42,7 +43,6 @@ impl SectionRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::get", db.system = "postgresql", db.operation = "SectionRepository::get"))]
     async fn get(&self, org: OrganizationId, id: SectionId) -> Result<Section> {
         let row = sqlx::query("SELECT * FROM sections WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -55,7 +55,6 @@ impl SectionRepository for PgStore {
             .unwrap_or(Err(not_found("section")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::list", db.system = "postgresql", db.operation = "SectionRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -77,7 +76,6 @@ impl SectionRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::update", db.system = "postgresql", db.operation = "SectionRepository::update"))]
     async fn update(&self, s: &Section) -> Result<()> {
         let done = sqlx::query("UPDATE sections SET name = $3, description = $4 WHERE organization_id = $1 AND id = $2")
             .bind(s.organization_id.as_uuid())
@@ -94,7 +92,6 @@ impl SectionRepository for PgStore {
         }
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::delete", db.system = "postgresql", db.operation = "SectionRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: SectionId) -> Result<()> {
         let (o, i) = (*org.as_uuid(), *id.as_uuid());
         if !self
@@ -228,9 +225,9 @@ async fn insert_chamber(
     Ok(())
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl ChamberRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create", db.system = "postgresql", db.operation = "ChamberRepository::create"))]
     async fn create(&self, c: &Chamber, detectors: &[Detector]) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         insert_chamber(&mut tx, c, detectors).await?;
@@ -258,7 +255,6 @@ impl ChamberRepository for PgStore {
         })
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::get", db.system = "postgresql", db.operation = "ChamberRepository::get"))]
     async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE organization_id = $1 AND id = $2",
@@ -274,7 +270,6 @@ impl ChamberRepository for PgStore {
             .unwrap_or(Err(not_found("chamber")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list", db.system = "postgresql", db.operation = "ChamberRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -312,7 +307,6 @@ impl ChamberRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::update", db.system = "postgresql", db.operation = "ChamberRepository::update"))]
     async fn update(&self, c: &Chamber) -> Result<()> {
         let (org, id, section) = (
             *c.organization_id.as_uuid(),
@@ -369,7 +363,6 @@ impl ChamberRepository for PgStore {
         }
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::delete", db.system = "postgresql", db.operation = "ChamberRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let detectors: Vec<Uuid> = sqlx::query_scalar(
@@ -409,7 +402,6 @@ impl ChamberRepository for PgStore {
         tx.commit().await.map_err(store_error)
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::load_for_poll", db.system = "postgresql", db.operation = "ChamberRepository::load_for_poll"))]
     async fn load_for_poll(&self, id: ChamberId) -> Result<Option<ChamberWithDetectors>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE id = $1",
@@ -435,7 +427,6 @@ impl ChamberRepository for PgStore {
         }))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list_active", db.system = "postgresql", db.operation = "ChamberRepository::list_active"))]
     async fn list_active(&self, page: PageRequest<ChamberId>) -> Result<Page<Chamber, ChamberId>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE state = 'active' AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
@@ -454,16 +445,15 @@ impl ChamberRepository for PgStore {
     }
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl DetectorRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::add", db.system = "postgresql", db.operation = "DetectorRepository::add"))]
     async fn add(&self, d: &Detector) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         insert_detectors(&mut tx, std::slice::from_ref(d)).await?;
         tx.commit().await.map_err(store_error)
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::get", db.system = "postgresql", db.operation = "DetectorRepository::get"))]
     async fn get(&self, org: OrganizationId, id: DetectorId) -> Result<Detector> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM detectors WHERE organization_id = $1 AND id = $2",
@@ -479,7 +469,6 @@ impl DetectorRepository for PgStore {
             .unwrap_or(Err(not_found("detector")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chamber", db.system = "postgresql", db.operation = "DetectorRepository::list_for_chamber"))]
     async fn list_for_chamber(
         &self,
         org: OrganizationId,
@@ -497,7 +486,6 @@ impl DetectorRepository for PgStore {
         decode_all(&rows, rows::detector)
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chambers", db.system = "postgresql", db.operation = "DetectorRepository::list_for_chambers"))]
     async fn list_for_chambers(
         &self,
         org: OrganizationId,
@@ -517,7 +505,6 @@ impl DetectorRepository for PgStore {
         decode_all(&rows, rows::detector)
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::update", db.system = "postgresql", db.operation = "DetectorRepository::update"))]
     async fn update(&self, d: &Detector) -> Result<()> {
         let done = sqlx::query(
             "UPDATE detectors SET name = $3, alias = $4, unit = $5, key_kind = $6, key = $7, range_min = $8, range_max = $9 \
@@ -542,7 +529,6 @@ impl DetectorRepository for PgStore {
         }
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::delete", db.system = "postgresql", db.operation = "DetectorRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: DetectorId) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let row = sqlx::query(
@@ -590,9 +576,9 @@ impl DetectorRepository for PgStore {
     }
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl BatchRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::start", db.system = "postgresql", db.operation = "BatchRepository::start"))]
     async fn start(&self, b: &Batch) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO batches ({}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -611,7 +597,6 @@ impl BatchRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::end", db.system = "postgresql", db.operation = "BatchRepository::end"))]
     async fn end(&self, org: OrganizationId, id: BatchId, at: Timestamp) -> Result<Batch> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "UPDATE batches SET ended_at = $3 WHERE organization_id = $1 AND id = $2 \
@@ -639,7 +624,6 @@ impl BatchRepository for PgStore {
         })
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::get", db.system = "postgresql", db.operation = "BatchRepository::get"))]
     async fn get(&self, org: OrganizationId, id: BatchId) -> Result<Batch> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM batches WHERE organization_id = $1 AND id = $2",
@@ -655,7 +639,6 @@ impl BatchRepository for PgStore {
             .unwrap_or(Err(not_found("batch")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::list", db.system = "postgresql", db.operation = "BatchRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -681,7 +664,6 @@ impl BatchRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::covering", db.system = "postgresql", db.operation = "BatchRepository::covering"))]
     async fn covering(&self, section: SectionId, at: Timestamp) -> Result<Option<Batch>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM batches WHERE section_id = $1 AND started_at <= $2 AND (ended_at IS NULL OR ended_at > $2) \

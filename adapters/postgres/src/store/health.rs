@@ -2,6 +2,7 @@
 //! concurrency.
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::model::{ChamberHealth, ChamberId};
 use chamberlain_domain::ports::{ChamberHealthRepository, StoreError};
 use sqlx::Row;
@@ -14,9 +15,9 @@ use crate::store::rows::{self, ts};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+#[db_port("postgresql")]
 #[async_trait]
 impl ChamberHealthRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::count_by_state", db.system = "postgresql", db.operation = "ChamberHealthRepository::count_by_state"))]
     async fn count_by_state(&self) -> Result<Vec<(chamberlain_domain::model::HealthState, u64)>> {
         let rows = sqlx::query(
             "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
@@ -36,7 +37,6 @@ impl ChamberHealthRepository for PgStore {
             .collect()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get", db.system = "postgresql", db.operation = "ChamberHealthRepository::get"))]
     async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>> {
         let row = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = $1")
             .bind(chamber.as_uuid())
@@ -46,7 +46,6 @@ impl ChamberHealthRepository for PgStore {
         row.as_ref().map(rows::health).transpose()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get_many", db.system = "postgresql", db.operation = "ChamberHealthRepository::get_many"))]
     async fn get_many(&self, chambers: &[ChamberId]) -> Result<Vec<ChamberHealth>> {
         let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
         let rows = sqlx::query("SELECT * FROM chamber_health WHERE chamber_id = ANY($1)")
@@ -57,7 +56,6 @@ impl ChamberHealthRepository for PgStore {
         decode_all(&rows, rows::health)
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::save", db.system = "postgresql", db.operation = "ChamberHealthRepository::save"))]
     async fn save(&self, h: &ChamberHealth) -> Result<u64> {
         let version = i64::try_from(h.version).unwrap_or(i64::MAX);
         let sql = if h.version == 0 {

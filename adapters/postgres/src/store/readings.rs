@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::error::{Rule, ValidationError};
 use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
@@ -376,9 +377,9 @@ async fn update_latest(tx: &mut Transaction<'_, Postgres>, polls: &[&PollRecord]
     Ok(())
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl ReadingRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::store_polls", db.system = "postgresql", db.operation = "ReadingRepository::store_polls"))]
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport> {
         let total: usize = polls.iter().map(|p| p.readings.len()).sum();
         if total > MAX_READINGS_PER_WRITE {
@@ -419,7 +420,6 @@ impl ReadingRepository for PgStore {
         .await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::query", db.system = "postgresql", db.operation = "ReadingRepository::query"))]
     async fn query(
         &self,
         org: OrganizationId,
@@ -458,7 +458,6 @@ impl ReadingRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::aggregate", db.system = "postgresql", db.operation = "ReadingRepository::aggregate"))]
     async fn aggregate(&self, org: OrganizationId, q: &AggregateQuery) -> Result<Vec<Aggregate>> {
         let (detectors, batch) = self.scope_detectors(org, q.scope).await?;
         // One key-range scan per detector (the key holds the rows in slot order), summed up in
@@ -504,7 +503,6 @@ impl ReadingRepository for PgStore {
             .collect()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::latest", db.system = "postgresql", db.operation = "ReadingRepository::latest"))]
     async fn latest(
         &self,
         org: OrganizationId,
@@ -545,7 +543,6 @@ impl ReadingRepository for PgStore {
             .collect())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::prune_before", db.system = "postgresql", db.operation = "ReadingRepository::prune_before"))]
     async fn prune_before(&self, cutoff: Timestamp) -> Result<()> {
         let cutoff_day = partitions::day_of(cutoff);
         let dropped = partitions::drop_before(&self.pool, cutoff_day).await?;
@@ -561,9 +558,9 @@ impl ReadingRepository for PgStore {
     }
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl PollLedgerRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::record", db.system = "postgresql", db.operation = "PollLedgerRepository::record"))]
     async fn record(&self, entries: &[LedgerEntry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
@@ -583,7 +580,6 @@ impl PollLedgerRepository for PgStore {
             .await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::list", db.system = "postgresql", db.operation = "PollLedgerRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -620,7 +616,6 @@ impl PollLedgerRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::tally", db.system = "postgresql", db.operation = "PollLedgerRepository::tally"))]
     async fn tally(&self, org: OrganizationId, q: &TallyQuery) -> Result<Vec<LedgerTally>> {
         if !self
             .exists(

@@ -2,6 +2,7 @@
 //! who may do what.
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{
     ApiToken, ApiTokenId, Email, Organization, OrganizationId, Page, PageRequest, TokenHash, User,
@@ -19,9 +20,9 @@ use crate::store::rows::{self, ts};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+#[db_port("postgresql")]
 #[async_trait]
 impl OrganizationRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::create", db.system = "postgresql", db.operation = "OrganizationRepository::create"))]
     async fn create(&self, org: &Organization) -> Result<()> {
         sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(org.id.as_uuid())
@@ -33,7 +34,6 @@ impl OrganizationRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::get", db.system = "postgresql", db.operation = "OrganizationRepository::get"))]
     async fn get(&self, id: OrganizationId) -> Result<Organization> {
         let row = sqlx::query("SELECT id, name, created_at FROM organizations WHERE id = $1")
             .bind(id.as_uuid())
@@ -46,9 +46,9 @@ impl OrganizationRepository for PgStore {
     }
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl UserRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::create", db.system = "postgresql", db.operation = "UserRepository::create"))]
     async fn create(&self, u: &User) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO users ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -68,7 +68,6 @@ impl UserRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::get", db.system = "postgresql", db.operation = "UserRepository::get"))]
     async fn get(&self, org: OrganizationId, id: UserId) -> Result<User> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM users WHERE organization_id = $1 AND id = $2",
@@ -84,7 +83,6 @@ impl UserRepository for PgStore {
             .unwrap_or(Err(not_found("user")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::find_by_email", db.system = "postgresql", db.operation = "UserRepository::find_by_email"))]
     async fn find_by_email(&self, email: &Email) -> Result<Vec<User>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM users WHERE email = $1 ORDER BY organization_id",
@@ -97,7 +95,6 @@ impl UserRepository for PgStore {
         rows.iter().map(rows::user).collect()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::list", db.system = "postgresql", db.operation = "UserRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -120,7 +117,6 @@ impl UserRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::update", db.system = "postgresql", db.operation = "UserRepository::update"))]
     async fn update(&self, u: &User) -> Result<()> {
         let done = sqlx::query(
             "UPDATE users SET email = $3, display_name = $4, role = $5, password_hash = $6, disabled = $7 \
@@ -143,7 +139,6 @@ impl UserRepository for PgStore {
         }
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::delete", db.system = "postgresql", db.operation = "UserRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: UserId) -> Result<()> {
         let done = sqlx::query("DELETE FROM users WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -159,9 +154,9 @@ impl UserRepository for PgStore {
     }
 }
 
+#[db_port("postgresql")]
 #[async_trait]
 impl ApiTokenRepository for PgStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::create", db.system = "postgresql", db.operation = "ApiTokenRepository::create"))]
     async fn create(&self, t: &ApiToken) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO api_tokens ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -183,7 +178,6 @@ impl ApiTokenRepository for PgStore {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::find_by_hash", db.system = "postgresql", db.operation = "ApiTokenRepository::find_by_hash"))]
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiToken>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM api_tokens WHERE token_hash = $1",
@@ -196,7 +190,6 @@ impl ApiTokenRepository for PgStore {
         row.as_ref().map(rows::token).transpose()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::list", db.system = "postgresql", db.operation = "ApiTokenRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -222,7 +215,6 @@ impl ApiTokenRepository for PgStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::revoke", db.system = "postgresql", db.operation = "ApiTokenRepository::revoke"))]
     async fn revoke(&self, org: OrganizationId, id: ApiTokenId, at: Timestamp) -> Result<()> {
         let done = sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE organization_id = $1 AND id = $2")
             .bind(org.as_uuid())
@@ -238,7 +230,6 @@ impl ApiTokenRepository for PgStore {
         }
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::touch", db.system = "postgresql", db.operation = "ApiTokenRepository::touch"))]
     async fn touch(&self, id: ApiTokenId, at: Timestamp) -> Result<()> {
         let done = sqlx::query("UPDATE api_tokens SET last_used_at = GREATEST(COALESCE(last_used_at, $2), $2) WHERE id = $1")
             .bind(id.as_uuid())

@@ -2,6 +2,7 @@
 //! destinations and deliveries are stored as JSON text in the domain's serde form.
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::alerting::{Acknowledgement, Alert, AlertRule};
 use chamberlain_domain::model::{
     AlertId, AlertRuleId, ChamberId, DeadLetterId, Description, OrganizationId, Page, PageRequest,
@@ -139,9 +140,9 @@ fn opt_id(id: Option<&Uuid>) -> Option<Uuid> {
     id.copied()
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl AlertRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::create_rule", db.system = "sqlite", db.operation = "AlertRepository::create_rule"))]
     async fn create_rule(&self, r: &AlertRule) -> Result<()> {
         let condition = json(&r.condition, "condition")?;
         let mut w = self.begin_write().await?;
@@ -176,7 +177,6 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_rule", db.system = "sqlite", db.operation = "AlertRepository::get_rule"))]
     async fn get_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<AlertRule> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -194,7 +194,6 @@ impl AlertRepository for SqliteStore {
             .ok_or(not_found("alert_rule"))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_rules", db.system = "sqlite", db.operation = "AlertRepository::list_rules"))]
     async fn list_rules(
         &self,
         org: OrganizationId,
@@ -221,7 +220,6 @@ impl AlertRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::delete_rule", db.system = "sqlite", db.operation = "AlertRepository::delete_rule"))]
     async fn delete_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<()> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query("DELETE FROM alert_rules WHERE organization_id = ?1 AND id = ?2")
@@ -234,7 +232,6 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_all_rules", db.system = "sqlite", db.operation = "AlertRepository::list_all_rules"))]
     async fn list_all_rules(
         &self,
         page: PageRequest<AlertRuleId>,
@@ -256,7 +253,6 @@ impl AlertRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_alert", db.system = "sqlite", db.operation = "AlertRepository::open_alert"))]
     async fn open_alert(&self, a: &Alert) -> Result<()> {
         let ack = a.acknowledgement.as_ref();
         let mut w = self.begin_write().await?;
@@ -297,7 +293,6 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::resolve_alert", db.system = "sqlite", db.operation = "AlertRepository::resolve_alert"))]
     async fn resolve_alert(&self, rule: AlertRuleId, at: Timestamp) -> Result<Option<Alert>> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query(concat!(
@@ -314,7 +309,6 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::get_alert", db.system = "sqlite", db.operation = "AlertRepository::get_alert"))]
     async fn get_alert(&self, org: OrganizationId, id: AlertId) -> Result<Alert> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -332,7 +326,6 @@ impl AlertRepository for SqliteStore {
             .ok_or(not_found("alert"))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::list_alerts", db.system = "sqlite", db.operation = "AlertRepository::list_alerts"))]
     async fn list_alerts(
         &self,
         org: OrganizationId,
@@ -362,7 +355,6 @@ impl AlertRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::acknowledge_alert", db.system = "sqlite", db.operation = "AlertRepository::acknowledge_alert"))]
     async fn acknowledge_alert(
         &self,
         org: OrganizationId,
@@ -407,7 +399,6 @@ impl AlertRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db AlertRepository::open_rule_ids", db.system = "sqlite", db.operation = "AlertRepository::open_rule_ids"))]
     async fn open_rule_ids(&self) -> Result<Vec<AlertRuleId>> {
         let rows =
             sqlx::query("SELECT rule_id FROM alerts WHERE resolved_at IS NULL ORDER BY rule_id")
@@ -424,9 +415,9 @@ impl AlertRepository for SqliteStore {
     }
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl TransmitterRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::create_transmitter", db.system = "sqlite", db.operation = "TransmitterRepository::create_transmitter"))]
     async fn create_transmitter(&self, t: &Transmitter) -> Result<()> {
         let destination = json(&t.destination, "destination")?;
         let mut w = self.begin_write().await?;
@@ -461,7 +452,6 @@ impl TransmitterRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::get_transmitter", db.system = "sqlite", db.operation = "TransmitterRepository::get_transmitter"))]
     async fn get_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<Transmitter> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -479,7 +469,6 @@ impl TransmitterRepository for SqliteStore {
             .ok_or(not_found("transmitter"))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_transmitters", db.system = "sqlite", db.operation = "TransmitterRepository::list_transmitters"))]
     async fn list_transmitters(
         &self,
         org: OrganizationId,
@@ -503,7 +492,6 @@ impl TransmitterRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delete_transmitter", db.system = "sqlite", db.operation = "TransmitterRepository::delete_transmitter"))]
     async fn delete_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<()> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query("DELETE FROM transmitters WHERE organization_id = ?1 AND id = ?2")
@@ -516,7 +504,6 @@ impl TransmitterRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_all_transmitters", db.system = "sqlite", db.operation = "TransmitterRepository::list_all_transmitters"))]
     async fn list_all_transmitters(
         &self,
         page: PageRequest<TransmitterId>,
@@ -538,7 +525,6 @@ impl TransmitterRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_dead_letter", db.system = "sqlite", db.operation = "TransmitterRepository::record_dead_letter"))]
     async fn record_dead_letter(&self, l: &DeadLetter) -> Result<()> {
         let delivery = json(&l.delivery, "delivery")?;
         let mut w = self.begin_write().await?;
@@ -574,7 +560,6 @@ impl TransmitterRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::list_dead_letters", db.system = "sqlite", db.operation = "TransmitterRepository::list_dead_letters"))]
     async fn list_dead_letters(
         &self,
         org: OrganizationId,
@@ -601,7 +586,6 @@ impl TransmitterRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::record_delivery_state", db.system = "sqlite", db.operation = "TransmitterRepository::record_delivery_state"))]
     async fn record_delivery_state(&self, s: &DeliveryState) -> Result<()> {
         let mut w = self.begin_write().await?;
         let result = async {
@@ -639,7 +623,6 @@ impl TransmitterRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db TransmitterRepository::delivery_states", db.system = "sqlite", db.operation = "TransmitterRepository::delivery_states"))]
     async fn delivery_states(&self, org: OrganizationId) -> Result<Vec<DeliveryState>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

@@ -2,6 +2,7 @@
 //! of [`SqliteStore`]: what is polled, where, and in which run.
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::model::{
     Batch, BatchId, Chamber, ChamberId, Detector, DetectorId, HealthState, Name, OrganizationId,
     Page, PageRequest, Section, SectionId,
@@ -22,16 +23,15 @@ use super::{
 };
 use crate::errors::{Write, child, db, writing};
 
+#[db_port("sqlite")]
 #[async_trait]
 impl SectionRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::create", db.system = "sqlite", db.operation = "SectionRepository::create"))]
     async fn create(&self, section: &Section) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_section(w.conn(), section).await;
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::get", db.system = "sqlite", db.operation = "SectionRepository::get"))]
     async fn get(&self, org: OrganizationId, id: SectionId) -> Result<Section, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -48,7 +48,6 @@ impl SectionRepository for SqliteStore {
             .unwrap_or(Err(not_found("section")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::list", db.system = "sqlite", db.operation = "SectionRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -72,7 +71,6 @@ impl SectionRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::update", db.system = "sqlite", db.operation = "SectionRepository::update"))]
     async fn update(&self, section: &Section) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query(
@@ -90,7 +88,6 @@ impl SectionRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db SectionRepository::delete", db.system = "sqlite", db.operation = "SectionRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: SectionId) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = delete_section(w.conn(), org, id).await;
@@ -302,9 +299,9 @@ async fn load_chamber(
     }))
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl ChamberRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::create", db.system = "sqlite", db.operation = "ChamberRepository::create"))]
     async fn create(&self, chamber: &Chamber, detectors: &[Detector]) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_chamber(w.conn(), chamber, detectors).await;
@@ -331,7 +328,6 @@ impl ChamberRepository for SqliteStore {
             .map_err(|error| ItemError { index: at, error })
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::get", db.system = "sqlite", db.operation = "ChamberRepository::get"))]
     async fn get(&self, org: OrganizationId, id: ChamberId) -> Result<Chamber, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -348,7 +344,6 @@ impl ChamberRepository for SqliteStore {
             .unwrap_or(Err(not_found("chamber")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list", db.system = "sqlite", db.operation = "ChamberRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -382,14 +377,12 @@ impl ChamberRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::update", db.system = "sqlite", db.operation = "ChamberRepository::update"))]
     async fn update(&self, chamber: &Chamber) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = update_chamber(w.conn(), chamber).await;
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::delete", db.system = "sqlite", db.operation = "ChamberRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: ChamberId) -> Result<(), StoreError> {
         // Detectors (and through them readings), the ledger and health go by ON DELETE CASCADE.
         let mut w = self.begin_write().await?;
@@ -403,7 +396,6 @@ impl ChamberRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::load_for_poll", db.system = "sqlite", db.operation = "ChamberRepository::load_for_poll"))]
     async fn load_for_poll(
         &self,
         id: ChamberId,
@@ -413,7 +405,6 @@ impl ChamberRepository for SqliteStore {
         end_read(tx, result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberRepository::list_active", db.system = "sqlite", db.operation = "ChamberRepository::list_active"))]
     async fn list_active(
         &self,
         page: PageRequest<ChamberId>,
@@ -436,9 +427,9 @@ impl ChamberRepository for SqliteStore {
     }
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl DetectorRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::add", db.system = "sqlite", db.operation = "DetectorRepository::add"))]
     async fn add(&self, detector: &Detector) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let conn = w.conn();
@@ -455,7 +446,6 @@ impl DetectorRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::get", db.system = "sqlite", db.operation = "DetectorRepository::get"))]
     async fn get(&self, org: OrganizationId, id: DetectorId) -> Result<Detector, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -472,7 +462,6 @@ impl DetectorRepository for SqliteStore {
             .unwrap_or(Err(not_found("detector")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chamber", db.system = "sqlite", db.operation = "DetectorRepository::list_for_chamber"))]
     async fn list_for_chamber(
         &self,
         org: OrganizationId,
@@ -491,7 +480,6 @@ impl DetectorRepository for SqliteStore {
         decode_all(&rows, detector)
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::list_for_chambers", db.system = "sqlite", db.operation = "DetectorRepository::list_for_chambers"))]
     async fn list_for_chambers(
         &self,
         org: OrganizationId,
@@ -516,7 +504,6 @@ impl DetectorRepository for SqliteStore {
         Ok(all)
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::update", db.system = "sqlite", db.operation = "DetectorRepository::update"))]
     async fn update(&self, detector: &Detector) -> Result<(), StoreError> {
         // The detector stays in its chamber: chamber_id is not updated.
         let mut w = self.begin_write().await?;
@@ -535,7 +522,6 @@ impl DetectorRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db DetectorRepository::delete", db.system = "sqlite", db.operation = "DetectorRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: DetectorId) -> Result<(), StoreError> {
         // Its readings go by ON DELETE CASCADE.
         let mut w = self.begin_write().await?;
@@ -619,16 +605,15 @@ async fn end_batch(
     Ok(batch)
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl BatchRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::start", db.system = "sqlite", db.operation = "BatchRepository::start"))]
     async fn start(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = start_batch(w.conn(), batch).await;
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::end", db.system = "sqlite", db.operation = "BatchRepository::end"))]
     async fn end(
         &self,
         org: OrganizationId,
@@ -640,7 +625,6 @@ impl BatchRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::get", db.system = "sqlite", db.operation = "BatchRepository::get"))]
     async fn get(&self, org: OrganizationId, id: BatchId) -> Result<Batch, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -655,7 +639,6 @@ impl BatchRepository for SqliteStore {
         row.as_ref().map(batch).unwrap_or(Err(not_found("batch")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::list", db.system = "sqlite", db.operation = "BatchRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -682,7 +665,6 @@ impl BatchRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db BatchRepository::covering", db.system = "sqlite", db.operation = "BatchRepository::covering"))]
     async fn covering(
         &self,
         section: SectionId,

@@ -2,6 +2,7 @@
 //! optimistic concurrency.
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::model::{ChamberHealth, ChamberId, HealthState};
 use chamberlain_domain::ports::{ChamberHealthRepository, StoreError};
 use chamberlain_domain::time::Timestamp;
@@ -54,9 +55,9 @@ async fn save_health(conn: &mut SqliteConnection, h: &ChamberHealth) -> Result<u
     Ok(version)
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl ChamberHealthRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::count_by_state", db.system = "sqlite", db.operation = "ChamberHealthRepository::count_by_state"))]
     async fn count_by_state(&self) -> Result<Vec<(HealthState, u64)>, StoreError> {
         let rows = sqlx::query(
             "SELECT coalesce(h.state, 'unknown') AS state, count(*) AS n FROM chambers c \
@@ -78,7 +79,6 @@ impl ChamberHealthRepository for SqliteStore {
             .collect()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::get", db.system = "sqlite", db.operation = "ChamberHealthRepository::get"))]
     async fn get(&self, chamber: ChamberId) -> Result<Option<ChamberHealth>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -92,7 +92,6 @@ impl ChamberHealthRepository for SqliteStore {
         row.as_ref().map(health).transpose()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ChamberHealthRepository::save", db.system = "sqlite", db.operation = "ChamberHealthRepository::save"))]
     async fn save(&self, health: &ChamberHealth) -> Result<u64, StoreError> {
         let mut w = self.begin_write().await?;
         let result = save_health(w.conn(), health).await;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::error::Rule;
 use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
 use chamberlain_domain::model::{
@@ -500,9 +501,9 @@ async fn latest_readings(
     Ok(out)
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl ReadingRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::store_polls", db.system = "sqlite", db.operation = "ReadingRepository::store_polls"))]
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError> {
         let total: usize = polls.iter().map(|p| p.readings.len()).sum();
         if total > MAX_READINGS_PER_WRITE {
@@ -527,7 +528,6 @@ impl ReadingRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::query", db.system = "sqlite", db.operation = "ReadingRepository::query"))]
     async fn query(
         &self,
         org: OrganizationId,
@@ -544,7 +544,6 @@ impl ReadingRepository for SqliteStore {
         }))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::latest", db.system = "sqlite", db.operation = "ReadingRepository::latest"))]
     async fn latest(
         &self,
         org: OrganizationId,
@@ -555,7 +554,6 @@ impl ReadingRepository for SqliteStore {
         end_read(tx, result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::aggregate", db.system = "sqlite", db.operation = "ReadingRepository::aggregate"))]
     async fn aggregate(
         &self,
         org: OrganizationId,
@@ -566,7 +564,6 @@ impl ReadingRepository for SqliteStore {
         end_read(tx, result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ReadingRepository::prune_before", db.system = "sqlite", db.operation = "ReadingRepository::prune_before"))]
     async fn prune_before(&self, cutoff: Timestamp) -> Result<(), StoreError> {
         // Exactly the rows before `cutoff`, found through the primary keys (every detector's,
         // every chamber's range), PRUNE_STEP rows per write transaction so that poll writes are
@@ -642,9 +639,9 @@ async fn list_ledger(
     decode_all(&rows, ledger_entry)
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl PollLedgerRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::record", db.system = "sqlite", db.operation = "PollLedgerRepository::record"))]
     async fn record(&self, entries: &[LedgerEntry]) -> Result<u64, StoreError> {
         if entries.is_empty() {
             return Ok(0);
@@ -658,7 +655,6 @@ impl PollLedgerRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::list", db.system = "sqlite", db.operation = "PollLedgerRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -670,7 +666,6 @@ impl PollLedgerRepository for SqliteStore {
         Ok(Page::from_sorted(entries, query.page.size, |e| e.poll.slot))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db PollLedgerRepository::tally", db.system = "sqlite", db.operation = "PollLedgerRepository::tally"))]
     async fn tally(
         &self,
         org: OrganizationId,

@@ -2,6 +2,7 @@
 //! [`SqliteStore`]: who may do what.
 
 use async_trait::async_trait;
+use chamberlain_db_span::db_port;
 use chamberlain_domain::model::{
     ApiToken, ApiTokenId, Email, Organization, OrganizationId, Page, PageRequest, TokenHash, User,
     UserId,
@@ -16,9 +17,9 @@ use super::rows::{decode_all, organization, token, user};
 use super::{SqliteStore, after_id, exists, limit, missing_parent, not_found, touched};
 use crate::errors::{Write, child, db, writing};
 
+#[db_port("sqlite")]
 #[async_trait]
 impl OrganizationRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::create", db.system = "sqlite", db.operation = "OrganizationRepository::create"))]
     async fn create(&self, org: &Organization) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = sqlx::query(concat!(
@@ -36,7 +37,6 @@ impl OrganizationRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db OrganizationRepository::get", db.system = "sqlite", db.operation = "OrganizationRepository::get"))]
     async fn get(&self, id: OrganizationId) -> Result<Organization, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -82,16 +82,15 @@ async fn create_user(conn: &mut SqliteConnection, user: &User) -> Result<(), Sto
     Ok(())
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl UserRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::create", db.system = "sqlite", db.operation = "UserRepository::create"))]
     async fn create(&self, user: &User) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_user(w.conn(), user).await;
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::get", db.system = "sqlite", db.operation = "UserRepository::get"))]
     async fn get(&self, org: OrganizationId, id: UserId) -> Result<User, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -106,7 +105,6 @@ impl UserRepository for SqliteStore {
         row.as_ref().map(user).unwrap_or(Err(not_found("user")))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::find_by_email", db.system = "sqlite", db.operation = "UserRepository::find_by_email"))]
     async fn find_by_email(&self, email: &Email) -> Result<Vec<User>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
@@ -120,7 +118,6 @@ impl UserRepository for SqliteStore {
         rows.iter().map(user).collect()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::list", db.system = "sqlite", db.operation = "UserRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -144,7 +141,6 @@ impl UserRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::update", db.system = "sqlite", db.operation = "UserRepository::update"))]
     async fn update(&self, user: &User) -> Result<(), StoreError> {
         // Everything but id, organization and created_at.
         let mut w = self.begin_write().await?;
@@ -166,7 +162,6 @@ impl UserRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db UserRepository::delete", db.system = "sqlite", db.operation = "UserRepository::delete"))]
     async fn delete(&self, org: OrganizationId, id: UserId) -> Result<(), StoreError> {
         // Their tokens go by ON DELETE CASCADE.
         let mut w = self.begin_write().await?;
@@ -213,16 +208,15 @@ async fn create_token(conn: &mut SqliteConnection, token: &ApiToken) -> Result<(
     Ok(())
 }
 
+#[db_port("sqlite")]
 #[async_trait]
 impl ApiTokenRepository for SqliteStore {
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::create", db.system = "sqlite", db.operation = "ApiTokenRepository::create"))]
     async fn create(&self, token: &ApiToken) -> Result<(), StoreError> {
         let mut w = self.begin_write().await?;
         let result = create_token(w.conn(), token).await;
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::find_by_hash", db.system = "sqlite", db.operation = "ApiTokenRepository::find_by_hash"))]
     async fn find_by_hash(&self, hash: &TokenHash) -> Result<Option<ApiToken>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -236,7 +230,6 @@ impl ApiTokenRepository for SqliteStore {
         row.as_ref().map(token).transpose()
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::list", db.system = "sqlite", db.operation = "ApiTokenRepository::list"))]
     async fn list(
         &self,
         org: OrganizationId,
@@ -271,7 +264,6 @@ impl ApiTokenRepository for SqliteStore {
         ))
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::revoke", db.system = "sqlite", db.operation = "ApiTokenRepository::revoke"))]
     async fn revoke(
         &self,
         org: OrganizationId,
@@ -294,7 +286,6 @@ impl ApiTokenRepository for SqliteStore {
         w.finish(result).await
     }
 
-    #[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "db ApiTokenRepository::touch", db.system = "sqlite", db.operation = "ApiTokenRepository::touch"))]
     async fn touch(&self, id: ApiTokenId, at: Timestamp) -> Result<(), StoreError> {
         // The latest use wins, whatever order the touches arrive in.
         let mut w = self.begin_write().await?;
