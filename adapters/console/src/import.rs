@@ -16,7 +16,7 @@ use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chamberlain_domain::error::{Rule, ValidationError};
-use chamberlain_domain::model::{PageRequest, PageSize, SectionId};
+use chamberlain_domain::model::{PageSize, SectionId, every_page};
 use chamberlain_domain::usecases::{
     Actor, ChamberImport, ImportMode, ImportReport, NewChamber, NewDetector, UseCaseError,
 };
@@ -265,25 +265,13 @@ async fn section_ids(
     console: &Console,
     actor: &Actor,
 ) -> Result<HashMap<String, SectionId>, UseCaseError> {
-    let mut ids = HashMap::new();
-    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-    loop {
-        let got = console
-            .inner
-            .api
-            .admin
-            .list_sections(actor, page.clone())
-            .await?;
-        ids.extend(
-            got.items
-                .into_iter()
-                .map(|s| (s.name.as_str().to_owned(), s.id)),
-        );
-        match got.next {
-            Some(next) => page.after = Some(next),
-            None => return Ok(ids),
-        }
-    }
+    let size = PageSize::new(1000).unwrap_or_default();
+    let admin = &console.inner.api.admin;
+    Ok(every_page(size, |page| admin.list_sections(actor, page))
+        .await?
+        .into_iter()
+        .map(|s| (s.name.as_str().to_owned(), s.id))
+        .collect())
 }
 
 /// One data row of the file: its line, and the chamber it describes or why it cannot be read.

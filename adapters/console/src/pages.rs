@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::alerting::AlertCondition;
-use chamberlain_domain::model::{AlertId, DetectorId};
+use chamberlain_domain::model::{AlertId, DetectorId, every_page};
 use chamberlain_domain::model::{
     ChamberId, ChamberState, HealthState, PageRequest, PageSize, PollOutcome, Role, SectionId,
 };
@@ -494,20 +494,13 @@ async fn overview_page(
 ) -> Result<OverviewPage, UseCaseError> {
     let api = &console.inner.api;
     let actor = &session.identity.actor;
-    let mut sections = Vec::new();
-    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-    loop {
-        let p = api.admin.list_sections(actor, page.clone()).await?;
-        sections.extend(
-            p.items
-                .into_iter()
-                .map(|s| (s.id.to_string(), s.name.as_str().to_owned())),
-        );
-        match p.next {
-            Some(next) => page.after = Some(next),
-            None => break,
-        }
-    }
+    let size = PageSize::new(1000).unwrap_or_default();
+    let sections: Vec<(String, String)> =
+        every_page(size, |page| api.admin.list_sections(actor, page))
+            .await?
+            .into_iter()
+            .map(|s| (s.id.to_string(), s.name.as_str().to_owned()))
+            .collect();
     let section_names: HashMap<String, String> = sections.iter().cloned().collect();
     let chamber_filter = ChamberFilter {
         section_id: SectionId::parse(&filter.section).ok(),

@@ -6,7 +6,7 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use chamberlain_domain::model::{BatchId, PageRequest, PageSize, Role, SectionId};
+use chamberlain_domain::model::{BatchId, PageRequest, PageSize, Role, SectionId, every_page};
 use chamberlain_domain::ports::ChamberFilter;
 use chamberlain_domain::usecases::{CoverageScope, NewSection, UseCaseError};
 use serde::Deserialize;
@@ -58,16 +58,8 @@ async fn sections_page(
 ) -> Result<SectionsPage, UseCaseError> {
     let api = &console.inner.api;
     let actor = &session.identity.actor;
-    let mut sections = Vec::new();
-    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-    loop {
-        let p = api.admin.list_sections(actor, page.clone()).await?;
-        sections.extend(p.items);
-        match p.next {
-            Some(next) => page.after = Some(next),
-            None => break,
-        }
-    }
+    let size = PageSize::new(1000).unwrap_or_default();
+    let mut sections = every_page(size, |page| api.admin.list_sections(actor, page)).await?;
     sections.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
     let names: std::collections::HashMap<SectionId, String> = sections
         .iter()

@@ -8,7 +8,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chamberlain_domain::model::{PageRequest, PageSize, TransmitterId};
+use chamberlain_domain::model::{PageRequest, PageSize, TransmitterId, every_page};
 use chamberlain_domain::transmit::{DeliveryState, Destination, Transmitter};
 use chamberlain_domain::usecases::{NewDestination, NewTransmitter, UseCaseError};
 use serde::Deserialize;
@@ -97,16 +97,9 @@ async fn transmitters_page(
         .map(|s| (s.transmitter_id, s))
         .collect();
     let mut letters: HashMap<TransmitterId, usize> = HashMap::new();
-    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-    loop {
-        let got = admin.dead_letters(actor, None, page.clone()).await?;
-        for l in &got.items {
-            *letters.entry(l.transmitter_id).or_default() += 1;
-        }
-        match got.next {
-            Some(next) => page.after = Some(next),
-            None => break,
-        }
+    let size = PageSize::new(1000).unwrap_or_default();
+    for l in every_page(size, |page| admin.dead_letters(actor, None, page)).await? {
+        *letters.entry(l.transmitter_id).or_default() += 1;
     }
     let mut rows: Vec<TransmitterRow> = transmitters
         .iter()

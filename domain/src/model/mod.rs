@@ -23,7 +23,7 @@ pub use ids::{
     AlertId, AlertRuleId, ApiTokenId, BatchId, ChamberId, DeadLetterId, DetectorId, OrganizationId,
     SectionId, TransmitterId, UserId,
 };
-pub use paging::{Page, PageRequest, PageSize};
+pub use paging::{Page, PageRequest, PageSize, every_page};
 pub use poll::{
     JobMetadata, LedgerEntry, PollId, PollJob, PollKind, PollOutcome, TraceContext, dedup_ttl,
 };

@@ -86,3 +86,68 @@ impl<T, K> Page<T, K> {
         }
     }
 }
+
+/// Reads every page of a list, `size` items at a time: `fetch` is given each page request in
+/// turn (the first, then one after each page's cursor) until a page has no next one.
+///
+/// # Errors
+/// The first error `fetch` returns; the pages read before it are dropped.
+pub async fn every_page<T, K, E, F, Fut>(size: PageSize, mut fetch: F) -> Result<Vec<T>, E>
+where
+    F: FnMut(PageRequest<K>) -> Fut,
+    Fut: Future<Output = Result<Page<T, K>, E>>,
+{
+    let mut all = Vec::new();
+    let mut request = PageRequest::first(size);
+    loop {
+        let page = fetch(request).await?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) => {
+                request = PageRequest {
+                    after: Some(next),
+                    size,
+                }
+            }
+            None => return Ok(all),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The numbers 0..n as a keyset-paged list.
+    fn numbers(n: u32, request: &PageRequest<u32>) -> Page<u32, u32> {
+        let sorted = (0..n)
+            .filter(|i| request.after.is_none_or(|a| *i > a))
+            .collect();
+        Page::from_sorted(sorted, request.size, |i| *i)
+    }
+
+    #[tokio::test]
+    async fn every_page_reads_each_page_once_in_order() {
+        let size = PageSize::new(3).unwrap();
+        let mut requests = Vec::new();
+        let all: Result<Vec<u32>, ()> = every_page(size, |request| {
+            requests.push(request.after);
+            let page = numbers(7, &request);
+            async move { Ok(page) }
+        })
+        .await;
+        assert_eq!(all, Ok((0..7).collect()));
+        assert_eq!(requests, [None, Some(2), Some(5)]);
+        let empty: Result<Vec<u32>, ()> =
+            every_page(size, |request| std::future::ready(Ok(numbers(0, &request)))).await;
+        assert_eq!(empty, Ok(Vec::new()));
+        let failed: Result<Vec<u32>, &str> = every_page(size, |request| {
+            std::future::ready(match request.after {
+                None => Ok(numbers(7, &request)),
+                Some(_) => Err("store away"),
+            })
+        })
+        .await;
+        assert_eq!(failed, Err("store away"));
+    }
+}

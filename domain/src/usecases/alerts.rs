@@ -10,7 +10,7 @@ use crate::alerting::{Acknowledgement, Alert, AlertCondition, AlertRule, AlertSi
 use crate::error::{Rule, ValidationError};
 use crate::model::{
     AlertId, AlertRuleId, ChamberId, DeadLetterId, Description, DetectorId, EndpointUrl, Finite,
-    HealthState, Name, Page, PageRequest, PageSize, Role, SectionId, TransmitterId,
+    HealthState, Name, Page, PageRequest, PageSize, Role, SectionId, TransmitterId, every_page,
 };
 use crate::ports::{
     AlertFilter, AlertRepository, ChamberHealthRepository, ChamberRepository, Clock,
@@ -394,16 +394,9 @@ impl AlertEvaluator {
     /// # Errors
     /// `Unavailable`; the evaluator keeps its previous rules.
     pub async fn reload(&mut self) -> std::result::Result<Vec<DomainEvent>, StoreError> {
-        let mut rules = Vec::new();
-        let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-        loop {
-            let got = self.alerts.list_all_rules(page.clone()).await?;
-            rules.extend(got.items);
-            match got.next {
-                Some(next) => page.after = Some(next),
-                None => break,
-            }
-        }
+        let size = PageSize::new(1000).unwrap_or_default();
+        let alerts = &self.alerts;
+        let rules = every_page(size, |page| alerts.list_all_rules(page)).await?;
         let open: HashSet<AlertRuleId> = self.alerts.open_rule_ids().await?.into_iter().collect();
         let now = self.clock.now();
         let mut states = HashMap::with_capacity(rules.len());

@@ -6,8 +6,8 @@ use crate::error::{Rule, ValidationError};
 use std::time::Duration;
 
 use crate::model::{
-    BatchId, ChamberId, LedgerEntry, OrganizationId, Page, PageRequest, PageSize, Reading, Role,
-    SectionId,
+    BatchId, ChamberId, LedgerEntry, OrganizationId, Page, PageSize, Reading, Role, SectionId,
+    every_page,
 };
 use crate::ports::{
     AggregateQuery, BatchRepository, ChamberFilter, ChamberRepository, LatestReadings, LedgerQuery,
@@ -110,26 +110,16 @@ impl ReadingQueries {
         org: OrganizationId,
         section: SectionId,
     ) -> Result<Vec<ChamberId>, UseCaseError> {
-        let mut ids = Vec::new();
-        let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-        loop {
-            let p = self
-                .chambers
-                .list(
-                    org,
-                    ChamberFilter {
-                        section_id: Some(section),
-                        ..ChamberFilter::default()
-                    },
-                    page.clone(),
-                )
-                .await?;
-            ids.extend(p.items.iter().map(|c| c.id));
-            match p.next {
-                Some(next) => page.after = Some(next),
-                None => return Ok(ids),
-            }
-        }
+        let in_section = ChamberFilter {
+            section_id: Some(section),
+            ..ChamberFilter::default()
+        };
+        let size = PageSize::new(1000).unwrap_or_default();
+        let chambers = every_page(size, |page| {
+            self.chambers.list(org, in_section.clone(), page)
+        })
+        .await?;
+        Ok(chambers.iter().map(|c| c.id).collect())
     }
 
     /// Readings of a detector, chamber or batch with `from <= slot < to`, by (slot, detector).

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use chamberlain_domain::model::{
-    DeadLetterId, OrganizationId, PageRequest, PageSize, TransmitterId,
+    DeadLetterId, OrganizationId, PageSize, TransmitterId, every_page,
 };
 use chamberlain_domain::ports::{
     Clock, DeliveryClient, DeliveryError, DomainEvent, StoreError, TransmitterRepository,
@@ -144,19 +144,9 @@ impl Forwarder {
     /// # Errors
     /// `Unavailable`; the lanes stay as they were.
     pub async fn reload(&mut self) -> Result<(), StoreError> {
-        let mut all = Vec::new();
-        let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-        loop {
-            let got = self
-                .transmitters
-                .list_all_transmitters(page.clone())
-                .await?;
-            all.extend(got.items);
-            match got.next {
-                Some(next) => page.after = Some(next),
-                None => break,
-            }
-        }
+        let size = PageSize::new(1000).unwrap_or_default();
+        let transmitters = &self.transmitters;
+        let all = every_page(size, |page| transmitters.list_all_transmitters(page)).await?;
         let mut lanes = HashMap::with_capacity(all.len());
         let mut by_org: HashMap<OrganizationId, Vec<TransmitterId>> = HashMap::new();
         for t in all {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::limits::{LEADER_LEASE_RENEW_EVERY, LEADER_LEASE_TTL};
 use chamberlain_domain::model::{
-    JobMetadata, LedgerEntry, PageRequest, PageSize, PollJob, PollOutcome,
+    JobMetadata, LedgerEntry, PageSize, PollJob, PollOutcome, every_page,
 };
 use chamberlain_domain::ports::{
     ChamberChange, ChamberChanges, ChamberHealthRepository, ChamberRepository, ChangeSubscription,
@@ -488,21 +488,12 @@ fn apply_change(planner: &mut SchedulePlanner, change: &ChamberChange) {
 
 /// Every active chamber, page by page; `None` (logged) if the store fails.
 async fn load_active(chambers: Arc<dyn ChamberRepository>) -> Option<Vec<ScheduledChamber>> {
-    let mut all = Vec::new();
-    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-    loop {
-        match chambers.list_active(page.clone()).await {
-            Ok(p) => {
-                all.extend(p.items.iter().filter_map(ScheduledChamber::of));
-                match p.next {
-                    Some(next) => page.after = Some(next),
-                    None => return Some(all),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "resync failed; retrying soon");
-                return None;
-            }
+    let size = PageSize::new(1000).unwrap_or_default();
+    match every_page(size, |page| chambers.list_active(page)).await {
+        Ok(all) => Some(all.iter().filter_map(ScheduledChamber::of).collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "resync failed; retrying soon");
+            None
         }
     }
 }

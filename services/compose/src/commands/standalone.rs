@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::model::{Email, PageRequest, PageSize, Role};
+use chamberlain_domain::model::{Email, PageRequest, PageSize, Role, every_page};
 use chamberlain_domain::ports::ChamberFilter;
 use chamberlain_domain::usecases::{
     Actor, ApiSettings, ApiUseCases, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser,
@@ -154,26 +154,19 @@ async fn register_simulated(
                 .await?
         }
     };
-    let mut existing = std::collections::HashSet::new();
-    let mut page = PageRequest::first(PageSize::new(1000).unwrap_or_default());
-    loop {
-        let got = admin
-            .list_chambers(
-                actor,
-                ChamberFilter {
-                    section_id: Some(section.id),
-                    state: None,
-                    ..ChamberFilter::default()
-                },
-                page.clone(),
-            )
-            .await?;
-        existing.extend(got.items.into_iter().map(|c| c.name.as_str().to_owned()));
-        match got.next {
-            Some(next) => page.after = Some(next),
-            None => break,
-        }
-    }
+    let in_section = ChamberFilter {
+        section_id: Some(section.id),
+        state: None,
+        ..ChamberFilter::default()
+    };
+    let size = PageSize::new(1000).unwrap_or_default();
+    let existing: std::collections::HashSet<String> = every_page(size, |page| {
+        admin.list_chambers(actor, in_section.clone(), page)
+    })
+    .await?
+    .into_iter()
+    .map(|c| c.name.as_str().to_owned())
+    .collect();
     let mut added = 0;
     for i in 0..n {
         let name = format!("sim-{i:04}");
