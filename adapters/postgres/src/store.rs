@@ -7,7 +7,7 @@ mod readings;
 pub(crate) mod rows;
 mod tenancy;
 
-use chamberlain_domain::model::PageRequest;
+use chamberlain_domain::model::{Page, PageRequest, PageSize};
 use chamberlain_domain::ports::StoreError;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
@@ -39,5 +39,21 @@ impl PgStore {
             .await
             .map_err(store_error)?;
         Ok(row.is_some())
+    }
+}
+
+impl PgStore {
+    /// One page of a list: `query` selects up to `limit(&page)` rows (one more than a page, to
+    /// tell whether another follows) after the cursor, in key order; they are decoded and cut
+    /// into the page and the next cursor.
+    async fn read_page<'q, T, K>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        decode: fn(&PgRow) -> Result<T>,
+        size: PageSize,
+        key: impl Fn(&T) -> K,
+    ) -> Result<Page<T, K>> {
+        let rows = query.fetch_all(&self.pool).await.map_err(store_error)?;
+        Ok(Page::from_sorted(decode_all(&rows, decode)?, size, key))
     }
 }

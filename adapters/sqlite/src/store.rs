@@ -15,10 +15,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chamberlain_domain::error::Rule;
-use chamberlain_domain::model::{ChamberId, OrganizationId, PageSize, SectionId};
+use chamberlain_domain::model::{ChamberId, OrganizationId, Page, PageSize, SectionId};
 use chamberlain_domain::ports::StoreError;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
@@ -342,5 +343,25 @@ fn touched(
         Err(not_found(entity))
     } else {
         Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// One page of a list, read on a reader connection: `query` selects up to `limit(size)`
+    /// rows (one more than a page, to tell whether another follows) after the cursor, in key
+    /// order; they are decoded and cut into the page and the next cursor.
+    async fn read_page<T, K>(
+        &self,
+        query: SqlQuery<'_>,
+        decode: fn(&SqliteRow) -> Result<T, StoreError>,
+        size: PageSize,
+        key: impl Fn(&T) -> K,
+    ) -> Result<Page<T, K>, StoreError> {
+        let rows = query.fetch_all(&self.readers).await.map_err(db)?;
+        Ok(Page::from_sorted(
+            rows::decode_all(&rows, decode)?,
+            size,
+            key,
+        ))
     }
 }

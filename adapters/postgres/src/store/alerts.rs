@@ -172,23 +172,21 @@ impl AlertRepository for PgStore {
         chamber: Option<ChamberId>,
         page: PageRequest<AlertRuleId>,
     ) -> Result<Page<AlertRule, AlertRuleId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RULE_COLUMNS} FROM alert_rules WHERE organization_id = $1 \
+        self.read_page(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RULE_COLUMNS} FROM alert_rules WHERE organization_id = $1 \
              AND ($2::uuid IS NULL OR chamber_id = $2) AND ($3::uuid IS NULL OR id > $3) \
              ORDER BY id LIMIT $4"
-        )))
-        .bind(org.as_uuid())
-        .bind(chamber.map(|c| *c.as_uuid()))
-        .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(self.pool())
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rule)?,
+            )))
+            .bind(org.as_uuid())
+            .bind(chamber.map(|c| *c.as_uuid()))
+            .bind(page.after.map(|a| *a.as_uuid()))
+            .bind(limit(&page)),
+            rule,
             page.size,
             |r| r.id,
-        ))
+        )
+        .await
     }
 
     async fn delete_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<()> {
@@ -210,20 +208,18 @@ impl AlertRepository for PgStore {
         &self,
         page: PageRequest<AlertRuleId>,
     ) -> Result<Page<AlertRule, AlertRuleId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RULE_COLUMNS} FROM alert_rules WHERE ($1::uuid IS NULL OR id > $1) \
+        self.read_page(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RULE_COLUMNS} FROM alert_rules WHERE ($1::uuid IS NULL OR id > $1) \
              ORDER BY id LIMIT $2"
-        )))
-        .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(self.pool())
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rule)?,
+            )))
+            .bind(page.after.map(|a| *a.as_uuid()))
+            .bind(limit(&page)),
+            rule,
             page.size,
             |r| r.id,
-        ))
+        )
+        .await
     }
 
     async fn open_alert(&self, a: &Alert) -> Result<()> {
@@ -284,26 +280,24 @@ impl AlertRepository for PgStore {
         filter: AlertFilter,
         page: PageRequest<AlertId>,
     ) -> Result<Page<Alert, AlertId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE organization_id = $1 \
+        self.read_page(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE organization_id = $1 \
              AND ($2::uuid IS NULL OR chamber_id = $2) AND ($3::uuid IS NULL OR rule_id = $3) \
              AND (NOT $4 OR resolved_at IS NULL) AND ($5::uuid IS NULL OR id > $5) \
              ORDER BY id LIMIT $6"
-        )))
-        .bind(org.as_uuid())
-        .bind(filter.chamber_id.map(|c| *c.as_uuid()))
-        .bind(filter.rule_id.map(|r| *r.as_uuid()))
-        .bind(filter.open_only)
-        .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(self.pool())
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, alert)?,
+            )))
+            .bind(org.as_uuid())
+            .bind(filter.chamber_id.map(|c| *c.as_uuid()))
+            .bind(filter.rule_id.map(|r| *r.as_uuid()))
+            .bind(filter.open_only)
+            .bind(page.after.map(|a| *a.as_uuid()))
+            .bind(limit(&page)),
+            alert,
             page.size,
             |a| a.id,
-        ))
+        )
+        .await
     }
 
     async fn acknowledge_alert(
@@ -396,21 +390,19 @@ impl TransmitterRepository for PgStore {
         org: OrganizationId,
         page: PageRequest<TransmitterId>,
     ) -> Result<Page<Transmitter, TransmitterId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {TRANSMITTER_COLUMNS} FROM transmitters WHERE organization_id = $1 \
+        self.read_page(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {TRANSMITTER_COLUMNS} FROM transmitters WHERE organization_id = $1 \
              AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
-        )))
-        .bind(org.as_uuid())
-        .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(self.pool())
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, transmitter)?,
+            )))
+            .bind(org.as_uuid())
+            .bind(page.after.map(|a| *a.as_uuid()))
+            .bind(limit(&page)),
+            transmitter,
             page.size,
             |t| t.id,
-        ))
+        )
+        .await
     }
 
     async fn delete_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<()> {
@@ -432,20 +424,18 @@ impl TransmitterRepository for PgStore {
         &self,
         page: PageRequest<TransmitterId>,
     ) -> Result<Page<Transmitter, TransmitterId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        self.read_page(
+sqlx::query(AssertSqlSafe(format!(
             "SELECT {TRANSMITTER_COLUMNS} FROM transmitters WHERE ($1::uuid IS NULL OR id > $1) \
              ORDER BY id LIMIT $2"
         )))
         .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(self.pool())
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, transmitter)?,
-            page.size,
-            |t| t.id,
-        ))
+        .bind(limit(&page)),
+transmitter,
+page.size,
+|t| t.id,
+)
+.await
     }
 
     async fn record_dead_letter(&self, l: &DeadLetter) -> Result<()> {
@@ -471,23 +461,21 @@ impl TransmitterRepository for PgStore {
         transmitter: Option<TransmitterId>,
         page: PageRequest<DeadLetterId>,
     ) -> Result<Page<DeadLetter, DeadLetterId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {LETTER_COLUMNS} FROM dead_letters WHERE organization_id = $1 \
+        self.read_page(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {LETTER_COLUMNS} FROM dead_letters WHERE organization_id = $1 \
              AND ($2::uuid IS NULL OR transmitter_id = $2) AND ($3::uuid IS NULL OR id > $3) \
              ORDER BY id LIMIT $4"
-        )))
-        .bind(org.as_uuid())
-        .bind(transmitter.map(|t| *t.as_uuid()))
-        .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(self.pool())
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, letter)?,
+            )))
+            .bind(org.as_uuid())
+            .bind(transmitter.map(|t| *t.as_uuid()))
+            .bind(page.after.map(|a| *a.as_uuid()))
+            .bind(limit(&page)),
+            letter,
             page.size,
             |l| l.id,
-        ))
+        )
+        .await
     }
 
     async fn record_delivery_state(&self, s: &DeliveryState) -> Result<()> {

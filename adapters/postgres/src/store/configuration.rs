@@ -60,20 +60,18 @@ impl SectionRepository for PgStore {
         org: OrganizationId,
         page: PageRequest<SectionId>,
     ) -> Result<Page<Section, SectionId>> {
-        let rows = sqlx::query(
+        self.read_page(
+sqlx::query(
             "SELECT * FROM sections WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
         )
         .bind(org.as_uuid())
         .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::section)?,
-            page.size,
-            |s| s.id,
-        ))
+        .bind(limit(&page)),
+rows::section,
+page.size,
+|s| s.id,
+)
+.await
     }
 
     async fn update(&self, s: &Section) -> Result<()> {
@@ -276,35 +274,33 @@ impl ChamberRepository for PgStore {
         filter: ChamberFilter,
         page: PageRequest<ChamberId>,
     ) -> Result<Page<Chamber, ChamberId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {} FROM chambers WHERE organization_id = $1 \
+        self.read_page(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {} FROM chambers WHERE organization_id = $1 \
              AND ($2::uuid IS NULL OR section_id = $2) AND ($3::text IS NULL OR state = $3) \
              AND ($4::uuid IS NULL OR id > $4) \
              AND ($6::text IS NULL OR strpos(lower(name), lower($6)) > 0) \
              AND ($7::text IS NULL OR COALESCE((SELECT h.state FROM chamber_health h \
                   WHERE h.chamber_id = chambers.id), 'unknown') = $7) \
              ORDER BY id LIMIT $5",
-            rows::CHAMBER_COLUMNS
-        )))
-        .bind(org.as_uuid())
-        .bind(filter.section_id.map(|s| *s.as_uuid()))
-        .bind(filter.state.map(rows::state_str))
-        .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .bind(filter.name_contains.as_deref())
-        .bind(
-            filter
-                .health
-                .map(chamberlain_domain::model::HealthState::as_str),
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::chamber)?,
+                rows::CHAMBER_COLUMNS
+            )))
+            .bind(org.as_uuid())
+            .bind(filter.section_id.map(|s| *s.as_uuid()))
+            .bind(filter.state.map(rows::state_str))
+            .bind(page.after.map(|a| *a.as_uuid()))
+            .bind(limit(&page))
+            .bind(filter.name_contains.as_deref())
+            .bind(
+                filter
+                    .health
+                    .map(chamberlain_domain::model::HealthState::as_str),
+            ),
+            rows::chamber,
             page.size,
             |c| c.id,
-        ))
+        )
+        .await
     }
 
     async fn update(&self, c: &Chamber) -> Result<()> {
@@ -428,20 +424,18 @@ impl ChamberRepository for PgStore {
     }
 
     async fn list_active(&self, page: PageRequest<ChamberId>) -> Result<Page<Chamber, ChamberId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        self.read_page(
+sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM chambers WHERE state = 'active' AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
             rows::CHAMBER_COLUMNS
         )))
         .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::chamber)?,
-            page.size,
-            |c| c.id,
-        ))
+        .bind(limit(&page)),
+rows::chamber,
+page.size,
+|c| c.id,
+)
+.await
     }
 }
 
@@ -645,7 +639,8 @@ impl BatchRepository for PgStore {
         section: Option<SectionId>,
         page: PageRequest<BatchId>,
     ) -> Result<Page<Batch, BatchId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        self.read_page(
+sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM batches WHERE organization_id = $1 AND ($2::uuid IS NULL OR section_id = $2) \
              AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
             rows::BATCH_COLUMNS
@@ -653,15 +648,12 @@ impl BatchRepository for PgStore {
         .bind(org.as_uuid())
         .bind(section.map(|s| *s.as_uuid()))
         .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::batch)?,
-            page.size,
-            |b| b.id,
-        ))
+        .bind(limit(&page)),
+rows::batch,
+page.size,
+|b| b.id,
+)
+.await
     }
 
     async fn covering(&self, section: SectionId, at: Timestamp) -> Result<Option<Batch>> {

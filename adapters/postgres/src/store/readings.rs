@@ -595,7 +595,8 @@ impl PollLedgerRepository for PgStore {
         {
             return Err(not_found("chamber"));
         }
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        self.read_page(
+sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM poll_ledger WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
              AND (NOT $4 OR outcome <> 'ok') AND ($5::timestamptz IS NULL OR slot > $5) ORDER BY slot LIMIT $6",
             rows::LEDGER_COLUMNS
@@ -605,15 +606,12 @@ impl PollLedgerRepository for PgStore {
         .bind(ts(q.to))
         .bind(q.failures_only)
         .bind(q.page.after.map(ts))
-        .bind(limit(&q.page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::ledger_entry)?,
-            q.page.size,
-            |e| e.poll.slot,
-        ))
+        .bind(limit(&q.page)),
+rows::ledger_entry,
+q.page.size,
+|e| e.poll.slot,
+)
+.await
     }
 
     async fn tally(&self, org: OrganizationId, q: &TallyQuery) -> Result<Vec<LedgerTally>> {

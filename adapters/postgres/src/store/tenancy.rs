@@ -13,7 +13,7 @@ use chamberlain_domain::ports::{
 };
 use sqlx::AssertSqlSafe;
 
-use super::{decode_all, limit, not_found};
+use super::{limit, not_found};
 use crate::PgStore;
 use crate::errors::store_error;
 use crate::store::rows::{self, ts};
@@ -100,21 +100,19 @@ impl UserRepository for PgStore {
         org: OrganizationId,
         page: PageRequest<UserId>,
     ) -> Result<Page<User, UserId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        self.read_page(
+sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM users WHERE organization_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3",
             rows::USER_COLUMNS
         )))
         .bind(org.as_uuid())
         .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::user)?,
-            page.size,
-            |u| u.id,
-        ))
+        .bind(limit(&page)),
+rows::user,
+page.size,
+|u| u.id,
+)
+.await
     }
 
     async fn update(&self, u: &User) -> Result<()> {
@@ -196,7 +194,8 @@ impl ApiTokenRepository for PgStore {
         user: Option<UserId>,
         page: PageRequest<ApiTokenId>,
     ) -> Result<Page<ApiToken, ApiTokenId>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        self.read_page(
+sqlx::query(AssertSqlSafe(format!(
             "SELECT {} FROM api_tokens WHERE organization_id = $1 AND ($2::uuid IS NULL OR user_id = $2) \
              AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
             rows::TOKEN_COLUMNS
@@ -204,15 +203,12 @@ impl ApiTokenRepository for PgStore {
         .bind(org.as_uuid())
         .bind(user.map(|u| *u.as_uuid()))
         .bind(page.after.map(|a| *a.as_uuid()))
-        .bind(limit(&page))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::token)?,
-            page.size,
-            |t| t.id,
-        ))
+        .bind(limit(&page)),
+rows::token,
+page.size,
+|t| t.id,
+)
+.await
     }
 
     async fn revoke(&self, org: OrganizationId, id: ApiTokenId, at: Timestamp) -> Result<()> {

@@ -200,24 +200,22 @@ impl AlertRepository for SqliteStore {
         chamber: Option<ChamberId>,
         page: PageRequest<AlertRuleId>,
     ) -> Result<Page<AlertRule, AlertRuleId>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            rule_columns!(),
-            " FROM alert_rules WHERE organization_id = ?1 AND (?2 IS NULL OR chamber_id = ?2) \
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                rule_columns!(),
+                " FROM alert_rules WHERE organization_id = ?1 AND (?2 IS NULL OR chamber_id = ?2) \
               AND id > ?3 ORDER BY id LIMIT ?4"
-        ))
-        .bind(*org.as_uuid())
-        .bind(chamber.map(|c| *c.as_uuid()))
-        .bind(after_id(page.after.as_ref().map(AlertRuleId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rule)?,
+            ))
+            .bind(*org.as_uuid())
+            .bind(chamber.map(|c| *c.as_uuid()))
+            .bind(after_id(page.after.as_ref().map(AlertRuleId::as_uuid)))
+            .bind(limit(page.size)),
+            rule,
             page.size,
             |r| r.id,
-        ))
+        )
+        .await
     }
 
     async fn delete_rule(&self, org: OrganizationId, id: AlertRuleId) -> Result<()> {
@@ -236,21 +234,19 @@ impl AlertRepository for SqliteStore {
         &self,
         page: PageRequest<AlertRuleId>,
     ) -> Result<Page<AlertRule, AlertRuleId>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            rule_columns!(),
-            " FROM alert_rules WHERE id > ?1 ORDER BY id LIMIT ?2"
-        ))
-        .bind(after_id(page.after.as_ref().map(AlertRuleId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, rule)?,
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                rule_columns!(),
+                " FROM alert_rules WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))
+            .bind(after_id(page.after.as_ref().map(AlertRuleId::as_uuid)))
+            .bind(limit(page.size)),
+            rule,
             page.size,
             |r| r.id,
-        ))
+        )
+        .await
     }
 
     async fn open_alert(&self, a: &Alert) -> Result<()> {
@@ -332,27 +328,25 @@ impl AlertRepository for SqliteStore {
         filter: AlertFilter,
         page: PageRequest<AlertId>,
     ) -> Result<Page<Alert, AlertId>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            alert_columns!(),
-            " FROM alerts WHERE organization_id = ?1 AND (?2 IS NULL OR chamber_id = ?2) \
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                alert_columns!(),
+                " FROM alerts WHERE organization_id = ?1 AND (?2 IS NULL OR chamber_id = ?2) \
               AND (?3 IS NULL OR rule_id = ?3) AND (NOT ?4 OR resolved_at IS NULL) \
               AND id > ?5 ORDER BY id LIMIT ?6"
-        ))
-        .bind(*org.as_uuid())
-        .bind(opt_id(filter.chamber_id.as_ref().map(ChamberId::as_uuid)))
-        .bind(opt_id(filter.rule_id.as_ref().map(AlertRuleId::as_uuid)))
-        .bind(filter.open_only)
-        .bind(after_id(page.after.as_ref().map(AlertId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, alert)?,
+            ))
+            .bind(*org.as_uuid())
+            .bind(opt_id(filter.chamber_id.as_ref().map(ChamberId::as_uuid)))
+            .bind(opt_id(filter.rule_id.as_ref().map(AlertRuleId::as_uuid)))
+            .bind(filter.open_only)
+            .bind(after_id(page.after.as_ref().map(AlertId::as_uuid)))
+            .bind(limit(page.size)),
+            alert,
             page.size,
             |a| a.id,
-        ))
+        )
+        .await
     }
 
     async fn acknowledge_alert(
@@ -474,22 +468,20 @@ impl TransmitterRepository for SqliteStore {
         org: OrganizationId,
         page: PageRequest<TransmitterId>,
     ) -> Result<Page<Transmitter, TransmitterId>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            transmitter_columns!(),
-            " FROM transmitters WHERE organization_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-        ))
-        .bind(*org.as_uuid())
-        .bind(after_id(page.after.as_ref().map(TransmitterId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, transmitter)?,
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                transmitter_columns!(),
+                " FROM transmitters WHERE organization_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))
+            .bind(*org.as_uuid())
+            .bind(after_id(page.after.as_ref().map(TransmitterId::as_uuid)))
+            .bind(limit(page.size)),
+            transmitter,
             page.size,
             |t| t.id,
-        ))
+        )
+        .await
     }
 
     async fn delete_transmitter(&self, org: OrganizationId, id: TransmitterId) -> Result<()> {
@@ -508,21 +500,19 @@ impl TransmitterRepository for SqliteStore {
         &self,
         page: PageRequest<TransmitterId>,
     ) -> Result<Page<Transmitter, TransmitterId>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            transmitter_columns!(),
-            " FROM transmitters WHERE id > ?1 ORDER BY id LIMIT ?2"
-        ))
-        .bind(after_id(page.after.as_ref().map(TransmitterId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, transmitter)?,
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                transmitter_columns!(),
+                " FROM transmitters WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))
+            .bind(after_id(page.after.as_ref().map(TransmitterId::as_uuid)))
+            .bind(limit(page.size)),
+            transmitter,
             page.size,
             |t| t.id,
-        ))
+        )
+        .await
     }
 
     async fn record_dead_letter(&self, l: &DeadLetter) -> Result<()> {
@@ -566,24 +556,22 @@ impl TransmitterRepository for SqliteStore {
         transmitter: Option<TransmitterId>,
         page: PageRequest<DeadLetterId>,
     ) -> Result<Page<DeadLetter, DeadLetterId>> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            letter_columns!(),
-            " FROM dead_letters WHERE organization_id = ?1 \
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                letter_columns!(),
+                " FROM dead_letters WHERE organization_id = ?1 \
               AND (?2 IS NULL OR transmitter_id = ?2) AND id > ?3 ORDER BY id LIMIT ?4"
-        ))
-        .bind(*org.as_uuid())
-        .bind(opt_id(transmitter.as_ref().map(TransmitterId::as_uuid)))
-        .bind(after_id(page.after.as_ref().map(DeadLetterId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, letter)?,
+            ))
+            .bind(*org.as_uuid())
+            .bind(opt_id(transmitter.as_ref().map(TransmitterId::as_uuid)))
+            .bind(after_id(page.after.as_ref().map(DeadLetterId::as_uuid)))
+            .bind(limit(page.size)),
+            letter,
             page.size,
             |l| l.id,
-        ))
+        )
+        .await
     }
 
     async fn record_delivery_state(&self, s: &DeliveryState) -> Result<()> {

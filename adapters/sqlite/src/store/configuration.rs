@@ -53,22 +53,20 @@ impl SectionRepository for SqliteStore {
         org: OrganizationId,
         page: PageRequest<SectionId>,
     ) -> Result<Page<Section, SectionId>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            section_columns!(),
-            " FROM sections WHERE organization_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-        ))
-        .bind(*org.as_uuid())
-        .bind(after_id(page.after.as_ref().map(SectionId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, section)?,
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                section_columns!(),
+                " FROM sections WHERE organization_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))
+            .bind(*org.as_uuid())
+            .bind(after_id(page.after.as_ref().map(SectionId::as_uuid)))
+            .bind(limit(page.size)),
+            section,
             page.size,
             |s| s.id,
-        ))
+        )
+        .await
     }
 
     async fn update(&self, section: &Section) -> Result<(), StoreError> {
@@ -350,31 +348,29 @@ impl ChamberRepository for SqliteStore {
         filter: ChamberFilter,
         page: PageRequest<ChamberId>,
     ) -> Result<Page<Chamber, ChamberId>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            chamber_columns!(),
-            " FROM chambers WHERE organization_id = ?1 AND id > ?2 \
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                chamber_columns!(),
+                " FROM chambers WHERE organization_id = ?1 AND id > ?2 \
               AND (?3 IS NULL OR section_id = ?3) AND (?4 IS NULL OR state = ?4) \
               AND (?6 IS NULL OR instr(lower(name), lower(?6)) > 0) \
               AND (?7 IS NULL OR COALESCE((SELECT h.state FROM chamber_health h \
                    WHERE h.chamber_id = chambers.id), 'unknown') = ?7) \
               ORDER BY id LIMIT ?5"
-        ))
-        .bind(*org.as_uuid())
-        .bind(after_id(page.after.as_ref().map(ChamberId::as_uuid)))
-        .bind(filter.section_id.map(|s| *s.as_uuid()))
-        .bind(filter.state.map(chamber_state_code))
-        .bind(limit(page.size))
-        .bind(filter.name_contains.as_deref())
-        .bind(filter.health.map(HealthState::as_str))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, chamber)?,
+            ))
+            .bind(*org.as_uuid())
+            .bind(after_id(page.after.as_ref().map(ChamberId::as_uuid)))
+            .bind(filter.section_id.map(|s| *s.as_uuid()))
+            .bind(filter.state.map(chamber_state_code))
+            .bind(limit(page.size))
+            .bind(filter.name_contains.as_deref())
+            .bind(filter.health.map(HealthState::as_str)),
+            chamber,
             page.size,
             |c| c.id,
-        ))
+        )
+        .await
     }
 
     async fn update(&self, chamber: &Chamber) -> Result<(), StoreError> {
@@ -409,21 +405,19 @@ impl ChamberRepository for SqliteStore {
         &self,
         page: PageRequest<ChamberId>,
     ) -> Result<Page<Chamber, ChamberId>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            chamber_columns!(),
-            " FROM chambers WHERE state = 'active' AND id > ?1 ORDER BY id LIMIT ?2"
-        ))
-        .bind(after_id(page.after.as_ref().map(ChamberId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, chamber)?,
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                chamber_columns!(),
+                " FROM chambers WHERE state = 'active' AND id > ?1 ORDER BY id LIMIT ?2"
+            ))
+            .bind(after_id(page.after.as_ref().map(ChamberId::as_uuid)))
+            .bind(limit(page.size)),
+            chamber,
             page.size,
             |c| c.id,
-        ))
+        )
+        .await
     }
 }
 
@@ -645,24 +639,22 @@ impl BatchRepository for SqliteStore {
         section: Option<SectionId>,
         page: PageRequest<BatchId>,
     ) -> Result<Page<Batch, BatchId>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            batch_columns!(),
-            " FROM batches WHERE organization_id = ?1 AND id > ?2 \
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                batch_columns!(),
+                " FROM batches WHERE organization_id = ?1 AND id > ?2 \
               AND (?3 IS NULL OR section_id = ?3) ORDER BY id LIMIT ?4"
-        ))
-        .bind(*org.as_uuid())
-        .bind(after_id(page.after.as_ref().map(BatchId::as_uuid)))
-        .bind(section.map(|s| *s.as_uuid()))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, batch)?,
+            ))
+            .bind(*org.as_uuid())
+            .bind(after_id(page.after.as_ref().map(BatchId::as_uuid)))
+            .bind(section.map(|s| *s.as_uuid()))
+            .bind(limit(page.size)),
+            batch,
             page.size,
             |b| b.id,
-        ))
+        )
+        .await
     }
 
     async fn covering(

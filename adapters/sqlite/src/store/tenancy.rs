@@ -13,7 +13,7 @@ use chamberlain_domain::ports::{
 use chamberlain_domain::time::Timestamp;
 use sqlx::SqliteConnection;
 
-use super::rows::{decode_all, organization, token, user};
+use super::rows::{organization, token, user};
 use super::{SqliteStore, after_id, exists, limit, missing_parent, not_found, touched};
 use crate::errors::{Write, child, db, writing};
 
@@ -123,22 +123,20 @@ impl UserRepository for SqliteStore {
         org: OrganizationId,
         page: PageRequest<UserId>,
     ) -> Result<Page<User, UserId>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE organization_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-        ))
-        .bind(*org.as_uuid())
-        .bind(after_id(page.after.as_ref().map(UserId::as_uuid)))
-        .bind(limit(page.size))
-        .fetch_all(&self.readers)
-        .await
-        .map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, user)?,
+        self.read_page(
+            sqlx::query(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE organization_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))
+            .bind(*org.as_uuid())
+            .bind(after_id(page.after.as_ref().map(UserId::as_uuid)))
+            .bind(limit(page.size)),
+            user,
             page.size,
             |u| u.id,
-        ))
+        )
+        .await
     }
 
     async fn update(&self, user: &User) -> Result<(), StoreError> {
@@ -256,12 +254,7 @@ impl ApiTokenRepository for SqliteStore {
             .bind(after_id(page.after.as_ref().map(ApiTokenId::as_uuid)))
             .bind(limit(page.size)),
         };
-        let rows = query.fetch_all(&self.readers).await.map_err(db)?;
-        Ok(Page::from_sorted(
-            decode_all(&rows, token)?,
-            page.size,
-            |t| t.id,
-        ))
+        self.read_page(query, token, page.size, |t| t.id).await
     }
 
     async fn revoke(
