@@ -12,31 +12,10 @@
 // ADMIN_EMAIL, ADMIN_PASSWORD, CHROMIUM, SCREENSHOTS, CHAMBER_URL (a simulated chamber's URL,
 // for the imported chambers), RECEIVER_HOST (an address the egress policy lets webhooks reach),
 // CHARTED_CHAMBER (the id of a chamber that has been polled for a while).
-import { chromium } from "playwright-core";
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set`);
-  return value;
-};
-const base = env("CONSOLE");
-const shots = env("SCREENSHOTS");
-mkdirSync(shots, { recursive: true });
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function waitFor(what, predicate, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await predicate()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-}
+import { base, check, env, launch, shots, signIn, submit, waitFor } from "./harness.mjs";
 
 // A webhook receiver on the address the egress policy allows: records every POST.
 const received = [];
@@ -51,36 +30,7 @@ const receiver = createServer((request, response) => {
 await new Promise((resolve) => receiver.listen(0, env("RECEIVER_HOST"), resolve));
 const receiverUrl = `http://${env("RECEIVER_HOST")}:${receiver.address().port}/hook`;
 
-const browser = await chromium.launch({
-  executablePath: env("CHROMIUM"),
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
-
-async function submit(page, button) {
-  await Promise.all([page.waitForEvent("load"), page.click(button)]);
-}
-
-async function signIn(context, email, password) {
-  const page = await context.newPage();
-  const violations = [];
-  page.on("console", (message) => {
-    if (message.type() === "error") violations.push(`${message.text()} (${message.location().url})`);
-  });
-  await page.goto(`${base}/console/sign-in`);
-  await page.fill("input[name=email]", email);
-  await page.fill("input[name=password]", password);
-  await Promise.all([page.waitForURL(`${base}/console/`), page.click("button[type=submit]")]);
-  return { page, violations };
-}
+const browser = await launch();
 
 // The JSON API, as a script outside the browser calls it.
 async function api(path, token) {

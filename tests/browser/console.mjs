@@ -5,64 +5,9 @@
 // Environment: CONSOLE (e.g. http://127.0.0.1:8080), ADMIN_EMAIL, ADMIN_PASSWORD,
 // VIEWER_EMAIL, VIEWER_PASSWORD, CHROMIUM (the executable), SCREENSHOTS (a directory),
 // FAILING_CHAMBER (the id of a chamber with a "down" alert rule, made to fail here).
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
+import { base, check, env, launch, shots, signIn, submit, waitFor } from "./harness.mjs";
 
-const env = (name) => {
-  const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set`);
-  return value;
-};
-const base = env("CONSOLE");
-const shots = env("SCREENSHOTS");
-mkdirSync(shots, { recursive: true });
-
-function check(condition, message) {
-  if (!condition) throw new Error(message);
-}
-
-async function waitFor(what, predicate, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await predicate()) return;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: env("CHROMIUM"),
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
-
-// Submits a form by clicking `button` and waits for the page the answer leads to (the same URL
-// for most console forms, so waiting for a URL would not wait at all).
-async function submit(page, button) {
-  await Promise.all([page.waitForEvent("load"), page.click(button)]);
-}
-
-async function signIn(context, email, password) {
-  const page = await context.newPage();
-  const violations = [];
-  page.on("console", (message) => {
-    if (message.type() === "error") violations.push(`${message.text()} (${message.location().url})`);
-  });
-  await page.goto(`${base}/console/`);
-  check(page.url().endsWith("/console/sign-in"), `no session should lead to sign-in, got ${page.url()}`);
-  await page.fill("input[name=email]", email);
-  await page.fill("input[name=password]", password);
-  await Promise.all([page.waitForURL(`${base}/console/`), page.click("button[type=submit]")]);
-  return { page, violations };
-}
+const browser = await launch();
 
 try {
   // Nothing but the sign-in page without a session.
