@@ -20,6 +20,7 @@ pub mod alerts;
 pub mod changes;
 pub mod coordination;
 pub mod fixtures;
+pub mod poll_reads;
 pub mod queue;
 pub mod store;
 

@@ -10,6 +10,7 @@ mod coordination;
 mod delivery;
 mod events;
 mod passwords;
+mod poll_reads;
 mod queue;
 mod repositories;
 mod storage;
@@ -24,6 +25,7 @@ pub use events::{
     EventPublisher, EventSubscription, PublishError, RoutingTag,
 };
 pub use passwords::{PasswordError, PasswordHasher};
+pub use poll_reads::{PollReads, RepositoryPollReads};
 pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
 pub use repositories::{Repositories, Store};
 pub use storage::{

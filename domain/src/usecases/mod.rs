@@ -32,7 +32,7 @@ pub use errors::UseCaseError;
 pub use export::{CSV_HEADER, CsvExport, ExportScope, csv_line};
 pub use import::{ChamberImport, ImportMode, ImportReport, RowRejection};
 pub use poll::{
-    Completion, CompletionStages, Fetched, Handled, NoStages, PollError, PollHandler, PollSettings,
+    Answer, Completion, JobOutcome, PollAttempt, PollHandler, PollSettings, Prepared,
     ProcessedPoll, interpret_response,
 };
 pub use queries::{

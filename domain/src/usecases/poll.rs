@@ -1,28 +1,30 @@
 //! Handling one poll: fetch, parse, map values to detectors, store readings and the ledger
-//! entry, acknowledge, move health, publish events.
+//! entry, move health, publish events.
 //!
-//! Split in two so workers can batch: [`PollHandler::fetch`] turns a leased job into results
-//! (no writes), and [`PollHandler::complete`] stores many results in one write, acknowledges
-//! their jobs only after that write returned, then updates health and publishes events.
-//! [`PollHandler::handle`] does both for a single job.
+//! Split so workers can batch and time each stage: [`PollHandler::fetch`] turns a job into its
+//! [`JobOutcome`] (no writes) through three stages a worker may call itself
+//! ([`PollHandler::prepare`], [`PollHandler::send`], [`PollHandler::interpret`]), and
+//! [`PollHandler::complete`] stores many polls' results in one write, then moves health and
+//! publishes events. The queue is not here: the worker leases a job, and it alone
+//! acknowledges or releases it, once, after its outcome (a `Done` only after `complete`
+//! returned).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::Instrument as _;
-
 use crate::model::{
     Chamber, ChamberHealth, ChamberId, CorruptionReason, Detector, DetectorKey, Finite,
-    HealthPolicy, HealthTransition, LedgerEntry, PollId, PollKind, PollOutcome, Reading,
+    HealthPolicy, HealthTransition, LedgerEntry, PollId, PollJob, PollKind, PollOutcome, Reading,
     ReadingValue, ResponseFormat,
 };
 use crate::parse::{JsonDocument, PrometheusDocument, ValueProblem};
 use crate::ports::{
-    BatchRepository, ChamberClient, ChamberHealthRepository, ChamberRepository, Clock, DomainEvent,
-    EventPublisher, FetchError, FetchRequest, LeaseReceipt, LeasedJob, PollQueue, PollRecord,
-    QueueError, ReadingRepository, Repositories, RoutingTag, StoreError, WriteReport,
+    ChamberClient, ChamberHealthRepository, ChamberWithDetectors, Clock, DomainEvent,
+    EventPublisher, FetchError, FetchRequest, FetchedResponse, PollReads, PollRecord,
+    ReadingRepository, Repositories, RepositoryPollReads, RoutingTag, StoreError, WriteReport,
 };
+use crate::time::Timestamp;
 
 /// Tunables of poll handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,78 +50,69 @@ impl Default for PollSettings {
 /// A poll's results, ready to be stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessedPoll {
-    pub receipt: LeaseReceipt,
     pub routing: RoutingTag,
     pub health_policy: HealthPolicy,
     pub record: PollRecord,
 }
 
-/// What [`PollHandler::fetch`] decided.
+/// What a leased job comes to. Exactly one per job, and the worker alone tells the queue:
+/// `Done` is acknowledged once [`PollHandler::complete`] has stored it, `Retry` is released
+/// for another try, `Discard` is acknowledged at once.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Fetched {
-    /// Results to store, then acknowledge.
+pub enum JobOutcome {
+    /// Results to store (a reading or a ledger entry without one), then acknowledge.
     Done(ProcessedPoll),
-    /// A transient failure while the poll is still current: release the job for another try.
-    Retry {
-        receipt: LeaseReceipt,
-        delay: Duration,
-        error: FetchError,
-    },
+    /// A transient failure while the poll is still current: release the job for another try
+    /// after `delay`.
+    Retry { delay: Duration, error: FetchError },
     /// The chamber was deleted: acknowledge without a ledger entry.
-    Discard { receipt: LeaseReceipt },
+    Discard,
 }
 
-/// Told by [`PollHandler::complete_observed`] as a batch moves on.
-pub trait CompletionStages: Send {
-    /// The batch is durable.
-    fn written(&mut self);
-    /// Its jobs were acknowledged (or the acknowledgement failed).
-    fn acked(&mut self);
+/// A poll about to be sent: its job, its chamber and the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollAttempt {
+    pub job: PollJob,
+    pub chamber: ChamberWithDetectors,
+    pub request: FetchRequest,
 }
 
-/// Observes nothing.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoStages;
+/// What [`PollHandler::prepare`] decided: a request to send, or an outcome without one
+/// (chamber deleted, paused, or the poll already expired).
+#[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives for one poll on the stack and is matched at once; boxing would allocate per poll"
+)]
+pub enum Prepared {
+    Send(PollAttempt),
+    Decided(JobOutcome),
+}
 
-impl CompletionStages for NoStages {
-    fn written(&mut self) {}
-    fn acked(&mut self) {}
+/// The chamber's answer (or the failure to get one), with when it was asked and answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub result: Result<FetchedResponse, FetchError>,
+    pub requested_at: Timestamp,
+    pub received_at: Timestamp,
 }
 
 /// What [`PollHandler::complete`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Completion {
     pub write: WriteReport,
-    pub acked: u64,
+    /// The ledger entries this write stored for the first time (a redelivered poll that was
+    /// already stored is not among them): the polls whose health moved and events went out.
+    pub stored: Vec<LedgerEntry>,
     pub transitions: Vec<HealthTransition>,
-}
-
-/// What [`PollHandler::handle`] did with one job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handled {
-    Completed(Completion),
-    Retried { delay: Duration, error: FetchError },
-    Discarded,
-}
-
-/// Failures of poll handling. In each case the job was **not** acknowledged: it will be
-/// delivered again after its visibility timeout, and the idempotent write makes that safe.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PollError {
-    #[error("could not store poll results: {0}")]
-    Store(#[from] StoreError),
-    #[error("could not acknowledge polls: {0}")]
-    Queue(#[from] QueueError),
 }
 
 /// The poll-handling use case. See the module docs.
 #[derive(Clone)]
 pub struct PollHandler {
-    pub chambers: Arc<dyn ChamberRepository>,
-    pub batches: Arc<dyn BatchRepository>,
+    pub reads: Arc<dyn PollReads>,
     pub readings: Arc<dyn ReadingRepository>,
     pub health: Arc<dyn ChamberHealthRepository>,
-    pub queue: Arc<dyn PollQueue>,
     pub client: Arc<dyn ChamberClient>,
     pub events: Arc<dyn EventPublisher>,
     pub clock: Arc<dyn Clock>,
@@ -221,30 +214,32 @@ fn fetch_error_outcome(e: &FetchError) -> PollOutcome {
     }
 }
 
-fn routing(chamber: &Chamber) -> RoutingTag {
-    RoutingTag {
-        organization_id: chamber.organization_id,
-        section_id: Some(chamber.section_id),
-        chamber_id: Some(chamber.id),
+/// A poll's results with what completing them needs of its chamber.
+fn processed(chamber: &Chamber, entry: LedgerEntry, readings: Vec<Reading>) -> ProcessedPoll {
+    ProcessedPoll {
+        routing: RoutingTag {
+            organization_id: chamber.organization_id,
+            section_id: Some(chamber.section_id),
+            chamber_id: Some(chamber.id),
+        },
+        health_policy: chamber.health_policy,
+        record: PollRecord { entry, readings },
     }
 }
 
 impl PollHandler {
-    /// With the default [`PollSettings`]. Chambers and batches are read through
-    /// `repositories` (a worker may hand in a cached pair).
+    /// With the default [`PollSettings`], reading chambers and batches straight from
+    /// `repositories` (see [`PollHandler::with_reads`] for a cache in front).
     pub fn new(
         repositories: &Repositories,
-        queue: Arc<dyn PollQueue>,
         client: Arc<dyn ChamberClient>,
         events: Arc<dyn EventPublisher>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
-            chambers: repositories.chambers.clone(),
-            batches: repositories.batches.clone(),
+            reads: Arc::new(RepositoryPollReads::of(repositories)),
             readings: repositories.readings.clone(),
             health: repositories.health.clone(),
-            queue,
             client,
             events,
             clock,
@@ -258,73 +253,103 @@ impl PollHandler {
         self
     }
 
-    /// Fetches and interprets one leased poll. Writes nothing.
+    /// Reads a poll's chamber and batch through `reads` (a worker's cache).
+    #[must_use]
+    pub fn with_reads(mut self, reads: Arc<dyn PollReads>) -> Self {
+        self.reads = reads;
+        self
+    }
+
+    /// A job's outcome: [`PollHandler::prepare`], [`PollHandler::send`] and
+    /// [`PollHandler::interpret`] in a row. Writes nothing. (A worker that times each stage
+    /// calls the three itself.)
     ///
     /// # Errors
-    /// `StoreError` if the chamber (or its batch) could not be loaded; the job stays leased and
-    /// is redelivered after its visibility timeout.
-    pub async fn fetch(&self, leased: &LeasedJob) -> Result<Fetched, StoreError> {
-        let job = &leased.job;
-        let receipt = leased.receipt.clone();
-        let Some(loaded) = self.chambers.load_for_poll(job.poll.chamber_id).await? else {
-            return Ok(Fetched::Discard { receipt });
-        };
-        let chamber = &loaded.chamber;
-        let done = |entry: LedgerEntry, readings: Vec<Reading>| {
-            Fetched::Done(ProcessedPoll {
-                receipt: leased.receipt.clone(),
-                routing: routing(chamber),
-                health_policy: chamber.health_policy,
-                record: PollRecord { entry, readings },
-            })
+    /// As [`PollHandler::prepare`] and [`PollHandler::interpret`].
+    pub async fn fetch(&self, job: &PollJob) -> Result<JobOutcome, StoreError> {
+        match self.prepare(job).await? {
+            Prepared::Decided(outcome) => Ok(outcome),
+            Prepared::Send(attempt) => {
+                let answer = self.send(&attempt).await;
+                self.interpret(attempt, answer).await
+            }
+        }
+    }
+
+    /// Loads the poll's chamber and decides whether to send it: a deleted chamber's job is
+    /// discarded; a paused chamber's poll is recorded as cancelled, an expired one as expired.
+    ///
+    /// # Errors
+    /// `StoreError` if the chamber could not be loaded: the job stays leased and is delivered
+    /// again after its visibility timeout.
+    pub async fn prepare(&self, job: &PollJob) -> Result<Prepared, StoreError> {
+        let Some(chamber) = self.reads.load_for_poll(job.poll.chamber_id).await? else {
+            return Ok(Prepared::Decided(JobOutcome::Discard));
         };
         let now = self.clock.now();
-        if !chamber.is_active() {
-            return Ok(done(
-                LedgerEntry::unfetched(job.poll, PollOutcome::Cancelled, job.meta.attempt, now),
+        let unfetched = if !chamber.chamber.is_active() {
+            Some(PollOutcome::Cancelled)
+        } else if job.is_expired_at(now) {
+            Some(PollOutcome::Expired)
+        } else {
+            None
+        };
+        if let Some(outcome) = unfetched {
+            let entry = LedgerEntry::unfetched(job.poll, outcome, job.meta.attempt, now);
+            return Ok(Prepared::Decided(JobOutcome::Done(processed(
+                &chamber.chamber,
+                entry,
                 Vec::new(),
-            ));
-        }
-        if job.is_expired_at(now) {
-            return Ok(done(
-                LedgerEntry::unfetched(job.poll, PollOutcome::Expired, job.meta.attempt, now),
-                Vec::new(),
-            ));
+            ))));
         }
         let request = FetchRequest {
-            url: chamber.endpoint.clone(),
-            timeout: chamber.timeout.as_duration(),
+            url: chamber.chamber.endpoint.clone(),
+            timeout: chamber.chamber.timeout.as_duration(),
             slot: job.poll.slot,
             attempt: job.meta.attempt,
         };
-        // Steps are spans only inside a traced poll (the worker's span), never on their own.
-        let traced = !tracing::Span::current().is_none();
-        let step = |make: &dyn Fn() -> tracing::Span| {
-            if traced {
-                make()
-            } else {
-                tracing::Span::none()
-            }
-        };
+        Ok(Prepared::Send(PollAttempt {
+            job: job.clone(),
+            chamber,
+            request,
+        }))
+    }
+
+    /// Sends the request, noting when it went out and when the answer came.
+    pub async fn send(&self, attempt: &PollAttempt) -> Answer {
         let requested_at = self.clock.now();
-        let result = self
-            .client
-            .fetch(&request)
-            .instrument(step(&|| tracing::info_span!("poll.fetch")))
-            .await;
-        let received_at = self.clock.now();
+        let result = self.client.fetch(&attempt.request).await;
+        Answer {
+            result,
+            requested_at,
+            received_at: self.clock.now(),
+        }
+    }
+
+    /// Reads the answer into the job's outcome: readings for each detector and a ledger entry,
+    /// or a retry for a transient failure while the poll is still current.
+    ///
+    /// # Errors
+    /// `StoreError` if the batch covering the readings could not be read; as
+    /// [`PollHandler::prepare`].
+    pub async fn interpret(
+        &self,
+        attempt: PollAttempt,
+        answer: Answer,
+    ) -> Result<JobOutcome, StoreError> {
+        let PollAttempt { job, chamber, .. } = attempt;
+        let Answer {
+            result,
+            requested_at,
+            received_at,
+        } = answer;
         let (outcome, values) = match result {
-            Ok(response) => {
-                let status = response.status;
-                step(&|| tracing::info_span!("poll.parse", status)).in_scope(|| {
-                    interpret_response(
-                        chamber.format,
-                        &loaded.detectors,
-                        response.status,
-                        &response.body,
-                    )
-                })
-            }
+            Ok(response) => interpret_response(
+                chamber.chamber.format,
+                &chamber.detectors,
+                response.status,
+                &response.body,
+            ),
             Err(error) => {
                 let retry_at = received_at + self.settings.retry_backoff;
                 let may_retry = match job.kind {
@@ -332,8 +357,7 @@ impl PollHandler {
                     PollKind::Backfill => job.meta.attempt < self.settings.max_backfill_attempts,
                 };
                 if error.is_transient() && may_retry {
-                    return Ok(Fetched::Retry {
-                        receipt,
+                    return Ok(JobOutcome::Retry {
                         delay: self.settings.retry_backoff,
                         error,
                     });
@@ -344,18 +368,18 @@ impl PollHandler {
         let batch_id = if values.is_empty() {
             None
         } else {
-            self.batches
-                .covering(chamber.section_id, requested_at)
+            self.reads
+                .covering(chamber.chamber.section_id, requested_at)
                 .await?
                 .map(|b| b.id)
         };
-        let readings = loaded
+        let readings = chamber
             .detectors
             .iter()
             .zip(values)
             .map(|(d, value)| Reading {
                 detector_id: d.id,
-                chamber_id: chamber.id,
+                chamber_id: chamber.chamber.id,
                 slot: job.poll.slot,
                 value,
                 requested_at,
@@ -372,40 +396,27 @@ impl PollHandler {
             latency: Some(received_at.saturating_since(requested_at)),
             lateness: requested_at.saturating_since(job.poll.slot),
         };
-        Ok(done(entry, readings))
+        Ok(JobOutcome::Done(processed(
+            &chamber.chamber,
+            entry,
+            readings,
+        )))
     }
 
-    /// Stores the results of many polls in one write; only after it returned, acknowledges
-    /// their jobs; then moves health and publishes events for the polls that were new.
+    /// Stores the results of many polls in one write, then moves health and publishes events
+    /// for the polls that were new. Acknowledges nothing: the caller acknowledges the polls'
+    /// jobs once this returned `Ok` (their results are durable by then).
     ///
     /// # Errors
-    /// `PollError::Store` if the write failed: nothing was acknowledged. `PollError::Queue` if
-    /// the acknowledgement failed after the write (health and events were still handled; the
-    /// jobs will be redelivered and found already stored).
-    pub async fn complete(&self, polls: Vec<ProcessedPoll>) -> Result<Completion, PollError> {
-        self.complete_observed(polls, &mut NoStages).await
-    }
-
-    /// [`PollHandler::complete`], telling `stages` when the write and the acknowledgement are
-    /// done (so a worker can time them per poll).
-    ///
-    /// # Errors
-    /// As [`PollHandler::complete`].
-    pub async fn complete_observed(
-        &self,
-        polls: Vec<ProcessedPoll>,
-        stages: &mut dyn CompletionStages,
-    ) -> Result<Completion, PollError> {
+    /// `StoreError` if the write failed: nothing was stored, and the jobs must not be
+    /// acknowledged (they are delivered again; the idempotent write makes that safe). Health
+    /// and events are derived: their failures are logged, never returned.
+    pub async fn complete(&self, polls: Vec<ProcessedPoll>) -> Result<Completion, StoreError> {
         if polls.is_empty() {
             return Ok(Completion::default());
         }
         let records: Vec<PollRecord> = polls.iter().map(|p| p.record.clone()).collect();
         let write = self.readings.store_polls(&records).await?;
-        stages.written();
-        let receipts: Vec<LeaseReceipt> = polls.iter().map(|p| p.receipt.clone()).collect();
-        let acked = self.queue.ack(&receipts).await;
-        stages.acked();
-
         let existing: HashSet<_> = write.existing_polls.iter().copied().collect();
         let fresh: Vec<ProcessedPoll> = polls
             .into_iter()
@@ -413,6 +424,7 @@ impl PollHandler {
             .collect();
         let transitions = self.observe_health_batch(&fresh).await;
         let mut events = Vec::new();
+        let mut stored = Vec::with_capacity(fresh.len());
         for poll in fresh {
             let PollRecord { entry, readings } = poll.record;
             if let Some(t) = transitions.get(&entry.poll) {
@@ -428,6 +440,7 @@ impl PollHandler {
                     readings,
                 });
             }
+            stored.push(entry.clone());
             events.push(DomainEvent::PollCompleted {
                 routing: poll.routing,
                 entry,
@@ -442,31 +455,9 @@ impl PollHandler {
         }
         Ok(Completion {
             write,
-            acked: acked?,
+            stored,
             transitions,
         })
-    }
-
-    /// Fetches one poll and completes it (or releases it for a retry, or discards it).
-    ///
-    /// # Errors
-    /// As [`PollHandler::fetch`] and [`PollHandler::complete`]; the job is not acknowledged.
-    pub async fn handle(&self, leased: LeasedJob) -> Result<Handled, PollError> {
-        match self.fetch(&leased).await? {
-            Fetched::Done(poll) => Ok(Handled::Completed(self.complete(vec![poll]).await?)),
-            Fetched::Retry {
-                receipt,
-                delay,
-                error,
-            } => {
-                self.queue.release(&receipt, delay).await?;
-                Ok(Handled::Retried { delay, error })
-            }
-            Fetched::Discard { receipt } => {
-                self.queue.ack(std::slice::from_ref(&receipt)).await?;
-                Ok(Handled::Discarded)
-            }
-        }
     }
 
     /// Applies a batch's outcomes to health: one read for the batch, a write only where a

@@ -55,7 +55,7 @@ async fn poll(h: &Harness, actor: &Actor, label: &str, chamber: ChamberId, s: i6
         .lease_poll(actor, chamber, slot(s), PollKind::Scheduled)
         .await;
     h.clock.set(slot(s) + Duration::from_millis(5));
-    h.handler.handle(leased).await.unwrap();
+    h.handle(leased).await.unwrap();
 }
 
 /// Feeds every event published so far to the evaluator, then lets the clock tick; returns

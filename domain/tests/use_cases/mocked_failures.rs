@@ -1,4 +1,4 @@
-//! Failures injected with mockall: the ordering rules of poll completion.
+//! Failures injected with mockall: what poll completion promises when its ports fail.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +8,12 @@ use chamberlain_domain::conformance::fixtures::T0;
 use chamberlain_domain::model::{PollKind, Role};
 use chamberlain_domain::ports::{
     LeasedJob, MockChamberHealthRepository, MockEventPublisher, MockPollQueue,
-    MockReadingRepository, PublishError, StoreError, WriteReport,
+    MockReadingRepository, PollQueue, PublishError, StoreError, WriteReport,
 };
-use chamberlain_domain::usecases::{Fetched, Handled, PollError, PollHandler, ProcessedPoll};
+use chamberlain_domain::usecases::{JobOutcome, PollHandler, ProcessedPoll};
 use chamberlain_fakes::ScriptedAnswer;
-use mockall::Sequence;
 
-use crate::support::Harness;
+use crate::support::{Handled, Harness, NotHandled, drain, play_worker};
 
 fn slot(s: i64) -> Timestamp {
     Timestamp::from_unix_millis(T0.as_unix_millis() + s * 1000)
@@ -33,102 +32,72 @@ async fn fetched_poll() -> (Harness, LeasedJob, ProcessedPoll) {
         .lease_poll(&actor, c.chamber.id, slot(1), PollKind::Scheduled)
         .await;
     h.clock.set(slot(1) + Duration::from_millis(5));
-    let Fetched::Done(p) = h.handler.fetch(&leased).await.unwrap() else {
+    let JobOutcome::Done(p) = h.handler.fetch(&leased.job).await.unwrap() else {
         panic!("done")
     };
     (h, leased, p)
 }
 
-fn handler_with(h: &Harness, readings: MockReadingRepository, queue: MockPollQueue) -> PollHandler {
+fn handler_with(h: &Harness, readings: MockReadingRepository) -> PollHandler {
     PollHandler {
         readings: Arc::new(readings),
-        queue: Arc::new(queue),
         ..h.handler.clone()
     }
 }
 
 #[tokio::test]
-async fn a_failed_write_never_acknowledges_a_poll() {
+async fn a_failed_write_reports_the_store_error_and_the_job_is_never_acknowledged() {
     let (h, leased, processed) = fetched_poll().await;
     let mut readings = MockReadingRepository::new();
     readings
         .expect_store_polls()
         .times(2)
         .returning(|_| Err(StoreError::unavailable("connection reset")));
+    let handler = handler_with(&h, readings);
+    let mut events = h.events.subscribe();
+
+    let err = handler.complete(vec![processed]).await.unwrap_err();
+    assert_eq!(err, StoreError::unavailable("connection reset"));
+    assert!(drain(&mut events).is_empty(), "nothing announced");
+
     let mut queue = MockPollQueue::new();
     queue.expect_ack().never();
     queue.expect_release().never();
-    let handler = handler_with(&h, readings, queue);
-
-    let err = handler.complete(vec![processed]).await.unwrap_err();
-    assert_eq!(
-        err,
-        PollError::Store(StoreError::unavailable("connection reset"))
-    );
-    let err = handler.handle(leased).await.unwrap_err();
+    let err = play_worker(&handler, &queue, leased).await.unwrap_err();
     assert!(matches!(
         err,
-        PollError::Store(StoreError::Unavailable { .. })
+        NotHandled::Store(StoreError::Unavailable { .. })
     ));
     // mockall verifies `ack` was never called when the mocks drop.
 }
 
 #[tokio::test]
-async fn the_ack_comes_only_after_the_write_returns() {
+async fn only_polls_stored_for_the_first_time_move_health_and_are_announced() {
     let (h, _, processed) = fetched_poll().await;
-    let receipt = processed.receipt.clone();
-    let mut seq = Sequence::new();
+    let poll = processed.record.entry.poll;
     let mut readings = MockReadingRepository::new();
-    readings
-        .expect_store_polls()
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|polls| {
-            Ok(WriteReport {
-                readings_new: 2,
-                ledger_new: polls.len() as u64,
-                ..WriteReport::default()
-            })
-        });
-    let mut queue = MockPollQueue::new();
-    queue
-        .expect_ack()
-        .withf(move |receipts| receipts == [receipt.clone()])
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|r| Ok(r.len() as u64));
-    let done = handler_with(&h, readings, queue)
-        .complete(vec![processed])
-        .await
-        .unwrap();
-    assert_eq!(done.acked, 1);
-}
-
-#[tokio::test]
-async fn a_lost_ack_is_reported_but_health_and_events_still_happen() {
-    let (h, _, processed) = fetched_poll().await;
-    let mut readings = MockReadingRepository::new();
-    readings.expect_store_polls().returning(|_| {
+    // A redelivery: the write finds the poll already stored.
+    readings.expect_store_polls().times(1).returning(move |_| {
         Ok(WriteReport {
-            ledger_new: 1,
+            readings_existing: 2,
+            ledger_existing: 1,
+            existing_polls: vec![poll],
             ..WriteReport::default()
         })
     });
-    let mut queue = MockPollQueue::new();
-    queue.expect_ack().returning(|_| {
-        Err(chamberlain_domain::ports::QueueError::Unavailable {
-            message: "redis down".into(),
-        })
-    });
+    let mut health = MockChamberHealthRepository::new();
+    health.expect_get_many().never();
+    health.expect_save().never();
+    let handler = PollHandler {
+        health: Arc::new(health),
+        ..handler_with(&h, readings)
+    };
     let mut events = h.events.subscribe();
-    let err = handler_with(&h, readings, queue)
-        .complete(vec![processed])
-        .await
-        .unwrap_err();
-    assert!(matches!(err, PollError::Queue(_)));
+    let done = handler.complete(vec![processed]).await.unwrap();
+    assert!(done.stored.is_empty() && done.transitions.is_empty());
     assert!(
-        events.try_recv().is_ok(),
-        "events were published for the durable poll"
+        drain(&mut events).is_empty(),
+        "a redelivery announces nothing"
     );
 }
 
@@ -179,10 +148,11 @@ async fn a_failing_event_bus_does_not_fail_the_poll() {
         events: Arc::new(events),
         ..h.handler.clone()
     };
-    let Handled::Completed(done) = handler.handle(leased).await.unwrap() else {
+    let Handled::Completed(done) = play_worker(&handler, &*h.queue, leased).await.unwrap() else {
         panic!("completed")
     };
-    assert_eq!((done.write.readings_new, done.acked), (2, 1));
+    assert_eq!((done.write.readings_new, done.stored.len()), (2, 1));
+    assert_eq!(h.queue.depth().await.unwrap().leased, 0, "acknowledged");
 }
 
 #[tokio::test]

@@ -9,10 +9,10 @@ use chamberlain_domain::ports::{
     ChamberHealthRepository, DomainEvent, FetchError, LedgerQuery, PollQueue, ReadingQuery,
     ReadingRepository, ReadingScope,
 };
-use chamberlain_domain::usecases::{Fetched, Handled, NewSection};
+use chamberlain_domain::usecases::{JobOutcome, NewSection};
 use chamberlain_fakes::ScriptedAnswer;
 
-use crate::support::{Harness, drain};
+use crate::support::{Handled, Harness, drain};
 
 fn slot(s: i64) -> Timestamp {
     Timestamp::from_unix_millis(T0.as_unix_millis() + s * 1000)
@@ -37,13 +37,18 @@ async fn a_good_response_becomes_readings_a_ledger_entry_an_ack_and_events() {
         .await;
     h.clock.set(slot(1) + ms(20));
 
-    let Handled::Completed(done) = h.handler.handle(leased).await.unwrap() else {
+    let Handled::Completed(done) = h.handle(leased).await.unwrap() else {
         panic!("completed")
     };
     assert_eq!(
-        (done.write.readings_new, done.write.ledger_new, done.acked),
+        (
+            done.write.readings_new,
+            done.write.ledger_new,
+            done.stored.len()
+        ),
         (2, 1, 1)
     );
+    assert_eq!(h.queue.depth().await.unwrap().leased, 0, "acknowledged");
 
     let request = &h.client.requests()[0];
     assert_eq!(
@@ -120,7 +125,7 @@ async fn values_for(body: &str) -> (PollOutcome, Vec<ReadingValue>) {
         .lease_poll(&actor, c.chamber.id, slot(1), PollKind::Scheduled)
         .await;
     h.clock.set(slot(1) + ms(5));
-    let Fetched::Done(p) = h.handler.fetch(&leased).await.unwrap() else {
+    let JobOutcome::Done(p) = h.handler.fetch(&leased.job).await.unwrap() else {
         panic!("done")
     };
     let by_detector = |id| {
@@ -195,7 +200,7 @@ async fn http_errors_and_hard_failures_are_ledger_outcomes_without_readings() {
             .lease_poll(&actor, c.chamber.id, slot(1), PollKind::Scheduled)
             .await;
         h.clock.set(slot(1) + ms(5));
-        let Fetched::Done(p) = h.handler.fetch(&leased).await.unwrap() else {
+        let JobOutcome::Done(p) = h.handler.fetch(&leased.job).await.unwrap() else {
             panic!("done")
         };
         assert_eq!(p.record.entry.outcome, expected);
@@ -218,7 +223,7 @@ async fn a_transient_failure_is_retried_only_while_the_poll_is_current() {
         .lease_poll(&actor, c.chamber.id, slot(1), PollKind::Scheduled)
         .await;
     h.clock.set(slot(1) + ms(10));
-    let handled = h.handler.handle(leased).await.unwrap();
+    let handled = h.handle(leased).await.unwrap();
     assert!(matches!(handled, Handled::Retried { .. }), "{handled:?}");
     assert_eq!(h.queue.depth().await.unwrap().delayed, 1);
     // The retry comes when the next slot is nearly due: no time for another, so it is recorded.
@@ -231,7 +236,7 @@ async fn a_transient_failure_is_retried_only_while_the_poll_is_current() {
         .pop()
         .unwrap();
     assert_eq!(again.job.meta.attempt, 2);
-    let Handled::Completed(done) = h.handler.handle(again).await.unwrap() else {
+    let Handled::Completed(done) = h.handle(again).await.unwrap() else {
         panic!("completed")
     };
     assert_eq!(done.write.ledger_new, 1);
@@ -260,7 +265,7 @@ async fn a_poll_delivered_after_its_next_slot_is_expired_and_not_fetched() {
         .lease_poll(&actor, c.chamber.id, slot(1), PollKind::Scheduled)
         .await;
     h.clock.set(slot(2));
-    h.handler.handle(leased).await.unwrap();
+    h.handle(leased).await.unwrap();
     assert!(h.client.requests().is_empty());
     let ledger = h
         .queries
@@ -278,7 +283,7 @@ async fn a_poll_delivered_after_its_next_slot_is_expired_and_not_fetched() {
         .lease_poll(&actor, c.chamber.id, slot(0), PollKind::Backfill)
         .await;
     h.clock.set(slot(600));
-    h.handler.handle(backfill).await.unwrap();
+    h.handle(backfill).await.unwrap();
     assert_eq!(h.client.requests().len(), 1);
 }
 
@@ -292,7 +297,7 @@ async fn paused_chambers_cancel_and_deleted_chambers_discard_their_polls() {
         .await;
     h.admin.pause(&actor, c.chamber.id).await.unwrap();
     h.clock.set(slot(1) + ms(5));
-    h.handler.handle(leased).await.unwrap();
+    h.handle(leased).await.unwrap();
     let ledger = h
         .queries
         .ledger(&actor, &LedgerQuery::all(c.chamber.id))
@@ -305,7 +310,7 @@ async fn paused_chambers_cancel_and_deleted_chambers_discard_their_polls() {
         .lease_poll(&actor, c.chamber.id, slot(2), PollKind::Scheduled)
         .await;
     h.admin.delete_chamber(&actor, c.chamber.id).await.unwrap();
-    assert_eq!(h.handler.handle(leased).await.unwrap(), Handled::Discarded);
+    assert_eq!(h.handle(leased).await.unwrap(), Handled::Discarded);
     assert_eq!(
         h.queue.depth().await.unwrap().leased,
         0,
@@ -328,7 +333,7 @@ async fn a_redelivered_poll_is_stored_once_and_announced_once() {
         .lease_poll_every(&actor, c.chamber.id, slot(1), PollKind::Scheduled, 60)
         .await;
     h.clock.set(slot(1) + ms(5));
-    let Fetched::Done(first) = h.handler.fetch(&leased).await.unwrap() else {
+    let JobOutcome::Done(first) = h.handler.fetch(&leased.job).await.unwrap() else {
         panic!("done")
     };
     h.store
@@ -346,7 +351,7 @@ async fn a_redelivered_poll_is_stored_once_and_announced_once() {
         .pop()
         .unwrap();
     assert_eq!(again.job.meta.attempt, 2);
-    let Handled::Completed(done) = h.handler.handle(again).await.unwrap() else {
+    let Handled::Completed(done) = h.handle(again).await.unwrap() else {
         panic!("completed")
     };
     assert_eq!(
@@ -354,7 +359,11 @@ async fn a_redelivered_poll_is_stored_once_and_announced_once() {
         (0, 2)
     );
     assert_eq!(done.write.existing_polls.len(), 1);
-    assert_eq!(done.acked, 1);
+    assert!(
+        done.stored.is_empty(),
+        "nothing was stored for the first time"
+    );
+    assert_eq!(h.queue.depth().await.unwrap().leased, 0, "acknowledged");
     assert!(
         drain(&mut events).is_empty(),
         "a redelivery publishes nothing new"
@@ -391,7 +400,7 @@ async fn health_goes_down_and_comes_back_with_one_event_per_transition() {
             .lease_poll(&actor, c.chamber.id, slot(s), PollKind::Scheduled)
             .await;
         h.clock.set(slot(s) + ms(5));
-        h.handler.handle(leased).await.unwrap();
+        h.handle(leased).await.unwrap();
     }
     h.client.script(
         "http://chamber.test/c1",
@@ -401,7 +410,7 @@ async fn health_goes_down_and_comes_back_with_one_event_per_transition() {
         .lease_poll(&actor, c.chamber.id, slot(62), PollKind::Scheduled)
         .await;
     h.clock.set(slot(62) + ms(5));
-    h.handler.handle(leased).await.unwrap();
+    h.handle(leased).await.unwrap();
 
     let transitions: Vec<_> = drain(&mut events)
         .into_iter()
@@ -454,14 +463,14 @@ async fn readings_belong_to_the_batch_open_when_they_were_requested() {
         .lease_poll(&actor, c.chamber.id, slot(2), PollKind::Scheduled)
         .await;
     h.clock.set(slot(2) + ms(5));
-    h.handler.handle(leased).await.unwrap();
+    h.handle(leased).await.unwrap();
     h.clock.set(slot(3));
     h.admin.end_batch(&actor, batch.id).await.unwrap();
     let leased = h
         .lease_poll(&actor, c.chamber.id, slot(4), PollKind::Scheduled)
         .await;
     h.clock.set(slot(4) + ms(5));
-    h.handler.handle(leased).await.unwrap();
+    h.handle(leased).await.unwrap();
     let in_batch = h
         .queries
         .readings(&actor, &ReadingQuery::all(ReadingScope::Batch(batch.id)))
@@ -474,4 +483,16 @@ async fn readings_belong_to_the_batch_open_when_they_were_requested() {
             .iter()
             .all(|r| r.slot == slot(2) && r.batch_id == Some(batch.id))
     );
+}
+
+#[tokio::test]
+async fn poll_reads_from_the_repositories_conform() {
+    let h = Harness::new();
+    let ports =
+        chamberlain_domain::conformance::fixtures::StorePorts::from_adapter(h.store.clone());
+    chamberlain_domain::conformance::poll_reads::reads_a_polls_chamber_and_batch(
+        &chamberlain_domain::ports::RepositoryPollReads::of(&h.repositories),
+        &ports,
+    )
+    .await;
 }

@@ -6,10 +6,12 @@ use chamberlain_domain::conformance::fixtures::T0;
 use chamberlain_domain::model::{
     ChamberId, JobMetadata, PollId, PollInterval, PollJob, PollKind, Role,
 };
-use chamberlain_domain::ports::{DomainEvent, LeasedJob, PollQueue, Repositories};
+use chamberlain_domain::ports::{
+    DomainEvent, FetchError, LeasedJob, PollQueue, QueueError, Repositories, StoreError,
+};
 use chamberlain_domain::usecases::{
-    Actor, ChamberAdmin, NewChamber, NewDetector, NewSection, NewUser, PollHandler, ReadingQueries,
-    UserAdmin,
+    Actor, ChamberAdmin, Completion, JobOutcome, NewChamber, NewDetector, NewSection, NewUser,
+    PollHandler, ReadingQueries, UserAdmin,
 };
 use chamberlain_fakes::{
     InsecureTestPasswordHasher, ManualClock, MemoryStore, ScriptedChamberClient,
@@ -47,13 +49,8 @@ impl Harness {
         let changes = Arc::new(MemoryChamberChanges::new(1024));
         let repositories = Repositories::of(store.clone());
         let access = Arc::new(MemoryAccessEpoch::default());
-        let handler = PollHandler::new(
-            &repositories,
-            queue.clone(),
-            client.clone(),
-            events.clone(),
-            clock.clone(),
-        );
+        let handler =
+            PollHandler::new(&repositories, client.clone(), events.clone(), clock.clone());
         let admin = ChamberAdmin::new(
             &repositories,
             changes.clone(),
@@ -252,4 +249,62 @@ pub fn drain(rx: &mut broadcast::Receiver<DomainEvent>) -> Vec<DomainEvent> {
         out.push(e);
     }
     out
+}
+
+/// What [`play_worker`] did with one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Completed(Completion),
+    Retried { delay: Duration, error: FetchError },
+    Discarded,
+}
+
+/// Why [`play_worker`] left a job to be delivered again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotHandled {
+    Store(StoreError),
+    Queue(QueueError),
+}
+
+/// Plays the worker's part for one job, as `chamberlain-worker` does for many: the handler's
+/// outcome, then one call to the queue (acknowledged after a completed write or for a
+/// discard, released for a retry; nothing when the poll could not be handled).
+pub async fn play_worker(
+    handler: &PollHandler,
+    queue: &dyn PollQueue,
+    leased: LeasedJob,
+) -> Result<Handled, NotHandled> {
+    let receipt = std::slice::from_ref(&leased.receipt);
+    match handler
+        .fetch(&leased.job)
+        .await
+        .map_err(NotHandled::Store)?
+    {
+        JobOutcome::Done(poll) => {
+            let done = handler
+                .complete(vec![poll])
+                .await
+                .map_err(NotHandled::Store)?;
+            queue.ack(receipt).await.map_err(NotHandled::Queue)?;
+            Ok(Handled::Completed(done))
+        }
+        JobOutcome::Retry { delay, error } => {
+            queue
+                .release(&leased.receipt, delay)
+                .await
+                .map_err(NotHandled::Queue)?;
+            Ok(Handled::Retried { delay, error })
+        }
+        JobOutcome::Discard => {
+            queue.ack(receipt).await.map_err(NotHandled::Queue)?;
+            Ok(Handled::Discarded)
+        }
+    }
+}
+
+impl Harness {
+    /// [`play_worker`] with the harness's handler and queue.
+    pub async fn handle(&self, leased: LeasedJob) -> Result<Handled, NotHandled> {
+        play_worker(&self.handler, &*self.queue, leased).await
+    }
 }

@@ -39,7 +39,7 @@ async fn poll_once(
         .lease_poll(actor, chamber, slot(s), PollKind::Scheduled)
         .await;
     h.clock.set(slot(s) + Duration::from_millis(5));
-    h.handler.handle(leased).await.unwrap();
+    h.handle(leased).await.unwrap();
 }
 
 async fn next_event(watch: &mut chamberlain_domain::usecases::Watch) -> DomainEvent {

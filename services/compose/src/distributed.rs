@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::ports::{Clock, Repositories};
+use chamberlain_domain::ports::{Clock, Repositories, RepositoryPollReads};
 use chamberlain_domain::usecases::{ApiPorts, ApiSettings, ApiUseCases, PollHandler};
 use chamberlain_http::{HttpChamberClient, HttpClientConfig};
 use chamberlain_memory::SystemClock;
@@ -82,23 +82,18 @@ impl Distributed {
         chamber_cache: Duration,
     ) -> Result<chamberlain_worker::Worker, anyhow::Error> {
         let cached = Arc::new(chamberlain_worker::CachedChambers::new(
-            repositories.chambers.clone(),
-            repositories.batches.clone(),
+            Arc::new(RepositoryPollReads::of(repositories)),
             chamber_cache,
         ));
-        let repositories = Repositories {
-            chambers: cached.clone(),
-            batches: cached,
-            ..repositories.clone()
-        };
         let handler = PollHandler::new(
-            &repositories,
-            Arc::new(RedisPollQueue::connect(&self.redis).await?),
+            repositories,
             Arc::new(HttpChamberClient::new(http)),
             Arc::new(RedisEventBus::connect(&self.redis, 1).await?),
             self.clock.clone(),
-        );
-        Ok(chamberlain_worker::Worker::new(handler, config))
+        )
+        .with_reads(cached);
+        let queue = Arc::new(RedisPollQueue::connect(&self.redis).await?);
+        Ok(chamberlain_worker::Worker::new(handler, queue, config))
     }
 
     /// The alerter: one leader among any number of replicas, fed by the Redis event bus.

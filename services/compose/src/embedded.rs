@@ -88,12 +88,11 @@ impl Embedded {
     ) -> chamberlain_worker::Worker {
         let handler = PollHandler::new(
             &self.repositories,
-            self.queue.clone(),
             Arc::new(HttpChamberClient::new(http)),
             self.events.clone(),
             self.clock.clone(),
         );
-        chamberlain_worker::Worker::new(handler, config)
+        chamberlain_worker::Worker::new(handler, self.queue.clone(), config)
     }
 
     /// The alerter, fed by the in-process event bus.

@@ -6,8 +6,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::ports::PollQueue;
-use chamberlain_domain::usecases::{CompletionStages, Fetched, PollHandler, ProcessedPoll};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chamberlain_domain::model::PollJob;
+use chamberlain_domain::ports::{LeaseReceipt, PollQueue, StoreError};
+use chamberlain_domain::usecases::{JobOutcome, PollHandler, Prepared, ProcessedPoll};
 use chamberlain_telemetry::instruments;
 use opentelemetry::KeyValue;
 use tokio::sync::{Semaphore, mpsc};
@@ -74,7 +77,10 @@ pub struct WorkerReport {
     pub failed_writes: u64,
 }
 
-/// A worker: the poll handler and the queue it takes jobs from.
+/// A worker: the poll handler and the queue it takes jobs from. The worker is the one owner of
+/// every job it leases: it tells the queue once how each ended (acknowledged after its
+/// results are stored, or when its chamber is gone; released for a retry), or leaves it to be
+/// delivered again when it could not be handled.
 #[derive(Clone)]
 pub struct Worker {
     pub handler: PollHandler,
@@ -91,11 +97,10 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// A worker leasing from the queue its handler acknowledges on.
-    pub fn new(handler: PollHandler, config: WorkerConfig) -> Self {
+    pub fn new(handler: PollHandler, queue: Arc<dyn PollQueue>, config: WorkerConfig) -> Self {
         Self {
-            queue: handler.queue.clone(),
             handler,
+            queue,
             config,
         }
     }
@@ -111,7 +116,8 @@ impl Worker {
         let fetches = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         // Unbounded on purpose: a slow batch write must never hold up fetching (polls stay on
         // time; their acks wait). What waits is bounded by the polls leased, each a few KiB.
-        let (results, inbox) = mpsc::unbounded_channel::<(Fetched, tracing::Span)>();
+        let (results, inbox) = mpsc::unbounded_channel::<Fetched>();
+        let retries = Arc::new(AtomicU64::new(0));
         let writer = tokio::spawn(write_results(
             self.handler.clone(),
             self.queue.clone(),
@@ -176,6 +182,7 @@ impl Worker {
                 } else {
                     tracing::Span::none()
                 };
+                let (queue, retries) = (self.queue.clone(), retries.clone());
                 tokio::spawn(async move {
                     // The scheduler enqueues polls ahead of their slot: hold the job until the
                     // slot comes, so the request goes out on time and never early.
@@ -187,12 +194,30 @@ impl Worker {
                         return;
                     };
                     metrics.in_flight.add(1, &[]);
-                    let fetched = handler.fetch(&job).instrument(span.clone()).await;
+                    let outcome = run_stages(&handler, &job.job, &span).await;
                     drop(fetching);
                     metrics.in_flight.add(-1, &[]);
-                    match fetched {
-                        Ok(fetched) => {
-                            let _ = results.send((fetched, span));
+                    let receipt = job.receipt;
+                    match outcome {
+                        Ok(JobOutcome::Done(poll)) => {
+                            let _ = results.send(Fetched {
+                                receipt,
+                                poll,
+                                span,
+                            });
+                        }
+                        Ok(JobOutcome::Retry { delay, error }) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            metrics.polls_retried.add(1, &[]);
+                            tracing::debug!(error = %error, "transient failure; retrying while the poll is current");
+                            if let Err(e) = queue.release(&receipt, delay).await {
+                                tracing::warn!(error = %e, "release failed; the job returns after its visibility timeout");
+                            }
+                        }
+                        Ok(JobOutcome::Discard) => {
+                            if let Err(e) = queue.ack(std::slice::from_ref(&receipt)).await {
+                                tracing::warn!(error = %e, "ack of a deleted chamber's job failed");
+                            }
                         }
                         Err(e) => tracing::warn!(
                             error = %e, chamber.id = %job.job.poll.chamber_id,
@@ -215,52 +240,83 @@ impl Worker {
             );
         }
         drop(results);
-        writer.await.unwrap_or_default()
+        let mut report = writer.await.unwrap_or_default();
+        report.retries = retries.load(Ordering::Relaxed);
+        report
     }
 }
 
-/// Buffers poll results and completes them in batches.
+/// A fetched poll waiting to be stored, with its job's receipt and its trace span.
+struct Fetched {
+    receipt: LeaseReceipt,
+    poll: ProcessedPoll,
+    span: tracing::Span,
+}
+
+/// A child of a traced poll's span (none when the poll is not traced).
+fn stage(poll: &tracing::Span, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if poll.is_none() {
+        tracing::Span::none()
+    } else {
+        make()
+    }
+}
+
+/// The handler's stages for one job, each in a span of its own when the poll is traced.
+async fn run_stages(
+    handler: &PollHandler,
+    job: &PollJob,
+    span: &tracing::Span,
+) -> Result<JobOutcome, StoreError> {
+    let attempt = match handler.prepare(job).instrument(span.clone()).await? {
+        Prepared::Decided(outcome) => return Ok(outcome),
+        Prepared::Send(attempt) => attempt,
+    };
+    let answer = handler
+        .send(&attempt)
+        .instrument(stage(
+            span,
+            || tracing::info_span!(parent: span, "poll.fetch"),
+        ))
+        .await;
+    let parse = stage(
+        span,
+        || tracing::info_span!(parent: span, "poll.parse", status = tracing::field::Empty),
+    );
+    if let Ok(response) = &answer.result {
+        parse.record("status", response.status);
+    }
+    handler.interpret(attempt, answer).instrument(parse).await
+}
+
+/// Buffers fetched polls and completes them in batches, acknowledging each batch's jobs once
+/// its write returned.
 async fn write_results(
     handler: PollHandler,
     queue: Arc<dyn PollQueue>,
     config: WorkerConfig,
-    mut inbox: mpsc::UnboundedReceiver<(Fetched, tracing::Span)>,
+    mut inbox: mpsc::UnboundedReceiver<Fetched>,
 ) -> WorkerReport {
     let mut report = WorkerReport::default();
-    let mut buffer: Vec<(ProcessedPoll, tracing::Span)> = Vec::new();
+    let mut buffer: Vec<Fetched> = Vec::new();
     let mut tick = tokio::time::interval(config.flush_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let closed = tokio::select! {
             item = inbox.recv() => match item {
-                Some((Fetched::Done(p), span)) => {
-                    buffer.push((p, span));
-                    false
-                }
-                Some((Fetched::Retry { receipt, delay, error }, _)) => {
-                    report.retries += 1;
-                    instruments().polls_retried.add(1, &[]);
-                    tracing::debug!(error = %error, "transient failure; retrying while the poll is current");
-                    if let Err(e) = queue.release(&receipt, delay).await {
-                        tracing::warn!(error = %e, "release failed; the job returns after its visibility timeout");
-                    }
-                    false
-                }
-                Some((Fetched::Discard { receipt }, _)) => {
-                    if let Err(e) = queue.ack(std::slice::from_ref(&receipt)).await {
-                        tracing::warn!(error = %e, "ack of a deleted chamber's job failed");
-                    }
+                Some(fetched) => {
+                    buffer.push(fetched);
                     false
                 }
                 None => true,
             },
             _ = tick.tick() => {
-                flush(&handler, &mut buffer, &mut report).await;
+                flush(&handler, &*queue, &mut buffer, &mut report).await;
                 false
             }
         };
         if buffer.len() >= config.flush_max_polls || (closed && !buffer.is_empty()) {
-            flush(&handler, &mut buffer, &mut report).await;
+            flush(&handler, &*queue, &mut buffer, &mut report).await;
         }
         if closed {
             return report;
@@ -268,77 +324,67 @@ async fn write_results(
     }
 }
 
-/// Per-poll spans of a batch's write and acknowledgement, children of each poll's span.
-struct PollStages {
-    polls: Vec<tracing::Span>,
-    open: Vec<tracing::Span>,
-}
-
-impl PollStages {
-    fn new(polls: Vec<tracing::Span>) -> Self {
-        let open = polls
-            .iter()
-            .filter(|p| !p.is_none())
-            .map(|p| tracing::info_span!(parent: p, "poll.write"))
-            .collect();
-        Self { polls, open }
-    }
-}
-
-impl CompletionStages for PollStages {
-    fn written(&mut self) {
-        self.open = self
-            .polls
-            .iter()
-            .filter(|p| !p.is_none())
-            .map(|p| tracing::info_span!(parent: p, "poll.ack"))
-            .collect();
-    }
-
-    fn acked(&mut self) {
-        self.open.clear();
-    }
-}
-
+/// Stores the buffered polls in one write, then acknowledges their jobs; a failed write
+/// acknowledges nothing (the jobs are delivered again after their visibility timeout).
 async fn flush(
     handler: &PollHandler,
-    buffer: &mut Vec<(ProcessedPoll, tracing::Span)>,
+    queue: &dyn PollQueue,
+    buffer: &mut Vec<Fetched>,
     report: &mut WorkerReport,
 ) {
     if buffer.is_empty() {
         return;
     }
-    let (batch, spans): (Vec<ProcessedPoll>, Vec<tracing::Span>) =
-        std::mem::take(buffer).into_iter().unzip();
-    let n = batch.len() as u64;
-    let metrics = instruments();
-    let entries: Vec<_> = batch.iter().map(|p| p.record.entry.clone()).collect();
-    let mut stages = PollStages::new(spans);
-    match handler.complete_observed(batch, &mut stages).await {
-        Ok(done) => {
-            report.polls_completed += n;
-            report.readings_written += done.write.readings_new;
-            metrics.readings_written.add(done.write.readings_new, &[]);
-            metrics.write_batch.record(n, &[]);
-            let existing: std::collections::HashSet<_> =
-                done.write.existing_polls.iter().copied().collect();
-            for entry in entries.iter().filter(|e| !existing.contains(&e.poll)) {
-                metrics
-                    .polls_completed
-                    .add(1, &[KeyValue::new("outcome", entry.outcome.code())]);
-                if entry.requested_at.is_some() {
-                    metrics.lateness.record(entry.lateness.as_secs_f64(), &[]);
-                }
-                if let Some(latency) = entry.latency {
-                    metrics.duration.record(latency.as_secs_f64(), &[]);
-                }
-            }
+    let n = buffer.len() as u64;
+    let mut receipts = Vec::with_capacity(buffer.len());
+    let mut polls = Vec::with_capacity(buffer.len());
+    let mut spans = Vec::new();
+    for fetched in std::mem::take(buffer) {
+        receipts.push(fetched.receipt);
+        polls.push(fetched.poll);
+        if !fetched.span.is_none() {
+            spans.push(fetched.span);
         }
+    }
+    let metrics = instruments();
+    let writing: Vec<_> = spans
+        .iter()
+        .map(|p| tracing::info_span!(parent: p, "poll.write"))
+        .collect();
+    let done = match handler.complete(polls).await {
+        Ok(done) => done,
         Err(e) => {
             report.failed_writes += 1;
             metrics.write_failures.add(1, &[]);
             tracing::warn!(error = %e, polls = n, "batch not completed; its jobs will be redelivered");
+            return;
+        }
+    };
+    drop(writing);
+    let acking: Vec<_> = spans
+        .iter()
+        .map(|p| tracing::info_span!(parent: p, "poll.ack"))
+        .collect();
+    if let Err(e) = queue.ack(&receipts).await {
+        tracing::warn!(
+            error = %e, polls = n,
+            "acknowledgement failed; the stored polls will be redelivered and found stored"
+        );
+    }
+    drop(acking);
+    report.polls_completed += n;
+    report.readings_written += done.write.readings_new;
+    metrics.readings_written.add(done.write.readings_new, &[]);
+    metrics.write_batch.record(n, &[]);
+    for entry in &done.stored {
+        metrics
+            .polls_completed
+            .add(1, &[KeyValue::new("outcome", entry.outcome.code())]);
+        if entry.requested_at.is_some() {
+            metrics.lateness.record(entry.lateness.as_secs_f64(), &[]);
+        }
+        if let Some(latency) = entry.latency {
+            metrics.duration.record(latency.as_secs_f64(), &[]);
         }
     }
-    drop(stages);
 }

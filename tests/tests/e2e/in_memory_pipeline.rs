@@ -17,7 +17,7 @@ use chamberlain_domain::ports::{
 };
 use chamberlain_domain::schedule::SlotGrid;
 use chamberlain_domain::usecases::{
-    Actor, ChamberAdmin, Fetched, NewChamber, NewDetector, NewSection, NewUser, PollHandler,
+    Actor, ChamberAdmin, JobOutcome, NewChamber, NewDetector, NewSection, NewUser, PollHandler,
     UserAdmin,
 };
 use chamberlain_fakes::{
@@ -55,13 +55,7 @@ fn stack() -> Stack {
         events.clone(),
         clock.clone(),
     );
-    let handler = PollHandler::new(
-        &repositories,
-        queue.clone(),
-        client.clone(),
-        events,
-        clock.clone(),
-    );
+    let handler = PollHandler::new(&repositories, client.clone(), events, clock.clone());
     Stack {
         lease: Arc::new(MemoryLeaderLease::new(clock.clone())),
         checkpoint: Arc::new(MemoryScheduleCheckpoint::new()),
@@ -91,7 +85,7 @@ async fn run(s: &Stack, holder: &str, to: Timestamp) {
     let scheduling = tokio::spawn(scheduler.run(async {
         let _ = stopped.await;
     }));
-    // A worker: lease what is ready, fetch each, complete them in one batch.
+    // A worker: lease what is ready, fetch each, complete them in one batch, then acknowledge.
     while s.clock.now() < to {
         let leased = s
             .queue
@@ -104,12 +98,14 @@ async fn run(s: &Stack, holder: &str, to: Timestamp) {
             .unwrap();
         let mut done = Vec::new();
         for job in &leased {
-            match s.handler.fetch(job).await.unwrap() {
-                Fetched::Done(p) => done.push(p),
+            match s.handler.fetch(&job.job).await.unwrap() {
+                JobOutcome::Done(p) => done.push(p),
                 other => panic!("unexpected {other:?}"),
             }
         }
         s.handler.complete(done).await.unwrap();
+        let receipts: Vec<_> = leased.into_iter().map(|j| j.receipt).collect();
+        s.queue.ack(&receipts).await.unwrap();
     }
     stop.send(()).unwrap();
     scheduling.await.unwrap();

@@ -1,0 +1,76 @@
+//! [`PollReads`]: the two reads a poll needs before its readings can be stored.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{BatchRepository, ChamberRepository, ChamberWithDetectors, Repositories, StoreError};
+use crate::model::{Batch, ChamberId, SectionId};
+use crate::time::Timestamp;
+
+/// What a poll reads: its chamber with the detectors to map values to, and the batch its
+/// readings fall in. Narrow on purpose, so a worker can serve it from a cache (a change then
+/// reaches polls within the cache's lifetime). Not tenant-scoped: poll jobs carry no caller.
+#[async_trait]
+pub trait PollReads: Send + Sync {
+    /// The chamber and its detectors, or `None` if it was deleted.
+    ///
+    /// # Errors
+    /// `Unavailable`: the poll is not handled, and its job is delivered again after its
+    /// visibility timeout.
+    async fn load_for_poll(
+        &self,
+        id: ChamberId,
+    ) -> Result<Option<ChamberWithDetectors>, StoreError>;
+
+    /// The batch of `section` covering `at`, if any.
+    ///
+    /// # Errors
+    /// `Unavailable`, as [`PollReads::load_for_poll`].
+    async fn covering(
+        &self,
+        section: SectionId,
+        at: Timestamp,
+    ) -> Result<Option<Batch>, StoreError>;
+}
+
+/// [`PollReads`] straight from the chamber and batch repositories (no cache).
+#[derive(Clone)]
+pub struct RepositoryPollReads {
+    pub chambers: Arc<dyn ChamberRepository>,
+    pub batches: Arc<dyn BatchRepository>,
+}
+
+impl RepositoryPollReads {
+    pub fn of(repositories: &Repositories) -> Self {
+        Self {
+            chambers: repositories.chambers.clone(),
+            batches: repositories.batches.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RepositoryPollReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositoryPollReads")
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl PollReads for RepositoryPollReads {
+    async fn load_for_poll(
+        &self,
+        id: ChamberId,
+    ) -> Result<Option<ChamberWithDetectors>, StoreError> {
+        self.chambers.load_for_poll(id).await
+    }
+
+    async fn covering(
+        &self,
+        section: SectionId,
+        at: Timestamp,
+    ) -> Result<Option<Batch>, StoreError> {
+        self.batches.covering(section, at).await
+    }
+}
