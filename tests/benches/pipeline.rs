@@ -78,8 +78,12 @@ fn chamberlain_bin() -> PathBuf {
     } else {
         "release"
     };
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
+    // Where `scripts/bench-pipeline` built it: CARGO_TARGET_DIR when set (as cargo does).
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            PathBuf::from,
+        )
         .join(profile)
         .join("chamberlain")
 }
