@@ -11,8 +11,10 @@ use super::{
 /// Every repository port, each an `Arc<dyn …>` over whichever store was opened (PostgreSQL,
 /// SQLite, or a test's fake). Use cases and services take what they need from it in their
 /// constructors, so a wiring site names the store once. A caller that wants one port served
-/// differently (the worker's cached chamber reads) replaces that field with struct-update
-/// syntax: `Repositories { chambers: cached, ..repositories }`.
+/// differently replaces that field with struct-update syntax:
+/// `Repositories { chambers: other, ..repositories }`. (The worker's cached chamber reads are
+/// not served that way: they are the narrow `PollReads` port, handed to
+/// `PollHandler::with_reads`.)
 #[derive(Clone)]
 pub struct Repositories {
     pub organizations: Arc<dyn OrganizationRepository>,
