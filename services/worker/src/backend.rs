@@ -1,0 +1,296 @@
+//! The domain's [`PollQueue`] as an apalis [`Backend`]: any queue adapter (Redis Streams, the
+//! embedded mode's in-process queue) runs under an apalis worker unchanged.
+//!
+//! What the pipeline depends on, and where it is kept:
+//! - **Jobs held until their slot.** The scheduler enqueues polls ahead of their slot; the
+//!   backend leases them early, holds them (at most [`LeaseSettings::max_waiting`]), and hands
+//!   a job to the worker only when its slot has come, so no request goes out early.
+//! - **Fetches in flight bounded apart from jobs waiting.** The worker's concurrency layer
+//!   bounds fetches; apalis asks the backend for a job only when a fetch may start, so a job
+//!   waiting for its slot never takes a fetch's place.
+//! - **Acknowledgement after the write is durable**: the backend's middleware
+//!   ([`crate::settle`]) tells the queue how each job ended, once.
+//! - **Never a failed worker.** A lease that fails is logged and tried again after a pause;
+//!   the backend never yields an error, so a Redis outage pauses the worker instead of ending it.
+//! - **Stale receipts refused, a dead worker's jobs taken over**: the queue port's contract
+//!   (a lease expires after its visibility timeout; an expired receipt is ignored).
+//!
+//! On shutdown, jobs still waiting for their slot are released at once, so another worker
+//! takes them without waiting out their visibility timeout.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::{Backend, BackendConfig, finalize::Ephemeral};
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::{RandomId, TaskId};
+use apalis_core::worker::context::WorkerContext;
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::model::PollJob;
+use chamberlain_domain::ports::{Clock, LeaseReceipt, LeasedJob, PollQueue, QueueError};
+use chamberlain_telemetry::instruments;
+use futures_util::StreamExt as _;
+use tokio::time::Sleep;
+
+use crate::settle::{SettleLayer, Settler};
+
+/// A pause after a failed lease before the next one.
+const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Releases sent at once on shutdown.
+const RELEASES_IN_FLIGHT: usize = 64;
+
+/// How the backend leases jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseSettings {
+    /// Jobs asked for per lease call.
+    pub batch: usize,
+    /// Leased jobs held until their slot comes (beyond those being fetched).
+    pub max_waiting: usize,
+    /// How long a leased job stays invisible to other workers.
+    pub visibility: Duration,
+    /// How long an idle lease call waits for a job.
+    pub wait: Duration,
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A leased job waiting for its slot; the heap's order is the slot's, then the lease's.
+#[derive(Debug)]
+struct Held {
+    slot: Timestamp,
+    seq: u64,
+    job: LeasedJob,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        (self.slot, self.seq) == (other.slot, other.seq)
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.slot, self.seq).cmp(&(other.slot, other.seq))
+    }
+}
+
+/// The poll queue as an apalis backend: yields each leased job as a `Task<PollJob>` when its
+/// slot comes, with its [`LeaseReceipt`] in the task's data.
+pub struct PollQueueBackend {
+    queue: Arc<dyn PollQueue>,
+    clock: Arc<dyn Clock>,
+    settings: LeaseSettings,
+    settler: Settler,
+    waiting: BinaryHeap<Reverse<Held>>,
+    seq: u64,
+    leasing: Option<Boxed<Result<Vec<LeasedJob>, QueueError>>>,
+    pause: Option<Pin<Box<Sleep>>>,
+    due: Option<Pin<Box<Sleep>>>,
+    closing: Option<Boxed<()>>,
+}
+
+impl std::fmt::Debug for PollQueueBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollQueueBackend")
+            .field("settings", &self.settings)
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PollQueueBackend {
+    pub(crate) fn new(
+        queue: Arc<dyn PollQueue>,
+        clock: Arc<dyn Clock>,
+        settings: LeaseSettings,
+        settler: Settler,
+    ) -> Self {
+        Self {
+            queue,
+            clock,
+            settings,
+            settler,
+            waiting: BinaryHeap::new(),
+            seq: 0,
+            leasing: None,
+            pause: None,
+            due: None,
+            closing: None,
+        }
+    }
+
+    fn hold(&mut self, jobs: Vec<LeasedJob>) {
+        instruments().polls_started.add(jobs.len() as u64, &[]);
+        for job in jobs {
+            self.seq += 1;
+            self.waiting.push(Reverse(Held {
+                slot: job.job.poll.slot,
+                seq: self.seq,
+                job,
+            }));
+        }
+    }
+
+    /// Drives the lease in flight, and starts the next one while there is room to hold jobs.
+    /// Registers `cx` with whatever it waits on.
+    fn lease(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) {
+        loop {
+            if let Some(leasing) = &mut self.leasing {
+                let Poll::Ready(result) = leasing.as_mut().poll(cx) else {
+                    return;
+                };
+                self.leasing = None;
+                match result {
+                    Ok(jobs) => self.hold(jobs),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease failed; retrying");
+                        self.pause = Some(Box::pin(tokio::time::sleep(LEASE_RETRY_PAUSE)));
+                    }
+                }
+            }
+            if let Some(pause) = &mut self.pause {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return;
+                }
+                self.pause = None;
+            }
+            let room = self.settings.max_waiting.max(1)
+                - self.waiting.len().min(self.settings.max_waiting.max(1));
+            if room == 0 || worker.is_shutting_down() {
+                return;
+            }
+            let (queue, n) = (self.queue.clone(), room.min(self.settings.batch.max(1)));
+            let (visibility, wait) = (self.settings.visibility, self.settings.wait);
+            self.leasing = Some(Box::pin(
+                async move { queue.lease(n, visibility, wait).await },
+            ));
+        }
+    }
+
+    fn task(held: Held) -> Task<PollJob> {
+        let LeasedJob { job, receipt } = held.job;
+        TaskBuilder::new(job)
+            .task_id(TaskId::String(receipt.0.clone()))
+            .data(receipt)
+            .build()
+    }
+}
+
+impl Backend for PollQueueBackend {
+    type Task = Task<PollJob>;
+    type Error = Infallible;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        self.lease(cx, worker);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        loop {
+            self.lease(cx, worker);
+            let Some(Reverse(first)) = self.waiting.peek() else {
+                return Poll::Pending;
+            };
+            let wait = first.slot.saturating_since(self.clock.now());
+            if wait.is_zero() {
+                let Some(Reverse(held)) = self.waiting.pop() else {
+                    return Poll::Pending;
+                };
+                return Poll::Ready(Some(Ok(Self::task(held))));
+            }
+            let deadline = tokio::time::Instant::now() + wait;
+            let due = self
+                .due
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            due.as_mut().reset(deadline);
+            if due.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        // A lease in flight finishes first, so the jobs it took are given back too.
+        if let Some(leasing) = &mut self.leasing {
+            let Poll::Ready(result) = leasing.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            self.leasing = None;
+            if let Ok(jobs) = result {
+                self.hold(jobs);
+            }
+        }
+        if self.closing.is_none() {
+            let receipts: Vec<LeaseReceipt> = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .map(|Reverse(held)| held.job.receipt)
+                .collect();
+            if receipts.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            tracing::info!(
+                jobs = receipts.len(),
+                "shutdown: giving back the jobs waiting for their slot"
+            );
+            let queue = self.queue.clone();
+            self.closing = Some(Box::pin(
+                futures_util::stream::iter(receipts).for_each_concurrent(RELEASES_IN_FLIGHT, move |r| {
+                    let queue = queue.clone();
+                    async move {
+                        if let Err(e) = queue.release(&r, Duration::ZERO).await {
+                            tracing::warn!(error = %e, "release on shutdown failed; the job returns after its visibility timeout");
+                        }
+                    }
+                }),
+            ));
+        }
+        match self.closing.as_mut().map(|c| c.as_mut().poll(cx)) {
+            Some(Poll::Pending) => Poll::Pending,
+            _ => {
+                self.closing = None;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl BackendConfig for PollQueueBackend {
+    type Args = PollJob;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = LeaseSettings;
+    type Layer = SettleLayer;
+
+    fn config(&self) -> &Self::Config {
+        &self.settings
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        SettleLayer::new(self.settler.clone())
+    }
+}

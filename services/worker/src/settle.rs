@@ -1,0 +1,167 @@
+//! How each job ends, told to the queue once: the backend's middleware in the apalis worker
+//! ([`SettleLayer`]), outside every layer of the worker's own, so it sees each job's final
+//! outcome.
+//!
+//! - `Done`: the poll's results go to the [`writer`](crate::writer), which stores many polls in
+//!   one write and acknowledges their jobs together once the write returned (coalesced acks);
+//!   the job's future ends when its poll is stored, so a graceful shutdown waits for it.
+//! - `Retry`: the job is released for redelivery after the outcome's delay.
+//! - `Discard`: the job is acknowledged (its chamber is gone, paused, or the poll expired).
+//! - An error (a read failed, the per-poll timeout passed): nothing is told; the job is
+//!   delivered again after its visibility timeout.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use apalis_core::error::BoxDynError;
+use apalis_core::layers::{Layer, Service};
+use apalis_core::task::Task;
+use chamberlain_domain::model::PollJob;
+use chamberlain_domain::ports::{LeaseReceipt, PollQueue};
+use chamberlain_domain::usecases::JobOutcome;
+use chamberlain_telemetry::instruments;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::writer::Fetched;
+
+/// A job's outcome from the worker's layers, with the poll's trace span (none when the poll is
+/// not traced).
+#[derive(Debug)]
+pub struct Polled {
+    pub outcome: JobOutcome,
+    pub span: tracing::Span,
+}
+
+/// How a job ended, as the queue was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Its poll is stored and the job acknowledged (or, if the ack failed, the job comes back
+    /// and is found stored).
+    Stored,
+    /// Released for a retry while the poll is current.
+    Released,
+    /// Acknowledged without a result.
+    Discarded,
+}
+
+/// What the settle layer needs: the queue, and the writer's inbox.
+#[derive(Clone)]
+pub(crate) struct Settler {
+    pub(crate) queue: Arc<dyn PollQueue>,
+    pub(crate) writes: mpsc::UnboundedSender<Fetched>,
+    pub(crate) retries: Arc<AtomicU64>,
+}
+
+impl Settler {
+    async fn settle(self, receipt: LeaseReceipt, polled: Polled) -> Result<Settled, BoxDynError> {
+        match polled.outcome {
+            JobOutcome::Done(poll) => {
+                let (stored, told) = oneshot::channel();
+                self.writes
+                    .send(Fetched {
+                        receipt,
+                        poll,
+                        span: polled.span,
+                        stored,
+                    })
+                    .map_err(|_| "the writer has stopped; the job will be redelivered")?;
+                match told.await {
+                    Ok(true) => Ok(Settled::Stored),
+                    _ => Err("not stored; the job will be redelivered".into()),
+                }
+            }
+            JobOutcome::Retry { delay, error } => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                instruments().polls_retried.add(1, &[]);
+                tracing::debug!(error = %error, "transient failure; retrying while the poll is current");
+                if let Err(e) = self.queue.release(&receipt, delay).await {
+                    tracing::warn!(error = %e, "release failed; the job returns after its visibility timeout");
+                }
+                Ok(Settled::Released)
+            }
+            JobOutcome::Discard => {
+                if let Err(e) = self.queue.ack(std::slice::from_ref(&receipt)).await {
+                    tracing::warn!(error = %e, "ack of a discarded job failed; it will be redelivered and discarded again");
+                }
+                Ok(Settled::Discarded)
+            }
+        }
+    }
+}
+
+/// The backend's middleware: settles each job with the queue once its layers returned.
+#[derive(Clone)]
+pub struct SettleLayer {
+    settler: Settler,
+}
+
+impl std::fmt::Debug for SettleLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleLayer").finish_non_exhaustive()
+    }
+}
+
+impl SettleLayer {
+    pub(crate) fn new(settler: Settler) -> Self {
+        Self { settler }
+    }
+}
+
+impl<S> Layer<S> for SettleLayer {
+    type Service = SettleService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SettleService {
+            inner,
+            settler: self.settler.clone(),
+        }
+    }
+}
+
+/// See [`SettleLayer`].
+#[derive(Clone)]
+pub struct SettleService<S> {
+    inner: S,
+    settler: Settler,
+}
+
+impl<S> std::fmt::Debug for SettleService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SettleService").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<Task<PollJob>> for SettleService<S>
+where
+    S: Service<Task<PollJob>, Response = Polled>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxDynError> + Send,
+{
+    type Response = Settled;
+    type Error = BoxDynError;
+    type Future = Pin<Box<dyn Future<Output = Result<Settled, BoxDynError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<PollJob>) -> Self::Future {
+        let receipt = task.data().get::<LeaseReceipt>().cloned();
+        let chamber = task.args.poll.chamber_id;
+        let handled = self.inner.call(task);
+        let settler = self.settler.clone();
+        Box::pin(async move {
+            let receipt = receipt.ok_or("a task without a lease receipt")?;
+            match handled.await {
+                Ok(polled) => settler.settle(receipt, polled).await,
+                Err(e) => {
+                    let e: BoxDynError = e.into();
+                    tracing::warn!(error = %e, chamber.id = %chamber, "poll not handled; it will be redelivered");
+                    Err(e)
+                }
+            }
+        })
+    }
+}
