@@ -44,13 +44,13 @@ pub struct WorkerConfig {
     pub lease_batch: usize,
     /// How long a leased job stays invisible to other workers.
     pub visibility: Duration,
+    /// A poll (reads, request, parsing) still running after this long is abandoned and its job
+    /// left to be delivered again. `None`, the default: the visibility timeout, after which the
+    /// job is another worker's anyway. The chamber's own timeout ends a request sooner, so a
+    /// chamber whose timeout is longer than the visibility needs a longer visibility.
+    pub poll_timeout: Option<Duration>,
     /// How long an idle lease call waits for a job.
     pub lease_wait: Duration,
-    /// A poll (reads, request, parsing) still running after this long is abandoned and its job
-    /// left to be delivered again. The chamber's own timeout ends a request long before; this
-    /// bounds everything else. At most the visibility timeout, after which the job is another
-    /// worker's anyway.
-    pub poll_timeout: Duration,
     /// Results are written at least this often...
     pub flush_every: Duration,
     /// ...or as soon as this many polls are waiting.
@@ -69,8 +69,8 @@ impl Default for WorkerConfig {
             max_waiting: DEFAULT_MAX_WAITING,
             lease_batch: 256,
             visibility: Duration::from_secs(30),
+            poll_timeout: None,
             lease_wait: Duration::from_secs(1),
-            poll_timeout: Duration::from_secs(30),
             flush_every: Duration::from_millis(50),
             flush_max_polls: 1_250,
             drain_timeout: Duration::from_secs(15),
@@ -162,7 +162,7 @@ impl Worker {
                 trace_polls: config.trace_polls,
             })
             .concurrency(config.concurrency.max(1))
-            .timeout(config.poll_timeout)
+            .timeout(config.poll_timeout.unwrap_or(config.visibility))
             .build(PollService::new(self.handler));
         let mut running = Box::pin(worker.run());
         tokio::pin!(shutdown);

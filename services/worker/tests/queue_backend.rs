@@ -313,7 +313,7 @@ async fn a_stale_receipt_is_refused() {
         WorkerConfig {
             visibility: Duration::from_millis(500),
             lease_wait: Duration::from_millis(100),
-            poll_timeout: Duration::from_secs(60),
+            poll_timeout: Some(Duration::from_secs(60)),
             ..WorkerConfig::default()
         },
     ));
