@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chamberlain_domain::model::{PollId, PollJob};
 use chamberlain_domain::ports::{
-    Clock, EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError,
+    Clock, EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueConsumer, QueueDepth,
+    QueueError, QueueInspector, QueuedJob, QueuedJobState,
 };
 use chamberlain_domain::time::Timestamp;
 use tokio::sync::Notify;
@@ -33,6 +34,8 @@ struct State {
     dedup_purge_at: usize,
     next_id: u64,
     next_lease: u64,
+    /// When a worker last asked for jobs.
+    last_lease_call: Option<Timestamp>,
 }
 
 impl State {
@@ -92,6 +95,9 @@ impl State {
         matches!(&stored.lease, Some((r, _)) if *r == receipt.0).then_some(id)
     }
 }
+
+/// The one consumer of the in-process queue: the embedded mode's worker.
+const CONSUMER: &str = "in-process";
 
 /// An in-process [`PollQueue`]: at-least-once with visibility timeouts and dedup, on the
 /// injected clock; not durable (the embedded mode re-derives due polls from its watermark).
@@ -171,6 +177,7 @@ impl PollQueue for MemoryPollQueue {
             let now = self.clock.now();
             let (jobs, next_visible) = {
                 let mut s = self.lock();
+                s.last_lease_call = Some(now);
                 s.expire_leases(now);
                 let jobs = s.take_ready(now, max, visibility);
                 let next = [
@@ -253,5 +260,83 @@ impl PollQueue for MemoryPollQueue {
             }
         }
         Ok(depth)
+    }
+}
+
+impl State {
+    fn queued(&self, id: u64, now: Timestamp) -> Option<QueuedJob> {
+        let stored = self.jobs.get(&id)?;
+        let state = match stored.lease {
+            Some(_) => QueuedJobState::Leased,
+            None if stored.visible_at > now => QueuedJobState::Delayed,
+            None => QueuedJobState::Ready,
+        };
+        Some(QueuedJob {
+            id: id.to_string(),
+            job: stored.job.clone(),
+            state,
+            consumer: stored.lease.as_ref().map(|_| CONSUMER.to_owned()),
+        })
+    }
+}
+
+#[async_trait]
+impl QueueInspector for MemoryPollQueue {
+    async fn consumers(&self, within: Duration) -> Result<Vec<QueueConsumer>, QueueError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        s.expire_leases(now);
+        let leased = s.leased.len() as u64;
+        let idle = s.last_lease_call.map(|at| now.saturating_since(at));
+        Ok(match idle {
+            Some(idle) if idle <= within || leased > 0 => vec![QueueConsumer {
+                name: CONSUMER.to_owned(),
+                leased,
+                idle,
+            }],
+            _ => Vec::new(),
+        })
+    }
+
+    async fn jobs(
+        &self,
+        state: QueuedJobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<QueuedJob>, QueueError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        s.expire_leases(now);
+        let ids: Vec<u64> = match state {
+            QueuedJobState::Leased => {
+                let mut ids: Vec<u64> = s.leased.iter().map(|&(_, id)| id).collect();
+                ids.sort_unstable();
+                ids.into_iter().skip(offset).take(limit).collect()
+            }
+            QueuedJobState::Ready => s
+                .waiting
+                .iter()
+                .filter(|(visible_at, _)| *visible_at <= now)
+                .map(|&(_, id)| id)
+                .skip(offset)
+                .take(limit)
+                .collect(),
+            QueuedJobState::Delayed => s
+                .waiting
+                .iter()
+                .filter(|(visible_at, _)| *visible_at > now)
+                .map(|&(_, id)| id)
+                .skip(offset)
+                .take(limit)
+                .collect(),
+        };
+        Ok(ids.into_iter().filter_map(|id| s.queued(id, now)).collect())
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<QueuedJob>, QueueError> {
+        let now = self.clock.now();
+        let mut s = self.lock();
+        s.expire_leases(now);
+        Ok(id.parse().ok().and_then(|id| s.queued(id, now)))
     }
 }

@@ -25,8 +25,10 @@ mod queue {
     use super::*;
     chamberlain_domain::queue_conformance_tests!(async {
         let clock = ManualClock::at(T0);
+        let queue = Arc::new(MemoryPollQueue::new(clock.clone()));
         QueueFixture {
-            queue: Arc::new(MemoryPollQueue::new(clock.clone())),
+            queue: queue.clone(),
+            inspector: queue,
             advance: advance(&clock),
             clock,
             keepalive: None,

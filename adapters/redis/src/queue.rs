@@ -10,6 +10,10 @@
 //!   same delivery count in the pending list) before `XACK` + `XDEL`, so a worker whose lease
 //!   expired cannot remove a job another worker now holds.
 //!
+//! - Inspection (the queue on the console) reads without changing anything: `XINFO
+//!   CONSUMERS`, the pending list (`XPENDING`), the entries past the group's last delivered id
+//!   (`XRANGE`), the delayed set.
+//!
 //! Keys (all under the configured prefix, a hash tag): `q:stream`, `q:delayed`,
 //! `q:dedup:<chamber>:<slot>`.
 
@@ -20,7 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chamberlain_domain::model::PollJob;
 use chamberlain_domain::ports::{
-    EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError,
+    EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueConsumer, QueueDepth, QueueError,
+    QueueInspector, QueuedJob, QueuedJobState,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -137,6 +142,39 @@ fn array(v: &Value) -> &[Value] {
         _ => &[],
     }
 }
+
+/// The `[field, value, ...]` pairs of an `XINFO` reply item (a map in RESP3).
+fn info_fields(item: &Value) -> Vec<(String, Value)> {
+    let flat: Vec<Value> = match item {
+        Value::Map(pairs) => pairs
+            .iter()
+            .flat_map(|(k, v)| [k.clone(), v.clone()])
+            .collect(),
+        other => array(other).to_vec(),
+    };
+    flat.chunks(2)
+        .filter_map(|pair| Some((text(pair.first()?)?, pair.get(1)?.clone())))
+        .collect()
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// A delayed set member, `<extra attempts>:<old id>:<payload>`: the old id and the job.
+fn delayed_member(member: &[u8]) -> Option<(String, PollJob)> {
+    let mut parts = member.splitn(3, |b| *b == b':');
+    let _extra = parts.next()?;
+    let id = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let job = serde_json::from_slice(parts.next()?).ok()?;
+    Some((id, job))
+}
+
+/// Identities of delayed jobs carry this prefix (their stream entry is gone).
+const DELAYED_ID: &str = "delayed:";
 
 /// `[id, [field, value, ...]]` entries.
 fn entries(list: &Value) -> Vec<Entry> {
@@ -591,24 +629,15 @@ impl PollQueue for RedisPollQueue {
         };
         let mut last_delivered = String::from("0-0");
         for g in array(&groups) {
-            let fields = match g {
-                Value::Map(pairs) => pairs
-                    .iter()
-                    .flat_map(|(k, v)| [k.clone(), v.clone()])
-                    .collect(),
-                other => array(other).to_vec(),
-            };
             let mut name = None;
             let (mut pending, mut lag) = (0u64, None);
             let mut last = None;
-            for pair in fields.chunks(2) {
-                match (pair.first().and_then(text).as_deref(), pair.get(1)) {
-                    (Some("name"), Some(v)) => name = text(v),
-                    (Some("pending"), Some(Value::Int(n))) => {
-                        pending = u64::try_from(*n).unwrap_or(0)
-                    }
-                    (Some("lag"), Some(Value::Int(n))) => lag = u64::try_from(*n).ok(),
-                    (Some("last-delivered-id"), Some(v)) => last = text(v),
+            for (field, v) in info_fields(g) {
+                match field.as_str() {
+                    "name" => name = text(&v),
+                    "pending" => pending = int(&v).unwrap_or(0),
+                    "lag" => lag = int(&v),
+                    "last-delivered-id" => last = text(&v),
                     _ => {}
                 }
             }
@@ -648,5 +677,258 @@ impl PollQueue for RedisPollQueue {
                 .map(|j| j.meta.enqueued_at);
         }
         Ok(depth)
+    }
+}
+
+impl RedisPollQueue {
+    /// The group's last delivered id: entries after it are ready.
+    async fn last_delivered(&self) -> Result<String, QueueError> {
+        let mut conn = self.conn.clone();
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(&mut conn)
+            .await
+            .or_else(|e| {
+                if e.code() == Some("ERR") && e.to_string().contains("no such key") {
+                    Ok(Value::Nil)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(unavailable)?;
+        Ok(array(&groups)
+            .iter()
+            .map(info_fields)
+            .find(|f| {
+                f.iter()
+                    .any(|(k, v)| k == "name" && text(v).as_deref() == Some(GROUP))
+            })
+            .and_then(|f| {
+                f.into_iter()
+                    .find(|(k, _)| k == "last-delivered-id")
+                    .and_then(|(_, v)| text(&v))
+            })
+            .unwrap_or_else(|| "0-0".into()))
+    }
+
+    /// `(id, consumer)` of leased jobs, oldest first.
+    async fn pending(
+        &self,
+        from: &str,
+        to: &str,
+        count: usize,
+    ) -> Result<Vec<(String, String)>, QueueError> {
+        let mut conn = self.conn.clone();
+        let reply: redis::RedisResult<Value> = redis::cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg(from)
+            .arg(to)
+            .arg(count)
+            .query_async(&mut conn)
+            .await;
+        let reply = match reply {
+            Err(e) if is_nogroup(&e) => return Ok(Vec::new()),
+            other => other.map_err(unavailable)?,
+        };
+        Ok(array(&reply)
+            .iter()
+            .filter_map(|p| {
+                let p = array(p);
+                Some((text(p.first()?)?, text(p.get(1)?)?))
+            })
+            .collect())
+    }
+
+    /// The stream entries with these ids, as queued jobs (an unreadable one is left out).
+    async fn entries_by_id(
+        &self,
+        ids: &[(String, Option<String>)],
+        state: QueuedJobState,
+    ) -> Result<Vec<QueuedJob>, QueueError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in ids {
+            pipe.cmd("XRANGE").arg(&self.stream).arg(id).arg(id);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(ids
+            .iter()
+            .zip(replies)
+            .filter_map(|((id, consumer), reply)| {
+                let entry = entries(&reply).into_iter().next()?;
+                queued(entry, state, consumer.clone()).filter(|q| q.id == *id)
+            })
+            .collect())
+    }
+}
+
+/// A stream entry as a queued job; `None` if unreadable.
+fn queued(entry: Entry, state: QueuedJobState, consumer: Option<String>) -> Option<QueuedJob> {
+    let mut job: PollJob = serde_json::from_slice(entry.payload.as_deref()?).ok()?;
+    job.meta.attempt = job.meta.attempt.saturating_add(entry.extra_attempts);
+    Some(QueuedJob {
+        id: entry.id,
+        job,
+        state,
+        consumer,
+    })
+}
+
+#[async_trait]
+impl QueueInspector for RedisPollQueue {
+    async fn consumers(&self, within: Duration) -> Result<Vec<QueueConsumer>, QueueError> {
+        let mut conn = self.conn.clone();
+        let reply: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .query_async(&mut conn)
+            .await;
+        let reply = match reply {
+            Err(e) if is_nogroup(&e) || e.to_string().contains("no such key") => {
+                return Ok(Vec::new());
+            }
+            other => other.map_err(unavailable)?,
+        };
+        let mut consumers: Vec<QueueConsumer> = array(&reply)
+            .iter()
+            .filter_map(|c| {
+                let fields = info_fields(c);
+                let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                Some(QueueConsumer {
+                    name: text(get("name")?)?,
+                    leased: get("pending").and_then(int).unwrap_or(0),
+                    idle: Duration::from_millis(get("idle").and_then(int).unwrap_or(0)),
+                })
+            })
+            .filter(|c| c.idle <= within || c.leased > 0)
+            .collect();
+        consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(consumers)
+    }
+
+    async fn jobs(
+        &self,
+        state: QueuedJobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<QueuedJob>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let upto = offset.saturating_add(limit);
+        match state {
+            QueuedJobState::Ready => {
+                let last = self.last_delivered().await?;
+                let mut conn = self.conn.clone();
+                let reply: Value = redis::cmd("XRANGE")
+                    .arg(&self.stream)
+                    .arg(format!("({last}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(upto)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(entries(&reply)
+                    .into_iter()
+                    .skip(offset)
+                    .filter_map(|e| queued(e, QueuedJobState::Ready, None))
+                    .collect())
+            }
+            QueuedJobState::Leased => {
+                let ids: Vec<(String, Option<String>)> = self
+                    .pending("-", "+", upto)
+                    .await?
+                    .into_iter()
+                    .skip(offset)
+                    .map(|(id, consumer)| (id, Some(consumer)))
+                    .collect();
+                self.entries_by_id(&ids, QueuedJobState::Leased).await
+            }
+            QueuedJobState::Delayed => {
+                let mut conn = self.conn.clone();
+                let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                    .arg(&self.delayed)
+                    .arg(offset)
+                    .arg(upto - 1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(members
+                    .iter()
+                    .filter_map(|m| delayed_member(m))
+                    .map(|(id, job)| QueuedJob {
+                        id: format!("{DELAYED_ID}{id}"),
+                        job,
+                        state: QueuedJobState::Delayed,
+                        consumer: None,
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<QueuedJob>, QueueError> {
+        if let Some(old) = id.strip_prefix(DELAYED_ID) {
+            let mut conn = self.conn.clone();
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
+                    .arg(&self.delayed)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("*:{old}:*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                // ZSCAN answers member, score pairs.
+                if let Some((_, job)) = found
+                    .chunks(2)
+                    .filter_map(|pair| delayed_member(pair.first()?))
+                    .find(|(found, _)| found == old)
+                {
+                    return Ok(Some(QueuedJob {
+                        id: id.to_owned(),
+                        job,
+                        state: QueuedJobState::Delayed,
+                        consumer: None,
+                    }));
+                }
+                if next == 0 {
+                    return Ok(None);
+                }
+                cursor = next;
+            }
+        }
+        // Only a stream id is looked up (a malformed one would be a Redis error).
+        let valid = id.split_once('-').is_some_and(|(ms, seq)| {
+            !ms.is_empty()
+                && !seq.is_empty()
+                && ms.bytes().all(|b| b.is_ascii_digit())
+                && seq.bytes().all(|b| b.is_ascii_digit())
+        });
+        if !valid {
+            return Ok(None);
+        }
+        let holder = self.pending(id, id, 1).await?.into_iter().next();
+        let state = if holder.is_some() {
+            QueuedJobState::Leased
+        } else {
+            QueuedJobState::Ready
+        };
+        let consumer = holder.map(|(_, consumer)| consumer);
+        Ok(self
+            .entries_by_id(&[(id.to_owned(), consumer)], state)
+            .await?
+            .into_iter()
+            .next())
     }
 }

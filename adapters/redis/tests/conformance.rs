@@ -21,6 +21,7 @@ mod queue {
         let prefix = TestPrefix::new();
         QueueFixture {
             queue: Arc::new(RedisPollQueue::connect(&prefix.config).await.unwrap()),
+            inspector: Arc::new(RedisPollQueue::connect(&prefix.config).await.unwrap()),
             clock: Arc::new(SystemClock),
             advance: real_time(),
             keepalive: Some(Arc::new(prefix)),

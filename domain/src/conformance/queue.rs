@@ -6,13 +6,16 @@ use std::time::Duration;
 use crate::conformance::fixtures::{self, Advance};
 use crate::conformance::join2;
 use crate::model::{ChamberId, OrganizationId, PollJob};
-use crate::ports::{Clock, PollQueue};
+use crate::ports::{Clock, PollQueue, QueueInspector, QueuedJobState};
 use crate::time::Timestamp;
 
 /// A fresh queue, the clock it runs on, and a way to let time pass.
 #[derive(Clone)]
 pub struct QueueFixture {
     pub queue: Arc<dyn PollQueue>,
+    /// The same queue seen read-only, through its own connection where the adapter has one (as
+    /// the console's process sees the workers' queue).
+    pub inspector: Arc<dyn QueueInspector>,
     pub clock: Arc<dyn Clock>,
     pub advance: Advance,
     pub keepalive: Option<Arc<dyn std::any::Any + Send + Sync>>,
@@ -201,6 +204,123 @@ pub async fn depth_counts_ready_and_leased_jobs(f: &QueueFixture) {
     assert_eq!(depth.oldest_ready_enqueued_at, Some(js[0].meta.enqueued_at));
 }
 
+pub async fn inspection_shows_each_job_where_it_is_and_changes_nothing(f: &QueueFixture) {
+    let js = jobs(f, 4);
+    f.queue.enqueue(&js).await.unwrap();
+    let polls =
+        |listed: &[crate::ports::QueuedJob]| listed.iter().map(|q| q.job.poll).collect::<Vec<_>>();
+    let ready = f
+        .inspector
+        .jobs(QueuedJobState::Ready, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(polls(&ready), js.iter().map(|j| j.poll).collect::<Vec<_>>());
+    assert!(
+        ready
+            .iter()
+            .all(|q| q.state == QueuedJobState::Ready && q.consumer.is_none())
+    );
+
+    let leased = f
+        .queue
+        .lease(2, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2);
+    f.queue
+        .release(&leased[1].receipt, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let depth = f.queue.depth().await.unwrap();
+
+    let ready = f
+        .inspector
+        .jobs(QueuedJobState::Ready, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(polls(&ready), vec![js[2].poll, js[3].poll]);
+    assert_eq!(
+        polls(
+            &f.inspector
+                .jobs(QueuedJobState::Ready, 1, 10)
+                .await
+                .unwrap()
+        ),
+        vec![js[3].poll]
+    );
+    assert_eq!(
+        polls(&f.inspector.jobs(QueuedJobState::Ready, 0, 1).await.unwrap()),
+        vec![js[2].poll]
+    );
+    let held = f
+        .inspector
+        .jobs(QueuedJobState::Leased, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(polls(&held), vec![js[0].poll]);
+    assert_eq!(held[0].state, QueuedJobState::Leased);
+    let holder = held[0]
+        .consumer
+        .clone()
+        .expect("a leased job names its consumer");
+    let delayed = f
+        .inspector
+        .jobs(QueuedJobState::Delayed, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(polls(&delayed), vec![js[1].poll]);
+    assert_eq!(delayed[0].state, QueuedJobState::Delayed);
+
+    let consumers = f
+        .inspector
+        .consumers(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let named: Vec<_> = consumers.iter().filter(|c| c.name == holder).collect();
+    assert_eq!(named.len(), 1, "{consumers:?}");
+    assert_eq!(named[0].leased, 1);
+    assert!(named[0].idle < Duration::from_secs(60));
+
+    let found = f
+        .inspector
+        .job(&held[0].id)
+        .await
+        .unwrap()
+        .expect("the leased job");
+    assert_eq!(
+        (found.job.poll, found.state),
+        (js[0].poll, QueuedJobState::Leased)
+    );
+    let found = f
+        .inspector
+        .job(&ready[0].id)
+        .await
+        .unwrap()
+        .expect("a ready job");
+    assert_eq!(
+        (found.job.poll, found.state),
+        (js[2].poll, QueuedJobState::Ready)
+    );
+    let found = f
+        .inspector
+        .job(&delayed[0].id)
+        .await
+        .unwrap()
+        .expect("the delayed job");
+    assert_eq!(
+        (found.job.poll, found.state),
+        (js[1].poll, QueuedJobState::Delayed)
+    );
+    // Looking changed nothing: the same depth, and the receipt still acks its job.
+    assert_eq!(f.queue.depth().await.unwrap(), depth);
+    assert_eq!(f.queue.ack(&[leased[0].receipt.clone()]).await.unwrap(), 1);
+    assert_eq!(
+        f.inspector.job(&held[0].id).await.unwrap(),
+        None,
+        "acked: gone"
+    );
+}
+
 /// Expands to one `#[tokio::test]` per queue case; `$make` evaluates to a future of a fresh
 /// [`QueueFixture`].
 #[macro_export]
@@ -213,7 +333,8 @@ macro_rules! queue_conformance_tests {
             release_gives_a_job_back_after_its_delay,
             a_waiting_lease_wakes_when_a_job_arrives,
             dedup_outlives_the_ack,
-            depth_counts_ready_and_leased_jobs
+            depth_counts_ready_and_leased_jobs,
+            inspection_shows_each_job_where_it_is_and_changes_nothing
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

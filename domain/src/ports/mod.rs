@@ -26,7 +26,10 @@ pub use events::{
 };
 pub use passwords::{PasswordError, PasswordHasher};
 pub use poll_reads::{PollReads, RepositoryPollReads};
-pub use queue::{EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueDepth, QueueError};
+pub use queue::{
+    EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueConsumer, QueueDepth, QueueError,
+    QueueInspector, QueuedJob, QueuedJobState,
+};
 pub use repositories::{Repositories, Store};
 pub use storage::{
     Aggregate, AggregateQuery, ApiTokenRepository, BatchRepository, ChamberFilter,

@@ -96,3 +96,67 @@ pub trait PollQueue: Send + Sync {
     /// `Unavailable`.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
 }
+
+/// A worker as the queue knows it: a consumer that has leased jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConsumer {
+    /// The adapter's name for it (unique per worker process start).
+    pub name: String,
+    /// Jobs it holds now.
+    pub leased: u64,
+    /// How long since it last asked for jobs.
+    pub idle: Duration,
+}
+
+/// Where a job is in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueuedJobState {
+    /// Waiting to be leased.
+    Ready,
+    /// Leased to a worker, not yet acked.
+    Leased,
+    /// Released, waiting out its delay.
+    Delayed,
+}
+
+/// One job in the queue, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedJob {
+    /// The adapter's identity of the job in the queue (not a receipt: it cannot ack).
+    pub id: String,
+    pub job: PollJob,
+    pub state: QueuedJobState,
+    /// The consumer holding it, when leased.
+    pub consumer: Option<String>,
+}
+
+/// A read-only view of the poll queue for installation operators (the queue on the console).
+/// Nothing here changes the queue or any lease; the views are snapshots and may be stale by
+/// the time they are shown.
+#[async_trait]
+pub trait QueueInspector: Send + Sync {
+    /// The consumers that asked for jobs within `within`, and any that still hold jobs (a dead
+    /// worker's, until they are taken over), by name.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn consumers(&self, within: Duration) -> Result<Vec<QueueConsumer>, QueueError>;
+
+    /// Jobs in `state`, in the order they will be delivered (ready, leased: oldest first;
+    /// delayed: soonest visible first), skipping `offset`, at most `limit`.
+    ///
+    /// # Errors
+    /// `Unavailable`; `Corrupt` is never returned: an unreadable job is left out.
+    async fn jobs(
+        &self,
+        state: QueuedJobState,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<QueuedJob>, QueueError>;
+
+    /// The job with this [`QueuedJob::id`], if it is still queued.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn job(&self, id: &str) -> Result<Option<QueuedJob>, QueueError>;
+}
