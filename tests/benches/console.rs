@@ -173,6 +173,7 @@ fn main() {
                 csrf_key: vec![7; 32],
                 secure_cookies: false,
                 sign_in_limit: None,
+                queue_board: None,
             },
         )
         .router();

@@ -8,6 +8,7 @@ mod forms;
 mod import;
 mod live;
 mod pages;
+mod queue_board;
 mod sections;
 mod session;
 mod transmitters;
@@ -19,6 +20,7 @@ use axum::routing::{get, post};
 use chamberlain_domain::ports::{Clock, Rate, RateLimiter};
 use chamberlain_domain::usecases::ApiUseCases;
 
+pub use queue_board::{BoardBackend, BoardError, QUEUE_NAME, QUEUE_PATH, QueueBoardSettings};
 pub use session::SESSION_COOKIE;
 
 /// Where the console lives: every page and asset is under this path.
@@ -35,6 +37,9 @@ pub struct ConsoleSettings {
     /// Sign-in attempts per client address (in memory in the embedded mode, shared in Redis
     /// in the distributed one); beyond, the form answers 429 without checking the password.
     pub sign_in_limit: Option<(Arc<dyn RateLimiter>, Rate)>,
+    /// The queue on the console (apalis-board at [`QUEUE_PATH`]), for installation operators;
+    /// `None`: no queue view.
+    pub queue_board: Option<QueueBoardSettings>,
 }
 
 impl std::fmt::Debug for ConsoleSettings {
@@ -45,6 +50,7 @@ impl std::fmt::Debug for ConsoleSettings {
                 "sign_in_limit",
                 &self.sign_in_limit.as_ref().map(|(_, rate)| rate),
             )
+            .field("queue_board", &self.queue_board)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +66,8 @@ struct Inner {
     api: ApiUseCases,
     clock: Arc<dyn Clock>,
     settings: ConsoleSettings,
+    /// The queue view and its UI rewritten for its path, when the console has one.
+    queue_board: Option<(QueueBoardSettings, Arc<queue_board::BoardUi>)>,
     /// Set when the server stops: live streams end, so a graceful shutdown is not held up by
     /// a browser that keeps a page open.
     closing: tokio::sync::watch::Sender<bool>,
@@ -73,11 +81,23 @@ impl std::fmt::Debug for Console {
 
 impl Console {
     pub fn new(api: ApiUseCases, clock: Arc<dyn Clock>, settings: ConsoleSettings) -> Self {
+        // The UI is compiled in and its rewrite is tested, so this fails only in a build whose
+        // tests failed; then the console runs without its queue view.
+        let queue_board = settings.queue_board.clone().and_then(|board| {
+            match queue_board::BoardUi::prepare(QUEUE_PATH) {
+                Ok(ui) => Some((board, Arc::new(ui))),
+                Err(e) => {
+                    tracing::error!(error = %e, "the queue view is off");
+                    None
+                }
+            }
+        });
         Self {
             inner: Arc::new(Inner {
                 api,
                 clock,
                 settings,
+                queue_board,
                 closing: tokio::sync::watch::Sender::new(false),
             }),
         }
@@ -177,6 +197,7 @@ impl Console {
             .route("/console/alerts/{id}/acknowledge", post(pages::acknowledge))
             .route("/console/static/{name}", get(assets::asset))
             .route("/console/live", get(live::live))
+            .merge(queue_board::routes(self))
             .fallback(pages::not_found)
             .with_state(self.clone())
             .layer(axum::middleware::map_response(session::security_headers))

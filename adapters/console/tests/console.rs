@@ -7,17 +7,20 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use chamberlain_console::{Console, ConsoleSettings};
+use chamberlain_console::{BoardBackend, Console, ConsoleSettings, QueueBoardSettings};
 use chamberlain_domain::conformance::fixtures::{self, T0};
 use chamberlain_domain::model::{ChamberId, OrganizationId, PageRequest, PageSize, Role};
 use chamberlain_domain::ports::{
-    ChamberFilter, ChamberRepository, DetectorRepository, ReadingRepository, Repositories,
+    ChamberFilter, ChamberRepository, DetectorRepository, PollQueue, ReadingRepository,
+    Repositories,
 };
 use chamberlain_domain::usecases::{
     Actor, ApiPorts, ApiSettings, ApiUseCases, NewChamber, NewDetector, NewSection, NewUser,
 };
 use chamberlain_fakes::{InsecureTestPasswordHasher, ManualClock, MemoryStore};
-use chamberlain_memory::{MemoryAccessEpoch, MemoryChamberChanges, MemoryEventBus};
+use chamberlain_memory::{
+    MemoryAccessEpoch, MemoryChamberChanges, MemoryEventBus, MemoryPollQueue,
+};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
@@ -32,6 +35,8 @@ struct Lab {
     chamber: ChamberId,
     /// The API's authenticator (the one the console's use cases share).
     auth: chamberlain_domain::usecases::Authenticator,
+    /// The poll queue the queue view shows (admin@lab.example is the installation operator).
+    queue: Arc<MemoryPollQueue>,
 }
 
 async fn lab() -> Lab {
@@ -67,6 +72,11 @@ async fn lab() -> Lab {
         organization_id: org.id,
         role: Role::Admin,
     };
+    // An organization admin elsewhere: an admin, but not of the installation.
+    api.users
+        .create_organization("Elsewhere", user("admin@elsewhere.example", "admin"))
+        .await
+        .unwrap();
     for (email, role) in [
         ("op@lab.example", "operator"),
         ("viewer@lab.example", "viewer"),
@@ -125,6 +135,7 @@ async fn lab() -> Lab {
         .await
         .unwrap();
     let auth = api.auth.clone();
+    let queue = Arc::new(MemoryPollQueue::new(clock.clone()));
     let console = Console::new(
         api,
         clock.clone(),
@@ -138,9 +149,19 @@ async fn lab() -> Lab {
                     burst: std::num::NonZeroU32::new(10).unwrap(),
                 },
             )),
+            queue_board: Some(QueueBoardSettings {
+                backend: BoardBackend::new(
+                    queue.clone(),
+                    queue.clone(),
+                    clock.clone(),
+                    "in-process",
+                ),
+                operators: [admin.user_id].into_iter().collect(),
+            }),
         },
     );
     Lab {
+        queue,
         router: console.router(),
         clock,
         bus,
@@ -1585,4 +1606,139 @@ async fn a_csv_import_names_the_refused_line_and_creates_all_or_nothing() {
         .await;
     assert_eq!(wrong_token.status, StatusCode::FORBIDDEN);
     assert_eq!(lab.chamber_count().await, before + 53);
+}
+
+#[tokio::test]
+async fn the_queue_view_is_for_installation_operators_only_and_only_looks() {
+    let lab = lab().await;
+    let jobs: Vec<_> = [0u64, 1]
+        .iter()
+        .map(|i| fixtures::poll_job(lab.org, lab.chamber, T0 + Duration::from_secs(*i), 60, T0))
+        .collect();
+    lab.queue.enqueue(&jobs).await.unwrap();
+    let leased = lab
+        .queue
+        .lease(1, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+
+    // Nobody signed in: the page asks to sign in, the API says 401.
+    let page = lab.get("/console/queue/", None).await;
+    assert_eq!(page.location(), "/console/sign-in");
+    let api = lab.get("/console/queue/api/v1/workers", None).await;
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
+
+    let (operator, _) = lab.sign_in("admin@lab.example").await;
+    let page = lab.get("/console/queue/", Some(&operator)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains(r#"<base href="/console/queue/" />"#),
+        "{}",
+        page.body
+    );
+    let csp = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("'wasm-unsafe-eval'") && csp.contains("script-src 'self' 'sha256-"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    // A route of the app is the app's page too (it routes itself).
+    let deep = lab.get("/console/queue/workers", Some(&operator)).await;
+    assert_eq!(deep.body, page.body);
+    let glue = page
+        .body
+        .split("from '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        glue.starts_with("/console/queue/apalis-board-web-"),
+        "{glue}"
+    );
+    let script = lab.get(&glue, Some(&operator)).await;
+    assert_eq!(script.status, StatusCode::OK);
+    assert_eq!(
+        script.headers[header::CONTENT_TYPE],
+        "application/javascript"
+    );
+    assert!(script.body.starts_with("const chamberlainMount"));
+
+    let workers: serde_json::Value = serde_json::from_str(
+        &lab.get("/console/queue/api/v1/workers", Some(&operator))
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(workers[0]["id"], "in-process", "{workers}");
+    let running: serde_json::Value = serde_json::from_str(
+        &lab.get(
+            "/console/queue/api/v1/queues/polls/tasks?status=Running",
+            Some(&operator),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(running.as_array().unwrap().len(), 1, "{running}");
+    assert_eq!(
+        running[0]["args"]["poll"]["chamber_id"],
+        lab.chamber.to_string(),
+        "{running}"
+    );
+    assert_eq!(running[0]["ctx"]["lock_by"], "in-process", "{running}");
+    let all: serde_json::Value = serde_json::from_str(
+        &lab.get("/console/queue/api/v1/tasks", Some(&operator))
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    let id = running[0]["ctx"]["task_id"].to_string();
+    let one = lab
+        .get(
+            &format!(
+                "/console/queue/api/v1/queues/polls/tasks/{}",
+                id.trim_matches('"')
+            ),
+            Some(&operator),
+        )
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+
+    // Pushing a task through the board is refused; the queue is as it was.
+    let before = lab.queue.depth().await.unwrap();
+    let push = lab
+        .send(
+            Request::put("/console/queue/api/v1/queues/polls/tasks")
+                .header(header::HOST, "lab:8080")
+                .header(header::COOKIE, &operator)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::to_vec(&jobs[0]).unwrap()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(push.status, StatusCode::FORBIDDEN, "{}", push.body);
+    assert!(push.body.contains("read-only"), "{}", push.body);
+    assert_eq!(lab.queue.depth().await.unwrap(), before);
+
+    // An organization admin (of another organization), an operator and a viewer are refused.
+    for email in [
+        "admin@elsewhere.example",
+        "op@lab.example",
+        "viewer@lab.example",
+    ] {
+        let (cookie, _) = lab.sign_in(email).await;
+        let page = lab.get("/console/queue/", Some(&cookie)).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{email}");
+        assert!(!page.body.contains("apalis"), "{email}");
+        let api = lab.get("/console/queue/api/v1/tasks", Some(&cookie)).await;
+        assert_eq!(api.status, StatusCode::FORBIDDEN, "{email}");
+        assert!(!api.body.contains(&lab.chamber.to_string()), "{email}");
+    }
 }
