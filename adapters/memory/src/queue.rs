@@ -20,6 +20,8 @@ struct Stored {
     visible_at: Timestamp,
     /// Current lease: receipt and deadline.
     lease: Option<(String, Timestamp)>,
+    /// When the current lease began.
+    leased_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -79,6 +81,7 @@ impl State {
             let receipt = format!("{id}:{}", self.next_lease);
             let deadline = now + visibility;
             stored.lease = Some((receipt.clone(), deadline));
+            stored.leased_at = Some(now);
             self.leased.insert((deadline, id));
             out.push(LeasedJob {
                 job: stored.job.clone(),
@@ -151,6 +154,7 @@ impl PollQueue for MemoryPollQueue {
                         job: job.clone(),
                         visible_at: now,
                         lease: None,
+                        leased_at: None,
                     },
                 );
                 s.waiting.insert((now, id));
@@ -276,6 +280,7 @@ impl State {
             job: stored.job.clone(),
             state,
             consumer: stored.lease.as_ref().map(|_| CONSUMER.to_owned()),
+            leased_at: stored.lease.as_ref().and(stored.leased_at),
         })
     }
 }

@@ -27,6 +27,7 @@ use chamberlain_domain::ports::{
     EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueConsumer, QueueDepth, QueueError,
     QueueInspector, QueuedJob, QueuedJobState,
 };
+use chamberlain_domain::time::Timestamp;
 use redis::Value;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio::sync::Mutex;
@@ -712,31 +713,34 @@ impl RedisPollQueue {
             .unwrap_or_else(|| "0-0".into()))
     }
 
-    /// `(id, consumer)` of leased jobs, oldest first.
-    async fn pending(
-        &self,
-        from: &str,
-        to: &str,
-        count: usize,
-    ) -> Result<Vec<(String, String)>, QueueError> {
+    /// Leased jobs, oldest first: id, consumer, and when the lease began.
+    async fn pending(&self, from: &str, to: &str, count: usize) -> Result<Vec<Holder>, QueueError> {
         let mut conn = self.conn.clone();
-        let reply: redis::RedisResult<Value> = redis::cmd("XPENDING")
+        let reply: redis::RedisResult<(Value, (i64, i64))> = redis::pipe()
+            .cmd("XPENDING")
             .arg(&self.stream)
             .arg(GROUP)
             .arg(from)
             .arg(to)
             .arg(count)
+            .cmd("TIME")
             .query_async(&mut conn)
             .await;
-        let reply = match reply {
+        let (reply, (secs, micros)) = match reply {
             Err(e) if is_nogroup(&e) => return Ok(Vec::new()),
             other => other.map_err(unavailable)?,
         };
+        let now_ms = secs * 1000 + micros / 1000;
         Ok(array(&reply)
             .iter()
             .filter_map(|p| {
                 let p = array(p);
-                Some((text(p.first()?)?, text(p.get(1)?)?))
+                let idle = p.get(2).and_then(int).and_then(|n| i64::try_from(n).ok())?;
+                Some(Holder {
+                    id: text(p.first()?)?,
+                    consumer: text(p.get(1)?)?,
+                    leased_at: Timestamp::from_unix_millis(now_ms - idle),
+                })
             })
             .collect())
     }
@@ -744,38 +748,46 @@ impl RedisPollQueue {
     /// The stream entries with these ids, as queued jobs (an unreadable one is left out).
     async fn entries_by_id(
         &self,
-        ids: &[(String, Option<String>)],
+        ids: Vec<(String, Option<Holder>)>,
         state: QueuedJobState,
     ) -> Result<Vec<QueuedJob>, QueueError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for (id, _) in ids {
+        for (id, _) in &ids {
             pipe.cmd("XRANGE").arg(&self.stream).arg(id).arg(id);
         }
         let mut conn = self.conn.clone();
         let replies: Vec<Value> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         Ok(ids
-            .iter()
+            .into_iter()
             .zip(replies)
-            .filter_map(|((id, consumer), reply)| {
+            .filter_map(|((id, holder), reply)| {
                 let entry = entries(&reply).into_iter().next()?;
-                queued(entry, state, consumer.clone()).filter(|q| q.id == *id)
+                queued(entry, state, holder).filter(|q| q.id == id)
             })
             .collect())
     }
 }
 
+/// A leased job's holder, from the pending list.
+struct Holder {
+    id: String,
+    consumer: String,
+    leased_at: Timestamp,
+}
+
 /// A stream entry as a queued job; `None` if unreadable.
-fn queued(entry: Entry, state: QueuedJobState, consumer: Option<String>) -> Option<QueuedJob> {
+fn queued(entry: Entry, state: QueuedJobState, holder: Option<Holder>) -> Option<QueuedJob> {
     let mut job: PollJob = serde_json::from_slice(entry.payload.as_deref()?).ok()?;
     job.meta.attempt = job.meta.attempt.saturating_add(entry.extra_attempts);
     Some(QueuedJob {
         id: entry.id,
         job,
         state,
-        consumer,
+        leased_at: holder.as_ref().map(|h| h.leased_at),
+        consumer: holder.map(|h| h.consumer),
     })
 }
 
@@ -842,14 +854,14 @@ impl QueueInspector for RedisPollQueue {
                     .collect())
             }
             QueuedJobState::Leased => {
-                let ids: Vec<(String, Option<String>)> = self
+                let ids: Vec<(String, Option<Holder>)> = self
                     .pending("-", "+", upto)
                     .await?
                     .into_iter()
                     .skip(offset)
-                    .map(|(id, consumer)| (id, Some(consumer)))
+                    .map(|holder| (holder.id.clone(), Some(holder)))
                     .collect();
-                self.entries_by_id(&ids, QueuedJobState::Leased).await
+                self.entries_by_id(ids, QueuedJobState::Leased).await
             }
             QueuedJobState::Delayed => {
                 let mut conn = self.conn.clone();
@@ -868,6 +880,7 @@ impl QueueInspector for RedisPollQueue {
                         job,
                         state: QueuedJobState::Delayed,
                         consumer: None,
+                        leased_at: None,
                     })
                     .collect())
             }
@@ -900,6 +913,7 @@ impl QueueInspector for RedisPollQueue {
                         job,
                         state: QueuedJobState::Delayed,
                         consumer: None,
+                        leased_at: None,
                     }));
                 }
                 if next == 0 {
@@ -924,9 +938,8 @@ impl QueueInspector for RedisPollQueue {
         } else {
             QueuedJobState::Ready
         };
-        let consumer = holder.map(|(_, consumer)| consumer);
         Ok(self
-            .entries_by_id(&[(id.to_owned(), consumer)], state)
+            .entries_by_id(vec![(id.to_owned(), holder)], state)
             .await?
             .into_iter()
             .next())

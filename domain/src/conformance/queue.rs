@@ -270,6 +270,12 @@ pub async fn inspection_shows_each_job_where_it_is_and_changes_nothing(f: &Queue
         .unwrap();
     assert_eq!(polls(&delayed), vec![js[1].poll]);
     assert_eq!(delayed[0].state, QueuedJobState::Delayed);
+    assert!(
+        ready
+            .iter()
+            .chain(&delayed)
+            .all(|q| q.leased_at.is_none() && q.consumer.is_none())
+    );
 
     let consumers = f
         .inspector

@@ -128,6 +128,8 @@ pub struct QueuedJob {
     pub state: QueuedJobState,
     /// The consumer holding it, when leased.
     pub consumer: Option<String>,
+    /// When its current lease began, when leased.
+    pub leased_at: Option<Timestamp>,
 }
 
 /// A read-only view of the poll queue for installation operators (the queue on the console).

@@ -96,6 +96,27 @@ impl Distributed {
         Ok(chamberlain_worker::Worker::new(handler, queue, config))
     }
 
+    /// The queue on the console: the Redis queue seen through a connection of its own, for
+    /// `operators`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn queue_board(
+        &self,
+        operators: std::collections::HashSet<chamberlain_domain::model::UserId>,
+    ) -> Result<chamberlain_console::QueueBoardSettings, anyhow::Error> {
+        let queue = Arc::new(RedisPollQueue::connect(&self.redis).await?);
+        Ok(chamberlain_console::QueueBoardSettings {
+            backend: chamberlain_console::BoardBackend::new(
+                queue.clone(),
+                queue,
+                self.clock.clone(),
+                "redis",
+            ),
+            operators,
+        })
+    }
+
     /// The alerter: one leader among any number of replicas, fed by the Redis event bus.
     ///
     /// # Errors

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use chamberlain_domain::ports::{Clock, PollQueue, Repositories};
+use chamberlain_domain::model::UserId;
+use chamberlain_domain::ports::{Clock, Repositories};
 use chamberlain_domain::usecases::{ApiPorts, ApiSettings, ApiUseCases, PollHandler};
 use chamberlain_http::{HttpChamberClient, HttpClientConfig};
 use chamberlain_memory::{
@@ -20,7 +21,7 @@ use crate::distributed::{CHANGE_FEED_CAPACITY, EVENT_HUB_CAPACITY};
 pub struct Embedded {
     store: Arc<SqliteStore>,
     repositories: Repositories,
-    queue: Arc<dyn PollQueue>,
+    queue: Arc<MemoryPollQueue>,
     events: Arc<MemoryEventBus>,
     changes: Arc<MemoryChamberChanges>,
     access: Arc<MemoryAccessEpoch>,
@@ -54,6 +55,22 @@ impl Embedded {
 
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.clock.clone()
+    }
+
+    /// The queue on the console: the in-process queue, for `operators`.
+    pub fn queue_board(
+        &self,
+        operators: std::collections::HashSet<UserId>,
+    ) -> chamberlain_console::QueueBoardSettings {
+        chamberlain_console::QueueBoardSettings {
+            backend: chamberlain_console::BoardBackend::new(
+                self.queue.clone(),
+                self.queue.clone(),
+                self.clock.clone(),
+                "in-process",
+            ),
+            operators,
+        }
     }
 
     /// The scheduler. Its watermark persists in SQLite, fenced by a lease whose tokens continue

@@ -382,3 +382,40 @@ impl RateLimitArgs {
         ))
     }
 }
+
+/// Who operates the installation (the queue on the console shows every organization's polls).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallationOperatorsArgs {
+    /// User ids (comma-separated) of the installation's operators: they alone open the queue
+    /// view on the console (`/console/queue`). A user's id is in `AuthService.WhoAmI`. Ids, not
+    /// addresses: an organization admin could give a user of theirs any address.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_INSTALLATION_OPERATORS",
+        value_delimiter = ','
+    )]
+    pub installation_operators: Vec<String>,
+}
+
+impl InstallationOperatorsArgs {
+    /// # Errors
+    /// An entry that is not a user id, named.
+    pub fn operators(
+        &self,
+    ) -> Result<std::collections::HashSet<chamberlain_domain::model::UserId>, anyhow::Error> {
+        self.installation_operators
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                chamberlain_domain::model::UserId::parse(s).map_err(|_| {
+                    bad_setting(
+                        "--installation-operators",
+                        "CHAMBERLAIN_INSTALLATION_OPERATORS",
+                        format!("`{s}` is not a user id (a UUID, as AuthService.WhoAmI gives)"),
+                    )
+                })
+            })
+            .collect()
+    }
+}

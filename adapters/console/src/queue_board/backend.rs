@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use apalis_core::backend::codec::Codec;
+use apalis_core::backend::queue::Queue;
 use apalis_core::backend::{
     Backend, BackendConfig, FetchById, Filter, ListAllTasks, ListQueues, ListTasks, ListWorkers,
     Metrics, QueueInfo, RunningWorker, StatType, Statistic, WireFormatBackend,
@@ -127,9 +128,9 @@ impl BoardBackend {
             .collect())
     }
 
+    /// The queue's depth under the titles apalis-board knows (it labels and counts by them).
     async fn statistics(&self) -> Result<Vec<Statistic>, BoardError> {
         let depth = self.queue.depth().await?;
-        let workers = self.inspector.consumers(WORKERS_SEEN_WITHIN).await?.len();
         let number = |title: &str, value: u64, priority: u64| Statistic {
             title: title.to_owned(),
             stat_type: StatType::Number,
@@ -137,17 +138,16 @@ impl BoardBackend {
             priority: Some(priority),
         };
         let mut stats = vec![
-            number("Ready", depth.ready, 1),
-            number("Leased", depth.leased, 2),
-            number("Delayed", depth.delayed, 3),
-            number("Workers", workers as u64, 4),
+            number("TOTAL_JOBS", depth.ready + depth.leased + depth.delayed, 1),
+            number("PENDING_JOBS", depth.ready, 2),
+            number("RUNNING_JOBS", depth.leased, 3),
         ];
         if let Some(oldest) = depth.oldest_ready_enqueued_at {
             stats.push(Statistic {
-                title: "Oldest ready job enqueued".to_owned(),
+                title: "OLDEST_PENDING_JOB".to_owned(),
                 stat_type: StatType::Timestamp,
                 value: (oldest.as_unix_millis() / 1000).to_string(),
-                priority: Some(5),
+                priority: Some(4),
             });
         }
         Ok(stats)
@@ -163,9 +163,9 @@ impl BoardBackend {
                 QueuedJobState::Ready,
                 QueuedJobState::Delayed,
             ],
+            Some(Status::Pending) => &[QueuedJobState::Ready],
             Some(Status::Running) => &[QueuedJobState::Leased],
-            Some(Status::Queued) => &[QueuedJobState::Ready],
-            Some(Status::Pending) => &[QueuedJobState::Delayed],
+            Some(Status::Queued) => &[QueuedJobState::Delayed],
             // Finished polls are in the poll ledger, not in the queue.
             Some(_) => &[],
         };
@@ -194,13 +194,14 @@ impl BoardBackend {
 }
 
 /// A queued job as an apalis task: its id, the poll job as JSON, its attempt, its state as a
-/// status (ready: queued; leased: running; delayed: pending), its slot as the time to run, and
-/// the worker holding it.
+/// status (ready: pending, as apalis calls a task no worker has taken; leased: running;
+/// delayed, released for a retry: queued), its slot as the time to run, and the worker holding
+/// it.
 fn task(queued: QueuedJob) -> Task<Value> {
     let status = match queued.state {
-        QueuedJobState::Ready => Status::Queued,
+        QueuedJobState::Ready => Status::Pending,
         QueuedJobState::Leased => Status::Running,
-        QueuedJobState::Delayed => Status::Pending,
+        QueuedJobState::Delayed => Status::Queued,
     };
     let slot_secs = u64::try_from(queued.job.poll.slot.as_unix_millis() / 1000).unwrap_or(0);
     TaskBuilder::new(serde_json::to_value(&queued.job).unwrap_or(Value::Null))
@@ -209,6 +210,11 @@ fn task(queued: QueuedJob) -> Task<Value> {
         .status(status)
         .run_at_timestamp(slot_secs)
         .lock_by(queued.consumer)
+        .queue(Queue::from(QUEUE_NAME))
+        // apalis-board's UI needs a lock time on every task: a job nobody holds has the epoch.
+        .lock_at(Some(queued.leased_at.map_or(0, |at| {
+            u64::try_from(at.as_unix_millis() / 1000).unwrap_or(0)
+        })))
         .build()
 }
 

@@ -12,8 +12,9 @@
 //!   calls go through a small shim that adds or strips the mount path. Each rewrite must match
 //!   exactly where expected, so an upgraded UI that no longer fits fails at start (and in the
 //!   tests), not in a browser.
-//! - Its own Content-Security-Policy: the inline module's hash and `'wasm-unsafe-eval'`, nothing
-//!   else beyond the console's policy.
+//! - Its own Content-Security-Policy: the inline module's hash and `'wasm-unsafe-eval'` for
+//!   scripts, and style attributes (the app sizes bars and hides panels with computed `style`
+//!   attributes; style elements and sheets stay `'self'`) beyond the console's policy.
 
 mod backend;
 
@@ -30,6 +31,7 @@ use chamberlain_domain::model::UserId;
 use serde_json::Value;
 use sha2::Digest as _;
 use std::collections::HashSet;
+use std::convert::Infallible;
 
 pub use backend::{BoardBackend, BoardError, QUEUE_NAME};
 
@@ -182,7 +184,7 @@ impl BoardUi {
             base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(inline));
         let csp = HeaderValue::from_str(&format!(
             "default-src 'none'; script-src 'self' 'sha256-{inline_hash}' 'wasm-unsafe-eval'; \
-             style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; \
+             style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data:; font-src 'self'; connect-src 'self'; \
              form-action 'none'; frame-ancestors 'none'; base-uri 'self'"
         ))
         .map_err(|e| e.to_string())?;
@@ -234,7 +236,9 @@ pub(crate) fn routes(console: &Console) -> Router<Console> {
     let Some((settings, ui)) = console.inner.queue_board.clone() else {
         return Router::new();
     };
-    let api: Router = ApiBuilder::new(Router::new())
+    let closing = console.inner.closing.clone();
+    let events = get(move || events(closing.subscribe()));
+    let api: Router = ApiBuilder::new(Router::new().route("/events", events))
         .register(QUEUE_NAME, settings.backend.clone())
         .build();
     let api = api.layer(axum::middleware::from_fn(read_only));
@@ -265,6 +269,24 @@ pub(crate) fn routes(console: &Console) -> Router<Console> {
             console.clone(),
             operators_only,
         ))
+}
+
+/// The board's log stream. apalis-board streams its own process's tracing events; the
+/// console's process runs no worker, so there is nothing to stream: the stream stays open
+/// (with keep-alives, so the board shows its backend as reachable) until the console stops.
+async fn events(
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> axum::response::sse::Sse<
+    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, Infallible>>,
+> {
+    let until_closed = async move {
+        let _ = closing.wait_for(|closed| *closed).await;
+    };
+    let stream =
+        futures_util::StreamExt::filter_map(futures_util::stream::once(until_closed), |()| async {
+            None::<Result<axum::response::sse::Event, Infallible>>
+        });
+    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }
 
 /// Only installation operators pass.

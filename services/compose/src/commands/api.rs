@@ -59,6 +59,8 @@ pub struct GatewayArgs {
     /// HTTPS.
     #[arg(long, env = "CHAMBERLAIN_CONSOLE_SECURE_COOKIES")]
     console_secure_cookies: bool,
+    #[command(flatten)]
+    installation_operators: crate::settings::InstallationOperatorsArgs,
 }
 
 pub async fn gateway(args: GatewayArgs, telemetry: &Telemetry) -> Result<(), anyhow::Error> {
@@ -94,6 +96,11 @@ pub async fn gateway(args: GatewayArgs, telemetry: &Telemetry) -> Result<(), any
                 distributed.rate_limiter().await?,
                 chamberlain_auth::DEFAULT_SIGN_IN_LIMIT,
             )),
+            queue_board: Some(
+                distributed
+                    .queue_board(args.installation_operators.operators()?)
+                    .await?,
+            ),
         },
     );
     let http_listener = tokio::net::TcpListener::bind(args.http_listen)

@@ -297,6 +297,8 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
                 Arc::new(chamberlain_memory::MemoryRateLimiter::default()),
                 chamberlain_auth::DEFAULT_SIGN_IN_LIMIT,
             )),
+            // The installation's operator is its first admin.
+            queue_board: Some(embedded.queue_board([actor.user_id].into_iter().collect())),
         },
     );
     // The JSON API beside the console: each call transcoded to a gRPC call on this process's
