@@ -301,3 +301,89 @@ async fn the_console_works_in_chromium_through_envoy() {
     drop(stack);
     drop(sim);
 }
+
+/// The queue on the console (`tests/browser/queue.mjs`): the standalone's first admin — the
+/// installation's operator — opens apalis-board under `/console/queue` and finds the worker and
+/// the job of a chamber whose endpoint accepts and never answers; an organization admin and a
+/// viewer are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_installation_operator_sees_the_queue_in_chromium() {
+    chromium_and_script();
+    let dir = std::env::temp_dir().join(format!("chamberlain-queue-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&dir).unwrap();
+    let (api, sim) = (free_port(), free_port_on_127_0_0_2());
+    let standalone = start_simulating(&chamberlain_bin(), &dir, api, sim, 3);
+    let token = standalone
+        .token
+        .clone()
+        .expect("the first start prints a token");
+    let password = standalone
+        .console_password
+        .clone()
+        .expect("the first start prints the console's password");
+    let channel = connect(api).await;
+    // A chamber that takes every request and never answers: its poll stays leased until its
+    // 10 s timeout, and the next one is leased as it ends.
+    let silent = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let stuck = ChamberServiceClient::new(channel.clone())
+        .create_chamber(authed(
+            v1::CreateChamberRequest {
+                section_id: section(&channel, &token, "stuck").await.id,
+                name: "stuck-oven".into(),
+                url: format!("http://{silent_address}/values"),
+                format: "json".into(),
+                interval: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                timeout: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                detectors: vec![v1::NewDetector {
+                    name: "t".into(),
+                    key: "/t".into(),
+                    ..Default::default()
+                }],
+            },
+            &token,
+        ))
+        .await
+        .expect("the stuck chamber is created")
+        .into_inner();
+    add_user(
+        &channel,
+        &token,
+        "orgadmin@lab.example",
+        "admin",
+        ADMIN_PASSWORD,
+    )
+    .await;
+    add_user(&channel, &token, VIEWER_EMAIL, "viewer", VIEWER_PASSWORD).await;
+
+    run_browser_script(
+        "queue.mjs",
+        "queue",
+        vec![
+            ("CONSOLE", format!("http://127.0.0.1:{}", standalone.http)),
+            ("ADMIN_EMAIL", "admin@localhost".into()),
+            ("ADMIN_PASSWORD", password),
+            ("ORG_ADMIN_EMAIL", "orgadmin@lab.example".into()),
+            ("ORG_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("VIEWER_EMAIL", VIEWER_EMAIL.into()),
+            ("VIEWER_PASSWORD", VIEWER_PASSWORD.into()),
+            ("STUCK_CHAMBER", stuck.id),
+        ],
+    )
+    .await;
+    holding.abort();
+    drop(standalone);
+    let _ = std::fs::remove_dir_all(&dir);
+}
