@@ -1,5 +1,6 @@
 // The queue on the console (apalis-board at /console/queue) in Debian's Chromium. Run by
-// tests/tests/e2e/browser.rs against `chamberlain standalone --simulate 3` with one more chamber
+// tests/tests/e2e/browser.rs against `chamberlain standalone --simulate 3`, and through Envoy
+// against the distributed mode (the Redis queue), each with one more chamber
 // whose endpoint never answers (its poll stays leased until its timeout): the installation's
 // operator (the first admin) opens the view, follows its links under the sub-path, sees the
 // worker and the stuck chamber's job; an organization admin and a viewer are refused. Every
@@ -7,13 +8,22 @@
 //
 // Environment: CONSOLE, ADMIN_EMAIL, ADMIN_PASSWORD (the installation's operator),
 // ORG_ADMIN_EMAIL, ORG_ADMIN_PASSWORD, VIEWER_EMAIL, VIEWER_PASSWORD, STUCK_CHAMBER (the id of
-// the chamber that never answers), CHROMIUM, SCREENSHOTS.
+// the chamber that never answers), WORKER (text naming the worker: `in-process`, or the Redis
+// consumer's prefix), CHROMIUM, SCREENSHOTS.
 import { base, check, env, launch, shots, signIn, waitFor } from "./harness.mjs";
 
 const browser = await launch();
 const board = `${base}/console/queue`;
 
 try {
+  // Through Envoy, the gateway was just restarted with the operators' setting.
+  await waitFor("the console answering", async () => {
+    try {
+      return (await fetch(`${base}/console/sign-in`)).ok;
+    } catch {
+      return false;
+    }
+  });
   const operator = await browser.newContext();
   const { page, violations } = await signIn(operator, env("ADMIN_EMAIL"), env("ADMIN_PASSWORD"));
   // The board's own log stream answers, so it shows its backend as reachable.
@@ -25,7 +35,8 @@ try {
   // The app's own links navigate under the sub-path.
   await page.click("a:has-text('Workers')");
   await waitFor("the workers page under the mount", async () => page.url() === `${board}/workers`);
-  await waitFor("the in-process worker", async () => (await page.innerText("main")).includes("in-process"));
+  const worker = env("WORKER");
+  await waitFor("the worker", async () => (await page.innerText("main")).includes(worker));
   await page.screenshot({ path: `${shots}/workers.png`, fullPage: true });
 
   // The stuck chamber's job: running, held by the worker, its poll's chamber in its arguments.
@@ -52,7 +63,7 @@ try {
   );
   check(page.url().startsWith(`${board}/queues/polls/tasks/`), `the task page is under the mount: ${page.url()}`);
   const task = await page.innerText("main");
-  check(task.includes("Running") && task.includes("in-process"), `the job is running on the worker: ${task}`);
+  check(task.includes("Running") && task.includes(worker), `the job is running on the worker: ${task}`);
   await page.screenshot({ path: `${shots}/stuck-job.png`, fullPage: true });
 
   // Pushing a task through the board's API is refused.
@@ -68,7 +79,7 @@ try {
 
   // A deep link opens as it was.
   await page.goto(`${board}/workers`);
-  await waitFor("the deep link", async () => (await page.innerText("main")).includes("in-process"));
+  await waitFor("the deep link", async () => (await page.innerText("main")).includes(worker));
 
   const blocked = violations.filter((v) => /Content Security Policy|Refused/i.test(v));
   check(blocked.length === 0, `CSP violations: ${blocked.join("; ")}`);

@@ -458,7 +458,11 @@ impl Stack {
                 "CHAMBERLAIN_GATEWAY_LISTEN",
                 format!("127.0.0.1:{}", self.ports.gateway),
             )
-            .env("CHAMBERLAIN_GATEWAY_HTTP_LISTEN", "127.0.0.1:0")
+            // The console behind Envoy, as the first gateway's.
+            .env(
+                "CHAMBERLAIN_GATEWAY_HTTP_LISTEN",
+                format!("127.0.0.1:{}", self.ports.console),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in env {

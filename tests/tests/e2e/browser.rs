@@ -134,7 +134,14 @@ async fn down_rule_on(channel: &Channel, token: &str, name: &str) -> String {
     failing.id
 }
 
-async fn add_user(channel: &Channel, token: &str, email: &str, role: &str, password: &str) {
+/// Creates a user; returns its id.
+async fn add_user(
+    channel: &Channel,
+    token: &str,
+    email: &str,
+    role: &str,
+    password: &str,
+) -> String {
     UserServiceClient::new(channel.clone())
         .create_user(authed(
             v1::CreateUserRequest {
@@ -146,7 +153,9 @@ async fn add_user(channel: &Channel, token: &str, email: &str, role: &str, passw
             token,
         ))
         .await
-        .unwrap_or_else(|e| panic!("{role} {email} is created: {e}"));
+        .unwrap_or_else(|e| panic!("{role} {email} is created: {e}"))
+        .into_inner()
+        .id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,11 +286,19 @@ async fn the_console_works_in_chromium_through_envoy() {
     }
     let failing_chamber = down_rule_on(&channel, &token, "sim-0000").await;
     let admin_email = "admin.console@browser.example";
-    add_user(&channel, &token, admin_email, "admin", ADMIN_PASSWORD).await;
+    let operator = add_user(&channel, &token, admin_email, "admin", ADMIN_PASSWORD).await;
     add_user(&channel, &token, VIEWER_EMAIL, "viewer", VIEWER_PASSWORD).await;
+    let org_admin = "orgadmin@browser.example";
+    add_user(&channel, &token, org_admin, "admin", ADMIN_PASSWORD).await;
     let chambers = [("CHAMBERLAIN_EGRESS_ALLOW", "127.0.0.2/32")];
     stack.spawn("scheduler", &chambers);
-    stack.spawn("worker", &chambers);
+    stack.spawn(
+        "worker",
+        &[
+            ("CHAMBERLAIN_EGRESS_ALLOW", "127.0.0.2/32"),
+            ("HOSTNAME", "envoy-test-worker"),
+        ],
+    );
     stack.spawn(
         "alerter",
         &[
@@ -298,6 +315,31 @@ async fn the_console_works_in_chromium_through_envoy() {
         label: "envoy",
     })
     .await;
+
+    // The queue view on the Redis queue, through Envoy: the console's admin becomes the
+    // installation's operator (a gateway restarted with the setting).
+    let (stuck, holding) = stuck_chamber(&channel, &token).await;
+    let (started, _) = stack
+        .restart_gateway_at_once(&[("CHAMBERLAIN_INSTALLATION_OPERATORS", operator)])
+        .await;
+    started.expect("the gateway restarts with its installation operators");
+    run_browser_script(
+        "queue.mjs",
+        "queue-envoy",
+        vec![
+            ("CONSOLE", format!("http://127.0.0.1:{}", stack.ports.envoy)),
+            ("ADMIN_EMAIL", admin_email.into()),
+            ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("ORG_ADMIN_EMAIL", org_admin.into()),
+            ("ORG_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+            ("VIEWER_EMAIL", VIEWER_EMAIL.into()),
+            ("VIEWER_PASSWORD", VIEWER_PASSWORD.into()),
+            ("STUCK_CHAMBER", stuck),
+            ("WORKER", "envoy-test-worker-".into()),
+        ],
+    )
+    .await;
+    holding.abort();
     drop(stack);
     drop(sim);
 }
@@ -322,42 +364,7 @@ async fn an_installation_operator_sees_the_queue_in_chromium() {
         .clone()
         .expect("the first start prints the console's password");
     let channel = connect(api).await;
-    // A chamber that takes every request and never answers: its poll stays leased until its
-    // 10 s timeout, and the next one is leased as it ends.
-    let silent = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let silent_address = silent.local_addr().unwrap();
-    let holding = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((connection, _)) = silent.accept().await {
-            held.push(connection);
-        }
-    });
-    let stuck = ChamberServiceClient::new(channel.clone())
-        .create_chamber(authed(
-            v1::CreateChamberRequest {
-                section_id: section(&channel, &token, "stuck").await.id,
-                name: "stuck-oven".into(),
-                url: format!("http://{silent_address}/values"),
-                format: "json".into(),
-                interval: Some(prost_types::Duration {
-                    seconds: 10,
-                    nanos: 0,
-                }),
-                timeout: Some(prost_types::Duration {
-                    seconds: 10,
-                    nanos: 0,
-                }),
-                detectors: vec![v1::NewDetector {
-                    name: "t".into(),
-                    key: "/t".into(),
-                    ..Default::default()
-                }],
-            },
-            &token,
-        ))
-        .await
-        .expect("the stuck chamber is created")
-        .into_inner();
+    let (stuck, holding) = stuck_chamber(&channel, &token).await;
     add_user(
         &channel,
         &token,
@@ -379,11 +386,53 @@ async fn an_installation_operator_sees_the_queue_in_chromium() {
             ("ORG_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
             ("VIEWER_EMAIL", VIEWER_EMAIL.into()),
             ("VIEWER_PASSWORD", VIEWER_PASSWORD.into()),
-            ("STUCK_CHAMBER", stuck.id),
+            ("STUCK_CHAMBER", stuck),
+            ("WORKER", "in-process".into()),
         ],
     )
     .await;
     holding.abort();
     drop(standalone);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A chamber (in a section of its own) whose endpoint, on 127.0.0.2, takes every request and
+/// never answers: its poll stays leased until its 10 s timeout, and the next one is leased as
+/// it ends. Returns the chamber's id and the task holding the connections.
+async fn stuck_chamber(channel: &Channel, token: &str) -> (String, tokio::task::JoinHandle<()>) {
+    let silent = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let stuck = ChamberServiceClient::new(channel.clone())
+        .create_chamber(authed(
+            v1::CreateChamberRequest {
+                section_id: section(channel, token, "stuck").await.id,
+                name: "stuck-oven".into(),
+                url: format!("http://{silent_address}/values"),
+                format: "json".into(),
+                interval: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                timeout: Some(prost_types::Duration {
+                    seconds: 10,
+                    nanos: 0,
+                }),
+                detectors: vec![v1::NewDetector {
+                    name: "t".into(),
+                    key: "/t".into(),
+                    ..Default::default()
+                }],
+            },
+            token,
+        ))
+        .await
+        .expect("the stuck chamber is created")
+        .into_inner();
+    (stuck.id, holding)
 }
