@@ -419,3 +419,27 @@ impl InstallationOperatorsArgs {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installation_operators_are_user_ids_and_a_bad_one_is_named() {
+        let id = chamberlain_domain::model::UserId::random();
+        let args = InstallationOperatorsArgs {
+            installation_operators: vec![id.to_string(), " ".into()],
+        };
+        assert_eq!(args.operators().unwrap(), [id].into_iter().collect());
+        let args = InstallationOperatorsArgs {
+            installation_operators: vec![id.to_string(), "admin@lab.example".into()],
+        };
+        let err = args.operators().unwrap_err().to_string();
+        assert!(
+            err.contains("--installation-operators")
+                && err.contains("CHAMBERLAIN_INSTALLATION_OPERATORS")
+                && err.contains("`admin@lab.example` is not a user id"),
+            "{err}"
+        );
+    }
+}
