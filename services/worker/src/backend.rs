@@ -88,7 +88,7 @@ impl Ord for Held {
 }
 
 /// The poll queue as an apalis backend: yields each leased job as a `Task<PollJob>` when its
-/// slot comes, with its [`LeaseReceipt`] in the task's data.
+/// slot comes, with its [`LeaseReceipt`] as the task's id.
 pub struct PollQueueBackend {
     queue: Arc<dyn PollQueue>,
     clock: Arc<dyn Clock>,
@@ -182,9 +182,9 @@ impl PollQueueBackend {
 
     fn task(held: Held) -> Task<PollJob> {
         let LeasedJob { job, receipt } = held.job;
+        // The receipt is the task's id (no data map to allocate per job).
         TaskBuilder::new(job)
-            .task_id(TaskId::String(receipt.0.clone()))
-            .data(receipt)
+            .task_id(TaskId::String(receipt.0))
             .build()
     }
 }

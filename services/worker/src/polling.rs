@@ -122,16 +122,19 @@ impl Service<Task<PollJob>> for PollService {
         let parent = span.clone();
         // Each poll on a task of its own, so polls use every core; aborted if the worker's
         // timeout gives up on it.
-        let polling = AbortOnDrop(tokio::spawn(
-            async move {
-                let metrics = instruments();
-                metrics.in_flight.add(1, &[]);
-                let outcome = run_stages(&handler, &job, &parent).await;
-                metrics.in_flight.add(-1, &[]);
-                outcome
-            }
-            .instrument(span),
-        ));
+        let poll = async move {
+            let metrics = instruments();
+            metrics.in_flight.add(1, &[]);
+            let outcome = run_stages(&handler, &job, &parent).await;
+            metrics.in_flight.add(-1, &[]);
+            outcome
+        };
+        // Instrumented only when traced: an empty span still costs a poll wrapper per wake.
+        let polling = AbortOnDrop(if span.is_none() {
+            tokio::spawn(poll)
+        } else {
+            tokio::spawn(poll.instrument(span))
+        });
         Box::pin(async move {
             match polling.await {
                 Ok(outcome) => outcome.map_err(Into::into),

@@ -1,5 +1,5 @@
 //! The batched writer: stores fetched polls many at a time, then acknowledges their jobs in one
-//! call (coalesced acks) and tells each job's settle future how it went.
+//! call (coalesced acks).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,17 +8,15 @@ use chamberlain_domain::ports::{LeaseReceipt, PollQueue};
 use chamberlain_domain::usecases::{PollHandler, ProcessedPoll};
 use chamberlain_telemetry::instruments;
 use opentelemetry::KeyValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::WorkerReport;
 
-/// A fetched poll waiting to be stored, with its job's receipt, its trace span, and the settle
-/// future waiting to hear whether it was stored.
+/// A fetched poll waiting to be stored, with its job's receipt and its trace span.
 pub(crate) struct Fetched {
     pub(crate) receipt: LeaseReceipt,
     pub(crate) poll: ProcessedPoll,
     pub(crate) span: tracing::Span,
-    pub(crate) stored: oneshot::Sender<bool>,
 }
 
 /// When the writer flushes.
@@ -80,11 +78,9 @@ async fn store(
     let mut receipts = Vec::with_capacity(buffer.len());
     let mut polls = Vec::with_capacity(buffer.len());
     let mut spans = Vec::new();
-    let mut waiting = Vec::with_capacity(buffer.len());
     for fetched in std::mem::take(buffer) {
         receipts.push(fetched.receipt);
         polls.push(fetched.poll);
-        waiting.push(fetched.stored);
         if !fetched.span.is_none() {
             spans.push(fetched.span);
         }
@@ -100,9 +96,6 @@ async fn store(
             report.failed_writes += 1;
             metrics.write_failures.add(1, &[]);
             tracing::warn!(error = %e, polls = n, "batch not completed; its jobs will be redelivered");
-            for w in waiting {
-                let _ = w.send(false);
-            }
             return;
         }
     };
@@ -118,9 +111,6 @@ async fn store(
         );
     }
     drop(acking);
-    for w in waiting {
-        let _ = w.send(true);
-    }
     report.polls_completed += n;
     report.readings_written += done.write.readings_new;
     metrics.readings_written.add(done.write.readings_new, &[]);
