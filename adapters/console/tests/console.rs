@@ -1708,6 +1708,26 @@ async fn the_queue_view_is_for_installation_operators_only_and_only_looks() {
     )
     .unwrap();
     assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    // Pages count from 1; a page 0 (or a huge one) is answered, not a crash.
+    for query in ["page=0", "page=4294967295&page_size=500"] {
+        let answer = lab
+            .get(
+                &format!("/console/queue/api/v1/tasks?{query}"),
+                Some(&operator),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{query}: {}", answer.body);
+    }
+    let first: serde_json::Value = serde_json::from_str(
+        &lab.get(
+            "/console/queue/api/v1/tasks?page=0&page_size=1",
+            Some(&operator),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(first.as_array().unwrap().len(), 1, "{first}");
     let id = running[0]["ctx"]["task_id"].to_string();
     let one = lab
         .get(

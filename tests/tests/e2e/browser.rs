@@ -23,7 +23,7 @@ use chamberlain_tests::api_stack::free_port;
 use chamberlain_tests::chamberlain_bin;
 
 use crate::api::{authed, section};
-use crate::standalone::{connect, free_port_on_127_0_0_2, start_simulating};
+use crate::standalone::{Standalone, connect, free_port_on_127_0_0_2, start_simulating};
 
 const VIEWER_EMAIL: &str = "viewer@lab.example";
 const VIEWER_PASSWORD: &str = "correct horse battery";
@@ -102,6 +102,53 @@ async fn run_browser_script(
     );
 }
 
+/// `chamberlain standalone --simulate 3` in a fresh data directory, with its first start's
+/// token and console password, for a browser script.
+struct ConsoleStandalone {
+    dir: PathBuf,
+    standalone: Standalone,
+    token: String,
+    password: String,
+    channel: Channel,
+}
+
+impl ConsoleStandalone {
+    async fn start(label: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("chamberlain-{label}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        let (api, sim) = (free_port(), free_port_on_127_0_0_2());
+        let standalone = start_simulating(&chamberlain_bin(), &dir, api, sim, 3);
+        let token = standalone
+            .token
+            .clone()
+            .expect("the first start prints a token");
+        let password = standalone
+            .console_password
+            .clone()
+            .expect("the first start prints the console's password");
+        let channel = connect(api).await;
+        Self {
+            dir,
+            standalone,
+            token,
+            password,
+            channel,
+        }
+    }
+
+    /// The console's origin.
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.standalone.http)
+    }
+
+    /// Stops the standalone, then removes its data directory.
+    fn finish(self) {
+        drop(self.standalone);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A "down after 1 s" alert rule on the chamber named `name`; returns the chamber's id.
 async fn down_rule_on(channel: &Channel, token: &str, name: &str) -> String {
     let failing = ChamberServiceClient::new(channel.clone())
@@ -161,32 +208,20 @@ async fn add_user(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_chromium() {
     chromium_and_script();
-    let dir = std::env::temp_dir().join(format!("chamberlain-browser-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&dir).unwrap();
-    let (api, sim) = (free_port(), free_port_on_127_0_0_2());
-    let standalone = start_simulating(&chamberlain_bin(), &dir, api, sim, 3);
-    let token = standalone
-        .token
-        .clone()
-        .expect("the first start prints a token");
-    let password = standalone
-        .console_password
-        .clone()
-        .expect("the first start prints the console's password");
-    let channel = connect(api).await;
+    let lab = ConsoleStandalone::start("browser").await;
+    let (token, password, channel) = (lab.token.clone(), lab.password.clone(), lab.channel.clone());
     let failing_chamber = down_rule_on(&channel, &token, "sim-0000").await;
     add_user(&channel, &token, VIEWER_EMAIL, "viewer", VIEWER_PASSWORD).await;
 
     run_console_script(ConsoleUnderTest {
-        origin: format!("http://127.0.0.1:{}", standalone.http),
+        origin: lab.origin(),
         admin_email: "admin@localhost".into(),
         admin_password: password,
         failing_chamber,
         label: "standalone",
     })
     .await;
-    drop(standalone);
-    let _ = std::fs::remove_dir_all(&dir);
+    lab.finish();
 }
 
 /// An administrator runs the organization from the console (`tests/browser/admin.mjs`):
@@ -195,19 +230,8 @@ async fn the_console_works_in_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_runs_the_organization_from_chromium() {
     chromium_and_script();
-    let dir = std::env::temp_dir().join(format!("chamberlain-admin-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&dir).unwrap();
-    let (api, sim) = (free_port(), free_port_on_127_0_0_2());
-    let standalone = start_simulating(&chamberlain_bin(), &dir, api, sim, 3);
-    let token = standalone
-        .token
-        .clone()
-        .expect("the first start prints a token");
-    let password = standalone
-        .console_password
-        .clone()
-        .expect("the first start prints the console's password");
-    let channel = connect(api).await;
+    let lab = ConsoleStandalone::start("admin").await;
+    let (token, password, channel) = (lab.token.clone(), lab.password.clone(), lab.channel.clone());
     let charted = ChamberServiceClient::new(channel.clone())
         .list_chambers(authed(v1::ListChambersRequest::default(), &token))
         .await
@@ -222,7 +246,7 @@ async fn an_admin_runs_the_organization_from_chromium() {
         "admin.mjs",
         "admin",
         vec![
-            ("CONSOLE", format!("http://127.0.0.1:{}", standalone.http)),
+            ("CONSOLE", lab.origin()),
             ("ADMIN_EMAIL", "admin@localhost".into()),
             ("ADMIN_PASSWORD", password),
             ("ADMIN_TOKEN", token),
@@ -233,8 +257,7 @@ async fn an_admin_runs_the_organization_from_chromium() {
         ],
     )
     .await;
-    drop(standalone);
-    let _ = std::fs::remove_dir_all(&dir);
+    lab.finish();
 }
 
 /// The same script in the distributed mode: Envoy in front of a gateway (which serves the
@@ -351,19 +374,8 @@ async fn the_console_works_in_chromium_through_envoy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_installation_operator_sees_the_queue_in_chromium() {
     chromium_and_script();
-    let dir = std::env::temp_dir().join(format!("chamberlain-queue-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&dir).unwrap();
-    let (api, sim) = (free_port(), free_port_on_127_0_0_2());
-    let standalone = start_simulating(&chamberlain_bin(), &dir, api, sim, 3);
-    let token = standalone
-        .token
-        .clone()
-        .expect("the first start prints a token");
-    let password = standalone
-        .console_password
-        .clone()
-        .expect("the first start prints the console's password");
-    let channel = connect(api).await;
+    let lab = ConsoleStandalone::start("queue").await;
+    let (token, password, channel) = (lab.token.clone(), lab.password.clone(), lab.channel.clone());
     let (stuck, holding) = stuck_chamber(&channel, &token).await;
     add_user(
         &channel,
@@ -379,7 +391,7 @@ async fn an_installation_operator_sees_the_queue_in_chromium() {
         "queue.mjs",
         "queue",
         vec![
-            ("CONSOLE", format!("http://127.0.0.1:{}", standalone.http)),
+            ("CONSOLE", lab.origin()),
             ("ADMIN_EMAIL", "admin@localhost".into()),
             ("ADMIN_PASSWORD", password),
             ("ORG_ADMIN_EMAIL", "orgadmin@lab.example".into()),
@@ -392,8 +404,7 @@ async fn an_installation_operator_sees_the_queue_in_chromium() {
     )
     .await;
     holding.abort();
-    drop(standalone);
-    let _ = std::fs::remove_dir_all(&dir);
+    lab.finish();
 }
 
 /// A chamber (in a section of its own) whose endpoint, on 127.0.0.2, takes every request and

@@ -155,8 +155,9 @@ impl BoardBackend {
 
     /// A page of jobs: one state, or (no status) leased, then ready, then delayed.
     async fn tasks(&self, filter: &Filter) -> Result<Vec<Task<Value>>, BoardError> {
-        let offset = filter.offset() as usize;
+        // Not `Filter::offset`, which overflows on `page=0`.
         let limit = filter.limit().min(500) as usize;
+        let offset = (filter.page.max(1) as usize - 1).saturating_mul(limit);
         let states: &[QueuedJobState] = match filter.status {
             None => &[
                 QueuedJobState::Leased,

@@ -10,8 +10,8 @@
 //!   at `/`). [`BoardUi`] rewrites it once at start for the sub-path: `index.html`'s base and
 //!   asset paths, and the wasm-bindgen glue, whose location, history, request and event-source
 //!   calls go through a small shim that adds or strips the mount path. Each rewrite must match
-//!   exactly where expected, so an upgraded UI that no longer fits fails at start (and in the
-//!   tests), not in a browser.
+//!   exactly where expected, so an upgraded UI that no longer fits fails the unit test, not a
+//!   browser (at start, a rewrite that does not fit logs an error and leaves the view off).
 //! - Its own Content-Security-Policy: the inline module's hash and `'wasm-unsafe-eval'` for
 //!   scripts, and style attributes (the app sizes bars and hides panels with computed `style`
 //!   attributes; style elements and sheets stay `'self'`) beyond the console's policy.
@@ -297,10 +297,12 @@ async fn operators_only(State(console): State<Console>, request: Request, next: 
         .starts_with(&format!("{QUEUE_PATH}/api/"));
     let session = match console.session(request.headers()).await {
         Ok(session) => session,
-        Err(_) if api => {
+        // No session: the page asks to sign in, the API says 401; anything else (sign-ins
+        // cannot be checked now) is passed on as it is.
+        Err(refused) if api && refused.status().is_redirection() => {
             return (StatusCode::UNAUTHORIZED, "sign in to the console first").into_response();
         }
-        Err(to_sign_in) => return to_sign_in,
+        Err(refused) => return refused,
     };
     let allowed = console
         .inner
