@@ -2,12 +2,17 @@
 //! process on this machine, for 1,000, 2,500, 5,000 and 10,000 chambers × 8 detectors at 1 s.
 //!
 //! ```sh
-//! scripts/bench-pipeline            # tuned throwaway PostgreSQL, release build, 60 s per step
+//! scripts/bench-pipeline            # default, then tuned, throwaway PostgreSQL; 60 s per step
 //! ```
 //! Per step it prints polls/s, readings/s, coverage (slots whose request reached the chamber
 //! before the next slot was due, from the simulator and from the ledger), lateness p50/p99/max
 //! and duplicates as the simulator measured them, and CPU per poll of the chamberlain processes,
-//! with Redis, PostgreSQL and the simulator (this process) printed separately.
+//! with Redis, PostgreSQL and the simulator (this process) printed separately. Then what a user
+//! gets: the polls stored whose request went out in the measured window against the requests the
+//! chambers answered in it (after the worker was stopped with SIGTERM and wrote what it held),
+//! the age of the oldest result still unwritten when the window closed (the worker's
+//! `chamberlain_worker_results_oldest_age_seconds`), and the worker's peak RSS. A step passes
+//! when at least 99.9 % of the answered polls are stored.
 //! `CHAMBERLAIN_BENCH_SMOKE=1` runs one tiny step for a few seconds.
 //! `CHAMBERLAIN_BENCH_STALLED_SUBSCRIBER=1` also runs a gateway with one subscriber of every
 //! reading that never reads its stream (it must be told it lagged, then be disconnected, without
@@ -86,6 +91,36 @@ fn chamberlain_bin() -> PathBuf {
         )
         .join(profile)
         .join("chamberlain")
+}
+
+/// A gauge from the worker's `/metrics` (Prometheus text), if it answered.
+async fn worker_gauge(port: u16, name: &str) -> Option<f64> {
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        chamberlain_tests::api_stack::http_request(port, "GET", "/metrics", None, None, &[]),
+    )
+    .await
+    .ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (metric, value) = l.rsplit_once(' ')?;
+        (metric.split('{').next()? == name).then(|| value.parse().ok())?
+    })
+}
+
+/// A process's peak resident memory (VmHWM), MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 struct Step {
@@ -221,7 +256,7 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
         Ok(url) if !url.is_empty() => Some(url.to_owned()),
         _ => None,
     };
-    let spawn = |role: &str| {
+    let spawn = |role: &str, metrics_port: Option<u16>| {
         let mut cmd = Command::new(chamberlain_bin());
         if let Some(endpoint) = &otlp {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
@@ -232,7 +267,10 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
                 .env("CHAMBERLAIN_REDIS_URL", redis_url)
                 .env("CHAMBERLAIN_REDIS_PREFIX", &prefix)
                 .env("CHAMBERLAIN_EGRESS_ALLOW", "127.0.0.2/32")
-                .env("CHAMBERLAIN_METRICS_LISTEN", "127.0.0.1:0")
+                .env(
+                    "CHAMBERLAIN_METRICS_LISTEN",
+                    format!("127.0.0.1:{}", metrics_port.unwrap_or(0)),
+                )
                 .env("CHAMBERLAIN_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -240,8 +278,12 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
                 .expect("the chamberlain binary is built (scripts/bench-pipeline builds it)"),
         )
     };
-    let scheduler = spawn("scheduler");
-    let worker = spawn("worker");
+    let worker_metrics = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let scheduler = spawn("scheduler", None);
+    let worker = spawn("worker", Some(worker_metrics));
     let stalled = if std::env::var("CHAMBERLAIN_BENCH_STALLED_SUBSCRIBER").is_ok_and(|v| v == "1") {
         Some(StalledSubscriber::start(&db_url, redis_url, &prefix, actor).await)
     } else {
@@ -263,6 +305,17 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
     let t1 = clock.now();
     let report = sim.report();
     let gateway_cpu = stalled.as_ref().map(|g| cpu_of(g.gateway.0.id()));
+    let unwritten = worker_gauge(
+        worker_metrics,
+        "chamberlain_worker_results_oldest_age_seconds",
+    )
+    .await
+    .map_or_else(|| "?".to_owned(), |age| format!("{age:.1} s"));
+    let waiting = worker_gauge(worker_metrics, "chamberlain_worker_results_waiting")
+        .await
+        .map_or_else(|| "?".to_owned(), |n| format!("{n:.0}"));
+    let worker_peak_mib = peak_rss_mib(worker.0.id());
+    // The scheduler stops; the worker is told to stop (SIGTERM) and writes what it holds.
     drop(scheduler);
     drop(worker);
 
@@ -270,6 +323,8 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
     let window_from = t0;
     let window_to = Timestamp::from_unix_millis(t1.as_unix_millis() - 1000);
     let (mut expected, mut on_time, mut entries) = (0u64, 0u64, 0u64);
+    // Polls stored whose request went out in the window (the simulator counted those answered).
+    let mut stored = 0u64;
     // Where the late polls are in time: polls requested more than 50 ms after their slot, per
     // second of the run (a periodic stall shows as a pattern).
     let mut late_by_second: std::collections::BTreeMap<i64, u64> =
@@ -281,18 +336,27 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
         );
         let first = grid.at_or_after(window_from);
         expected += grid.count_between(first, grid.at_or_before(window_to));
-        let ledger = store
+        // Slots from a second before the window: a late request of one may fall in it.
+        let around = store
             .list(
                 org.id,
                 &LedgerQuery {
-                    from: window_from,
-                    to: window_to,
+                    from: Timestamp::from_unix_millis(window_from.as_unix_millis() - 1000),
+                    to: Timestamp::from_unix_millis(t1.as_unix_millis() + 1000),
                     ..LedgerQuery::all(*id)
                 },
             )
             .await
             .expect("ledger")
             .items;
+        stored += around
+            .iter()
+            .filter(|e| e.requested_at.is_some_and(|r| r >= t0 && r < t1))
+            .count() as u64;
+        let ledger: Vec<_> = around
+            .into_iter()
+            .filter(|e| e.poll.slot >= window_from && e.poll.slot < window_to)
+            .collect();
         entries += ledger.len() as u64;
         for e in &ledger {
             if e.lateness > Duration::from_millis(50) {
@@ -330,6 +394,20 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
         per_poll(cpu_redis1 - cpu_redis0),
         per_poll(cpu_pg1 - cpu_pg0),
         per_poll(cpu_sim1 - cpu_sim0),
+    );
+    let answered = report.requests;
+    let stored_share = if answered > 0 {
+        stored as f64 / answered as f64 * 100.0
+    } else {
+        0.0
+    };
+    println!(
+        "       stored {stored} of {answered} answered ({stored_share:.3} %) | at the window's end {waiting} results waiting, the oldest unwritten for {unwritten} | worker peak RSS {worker_peak_mib:.0} MiB | {}",
+        if stored_share >= 99.9 {
+            "PASS"
+        } else {
+            "FAIL: answered polls not stored"
+        }
     );
     if let Some(stalled) = stalled {
         println!(
@@ -471,6 +549,10 @@ fn main() {
         Ok(url) if !url.is_empty() => println!("telemetry: OTLP export to {url}"),
         _ => println!("telemetry: no OTLP export"),
     }
+    println!(
+        "postgres: {} settings",
+        std::env::var("CHAMBERLAIN_BENCH_PG_PROFILE").unwrap_or_else(|_| "its own".into())
+    );
     let server_url = chamberlain_postgres::testing::server_url();
     let redis_url = chamberlain_redis::testing::server_url();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -13,7 +13,8 @@ use chamberlain_domain::Timestamp;
 use chamberlain_domain::alerting::AlertCondition;
 use chamberlain_domain::model::{AlertId, DetectorId, every_page};
 use chamberlain_domain::model::{
-    ChamberId, ChamberState, HealthState, PageRequest, PageSize, PollOutcome, Role, SectionId,
+    ChamberId, ChamberState, ExpiryReason, HealthState, PageRequest, PageSize, PollOutcome, Role,
+    SectionId,
 };
 use chamberlain_domain::ports::{AlertFilter, ChamberFilter, LedgerQuery};
 use chamberlain_domain::usecases::{
@@ -676,7 +677,12 @@ fn describe(outcome: &PollOutcome) -> String {
         PollOutcome::TooLarge { limit_bytes } => format!("body over {limit_bytes} bytes"),
         PollOutcome::Malformed { reason } => format!("malformed: {reason}"),
         PollOutcome::Missed => "missed (not scheduled)".into(),
-        PollOutcome::Expired => "expired (delivered too late)".into(),
+        PollOutcome::Expired {
+            reason: ExpiryReason::Late,
+        } => "expired (delivered too late)".into(),
+        PollOutcome::Expired {
+            reason: ExpiryReason::StoreBehind,
+        } => "expired (the store was behind)".into(),
         PollOutcome::Cancelled => "cancelled".into(),
     }
 }

@@ -221,6 +221,32 @@ impl PollQueue for MemoryPollQueue {
         Ok(removed)
     }
 
+    async fn extend(
+        &self,
+        receipts: &[LeaseReceipt],
+        visibility: Duration,
+    ) -> Result<u64, QueueError> {
+        let deadline = self.clock.now() + visibility;
+        let mut s = self.lock();
+        let mut extended = 0;
+        for r in receipts {
+            let Some(id) = s.leased_by(r) else {
+                continue;
+            };
+            let Some(stored) = s.jobs.get_mut(&id) else {
+                continue;
+            };
+            let Some((receipt, old)) = stored.lease.take() else {
+                continue;
+            };
+            stored.lease = Some((receipt, deadline));
+            s.leased.remove(&(old, id));
+            s.leased.insert((deadline, id));
+            extended += 1;
+        }
+        Ok(extended)
+    }
+
     async fn release(&self, receipt: &LeaseReceipt, delay: Duration) -> Result<(), QueueError> {
         let now = self.clock.now();
         {

@@ -9,6 +9,9 @@
 //! - Ack and release: a Lua script checks that the receipt still holds the lease (same consumer,
 //!   same delivery count in the pending list) before `XACK` + `XDEL`, so a worker whose lease
 //!   expired cannot remove a job another worker now holds.
+//! - Extend: the same check, then `XCLAIM … JUSTID` by the same consumer, which resets the
+//!   job's idle time without counting a delivery: the lease runs for the visibility timeout
+//!   of whichever worker would take it over, from now.
 //!
 //! - Inspection (the queue on the console) reads without changing anything: `XINFO
 //!   CONSUMERS`, the pending list (`XPENDING`), the entries past the group's last delivered id
@@ -77,6 +80,20 @@ for i = 2, #ARGV, 3 do
   if p[1] and p[1][2] == ARGV[i + 1] and p[1][4] == tonumber(ARGV[i + 2]) then
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
     redis.call('XDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+";
+
+/// ARGV: group, then (id, consumer, deliveries) triples. Resets the idle time of those still
+/// leased as receipted.
+const EXTEND: &str = r"
+local n = 0
+for i = 2, #ARGV, 3 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[i + 1] and p[1][4] == tonumber(ARGV[i + 2]) then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[i + 1], 0, ARGV[i], 'JUSTID')
     n = n + 1
   end
 end
@@ -218,6 +235,7 @@ pub struct RedisPollQueue {
     enqueue: Arc<redis::Script>,
     promote: Arc<redis::Script>,
     ack: Arc<redis::Script>,
+    extend: Arc<redis::Script>,
     release: Arc<redis::Script>,
 }
 
@@ -254,6 +272,7 @@ impl RedisPollQueue {
             enqueue: Arc::new(redis::Script::new(ENQUEUE)),
             promote: Arc::new(redis::Script::new(PROMOTE)),
             ack: Arc::new(redis::Script::new(ACK)),
+            extend: Arc::new(redis::Script::new(EXTEND)),
             release: Arc::new(redis::Script::new(RELEASE)),
         };
         queue.ensure_group().await?;
@@ -483,6 +502,37 @@ impl RedisPollQueue {
     }
 }
 
+impl RedisPollQueue {
+    /// Runs a script taking (id, consumer, deliveries) triples for each receipt, a thousand at
+    /// a time, and sums what it returns.
+    async fn per_receipt(
+        &self,
+        script: &redis::Script,
+        receipts: &[LeaseReceipt],
+    ) -> Result<u64, QueueError> {
+        let mut total = 0;
+        for chunk in receipts.chunks(1000) {
+            let mut invocation = script.key(&self.stream);
+            invocation.arg(GROUP);
+            let mut any = false;
+            for (consumer, id, deliveries) in chunk.iter().filter_map(parse_receipt) {
+                invocation.arg(id).arg(consumer).arg(deliveries);
+                any = true;
+            }
+            if !any {
+                continue;
+            }
+            let mut conn = self.conn.clone();
+            let n: u64 = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            total += n;
+        }
+        Ok(total)
+    }
+}
+
 fn parse_receipt(r: &LeaseReceipt) -> Option<(&str, &str, &str)> {
     let mut parts = r.0.rsplitn(3, '|');
     let deliveries = parts.next()?;
@@ -562,26 +612,17 @@ impl PollQueue for RedisPollQueue {
     }
 
     async fn ack(&self, receipts: &[LeaseReceipt]) -> Result<u64, QueueError> {
-        let mut total = 0;
-        for chunk in receipts.chunks(1000) {
-            let mut invocation = self.ack.key(&self.stream);
-            invocation.arg(GROUP);
-            let mut any = false;
-            for (consumer, id, deliveries) in chunk.iter().filter_map(parse_receipt) {
-                invocation.arg(id).arg(consumer).arg(deliveries);
-                any = true;
-            }
-            if !any {
-                continue;
-            }
-            let mut conn = self.conn.clone();
-            let n: u64 = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            total += n;
-        }
-        Ok(total)
+        self.per_receipt(&self.ack, receipts).await
+    }
+
+    async fn extend(
+        &self,
+        receipts: &[LeaseReceipt],
+        _visibility: Duration,
+    ) -> Result<u64, QueueError> {
+        // A lease's expiry is the idle time the taking worker asks for (`XAUTOCLAIM`), so
+        // resetting the idle time extends it by that.
+        self.per_receipt(&self.extend, receipts).await
     }
 
     async fn release(&self, receipt: &LeaseReceipt, delay: Duration) -> Result<(), QueueError> {
@@ -603,7 +644,6 @@ impl PollQueue for RedisPollQueue {
             .map_err(unavailable)?;
         Ok(())
     }
-
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         let mut conn = self.conn.clone();
         let (groups, delayed_total, (secs, micros)): (Value, u64, (i64, i64)) = redis::pipe()

@@ -11,7 +11,8 @@ use chamberlain_domain::conformance::store::{World, world};
 use chamberlain_domain::error::Rule;
 use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
 use chamberlain_domain::model::{
-    ChamberId, Email, LedgerEntry, PageRequest, PageSize, PollId, PollOutcome, Reading, Role,
+    ChamberId, Email, ExpiryReason, LedgerEntry, PageRequest, PageSize, PollId, PollOutcome,
+    Reading, Role,
 };
 use chamberlain_domain::ports::{
     LedgerQuery, OrganizationRepository, ReadingQuery, ReadingScope, StoreError, UserRepository,
@@ -375,7 +376,9 @@ async fn every_outcome_round_trips_through_the_ledger() {
             reason: "expected value at line 1 column 1".into(),
         },
         PollOutcome::Missed,
-        PollOutcome::Expired,
+        PollOutcome::Expired {
+            reason: ExpiryReason::Late,
+        },
         PollOutcome::Cancelled,
     ];
     let entries: Vec<_> = outcomes

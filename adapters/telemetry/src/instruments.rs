@@ -19,6 +19,7 @@ pub struct Instruments {
     pub polls_enqueued: Counter<u64>,
     pub polls_deduplicated: Counter<u64>,
     pub polls_missed: Counter<u64>,
+    pub missed_unrecorded: Gauge<u64>,
     pub leader: Gauge<i64>,
     pub queue_ready: Gauge<u64>,
     pub queue_leased: Gauge<u64>,
@@ -35,6 +36,11 @@ pub struct Instruments {
     pub readings_written: Counter<u64>,
     pub write_batch: Histogram<u64>,
     pub write_failures: Counter<u64>,
+    pub results_waiting: Gauge<u64>,
+    pub results_waiting_bytes: Gauge<u64>,
+    pub results_oldest_age: Gauge<f64>,
+    pub store_behind: Gauge<i64>,
+    pub polls_store_behind: Counter<u64>,
     // gateway
     pub api_requests: Counter<u64>,
     pub api_duration: Histogram<f64>,
@@ -65,6 +71,12 @@ fn build(meter: &Meter) -> Instruments {
         polls_missed: meter
             .u64_counter("chamberlain.polls.missed")
             .with_description("Slots recorded as missed by the catch-up policy")
+            .build(),
+        missed_unrecorded: meter
+            .u64_gauge("chamberlain.polls.missed_unrecorded")
+            .with_description(
+                "Missed slots the scheduler holds because the ledger could not be written",
+            )
             .build(),
         leader: meter
             .i64_gauge("chamberlain.scheduler.leader")
@@ -134,7 +146,36 @@ fn build(meter: &Meter) -> Instruments {
             .build(),
         write_failures: meter
             .u64_counter("chamberlain.write.failures")
-            .with_description("Write batches that failed (their jobs are redelivered)")
+            .with_description(
+                "Writes that failed or did not finish in time (their results wait and are written again)",
+            )
+            .build(),
+        results_waiting: meter
+            .u64_gauge("chamberlain.worker.results_waiting")
+            .with_description(
+                "Polls fetched (or being fetched) whose results are not stored yet, up to the worker's bound",
+            )
+            .build(),
+        results_waiting_bytes: meter
+            .u64_gauge("chamberlain.worker.results_waiting_bytes")
+            .with_description("Approximate memory of the results waiting to be stored")
+            .build(),
+        results_oldest_age: meter
+            .f64_gauge("chamberlain.worker.results_oldest_age")
+            .with_unit("s")
+            .with_description("How long the oldest result waiting to be stored has waited (0 when none)")
+            .build(),
+        store_behind: meter
+            .i64_gauge("chamberlain.worker.store_behind")
+            .with_description(
+                "1 while the worker takes no new polls because its results waiting to be stored reached their bound",
+            )
+            .build(),
+polls_store_behind: meter
+            .u64_counter("chamberlain.polls.store_behind")
+            .with_description(
+                "Polls not fetched because the worker's store was behind: recorded as expired (store_behind)",
+            )
             .build(),
         api_requests: meter
             .u64_counter("chamberlain.api.requests")

@@ -134,6 +134,46 @@ pub async fn an_expired_lease_is_delivered_again(f: &QueueFixture) {
     );
 }
 
+pub async fn an_extended_lease_is_kept_and_a_stale_one_is_not(f: &QueueFixture) {
+    let js = jobs(f, 1);
+    f.queue.enqueue(&js).await.unwrap();
+    let first = f.queue.lease(1, VISIBILITY, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let receipt = std::slice::from_ref(&first[0].receipt);
+    (f.advance)(VISIBILITY * 3 / 4).await;
+    assert_eq!(f.queue.extend(receipt, VISIBILITY).await.unwrap(), 1);
+    (f.advance)(VISIBILITY * 3 / 4).await;
+    assert!(
+        f.queue
+            .lease(1, VISIBILITY, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "past the first visibility timeout, the extended lease still holds the job"
+    );
+    (f.advance)(VISIBILITY / 2).await;
+    let second = f.queue.lease(1, VISIBILITY * 10, PATIENCE).await.unwrap();
+    assert_eq!(
+        second.len(),
+        1,
+        "the job comes back once the extension ran out"
+    );
+    assert_eq!(second[0].job.meta.attempt, 2);
+    assert_eq!(
+        f.queue.extend(receipt, VISIBILITY * 10).await.unwrap(),
+        0,
+        "the first receipt is stale: it cannot take the job back from the second"
+    );
+    let current = std::slice::from_ref(&second[0].receipt);
+    assert_eq!(f.queue.ack(current).await.unwrap(), 1);
+    assert_eq!(
+        f.queue.extend(current, VISIBILITY).await.unwrap(),
+        0,
+        "an acked job is not extended"
+    );
+    assert_eq!(f.queue.depth().await.unwrap().leased, 0);
+}
+
 pub async fn release_gives_a_job_back_after_its_delay(f: &QueueFixture) {
     let js = jobs(f, 1);
     f.queue.enqueue(&js).await.unwrap();
@@ -336,6 +376,7 @@ macro_rules! queue_conformance_tests {
             enqueue_deduplicates_by_poll_identity,
             each_job_goes_to_one_worker_with_its_metadata,
             an_expired_lease_is_delivered_again,
+            an_extended_lease_is_kept_and_a_stale_one_is_not,
             release_gives_a_job_back_after_its_delay,
             a_waiting_lease_wakes_when_a_job_arrives,
             dedup_outlives_the_ack,

@@ -5,8 +5,8 @@ use std::time::Duration;
 use crate::conformance::fixtures::{self, StorePorts, T0};
 use crate::model::{
     ApiToken, ApiTokenId, Chamber, ChamberHealth, ChamberState, CorruptionReason, Detector, Email,
-    HealthState, LedgerEntry, Organization, Page, PageRequest, PageSize, PollId, PollOutcome, Role,
-    Section, TokenHash,
+    ExpiryReason, HealthState, LedgerEntry, Organization, Page, PageRequest, PageSize, PollId,
+    PollOutcome, Role, Section, TokenHash,
 };
 use crate::ports::{
     Aggregate, AggregateQuery, ChamberFilter, ChamberWithDetectors, ItemError, LedgerQuery,
@@ -1406,7 +1406,16 @@ pub async fn the_ledger_is_tallied_per_bucket_from_the_start(p: &StorePorts) {
         records.push(failed);
     }
     p.readings.store_polls(&records).await.unwrap();
-    let unfetched = [(8, PollOutcome::Missed), (9, PollOutcome::Expired)].map(|(s, outcome)| {
+    let unfetched = [
+        (8, PollOutcome::Missed),
+        (
+            9,
+            PollOutcome::Expired {
+                reason: ExpiryReason::StoreBehind,
+            },
+        ),
+    ]
+    .map(|(s, outcome)| {
         LedgerEntry::unfetched(
             PollId {
                 chamber_id: w.chamber.id,

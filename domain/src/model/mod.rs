@@ -25,7 +25,8 @@ pub use ids::{
 };
 pub use paging::{Page, PageRequest, PageSize, every_page};
 pub use poll::{
-    JobMetadata, LedgerEntry, PollId, PollJob, PollKind, PollOutcome, TraceContext, dedup_ttl,
+    ExpiryReason, JobMetadata, LedgerEntry, PollId, PollJob, PollKind, PollOutcome, TraceContext,
+    dedup_ttl,
 };
 pub use reading::{CorruptionReason, Finite, Reading, ReadingValue};
 pub use tenancy::{ApiToken, Organization, Role, Section, TokenHash, TokenRefusal, User};

@@ -107,7 +107,11 @@ pub enum PollOutcome {
     /// Never enqueued: the scheduler was down (or behind) when the slot was due.
     Missed,
     /// Delivered after the chamber's next slot was due, so not fetched.
-    Expired,
+    Expired {
+        /// Why it came too late (`late` for entries written before reasons were kept).
+        #[serde(default)]
+        reason: ExpiryReason,
+    },
     /// The chamber was paused (or its schedule changed) before the poll ran.
     Cancelled,
 }
@@ -125,7 +129,7 @@ impl PollOutcome {
             Self::TooLarge { .. } => "too_large",
             Self::Malformed { .. } => "malformed",
             Self::Missed => "missed",
-            Self::Expired => "expired",
+            Self::Expired { .. } => "expired",
             Self::Cancelled => "cancelled",
         }
     }
@@ -142,7 +146,29 @@ impl PollOutcome {
             | Self::HttpStatus { .. }
             | Self::TooLarge { .. }
             | Self::Malformed { .. } => Some(false),
-            Self::Missed | Self::Expired | Self::Cancelled => None,
+            Self::Missed | Self::Expired { .. } | Self::Cancelled => None,
+        }
+    }
+}
+
+/// Why a poll expired before it was fetched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryReason {
+    /// No worker took it in time (workers down, busy, or the queue unreachable).
+    #[default]
+    Late,
+    /// The worker that held it had stopped fetching because its store was behind: results
+    /// that could not be written yet were waiting, up to their bound (backpressure).
+    StoreBehind,
+}
+
+impl ExpiryReason {
+    /// A stable snake_case code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Late => "late",
+            Self::StoreBehind => "store_behind",
         }
     }
 }

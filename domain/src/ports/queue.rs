@@ -85,6 +85,20 @@ pub trait PollQueue: Send + Sync {
     /// `Unavailable`.
     async fn ack(&self, receipts: &[LeaseReceipt]) -> Result<u64, QueueError>;
 
+    /// Keeps leased jobs from other workers for `visibility` more, from now: a worker holding
+    /// results it cannot store yet keeps their jobs, so they are not fetched again. A receipt
+    /// whose job was acked, or delivered again since (its lease expired and another lease took
+    /// it), is ignored; a lease that expired but was not taken again is extended. Returns how
+    /// many were extended.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn extend(
+        &self,
+        receipts: &[LeaseReceipt],
+        visibility: Duration,
+    ) -> Result<u64, QueueError>;
+
     /// Gives a leased job back for redelivery after `delay` (attempt + 1). An expired receipt is
     /// ignored.
     ///

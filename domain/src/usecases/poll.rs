@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{
-    Chamber, ChamberHealth, ChamberId, CorruptionReason, Detector, DetectorKey, Finite,
-    HealthPolicy, HealthTransition, LedgerEntry, PollId, PollJob, PollKind, PollOutcome, Reading,
-    ReadingValue, ResponseFormat,
+    Chamber, ChamberHealth, ChamberId, CorruptionReason, Detector, DetectorKey, ExpiryReason,
+    Finite, HealthPolicy, HealthTransition, LedgerEntry, PollId, PollJob, PollKind, PollOutcome,
+    Reading, ReadingValue, ResponseFormat,
 };
 use crate::parse::{JsonDocument, PrometheusDocument, ValueProblem};
 use crate::ports::{
@@ -290,7 +290,9 @@ impl PollHandler {
         let unfetched = if !chamber.chamber.is_active() {
             Some(PollOutcome::Cancelled)
         } else if job.is_expired_at(now) {
-            Some(PollOutcome::Expired)
+            Some(PollOutcome::Expired {
+                reason: ExpiryReason::Late,
+            })
         } else {
             None
         };
@@ -412,11 +414,33 @@ impl PollHandler {
     /// acknowledged (they are delivered again; the idempotent write makes that safe). Health
     /// and events are derived: their failures are logged, never returned.
     pub async fn complete(&self, polls: Vec<ProcessedPoll>) -> Result<Completion, StoreError> {
+        let write = self.store(&polls).await?;
+        Ok(self.after_store(polls, write).await)
+    }
+
+    /// The first half of [`PollHandler::complete`]: stores the polls' results in one write
+    /// and leaves the polls with the caller, who may keep them to try again if it fails (or
+    /// give up waiting on it: a write abandoned midway stores all or nothing).
+    ///
+    /// # Errors
+    /// As [`PollHandler::complete`].
+    pub async fn store(&self, polls: &[ProcessedPoll]) -> Result<WriteReport, StoreError> {
         if polls.is_empty() {
-            return Ok(Completion::default());
+            return Ok(WriteReport::default());
         }
         let records: Vec<PollRecord> = polls.iter().map(|p| p.record.clone()).collect();
-        let write = self.readings.store_polls(&records).await?;
+        self.readings.store_polls(&records).await
+    }
+
+    /// The second half of [`PollHandler::complete`], once [`PollHandler::store`] returned
+    /// `write`: moves health and publishes events for the polls the write stored first.
+    pub async fn after_store(&self, polls: Vec<ProcessedPoll>, write: WriteReport) -> Completion {
+        if polls.is_empty() {
+            return Completion {
+                write,
+                ..Completion::default()
+            };
+        }
         let existing: HashSet<_> = write.existing_polls.iter().copied().collect();
         let fresh: Vec<ProcessedPoll> = polls
             .into_iter()
@@ -453,11 +477,11 @@ impl PollHandler {
         {
             tracing::warn!(error = %e, events = events.len(), "poll events not published");
         }
-        Ok(Completion {
+        Completion {
             write,
             stored,
             transitions,
-        })
+        }
     }
 
     /// Applies a batch's outcomes to health: one read for the batch, a write only where a

@@ -3,7 +3,7 @@ use std::time::Duration;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::conformance::fixtures::T0;
 use chamberlain_domain::model::{
-    CorruptionReason, HealthState, PollKind, PollOutcome, ReadingValue, Role,
+    CorruptionReason, ExpiryReason, HealthState, PollKind, PollOutcome, ReadingValue, Role,
 };
 use chamberlain_domain::ports::{
     ChamberHealthRepository, DomainEvent, FetchError, LedgerQuery, PollQueue, ReadingQuery,
@@ -273,7 +273,12 @@ async fn a_poll_delivered_after_its_next_slot_is_expired_and_not_fetched() {
         .await
         .unwrap()
         .items;
-    assert_eq!(ledger[0].outcome, PollOutcome::Expired);
+    assert_eq!(
+        ledger[0].outcome,
+        PollOutcome::Expired {
+            reason: ExpiryReason::Late
+        }
+    );
     // A backfill poll has no next slot to miss: it is fetched however late.
     h.client.script(
         "http://chamber.test/c1",

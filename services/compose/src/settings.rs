@@ -173,7 +173,7 @@ impl EgressArgs {
     }
 }
 
-/// A worker's two bounds.
+/// A worker's bounds.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerLimitsArgs {
     /// Fetches in flight at once.
@@ -183,6 +183,13 @@ pub struct WorkerLimitsArgs {
     /// those being fetched.
     #[arg(long, env = "CHAMBERLAIN_WORKER_MAX_WAITING", default_value_t = WorkerConfig::default().max_waiting, value_parser = RangedU64ValueParser::<usize>::new().range(0..=100_000))]
     pub max_waiting: usize,
+    /// Results fetched (or being fetched) and not stored yet, at most: at this bound the
+    /// worker takes no new polls until the store catches up (backpressure).
+    #[arg(long, env = "CHAMBERLAIN_WORKER_MAX_RESULTS_WAITING", default_value_t = WorkerConfig::default().max_results_waiting, value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub max_results_waiting: usize,
+    /// Their approximate memory, at most, in MiB.
+    #[arg(long, env = "CHAMBERLAIN_WORKER_MAX_RESULTS_MIB", default_value_t = WorkerConfig::default().max_results_bytes / (1024 * 1024), value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
+    pub max_results_mib: usize,
 }
 
 impl WorkerLimitsArgs {
@@ -191,6 +198,8 @@ impl WorkerLimitsArgs {
         WorkerConfig {
             concurrency: self.concurrency,
             max_waiting: self.max_waiting,
+            max_results_waiting: self.max_results_waiting,
+            max_results_bytes: self.max_results_mib * 1024 * 1024,
             ..config
         }
     }

@@ -12,7 +12,7 @@ use chamberlain_domain::model::{
 use chamberlain_domain::ports::{
     ChamberChange, ChamberChanges, ChamberHealthRepository, ChamberRepository, ChangeSubscription,
     Clock, LeaderLease, LeaseGrant, PollLedgerRepository, PollQueue, Repositories,
-    ScheduleCheckpoint,
+    ScheduleCheckpoint, StoreError,
 };
 use chamberlain_domain::schedule::{CatchUpPolicy, Decision, SchedulePlanner, ScheduledChamber};
 use chamberlain_leadership::{Leadership, sleep_until};
@@ -101,6 +101,15 @@ impl Drop for Loading {
     }
 }
 
+/// A metrics sample in the background, stopped if the term ends first.
+struct Sampling(tokio::task::JoinHandle<()>);
+
+impl Drop for Sampling {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What woke a term up.
 enum Wake {
     Change(Option<ChamberChange>),
@@ -111,6 +120,23 @@ enum Wake {
 /// One term as the leader: the planner and what feeds it, and when each of its timers fires
 /// next, all read on the `Clock` port. Lease renewal is the leadership helper's; the term is
 /// dropped the moment the lease is lost.
+/// Missed slots held for the ledger while it is unavailable, at most (about 20 MiB): an hour of
+/// 50 chambers polled every second, or a minute of 3,000.
+const MAX_UNRECORDED: usize = 200_000;
+
+/// How long the schedule waits on the ledger for missed slots: a store that does not answer
+/// (a stopped server) must not hold up the enqueuing of due polls.
+const LEDGER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a decision could not finish, carried to the next one.
+#[derive(Debug, Default)]
+struct Owed {
+    /// Polls not enqueued.
+    unsent: Vec<PollJob>,
+    /// Missed slots not recorded.
+    unrecorded: Vec<LedgerEntry>,
+}
+
 struct Term<'s> {
     scheduler: &'s Scheduler,
     fencing_token: u64,
@@ -122,11 +148,15 @@ struct Term<'s> {
     changed_while_loading: Vec<ChamberChange>,
     /// Polls whose enqueue failed (queue unavailable): retried while current.
     unsent: Vec<PollJob>,
+    /// Missed slots whose ledger entries could not be written (store unavailable): written
+    /// with the next decisions, oldest first, until they are.
+    unrecorded: Vec<LedgerEntry>,
     next_resync: Timestamp,
     /// Decisions are at least `decide_every` apart (and the first comes at once).
     next_decision: Timestamp,
     next_checkpoint: Timestamp,
     next_sample: Timestamp,
+    sampling: Option<Sampling>,
 }
 
 impl Scheduler {
@@ -208,21 +238,23 @@ impl Scheduler {
         }
     }
 
-    /// Records missed slots, enqueues due polls (and earlier ones that could not be sent), then
-    /// saves the watermark. Returns the polls that could not be enqueued. A crash between the
-    /// steps re-decides the same slots next time, and dedup makes that harmless.
+    /// Records missed slots (and earlier ones that could not be recorded), enqueues due polls
+    /// (and earlier ones that could not be sent), then saves the watermark, unless missed slots
+    /// are still unrecorded: a scheduler that dies then leaves them to the next leader, which
+    /// decides them again. Returns what is still owed. A crash between the steps re-decides
+    /// the same slots next time, and dedup (queue and ledger) makes that harmless.
     async fn carry_out(
         &self,
         decision: Decision,
-        unsent: Vec<PollJob>,
+        owed: Owed,
         now: Timestamp,
         fencing_token: u64,
         watermark: Option<Timestamp>,
-    ) -> Vec<PollJob> {
+    ) -> Owed {
         // Unsent polls whose next slot is already due will never be fetched: missed.
         let (retry, stale): (Vec<PollJob>, Vec<PollJob>) =
-            unsent.into_iter().partition(|j| !j.is_expired_at(now));
-        let missed: Vec<LedgerEntry> = decision
+            owed.unsent.into_iter().partition(|j| !j.is_expired_at(now));
+        let newly_missed: Vec<LedgerEntry> = decision
             .missed
             .iter()
             .flat_map(|m| m.slots().collect::<Vec<_>>())
@@ -230,15 +262,45 @@ impl Scheduler {
             .map(|poll| LedgerEntry::unfetched(poll, PollOutcome::Missed, 0, now))
             .collect();
         let metrics = instruments();
-        metrics.polls_missed.add(missed.len() as u64, &[]);
+        metrics.polls_missed.add(newly_missed.len() as u64, &[]);
         metrics
             .polls_scheduled
             .add(decision.enqueue.len() as u64, &[]);
+        let mut missed = owed.unrecorded;
+        missed.extend(newly_missed);
+        let mut unrecorded = Vec::new();
         for chunk in missed.chunks(10_000) {
-            if let Err(e) = self.ledger.record(chunk).await {
-                tracing::warn!(error = %e, slots = chunk.len(), "missed slots not recorded");
+            if !unrecorded.is_empty() {
+                unrecorded.extend_from_slice(chunk);
+                continue;
+            }
+            let recorded = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.ledger.record(chunk))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable {
+                        message: format!(
+                            "no answer within {} ms",
+                            LEDGER_WRITE_TIMEOUT.as_millis()
+                        ),
+                    })
+                });
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, slots = missed.len(), "missed slots not recorded yet; trying again with the next decision");
+                unrecorded.extend_from_slice(chunk);
             }
         }
+        if unrecorded.len() > MAX_UNRECORDED {
+            let dropped = unrecorded.len() - MAX_UNRECORDED;
+            tracing::error!(
+                dropped,
+                "missed slots held for the ledger over the bound; the oldest are left to the \
+                 next leader, which decides them again from the saved watermark"
+            );
+            unrecorded.drain(..dropped);
+        }
+        metrics
+            .missed_unrecorded
+            .record(unrecorded.len() as u64, &[]);
         let meta = JobMetadata {
             trace: None,
             attempt: 1,
@@ -286,12 +348,15 @@ impl Scheduler {
             }
         }
         drop(spans);
-        if let Some(watermark) = watermark
+        if let Some(watermark) = watermark.filter(|_| unrecorded.is_empty())
             && let Err(e) = self.checkpoint.save(fencing_token, watermark).await
         {
             tracing::warn!(error = %e, "watermark not saved");
         }
-        failed
+        Owed {
+            unsent: failed,
+            unrecorded,
+        }
     }
 }
 
@@ -326,10 +391,12 @@ impl<'s> Term<'s> {
             loading: None,
             changed_while_loading: Vec::new(),
             unsent: Vec::new(),
+            unrecorded: Vec::new(),
             next_resync: now,
             next_decision: now,
             next_checkpoint: now,
             next_sample: now,
+            sampling: None,
         };
         let snapshot = load_active(scheduler.chambers.clone()).await;
         term.on_loaded(snapshot);
@@ -368,7 +435,7 @@ impl<'s> Term<'s> {
                 Wake::Timer => {}
             }
             let now = clock.now();
-            self.sample_when_due(now).await;
+            self.sample_when_due(now);
             self.resync_when_due(now);
             self.decide_when_due(now).await;
         }
@@ -383,7 +450,7 @@ impl<'s> Term<'s> {
         if let Some(due) = self.planner.next_due() {
             wake = wake.min((due - config.enqueue_ahead).max(self.next_decision));
         }
-        if !self.unsent.is_empty() {
+        if !self.unsent.is_empty() || !self.unrecorded.is_empty() {
             wake = wake.min((now + config.renew_every).max(self.next_decision));
         }
         if self.loading.is_none() {
@@ -429,10 +496,17 @@ impl<'s> Term<'s> {
         }
     }
 
-    async fn sample_when_due(&mut self, now: Timestamp) {
+    /// Samples in the background (one sample at a time): a store or queue that does not
+    /// answer never holds up the schedule.
+    fn sample_when_due(&mut self, now: Timestamp) {
         if now >= self.next_sample {
-            self.scheduler.sample_queue().await;
             self.next_sample = now + self.scheduler.config.sample_queue_every;
+            if self.sampling.as_ref().is_none_or(|s| s.0.is_finished()) {
+                let scheduler = self.scheduler.clone();
+                self.sampling = Some(Sampling(tokio::spawn(async move {
+                    scheduler.sample_queue().await;
+                })));
+            }
         }
     }
 
@@ -453,7 +527,9 @@ impl<'s> Term<'s> {
             .planner
             .next_due()
             .is_some_and(|due| due <= now + ahead);
-        if now < self.next_decision || (!due && self.unsent.is_empty()) {
+        if now < self.next_decision
+            || (!due && self.unsent.is_empty() && self.unrecorded.is_empty())
+        {
             return;
         }
         self.next_decision = now + config.decide_every.min(ahead / 4);
@@ -462,16 +538,21 @@ impl<'s> Term<'s> {
             self.next_checkpoint = now + config.checkpoint_every;
             self.planner.watermark()
         });
-        self.unsent = self
+        let left = self
             .scheduler
             .carry_out(
                 decision,
-                std::mem::take(&mut self.unsent),
+                Owed {
+                    unsent: std::mem::take(&mut self.unsent),
+                    unrecorded: std::mem::take(&mut self.unrecorded),
+                },
                 now,
                 self.fencing_token,
                 watermark,
             )
             .await;
+        self.unsent = left.unsent;
+        self.unrecorded = left.unrecorded;
     }
 }
 

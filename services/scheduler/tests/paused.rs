@@ -10,12 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::conformance::fixtures::{self, T0};
+use chamberlain_domain::model::Page;
 use chamberlain_domain::model::{
     Chamber, ChamberId, LedgerEntry, OrganizationId, PollJob, PollKind, PollOutcome,
 };
 use chamberlain_domain::ports::{
     ChamberRepository, Clock, LeaderLease, LeaseError, LeaseGrant, LedgerQuery,
     OrganizationRepository, PollLedgerRepository, PollQueue, Repositories, SectionRepository,
+    StoreError,
 };
 use chamberlain_domain::schedule::CatchUpPolicy;
 use chamberlain_fakes::{MemoryStore, TokioClock};
@@ -54,6 +56,33 @@ impl LeaderLease for Revocable {
     }
     async fn release(&self, grant: &LeaseGrant) -> Result<(), LeaseError> {
         self.inner.release(grant).await
+    }
+}
+
+/// The memory store's ledger, refusing every write until `back` is set.
+struct LedgerAway {
+    inner: Arc<MemoryStore>,
+    back: AtomicBool,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl PollLedgerRepository for LedgerAway {
+    async fn record(&self, entries: &[LedgerEntry]) -> Result<u64, StoreError> {
+        if !self.back.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable {
+                message: "connection refused".into(),
+            });
+        }
+        self.inner.record(entries).await
+    }
+    async fn list(
+        &self,
+        org: OrganizationId,
+        query: &LedgerQuery,
+    ) -> Result<Page<LedgerEntry, Timestamp>, StoreError> {
+        PollLedgerRepository::list(&*self.inner, org, query).await
     }
 }
 
@@ -106,9 +135,23 @@ impl Lab {
         tokio::task::JoinHandle<()>,
         tokio::sync::oneshot::Sender<()>,
     ) {
+        self.start_with_ledger(holder, lease, catch_up, None)
+    }
+
+    /// As [`Lab::start`], writing missed slots to `ledger` instead of the store's.
+    fn start_with_ledger(
+        &self,
+        holder: &str,
+        lease: Arc<dyn LeaderLease>,
+        catch_up: CatchUpPolicy,
+        ledger: Option<Arc<dyn PollLedgerRepository>>,
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
         let mut config = SchedulerConfig::new(holder);
         config.catch_up = catch_up;
-        let scheduler = Scheduler::new(
+        let mut scheduler = Scheduler::new(
             &Repositories::of(self.store.clone()),
             self.queue.clone(),
             lease,
@@ -117,6 +160,9 @@ impl Lab {
             self.clock.clone(),
             config,
         );
+        if let Some(ledger) = ledger {
+            scheduler.ledger = ledger;
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(scheduler.run(async {
             let _ = stopped.await;
@@ -310,6 +356,15 @@ struct Resumed {
 /// Stops a first replica after a minute, waits five minutes, starts a second one with
 /// `policy` and lets it run three seconds.
 async fn after_a_pause(policy: CatchUpPolicy) -> Vec<Resumed> {
+    after_a_pause_with_the_ledger_away_for(policy, None).await
+}
+
+/// As [`after_a_pause`]; when `away` is given, the second replica's ledger refuses writes for
+/// that long after it starts (and it runs that long more).
+async fn after_a_pause_with_the_ledger_away_for(
+    policy: CatchUpPolicy,
+    away: Option<Duration>,
+) -> Vec<Resumed> {
     let lab = lab(5, |_| 1).await;
     let lease = Arc::new(MemoryLeaderLease::new(lab.clock.clone()));
     let (first, stop) = lab.start("s1", lease.clone(), CatchUpPolicy::Skip);
@@ -321,8 +376,29 @@ async fn after_a_pause(policy: CatchUpPolicy) -> Vec<Resumed> {
 
     tokio::time::sleep(secs(300)).await;
     let restart = lab.clock.now();
-    let (second, stop) = lab.start("s2", lease, policy);
-    lab.consume_until(restart + secs(3), &mut jobs).await;
+    let ledger = away.map(|_| {
+        Arc::new(LedgerAway {
+            inner: lab.store.clone(),
+            back: AtomicBool::new(false),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        })
+    });
+    let (second, stop) = lab.start_with_ledger(
+        "s2",
+        lease,
+        policy,
+        ledger.clone().map(|l| l as Arc<dyn PollLedgerRepository>),
+    );
+    if let (Some(away), Some(ledger)) = (away, &ledger) {
+        lab.consume_until(restart + away, &mut jobs).await;
+        assert!(
+            ledger.refused.load(Ordering::SeqCst) >= 2,
+            "the scheduler tried the ledger, and again"
+        );
+        ledger.back.store(true, Ordering::SeqCst);
+    }
+    lab.consume_until(lab.clock.now() + secs(3), &mut jobs)
+        .await;
     stop.send(()).unwrap();
     second.await.unwrap();
 
@@ -407,6 +483,19 @@ async fn after_a_pause_skip_polls_the_latest_slot_and_records_the_others_missed(
                 .all(|(slot, kind)| *kind == PollKind::Scheduled && *slot >= r.latest_due),
             "{chamber}: {:?}",
             r.enqueued
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn missed_slots_the_ledger_refused_are_recorded_once_it_is_back() {
+    for r in after_a_pause_with_the_ledger_away_for(CatchUpPolicy::Skip, Some(secs(10))).await {
+        let chamber = r.chamber;
+        r.every_slot_accounted_for_once();
+        assert_eq!(
+            r.missed,
+            seconds_between(r.last_polled, r.latest_due),
+            "{chamber}: every owed slot but the latest recorded missed, once, after the ledger came back"
         );
     }
 }

@@ -5,6 +5,9 @@
 //! - **Jobs held until their slot.** The scheduler enqueues polls ahead of their slot; the
 //!   backend leases them early, holds them (at most [`LeaseSettings::max_waiting`]), and hands
 //!   a job to the worker only when its slot has come, so no request goes out early.
+//! - **Nothing fetched that could not be kept.** While the results waiting to be stored are
+//!   at their bound (the [`Backlog`](crate::backlog)), the backend neither leases nor hands out
+//!   jobs: due jobs wait here, the rest in the queue.
 //! - **Fetches in flight bounded apart from jobs waiting.** The worker's concurrency layer
 //!   bounds fetches; apalis asks the backend for a job only when a fetch may start, so a job
 //!   waiting for its slot never takes a fetch's place.
@@ -169,7 +172,8 @@ impl PollQueueBackend {
             }
             let room = self.settings.max_waiting.max(1)
                 - self.waiting.len().min(self.settings.max_waiting.max(1));
-            if room == 0 || worker.is_shutting_down() {
+            // While the backlog is full, `cx` is woken when it has room again.
+            if room == 0 || worker.is_shutting_down() || !self.settler.backlog.has_room(cx) {
                 return;
             }
             let (queue, n) = (self.queue.clone(), room.min(self.settings.batch.max(1)));
@@ -214,6 +218,9 @@ impl Backend for PollQueueBackend {
             };
             let wait = first.slot.saturating_since(self.clock.now());
             if wait.is_zero() {
+                if !self.settler.backlog.has_room(cx) {
+                    return Poll::Pending;
+                }
                 let Some(Reverse(held)) = self.waiting.pop() else {
                     return Poll::Pending;
                 };

@@ -17,14 +17,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// [`PollReads`] cached for `ttl`: a chamber with its detectors, and a section's open batch.
-/// A configuration change reaches the workers within `ttl`.
+/// A configuration change reaches the workers within `ttl` (or, while the store does not
+/// answer, once it does: a cached entry is served until a reload succeeds, so a store that is
+/// away never holds up a poll whose chamber is cached, and never a fetched answer).
 pub struct CachedChambers {
     reads: Arc<dyn PollReads>,
     ttl: Duration,
     loaded: Arc<Mutex<HashMap<ChamberId, Entry<Option<ChamberWithDetectors>>>>>,
     /// Chambers whose entry is being reloaded in the background.
     refreshing: Arc<Mutex<HashSet<ChamberId>>>,
-    open: Mutex<HashMap<SectionId, Entry<Option<Batch>>>>,
+    open: Arc<Mutex<HashMap<SectionId, Entry<Option<Batch>>>>>,
+    /// Sections whose open batch is being reloaded in the background.
+    reopening: Arc<Mutex<HashSet<SectionId>>>,
 }
 
 impl std::fmt::Debug for CachedChambers {
@@ -42,19 +46,9 @@ impl CachedChambers {
             ttl,
             loaded: Arc::default(),
             refreshing: Arc::default(),
-            open: Mutex::default(),
+            open: Arc::default(),
+            reopening: Arc::default(),
         }
-    }
-
-    fn fresh<K: std::hash::Hash + Eq, V: Clone>(
-        &self,
-        map: &Mutex<HashMap<K, Entry<V>>>,
-        key: &K,
-    ) -> Option<V> {
-        let map = lock(map);
-        map.get(key)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, v)| v.clone())
     }
 }
 
@@ -104,11 +98,31 @@ impl PollReads for CachedChambers {
         section: SectionId,
         at: Timestamp,
     ) -> Result<Option<Batch>, StoreError> {
-        if let Some(hit) = self.fresh(&self.open, &section) {
-            return Ok(hit.filter(|b| b.covers(at)));
+        let cached = lock(&self.open).get(&section).cloned();
+        let Some((loaded_at, open)) = cached else {
+            let open = self.reads.covering(section, at).await?;
+            lock(&self.open).insert(section, (Instant::now(), open.clone()));
+            return Ok(open);
+        };
+        // As for chambers: an entry past its TTL is served while one task reloads it.
+        if loaded_at.elapsed() >= self.ttl && lock(&self.reopening).insert(section) {
+            let (reads, cached, reopening) = (
+                self.reads.clone(),
+                self.open.clone(),
+                self.reopening.clone(),
+            );
+            tokio::spawn(async move {
+                match reads.covering(section, at).await {
+                    Ok(fresh) => {
+                        lock(&cached).insert(section, (Instant::now(), fresh));
+                    }
+                    Err(e) => tracing::warn!(
+                        section.id = %section, error = %e, "open batch reload failed; serving the cached one"
+                    ),
+                }
+                lock(&reopening).remove(&section);
+            });
         }
-        let open = self.reads.covering(section, at).await?;
-        lock(&self.open).insert(section, (Instant::now(), open.clone()));
-        Ok(open)
+        Ok(open.filter(|b| b.covers(at)))
     }
 }

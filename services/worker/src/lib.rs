@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod backlog;
 mod cache;
 mod polling;
 mod settle;
@@ -19,6 +20,7 @@ use chamberlain_domain::usecases::PollHandler;
 use tokio::sync::mpsc;
 
 pub use backend::{LeaseSettings, PollQueueBackend};
+pub use backlog::BacklogBounds;
 pub use cache::CachedChambers;
 pub use polling::{PollService, PollSpanLayer};
 pub use settle::{Polled, SettleLayer, Settled};
@@ -29,6 +31,13 @@ pub const DEFAULT_CONCURRENCY: usize = 512;
 /// Leased polls waiting for their slot per worker unless configured otherwise: 10,000 chambers
 /// at 1 s with the scheduler's 200 ms lead hold about 2,000.
 pub const DEFAULT_MAX_WAITING: usize = 4096;
+
+/// Results waiting to be stored per worker, at most, unless configured otherwise: two seconds
+/// of 10,000 chambers polled every second.
+pub const DEFAULT_MAX_RESULTS_WAITING: usize = 20_000;
+
+/// Their memory, at most (roughly), unless configured otherwise.
+pub const DEFAULT_MAX_RESULTS_BYTES: usize = 64 * 1024 * 1024;
 
 /// Settings of a worker process.
 #[derive(Debug, Clone)]
@@ -53,10 +62,22 @@ pub struct WorkerConfig {
     pub lease_wait: Duration,
     /// Results are written at least this often...
     pub flush_every: Duration,
-    /// ...or as soon as this many polls are waiting.
+    /// ...or as soon as this many polls are waiting; also the most polls per write.
     pub flush_max_polls: usize,
+    /// Results fetched (or being fetched) and not stored yet, at most: while they are at this
+    /// bound, or at `max_results_bytes`, the worker takes no new polls (backpressure).
+    pub max_results_waiting: usize,
+    /// The approximate memory of those results, at most.
+    pub max_results_bytes: usize,
+    /// A write not done by then (a stopped server) is abandoned and tried again; the results
+    /// wait meanwhile.
+    pub write_timeout: Duration,
     /// On shutdown, how long polls in flight may take to finish.
     pub drain_timeout: Duration,
+    /// On shutdown, once they finished, how long the writer may take to store what it holds;
+    /// what it could not store is not acknowledged (its jobs come back). With `drain_timeout`,
+    /// the bound on a stop: 4 s + 4 s by default, within Docker's 10 s.
+    pub shutdown_flush: Duration,
     /// One span per poll (fetch, parse, write, ack), continuing the scheduler's trace: on when
     /// traces are exported.
     pub trace_polls: bool,
@@ -73,7 +94,11 @@ impl Default for WorkerConfig {
             lease_wait: Duration::from_secs(1),
             flush_every: Duration::from_millis(50),
             flush_max_polls: 1_250,
-            drain_timeout: Duration::from_secs(15),
+            max_results_waiting: DEFAULT_MAX_RESULTS_WAITING,
+            max_results_bytes: DEFAULT_MAX_RESULTS_BYTES,
+            write_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(4),
+            shutdown_flush: Duration::from_secs(4),
             trace_polls: false,
         }
     }
@@ -130,19 +155,42 @@ impl Worker {
         let config = self.config;
         let (writes, inbox) = mpsc::unbounded_channel();
         let retries = Arc::new(AtomicU64::new(0));
+        let backlog = Arc::new(backlog::Backlog::new(
+            BacklogBounds {
+                max_polls: config.max_results_waiting,
+                max_bytes: config.max_results_bytes,
+            },
+            self.handler.clock.clone(),
+        ));
+        // The backlog's gauges, every second, whatever the writer is waiting on.
+        let gauges = tokio::spawn({
+            let backlog = backlog.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    backlog.record_gauges();
+                }
+            }
+        });
         let writer = tokio::spawn(writer::write_results(
             self.handler.clone(),
             self.queue.clone(),
-            writer::FlushSettings {
+            writer::WriterSettings {
                 every: config.flush_every,
-                max_polls: config.flush_max_polls.max(1),
+                max_polls: config.flush_max_polls,
+                write_timeout: config.write_timeout,
+                visibility: config.visibility,
+                shutdown_flush: config.shutdown_flush,
             },
+            backlog.clone(),
             inbox,
         ));
         let settler = settle::Settler {
             queue: self.queue.clone(),
             writes,
             retries: retries.clone(),
+            backlog,
         };
         let backend = PollQueueBackend::new(
             self.queue.clone(),
@@ -192,6 +240,7 @@ impl Worker {
         // flushes what it has and stops.
         drop(running);
         let mut report = writer.await.unwrap_or_default();
+        gauges.abort();
         report.retries = retries.load(Ordering::Relaxed);
         report
     }

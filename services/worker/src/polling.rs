@@ -121,13 +121,11 @@ impl Service<Task<PollJob>> for PollService {
         let job = task.args;
         let parent = span.clone();
         // Each poll on a task of its own, so polls use every core; aborted if the worker's
-        // timeout gives up on it.
+        // timeout gives up on it. (Running them in the worker's task instead was measured: the
+        // same CPU per poll at 5,000 chambers, docs/BENCHMARKS.md.)
         let poll = async move {
-            let metrics = instruments();
-            metrics.in_flight.add(1, &[]);
-            let outcome = run_stages(&handler, &job, &parent).await;
-            metrics.in_flight.add(-1, &[]);
-            outcome
+            let _in_flight = InFlight::start();
+            run_stages(&handler, &job, &parent).await
         };
         // Instrumented only when traced: an empty span still costs a poll wrapper per wake.
         let polling = AbortOnDrop(if span.is_none() {
@@ -158,6 +156,22 @@ impl<T> Future for AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A poll counted in the in-flight gauge until it ends or is cancelled.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        instruments().in_flight.add(1, &[]);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        instruments().in_flight.add(-1, &[]);
     }
 }
 

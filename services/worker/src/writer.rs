@@ -1,6 +1,14 @@
 //! The batched writer: stores fetched polls many at a time, then acknowledges their jobs in one
 //! call (coalesced acks).
+//!
+//! A write that fails (the store restarting) or does not finish within `write_timeout` (a
+//! stopped server) keeps its polls waiting, in order, and is tried again after a pause that
+//! grows to [`MAX_RETRY_PAUSE`]; nothing fetched is dropped. Results waiting longer than a
+//! third of the visibility timeout have their leases extended, so no other worker fetches them
+//! again. How many may wait is the [`Backlog`](crate::backlog::Backlog)'s bound: the backend
+//! hands out no job while it is reached.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,121 +17,304 @@ use chamberlain_domain::usecases::{PollHandler, ProcessedPoll};
 use chamberlain_telemetry::instruments;
 use opentelemetry::KeyValue;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::WorkerReport;
+use crate::backlog::{Backlog, Place};
 
-/// A fetched poll waiting to be stored, with its job's receipt and its trace span.
+/// The longest pause between two attempts at a write that keeps failing.
+pub(crate) const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// A fetched poll waiting to be stored, with its job's receipt, its trace span, and its place
+/// in the backlog (given back when it is dropped).
 pub(crate) struct Fetched {
     pub(crate) receipt: LeaseReceipt,
     pub(crate) poll: ProcessedPoll,
     pub(crate) span: tracing::Span,
+    pub(crate) place: Place,
+    pub(crate) fetched_at: Instant,
 }
 
-/// When the writer flushes.
+/// How the writer writes.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FlushSettings {
-    /// At least this often...
+pub(crate) struct WriterSettings {
+    /// Flush at least this often...
     pub(crate) every: Duration,
-    /// ...or as soon as this many polls are waiting.
+    /// ...or as soon as this many polls are waiting; also the most polls per write.
     pub(crate) max_polls: usize,
+    /// A write not done by then is abandoned (it stores all or nothing) and tried again.
+    pub(crate) write_timeout: Duration,
+    /// The jobs' lease: results waiting a third of it have their leases extended.
+    pub(crate) visibility: Duration,
+    /// Once the worker stopped, how long the writer may take to store what it holds.
+    pub(crate) shutdown_flush: Duration,
 }
 
-/// Buffers fetched polls and completes them in batches until every sender is gone, then
-/// flushes what is left and reports.
+/// When the next attempt at a failing write may start.
+#[derive(Debug, Default)]
+struct Retry {
+    not_before: Option<Instant>,
+    pause: Duration,
+}
+
+impl Retry {
+    fn ready(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.pause = (self.pause * 2).clamp(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE);
+        self.not_before = Some(now + self.pause);
+    }
+
+    fn succeeded(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// The writer's state: what it holds and how its writes go.
+struct Writer {
+    handler: PollHandler,
+    queue: Arc<dyn PollQueue>,
+    settings: WriterSettings,
+    backlog: Arc<Backlog>,
+    buffer: VecDeque<Fetched>,
+    retry: Retry,
+    next_extension: Instant,
+    report: WorkerReport,
+}
+
+/// Buffers fetched polls and stores them in batches until every sender is gone, then stores
+/// what is left (within `shutdown_flush`) and reports.
 pub(crate) async fn write_results(
     handler: PollHandler,
     queue: Arc<dyn PollQueue>,
-    flush: FlushSettings,
+    settings: WriterSettings,
+    backlog: Arc<Backlog>,
     mut inbox: mpsc::UnboundedReceiver<Fetched>,
 ) -> WorkerReport {
-    let mut report = WorkerReport::default();
-    let mut buffer: Vec<Fetched> = Vec::new();
-    let mut tick = tokio::time::interval(flush.every);
+    let mut writer = Writer {
+        handler,
+        queue,
+        settings: WriterSettings {
+            max_polls: settings.max_polls.max(1),
+            ..settings
+        },
+        backlog,
+        buffer: VecDeque::new(),
+        retry: Retry::default(),
+        next_extension: Instant::now() + settings.visibility / 3,
+        report: WorkerReport::default(),
+    };
+    let mut tick = tokio::time::interval(settings.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let closed = tokio::select! {
+        tokio::select! {
             item = inbox.recv() => match item {
                 Some(fetched) => {
-                    buffer.push(fetched);
-                    false
+                    if writer.buffer.is_empty() {
+                        writer.backlog.set_oldest(Some(fetched.fetched_at));
+                    }
+                    writer.buffer.push_back(fetched);
+                    if writer.buffer.len() >= writer.settings.max_polls {
+                        writer.write_full_batches().await;
+                    }
                 }
-                None => true,
+                None => break,
             },
             _ = tick.tick() => {
-                store(&handler, &*queue, &mut buffer, &mut report).await;
-                false
+                writer.write_all().await;
+                writer.extend_leases().await;
             }
-        };
-        if buffer.len() >= flush.max_polls || (closed && !buffer.is_empty()) {
-            store(&handler, &*queue, &mut buffer, &mut report).await;
-        }
-        if closed {
-            return report;
         }
     }
+    writer.flush_on_shutdown().await;
+    writer.backlog.record_gauges();
+    writer.report
 }
 
-/// Stores the buffered polls in one write, then acknowledges their jobs; a failed write
-/// acknowledges nothing (the jobs are delivered again after their visibility timeout).
-async fn store(
-    handler: &PollHandler,
-    queue: &dyn PollQueue,
-    buffer: &mut Vec<Fetched>,
-    report: &mut WorkerReport,
-) {
-    if buffer.is_empty() {
-        return;
-    }
-    let n = buffer.len() as u64;
-    let mut receipts = Vec::with_capacity(buffer.len());
-    let mut polls = Vec::with_capacity(buffer.len());
-    let mut spans = Vec::new();
-    for fetched in std::mem::take(buffer) {
-        receipts.push(fetched.receipt);
-        polls.push(fetched.poll);
-        if !fetched.span.is_none() {
-            spans.push(fetched.span);
+impl Writer {
+    /// Writes while a whole batch is waiting (and writes succeed).
+    async fn write_full_batches(&mut self) {
+        while self.buffer.len() >= self.settings.max_polls && self.retry.ready(Instant::now()) {
+            let timeout = self.settings.write_timeout;
+            if !self.write_batch(timeout).await {
+                return;
+            }
         }
     }
-    let metrics = instruments();
-    let writing: Vec<_> = spans
-        .iter()
-        .map(|p| tracing::info_span!(parent: p, "poll.write"))
-        .collect();
-    let done = match handler.complete(polls).await {
-        Ok(done) => done,
-        Err(e) => {
-            report.failed_writes += 1;
-            metrics.write_failures.add(1, &[]);
-            tracing::warn!(error = %e, polls = n, "batch not completed; its jobs will be redelivered");
+
+    /// Writes everything waiting, batch by batch, unless a failed write is pausing.
+    async fn write_all(&mut self) {
+        while !self.buffer.is_empty() && self.retry.ready(Instant::now()) {
+            let timeout = self.settings.write_timeout;
+            if !self.write_batch(timeout).await {
+                return;
+            }
+        }
+    }
+
+    /// Once the worker stopped: writes what is left, for at most `shutdown_flush`. What could
+    /// not be written is dropped without acknowledging its jobs, which come back to a worker
+    /// after their visibility timeout.
+    async fn flush_on_shutdown(&mut self) {
+        let deadline = Instant::now() + self.settings.shutdown_flush;
+        while !self.buffer.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if let Some(at) = self.retry.not_before.filter(|at| *at > now) {
+                tokio::time::sleep_until(at.min(deadline)).await;
+                continue;
+            }
+            let timeout = self.settings.write_timeout.min(deadline - now);
+            self.write_batch(timeout).await;
+        }
+        if !self.buffer.is_empty() {
+            tracing::warn!(
+                polls = self.buffer.len(),
+                "shutdown: results not stored in time; their jobs were not acknowledged and will be delivered again"
+            );
+            self.buffer.clear();
+            self.backlog.set_oldest(None);
+        }
+    }
+
+    /// Stores the oldest batch in one write, moves health and publishes events, then
+    /// acknowledges its jobs. A write that fails or takes longer than `timeout` puts the batch
+    /// back in front, to be written again after a pause. Returns whether it was stored.
+    async fn write_batch(&mut self, timeout: Duration) -> bool {
+        let n = self.buffer.len().min(self.settings.max_polls);
+        let mut polls = Vec::with_capacity(n);
+        let mut rest = Vec::with_capacity(n);
+        for fetched in self.buffer.drain(..n) {
+            polls.push(fetched.poll);
+            rest.push((
+                fetched.receipt,
+                fetched.span,
+                fetched.place,
+                fetched.fetched_at,
+            ));
+        }
+        let metrics = instruments();
+        let writing: Vec<_> = rest
+            .iter()
+            .filter(|(_, span, ..)| !span.is_none())
+            .map(|(_, span, ..)| tracing::info_span!(parent: span, "poll.write"))
+            .collect();
+        let stored = tokio::time::timeout(timeout, self.handler.store(&polls)).await;
+        drop(writing);
+        let write = match stored {
+            Ok(Ok(write)) => write,
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} ms", timeout.as_millis()),
+                };
+                self.report.failed_writes += 1;
+                metrics.write_failures.add(1, &[]);
+                self.retry.failed(Instant::now());
+                tracing::warn!(
+                    error = %reason, polls = n, waiting = self.buffer.len() + n,
+                    "results not stored; they wait and are written again"
+                );
+                for (poll, (receipt, span, place, fetched_at)) in polls.into_iter().zip(rest).rev()
+                {
+                    self.buffer.push_front(Fetched {
+                        receipt,
+                        poll,
+                        span,
+                        place,
+                        fetched_at,
+                    });
+                }
+                self.backlog.record_gauges();
+                return false;
+            }
+        };
+        self.retry.succeeded();
+        self.backlog
+            .set_oldest(self.buffer.front().map(|f| f.fetched_at));
+        let readings_new = write.readings_new;
+        // Health and events are derived: a store that stops answering here costs them for this
+        // batch (logged), never the stored results.
+        let done = match tokio::time::timeout(timeout, self.handler.after_store(polls, write)).await
+        {
+            Ok(done) => Some(done),
+            Err(_) => {
+                tracing::warn!(
+                    polls = n,
+                    "stored, but health and events not done in time; skipped for this batch"
+                );
+                None
+            }
+        };
+        let receipts: Vec<LeaseReceipt> = rest.iter().map(|(r, ..)| r.clone()).collect();
+        let acking: Vec<_> = rest
+            .iter()
+            .filter(|(_, span, ..)| !span.is_none())
+            .map(|(_, span, ..)| tracing::info_span!(parent: span, "poll.ack"))
+            .collect();
+        if let Err(e) = self.queue.ack(&receipts).await {
+            tracing::warn!(
+                error = %e, polls = n,
+                "acknowledgement failed; the stored polls will be redelivered and found stored"
+            );
+        }
+        drop(acking);
+        // The batch's places go back to the backlog here.
+        drop(rest);
+        self.report.polls_completed += n as u64;
+        self.report.readings_written += readings_new;
+        metrics.readings_written.add(readings_new, &[]);
+        metrics.write_batch.record(n as u64, &[]);
+        for entry in done.iter().flat_map(|d| &d.stored) {
+            metrics
+                .polls_completed
+                .add(1, &[KeyValue::new("outcome", entry.outcome.code())]);
+            if entry.requested_at.is_some() {
+                metrics.lateness.record(entry.lateness.as_secs_f64(), &[]);
+            }
+            if let Some(latency) = entry.latency {
+                metrics.duration.record(latency.as_secs_f64(), &[]);
+            }
+        }
+        true
+    }
+
+    /// Extends the leases of results that have waited a third of the visibility timeout (a
+    /// store that is behind), at most every third of it.
+    async fn extend_leases(&mut self) {
+        let now = Instant::now();
+        let third = self.settings.visibility / 3;
+        if now < self.next_extension {
             return;
         }
-    };
-    drop(writing);
-    let acking: Vec<_> = spans
-        .iter()
-        .map(|p| tracing::info_span!(parent: p, "poll.ack"))
-        .collect();
-    if let Err(e) = queue.ack(&receipts).await {
-        tracing::warn!(
-            error = %e, polls = n,
-            "acknowledgement failed; the stored polls will be redelivered and found stored"
-        );
-    }
-    drop(acking);
-    report.polls_completed += n;
-    report.readings_written += done.write.readings_new;
-    metrics.readings_written.add(done.write.readings_new, &[]);
-    metrics.write_batch.record(n, &[]);
-    for entry in &done.stored {
-        metrics
-            .polls_completed
-            .add(1, &[KeyValue::new("outcome", entry.outcome.code())]);
-        if entry.requested_at.is_some() {
-            metrics.lateness.record(entry.lateness.as_secs_f64(), &[]);
+        self.next_extension = now + third;
+        let Some(cutoff) = now.checked_sub(third) else {
+            return;
+        };
+        let receipts: Vec<LeaseReceipt> = self
+            .buffer
+            .iter()
+            .take_while(|f| f.fetched_at <= cutoff)
+            .map(|f| f.receipt.clone())
+            .collect();
+        if receipts.is_empty() {
+            return;
         }
-        if let Some(latency) = entry.latency {
-            metrics.duration.record(latency.as_secs_f64(), &[]);
+        match self.queue.extend(&receipts, self.settings.visibility).await {
+            Ok(extended) => tracing::debug!(
+                waiting = receipts.len(),
+                extended,
+                "leases of results waiting to be stored extended"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e, waiting = receipts.len(),
+                "leases of results waiting to be stored not extended; other workers may fetch them again"
+            ),
         }
     }
 }

@@ -89,6 +89,13 @@ impl PollQueue for CountingAcks {
         self.acked.notify_waiters();
         Ok(removed)
     }
+    async fn extend(
+        &self,
+        receipts: &[LeaseReceipt],
+        visibility: Duration,
+    ) -> Result<u64, QueueError> {
+        self.inner.extend(receipts, visibility).await
+    }
     async fn release(&self, receipt: &LeaseReceipt, delay: Duration) -> Result<(), QueueError> {
         self.inner.release(receipt, delay).await
     }

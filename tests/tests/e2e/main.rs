@@ -14,6 +14,7 @@ mod json_api;
 mod pipeline;
 mod processes;
 mod standalone;
+mod store_outage;
 mod support;
 mod telemetry;
 mod walkthrough;

@@ -27,7 +27,11 @@ use chamberlain_simulator::{Format, SimulatorHandle};
 
 pub struct Fleet {
     pub store: Arc<PgStore>,
-    pub db: Arc<TestDatabase>,
+    /// The database's URL, for processes.
+    pub url: String,
+    /// A throwaway database on the shared server, dropped with the fleet (none on a private
+    /// server).
+    _db: Option<Arc<TestDatabase>>,
     pub actor: Actor,
     pub chambers: Vec<Chamber>,
     pub admin: ChamberAdmin,
@@ -36,6 +40,25 @@ pub struct Fleet {
 /// A fresh database with the simulator's first `n` chambers registered (JSON, 2 detectors, 1 s).
 pub async fn fleet(sim: &SimulatorHandle, n: u32) -> Fleet {
     let (store, db) = chamberlain_postgres::testing::fresh_store().await;
+    let server = chamberlain_postgres::testing::server_url();
+    let url = format!(
+        "{}/{}",
+        server
+            .rsplit_once('/')
+            .map_or(server.as_str(), |(base, _)| base),
+        db.name
+    );
+    fleet_on(sim, n, store, url, Some(db)).await
+}
+
+/// The simulator's first `n` chambers registered in `store` (on `url`).
+pub async fn fleet_on(
+    sim: &SimulatorHandle,
+    n: u32,
+    store: PgStore,
+    url: String,
+    db: Option<Arc<TestDatabase>>,
+) -> Fleet {
     let store = Arc::new(store);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let repositories = Repositories::of(store.clone());
@@ -105,7 +128,8 @@ pub async fn fleet(sim: &SimulatorHandle, n: u32) -> Fleet {
     }
     Fleet {
         store,
-        db,
+        url,
+        _db: db,
         actor,
         chambers,
         admin,
@@ -115,14 +139,7 @@ pub async fn fleet(sim: &SimulatorHandle, n: u32) -> Fleet {
 impl Fleet {
     /// The database URL for processes.
     pub fn url(&self) -> String {
-        let server = chamberlain_postgres::testing::server_url();
-        format!(
-            "{}/{}",
-            server
-                .rsplit_once('/')
-                .map_or(server.as_str(), |(base, _)| base),
-            self.db.name
-        )
+        self.url.clone()
     }
 
     /// The chamber's ledger for slots in `from..=to`.

@@ -1,0 +1,364 @@
+//! Backpressure from the store, on paused time against the memory adapters: while results
+//! cannot be stored (a write that hangs, a write that fails) the worker keeps what it fetched,
+//! at most its bound, and fetches nothing more; once the store is back every slot ends with
+//! exactly one ledger entry: fetched and stored, or expired because the store was behind. On
+//! shutdown, what could not be stored is left unacknowledged, to be fetched again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chamberlain_domain::Timestamp;
+use chamberlain_domain::conformance::fixtures::{self, T0};
+use chamberlain_domain::model::{Chamber, ChamberId, OrganizationId, Page, PollOutcome, Reading};
+use chamberlain_domain::ports::{
+    ChamberClient, ChamberRepository, FetchError, FetchRequest, FetchedResponse, LatestReadings,
+    LedgerQuery, OrganizationRepository, PollLedgerRepository, PollQueue, PollRecord,
+    ReadingCursor, ReadingQuery, ReadingRepository, Repositories, SectionRepository, StoreError,
+    WriteReport,
+};
+use chamberlain_domain::usecases::PollHandler;
+use chamberlain_fakes::{MemoryStore, TokioClock};
+use chamberlain_memory::{MemoryEventBus, MemoryPollQueue};
+use chamberlain_worker::{Worker, WorkerConfig, WorkerReport};
+use tokio::sync::Notify;
+
+const CHAMBERS: usize = 50;
+const SLOTS: usize = 20;
+const BOUND: usize = 60;
+
+/// Answers at once, counting requests, and those made while the store was unavailable.
+#[derive(Default)]
+struct CountingChamber {
+    requests: AtomicU64,
+    requests_while_away: AtomicU64,
+    store_away: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl ChamberClient for CountingChamber {
+    async fn fetch(&self, _request: &FetchRequest) -> Result<FetchedResponse, FetchError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.store_away.load(Ordering::SeqCst) {
+            self.requests_while_away.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(FetchedResponse {
+            status: 200,
+            body: br#"{"t": 21}"#.to_vec(),
+        })
+    }
+}
+
+/// How the store is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Away {
+    /// Writes never answer (a server stopped with SIGSTOP).
+    Hangs,
+    /// Writes fail at once (a server restarting).
+    Fails,
+}
+
+/// The memory store's readings, with writes that hang or fail while the store is away.
+struct FlakyReadings {
+    inner: Arc<MemoryStore>,
+    how: Away,
+    away: Arc<AtomicBool>,
+    back: Notify,
+    writes_tried: AtomicU64,
+}
+
+impl FlakyReadings {
+    fn come_back(&self) {
+        self.away.store(false, Ordering::SeqCst);
+        self.back.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl ReadingRepository for FlakyReadings {
+    async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError> {
+        self.writes_tried.fetch_add(1, Ordering::SeqCst);
+        loop {
+            let back = self.back.notified();
+            if !self.away.load(Ordering::SeqCst) {
+                break;
+            }
+            match self.how {
+                Away::Fails => {
+                    return Err(StoreError::Unavailable {
+                        message: "the database system is starting up".into(),
+                    });
+                }
+                Away::Hangs => back.await,
+            }
+        }
+        self.inner.store_polls(polls).await
+    }
+    async fn query(
+        &self,
+        org: OrganizationId,
+        query: &ReadingQuery,
+    ) -> Result<Page<Reading, ReadingCursor>, StoreError> {
+        self.inner.query(org, query).await
+    }
+    async fn latest(
+        &self,
+        org: OrganizationId,
+        chambers: &[ChamberId],
+    ) -> Result<Vec<LatestReadings>, StoreError> {
+        self.inner.latest(org, chambers).await
+    }
+    async fn prune_before(&self, cutoff: Timestamp) -> Result<(), StoreError> {
+        self.inner.prune_before(cutoff).await
+    }
+}
+
+struct Lab {
+    store: Arc<MemoryStore>,
+    org: OrganizationId,
+    chambers: Vec<Chamber>,
+    queue: Arc<MemoryPollQueue>,
+    client: Arc<CountingChamber>,
+    readings: Arc<FlakyReadings>,
+    handler: PollHandler,
+}
+
+/// `CHAMBERS` chambers polled every second, and a poll of each for the `SLOTS` seconds after
+/// T0, all enqueued at T0 (the worker holds them until their slot).
+async fn lab(how: Away) -> Lab {
+    let clock = TokioClock::at(T0);
+    let store = Arc::new(MemoryStore::new());
+    let org = fixtures::organization("backpressure");
+    OrganizationRepository::create(&*store, &org).await.unwrap();
+    let section = fixtures::section(org.id, "room");
+    SectionRepository::create(&*store, &section).await.unwrap();
+    let queue = Arc::new(MemoryPollQueue::new(clock.clone()));
+    let mut chambers = Vec::new();
+    let mut jobs = Vec::new();
+    for i in 0..CHAMBERS {
+        let chamber = fixtures::chamber(org.id, section.id, &format!("c{i}"), 1);
+        ChamberRepository::create(&*store, &chamber, &[fixtures::detector(&chamber, "t")])
+            .await
+            .unwrap();
+        for s in 1..=SLOTS {
+            let slot = T0 + Duration::from_secs(s as u64);
+            jobs.push(fixtures::poll_job(org.id, chamber.id, slot, 1, T0));
+        }
+        chambers.push(chamber);
+    }
+    queue.enqueue(&jobs).await.unwrap();
+    let away = Arc::new(AtomicBool::new(false));
+    let client = Arc::new(CountingChamber {
+        store_away: away.clone(),
+        ..CountingChamber::default()
+    });
+    let readings = Arc::new(FlakyReadings {
+        inner: store.clone(),
+        how,
+        away,
+        back: Notify::new(),
+        writes_tried: AtomicU64::new(0),
+    });
+    let mut handler = PollHandler::new(
+        &Repositories::of(store.clone()),
+        client.clone(),
+        Arc::new(MemoryEventBus::new(1024)),
+        clock,
+    );
+    handler.readings = readings.clone();
+    Lab {
+        store,
+        org: org.id,
+        chambers,
+        queue,
+        client,
+        readings,
+        handler,
+    }
+}
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 16,
+        max_results_waiting: BOUND,
+        write_timeout: Duration::from_secs(2),
+        flush_every: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    }
+}
+
+impl Lab {
+    /// Every ledger entry, by outcome code (with the expiry's reason).
+    async fn ledger(&self) -> (usize, HashMap<String, usize>, bool) {
+        let mut by_outcome = HashMap::new();
+        let mut total = 0;
+        let mut one_per_slot = true;
+        for chamber in &self.chambers {
+            let entries =
+                PollLedgerRepository::list(&*self.store, self.org, &LedgerQuery::all(chamber.id))
+                    .await
+                    .unwrap()
+                    .items;
+            let mut slots: Vec<Timestamp> = entries.iter().map(|e| e.poll.slot).collect();
+            slots.sort();
+            slots.dedup();
+            one_per_slot &= slots.len() == entries.len();
+            total += entries.len();
+            for e in entries {
+                let key = match e.outcome {
+                    PollOutcome::Expired { reason } => format!("expired:{}", reason.code()),
+                    other => other.code().to_string(),
+                };
+                *by_outcome.entry(key).or_insert(0) += 1;
+            }
+        }
+        (total, by_outcome, one_per_slot)
+    }
+
+    /// Waits (on paused time) until every slot has its ledger entry.
+    async fn until_every_slot_is_recorded(&self) {
+        for _ in 0..600 {
+            if self.ledger().await.0 >= CHAMBERS * SLOTS {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "not every slot recorded after a minute: {:?}",
+            self.ledger().await
+        );
+    }
+}
+
+/// Runs a worker while `during` runs, then stops it and reports.
+async fn run_worker_while<F: Future<Output = ()>>(lab: &Lab, during: F) -> WorkerReport {
+    let worker = Worker::new(lab.handler.clone(), lab.queue.clone(), config());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let working = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    during.await;
+    stop.send(()).unwrap();
+    working.await.unwrap()
+}
+
+async fn store_away_from_5_to_12_s(lab: &Lab) {
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(5_500)).await;
+    lab.readings.away.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    lab.readings.come_back();
+    lab.until_every_slot_is_recorded().await;
+}
+
+fn assert_every_slot_once_and_nothing_fetched_lost(
+    lab: &Lab,
+    ledger: &(usize, HashMap<String, usize>, bool),
+) {
+    let (total, by_outcome, one_per_slot) = ledger;
+    assert_eq!(*total, CHAMBERS * SLOTS, "{by_outcome:?}");
+    assert!(one_per_slot, "a slot with two entries: {by_outcome:?}");
+    let ok = by_outcome.get("ok").copied().unwrap_or(0);
+    let behind = by_outcome.get("expired:store_behind").copied().unwrap_or(0);
+    assert_eq!(
+        ok + behind,
+        CHAMBERS * SLOTS,
+        "every slot fetched or expired because the store was behind: {by_outcome:?}"
+    );
+    assert!(behind > 0, "the stall made polls expire: {by_outcome:?}");
+    assert_eq!(
+        lab.client.requests.load(Ordering::SeqCst),
+        ok as u64,
+        "every poll fetched was stored, and none fetched twice"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_hangs_stops_the_fetching_and_nothing_fetched_is_lost() {
+    let lab = lab(Away::Hangs).await;
+    let report = run_worker_while(&lab, store_away_from_5_to_12_s(&lab)).await;
+
+    let ledger = lab.ledger().await;
+    assert_every_slot_once_and_nothing_fetched_lost(&lab, &ledger);
+    let while_away = lab.client.requests_while_away.load(Ordering::SeqCst);
+    assert!(
+        while_away as usize <= BOUND,
+        "{while_away} polls fetched while the store was away; the bound is {BOUND}"
+    );
+    assert!(
+        report.failed_writes >= 2,
+        "hung writes were abandoned at the write timeout and tried again: {report:?}"
+    );
+    let depth = lab.queue.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.leased, depth.delayed), (0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_fails_keeps_the_results_and_writes_them_when_it_is_back() {
+    let lab = lab(Away::Fails).await;
+    let report = run_worker_while(&lab, store_away_from_5_to_12_s(&lab)).await;
+
+    let ledger = lab.ledger().await;
+    assert_every_slot_once_and_nothing_fetched_lost(&lab, &ledger);
+    let while_away = lab.client.requests_while_away.load(Ordering::SeqCst);
+    assert!(
+        while_away as usize <= BOUND,
+        "{while_away} polls fetched while the store was away; the bound is {BOUND}"
+    );
+    let tried = lab.readings.writes_tried.load(Ordering::SeqCst);
+    assert!(
+        report.failed_writes >= 3 && tried > report.failed_writes,
+        "failed writes were tried again, at a pause: {report:?}, {tried} tried"
+    );
+    // Seven seconds away with retries doubling up to 2 s: not a write every flush.
+    assert!(
+        report.failed_writes <= 10,
+        "retries pause between attempts: {report:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_with_the_store_away_acknowledges_nothing_unstored_and_stays_bounded() {
+    let lab = lab(Away::Hangs).await;
+    let started = tokio::time::Instant::now();
+    let mut stopping_at = started;
+    let report = run_worker_while(&lab, async {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        lab.readings.away.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stopping_at = tokio::time::Instant::now();
+    })
+    .await;
+    let stop_took = stopping_at.elapsed();
+    let config = config();
+    assert!(
+        stop_took <= config.drain_timeout + config.shutdown_flush,
+        "the stop took {stop_took:?}"
+    );
+    let fetched = lab.client.requests.load(Ordering::SeqCst);
+    let (stored, ..) = lab.ledger().await;
+    assert_eq!(report.polls_completed, stored as u64);
+    assert!(
+        (stored as u64) < fetched,
+        "some results could not be stored before the stop: {stored} of {fetched}"
+    );
+
+    // The store comes back and a second worker takes over: every slot once, and what the
+    // first fetched but could not store was not acknowledged, so it is fetched again (or
+    // expired by then) — never lost, never twice.
+    lab.readings.come_back();
+    run_worker_while(&lab, lab.until_every_slot_is_recorded()).await;
+    let (total, by_outcome, one_per_slot) = lab.ledger().await;
+    assert_eq!(total, CHAMBERS * SLOTS, "{by_outcome:?}");
+    assert!(one_per_slot, "{by_outcome:?}");
+    let ok = by_outcome.get("ok").copied().unwrap_or(0);
+    let expired: usize = by_outcome
+        .iter()
+        .filter(|(k, _)| k.starts_with("expired"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(ok + expired, CHAMBERS * SLOTS, "{by_outcome:?}");
+    let depth = lab.queue.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.leased, depth.delayed), (0, 0, 0));
+}
