@@ -21,6 +21,9 @@ use chamberlain_telemetry::instruments;
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
+/// At most one warning about a store that is behind per this many milliseconds.
+const WARN_EVERY_MS: i64 = 60_000;
+
 /// Stall episodes remembered to tell why a poll expired.
 const EPISODES_KEPT: usize = 64;
 
@@ -56,6 +59,7 @@ pub(crate) struct Backlog {
     /// none waiting). Kept by the writer.
     oldest: AtomicU64,
     base: Instant,
+    last_warned_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Backlog {
@@ -84,6 +88,7 @@ impl Backlog {
             clock,
             oldest: AtomicU64::new(0),
             base: Instant::now(),
+            last_warned_ms: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
         }
     }
 
@@ -124,6 +129,17 @@ impl Backlog {
             .record(self.oldest_age().as_secs_f64(), &[]);
     }
 
+    /// Whether the backend must wait: at the bound; and once it was reached, until the results
+    /// waiting are back under nine tenths of it (so a store that is behind is not fed one poll
+    /// at a time, each place taken as soon as it is given back).
+    fn blocked(&self) -> bool {
+        if !self.behind.load(Ordering::Acquire) {
+            return self.is_full();
+        }
+        let (polls, bytes) = self.waiting();
+        polls * 10 >= self.bounds.max_polls * 9 || bytes >= self.bounds.max_bytes / 10 * 9
+    }
+
     pub(crate) fn is_full(&self) -> bool {
         let (polls, bytes) = self.waiting();
         polls >= self.bounds.max_polls || bytes >= self.bounds.max_bytes
@@ -132,11 +148,11 @@ impl Backlog {
     /// Whether the backend may hand out a job now. If not, registers `cx` to be woken when a
     /// place is given back, and notes that the store is behind.
     pub(crate) fn has_room(&self, cx: &mut Context<'_>) -> bool {
-        if self.is_full() {
+        if self.blocked() {
             self.room.register(cx.waker());
             self.waiting_for_room.store(true, Ordering::SeqCst);
             // A place given back between the check and the registration woke nobody.
-            if self.is_full() {
+            if self.blocked() {
                 self.fell_behind();
                 return false;
             }
@@ -161,7 +177,7 @@ impl Backlog {
         if bytes > 0 {
             self.bytes.fetch_sub(bytes, Ordering::AcqRel);
         }
-        if self.waiting_for_room.load(Ordering::SeqCst) && !self.is_full() {
+        if self.waiting_for_room.load(Ordering::SeqCst) && !self.blocked() {
             self.room.wake();
         }
     }
@@ -174,11 +190,23 @@ impl Backlog {
         self.episodes().current = Some(now);
         let (polls, bytes) = self.waiting();
         instruments().store_behind.record(1, &[]);
-        tracing::warn!(
-            polls,
-            bytes,
-            "the store is behind: results waiting to be stored reached their bound; no new polls until they are stored"
-        );
+        // A store that stays behind falls behind again and again: said once a minute at most.
+        let last = self.last_warned_ms.load(Ordering::Relaxed);
+        let now_ms = now.as_unix_millis();
+        if now_ms - last >= WARN_EVERY_MS
+            && self
+                .last_warned_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                polls,
+                bytes,
+                "the store is behind: results waiting to be stored reached their bound; no new polls until they are stored (said once a minute at most; see chamberlain_worker_store_behind)"
+            );
+        } else {
+            tracing::debug!(polls, bytes, "the store is behind again");
+        }
     }
 
     fn caught_up(&self) {
@@ -193,7 +221,7 @@ impl Backlog {
             }
             episodes.past.push_back((since, now));
             drop(episodes);
-            tracing::info!(
+            tracing::debug!(
                 behind_for_ms = now.saturating_since(since).as_millis() as u64,
                 "the store caught up; taking polls again"
             );
