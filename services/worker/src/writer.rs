@@ -3,7 +3,11 @@
 //!
 //! A write that fails (the store restarting) or does not finish within `write_timeout` (a
 //! stopped server) keeps its polls waiting, in order, and is tried again after a pause that
-//! grows to [`MAX_RETRY_PAUSE`]; nothing fetched is dropped. Results waiting longer than a
+//! grows to [`MAX_RETRY_PAUSE`]; nothing fetched is dropped. A write the store refuses for
+//! good (a reading of a detector removed since the poll was fetched: the port refuses the whole
+//! batch for one bad row) is split in halves until the polls it refuses are alone; those are
+//! given back to the queue, to be fetched again with the chamber as it is now, and the others
+//! are stored: one bad poll never holds up the rest. Results waiting longer than a
 //! third of the visibility timeout have their leases extended, so no other worker fetches them
 //! again. How many may wait is the [`Backlog`](crate::backlog::Backlog)'s bound: the backend
 //! hands out no job while it is reached.
@@ -12,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::ports::{LeaseReceipt, PollQueue};
+use chamberlain_domain::ports::{LeaseReceipt, PollQueue, StoreError};
 use chamberlain_domain::usecases::{PollHandler, ProcessedPoll};
 use chamberlain_telemetry::instruments;
 use opentelemetry::KeyValue;
@@ -22,6 +26,9 @@ use tokio::time::Instant;
 use crate::WorkerReport;
 use crate::backlog::{Backlog, Place};
 
+/// How long a poll the store refused waits in the queue before it is fetched again (long
+/// enough for the worker's cache to see the chamber's new definition).
+pub(crate) const REFUSED_POLL_DELAY: Duration = Duration::from_secs(1);
 /// The longest pause between two attempts at a write that keeps failing.
 pub(crate) const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -81,6 +88,9 @@ struct Writer {
     backlog: Arc<Backlog>,
     buffer: VecDeque<Fetched>,
     retry: Retry,
+    /// The most polls the next write takes: `max_polls`, halved after a write the store refused
+    /// for good (to find the polls it refuses), doubled back after each stored write.
+    batch_limit: usize,
     next_extension: Instant,
     report: WorkerReport,
 }
@@ -104,6 +114,7 @@ pub(crate) async fn write_results(
         backlog,
         buffer: VecDeque::new(),
         retry: Retry::default(),
+        batch_limit: settings.max_polls.max(1),
         next_extension: Instant::now() + settings.visibility / 3,
         report: WorkerReport::default(),
     };
@@ -186,7 +197,7 @@ impl Writer {
     /// acknowledges its jobs. A write that fails or takes longer than `timeout` puts the batch
     /// back in front, to be written again after a pause. Returns whether it was stored.
     async fn write_batch(&mut self, timeout: Duration) -> bool {
-        let n = self.buffer.len().min(self.settings.max_polls);
+        let n = self.buffer.len().min(self.batch_limit);
         let mut polls = Vec::with_capacity(n);
         let mut rest = Vec::with_capacity(n);
         for fetched in self.buffer.drain(..n) {
@@ -208,18 +219,46 @@ impl Writer {
         drop(writing);
         let write = match stored {
             Ok(Ok(write)) => write,
+            Ok(Err(e)) if !e.is_transient() && n == 1 => {
+                self.report.failed_writes += 1;
+                metrics
+                    .write_failures
+                    .add(1, &[KeyValue::new("kind", "refused")]);
+                self.refused(&polls[0], &rest[0].0, &e).await;
+                self.backlog
+                    .set_oldest(self.buffer.front().map(|f| f.fetched_at));
+                self.backlog.record_gauges();
+                // Dropping `rest` gives the poll's place back.
+                return true;
+            }
             failed => {
+                let refused = matches!(&failed, Ok(Err(e)) if !e.is_transient());
                 let reason = match failed {
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("no answer within {} ms", timeout.as_millis()),
                 };
                 self.report.failed_writes += 1;
-                metrics.write_failures.add(1, &[]);
-                self.retry.failed(Instant::now());
-                tracing::warn!(
-                    error = %reason, polls = n, waiting = self.buffer.len() + n,
-                    "results not stored; they wait and are written again"
-                );
+                if refused {
+                    // Written again at once, half at a time, until the polls the store refuses
+                    // are found.
+                    metrics
+                        .write_failures
+                        .add(1, &[KeyValue::new("kind", "refused")]);
+                    self.batch_limit = (n / 2).max(1);
+                    tracing::info!(
+                        error = %reason, polls = n,
+                        "the store refused a batch; writing it in halves to find the polls it refuses"
+                    );
+                } else {
+                    metrics
+                        .write_failures
+                        .add(1, &[KeyValue::new("kind", "unavailable")]);
+                    self.retry.failed(Instant::now());
+                    tracing::warn!(
+                        error = %reason, polls = n, waiting = self.buffer.len() + n,
+                        "results not stored; they wait and are written again"
+                    );
+                }
                 for (poll, (receipt, span, place, fetched_at)) in polls.into_iter().zip(rest).rev()
                 {
                     self.buffer.push_front(Fetched {
@@ -235,6 +274,7 @@ impl Writer {
             }
         };
         self.retry.succeeded();
+        self.batch_limit = (self.batch_limit * 2).min(self.settings.max_polls);
         self.backlog
             .set_oldest(self.buffer.front().map(|f| f.fetched_at));
         let readings_new = write.readings_new;
@@ -282,6 +322,20 @@ impl Writer {
             }
         }
         true
+    }
+
+    /// A poll the store refuses on its own: its job goes back to the queue, to be fetched again
+    /// (with its chamber as it is by then) after [`REFUSED_POLL_DELAY`]; a poll refused until
+    /// its window closes ends in the ledger as expired. Its results are not stored.
+    async fn refused(&mut self, poll: &ProcessedPoll, receipt: &LeaseReceipt, e: &StoreError) {
+        let id = poll.record.entry.poll;
+        tracing::warn!(
+            error = %e, chamber = %id.chamber_id, slot = %id.slot,
+            "the store refused this poll's results; its job goes back to the queue to be fetched again"
+        );
+        if let Err(e) = self.queue.release(receipt, REFUSED_POLL_DELAY).await {
+            tracing::warn!(error = %e, "release failed; the job returns after its visibility timeout");
+        }
     }
 
     /// Extends the leases of results that have waited a third of the visibility timeout (a

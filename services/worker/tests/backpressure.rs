@@ -12,12 +12,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::conformance::fixtures::{self, T0};
-use chamberlain_domain::model::{Chamber, ChamberId, OrganizationId, Page, PollOutcome, Reading};
+use chamberlain_domain::model::{
+    Chamber, ChamberId, Detector, DetectorId, OrganizationId, Page, PollOutcome, Reading,
+};
 use chamberlain_domain::ports::{
-    ChamberClient, ChamberRepository, FetchError, FetchRequest, FetchedResponse, LatestReadings,
-    LedgerQuery, OrganizationRepository, PollLedgerRepository, PollQueue, PollRecord,
-    ReadingCursor, ReadingQuery, ReadingRepository, Repositories, SectionRepository, StoreError,
-    WriteReport,
+    ChamberClient, ChamberRepository, DetectorRepository, FetchError, FetchRequest,
+    FetchedResponse, LatestReadings, LedgerQuery, OrganizationRepository, PollLedgerRepository,
+    PollQueue, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
+    Repositories, SectionRepository, StoreError, WriteReport,
 };
 use chamberlain_domain::usecases::PollHandler;
 use chamberlain_fakes::{MemoryStore, TokioClock};
@@ -29,18 +31,40 @@ const CHAMBERS: usize = 50;
 const SLOTS: usize = 20;
 const BOUND: usize = 60;
 
+/// A detector an operator removes while its chamber is being polled.
+struct Removal {
+    url: String,
+    store: Arc<MemoryStore>,
+    org: OrganizationId,
+    detector: DetectorId,
+}
+
 /// Answers at once, counting requests, and those made while the store was unavailable.
 #[derive(Default)]
 struct CountingChamber {
     requests: AtomicU64,
     requests_while_away: AtomicU64,
     store_away: Arc<AtomicBool>,
+    /// Removed during the first request to its chamber (after the poll read the chamber).
+    remove_on_fetch: std::sync::Mutex<Option<Removal>>,
 }
 
 #[async_trait]
 impl ChamberClient for CountingChamber {
-    async fn fetch(&self, _request: &FetchRequest) -> Result<FetchedResponse, FetchError> {
+    async fn fetch(&self, request: &FetchRequest) -> Result<FetchedResponse, FetchError> {
         self.requests.fetch_add(1, Ordering::SeqCst);
+        let removal = {
+            let mut pending = self.remove_on_fetch.lock().unwrap();
+            match pending.as_ref() {
+                Some(r) if r.url == request.url.as_str() => pending.take(),
+                _ => None,
+            }
+        };
+        if let Some(r) = removal {
+            DetectorRepository::delete(&*r.store, r.org, r.detector)
+                .await
+                .unwrap();
+        }
         if self.store_away.load(Ordering::SeqCst) {
             self.requests_while_away.fetch_add(1, Ordering::SeqCst);
         }
@@ -119,6 +143,7 @@ struct Lab {
     store: Arc<MemoryStore>,
     org: OrganizationId,
     chambers: Vec<Chamber>,
+    detectors: Vec<Detector>,
     queue: Arc<MemoryPollQueue>,
     client: Arc<CountingChamber>,
     readings: Arc<FlakyReadings>,
@@ -136,12 +161,15 @@ async fn lab(how: Away) -> Lab {
     SectionRepository::create(&*store, &section).await.unwrap();
     let queue = Arc::new(MemoryPollQueue::new(clock.clone()));
     let mut chambers = Vec::new();
+    let mut detectors = Vec::new();
     let mut jobs = Vec::new();
     for i in 0..CHAMBERS {
         let chamber = fixtures::chamber(org.id, section.id, &format!("c{i}"), 1);
-        ChamberRepository::create(&*store, &chamber, &[fixtures::detector(&chamber, "t")])
+        let detector = fixtures::detector(&chamber, "t");
+        ChamberRepository::create(&*store, &chamber, std::slice::from_ref(&detector))
             .await
             .unwrap();
+        detectors.push(detector);
         for s in 1..=SLOTS {
             let slot = T0 + Duration::from_secs(s as u64);
             jobs.push(fixtures::poll_job(org.id, chamber.id, slot, 1, T0));
@@ -172,6 +200,7 @@ async fn lab(how: Away) -> Lab {
         store,
         org: org.id,
         chambers,
+        detectors,
         queue,
         client,
         readings,
@@ -359,6 +388,58 @@ async fn shutdown_with_the_store_away_acknowledges_nothing_unstored_and_stays_bo
         .map(|(_, n)| n)
         .sum();
     assert_eq!(ok + expired, CHAMBERS * SLOTS, "{by_outcome:?}");
+    let depth = lab.queue.depth().await.unwrap();
+    assert_eq!((depth.ready, depth.leased, depth.delayed), (0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poll_the_store_refuses_does_not_hold_up_the_others() {
+    // An operator removes a chamber's only detector while a poll of it is being fetched: the
+    // store refuses that poll's reading (its detector is gone), and with it the whole batch.
+    let lab = lab(Away::Fails).await;
+    let refused = &lab.chambers[0];
+    *lab.client.remove_on_fetch.lock().unwrap() = Some(Removal {
+        url: refused.endpoint.as_str().to_owned(),
+        store: lab.store.clone(),
+        org: lab.org,
+        detector: lab.detectors[0].id,
+    });
+    let report = run_worker_while(&lab, lab.until_every_slot_is_recorded()).await;
+
+    let (total, by_outcome, one_per_slot) = lab.ledger().await;
+    assert_eq!(total, CHAMBERS * SLOTS, "{by_outcome:?}");
+    assert!(one_per_slot, "a slot with two entries: {by_outcome:?}");
+    let ok = by_outcome.get("ok").copied().unwrap_or(0);
+    assert!(
+        ok >= CHAMBERS * SLOTS - 1,
+        "every other poll stored (the refused one fetched again, or expired): {by_outcome:?}"
+    );
+    assert!(
+        report.failed_writes >= 1,
+        "the store refused a write: {report:?}"
+    );
+    // The refused poll's reading of the removed detector is not stored: only its chamber's
+    // later polls, without it.
+    let stored = ReadingRepository::query(
+        &*lab.store,
+        lab.org,
+        &ReadingQuery::all(ReadingScope::Chamber(refused.id)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        stored
+            .items
+            .iter()
+            .all(|r| r.detector_id != lab.detectors[0].id),
+        "nothing stored for the removed detector: {:?}",
+        stored.items
+    );
+    let requests = lab.client.requests.load(Ordering::SeqCst);
+    assert!(
+        requests as usize <= ok + 2,
+        "only the refused poll fetched again: {requests} requests, {ok} stored"
+    );
     let depth = lab.queue.depth().await.unwrap();
     assert_eq!((depth.ready, depth.leased, depth.delayed), (0, 0, 0));
 }
