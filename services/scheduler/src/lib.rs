@@ -243,6 +243,41 @@ impl Scheduler {
     /// are still unrecorded: a scheduler that dies then leaves them to the next leader, which
     /// decides them again. Returns what is still owed. A crash between the steps re-decides
     /// the same slots next time, and dedup (queue and ledger) makes that harmless.
+    /// Records missed slots in the ledger, each write bounded by [`LEDGER_WRITE_TIMEOUT`],
+    /// leaving out the entries it refuses for good (the slots of a chamber deleted since they
+    /// were decided need none): a refused write is split in halves until the entries it
+    /// refuses are alone. Fails only when the ledger is unavailable; the entries may then be
+    /// recorded again (the ledger keeps what it has).
+    async fn record_missed(&self, entries: &[LedgerEntry]) -> Result<(), StoreError> {
+        let mut parts = vec![entries];
+        while let Some(part) = parts.pop() {
+            let recorded = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.ledger.record(part))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable {
+                        message: format!(
+                            "no answer within {} ms",
+                            LEDGER_WRITE_TIMEOUT.as_millis()
+                        ),
+                    })
+                });
+            match recorded {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Err(e),
+                Err(_) if part.len() > 1 => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e, chamber = %part[0].poll.chamber_id, slot = %part[0].poll.slot,
+                    "the ledger refused a missed slot (its chamber was deleted?); left out"
+                ),
+            }
+        }
+        Ok(())
+    }
+
     async fn carry_out(
         &self,
         decision: Decision,
@@ -274,16 +309,7 @@ impl Scheduler {
                 unrecorded.extend_from_slice(chunk);
                 continue;
             }
-            let recorded = tokio::time::timeout(LEDGER_WRITE_TIMEOUT, self.ledger.record(chunk))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Unavailable {
-                        message: format!(
-                            "no answer within {} ms",
-                            LEDGER_WRITE_TIMEOUT.as_millis()
-                        ),
-                    })
-                });
+            let recorded = self.record_missed(chunk).await;
             if let Err(e) = recorded {
                 tracing::warn!(error = %e, slots = missed.len(), "missed slots not recorded yet; trying again with the next decision");
                 unrecorded.extend_from_slice(chunk);

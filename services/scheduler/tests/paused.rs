@@ -16,8 +16,8 @@ use chamberlain_domain::model::{
 };
 use chamberlain_domain::ports::{
     ChamberRepository, Clock, LeaderLease, LeaseError, LeaseGrant, LedgerQuery,
-    OrganizationRepository, PollLedgerRepository, PollQueue, Repositories, SectionRepository,
-    StoreError,
+    OrganizationRepository, PollLedgerRepository, PollQueue, Repositories, ScheduleCheckpoint,
+    SectionRepository, StoreError,
 };
 use chamberlain_domain::schedule::CatchUpPolicy;
 use chamberlain_fakes::{MemoryStore, TokioClock};
@@ -64,6 +64,8 @@ struct LedgerAway {
     inner: Arc<MemoryStore>,
     back: AtomicBool,
     refused: std::sync::atomic::AtomicU64,
+    /// A chamber deleted behind the scheduler's back: a write with its entries is refused.
+    gone: Option<ChamberId>,
 }
 
 #[async_trait]
@@ -73,6 +75,14 @@ impl PollLedgerRepository for LedgerAway {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Unavailable {
                 message: "connection refused".into(),
+            });
+        }
+        if let Some(gone) = self.gone
+            && entries.iter().any(|e| e.poll.chamber_id == gone)
+        {
+            return Err(StoreError::MissingParent {
+                entity: "poll",
+                parent: "chamber",
             });
         }
         self.inner.record(entries).await
@@ -351,20 +361,29 @@ struct Resumed {
     missed: Vec<Timestamp>,
     /// Slots recorded polled (by this test's stand-in workers).
     polled: Vec<Timestamp>,
+    /// When the second replica started, and the watermark saved at the end.
+    restart: Timestamp,
+    watermark: Option<Timestamp>,
+}
+
+/// What is wrong with the second replica's ledger.
+#[derive(Debug, Clone, Copy)]
+enum LedgerTrouble {
+    /// It refuses every write for this long (unavailable), then is back.
+    AwayFor(Duration),
+    /// It refuses, for good, every write with an entry of the first chamber (deleted).
+    TheFirstChamberGone,
 }
 
 /// Stops a first replica after a minute, waits five minutes, starts a second one with
 /// `policy` and lets it run three seconds.
 async fn after_a_pause(policy: CatchUpPolicy) -> Vec<Resumed> {
-    after_a_pause_with_the_ledger_away_for(policy, None).await
+    after_a_pause_with(policy, None).await
 }
 
-/// As [`after_a_pause`]; when `away` is given, the second replica's ledger refuses writes for
-/// that long after it starts (and it runs that long more).
-async fn after_a_pause_with_the_ledger_away_for(
-    policy: CatchUpPolicy,
-    away: Option<Duration>,
-) -> Vec<Resumed> {
+/// As [`after_a_pause`], with the second replica's ledger in `trouble` (when away, it runs
+/// that long more).
+async fn after_a_pause_with(policy: CatchUpPolicy, trouble: Option<LedgerTrouble>) -> Vec<Resumed> {
     let lab = lab(5, |_| 1).await;
     let lease = Arc::new(MemoryLeaderLease::new(lab.clock.clone()));
     let (first, stop) = lab.start("s1", lease.clone(), CatchUpPolicy::Skip);
@@ -376,11 +395,16 @@ async fn after_a_pause_with_the_ledger_away_for(
 
     tokio::time::sleep(secs(300)).await;
     let restart = lab.clock.now();
-    let ledger = away.map(|_| {
+    let away = match trouble {
+        Some(LedgerTrouble::AwayFor(away)) => Some(away),
+        _ => None,
+    };
+    let ledger = trouble.map(|trouble| {
         Arc::new(LedgerAway {
             inner: lab.store.clone(),
-            back: AtomicBool::new(false),
+            back: AtomicBool::new(away.is_none()),
             refused: std::sync::atomic::AtomicU64::new(0),
+            gone: matches!(trouble, LedgerTrouble::TheFirstChamberGone).then(|| lab.chambers[0].id),
         })
     });
     let (second, stop) = lab.start_with_ledger(
@@ -401,6 +425,7 @@ async fn after_a_pause_with_the_ledger_away_for(
         .await;
     stop.send(()).unwrap();
     second.await.unwrap();
+    let watermark = ScheduleCheckpoint::load(&*lab.checkpoint).await.unwrap();
 
     let mut resumed = Vec::new();
     for chamber in &lab.chambers {
@@ -432,6 +457,8 @@ async fn after_a_pause_with_the_ledger_away_for(
                 .filter(|(_, o)| *o == PollOutcome::Ok)
                 .map(|(slot, _)| *slot)
                 .collect(),
+            restart,
+            watermark,
         });
     }
     resumed
@@ -489,7 +516,7 @@ async fn after_a_pause_skip_polls_the_latest_slot_and_records_the_others_missed(
 
 #[tokio::test(start_paused = true)]
 async fn missed_slots_the_ledger_refused_are_recorded_once_it_is_back() {
-    for r in after_a_pause_with_the_ledger_away_for(CatchUpPolicy::Skip, Some(secs(10))).await {
+    for r in after_a_pause_with(CatchUpPolicy::Skip, Some(LedgerTrouble::AwayFor(secs(10)))).await {
         let chamber = r.chamber;
         r.every_slot_accounted_for_once();
         assert_eq!(
@@ -498,6 +525,36 @@ async fn missed_slots_the_ledger_refused_are_recorded_once_it_is_back() {
             "{chamber}: every owed slot but the latest recorded missed, once, after the ledger came back"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn missed_slots_of_a_chamber_the_ledger_refuses_for_good_do_not_hold_up_the_others() {
+    let resumed = after_a_pause_with(
+        CatchUpPolicy::Skip,
+        Some(LedgerTrouble::TheFirstChamberGone),
+    )
+    .await;
+    let (gone, others) = resumed.split_first().unwrap();
+    assert!(
+        gone.missed.is_empty(),
+        "the deleted chamber's slots are left out: {:?}",
+        gone.missed
+    );
+    for r in others {
+        let chamber = r.chamber;
+        r.every_slot_accounted_for_once();
+        assert_eq!(
+            r.missed,
+            seconds_between(r.last_polled, r.latest_due),
+            "{chamber}: every owed slot but the latest recorded missed, once"
+        );
+    }
+    let watermark = gone.watermark.expect("a watermark saved");
+    assert!(
+        watermark > gone.restart,
+        "the schedule moved on: watermark {watermark}, restart {}",
+        gone.restart
+    );
 }
 
 #[tokio::test(start_paused = true)]
