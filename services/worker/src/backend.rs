@@ -16,7 +16,9 @@
 //! - **Never a failed worker.** A lease that fails is logged and tried again after a pause;
 //!   the backend never yields an error, so a Redis outage pauses the worker instead of ending it.
 //! - **Stale receipts refused, a dead worker's jobs taken over**: the queue port's contract
-//!   (a lease expires after its visibility timeout; an expired receipt is ignored).
+//!   (a lease expires after its visibility timeout; an expired receipt is ignored). A job held
+//!   longer than a third of the visibility timeout (a slot far ahead, a store behind) has its
+//!   lease extended, every third of it, so no other worker takes a job this one still holds.
 //!
 //! On shutdown, jobs still waiting for their slot are released at once, so another worker
 //! takes them without waiting out their visibility timeout.
@@ -71,6 +73,7 @@ struct Held {
     slot: Timestamp,
     seq: u64,
     job: LeasedJob,
+    leased_at: tokio::time::Instant,
 }
 
 impl PartialEq for Held {
@@ -102,6 +105,9 @@ pub struct PollQueueBackend {
     leasing: Option<Boxed<Result<Vec<LeasedJob>, QueueError>>>,
     pause: Option<Pin<Box<Sleep>>>,
     due: Option<Pin<Box<Sleep>>>,
+    /// When the leases of jobs held long are next extended, and the extension in flight.
+    extension_due: Option<Pin<Box<Sleep>>>,
+    extending: Option<Boxed<()>>,
     closing: Option<Boxed<()>>,
 }
 
@@ -131,25 +137,81 @@ impl PollQueueBackend {
             leasing: None,
             pause: None,
             due: None,
+            extension_due: None,
+            extending: None,
             closing: None,
         }
     }
 
     fn hold(&mut self, jobs: Vec<LeasedJob>) {
         instruments().polls_started.add(jobs.len() as u64, &[]);
+        let leased_at = tokio::time::Instant::now();
         for job in jobs {
             self.seq += 1;
             self.waiting.push(Reverse(Held {
                 slot: job.job.poll.slot,
                 seq: self.seq,
                 job,
+                leased_at,
             }));
+        }
+    }
+
+    /// Every third of the visibility timeout, extends the leases of the jobs held at least that
+    /// long. Registers `cx` with the next extension (or the one in flight).
+    fn extend_held(&mut self, cx: &mut Context<'_>) {
+        if let Some(extending) = &mut self.extending {
+            if extending.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            self.extending = None;
+        }
+        let third = self.settings.visibility / 3;
+        let now = tokio::time::Instant::now();
+        let due = self
+            .extension_due
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(now + third)));
+        if due.as_mut().poll(cx).is_pending() {
+            return;
+        }
+        due.as_mut().reset(now + third);
+        // Registers `cx` with the next one.
+        let _ = due.as_mut().poll(cx);
+        let Some(cutoff) = now.checked_sub(third) else {
+            return;
+        };
+        let receipts: Vec<LeaseReceipt> = self
+            .waiting
+            .iter()
+            .filter(|Reverse(held)| held.leased_at <= cutoff)
+            .map(|Reverse(held)| held.job.receipt.clone())
+            .collect();
+        if receipts.is_empty() {
+            return;
+        }
+        let (queue, visibility) = (self.queue.clone(), self.settings.visibility);
+        let mut extending: Boxed<()> = Box::pin(async move {
+            match queue.extend(&receipts, visibility).await {
+                Ok(extended) => tracing::debug!(
+                    held = receipts.len(),
+                    extended,
+                    "leases of jobs held for their slot extended"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e, held = receipts.len(),
+                    "leases of jobs held for their slot not extended; other workers may take them"
+                ),
+            }
+        });
+        if extending.as_mut().poll(cx).is_pending() {
+            self.extending = Some(extending);
         }
     }
 
     /// Drives the lease in flight, and starts the next one while there is room to hold jobs.
     /// Registers `cx` with whatever it waits on.
     fn lease(&mut self, cx: &mut Context<'_>, worker: &WorkerContext) {
+        self.extend_held(cx);
         loop {
             if let Some(leasing) = &mut self.leasing {
                 let Poll::Ready(result) = leasing.as_mut().poll(cx) else {

@@ -443,3 +443,48 @@ async fn a_poll_the_store_refuses_does_not_hold_up_the_others() {
     let depth = lab.queue.depth().await.unwrap();
     assert_eq!((depth.ready, depth.leased, depth.delayed), (0, 0, 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn jobs_held_longer_than_the_visibility_timeout_are_not_taken_by_another_worker() {
+    // The first worker leases every job at once and holds each until its slot, up to 20 s
+    // ahead; the visibility timeout is 3 s, so a second worker would take over every job held
+    // past it, and both would fetch it, unless the holder keeps its leases.
+    let lab = lab(Away::Fails).await;
+    let config = WorkerConfig {
+        visibility: Duration::from_secs(3),
+        ..config()
+    };
+    let mut stops = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let worker = Worker::new(lab.handler.clone(), lab.queue.clone(), config.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        workers.push(tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        })));
+        stops.push(stop);
+        // The first worker leases everything before the second asks.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lab.until_every_slot_is_recorded().await;
+    for stop in stops {
+        stop.send(()).unwrap();
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let (total, by_outcome, one_per_slot) = lab.ledger().await;
+    assert_eq!(total, CHAMBERS * SLOTS, "{by_outcome:?}");
+    assert!(one_per_slot, "{by_outcome:?}");
+    assert_eq!(
+        by_outcome.get("ok").copied().unwrap_or(0),
+        CHAMBERS * SLOTS,
+        "{by_outcome:?}"
+    );
+    assert_eq!(
+        lab.client.requests.load(Ordering::SeqCst) as usize,
+        CHAMBERS * SLOTS,
+        "every poll fetched once: none taken over by the second worker while held"
+    );
+}
