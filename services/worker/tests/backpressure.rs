@@ -281,7 +281,7 @@ async fn store_away_from_5_to_12_s(lab: &Lab) {
     lab.until_every_slot_is_recorded().await;
 }
 
-fn assert_every_slot_once_and_nothing_fetched_lost(
+fn assert_every_slot_once_nothing_fetched_lost_and_fetching_bounded(
     lab: &Lab,
     ledger: &(usize, HashMap<String, usize>, bool),
 ) {
@@ -296,6 +296,11 @@ fn assert_every_slot_once_and_nothing_fetched_lost(
         "every slot fetched or expired because the store was behind: {by_outcome:?}"
     );
     assert!(behind > 0, "the stall made polls expire: {by_outcome:?}");
+    let while_away = lab.client.requests_while_away.load(Ordering::SeqCst);
+    assert!(
+        while_away as usize <= BOUND,
+        "{while_away} polls fetched while the store was away; the bound is {BOUND}"
+    );
     assert_eq!(
         lab.client.requests.load(Ordering::SeqCst),
         ok as u64,
@@ -309,12 +314,7 @@ async fn a_store_that_hangs_stops_the_fetching_and_nothing_fetched_is_lost() {
     let report = run_worker_while(&lab, store_away_from_5_to_12_s(&lab)).await;
 
     let ledger = lab.ledger().await;
-    assert_every_slot_once_and_nothing_fetched_lost(&lab, &ledger);
-    let while_away = lab.client.requests_while_away.load(Ordering::SeqCst);
-    assert!(
-        while_away as usize <= BOUND,
-        "{while_away} polls fetched while the store was away; the bound is {BOUND}"
-    );
+    assert_every_slot_once_nothing_fetched_lost_and_fetching_bounded(&lab, &ledger);
     assert!(
         report.failed_writes >= 2,
         "hung writes were abandoned at the write timeout and tried again: {report:?}"
@@ -329,12 +329,7 @@ async fn a_store_that_fails_keeps_the_results_and_writes_them_when_it_is_back() 
     let report = run_worker_while(&lab, store_away_from_5_to_12_s(&lab)).await;
 
     let ledger = lab.ledger().await;
-    assert_every_slot_once_and_nothing_fetched_lost(&lab, &ledger);
-    let while_away = lab.client.requests_while_away.load(Ordering::SeqCst);
-    assert!(
-        while_away as usize <= BOUND,
-        "{while_away} polls fetched while the store was away; the bound is {BOUND}"
-    );
+    assert_every_slot_once_nothing_fetched_lost_and_fetching_bounded(&lab, &ledger);
     let tried = lab.readings.writes_tried.load(Ordering::SeqCst);
     assert!(
         report.failed_writes >= 3 && tried > report.failed_writes,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::Timestamp;
-use chamberlain_domain::ports::PollQueue;
 use chamberlain_redis::RedisPollQueue;
 use chamberlain_redis::testing::TestPrefix;
 use chamberlain_simulator::{Simulator, SimulatorConfig};
@@ -45,18 +44,7 @@ async fn two_hundred_chambers_at_one_second_for_twenty_seconds_every_slot_once()
     scheduler_task.await.unwrap();
     let stopped = now();
     // Let the worker finish what was enqueued (the queue drains), then stop it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let depth = queue.depth().await.unwrap();
-        if depth.ready == 0 && depth.leased == 0 && depth.delayed == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the queue did not drain: {depth:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the condition, with a deadline
-    }
+    support::drained(&queue).await;
     let _ = stop_worker.send(());
     let report = worker_task.await.unwrap();
     assert_eq!(report.failed_writes, 0);

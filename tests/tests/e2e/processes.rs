@@ -1,43 +1,19 @@
 //! The pipeline when processes die or chambers misbehave: a worker killed with SIGKILL, the
 //! leading scheduler killed, and chambers that hang, fail, answer garbage or too much.
 
-use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{HealthPolicy, HealthState, PollOutcome};
-use chamberlain_domain::ports::{ChamberHealthRepository, ChamberRepository, PollQueue};
+use chamberlain_domain::ports::{ChamberHealthRepository, ChamberRepository};
 use chamberlain_domain::usecases::ChamberPatch;
 use chamberlain_redis::RedisPollQueue;
 use chamberlain_redis::testing::TestPrefix;
 use chamberlain_simulator::{ChamberBehaviour, CorruptKind, Format, Simulator, SimulatorConfig};
 use tokio::sync::oneshot;
 
-use crate::support::{self, check_every_slot_once, now, spawn};
-
-fn terminate(child: &mut Child) {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-}
-
-async fn drained(queue: &RedisPollQueue) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let d = queue.depth().await.unwrap();
-        if d.ready == 0 && d.leased == 0 && d.delayed == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue never drained: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling the condition, with a deadline
-    }
-}
+use crate::support::{self, check_every_slot_once, drained, now, spawn, terminate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_run_leaves_every_slot_with_one_ledger_entry() {

@@ -11,14 +11,13 @@ mod server_restart {
     use std::time::Duration;
 
     use chamberlain_domain::Timestamp;
-    use chamberlain_domain::ports::PollQueue;
     use chamberlain_postgres::testing::{PrivatePostgres, fresh_store_on};
     use chamberlain_redis::RedisPollQueue;
     use chamberlain_redis::testing::TestPrefix;
     use chamberlain_simulator::{Simulator, SimulatorConfig, SimulatorHandle};
     use tokio::sync::oneshot;
 
-    use crate::support::{self, Fleet, check_every_slot_once, now, spawn};
+    use crate::support::{self, Fleet, check_every_slot_once, drained, now, spawn, terminate};
 
     const CHAMBERS: u32 = 200;
     /// The worker's bound on results waiting: five seconds of the fleet.
@@ -129,29 +128,6 @@ mod server_restart {
                 }
             }
         })
-    }
-
-    async fn drained(queue: &RedisPollQueue) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let d = queue.depth().await.unwrap();
-            if d.ready == 0 && d.leased == 0 && d.delayed == 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "queue never drained: {d:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await; // polling the condition, with a deadline
-        }
-    }
-
-    fn terminate(child: &mut Child) {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let _ = child.wait();
     }
 
     /// Every ok entry in the fleet's whole ledger.

@@ -282,3 +282,30 @@ pub async fn check_every_slot_once(
     }
     outcomes
 }
+
+/// Stops a process as `docker stop` would (SIGTERM) and waits for it.
+pub fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+/// Waits (a minute at most) until the queue holds no job: none ready, leased or delayed.
+pub async fn drained(queue: &chamberlain_redis::RedisPollQueue) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = chamberlain_domain::ports::PollQueue::depth(queue)
+            .await
+            .unwrap();
+        if d.ready == 0 && d.leased == 0 && d.delayed == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never drained: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling the condition, with a deadline
+    }
+}
