@@ -60,3 +60,27 @@ pub async fn reads_a_polls_chamber_and_batch(reads: &dyn PollReads, p: &StorePor
     assert_eq!(reads.covering(section.id, at(9)).await.unwrap(), None);
     assert_eq!(reads.covering(other.id, at(11)).await.unwrap(), None);
 }
+
+/// A chamber whose poll the store refused ([`PollReads::outdated`]) is read again: a detector
+/// removed since the first read is gone from the next one at once.
+pub async fn a_chamber_marked_outdated_is_read_again(reads: &dyn PollReads, p: &StorePorts) {
+    let org = fixtures::organization("poll-reads-outdated");
+    p.organizations.create(&org).await.unwrap();
+    let section = fixtures::section(org.id, "room");
+    p.sections.create(&section).await.unwrap();
+    let chamber = fixtures::chamber(org.id, section.id, "c1", 1);
+    let kept = fixtures::detector(&chamber, "t");
+    let removed = fixtures::detector(&chamber, "h");
+    p.chambers
+        .create(&chamber, &[kept.clone(), removed.clone()])
+        .await
+        .unwrap();
+    let first = reads.load_for_poll(chamber.id).await.unwrap().unwrap();
+    assert_eq!(first.detectors.len(), 2);
+
+    p.detectors.delete(org.id, removed.id).await.unwrap();
+    reads.outdated(chamber.id);
+    let again = reads.load_for_poll(chamber.id).await.unwrap().unwrap();
+    let ids: Vec<_> = again.detectors.iter().map(|d| d.id).collect();
+    assert_eq!(ids, vec![kept.id], "the removed detector is gone");
+}

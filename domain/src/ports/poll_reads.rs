@@ -32,6 +32,13 @@ pub trait PollReads: Send + Sync {
         section: SectionId,
         at: Timestamp,
     ) -> Result<Option<Batch>, StoreError>;
+
+    /// The store refused a poll prepared from what [`PollReads::load_for_poll`] returned for
+    /// `chamber` (a detector removed since it was read): the next `load_for_poll` of it reads
+    /// the store. Reads straight from the store have nothing to forget. Infallible.
+    fn outdated(&self, chamber: ChamberId) {
+        let _ = chamber;
+    }
 }
 
 /// [`PollReads`] straight from the chamber and batch repositories (no cache).

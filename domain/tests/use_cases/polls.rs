@@ -495,9 +495,11 @@ async fn poll_reads_from_the_repositories_conform() {
     let h = Harness::new();
     let ports =
         chamberlain_domain::conformance::fixtures::StorePorts::from_adapter(h.store.clone());
-    chamberlain_domain::conformance::poll_reads::reads_a_polls_chamber_and_batch(
-        &chamberlain_domain::ports::RepositoryPollReads::of(&h.repositories),
-        &ports,
+    let reads = chamberlain_domain::ports::RepositoryPollReads::of(&h.repositories);
+    chamberlain_domain::conformance::poll_reads::reads_a_polls_chamber_and_batch(&reads, &ports)
+        .await;
+    chamberlain_domain::conformance::poll_reads::a_chamber_marked_outdated_is_read_again(
+        &reads, &ports,
     )
     .await;
 }

@@ -125,4 +125,8 @@ impl PollReads for CachedChambers {
         }
         Ok(open.filter(|b| b.covers(at)))
     }
+
+    fn outdated(&self, chamber: ChamberId) {
+        lock(&self.loaded).remove(&chamber);
+    }
 }

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use crate::WorkerReport;
 use crate::backlog::{Backlog, Place};
 
-/// How long a poll the store refused waits in the queue before it is fetched again (long
-/// enough for the worker's cache to see the chamber's new definition).
+/// How long a poll the store refused waits in the queue before it is fetched again (its
+/// chamber is read again from the store first: `PollReads::outdated`).
 pub(crate) const REFUSED_POLL_DELAY: Duration = Duration::from_secs(1);
 /// The longest pause between two attempts at a write that keeps failing.
 pub(crate) const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
@@ -324,8 +324,9 @@ impl Writer {
         true
     }
 
-    /// A poll the store refuses on its own: its job goes back to the queue, to be fetched again
-    /// (with its chamber as it is by then) after [`REFUSED_POLL_DELAY`]; a poll refused until
+    /// A poll the store refuses on its own: its chamber's cached definition is dropped and its
+    /// job goes back to the queue, to be fetched again (with the chamber as it is now) after
+    /// [`REFUSED_POLL_DELAY`]; a poll refused until
     /// its window closes ends in the ledger as expired. Its results are not stored.
     async fn refused(&mut self, poll: &ProcessedPoll, receipt: &LeaseReceipt, e: &StoreError) {
         let id = poll.record.entry.poll;
@@ -333,6 +334,7 @@ impl Writer {
             error = %e, chamber = %id.chamber_id, slot = %id.slot,
             "the store refused this poll's results; its job goes back to the queue to be fetched again"
         );
+        self.handler.reads.outdated(id.chamber_id);
         if let Err(e) = self.queue.release(receipt, REFUSED_POLL_DELAY).await {
             tracing::warn!(error = %e, "release failed; the job returns after its visibility timeout");
         }

@@ -24,7 +24,7 @@ use chamberlain_domain::ports::{
 use chamberlain_domain::usecases::PollHandler;
 use chamberlain_fakes::{MemoryStore, TokioClock};
 use chamberlain_memory::{MemoryEventBus, MemoryPollQueue};
-use chamberlain_worker::{Worker, WorkerConfig, WorkerReport};
+use chamberlain_worker::{CachedChambers, Worker, WorkerConfig, WorkerReport};
 use tokio::sync::Notify;
 
 const CHAMBERS: usize = 50;
@@ -82,7 +82,13 @@ enum Away {
     Hangs,
     /// Writes fail at once (a server restarting).
     Fails,
+    /// Always there, but slow: each write takes [`SLOW_PER_POLL`] per poll and
+    /// [`SLOW_PER_READING`] per reading (a store that cannot keep up with every poll).
+    Slow,
 }
+
+const SLOW_PER_POLL: Duration = Duration::from_millis(1);
+const SLOW_PER_READING: Duration = Duration::from_millis(30);
 
 /// The memory store's readings, with writes that hang or fail while the store is away.
 struct FlakyReadings {
@@ -104,6 +110,12 @@ impl FlakyReadings {
 impl ReadingRepository for FlakyReadings {
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError> {
         self.writes_tried.fetch_add(1, Ordering::SeqCst);
+        if self.how == Away::Slow {
+            let readings: usize = polls.iter().map(|p| p.readings.len()).sum();
+            let took = SLOW_PER_POLL * polls.len() as u32 + SLOW_PER_READING * readings as u32;
+            tokio::time::sleep(took).await;
+            return self.inner.store_polls(polls).await;
+        }
         loop {
             let back = self.back.notified();
             if !self.away.load(Ordering::SeqCst) {
@@ -115,7 +127,7 @@ impl ReadingRepository for FlakyReadings {
                         message: "the database system is starting up".into(),
                     });
                 }
-                Away::Hangs => back.await,
+                Away::Hangs | Away::Slow => back.await,
             }
         }
         self.inner.store_polls(polls).await
@@ -170,11 +182,14 @@ async fn lab(how: Away) -> Lab {
             .await
             .unwrap();
         detectors.push(detector);
-        for s in 1..=SLOTS {
-            let slot = T0 + Duration::from_secs(s as u64);
+        chambers.push(chamber);
+    }
+    // In slot order, as a scheduler enqueues them.
+    for s in 1..=SLOTS {
+        let slot = T0 + Duration::from_secs(s as u64);
+        for chamber in &chambers {
             jobs.push(fixtures::poll_job(org.id, chamber.id, slot, 1, T0));
         }
-        chambers.push(chamber);
     }
     queue.enqueue(&jobs).await.unwrap();
     let away = Arc::new(AtomicBool::new(false));
@@ -263,7 +278,16 @@ impl Lab {
 
 /// Runs a worker while `during` runs, then stops it and reports.
 async fn run_worker_while<F: Future<Output = ()>>(lab: &Lab, during: F) -> WorkerReport {
-    let worker = Worker::new(lab.handler.clone(), lab.queue.clone(), config());
+    run_worker_with_while(lab, config(), during).await
+}
+
+/// [`run_worker_while`] with `config`.
+async fn run_worker_with_while<F: Future<Output = ()>>(
+    lab: &Lab,
+    config: WorkerConfig,
+    during: F,
+) -> WorkerReport {
+    let worker = Worker::new(lab.handler.clone(), lab.queue.clone(), config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let working = tokio::spawn(worker.run(async {
         let _ = stopped.await;
@@ -391,7 +415,13 @@ async fn shutdown_with_the_store_away_acknowledges_nothing_unstored_and_stays_bo
 async fn a_poll_the_store_refuses_does_not_hold_up_the_others() {
     // An operator removes a chamber's only detector while a poll of it is being fetched: the
     // store refuses that poll's reading (its detector is gone), and with it the whole batch.
-    let lab = lab(Away::Fails).await;
+    // The worker reads chambers through its cache, as `chamberlain worker` does: the refusal
+    // must make it read the chamber again, or every later poll of it is refused too.
+    let mut lab = lab(Away::Fails).await;
+    lab.handler.reads = Arc::new(CachedChambers::new(
+        lab.handler.reads.clone(),
+        Duration::from_secs(60),
+    ));
     let refused = &lab.chambers[0];
     *lab.client.remove_on_fetch.lock().unwrap() = Some(Removal {
         url: refused.endpoint.as_str().to_owned(),
@@ -481,5 +511,36 @@ async fn jobs_held_longer_than_the_visibility_timeout_are_not_taken_by_another_w
         lab.client.requests.load(Ordering::SeqCst) as usize,
         CHAMBERS * SLOTS,
         "every poll fetched once: none taken over by the second worker while held"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_slower_than_the_polls_stores_what_it_can_and_records_every_slot() {
+    // Fetching every poll would take the store 1.55 s of writing a second: it can keep about
+    // 31 of the 50 polls a second (each poll's entry 1 ms, its reading 30 ms). The worker,
+    // holding at most a second of polls ahead (the rest wait in the queue), fetches what the
+    // store can keep and no more; the other slots are recorded expired, store_behind.
+    let lab = lab(Away::Slow).await;
+    let config = WorkerConfig {
+        max_waiting: CHAMBERS,
+        lease_batch: CHAMBERS,
+        ..config()
+    };
+    run_worker_with_while(&lab, config, lab.until_every_slot_is_recorded()).await;
+
+    let (total, by_outcome, one_per_slot) = lab.ledger().await;
+    assert_eq!(total, CHAMBERS * SLOTS, "{by_outcome:?}");
+    assert!(one_per_slot, "{by_outcome:?}");
+    let ok = by_outcome.get("ok").copied().unwrap_or(0);
+    let behind = by_outcome.get("expired:store_behind").copied().unwrap_or(0);
+    assert_eq!(ok + behind, CHAMBERS * SLOTS, "{by_outcome:?}");
+    assert!(
+        ok * 2 >= CHAMBERS * SLOTS,
+        "at least half the slots fetched and stored (the store can keep about 62 %): {by_outcome:?}"
+    );
+    assert_eq!(
+        lab.client.requests.load(Ordering::SeqCst),
+        ok as u64,
+        "every poll fetched was stored"
     );
 }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chamberlain_domain::conformance::fixtures::StorePorts;
-use chamberlain_domain::conformance::poll_reads::reads_a_polls_chamber_and_batch;
+use chamberlain_domain::conformance::poll_reads::{
+    a_chamber_marked_outdated_is_read_again, reads_a_polls_chamber_and_batch,
+};
 use chamberlain_domain::ports::RepositoryPollReads;
 use chamberlain_fakes::MemoryStore;
 use chamberlain_worker::CachedChambers;
@@ -17,4 +19,5 @@ async fn cached_poll_reads_conform() {
         Duration::from_secs(60),
     );
     reads_a_polls_chamber_and_batch(&cached, &ports).await;
+    a_chamber_marked_outdated_is_read_again(&cached, &ports).await;
 }
