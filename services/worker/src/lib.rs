@@ -32,9 +32,12 @@ pub const DEFAULT_CONCURRENCY: usize = 512;
 /// at 1 s with the scheduler's 200 ms lead hold about 2,000.
 pub const DEFAULT_MAX_WAITING: usize = 4096;
 
-/// Results waiting to be stored per worker, at most, unless configured otherwise: two seconds
-/// of 10,000 chambers polled every second.
-pub const DEFAULT_MAX_RESULTS_WAITING: usize = 20_000;
+/// Results waiting to be stored per worker, at most, unless configured otherwise: five seconds
+/// of 10,000 chambers polled every second, ten of 5,000 (a store's usual stalls: a checkpoint,
+/// a fresh table's first seconds; 20,000 was reached by a tuned server's first seconds at 5,000
+/// chambers). With 8 detectors a poll's results take about 1 KiB, so the byte bound comes first
+/// past ~64,000.
+pub const DEFAULT_MAX_RESULTS_WAITING: usize = 50_000;
 
 /// Their memory, at most (roughly), unless configured otherwise.
 pub const DEFAULT_MAX_RESULTS_BYTES: usize = 64 * 1024 * 1024;
