@@ -238,11 +238,6 @@ impl Scheduler {
         }
     }
 
-    /// Records missed slots (and earlier ones that could not be recorded), enqueues due polls
-    /// (and earlier ones that could not be sent), then saves the watermark, unless missed slots
-    /// are still unrecorded: a scheduler that dies then leaves them to the next leader, which
-    /// decides them again. Returns what is still owed. A crash between the steps re-decides
-    /// the same slots next time, and dedup (queue and ledger) makes that harmless.
     /// Records missed slots in the ledger, each write bounded by [`LEDGER_WRITE_TIMEOUT`],
     /// leaving out the entries it refuses for good (the slots of a chamber deleted since they
     /// were decided need none): a refused write is split in halves until the entries it
@@ -278,6 +273,11 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Records missed slots (and earlier ones that could not be recorded), enqueues due polls
+    /// (and earlier ones that could not be sent), then saves the watermark, unless missed slots
+    /// are still unrecorded: a scheduler that dies then leaves them to the next leader, which
+    /// decides them again. Returns what is still owed. A crash between the steps re-decides
+    /// the same slots next time, and dedup (queue and ledger) makes that harmless.
     async fn carry_out(
         &self,
         decision: Decision,

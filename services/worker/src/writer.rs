@@ -195,7 +195,9 @@ impl Writer {
 
     /// Stores the oldest batch in one write, moves health and publishes events, then
     /// acknowledges its jobs. A write that fails or takes longer than `timeout` puts the batch
-    /// back in front, to be written again after a pause. Returns whether it was stored.
+    /// back in front, to be written again after a pause; one the store refuses for good is put
+    /// back to be written in halves at once, and a single poll it refuses is given back to the
+    /// queue ([`Writer::refused`]). Returns whether the buffer moved on (stored or refused).
     async fn write_batch(&mut self, timeout: Duration) -> bool {
         let n = self.buffer.len().min(self.batch_limit);
         let mut polls = Vec::with_capacity(n);
@@ -326,8 +328,8 @@ impl Writer {
 
     /// A poll the store refuses on its own: its chamber's cached definition is dropped and its
     /// job goes back to the queue, to be fetched again (with the chamber as it is now) after
-    /// [`REFUSED_POLL_DELAY`]; a poll refused until
-    /// its window closes ends in the ledger as expired. Its results are not stored.
+    /// [`REFUSED_POLL_DELAY`]; a poll refused until its window closes ends in the ledger as
+    /// expired. Its results are not stored.
     async fn refused(&mut self, poll: &ProcessedPoll, receipt: &LeaseReceipt, e: &StoreError) {
         let id = poll.record.entry.poll;
         tracing::warn!(
