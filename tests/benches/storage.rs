@@ -1,6 +1,8 @@
-//! Storage benchmark: readings written per second at batch sizes 1, 100, 1,000 and 10,000,
-//! and "the latest slot of each of 10,000 chambers" over 10 million stored readings, on
-//! PostgreSQL and SQLite.
+//! Storage benchmark: readings written per second at batch sizes 1, 100, 1,000 and 10,000;
+//! the latency of every reading query the API offers over a day of 1 s polls (a detector, a
+//! chamber and a batch over a range, every page of a day as an export does, aggregates, the
+//! ledger's pages and tallies, a detector of a 200-detector chamber); and "the latest slot of
+//! each of 10,000 chambers" over 10 million stored readings; on PostgreSQL and SQLite.
 //!
 //! ```sh
 //! scripts/bench-storage                      # a tuned throwaway PostgreSQL, full figures
@@ -18,14 +20,26 @@ use std::time::{Duration, Instant};
 
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::conformance::fixtures::{self, StorePorts, T0};
-use chamberlain_domain::model::{Chamber, ChamberId, Detector, OrganizationId};
-use chamberlain_domain::ports::PollRecord;
+use chamberlain_domain::limits::MAX_PAGE_SIZE;
+use chamberlain_domain::model::{
+    BatchId, Chamber, ChamberId, Detector, Organization, OrganizationId, PageRequest, PageSize,
+    SectionId, every_page,
+};
+use chamberlain_domain::ports::{
+    AggregateQuery, LedgerQuery, PollRecord, ReadingQuery, ReadingScope, TallyQuery,
+};
 
 struct Sizes {
     write_rounds: Vec<(usize, usize)>,
     latest_chambers: usize,
     latest_slots: usize,
     writers: usize,
+    /// Chambers of 8 detectors polled every second, and for how long.
+    history_chambers: usize,
+    history_secs: u64,
+    /// Detectors of the wide chamber, polled every second for `wide_secs`.
+    wide_detectors: usize,
+    wide_secs: u64,
 }
 
 fn sizes(smoke: bool) -> Sizes {
@@ -35,6 +49,10 @@ fn sizes(smoke: bool) -> Sizes {
             latest_chambers: 200,
             latest_slots: 5,
             writers: 2,
+            history_chambers: 2,
+            history_secs: 600,
+            wide_detectors: 20,
+            wide_secs: 60,
         }
     } else {
         Sizes {
@@ -43,6 +61,10 @@ fn sizes(smoke: bool) -> Sizes {
             latest_chambers: 10_000,
             latest_slots: 125,
             writers: 2,
+            history_chambers: 4,
+            history_secs: 86_400,
+            wide_detectors: 200,
+            wide_secs: 3_600,
         }
     }
 }
@@ -197,6 +219,236 @@ async fn latest_query(name: &str, p: &StorePorts, s: &Sizes) {
     );
 }
 
+/// Runs `query` `runs` times and prints its median, min and max latency with what it returned.
+async fn timed<F, Fut>(name: &str, what: &str, runs: usize, mut query: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = usize>,
+{
+    let mut times = Vec::with_capacity(runs);
+    let mut returned = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        returned = query().await;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name:<8} query  {what:<44} median {:>9.2} ms (min {:.2}, max {:.2}; {returned} rows, {runs} runs)",
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1]),
+    );
+}
+
+/// Loads `secs` one-second slots of every chamber in `fleet` (readings in `batch`), two writers
+/// on alternate stretches of about 10,000 readings a write.
+async fn load_history(p: &StorePorts, fleet: &Arc<Fleet>, secs: u64, batch: BatchId) -> u64 {
+    let per_write = (10_000 / fleet.chambers.iter().map(|(_, d)| d.len()).sum::<usize>()).max(1);
+    let mut loaders = Vec::new();
+    for w in 0..2u64 {
+        let (p, fleet) = (p.clone(), fleet.clone());
+        loaders.push(tokio::spawn(async move {
+            let mut loaded = 0u64;
+            let mut first = w * per_write as u64;
+            while first < secs {
+                let mut polls = Vec::new();
+                for k in first..(first + per_write as u64).min(secs) {
+                    let slot = T0 + Duration::from_secs(k);
+                    for (i, (c, ds)) in fleet.chambers.iter().enumerate() {
+                        let mut poll =
+                            fixtures::poll_record(c, ds, slot, (k % 97 + i as u64) as f64, None);
+                        for r in &mut poll.readings {
+                            r.batch_id = Some(batch);
+                        }
+                        polls.push(poll);
+                    }
+                }
+                loaded += p
+                    .readings
+                    .store_polls(&polls)
+                    .await
+                    .expect("load")
+                    .readings_new;
+                first += 2 * per_write as u64;
+            }
+            loaded
+        }));
+    }
+    let mut loaded = 0;
+    for l in loaders {
+        loaded += l.await.expect("loader");
+    }
+    loaded
+}
+
+async fn fleet_in(
+    p: &StorePorts,
+    org: &Organization,
+    section: SectionId,
+    n: usize,
+    detectors: usize,
+) -> Fleet {
+    let mut chambers = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = fixtures::chamber(org.id, section, &format!("h{i:05}"), 1);
+        let ds: Vec<Detector> = (0..detectors)
+            .map(|d| fixtures::detector(&c, &format!("d{d:03}")))
+            .collect();
+        p.chambers.create(&c, &ds).await.expect("chamber");
+        chambers.push((c, ds));
+    }
+    Fleet {
+        org: org.id,
+        chambers,
+    }
+}
+
+/// Every query the API offers, timed over a day of 1 s polls.
+#[allow(clippy::too_many_lines, reason = "one timed query after another")]
+async fn query_latencies(name: &str, p: &StorePorts, s: &Sizes) {
+    let setup = Instant::now();
+    let org = fixtures::organization(&format!("history {}", uuid::Uuid::new_v4()));
+    p.organizations.create(&org).await.expect("organization");
+    let section = fixtures::section(org.id, "history room");
+    p.sections.create(&section).await.expect("section");
+    let batch = fixtures::batch(org.id, section.id, "history batch", T0);
+    p.batches.start(&batch).await.expect("batch");
+    let history = Arc::new(fleet_in(p, &org, section.id, s.history_chambers, DETECTORS).await);
+    let wide_section = fixtures::section(org.id, "wide room");
+    p.sections.create(&wide_section).await.expect("section");
+    let wide = Arc::new(fleet_in(p, &org, wide_section.id, 1, s.wide_detectors).await);
+    let loaded = load_history(p, &history, s.history_secs, batch.id).await
+        + load_history(p, &wide, s.wide_secs, batch.id).await;
+    println!(
+        "{name:<8} query setup: {} chambers × {DETECTORS} detectors × {} s and 1 × {} detectors × {} s at 1 s = {loaded} readings in {:.1} s",
+        s.history_chambers,
+        s.history_secs,
+        s.wide_detectors,
+        s.wide_secs,
+        setup.elapsed().as_secs_f64()
+    );
+    let org = org.id;
+    let (chamber, detectors) = &history.chambers[0];
+    let (wide_chamber, wide_detectors) = &wide.chambers[0];
+    let hour = T0 + Duration::from_secs(s.history_secs.min(3_600));
+    let day = T0 + Duration::from_secs(s.history_secs);
+    let max = PageSize::new(MAX_PAGE_SIZE).expect("page size");
+    let range = |scope, to: Timestamp| ReadingQuery {
+        scope,
+        from: T0,
+        to,
+        page: PageRequest::default(),
+    };
+    let first_page = |q: ReadingQuery| async move {
+        p.readings.query(org, &q).await.expect("query").items.len()
+    };
+    let every = |q: ReadingQuery| async move {
+        every_page(max, |page| {
+            let q = ReadingQuery { page, ..q.clone() };
+            async move { p.readings.query(org, &q).await }
+        })
+        .await
+        .expect("query")
+        .len()
+    };
+    let detector = ReadingScope::Detector(detectors[3].id);
+    let chamber_scope = ReadingScope::Chamber(chamber.id);
+    timed(name, "detector, 1 h, first page", 15, || {
+        first_page(range(detector, hour))
+    })
+    .await;
+    timed(name, "detector, 1 h, every page", 7, || {
+        every(range(detector, hour))
+    })
+    .await;
+    timed(name, "detector, 24 h, every page", 3, || {
+        every(range(detector, day))
+    })
+    .await;
+    timed(name, "chamber, 1 h, first page", 15, || {
+        first_page(range(chamber_scope, hour))
+    })
+    .await;
+    timed(name, "chamber, 1 h, every page", 7, || {
+        every(range(chamber_scope, hour))
+    })
+    .await;
+    timed(name, "batch, 1 h, first page", 15, || {
+        first_page(range(ReadingScope::Batch(batch.id), hour))
+    })
+    .await;
+    timed(name, "chamber, 24 h, every page (an export)", 3, || {
+        every(range(chamber_scope, day))
+    })
+    .await;
+    let wide_detector = ReadingScope::Detector(wide_detectors[137 % wide_detectors.len()].id);
+    let wide_end = T0 + Duration::from_secs(s.wide_secs);
+    timed(name, "wide chamber's detector, 1 h, every page", 7, || {
+        every(range(wide_detector, wide_end))
+    })
+    .await;
+    timed(name, "wide chamber, 1 h, first page", 15, || {
+        first_page(range(ReadingScope::Chamber(wide_chamber.id), wide_end))
+    })
+    .await;
+    let aggregate = |scope, bucket_millis| async move {
+        let q = AggregateQuery {
+            scope,
+            from: T0,
+            to: day,
+            bucket_millis,
+        };
+        p.readings
+            .aggregate(org, &q)
+            .await
+            .expect("aggregate")
+            .len()
+    };
+    timed(
+        name,
+        "aggregate, detector, 24 h in 1 min buckets",
+        7,
+        || aggregate(detector, 60_000),
+    )
+    .await;
+    timed(name, "aggregate, chamber, 24 h in 1 h buckets", 7, || {
+        aggregate(chamber_scope, 3_600_000)
+    })
+    .await;
+    let ledger = |failures_only, to| async move {
+        let q = LedgerQuery {
+            chamber_id: chamber.id,
+            from: T0,
+            to,
+            failures_only,
+            page: PageRequest::default(),
+        };
+        p.ledger.list(org, &q).await.expect("ledger").items.len()
+    };
+    timed(name, "ledger, 24 h, first page", 15, || ledger(false, day)).await;
+    timed(name, "ledger, 24 h, failures only (none)", 7, || {
+        ledger(true, day)
+    })
+    .await;
+    timed(name, "tally, 24 h in 1 h buckets", 7, || async {
+        let q = TallyQuery {
+            chamber_id: chamber.id,
+            from: T0,
+            to: day,
+            bucket_millis: 3_600_000,
+        };
+        p.ledger.tally(org, &q).await.expect("tally").len()
+    })
+    .await;
+    let ids: Vec<ChamberId> = history.chambers.iter().map(|(c, _)| c.id).collect();
+    timed(name, "latest of the history chambers", 15, || async {
+        p.readings.latest(org, &ids).await.expect("latest").len()
+    })
+    .await;
+}
+
 async fn postgres(s: &Sizes) {
     let (store, guard) = chamberlain_postgres::testing::fresh_store().await;
     let settings = sqlx_settings(&store).await;
@@ -206,6 +458,7 @@ async fn postgres(s: &Sizes) {
         ..StorePorts::from_adapter(Arc::new(store))
     };
     write_rates("postgres", &ports, s).await;
+    query_latencies("postgres", &ports, s).await;
     latest_query("postgres", &ports, s).await;
 }
 
@@ -245,6 +498,7 @@ async fn sqlite(s: &Sizes) {
     println!("sqlite   settings: {url} (WAL, synchronous=NORMAL)");
     let ports = StorePorts::from_adapter(Arc::new(store));
     write_rates("sqlite", &ports, s).await;
+    query_latencies("sqlite", &ports, s).await;
     latest_query("sqlite", &ports, s).await;
     drop(ports);
     let _ = std::fs::remove_dir_all(&dir);
