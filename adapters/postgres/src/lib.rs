@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
-mod encoding;
 mod errors;
 pub mod partitions;
 mod store;

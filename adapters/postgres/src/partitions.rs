@@ -1,5 +1,5 @@
-//! Daily range partitions of `readings` and `poll_ledger`: created ahead of time (and on demand
-//! for a slot outside them), dropped by retention.
+//! Daily range partitions of `polls`: created ahead of time (and on demand for a slot outside
+//! them), dropped by retention (with the days of the previous layout's tables, while they last).
 
 use std::collections::BTreeSet;
 
@@ -10,10 +10,17 @@ use time::OffsetDateTime;
 
 use crate::errors::store_error;
 
-/// The tables partitioned by slot, one partition per UTC day — in the order a write touches
-/// them (the ledger, then readings), so partition DDL takes their locks in the same order as a
-/// concurrent write and the two can never deadlock.
-pub const PARTITIONED_TABLES: [&str; 2] = ["poll_ledger", "readings"];
+/// The tables partitioned by slot, one partition per UTC day (were there several, in the
+/// order a write touches them, so partition DDL and a concurrent write take their locks in the
+/// same order and never deadlock).
+pub const PARTITIONED_TABLES: [&str; 1] = ["polls"];
+
+/// Tables of the previous layout (parent, prefix of its partitions' names), kept until
+/// `chamberlain migrate` has converted them: retention drops their days too.
+const LEGACY_TABLES: [(&str, &str); 2] = [
+    ("legacy_poll_ledger", "poll_ledger"),
+    ("legacy_readings", "readings"),
+];
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -102,11 +109,11 @@ pub async fn ensure_ahead(pool: &PgPool, now: Timestamp, ahead: u32) -> Result<(
     ensure_days(pool, &(today - 1..=today + i64::from(ahead)).collect()).await
 }
 
-/// Days that have a partition (of `readings`).
+/// Days that have a partition (of `polls`).
 pub async fn existing_days(pool: &PgPool) -> Result<BTreeSet<i64>, StoreError> {
     let rows = sqlx::query(
         "SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-         WHERE i.inhparent = 'readings'::regclass",
+         WHERE i.inhparent = 'polls'::regclass",
     )
     .fetch_all(pool)
     .await
@@ -114,7 +121,7 @@ pub async fn existing_days(pool: &PgPool) -> Result<BTreeSet<i64>, StoreError> {
     Ok(rows
         .iter()
         .filter_map(|r| r.try_get::<String, _>("name").ok())
-        .filter_map(|n| day_from_name("readings", &n))
+        .filter_map(|n| day_from_name("polls", &n))
         .collect())
 }
 
@@ -127,10 +134,14 @@ pub async fn drop_before(pool: &PgPool, cutoff_day: i64) -> Result<Vec<String>, 
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-    for table in PARTITIONED_TABLES {
+    let tables = PARTITIONED_TABLES
+        .iter()
+        .map(|t| (*t, *t))
+        .chain(LEGACY_TABLES);
+    for (parent, table) in tables {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = '{table}'::regclass"
+             WHERE i.inhparent = to_regclass('{parent}')"
         )))
         .fetch_all(&mut *tx)
         .await

@@ -3,6 +3,7 @@
 mod alerts;
 mod configuration;
 mod health;
+mod layouts;
 mod readings;
 pub(crate) mod rows;
 mod tenancy;
@@ -30,6 +31,18 @@ fn decode_all<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T>) -> Result<Vec<T>> {
 }
 
 impl PgStore {
+    /// Whether the previous layout's tables (`legacy_readings`, `legacy_poll_ledger`) are still
+    /// there: `chamberlain migrate` has not finished converting them.
+    async fn has_legacy_tables(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<bool> {
+        sqlx::query_scalar("SELECT to_regclass('legacy_poll_ledger') IS NOT NULL")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(store_error)
+    }
+
     /// Whether `sql`, with its two parameters, finds a row.
     async fn exists(&self, sql: &'static str, a: Uuid, b: Uuid) -> Result<bool> {
         let row = sqlx::query(sql)

@@ -1469,6 +1469,320 @@ pub async fn the_ledger_is_tallied_per_bucket_from_the_start(p: &StorePorts) {
 
 /// Expands to one `#[tokio::test]` per repository case. `$make` is an expression evaluating to
 /// a future of a fresh [`StorePorts`].
+/// Every reading of a scope, through pages of `size`.
+async fn every_reading(
+    p: &StorePorts,
+    w: &World,
+    scope: ReadingScope,
+    size: u32,
+) -> Vec<crate::model::Reading> {
+    crate::model::every_page(PageSize::new(size).unwrap(), |page| {
+        let q = ReadingQuery {
+            page,
+            ..all_readings(scope)
+        };
+        async move { p.readings.query(w.org.id, &q).await }
+    })
+    .await
+    .unwrap()
+}
+
+/// `readings` in the order queries return them: by (slot, detector).
+fn sorted(mut readings: Vec<crate::model::Reading>) -> Vec<crate::model::Reading> {
+    readings.sort_by_key(|r| (r.slot, r.detector_id));
+    readings
+}
+
+/// Each detector's (count, sum) of measured values in one all-time bucket, by aggregate.
+async fn aggregated(
+    p: &StorePorts,
+    w: &World,
+    scope: ReadingScope,
+) -> Vec<(crate::model::DetectorId, u64, f64)> {
+    let q = AggregateQuery {
+        scope,
+        from: Timestamp::from_unix_millis(0),
+        to: slot(1_000_000),
+        bucket_millis: 1_000_000_000_000,
+    };
+    #[allow(clippy::cast_precision_loss, reason = "test values are small")]
+    p.readings
+        .aggregate(w.org.id, &q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.detector_id, a.count, a.mean * a.count as f64))
+        .collect()
+}
+
+pub async fn a_detector_added_later_has_readings_only_from_then(p: &StorePorts) {
+    let w = world(p, "added later").await;
+    let before = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
+    p.readings
+        .store_polls(std::slice::from_ref(&before))
+        .await
+        .unwrap();
+    let added = fixtures::detector(&w.chamber, "co2");
+    p.detectors.add(&added).await.unwrap();
+    let mut three = w.detectors.clone();
+    three.push(added.clone());
+    let after = fixtures::poll_record(&w.chamber, &three, slot(2), 30.0, None);
+    let report = p
+        .readings
+        .store_polls(std::slice::from_ref(&after))
+        .await
+        .unwrap();
+    assert_eq!(report.readings_new, 3);
+
+    let expected = sorted([before.readings.clone(), after.readings.clone()].concat());
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(w.chamber.id), 1000).await,
+        expected
+    );
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(w.chamber.id), 2).await,
+        expected
+    );
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Detector(added.id), 1000).await,
+        vec![after.readings[2].clone()]
+    );
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Detector(w.detectors[1].id), 1000).await,
+        vec![before.readings[1].clone(), after.readings[1].clone()]
+    );
+    let latest = p.readings.latest(w.org.id, &[w.chamber.id]).await.unwrap();
+    assert_eq!(latest[0].slot, slot(2));
+    assert_eq!(latest[0].readings, sorted(after.readings.clone()));
+    let sums = aggregated(p, &w, ReadingScope::Chamber(w.chamber.id)).await;
+    assert!(sums.contains(&(added.id, 1, 32.0)), "{sums:?}");
+    assert_eq!(sums.len(), 3);
+}
+
+pub async fn deleting_a_detector_removes_its_readings_and_shifts_no_other_value(p: &StorePorts) {
+    let w = world(p, "deleted detector").await;
+    let third = fixtures::detector(&w.chamber, "pressure");
+    p.detectors.add(&third).await.unwrap();
+    let mut ds = w.detectors.clone();
+    ds.push(third);
+    ds.sort_by_key(|d| d.id);
+    let polls: Vec<_> = (1..=2)
+        .map(|s| fixtures::poll_record(&w.chamber, &ds, slot(s), 10.0 * s as f64, None))
+        .collect();
+    p.readings.store_polls(&polls).await.unwrap();
+    // The middle one of three, by id (and so by position wherever positions follow ids).
+    let gone = ds.remove(1);
+    p.detectors.delete(w.org.id, gone.id).await.unwrap();
+    let kept = |polls: &[crate::ports::PollRecord]| {
+        sorted(
+            polls
+                .iter()
+                .flat_map(|p| {
+                    p.readings
+                        .iter()
+                        .filter(|r| r.detector_id != gone.id)
+                        .cloned()
+                })
+                .collect(),
+        )
+    };
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(w.chamber.id), 1000).await,
+        kept(&polls)
+    );
+    assert_eq!(
+        p.readings
+            .query(w.org.id, &all_readings(ReadingScope::Detector(gone.id)))
+            .await,
+        nf("detector")
+    );
+    let latest = p.readings.latest(w.org.id, &[w.chamber.id]).await.unwrap();
+    assert_eq!(latest[0].readings, kept(&polls[1..]));
+    let sums = aggregated(p, &w, ReadingScope::Chamber(w.chamber.id)).await;
+    assert!(sums.iter().all(|(d, _, _)| *d != gone.id), "{sums:?}");
+    assert_eq!(sums.len(), 2);
+    // A late poll still carrying the deleted detector's reading is refused.
+    let mut with_gone = ds.clone();
+    with_gone.push(gone.clone());
+    assert_eq!(
+        p.readings
+            .store_polls(&[fixtures::poll_record(
+                &w.chamber,
+                &with_gone,
+                slot(3),
+                5.0,
+                None
+            )])
+            .await,
+        Err(StoreError::MissingParent {
+            entity: "reading",
+            parent: "detector"
+        })
+    );
+    // Detectors come and go; every value stays with its own detector.
+    let mut all = polls.clone();
+    all.push(fixtures::poll_record(&w.chamber, &ds, slot(3), 30.0, None));
+    p.readings.store_polls(&all[2..]).await.unwrap();
+    let fourth = fixtures::detector(&w.chamber, "light");
+    p.detectors.add(&fourth).await.unwrap();
+    ds.push(fourth.clone());
+    all.push(fixtures::poll_record(&w.chamber, &ds, slot(4), 40.0, None));
+    p.readings.store_polls(&all[3..]).await.unwrap();
+    for d in [ds.remove(0), ds.remove(0)] {
+        p.detectors.delete(w.org.id, d.id).await.unwrap();
+    }
+    assert_eq!(ds, vec![fourth.clone()]);
+    all.push(fixtures::poll_record(&w.chamber, &ds, slot(5), 50.0, None));
+    p.readings.store_polls(&all[4..]).await.unwrap();
+    let only_fourth: Vec<_> = sorted(
+        all.iter()
+            .flat_map(|p| {
+                p.readings
+                    .iter()
+                    .filter(|r| r.detector_id == fourth.id)
+                    .cloned()
+            })
+            .collect(),
+    );
+    assert_eq!(only_fourth.len(), 2);
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(w.chamber.id), 1000).await,
+        only_fourth
+    );
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Detector(fourth.id), 1).await,
+        only_fourth
+    );
+    let latest = p.readings.latest(w.org.id, &[w.chamber.id]).await.unwrap();
+    assert_eq!(latest[0].readings, vec![all[4].readings[0].clone()]);
+}
+
+pub async fn a_poll_may_lack_some_detectors(p: &StorePorts) {
+    let w = world(p, "absent").await;
+    let mut partial = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
+    let absent = partial.readings.remove(0);
+    let report = p
+        .readings
+        .store_polls(std::slice::from_ref(&partial))
+        .await
+        .unwrap();
+    assert_eq!((report.readings_new, report.ledger_new), (1, 1));
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(w.chamber.id), 1000).await,
+        partial.readings
+    );
+    assert!(
+        every_reading(p, &w, ReadingScope::Detector(absent.detector_id), 1000)
+            .await
+            .is_empty()
+    );
+    let latest = p.readings.latest(w.org.id, &[w.chamber.id]).await.unwrap();
+    assert_eq!(latest[0].readings, partial.readings);
+}
+
+pub async fn a_poll_twice_in_one_batch_is_stored_once(p: &StorePorts) {
+    let w = world(p, "twice").await;
+    let first = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
+    let again = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 99.0, None);
+    let report = p
+        .readings
+        .store_polls(&[first.clone(), again])
+        .await
+        .unwrap();
+    assert_eq!((report.ledger_new, report.ledger_existing), (1, 1));
+    assert_eq!((report.readings_new, report.readings_existing), (2, 2));
+    assert_eq!(report.existing_polls, vec![first.entry.poll]);
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(w.chamber.id), 1000).await,
+        sorted(first.readings)
+    );
+}
+
+pub async fn a_polls_readings_share_its_times_and_batch(p: &StorePorts) {
+    let w = world(p, "shared times").await;
+    let good = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
+    let batch = fixtures::batch(w.org.id, w.section.id, "run", slot(0));
+    p.batches.start(&batch).await.unwrap();
+    let breaks: [fn(&mut crate::model::Reading, crate::model::BatchId); 3] = [
+        |r, _| r.requested_at = r.requested_at + Duration::from_millis(1),
+        |r, _| r.received_at = r.received_at + Duration::from_millis(1),
+        |r, b| r.batch_id = Some(b),
+    ];
+    for (i, break_it) in breaks.into_iter().enumerate() {
+        let mut bad = fixtures::poll_record(&w.chamber, &w.detectors, slot(2), 20.0, None);
+        break_it(&mut bad.readings[1], batch.id);
+        match p.readings.store_polls(&[good.clone(), bad]).await {
+            Err(StoreError::Invalid(e)) => assert_eq!(e.field, "readings", "case {i}"),
+            other => panic!("case {i}: {other:?}"),
+        }
+    }
+    assert!(
+        every_reading(p, &w, ReadingScope::Chamber(w.chamber.id), 1000)
+            .await
+            .is_empty()
+    );
+}
+
+pub async fn a_wide_chamber_pages_across_one_slot(p: &StorePorts) {
+    let w = world(p, "wide").await;
+    let wide = fixtures::chamber(w.org.id, w.section.id, "wide", 1);
+    let ds: Vec<Detector> = (0..30)
+        .map(|i| fixtures::detector(&wide, &format!("d{i:02}")))
+        .collect();
+    p.chambers.create(&wide, &ds).await.unwrap();
+    let mut polls = Vec::new();
+    for s in 1..=3 {
+        let mut poll = fixtures::poll_record(&wide, &ds, slot(s), s as f64, None);
+        // Some corrupted, some absent.
+        for r in poll.readings.iter_mut().skip(s as usize).step_by(4) {
+            r.value = crate::model::ReadingValue::Corrupted(CorruptionReason::Implausible);
+        }
+        poll.readings
+            .retain(|r| r.detector_id != ds[(7 * s) as usize].id);
+        polls.push(poll);
+    }
+    p.readings.store_polls(&polls).await.unwrap();
+    let expected = sorted(polls.iter().flat_map(|p| p.readings.clone()).collect());
+    let w = World {
+        chamber: wide.clone(),
+        detectors: ds,
+        ..w
+    };
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(wide.id), 7).await,
+        expected
+    );
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Chamber(wide.id), 1).await,
+        expected
+    );
+    let one = w.detectors[7].id;
+    assert_eq!(
+        every_reading(p, &w, ReadingScope::Detector(one), 1).await,
+        expected
+            .iter()
+            .filter(|r| r.detector_id == one)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+}
+
+pub async fn latest_moves_only_with_readings(p: &StorePorts) {
+    let w = world(p, "latest").await;
+    let good = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
+    let mut timeout = fixtures::poll_record(&w.chamber, &[], slot(2), 0.0, None);
+    timeout.entry.outcome = PollOutcome::Timeout;
+    p.readings
+        .store_polls(&[good.clone(), timeout])
+        .await
+        .unwrap();
+    let latest = p.readings.latest(w.org.id, &[w.chamber.id]).await.unwrap();
+    assert_eq!(
+        (latest[0].slot, latest[0].readings.clone()),
+        (slot(1), sorted(good.readings))
+    );
+}
+
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {
@@ -1494,7 +1808,14 @@ macro_rules! store_conformance_tests {
             alert_rules_are_per_chamber_and_per_tenant,
             a_rule_has_at_most_one_open_alert_and_keeps_its_history,
             transmitters_and_their_dead_letters,
-            a_transmitter_has_one_delivery_state_replaced_on_each_write
+            a_transmitter_has_one_delivery_state_replaced_on_each_write,
+            a_detector_added_later_has_readings_only_from_then,
+            deleting_a_detector_removes_its_readings_and_shifts_no_other_value,
+            a_poll_may_lack_some_detectors,
+            a_poll_twice_in_one_batch_is_stored_once,
+            a_polls_readings_share_its_times_and_batch,
+            a_wide_chamber_pages_across_one_slot,
+            latest_moves_only_with_readings
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -10,7 +10,7 @@
 
 use async_trait::async_trait;
 
-use crate::error::ValidationError;
+use crate::error::{Rule, ValidationError};
 use crate::limits::MAX_PAGE_SIZE;
 use crate::model::{
     ApiToken, ApiTokenId, Batch, BatchId, Chamber, ChamberHealth, ChamberId, ChamberState,
@@ -319,6 +319,41 @@ pub struct PollRecord {
     pub readings: Vec<Reading>,
 }
 
+impl PollRecord {
+    /// Checks what [`ReadingRepository::store_polls`] requires of a poll's readings beyond their
+    /// parents: each carries the entry's `requested_at`, its `recorded_at` as `received_at`,
+    /// and one batch shared by all of them (stores keep these once per poll).
+    ///
+    /// # Errors
+    /// `Invalid { field: "readings" }` naming the first reading that differs.
+    pub fn check_readings_share_the_entry(&self) -> Result<(), StoreError> {
+        let Some(first) = self.readings.first() else {
+            return Ok(());
+        };
+        let differs = |what: &str| {
+            StoreError::Invalid(ValidationError::new(
+                "readings",
+                Rule::Inconsistent(format!(
+                    "every reading of a poll carries its entry's {what} (chamber {}, slot {})",
+                    self.entry.poll.chamber_id, self.entry.poll.slot
+                )),
+            ))
+        };
+        for r in &self.readings {
+            if Some(r.requested_at) != self.entry.requested_at {
+                return Err(differs("requested_at"));
+            }
+            if r.received_at != self.entry.recorded_at {
+                return Err(differs("recorded_at as received_at"));
+            }
+            if r.batch_id != first.batch_id {
+                return Err(differs("batch (one for all of them)"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How many rows a write added; the rest were already there (redelivered polls).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteReport {
@@ -431,12 +466,16 @@ pub trait ReadingRepository: Send + Sync {
     /// ledger entry decides: a poll whose entry is already stored (a redelivery, or a slot
     /// recorded as missed before a late result arrived) keeps what is stored, and its readings
     /// are not written but counted as existing — so the ledger and the readings of a poll always
-    /// come from the same outcome, and `(detector, slot)` is never stored twice.
+    /// come from the same outcome, and `(detector, slot)` is never stored twice. A poll twice in
+    /// one batch is stored once, as it first appears; the second counts as existing (and so does
+    /// a detector's second reading within one poll). A detector of the chamber with no reading in
+    /// a poll is simply absent from it.
     ///
     /// # Errors
     /// `MissingParent { entity: "reading", parent: "detector" }` if a reading names an unknown
     /// detector, or one not of the poll's chamber; `MissingParent { entity: "poll", parent:
-    /// "chamber" }`; `Invalid` for more than
+    /// "chamber" }`; `Invalid { field: "readings" }` if a poll's readings do not all carry its
+    /// entry's times and one batch ([`PollRecord::check_readings_share_the_entry`]); `Invalid` for more than
     /// [`MAX_READINGS_PER_WRITE`](crate::limits::MAX_READINGS_PER_WRITE) readings;
     /// `Unavailable`. Nothing is written on error: one bad row refuses the whole batch.
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError>;

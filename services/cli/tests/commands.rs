@@ -43,16 +43,22 @@ async fn migrates_an_empty_postgres_database_and_is_safe_to_run_again() {
     .fetch_all(&mut db)
     .await
     .unwrap();
+    for gone in ["readings", "poll_ledger", "legacy_readings", "legacy_poll_ledger"] {
+        assert!(
+            !tables.iter().any(|x| x == gone),
+            "a new database has no {gone}: {tables:?}"
+        );
+    }
     for t in [
         "api_tokens",
         "batches",
         "chamber_health",
         "chamber_latest",
         "chambers",
+        "detector_layouts",
         "detectors",
         "organizations",
-        "poll_ledger",
-        "readings",
+        "polls",
         "sections",
         "users",
     ] {
@@ -62,7 +68,7 @@ async fn migrates_an_empty_postgres_database_and_is_safe_to_run_again() {
         );
     }
     let partitions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass",
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'polls'::regclass",
     )
     .fetch_one(&mut db)
     .await

@@ -51,6 +51,7 @@ impl ReadingRepository for MemoryStore {
                     });
                 }
             }
+            p.check_readings_share_the_entry()?;
         }
         let mut report = WriteReport::default();
         for p in polls {

@@ -8,7 +8,7 @@ use chamberlain_db_span::db_port;
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::model::{
     Batch, BatchId, Chamber, ChamberId, Detector, DetectorId, OrganizationId, Page, PageRequest,
-    Reading, Section, SectionId,
+    Section, SectionId,
 };
 use chamberlain_domain::ports::{
     BatchRepository, ChamberFilter, ChamberRepository, ChamberWithDetectors, DetectorRepository,
@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::{decode_all, limit, not_found};
 use crate::PgStore;
-use crate::encoding;
 use crate::errors::store_error;
+use crate::store::layouts::{self, Change};
 use crate::store::rows::{self, millis, ts};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -220,7 +220,8 @@ async fn insert_chamber(
     .await
     .map_err(store_error)?;
     insert_detectors(tx, detectors).await?;
-    Ok(())
+    let ids: Vec<Uuid> = detectors.iter().map(|d| *d.id.as_uuid()).collect();
+    layouts::create(tx, *c.id.as_uuid(), &ids).await
 }
 
 #[db_port("postgresql")]
@@ -379,17 +380,25 @@ impl ChamberRepository for PgStore {
         if gone.rows_affected() == 0 {
             return Err(not_found("chamber"));
         }
-        // Readings by their key (detector), the ledger by its key (chamber).
-        sqlx::query("DELETE FROM readings WHERE detector_id = ANY($1)")
-            .bind(&detectors)
+        // Its polls by their key (chamber); its layouts went with the chamber.
+        sqlx::query("DELETE FROM polls WHERE chamber_id = $1")
+            .bind(id.as_uuid())
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        for sql in [
-            "DELETE FROM poll_ledger WHERE chamber_id = $1",
-            "DELETE FROM chamber_latest WHERE chamber_id = $1",
-        ] {
-            sqlx::query(sql)
+        sqlx::query("DELETE FROM chamber_latest WHERE chamber_id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        // Rows of the previous layout not converted yet.
+        if self.has_legacy_tables(&mut tx).await? {
+            sqlx::query("DELETE FROM legacy_readings WHERE detector_id = ANY($1)")
+                .bind(&detectors)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            sqlx::query("DELETE FROM legacy_poll_ledger WHERE chamber_id = $1")
                 .bind(id.as_uuid())
                 .execute(&mut *tx)
                 .await
@@ -445,6 +454,12 @@ impl DetectorRepository for PgStore {
     async fn add(&self, d: &Detector) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         insert_detectors(&mut tx, std::slice::from_ref(d)).await?;
+        layouts::change(
+            &mut tx,
+            *d.chamber_id.as_uuid(),
+            Change::Added(*d.id.as_uuid()),
+        )
+        .await?;
         tx.commit().await.map_err(store_error)
     }
 
@@ -537,31 +552,12 @@ impl DetectorRepository for PgStore {
             return Err(not_found("detector"));
         };
         let chamber: Uuid = row.try_get("chamber_id").map_err(store_error)?;
-        sqlx::query("DELETE FROM readings WHERE detector_id = $1")
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        // The chamber's latest values lose this detector.
-        let latest = sqlx::query(
-            "SELECT slot, readings FROM chamber_latest WHERE chamber_id = $1 FOR UPDATE",
-        )
-        .bind(chamber)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        if let Some(row) = latest {
-            let c = rows::Cols {
-                row: &row,
-                table: "chamber_latest",
-            };
-            let slot = c.ts("slot")?;
-            let packed: Vec<u8> = c.get("readings")?;
-            let readings = encoding::unpack_latest(ChamberId::from_uuid(chamber), slot, &packed)?;
-            let kept: Vec<&Reading> = readings.iter().filter(|r| r.detector_id != id).collect();
-            sqlx::query("UPDATE chamber_latest SET readings = $2 WHERE chamber_id = $1")
-                .bind(chamber)
-                .bind(encoding::pack_latest(&kept))
+        // A new layout without it: no query returns its values again; their bytes stay in
+        // their polls' rows until retention drops those days.
+        layouts::change(&mut tx, chamber, Change::Removed(*id.as_uuid())).await?;
+        if self.has_legacy_tables(&mut tx).await? {
+            sqlx::query("DELETE FROM legacy_readings WHERE detector_id = $1")
+                .bind(id.as_uuid())
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;

@@ -1,8 +1,9 @@
-//! [`ReadingRepository`] and [`PollLedgerRepository`] on PostgreSQL: a poll's ledger entry
-//! and readings in one transaction (`UNNEST` inserts into day partitions, created on demand),
-//! the latest values kept per chamber, range queries, aggregates and tallies.
+//! [`ReadingRepository`] and [`PollLedgerRepository`] on PostgreSQL: one row per poll in
+//! `polls` (day partitions, created on demand) holding the ledger entry and the poll's values
+//! as arrays laid out by the chamber's detector layout ([`layouts`]), the latest values kept per
+//! chamber, range queries, aggregates and tallies.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 
 use async_trait::async_trait;
@@ -11,105 +12,83 @@ use chamberlain_domain::Timestamp;
 use chamberlain_domain::error::{Rule, ValidationError};
 use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
 use chamberlain_domain::model::{
-    ChamberId, DetectorId, LedgerEntry, OrganizationId, Page, PollId, Reading,
+    BatchId, ChamberId, DetectorId, LedgerEntry, OrganizationId, Page, PollId, Reading,
 };
 use chamberlain_domain::ports::{
     Aggregate, AggregateQuery, LatestReadings, LedgerQuery, LedgerTally, PollLedgerRepository,
     PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope, StoreError,
     TallyQuery, WriteReport,
 };
+use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{decode_all, limit, not_found};
+use super::layouts::{self, Layouts};
+use super::{limit, not_found};
 use crate::PgStore;
 use crate::errors::{corrupt, is_missing_partition, is_retryable_conflict, store_error};
+use crate::partitions;
 use crate::store::rows::{self, millis, ts};
-use crate::{encoding, partitions};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// What a reading query covers: the chambers to read, and for a detector scope the detector,
+/// for a batch scope the batch to filter on.
+struct Scope {
+    chambers: Vec<Uuid>,
+    detector: Option<Uuid>,
+    batch: Option<Uuid>,
+}
+
 impl PgStore {
-    /// The detectors of a reading scope within `org` (an unknown or foreign scope is "not
-    /// found"), and the batch to filter on for a batch scope.
-    async fn scope_detectors(
-        &self,
-        org: OrganizationId,
-        scope: ReadingScope,
-    ) -> Result<(Vec<Uuid>, Option<Uuid>)> {
-        let (scope_sql, entity, id, batch) = match scope {
+    /// Resolves a reading scope within `org` (an unknown or foreign scope is "not found").
+    async fn scope(&self, org: OrganizationId, scope: ReadingScope) -> Result<Scope> {
+        let (sql, entity, id) = match scope {
             ReadingScope::Detector(id) => (
-                "SELECT d.id FROM detectors d WHERE d.organization_id = $1 AND d.id = $2",
+                "SELECT chamber_id AS chamber FROM detectors WHERE organization_id = $1 AND id = $2",
                 "detector",
                 *id.as_uuid(),
-                None,
             ),
             ReadingScope::Chamber(id) => (
-                "SELECT c.id AS owner, d.id FROM chambers c LEFT JOIN detectors d ON d.chamber_id = c.id \
-                 WHERE c.organization_id = $1 AND c.id = $2",
+                "SELECT id AS chamber FROM chambers WHERE organization_id = $1 AND id = $2",
                 "chamber",
                 *id.as_uuid(),
-                None,
             ),
+            // The chambers of the batch's section (today's), their polls filtered by the batch.
             ReadingScope::Batch(id) => (
-                "SELECT b.id AS owner, d.id FROM batches b LEFT JOIN chambers c ON c.section_id = b.section_id \
-                 LEFT JOIN detectors d ON d.chamber_id = c.id WHERE b.organization_id = $1 AND b.id = $2",
+                "SELECT c.id AS chamber FROM batches b LEFT JOIN chambers c ON c.section_id = b.section_id \
+                 WHERE b.organization_id = $1 AND b.id = $2",
                 "batch",
                 *id.as_uuid(),
-                Some(*id.as_uuid()),
             ),
         };
-        let scope = sqlx::query(scope_sql)
+        let rows = sqlx::query(sql)
             .bind(org.as_uuid())
             .bind(id)
             .fetch_all(&self.pool)
             .await
             .map_err(store_error)?;
-        if scope.is_empty() {
+        if rows.is_empty() {
             return Err(not_found(entity));
         }
-        let detectors = scope
+        let chambers = rows
             .iter()
-            .filter_map(|r| r.try_get::<Option<Uuid>, _>("id").ok().flatten())
+            .filter_map(|r| r.try_get::<Option<Uuid>, _>("chamber").ok().flatten())
             .collect();
-        Ok((detectors, batch))
+        Ok(Scope {
+            chambers,
+            detector: matches!(scope, ReadingScope::Detector(_)).then_some(id),
+            batch: matches!(scope, ReadingScope::Batch(_)).then_some(id),
+        })
     }
 }
 
-/// Readings as columns, to bind as arrays.
-struct ReadingColumns {
-    detector: Vec<Uuid>,
-    chamber: Vec<Uuid>,
-    slot: Vec<OffsetDateTime>,
-    value: Vec<Option<f64>>,
-    corruption: Vec<Option<i16>>,
-    requested: Vec<OffsetDateTime>,
-    received: Vec<OffsetDateTime>,
-    batch: Vec<Option<Uuid>>,
-}
-
-impl ReadingColumns {
-    fn of(readings: &[&Reading]) -> Self {
-        let (value, corruption) = readings.iter().map(|r| rows::split_value(&r.value)).unzip();
-        Self {
-            detector: readings.iter().map(|r| *r.detector_id.as_uuid()).collect(),
-            chamber: readings.iter().map(|r| *r.chamber_id.as_uuid()).collect(),
-            slot: readings.iter().map(|r| ts(r.slot)).collect(),
-            value,
-            corruption,
-            requested: readings.iter().map(|r| ts(r.requested_at)).collect(),
-            received: readings.iter().map(|r| ts(r.received_at)).collect(),
-            batch: readings
-                .iter()
-                .map(|r| r.batch_id.map(|b| *b.as_uuid()))
-                .collect(),
-        }
-    }
-}
-
+/// Polls as columns, to bind as arrays. A poll's values are a slice `first .. first + width`
+/// of the flat `values` and `codes` arrays (NaN: no value; 0: no reason), so the arrays carry
+/// no NULLs and PostgreSQL slices them in O(width).
 #[derive(Default)]
-struct LedgerColumns {
+struct PollColumns {
     chamber: Vec<Uuid>,
     slot: Vec<OffsetDateTime>,
     outcome: Vec<String>,
@@ -119,17 +98,22 @@ struct LedgerColumns {
     recorded: Vec<OffsetDateTime>,
     latency: Vec<Option<i64>>,
     lateness: Vec<i64>,
+    layout: Vec<Option<i32>>,
+    batch: Vec<Option<Uuid>>,
+    first: Vec<i32>,
+    width: Vec<i32>,
+    corrupt: Vec<bool>,
+    values: Vec<f64>,
+    codes: Vec<i16>,
 }
 
-impl LedgerColumns {
-    fn push(&mut self, e: &LedgerEntry) -> Result<()> {
+impl PollColumns {
+    fn push_entry(&mut self, e: &LedgerEntry) -> Result<()> {
         self.chamber.push(*e.poll.chamber_id.as_uuid());
         self.slot.push(ts(e.poll.slot));
         self.outcome.push(e.outcome.code().to_owned());
-        self.detail.push(
-            serde_json::to_value(&e.outcome)
-                .map_err(|err| corrupt("poll_ledger", "detail", err))?,
-        );
+        self.detail
+            .push(serde_json::to_value(&e.outcome).map_err(|err| corrupt("polls", "detail", err))?);
         self.attempt
             .push(i32::try_from(e.attempt).unwrap_or(i32::MAX));
         self.requested.push(e.requested_at.map(ts));
@@ -138,28 +122,122 @@ impl LedgerColumns {
         self.lateness.push(millis(e.lateness));
         Ok(())
     }
+
+    /// A poll without values (no readings, or a ledger entry alone).
+    fn push_bare(&mut self, e: &LedgerEntry) -> Result<()> {
+        self.push_entry(e)?;
+        self.layout.push(None);
+        self.batch.push(None);
+        self.first.push(1);
+        self.width.push(0);
+        self.corrupt.push(false);
+        Ok(())
+    }
+
+    /// A poll with readings, laid out by its chamber's current layout. Returns how many of its
+    /// readings were placed (a detector's second reading in one poll is not).
+    fn push_poll(&mut self, p: &PollRecord, layout: &layouts::Current) -> Result<u64> {
+        self.push_entry(&p.entry)?;
+        let first = self.values.len();
+        self.values.resize(first + layout.width, f64::NAN);
+        self.codes.resize(first + layout.width, 0);
+        let mut placed = vec![false; layout.width];
+        let mut corrupt = false;
+        for r in &p.readings {
+            let Some(&i) = layout.position.get(r.detector_id.as_uuid()) else {
+                return Err(StoreError::MissingParent {
+                    entity: "reading",
+                    parent: "detector",
+                });
+            };
+            if std::mem::replace(&mut placed[i], true) {
+                continue;
+            }
+            match rows::split_value(&r.value) {
+                (Some(v), _) => self.values[first + i] = v,
+                (None, code) => {
+                    self.codes[first + i] = code.unwrap_or(0);
+                    corrupt = true;
+                }
+            }
+        }
+        self.layout.push(Some(layout.version));
+        self.batch.push(
+            p.readings
+                .first()
+                .and_then(|r| r.batch_id)
+                .map(|b| *b.as_uuid()),
+        );
+        self.first
+            .push(i32::try_from(first + 1).map_err(|_| too_many(self.values.len()))?);
+        self.width
+            .push(i32::try_from(layout.width).map_err(|_| too_many(layout.width))?);
+        self.corrupt.push(corrupt);
+        Ok(placed.iter().filter(|p| **p).count() as u64)
+    }
 }
 
-/// Inserts ledger entries that are not stored yet; returns the polls that were new.
-async fn insert_ledger(
+fn too_many(n: usize) -> StoreError {
+    StoreError::Invalid(ValidationError::new(
+        "readings",
+        Rule::TooLong {
+            max: MAX_READINGS_PER_WRITE,
+            actual: n,
+        },
+    ))
+}
+
+/// Inserts the polls that are not stored yet, and moves each chamber's latest row forward to
+/// the newest of them with values (never backwards); returns the polls that were new.
+async fn insert_polls(
     tx: &mut Transaction<'_, Postgres>,
-    l: &LedgerColumns,
+    c: &PollColumns,
 ) -> std::result::Result<HashSet<(Uuid, OffsetDateTime)>, WriteFailure> {
     let rows = sqlx::query(
-        "INSERT INTO poll_ledger (chamber_id, slot, outcome, detail, attempt, requested_at, recorded_at, latency_ms, lateness_ms) \
-         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::int4[], $6::timestamptz[], \
-                              $7::timestamptz[], $8::int8[], $9::int8[]) \
-         ON CONFLICT (chamber_id, slot) DO NOTHING RETURNING chamber_id, slot",
+        "WITH u AS (SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::int4[], \
+                      $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[], $10::int4[], $11::uuid[], \
+                      $12::int4[], $13::int4[], $14::bool[]) \
+                    AS u(chamber_id, slot, outcome, detail, attempt, requested_at, recorded_at, latency_ms, \
+                         lateness_ms, layout_version, batch_id, first, width, corrupt)), \
+         ins AS (INSERT INTO polls (chamber_id, slot, outcome, detail, attempt, requested_at, recorded_at, \
+                                    latency_ms, lateness_ms, layout_version, batch_id, value, corruption) \
+                 SELECT chamber_id, slot, outcome, detail, attempt, requested_at, recorded_at, latency_ms, \
+                        lateness_ms, layout_version, batch_id, \
+                        CASE WHEN layout_version IS NOT NULL THEN \
+                             array_replace(($15::float8[])[first:first + width - 1], 'NaN'::float8, NULL) END, \
+                        CASE WHEN corrupt THEN \
+                             array_replace(($16::int2[])[first:first + width - 1], 0::int2, NULL) END \
+                 FROM u \
+                 ON CONFLICT (chamber_id, slot) DO NOTHING \
+                 RETURNING chamber_id, slot, layout_version, requested_at, recorded_at, batch_id, value, corruption), \
+         latest AS (INSERT INTO chamber_latest (chamber_id, slot, layout_version, requested_at, received_at, \
+                                                batch_id, value, corruption) \
+                 SELECT DISTINCT ON (chamber_id) chamber_id, slot, layout_version, requested_at, recorded_at, \
+                        batch_id, value, corruption \
+                 FROM ins WHERE layout_version IS NOT NULL ORDER BY chamber_id, slot DESC \
+                 ON CONFLICT (chamber_id) DO UPDATE SET slot = EXCLUDED.slot, \
+                     layout_version = EXCLUDED.layout_version, requested_at = EXCLUDED.requested_at, \
+                     received_at = EXCLUDED.received_at, batch_id = EXCLUDED.batch_id, \
+                     value = EXCLUDED.value, corruption = EXCLUDED.corruption \
+                 WHERE chamber_latest.slot < EXCLUDED.slot) \
+         SELECT chamber_id, slot FROM ins",
     )
-    .bind(&l.chamber)
-    .bind(&l.slot)
-    .bind(&l.outcome)
-    .bind(&l.detail)
-    .bind(&l.attempt)
-    .bind(&l.requested)
-    .bind(&l.recorded)
-    .bind(&l.latency)
-    .bind(&l.lateness)
+    .bind(&c.chamber)
+    .bind(&c.slot)
+    .bind(&c.outcome)
+    .bind(&c.detail)
+    .bind(&c.attempt)
+    .bind(&c.requested)
+    .bind(&c.recorded)
+    .bind(&c.latency)
+    .bind(&c.lateness)
+    .bind(&c.layout)
+    .bind(&c.batch)
+    .bind(&c.first)
+    .bind(&c.width)
+    .bind(&c.corrupt)
+    .bind(&c.values)
+    .bind(&c.codes)
     .fetch_all(&mut **tx)
     .await
     .map_err(store_error_keep_partition)?;
@@ -184,7 +262,7 @@ fn store_error_keep_partition(e: sqlx::Error) -> WriteFailure {
     }
 }
 
-enum WriteFailure {
+pub(crate) enum WriteFailure {
     MissingPartition,
     /// A deadlock or serialization conflict aborted the transaction: run it again.
     Conflict,
@@ -197,108 +275,90 @@ impl From<StoreError> for WriteFailure {
     }
 }
 
+/// Polls to write: each (chamber, slot) once, as it first appeared, in key order (so concurrent
+/// writers of the same keys — redeliveries, the same chambers' latest rows — lock them in the
+/// same order and never deadlock); the repeats, counted existing.
+fn distinct_polls(polls: &[PollRecord]) -> (Vec<&PollRecord>, Vec<&PollRecord>) {
+    let mut seen = HashSet::with_capacity(polls.len());
+    let (mut first, mut repeats) = (Vec::with_capacity(polls.len()), Vec::new());
+    for p in polls {
+        if seen.insert(p.entry.poll) {
+            first.push(p);
+        } else {
+            repeats.push(p);
+        }
+    }
+    first.sort_by_key(|p| p.entry.poll);
+    (first, repeats)
+}
+
 impl PgStore {
-    /// Checks that every chamber exists and every reading's detector is its chamber's.
-    /// Checks, in one query, that every chamber exists and every reading's detector is one of
-    /// its chamber's.
-    async fn check_parents(
+    /// One write of distinct polls, in key order: the chambers' current layouts (which also
+    /// checks that every chamber exists and every reading's detector is one of its chamber's),
+    /// then one statement inserting the polls and moving the latest rows.
+    pub(crate) async fn write_polls(
         &self,
         tx: &mut Transaction<'_, Postgres>,
-        chambers: &[Uuid],
-        readings: &[&Reading],
-    ) -> Result<()> {
-        let distinct: BTreeSet<Uuid> = chambers.iter().copied().collect();
-        let distinct: Vec<Uuid> = distinct.into_iter().collect();
-        let rows = sqlx::query(
-            "SELECT c.id AS chamber_id, array_remove(array_agg(d.id), NULL) AS detectors \
-             FROM chambers c LEFT JOIN detectors d ON d.chamber_id = c.id \
-             WHERE c.id = ANY($1) GROUP BY c.id",
-        )
-        .bind(&distinct)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(store_error)?;
-        if rows.len() != distinct.len() {
-            return Err(StoreError::MissingParent {
+        polls: &[&PollRecord],
+    ) -> std::result::Result<(HashSet<(Uuid, OffsetDateTime)>, u64), WriteFailure> {
+        let all: BTreeSet<Uuid> = polls
+            .iter()
+            .map(|p| *p.entry.poll.chamber_id.as_uuid())
+            .collect();
+        let all: Vec<Uuid> = all.into_iter().collect();
+        let current = layouts::current(tx, &all).await?;
+        if current.len() != all.len() {
+            return Err(WriteFailure::Store(StoreError::MissingParent {
                 entity: "poll",
                 parent: "chamber",
-            });
+            }));
         }
-        let mut detectors_of: HashMap<Uuid, HashSet<Uuid>> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let chamber: Uuid = row.try_get("chamber_id").map_err(store_error)?;
-            let detectors: Vec<Uuid> = row.try_get("detectors").map_err(store_error)?;
-            detectors_of.insert(chamber, detectors.into_iter().collect());
+        let mut c = PollColumns::default();
+        let mut placed = Vec::with_capacity(polls.len());
+        for p in polls {
+            let chamber = p.entry.poll.chamber_id.as_uuid();
+            match current.get(chamber) {
+                Some(layout) if !p.readings.is_empty() => {
+                    placed.push(c.push_poll(p, layout)?);
+                }
+                _ => {
+                    c.push_bare(&p.entry)?;
+                    placed.push(0);
+                }
+            }
         }
-        let known = |r: &&Reading| {
-            detectors_of
-                .get(r.chamber_id.as_uuid())
-                .is_some_and(|ds| ds.contains(r.detector_id.as_uuid()))
-        };
-        if !readings.iter().all(known) {
-            return Err(StoreError::MissingParent {
-                entity: "reading",
-                parent: "detector",
-            });
-        }
-        Ok(())
+        let new = insert_polls(tx, &c).await?;
+        let readings_new = polls
+            .iter()
+            .zip(&placed)
+            .filter(|(p, _)| {
+                new.contains(&(*p.entry.poll.chamber_id.as_uuid(), ts(p.entry.poll.slot)))
+            })
+            .map(|(_, n)| n)
+            .sum();
+        Ok((new, readings_new))
     }
 
     async fn try_store(
         &self,
         ordered: &[&PollRecord],
-        all_readings: &[&Reading],
-        l: &LedgerColumns,
+        repeats: &[&PollRecord],
+        total_readings: usize,
     ) -> std::result::Result<WriteReport, WriteFailure> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        self.check_parents(&mut tx, &l.chamber, all_readings)
-            .await?;
-        // The ledger decides: only polls whose entry is new here write their readings, so the
-        // readings insert can never conflict (a concurrent writer of the same poll waits on the
-        // ledger's key and then finds it taken).
-        let new_polls = insert_ledger(&mut tx, l).await?;
-        let is_new = |p: &PollId| new_polls.contains(&(*p.chamber_id.as_uuid(), ts(p.slot)));
-        let fresh: Vec<&PollRecord> = ordered
-            .iter()
-            .copied()
-            .filter(|p| is_new(&p.entry.poll))
-            .collect();
-        let mut readings: Vec<&Reading> = fresh.iter().flat_map(|p| &p.readings).collect();
-        readings.sort_by_key(|r| (r.detector_id, r.slot));
-        if !readings.is_empty() {
-            // One Bind/Execute exchange with the columns as arrays. (A binary COPY is as cheap on
-            // the server, but sqlx writes its CopyDone in a separate small packet that Nagle's
-            // algorithm holds until the server's delayed ACK: ~40 ms per batch.)
-            let r = ReadingColumns::of(&readings);
-            sqlx::query(
-                "INSERT INTO readings (detector_id, chamber_id, slot, value, corruption, requested_at, received_at, batch_id) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::float8[], $5::int2[], \
-                                      $6::timestamptz[], $7::timestamptz[], $8::uuid[])",
-            )
-            .bind(&r.detector)
-            .bind(&r.chamber)
-            .bind(&r.slot)
-            .bind(&r.value)
-            .bind(&r.corruption)
-            .bind(&r.requested)
-            .bind(&r.received)
-            .bind(&r.batch)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error_keep_partition)?;
-        }
-        update_latest(&mut tx, &fresh).await?;
+        let (new, readings_new) = self.write_polls(&mut tx, ordered).await?;
         tx.commit().await.map_err(store_error)?;
-        let inserted = readings.len() as u64;
+        let is_new = |p: &PollId| new.contains(&(*p.chamber_id.as_uuid(), ts(p.slot)));
         let existing_polls: Vec<PollId> = ordered
             .iter()
             .map(|p| p.entry.poll)
             .filter(|p| !is_new(p))
+            .chain(repeats.iter().map(|p| p.entry.poll))
             .collect();
         Ok(WriteReport {
-            readings_new: inserted,
-            readings_existing: all_readings.len() as u64 - inserted,
-            ledger_new: new_polls.len() as u64,
+            readings_new,
+            readings_existing: total_readings as u64 - readings_new,
+            ledger_new: new.len() as u64,
             ledger_existing: existing_polls.len() as u64,
             existing_polls,
         })
@@ -335,46 +395,187 @@ impl PgStore {
         }
         Err(last)
     }
-}
 
-/// Moves each chamber's latest row forward to the newest slot written (never backwards).
-async fn update_latest(tx: &mut Transaction<'_, Postgres>, polls: &[&PollRecord]) -> Result<()> {
-    // The newest poll with readings per chamber in this batch.
-    let mut newest: HashMap<ChamberId, &PollRecord> = HashMap::new();
-    for p in polls.iter().copied().filter(|p| !p.readings.is_empty()) {
-        let e = newest.entry(p.entry.poll.chamber_id).or_insert(p);
-        if p.entry.poll.slot > e.entry.poll.slot {
-            *e = p;
+    /// One page of a detector's readings: the positions of the detector in its chamber's
+    /// layouts pick one element of each poll's arrays, along the key (chamber, slot).
+    async fn query_detector(
+        &self,
+        chamber: Uuid,
+        detector: Uuid,
+        layouts: &Layouts,
+        q: &ReadingQuery,
+    ) -> Result<Vec<Reading>> {
+        let (versions, positions) = layouts.positions_of(chamber, detector);
+        // After the cursor (slot, detector): the cursor's slot itself only if this detector
+        // sorts after the cursor's. Slots are whole milliseconds.
+        let from = match q.page.after {
+            Some(c) if *c.detector_id.as_uuid() < detector => q.from.max(c.slot),
+            Some(c) => q.from.max(c.slot + std::time::Duration::from_millis(1)),
+            None => q.from,
+        };
+        let rows = sqlx::query(
+            "SELECT p.slot, p.value[x.i] AS value, p.corruption[x.i] AS corruption, \
+                    p.requested_at, p.recorded_at, p.batch_id \
+             FROM polls p CROSS JOIN LATERAL \
+                  (SELECT ($5::int4[])[array_position($4::int4[], p.layout_version)] AS i) x \
+             WHERE p.chamber_id = $1 AND p.slot >= $2 AND p.slot < $3 AND p.layout_version = ANY($4) \
+               AND (p.value[x.i] IS NOT NULL OR p.corruption[x.i] IS NOT NULL) \
+               AND ($7::uuid IS NULL OR p.batch_id = $7) \
+             ORDER BY p.slot LIMIT $6",
+        )
+        .bind(chamber)
+        .bind(ts(from))
+        .bind(ts(q.to))
+        .bind(&versions)
+        .bind(&positions)
+        .bind(limit(&q.page))
+        .bind(None::<Uuid>)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let c = rows::Cols {
+                    row,
+                    table: "polls",
+                };
+                Ok(Reading {
+                    detector_id: DetectorId::from_uuid(detector),
+                    chamber_id: ChamberId::from_uuid(chamber),
+                    slot: c.ts("slot")?,
+                    value: rows::reading_value(c.get("value")?, c.get("corruption")?)?,
+                    requested_at: c.ts("requested_at")?,
+                    received_at: c.ts("recorded_at")?,
+                    batch_id: c.get::<Option<Uuid>>("batch_id")?.map(BatchId::from_uuid),
+                })
+            })
+            .collect()
+    }
+
+    /// One page of the readings of several chambers (a chamber or a batch), in (slot, detector)
+    /// order: the chambers' polls from the cursor's slot on, merged by slot, each expanded into
+    /// its live detectors' readings; read on while deleted detectors or absent values leave the
+    /// page short.
+    async fn query_chambers(
+        &self,
+        scope: &Scope,
+        layouts: &Layouts,
+        q: &ReadingQuery,
+    ) -> Result<Vec<Reading>> {
+        let wanted = q.page.size.as_usize() + 1;
+        let mut polls_per_read = (wanted.div_ceil(layouts.narrowest()) + 1) as i64;
+        let mut from = q.page.after.map_or(q.from, |c| q.from.max(c.slot));
+        let mut out: Vec<Reading> = Vec::new();
+        loop {
+            let rows = sqlx::query(
+                "SELECT p.* FROM UNNEST($1::uuid[]) AS c(id) CROSS JOIN LATERAL ( \
+                    SELECT chamber_id, slot, layout_version, value, corruption, requested_at, recorded_at, batch_id \
+                    FROM polls WHERE chamber_id = c.id AND slot >= $2 AND slot < $3 \
+                    AND layout_version IS NOT NULL AND ($5::uuid IS NULL OR batch_id = $5) \
+                    ORDER BY slot LIMIT $4) p \
+                 ORDER BY p.slot, p.chamber_id LIMIT $4",
+            )
+            .bind(&scope.chambers)
+            .bind(ts(from))
+            .bind(ts(q.to))
+            .bind(polls_per_read)
+            .bind(scope.batch)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+            let complete = (rows.len() as i64) < polls_per_read;
+            let mut polls = rows
+                .iter()
+                .map(|row| PollRow::decode(row))
+                .collect::<Result<Vec<_>>>()?;
+            if !complete {
+                // The last slot read may be cut short (other chambers' polls at that slot past
+                // the limit): it is read again, whole, next time.
+                let last = polls.last().map(|p| p.slot);
+                polls.retain(|p| Some(p.slot) != last);
+                if polls.is_empty() {
+                    polls_per_read *= 2;
+                    continue;
+                }
+            }
+            let mut readings = Vec::new();
+            for p in &polls {
+                p.expand(layouts, &mut readings)?;
+            }
+            readings.retain(|r| {
+                q.page
+                    .after
+                    .is_none_or(|c| (r.slot, r.detector_id) > (c.slot, c.detector_id))
+            });
+            readings.sort_by_key(|r| (r.slot, r.detector_id));
+            out.extend(readings);
+            if complete || out.len() >= wanted {
+                return Ok(out);
+            }
+            from = polls
+                .last()
+                .map_or(from, |p| p.slot + std::time::Duration::from_millis(1));
         }
     }
-    if newest.is_empty() {
-        return Ok(());
+}
+
+/// A poll row as reading queries see it.
+struct PollRow {
+    chamber: Uuid,
+    slot: Timestamp,
+    version: i32,
+    value: Vec<Option<f64>>,
+    corruption: Option<Vec<Option<i16>>>,
+    requested_at: Timestamp,
+    received_at: Timestamp,
+    batch: Option<BatchId>,
+}
+
+impl PollRow {
+    fn decode(row: &PgRow) -> Result<Self> {
+        let c = rows::Cols {
+            row,
+            table: "polls",
+        };
+        Ok(Self {
+            chamber: c.uuid("chamber_id")?,
+            slot: c.ts("slot")?,
+            version: c.get("layout_version")?,
+            value: c.get("value")?,
+            corruption: c.get("corruption")?,
+            requested_at: c.ts("requested_at")?,
+            received_at: c.ts("recorded_at")?,
+            batch: c.get::<Option<Uuid>>("batch_id")?.map(BatchId::from_uuid),
+        })
     }
-    let mut newest: Vec<&PollRecord> = newest.into_values().collect();
-    newest.sort_by_key(|p| p.entry.poll.chamber_id);
-    let mut chamber = Vec::with_capacity(newest.len());
-    let mut slot = Vec::with_capacity(newest.len());
-    let mut packed = Vec::with_capacity(newest.len());
-    for p in &newest {
-        let mut readings: Vec<&Reading> = p.readings.iter().collect();
-        readings.sort_by_key(|r| r.detector_id);
-        chamber.push(*p.entry.poll.chamber_id.as_uuid());
-        slot.push(ts(p.entry.poll.slot));
-        packed.push(encoding::pack_latest(&readings));
+
+    /// The poll's readings of live detectors, in position order.
+    fn expand(&self, layouts: &Layouts, out: &mut Vec<Reading>) -> Result<()> {
+        let detectors = layouts.version(self.chamber, self.version)?;
+        for (i, detector) in detectors.iter().enumerate() {
+            let Some(detector) = detector.filter(|d| layouts.is_live(*d)) else {
+                continue;
+            };
+            let value = self.value.get(i).copied().flatten();
+            let code = self
+                .corruption
+                .as_ref()
+                .and_then(|c| c.get(i).copied().flatten());
+            if value.is_none() && code.is_none() {
+                continue; // absent from this poll
+            }
+            out.push(Reading {
+                detector_id: DetectorId::from_uuid(detector),
+                chamber_id: ChamberId::from_uuid(self.chamber),
+                slot: self.slot,
+                value: rows::reading_value(value, code)?,
+                requested_at: self.requested_at,
+                received_at: self.received_at,
+                batch_id: self.batch,
+            });
+        }
+        Ok(())
     }
-    sqlx::query(
-        "INSERT INTO chamber_latest (chamber_id, slot, readings) \
-         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::bytea[]) \
-         ON CONFLICT (chamber_id) DO UPDATE SET slot = EXCLUDED.slot, readings = EXCLUDED.readings \
-         WHERE chamber_latest.slot < EXCLUDED.slot",
-    )
-    .bind(&chamber)
-    .bind(&slot)
-    .bind(&packed)
-    .execute(&mut **tx)
-    .await
-    .map_err(store_error)?;
-    Ok(())
 }
 
 #[db_port("postgresql")]
@@ -383,39 +584,26 @@ impl ReadingRepository for PgStore {
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport> {
         let total: usize = polls.iter().map(|p| p.readings.len()).sum();
         if total > MAX_READINGS_PER_WRITE {
-            return Err(StoreError::Invalid(ValidationError::new(
-                "readings",
-                Rule::TooLong {
-                    max: MAX_READINGS_PER_WRITE,
-                    actual: total,
-                },
-            )));
+            return Err(too_many(total));
         }
         if polls.is_empty() {
             return Ok(WriteReport::default());
         }
-        // Rows go in key order, so concurrent writers touching the same keys (redeliveries, the
-        // same chambers' latest rows) always lock them in the same order and never deadlock.
-        let mut ordered: Vec<&PollRecord> = polls.iter().collect();
-        ordered.sort_by_key(|p| p.entry.poll);
-        let mut readings: Vec<&Reading> = Vec::with_capacity(total);
-        let mut l = LedgerColumns::default();
-        for p in &ordered {
-            for reading in &p.readings {
-                if reading.chamber_id != p.entry.poll.chamber_id
-                    || reading.slot != p.entry.poll.slot
-                {
-                    return Err(StoreError::MissingParent {
-                        entity: "reading",
-                        parent: "detector",
-                    });
-                }
-                readings.push(reading);
+        for p in polls {
+            if p.readings
+                .iter()
+                .any(|r| r.chamber_id != p.entry.poll.chamber_id || r.slot != p.entry.poll.slot)
+            {
+                return Err(StoreError::MissingParent {
+                    entity: "reading",
+                    parent: "detector",
+                });
             }
-            l.push(&p.entry)?;
+            p.check_readings_share_the_entry()?;
         }
+        let (ordered, repeats) = distinct_polls(polls);
         self.with_partitions(polls.iter().map(|p| p.entry.poll.slot), || {
-            self.try_store(&ordered, &readings, &l)
+            self.try_store(&ordered, &repeats, total)
         })
         .await
     }
@@ -425,82 +613,118 @@ impl ReadingRepository for PgStore {
         org: OrganizationId,
         q: &ReadingQuery,
     ) -> Result<Page<Reading, ReadingCursor>> {
-        let (detectors, batch) = self.scope_detectors(org, q.scope).await?;
-        // One key-range scan per detector, each in slot order and cut at the page size, then
-        // merged into (slot, detector) order.
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT r.* FROM UNNEST($1::uuid[]) AS d(id) CROSS JOIN LATERAL ( \
-                SELECT {cols} FROM readings WHERE detector_id = d.id AND slot >= $2 AND slot < $3 \
-                AND ($4::timestamptz IS NULL OR (slot, detector_id) > ($4, $5)) \
-                AND ($7::uuid IS NULL OR batch_id = $7) \
-                ORDER BY slot LIMIT $6) r \
-             ORDER BY r.slot, r.detector_id LIMIT $6",
-            cols = rows::READING_COLUMNS
-        )))
-        .bind(&detectors)
-        .bind(ts(q.from))
-        .bind(ts(q.to))
-        .bind(q.page.after.map(|c| ts(c.slot)))
-        .bind(q.page.after.map(|c| *c.detector_id.as_uuid()))
-        .bind(limit(&q.page))
-        .bind(batch)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let scope = self.scope(org, q.scope).await?;
+        let layouts = Layouts::of(&self.pool, &scope.chambers).await?;
+        let readings = match (scope.detector, scope.chambers.first()) {
+            (Some(detector), Some(&chamber)) => {
+                self.query_detector(chamber, detector, &layouts, q).await?
+            }
+            _ => self.query_chambers(&scope, &layouts, q).await?,
+        };
         let cursor = |r: &Reading| ReadingCursor {
             slot: r.slot,
             detector_id: r.detector_id,
         };
-        Ok(Page::from_sorted(
-            decode_all(&rows, rows::reading)?,
-            q.page.size,
-            cursor,
-        ))
+        Ok(Page::from_sorted(readings, q.page.size, cursor))
     }
 
     async fn aggregate(&self, org: OrganizationId, q: &AggregateQuery) -> Result<Vec<Aggregate>> {
-        let (detectors, batch) = self.scope_detectors(org, q.scope).await?;
-        // One key-range scan per detector (the key holds the rows in slot order), summed up in
-        // epoch-aligned buckets by `date_bin`.
-        let rows = sqlx::query(
-            "SELECT d.id AS detector_id, a.bucket, a.low, a.high, a.total, a.n \
-             FROM UNNEST($1::uuid[]) AS d(id) CROSS JOIN LATERAL ( \
-                SELECT date_bin(make_interval(secs => $4::float8 / 1000), slot, \
-                         timestamptz '1970-01-01 00:00:00+00') AS bucket, \
-                       min(value) AS low, max(value) AS high, sum(value) AS total, \
-                       count(value) AS n \
-                FROM readings WHERE detector_id = d.id AND slot >= $2 AND slot < $3 \
-                AND value IS NOT NULL AND ($5::uuid IS NULL OR batch_id = $5) \
-                GROUP BY 1) a \
-             ORDER BY d.id, a.bucket",
-        )
-        .bind(&detectors)
+        let scope = self.scope(org, q.scope).await?;
+        let layouts = Layouts::of(&self.pool, &scope.chambers).await?;
+        // Per (chamber, layout version, position, bucket) in SQL, along the key; positions
+        // become detectors here, and a detector's groups of several versions are merged.
+        let (versions, positions) = match (scope.detector, scope.chambers.first()) {
+            (Some(d), Some(&c)) => layouts.positions_of(c, d),
+            _ => (Vec::new(), Vec::new()),
+        };
+        // A detector's one position per version, or every position of every poll.
+        let values = if scope.detector.is_some() {
+            "SELECT p.value[x.i] AS v, x.i FROM (SELECT ($7::int4[])[array_position($6::int4[], p.layout_version)]::int8 AS i) x"
+        } else {
+            "SELECT v, i FROM unnest(p.value) WITH ORDINALITY AS a(v, i)"
+        };
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT p.chamber_id, p.layout_version, u.i, \
+                    date_bin(make_interval(secs => $4::float8 / 1000), p.slot, timestamptz '1970-01-01 00:00:00+00') AS bucket, \
+                    min(u.v) AS low, max(u.v) AS high, sum(u.v) AS total, count(u.v) AS n \
+             FROM UNNEST($1::uuid[]) AS c(id) CROSS JOIN LATERAL ( \
+                SELECT chamber_id, slot, layout_version, value FROM polls \
+                WHERE chamber_id = c.id AND slot >= $2 AND slot < $3 AND layout_version IS NOT NULL \
+                AND ($5::uuid IS NULL OR batch_id = $5) \
+                AND (cardinality($6::int4[]) = 0 OR layout_version = ANY($6))) p \
+             CROSS JOIN LATERAL ({values}) u \
+             WHERE u.v IS NOT NULL \
+             GROUP BY 1, 2, 3, 4"
+        )))
+        .bind(&scope.chambers)
         .bind(ts(q.from))
         .bind(ts(q.to))
         .bind(q.bucket_millis.max(1))
-        .bind(batch)
+        .bind(scope.batch)
+        .bind(&versions)
+        .bind(&positions)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        rows.iter()
-            .map(|row| {
-                let c = rows::Cols {
-                    row,
-                    table: "readings",
-                };
-                let count =
-                    u64::try_from(c.get::<i64>("n")?).map_err(|e| corrupt("readings", "n", e))?;
-                #[allow(clippy::cast_precision_loss, reason = "a mean")]
-                Ok(Aggregate {
-                    detector_id: DetectorId::from_uuid(c.uuid("detector_id")?),
-                    bucket_start: c.ts("bucket")?,
-                    min: c.get("low")?,
-                    max: c.get("high")?,
-                    mean: c.get::<f64>("total")? / count as f64,
-                    count,
+        struct Sum {
+            min: f64,
+            max: f64,
+            total: f64,
+            count: u64,
+        }
+        let mut sums: BTreeMap<(DetectorId, Timestamp), Sum> = BTreeMap::new();
+        for row in &rows {
+            let c = rows::Cols {
+                row,
+                table: "polls",
+            };
+            let chamber = c.uuid("chamber_id")?;
+            let version: i32 = c.get("layout_version")?;
+            let position: i64 = c.get("i")?;
+            let detector = usize::try_from(position - 1).ok().and_then(|i| {
+                layouts
+                    .version(chamber, version)
+                    .ok()?
+                    .get(i)
+                    .copied()
+                    .flatten()
+            });
+            let Some(detector) = detector.filter(|d| layouts.is_live(*d)) else {
+                continue;
+            };
+            if scope.detector.is_some_and(|d| d != detector) {
+                continue;
+            }
+            let count = u64::try_from(c.get::<i64>("n")?).map_err(|e| corrupt("polls", "n", e))?;
+            let (low, high, total): (f64, f64, f64) =
+                (c.get("low")?, c.get("high")?, c.get("total")?);
+            let key = (DetectorId::from_uuid(detector), c.ts("bucket")?);
+            sums.entry(key)
+                .and_modify(|s| {
+                    s.min = s.min.min(low);
+                    s.max = s.max.max(high);
+                    s.total += total;
+                    s.count += count;
                 })
+                .or_insert(Sum {
+                    min: low,
+                    max: high,
+                    total,
+                    count,
+                });
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a mean")]
+        Ok(sums
+            .into_iter()
+            .map(|((detector_id, bucket_start), s)| Aggregate {
+                detector_id,
+                bucket_start,
+                min: s.min,
+                max: s.max,
+                mean: s.total / s.count as f64,
+                count: s.count,
             })
-            .collect()
+            .collect())
     }
 
     async fn latest(
@@ -510,7 +734,11 @@ impl ReadingRepository for PgStore {
     ) -> Result<Vec<LatestReadings>> {
         let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
         let rows = sqlx::query(
-            "SELECT l.chamber_id, l.slot, l.readings FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
+            "SELECT l.chamber_id, l.slot, l.layout_version, l.value, l.corruption, l.requested_at, \
+                    l.received_at AS recorded_at, l.batch_id, v.detectors AS layout, cur.detectors AS live \
+             FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
+             JOIN detector_layouts v ON v.chamber_id = l.chamber_id AND v.version = l.layout_version \
+             JOIN detector_layouts cur ON cur.chamber_id = c.id AND cur.version = c.layout_version \
              WHERE c.organization_id = $1 AND l.chamber_id = ANY($2)",
         )
         .bind(org.as_uuid())
@@ -520,19 +748,47 @@ impl ReadingRepository for PgStore {
         .map_err(store_error)?;
         let mut by_chamber = HashMap::with_capacity(rows.len());
         for row in &rows {
+            let poll = PollRow::decode(row)?;
             let c = rows::Cols {
                 row,
                 table: "chamber_latest",
             };
-            let chamber_id = ChamberId::from_uuid(c.uuid("chamber_id")?);
-            let slot = c.ts("slot")?;
-            let packed: Vec<u8> = c.get("readings")?;
-            let readings = encoding::unpack_latest(chamber_id, slot, &packed)?;
+            let layout: Vec<Option<Uuid>> = c.get("layout")?;
+            let live: HashSet<Uuid> = c
+                .get::<Vec<Option<Uuid>>>("live")?
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut readings = Vec::with_capacity(layout.len());
+            for (i, detector) in layout.iter().enumerate() {
+                let Some(detector) = detector.filter(|d| live.contains(d)) else {
+                    continue;
+                };
+                let value = poll.value.get(i).copied().flatten();
+                let code = poll
+                    .corruption
+                    .as_ref()
+                    .and_then(|c| c.get(i).copied().flatten());
+                if value.is_none() && code.is_none() {
+                    continue;
+                }
+                readings.push(Reading {
+                    detector_id: DetectorId::from_uuid(detector),
+                    chamber_id: ChamberId::from_uuid(poll.chamber),
+                    slot: poll.slot,
+                    value: rows::reading_value(value, code)?,
+                    requested_at: poll.requested_at,
+                    received_at: poll.received_at,
+                    batch_id: poll.batch,
+                });
+            }
+            readings.sort_by_key(|r| r.detector_id);
+            let chamber_id = ChamberId::from_uuid(poll.chamber);
             by_chamber.insert(
                 chamber_id,
                 LatestReadings {
                     chamber_id,
-                    slot,
+                    slot: poll.slot,
                     readings,
                 },
             );
@@ -565,14 +821,17 @@ impl PollLedgerRepository for PgStore {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut l = LedgerColumns::default();
-        for e in entries {
-            l.push(e)?;
-        }
+        let records: Vec<PollRecord> = entries
+            .iter()
+            .map(|e| PollRecord {
+                entry: e.clone(),
+                readings: Vec::new(),
+            })
+            .collect();
+        let (ordered, _) = distinct_polls(&records);
         let write = || async {
             let mut tx = self.pool.begin().await.map_err(store_error)?;
-            self.check_parents(&mut tx, &l.chamber, &[]).await?;
-            let new = insert_ledger(&mut tx, &l).await?;
+            let (new, _) = self.write_polls(&mut tx, &ordered).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(new.len() as u64)
         };
@@ -597,7 +856,7 @@ impl PollLedgerRepository for PgStore {
         }
         self.read_page(
 sqlx::query(AssertSqlSafe(format!(
-            "SELECT {} FROM poll_ledger WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
+            "SELECT {} FROM polls WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
              AND (NOT $4 OR outcome <> 'ok') AND ($5::timestamptz IS NULL OR slot > $5) ORDER BY slot LIMIT $6",
             rows::LEDGER_COLUMNS
         )))
@@ -631,7 +890,7 @@ q.page.size,
                count(*) FILTER (WHERE outcome IN ('ok', 'corrupted_values')) AS read, \
                count(*) FILTER (WHERE outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
                count(*) AS n \
-             FROM poll_ledger WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
+             FROM polls WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
              GROUP BY 1 ORDER BY 1",
         )
         .bind(q.chamber_id.as_uuid())
@@ -645,11 +904,10 @@ q.page.size,
             .map(|row| {
                 let c = rows::Cols {
                     row,
-                    table: "poll_ledger",
+                    table: "polls",
                 };
                 let count = |column| {
-                    u64::try_from(c.get::<i64>(column)?)
-                        .map_err(|e| corrupt("poll_ledger", column, e))
+                    u64::try_from(c.get::<i64>(column)?).map_err(|e| corrupt("polls", column, e))
                 };
                 let (read, missed, all) = (count("read")?, count("missed")?, count("n")?);
                 Ok(LedgerTally {

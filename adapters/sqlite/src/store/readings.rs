@@ -518,6 +518,9 @@ impl ReadingRepository for SqliteStore {
         if polls.is_empty() {
             return Ok(WriteReport::default());
         }
+        for p in polls {
+            p.check_readings_share_the_entry()?;
+        }
         // Encoded before the write turn is taken.
         let ledger_rows = polls
             .iter()
