@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod conversion;
 mod errors;
 pub mod partitions;
 mod store;
@@ -15,6 +16,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub use config::{DEFAULT_MAX_CONNECTIONS, PgConfig};
+pub use conversion::{ConversionProgress, DEFAULT_CHUNK_POLLS};
 use errors::store_error;
 
 /// The schema, embedded: `migrations/postgres/`.
@@ -66,6 +68,12 @@ impl PgStore {
             .run(&self.pool)
             .await
             .map_err(|e| StoreError::unavailable(format!("migration failed: {e}")))?;
+        if self.has_legacy_layout().await? {
+            tracing::warn!(
+                "readings stored in the previous layout are not returned by queries until \
+                 `chamberlain migrate` has converted them"
+            );
+        }
         self.maintain(now()).await
     }
 

@@ -5,6 +5,7 @@ mod configuration;
 mod health;
 mod layouts;
 mod readings;
+pub(crate) use readings::into_store_error;
 pub(crate) mod rows;
 mod tenancy;
 

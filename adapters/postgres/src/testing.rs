@@ -47,6 +47,48 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A fresh database migrated only by the migrations before `version` (to test a later
+/// migration on data of an earlier schema), and the configuration to open it with.
+///
+/// # Panics
+/// If the server cannot be reached or a migration fails.
+pub async fn fresh_database_before(version: i64) -> (PgConfig, Arc<TestDatabase>) {
+    let url = server_url();
+    let name = format!("chamberlain_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&url)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let guard = Arc::new(TestDatabase {
+        name: name.clone(),
+        admin_url: url.clone(),
+    });
+    let config = PgConfig::from_url(&url)
+        .expect("CHAMBERLAIN_TEST_DATABASE_URL is a postgres URL")
+        .with_database(&name)
+        .with_max_connections(4)
+        .expect("valid pool size");
+    let before = sqlx::migrate::Migrator {
+        migrations: crate::MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate!("../../migrations/postgres")
+    };
+    let mut db = PgConnection::connect_with(&config.connect)
+        .await
+        .expect("connect to the test database");
+    before.run(&mut db).await.expect("earlier migrations");
+    db.close().await.expect("close");
+    (config, guard)
+}
+
 /// A fresh, migrated database and a store on it, with a small pool.
 ///
 /// # Panics

@@ -43,7 +43,12 @@ async fn migrates_an_empty_postgres_database_and_is_safe_to_run_again() {
     .fetch_all(&mut db)
     .await
     .unwrap();
-    for gone in ["readings", "poll_ledger", "legacy_readings", "legacy_poll_ledger"] {
+    for gone in [
+        "readings",
+        "poll_ledger",
+        "legacy_readings",
+        "legacy_poll_ledger",
+    ] {
         assert!(
             !tables.iter().any(|x| x == gone),
             "a new database has no {gone}: {tables:?}"
@@ -67,12 +72,11 @@ async fn migrates_an_empty_postgres_database_and_is_safe_to_run_again() {
             "table {t} missing from {tables:?}"
         );
     }
-    let partitions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'polls'::regclass",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
+    let partitions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_inherits WHERE inhparent = 'polls'::regclass")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
     assert!(
         partitions >= 8,
         "yesterday, today and a week ahead: {partitions}"

@@ -269,6 +269,15 @@ pub(crate) enum WriteFailure {
     Store(StoreError),
 }
 
+/// A write's failure as the ports report it (for a caller that does not retry).
+pub(crate) fn into_store_error(f: WriteFailure) -> StoreError {
+    match f {
+        WriteFailure::Store(e) => e,
+        WriteFailure::MissingPartition => StoreError::unavailable("no partition for a slot"),
+        WriteFailure::Conflict => StoreError::unavailable("write aborted by a deadlock"),
+    }
+}
+
 impl From<StoreError> for WriteFailure {
     fn from(e: StoreError) -> Self {
         Self::Store(e)
@@ -486,7 +495,7 @@ impl PgStore {
             let complete = (rows.len() as i64) < polls_per_read;
             let mut polls = rows
                 .iter()
-                .map(|row| PollRow::decode(row))
+                .map(PollRow::decode)
                 .collect::<Result<Vec<_>>>()?;
             if !complete {
                 // The last slot read may be cut short (other chambers' polls at that slot past

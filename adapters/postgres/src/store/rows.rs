@@ -19,15 +19,19 @@ use uuid::Uuid;
 
 use crate::errors::corrupt;
 
-/// An instant as PostgreSQL stores it. Instants beyond years ±9999 (the open ends of "all
-/// time" queries) are clamped to those years.
+/// An instant as PostgreSQL stores it. Instants beyond what `timestamptz` holds (the open ends
+/// of "all time" queries) are clamped to its first day (4713 BC) and to year 9999.
 pub(crate) fn ts(t: Timestamp) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_unix_millis()) * 1_000_000).unwrap_or(
+    let earliest = time::Date::from_calendar_date(-4712, time::Month::January, 1)
+        .map_or(time::PrimitiveDateTime::MIN, time::Date::midnight)
+        .assume_utc();
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_unix_millis()) * 1_000_000).map_or(
         if t.as_unix_millis() < 0 {
-            time::PrimitiveDateTime::MIN.assume_utc()
+            earliest
         } else {
             time::PrimitiveDateTime::MAX.assume_utc()
         },
+        |at| at.max(earliest),
     )
 }
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use chamberlain_telemetry::Telemetry;
 
-use crate::settings::{ConfigError, DatabaseArgs};
+use crate::settings::ConfigError;
 use crate::shutdown::shutdown_signal;
 use crate::telemetry::LogFormatArg;
 
@@ -25,8 +25,9 @@ pub enum Command {
     /// the alerter and the gRPC API (the embedded default). `--simulate 20` also serves and
     /// registers 20 simulated chambers.
     Standalone(StandaloneArgs),
-    /// Apply the database migrations and create the upcoming partitions (idempotent).
-    Migrate(DatabaseArgs),
+    /// Apply the database migrations, create the upcoming partitions, and convert readings
+    /// stored in an earlier layout (in resumable chunks; idempotent).
+    Migrate(pipeline::MigrateArgs),
     /// Serve a simulated chamber fleet on one address and report lateness, misses and
     /// duplicates of the polls it receives.
     Simulate(chamberlain_simulator::SimulateArgs),

@@ -15,19 +15,104 @@ use crate::storage::OpenStore;
 use crate::telemetry::MetricsArgs;
 use crate::{chamber_client, shutdown::holder_name, shutdown::shutdown_signal};
 
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Polls moved per transaction when converting readings of an earlier layout (PostgreSQL):
+    /// each chunk is one chamber's polls, all or nothing, so an interrupted conversion goes on
+    /// where it stopped.
+    #[arg(long, env = "CHAMBERLAIN_MIGRATE_CHUNK_POLLS", default_value_t = chamberlain_postgres::DEFAULT_CHUNK_POLLS, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    chunk_polls: u32,
+}
+
+/// Converts the readings of the previous layout, printing progress every few seconds; stops
+/// between chunks on SIGINT or SIGTERM.
+#[allow(clippy::print_stdout, reason = "the command reports its progress")]
+async fn convert(
+    pg: &chamberlain_postgres::PgStore,
+    chunk_polls: u32,
+) -> Result<(), anyhow::Error> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !pg.has_legacy_layout().await? {
+        return Ok(());
+    }
+    println!(
+        "converting readings to one row per poll, {chunk_polls} polls a transaction; \
+         stop at any time and run chamberlain migrate again to go on"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.store(true, Ordering::SeqCst);
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut shown = started;
+    let done = pg
+        .convert_legacy(
+            chunk_polls,
+            |p| {
+                if shown.elapsed() >= Duration::from_secs(5) {
+                    shown = std::time::Instant::now();
+                    let share = if p.polls_estimated > 0 {
+                        format!(
+                            " of ~{} ({:.0} %)",
+                            p.polls_estimated,
+                            100.0 * p.polls_moved as f64 / p.polls_estimated as f64
+                        )
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "converted {} polls{share}, {} readings; {:.0} polls/s",
+                        p.polls_moved,
+                        p.readings_moved,
+                        p.polls_moved as f64 / started.elapsed().as_secs_f64()
+                    );
+                }
+            },
+            || stop.load(Ordering::SeqCst),
+        )
+        .await;
+    signal.abort();
+    let done = done?;
+    if done.finished {
+        println!(
+            "converted {} polls ({} readings) in {:.1} s; {} already in the new layout kept as they were; \
+             {} readings without a ledger entry dropped",
+            done.polls_moved,
+            done.readings_moved,
+            started.elapsed().as_secs_f64(),
+            done.polls_already_there,
+            done.orphan_readings
+        );
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "stopped after converting {} polls; run chamberlain migrate again to go on",
+            done.polls_moved
+        )
+    }
+}
+
 #[allow(clippy::print_stdout, reason = "the command reports what it did")]
-pub async fn migrate(args: DatabaseArgs) -> Result<(), anyhow::Error> {
-    let storage = args.storage()?;
+pub async fn migrate(args: MigrateArgs) -> Result<(), anyhow::Error> {
+    let storage = args.database.storage()?;
     let store = storage.open().await?;
     match &store {
         OpenStore::Postgres(pg) => {
+            convert(pg, args.chunk_polls).await?;
             let days = chamberlain_postgres::partitions::existing_days(pg.pool()).await?;
             let database = match &storage {
                 crate::Storage::Postgres(config) => config.database().unwrap_or("(default)"),
                 crate::Storage::Sqlite(_) => "(default)",
             };
             println!(
-                "postgres database {database} migrated; {} daily partitions of readings and the ledger",
+                "postgres database {database} migrated; {} daily partitions of polls",
                 days.len()
             );
         }
