@@ -65,7 +65,8 @@ pub struct WorkerConfig {
     pub lease_wait: Duration,
     /// Results are written at least this often...
     pub flush_every: Duration,
-    /// ...or as soon as this many polls are waiting; also the most polls per write.
+    /// ...or as soon as this many polls are waiting. A write takes up to four times as many
+    /// when more are waiting (a store that fell behind catches up in larger transactions).
     pub flush_max_polls: usize,
     /// Results fetched (or being fetched) and not stored yet, at most: while they are at this
     /// bound, or at `max_results_bytes`, the worker takes no new polls (backpressure).

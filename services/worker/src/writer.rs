@@ -29,6 +29,10 @@ use crate::backlog::{Backlog, Place};
 /// How long a poll the store refused waits in the queue before it is fetched again (its
 /// chamber is read again from the store first: `PollReads::outdated`).
 pub(crate) const REFUSED_POLL_DELAY: Duration = Duration::from_secs(1);
+/// When more results wait than `max_polls` (the store fell behind), one write takes up to this
+/// many times `max_polls`: fewer, larger transactions (one commit, one acknowledgement, one
+/// health pass per write) let a store that is behind catch up instead of falling further behind.
+pub(crate) const CATCH_UP_FACTOR: usize = 4;
 /// The longest pause between two attempts at a write that keeps failing.
 pub(crate) const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -48,7 +52,8 @@ pub(crate) struct Fetched {
 pub(crate) struct WriterSettings {
     /// Flush at least this often...
     pub(crate) every: Duration,
-    /// ...or as soon as this many polls are waiting; also the most polls per write.
+    /// ...or as soon as this many polls are waiting; a write takes up to
+    /// [`CATCH_UP_FACTOR`] times as many when more are waiting.
     pub(crate) max_polls: usize,
     /// A write not done by then is abandoned (it stores all or nothing) and tried again.
     pub(crate) write_timeout: Duration,
@@ -88,8 +93,9 @@ struct Writer {
     backlog: Arc<Backlog>,
     buffer: VecDeque<Fetched>,
     retry: Retry,
-    /// The most polls the next write takes: `max_polls`, halved after a write the store refused
-    /// for good (to find the polls it refuses), doubled back after each stored write.
+    /// The most polls the next write takes: `max_polls` × [`CATCH_UP_FACTOR`], halved after a
+    /// write the store refused for good (to find the polls it refuses), doubled back after each
+    /// stored write.
     batch_limit: usize,
     next_extension: Instant,
     report: WorkerReport,
@@ -114,7 +120,7 @@ pub(crate) async fn write_results(
         backlog,
         buffer: VecDeque::new(),
         retry: Retry::default(),
-        batch_limit: settings.max_polls.max(1),
+        batch_limit: settings.max_polls.max(1) * CATCH_UP_FACTOR,
         next_extension: Instant::now() + settings.visibility / 3,
         report: WorkerReport::default(),
     };
@@ -124,17 +130,16 @@ pub(crate) async fn write_results(
         tokio::select! {
             item = inbox.recv() => match item {
                 Some(fetched) => {
-                    if writer.buffer.is_empty() {
-                        writer.backlog.set_oldest(Some(fetched.fetched_at));
-                    }
-                    writer.buffer.push_back(fetched);
+                    writer.take(fetched);
                     if writer.buffer.len() >= writer.settings.max_polls {
+                        writer.take_waiting(&mut inbox);
                         writer.write_full_batches().await;
                     }
                 }
                 None => break,
             },
             _ = tick.tick() => {
+                writer.take_waiting(&mut inbox);
                 writer.write_all().await;
                 writer.extend_leases().await;
             }
@@ -146,6 +151,24 @@ pub(crate) async fn write_results(
 }
 
 impl Writer {
+    fn take(&mut self, fetched: Fetched) {
+        if self.buffer.is_empty() {
+            self.backlog.set_oldest(Some(fetched.fetched_at));
+        }
+        self.buffer.push_back(fetched);
+    }
+
+    /// Moves results that arrived during the last write from the inbox into the buffer, up to
+    /// the largest write, so the next write takes them together.
+    fn take_waiting(&mut self, inbox: &mut mpsc::UnboundedReceiver<Fetched>) {
+        while self.buffer.len() < self.batch_limit {
+            match inbox.try_recv() {
+                Ok(fetched) => self.take(fetched),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Writes while a whole batch is waiting (and writes succeed).
     async fn write_full_batches(&mut self) {
         while self.buffer.len() >= self.settings.max_polls && self.retry.ready(Instant::now()) {
@@ -276,7 +299,7 @@ impl Writer {
             }
         };
         self.retry.succeeded();
-        self.batch_limit = (self.batch_limit * 2).min(self.settings.max_polls);
+        self.batch_limit = (self.batch_limit * 2).min(self.settings.max_polls * CATCH_UP_FACTOR);
         self.backlog
             .set_oldest(self.buffer.front().map(|f| f.fetched_at));
         let readings_new = write.readings_new;

@@ -97,6 +97,8 @@ struct FlakyReadings {
     away: Arc<AtomicBool>,
     back: Notify,
     writes_tried: AtomicU64,
+    /// The polls of each write tried, in order.
+    write_sizes: std::sync::Mutex<Vec<usize>>,
 }
 
 impl FlakyReadings {
@@ -110,6 +112,7 @@ impl FlakyReadings {
 impl ReadingRepository for FlakyReadings {
     async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError> {
         self.writes_tried.fetch_add(1, Ordering::SeqCst);
+        self.write_sizes.lock().unwrap().push(polls.len());
         if self.how == Away::Slow {
             let readings: usize = polls.iter().map(|p| p.readings.len()).sum();
             let took = SLOW_PER_POLL * polls.len() as u32 + SLOW_PER_READING * readings as u32;
@@ -203,6 +206,7 @@ async fn lab(how: Away) -> Lab {
         away,
         back: Notify::new(),
         writes_tried: AtomicU64::new(0),
+        write_sizes: std::sync::Mutex::default(),
     });
     let mut handler = PollHandler::new(
         &Repositories::of(store.clone()),
@@ -345,6 +349,28 @@ async fn a_store_that_hangs_stops_the_fetching_and_nothing_fetched_is_lost() {
     );
     let depth = lab.queue.depth().await.unwrap();
     assert_eq!((depth.ready, depth.leased, depth.delayed), (0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_back_after_a_stall_catches_up_in_writes_larger_than_usual() {
+    let lab = lab(Away::Hangs).await;
+    // Above the 16 results a burst of fetches (the concurrency) hands the writer at once.
+    let usual = 20;
+    let config = WorkerConfig {
+        flush_max_polls: usual,
+        ..config()
+    };
+    run_worker_with_while(&lab, config, store_away_from_5_to_12_s(&lab)).await;
+
+    let ledger = lab.ledger().await;
+    assert_every_slot_once_nothing_fetched_lost_and_fetching_bounded(&lab, &ledger);
+    let sizes = lab.readings.write_sizes.lock().unwrap().clone();
+    // Without catching up every write would take at most `usual`.
+    assert_eq!(
+        sizes.iter().copied().max(),
+        Some(BOUND.min(4 * usual)),
+        "the {BOUND} results held behind the stall went in one write: {sizes:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

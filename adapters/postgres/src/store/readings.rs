@@ -472,7 +472,10 @@ impl PgStore {
         q: &ReadingQuery,
     ) -> Result<Vec<Reading>> {
         let wanted = q.page.size.as_usize() + 1;
-        let mut polls_per_read = (wanted.div_ceil(layouts.narrowest()) + 1) as i64;
+        // Enough whole slots for a page in one read: the last slot read may be cut short and is
+        // read again, so one more poll per chamber (up to a page's worth).
+        let mut polls_per_read =
+            (wanted.div_ceil(layouts.narrowest()) + scope.chambers.len().min(wanted)) as i64;
         let mut from = q.page.after.map_or(q.from, |c| q.from.max(c.slot));
         let mut out: Vec<Reading> = Vec::new();
         loop {
@@ -646,35 +649,54 @@ impl ReadingRepository for PgStore {
             (Some(d), Some(&c)) => layouts.positions_of(c, d),
             _ => (Vec::new(), Vec::new()),
         };
-        // A detector's one position per version, or every position of every poll.
-        let values = if scope.detector.is_some() {
-            "SELECT p.value[x.i] AS v, x.i FROM (SELECT ($7::int4[])[array_position($6::int4[], p.layout_version)]::int8 AS i) x"
+        let bucket = "date_bin(make_interval(secs => $4::float8 / 1000), p.slot, timestamptz '1970-01-01 00:00:00+00') AS bucket, \
+                      min(p.v) AS low, max(p.v) AS high, sum(p.v) AS total, count(p.v) AS n";
+        let mut rows = Vec::new();
+        if let (Some(_), Some(&chamber)) = (scope.detector, scope.chambers.first()) {
+            // A detector: its one position in each layout version (usually one), read along
+            // the chamber's key.
+            for (version, position) in versions.iter().zip(&positions) {
+                rows.extend(
+                    sqlx::query(AssertSqlSafe(format!(
+                        "SELECT p.chamber_id, p.layout_version, $7::int8 AS i, {bucket} \
+                         FROM (SELECT chamber_id, layout_version, slot, value[$7] AS v FROM polls \
+                               WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 AND layout_version = $6 \
+                               AND ($5::uuid IS NULL OR batch_id = $5)) p \
+                         WHERE p.v IS NOT NULL GROUP BY 1, 2, 3, 4"
+                    )))
+                    .bind(chamber)
+                    .bind(ts(q.from))
+                    .bind(ts(q.to))
+                    .bind(q.bucket_millis.max(1))
+                    .bind(scope.batch)
+                    .bind(version)
+                    .bind(position)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(store_error)?,
+                );
+            }
         } else {
-            "SELECT v, i FROM unnest(p.value) WITH ORDINALITY AS a(v, i)"
-        };
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT p.chamber_id, p.layout_version, u.i, \
-                    date_bin(make_interval(secs => $4::float8 / 1000), p.slot, timestamptz '1970-01-01 00:00:00+00') AS bucket, \
-                    min(u.v) AS low, max(u.v) AS high, sum(u.v) AS total, count(u.v) AS n \
-             FROM UNNEST($1::uuid[]) AS c(id) CROSS JOIN LATERAL ( \
-                SELECT chamber_id, slot, layout_version, value FROM polls \
-                WHERE chamber_id = c.id AND slot >= $2 AND slot < $3 AND layout_version IS NOT NULL \
-                AND ($5::uuid IS NULL OR batch_id = $5) \
-                AND (cardinality($6::int4[]) = 0 OR layout_version = ANY($6))) p \
-             CROSS JOIN LATERAL ({values}) u \
-             WHERE u.v IS NOT NULL \
-             GROUP BY 1, 2, 3, 4"
-        )))
-        .bind(&scope.chambers)
-        .bind(ts(q.from))
-        .bind(ts(q.to))
-        .bind(q.bucket_millis.max(1))
-        .bind(scope.batch)
-        .bind(&versions)
-        .bind(&positions)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+            // Chambers: every position of every poll.
+            rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT p.chamber_id, p.layout_version, p.i, {bucket} \
+                 FROM UNNEST($1::uuid[]) AS c(id) CROSS JOIN LATERAL ( \
+                    SELECT chamber_id, slot, layout_version, a.v, a.i FROM polls \
+                    CROSS JOIN LATERAL unnest(value) WITH ORDINALITY AS a(v, i) \
+                    WHERE chamber_id = c.id AND slot >= $2 AND slot < $3 AND layout_version IS NOT NULL \
+                    AND ($5::uuid IS NULL OR batch_id = $5)) p \
+                 WHERE p.v IS NOT NULL \
+                 GROUP BY 1, 2, 3, 4"
+            )))
+            .bind(&scope.chambers)
+            .bind(ts(q.from))
+            .bind(ts(q.to))
+            .bind(q.bucket_millis.max(1))
+            .bind(scope.batch)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        }
         struct Sum {
             min: f64,
             max: f64,
@@ -742,12 +764,13 @@ impl ReadingRepository for PgStore {
         chambers: &[ChamberId],
     ) -> Result<Vec<LatestReadings>> {
         let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
+        // Two plain queries (the rows, then their chambers' layouts) rather than one joining
+        // the layouts twice: the join's estimated cost at 10,000 chambers set off PostgreSQL's
+        // JIT compilation, which alone took longer than the query.
         let rows = sqlx::query(
             "SELECT l.chamber_id, l.slot, l.layout_version, l.value, l.corruption, l.requested_at, \
-                    l.received_at AS recorded_at, l.batch_id, v.detectors AS layout, cur.detectors AS live \
+                    l.received_at AS recorded_at, l.batch_id \
              FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
-             JOIN detector_layouts v ON v.chamber_id = l.chamber_id AND v.version = l.layout_version \
-             JOIN detector_layouts cur ON cur.chamber_id = c.id AND cur.version = c.layout_version \
              WHERE c.organization_id = $1 AND l.chamber_id = ANY($2)",
         )
         .bind(org.as_uuid())
@@ -755,42 +778,16 @@ impl ReadingRepository for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        let mut by_chamber = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let poll = PollRow::decode(row)?;
-            let c = rows::Cols {
-                row,
-                table: "chamber_latest",
-            };
-            let layout: Vec<Option<Uuid>> = c.get("layout")?;
-            let live: HashSet<Uuid> = c
-                .get::<Vec<Option<Uuid>>>("live")?
-                .into_iter()
-                .flatten()
-                .collect();
-            let mut readings = Vec::with_capacity(layout.len());
-            for (i, detector) in layout.iter().enumerate() {
-                let Some(detector) = detector.filter(|d| live.contains(d)) else {
-                    continue;
-                };
-                let value = poll.value.get(i).copied().flatten();
-                let code = poll
-                    .corruption
-                    .as_ref()
-                    .and_then(|c| c.get(i).copied().flatten());
-                if value.is_none() && code.is_none() {
-                    continue;
-                }
-                readings.push(Reading {
-                    detector_id: DetectorId::from_uuid(detector),
-                    chamber_id: ChamberId::from_uuid(poll.chamber),
-                    slot: poll.slot,
-                    value: rows::reading_value(value, code)?,
-                    requested_at: poll.requested_at,
-                    received_at: poll.received_at,
-                    batch_id: poll.batch,
-                });
-            }
+        let polls = rows
+            .iter()
+            .map(PollRow::decode)
+            .collect::<Result<Vec<_>>>()?;
+        let present: Vec<Uuid> = polls.iter().map(|p| p.chamber).collect();
+        let layouts = Layouts::of(&self.pool, &present).await?;
+        let mut by_chamber = HashMap::with_capacity(polls.len());
+        for poll in polls {
+            let mut readings = Vec::new();
+            poll.expand(&layouts, &mut readings)?;
             readings.sort_by_key(|r| r.detector_id);
             let chamber_id = ChamberId::from_uuid(poll.chamber);
             by_chamber.insert(
