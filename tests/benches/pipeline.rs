@@ -529,9 +529,9 @@ fn main() {
             measure: Duration::from_secs(2),
         }]
     } else {
-        [1_000, 2_500, 5_000, 10_000]
+        // The four steps, or any one size named (`-- 20000`).
+        only.map_or_else(|| vec![1_000, 2_500, 5_000, 10_000], |n| vec![n])
             .into_iter()
-            .filter(|n| only.is_none_or(|o| o == *n))
             .map(|chambers| Step {
                 chambers,
                 warmup: Duration::from_secs(10),
