@@ -371,3 +371,101 @@ fn a_metrics_address_already_taken_stops_the_service_at_start_naming_it() {
         "{err}"
     );
 }
+
+/// A database of the previous layout (one ledger row plus one row per reading), as an operator
+/// upgrading has it: `migrate` converts it with progress, reports what it moved and the readings
+/// that had no ledger entry, and a second run has nothing to do.
+#[tokio::test]
+async fn migrate_converts_readings_of_the_previous_layout_and_then_has_nothing_to_do() {
+    let (_, db) = chamberlain_postgres::testing::fresh_database_before(20_261_206_000_000).await;
+    let server = chamberlain_postgres::testing::server_url();
+    let url = format!("{}/{}", server.rsplit_once('/').unwrap().0, db.name);
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    // One chamber of two detectors, 30 polls at 1 s (values 10·slot + detector), a timeout
+    // without readings among them, and one reading without a ledger entry.
+    for sql in [
+        "INSERT INTO organizations VALUES ('00000000-0000-0000-0000-00000000000a', 'lab', now())",
+        "INSERT INTO sections (id, organization_id, name, created_at) VALUES \
+         ('00000000-0000-0000-0000-00000000000b', '00000000-0000-0000-0000-00000000000a', 'room', now())",
+        "INSERT INTO chambers (id, organization_id, section_id, name, endpoint, format, interval_ms, timeout_ms, \
+         state, health_policy, schedule_since, created_at, updated_at) VALUES \
+         ('00000000-0000-0000-0000-00000000000c', '00000000-0000-0000-0000-00000000000a', \
+          '00000000-0000-0000-0000-00000000000b', 'climate 1', 'http://127.0.0.1:1/', 'json', 1000, 500, 'active', \
+          '{\"degraded_after\": 3, \"down_after_failures\": 10, \"down_after_ms\": 60000}', now(), now(), now())",
+        "INSERT INTO detectors (id, organization_id, chamber_id, name, unit, key_kind, key) \
+         SELECT ('00000000-0000-0000-0000-00000000001' || d)::uuid, '00000000-0000-0000-0000-00000000000a', \
+                '00000000-0000-0000-0000-00000000000c', 'd' || d, '°C', 'json_pointer', '/d' || d \
+         FROM generate_series(1, 2) d",
+        "CREATE TABLE poll_ledger_p20260101 PARTITION OF poll_ledger \
+         FOR VALUES FROM ('2026-01-01T00:00:00Z') TO ('2026-01-02T00:00:00Z')",
+        "CREATE TABLE readings_p20260101 PARTITION OF readings \
+         FOR VALUES FROM ('2026-01-01T00:00:00Z') TO ('2026-01-02T00:00:00Z')",
+        "INSERT INTO poll_ledger (chamber_id, slot, outcome, detail, attempt, requested_at, recorded_at, latency_ms, lateness_ms) \
+         SELECT '00000000-0000-0000-0000-00000000000c', timestamptz '2026-01-01' + s * interval '1 s', \
+                CASE WHEN s = 7 THEN 'timeout' ELSE 'ok' END, \
+                CASE WHEN s = 7 THEN '{\"outcome\": \"timeout\"}' ELSE '{\"outcome\": \"ok\"}' END::jsonb, 1, \
+                timestamptz '2026-01-01' + s * interval '1 s', timestamptz '2026-01-01' + s * interval '1 s' + interval '5 ms', \
+                CASE WHEN s = 7 THEN NULL ELSE 5 END, 2 \
+         FROM generate_series(0, 29) s",
+        "INSERT INTO readings (detector_id, chamber_id, slot, value, requested_at, received_at) \
+         SELECT ('00000000-0000-0000-0000-00000000001' || d)::uuid, '00000000-0000-0000-0000-00000000000c', \
+                timestamptz '2026-01-01' + s * interval '1 s', 10 * s + d, \
+                timestamptz '2026-01-01' + s * interval '1 s', timestamptz '2026-01-01' + s * interval '1 s' + interval '5 ms' \
+         FROM generate_series(0, 29) s, generate_series(1, 2) d WHERE s <> 7",
+        "INSERT INTO readings (detector_id, chamber_id, slot, value, requested_at, received_at) VALUES \
+         ('00000000-0000-0000-0000-000000000011', '00000000-0000-0000-0000-00000000000c', \
+          '2026-01-01T00:01:00Z', 1, '2026-01-01T00:01:00Z', '2026-01-01T00:01:00Z')",
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    let out = chamberlain()
+        .args(["migrate", "--database-url", &url, "--chunk-polls", "7"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("converting readings to one row per poll, 7 polls a transaction"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("converted 30 polls (58 readings)")
+            && stdout.contains("1 readings without a ledger entry dropped"),
+        "{stdout}"
+    );
+    let (polls, values, total): (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(DISTINCT slot), count(v), coalesce(sum(v), 0) \
+         FROM polls LEFT JOIN LATERAL unnest(value) v ON true",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    // Σ over 29 slots of (10s + 1) + (10s + 2), s = 0..29 without 7.
+    let expected: f64 = (0..30)
+        .filter(|s| *s != 7)
+        .map(|s| f64::from(20 * s + 3))
+        .sum();
+    assert_eq!((polls, values, total), (30, 58, expected));
+    let legacy: Option<String> = sqlx::query_scalar("SELECT to_regclass('legacy_readings')::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(legacy, None, "the old tables are dropped once converted");
+
+    let again = chamberlain()
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}");
+    assert!(!stdout.contains("converting"), "nothing left: {stdout}");
+    conn.close().await.unwrap();
+}
