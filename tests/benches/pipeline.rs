@@ -14,6 +14,9 @@
 //! `chamberlain_worker_results_oldest_age_seconds`), and the worker's peak RSS. A step passes
 //! when at least 99.9 % of the answered polls are stored.
 //! `CHAMBERLAIN_BENCH_SMOKE=1` runs one tiny step for a few seconds.
+//! `CHAMBERLAIN_BENCH_WARMUP_SECS=N` waits N seconds (default 10) after starting the scheduler
+//! and the worker before measuring. `CHAMBERLAIN_BENCH_LATE_SECONDS=1` prints when the late
+//! polls were.
 //! `CHAMBERLAIN_BENCH_STALLED_SUBSCRIBER=1` also runs a gateway with one subscriber of every
 //! reading that never reads its stream (it must be told it lagged, then be disconnected, without
 //! slowing the pipeline); the gateway's CPU is printed apart.
@@ -409,6 +412,27 @@ async fn step(s: &Step, server_url: &str, redis_url: &str) {
             "FAIL: answered polls not stored"
         }
     );
+    // What a platform engineer needs of a store on default settings (issue 25).
+    let p99 = report.lateness_ms.p99.unwrap_or(i64::MAX);
+    let missed: Vec<String> = [
+        (stored_share < 99.9).then(|| format!("stored {stored_share:.3} % < 99.9 %")),
+        (p99 > 50).then(|| format!("p99 lateness {p99} ms > 50 ms")),
+        (report.duplicates.attempt_one > 0)
+            .then(|| format!("{} duplicates", report.duplicates.attempt_one)),
+        (worker_peak_mib > 256.0)
+            .then(|| format!("worker peak RSS {worker_peak_mib:.0} MiB > 256 MiB")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    println!(
+        "       ≥ 99.9 % stored, p99 ≤ 50 ms, no duplicate, worker ≤ 256 MiB: {}",
+        if missed.is_empty() {
+            "all met".to_owned()
+        } else {
+            format!("missed: {}", missed.join(", "))
+        }
+    );
     if let Some(stalled) = stalled {
         println!(
             "       stalled subscriber: gateway CPU {:.1} s over the run; {}",
@@ -522,6 +546,13 @@ impl StalledSubscriber {
 fn main() {
     let smoke = std::env::var("CHAMBERLAIN_BENCH_SMOKE").is_ok_and(|v| v == "1");
     let only: Option<u32> = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    // Seconds between starting the scheduler and worker and measuring (default 10).
+    let warmup = Duration::from_secs(
+        std::env::var("CHAMBERLAIN_BENCH_WARMUP_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    );
     let steps: Vec<Step> = if smoke {
         vec![Step {
             chambers: 20,
@@ -534,7 +565,7 @@ fn main() {
             .into_iter()
             .map(|chambers| Step {
                 chambers,
-                warmup: Duration::from_secs(10),
+                warmup,
                 measure: Duration::from_secs(60),
             })
             .collect()
