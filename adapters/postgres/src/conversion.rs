@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chamberlain_domain::model::{LedgerEntry, Reading};
-use chamberlain_domain::ports::{PollRecord, StoreError};
+use chamberlain_domain::ports::{ConversionProgress, PollRecord, StoreError};
 use uuid::Uuid;
 
 use crate::PgStore;
@@ -26,23 +26,6 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// Polls per chunk unless told otherwise.
 pub const DEFAULT_CHUNK_POLLS: u32 = 2_000;
-
-/// Where a conversion stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConversionProgress {
-    /// Polls moved by this run.
-    pub polls_moved: u64,
-    /// Of them, polls that were already in the new layout (the first one kept).
-    pub polls_already_there: u64,
-    /// Readings moved by this run.
-    pub readings_moved: u64,
-    /// Polls of the previous layout when this run started (PostgreSQL's estimate).
-    pub polls_estimated: u64,
-    /// Readings with no ledger entry (never returned by any query), dropped at the end.
-    pub orphan_readings: u64,
-    /// Whether the previous layout is gone.
-    pub finished: bool,
-}
 
 impl PgStore {
     /// Whether tables of the previous layout are still there.

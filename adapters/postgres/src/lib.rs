@@ -15,8 +15,9 @@ use chamberlain_domain::ports::StoreError;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+pub use chamberlain_domain::ports::ConversionProgress;
 pub use config::{DEFAULT_MAX_CONNECTIONS, PgConfig};
-pub use conversion::{ConversionProgress, DEFAULT_CHUNK_POLLS};
+pub use conversion::DEFAULT_CHUNK_POLLS;
 use errors::store_error;
 
 /// The schema, embedded: `migrations/postgres/`.

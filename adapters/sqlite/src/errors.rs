@@ -82,12 +82,16 @@ pub(crate) const UNIQUE_INDEXES: &[(&str, Unique)] = &[
         Unique::Conflict("health", "another writer stored it first"),
     ),
     (
-        "readings.detector_id, readings.slot",
-        Unique::Duplicate("reading", "slot"),
+        "polls.chamber_id, polls.slot",
+        Unique::Duplicate("poll", "slot"),
     ),
     (
-        "poll_ledger.chamber_id, poll_ledger.slot",
-        Unique::Duplicate("poll", "slot"),
+        "chamber_latest.chamber_id",
+        Unique::Conflict("poll", "another writer moved the latest slot first"),
+    ),
+    (
+        "detector_layouts.chamber_id, detector_layouts.version",
+        Unique::Conflict("chamber", "another writer changed its detectors first"),
     ),
     ("alert_rules.id", Unique::Duplicate("alert_rule", "name")),
     (

@@ -33,9 +33,13 @@ mod rows;
 mod alerts;
 mod checkpoint;
 mod configuration;
+mod conversion;
 mod health;
+mod layouts;
 mod readings;
 mod tenancy;
+
+pub use conversion::DEFAULT_CHUNK_POLLS;
 
 /// The schema, embedded at build time: `migrations/sqlite` at the workspace root.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -43,10 +47,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 /// How long a call waits for a pooled connection, at least.
 const MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The writer's page cache, in KiB (readers keep SQLite's default of 2 MiB). A batch of readings
-/// touches the newest leaf page of every detector in the primary key and of every chamber in the
-/// chamber index; this keeps them cached for some ten thousand detectors. Pages are allocated
-/// only as they are used.
+/// The writer's page cache, in KiB (readers keep SQLite's default of 2 MiB). A batch of polls
+/// touches the newest leaf page of every chamber in the primary key of `polls` and its row of
+/// `chamber_latest`; this keeps them cached for tens of thousands of chambers. Pages are
+/// allocated only as they are used.
 const WRITER_CACHE_KIB: u32 = 64 * 1024;
 
 /// Pages of WAL after which a commit copies the log back into the database file (SQLite's
@@ -162,7 +166,14 @@ impl SqliteStore {
         MIGRATOR
             .run(&self.writer)
             .await
-            .map_err(|e| StoreError::unavailable(format!("migration failed: {e}")))
+            .map_err(|e| StoreError::unavailable(format!("migration failed: {e}")))?;
+        if !self.drop_empty_legacy_layout().await? {
+            tracing::warn!(
+                "readings stored in the previous layout are not returned by queries until \
+                 they are converted (`chamberlain migrate`, or the embedded mode in the background)"
+            );
+        }
+        Ok(())
     }
 
     /// The pool of reader connections, for operations outside the ports (backups,

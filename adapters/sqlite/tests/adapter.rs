@@ -479,26 +479,39 @@ async fn corrupt_rows_are_unavailable_naming_table_and_column() {
         "detectors.key",
     );
 
-    corrupt("UPDATE readings SET value = 9e999").await;
+    // An infinity at the first position, and a reason number no reason has.
+    corrupt("UPDATE polls SET value = unhex('000000000000f07f' || substr(hex(value), 17))").await;
     unavailable_naming(
         ports
             .readings
             .query(w.org.id, &all(ReadingScope::Chamber(w.chamber.id)))
             .await,
-        "readings.value",
+        "polls.value",
     );
     unavailable_naming(
         ports.readings.latest(w.org.id, &[w.chamber.id]).await,
-        "readings.value",
+        "polls.value",
+    );
+    corrupt(
+        "UPDATE polls SET value = unhex('000000000000f87f' || substr(hex(value), 17)), \
+         corruption = unhex('09' || substr('000000000000000000000000', 1, 2 * (length(value) / 8 - 1)))",
+    )
+    .await;
+    unavailable_naming(
+        ports
+            .readings
+            .query(w.org.id, &all(ReadingScope::Chamber(w.chamber.id)))
+            .await,
+        "polls.corruption",
     );
 
-    corrupt("UPDATE poll_ledger SET outcome = 'timeout'").await;
+    corrupt("UPDATE polls SET outcome = 'timeout'").await;
     unavailable_naming(
         ports
             .ledger
             .list(w.org.id, &LedgerQuery::all(w.chamber.id))
             .await,
-        "poll_ledger.outcome",
+        "polls.outcome",
     );
 
     corrupt("UPDATE organizations SET name = '   '").await;

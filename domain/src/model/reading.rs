@@ -88,6 +88,24 @@ impl CorruptionReason {
     pub fn from_code(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.code() == code)
     }
+
+    /// Stable number 1–6 stored where a reason takes one small integer (the value arrays of one
+    /// row per poll); 0 is never a reason, so stores may use it for "none".
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Missing => 1,
+            Self::Unparsable => 2,
+            Self::NonFinite => 3,
+            Self::Implausible => 4,
+            Self::Ambiguous => 5,
+            Self::MalformedResponse => 6,
+        }
+    }
+
+    /// Inverse of [`CorruptionReason::number`].
+    pub fn from_number(number: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.number() == number)
+    }
 }
 
 impl From<ValueProblem> for CorruptionReason {

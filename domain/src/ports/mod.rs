@@ -33,10 +33,11 @@ pub use queue::{
 pub use repositories::{Repositories, Store};
 pub use storage::{
     Aggregate, AggregateQuery, ApiTokenRepository, BatchRepository, ChamberFilter,
-    ChamberHealthRepository, ChamberRepository, ChamberWithDetectors, DetectorRepository,
-    ItemError, LatestReadings, LedgerQuery, LedgerTally, OrganizationRepository,
-    PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery, ReadingRepository, ReadingScope,
-    SectionRepository, StoreError, TallyQuery, UserRepository, WriteReport,
+    ChamberHealthRepository, ChamberRepository, ChamberWithDetectors, ConversionProgress,
+    DetectorRepository, ItemError, LatestReadings, LedgerQuery, LedgerTally,
+    OrganizationRepository, PollLedgerRepository, PollRecord, ReadingCursor, ReadingQuery,
+    ReadingRepository, ReadingScope, SectionRepository, StoreError, TallyQuery, UserRepository,
+    WriteReport,
 };
 
 #[cfg(feature = "mock")]

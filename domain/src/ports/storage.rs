@@ -354,6 +354,24 @@ impl PollRecord {
     }
 }
 
+/// Where converting a store's readings from an earlier layout stands (`chamberlain migrate`,
+/// which moves them in bounded chunks, each all or nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConversionProgress {
+    /// Polls moved by this run.
+    pub polls_moved: u64,
+    /// Of them, polls that were already in the new layout (the first one kept).
+    pub polls_already_there: u64,
+    /// Readings moved by this run.
+    pub readings_moved: u64,
+    /// Polls of the previous layout when this run started (an estimate on PostgreSQL).
+    pub polls_estimated: u64,
+    /// Readings with no ledger entry (never returned by any query), dropped at the end.
+    pub orphan_readings: u64,
+    /// Whether the previous layout is gone.
+    pub finished: bool,
+}
+
 /// How many rows a write added; the rest were already there (redelivered polls).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteReport {

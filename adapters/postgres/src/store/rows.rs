@@ -47,20 +47,13 @@ pub(crate) fn millis(d: Duration) -> i64 {
 
 /// Reading corruption reasons as stored: a small code per reason (readings are the big table).
 pub(crate) fn corruption_code(r: CorruptionReason) -> i16 {
-    match r {
-        CorruptionReason::Missing => 1,
-        CorruptionReason::Unparsable => 2,
-        CorruptionReason::NonFinite => 3,
-        CorruptionReason::Implausible => 4,
-        CorruptionReason::Ambiguous => 5,
-        CorruptionReason::MalformedResponse => 6,
-    }
+    i16::from(r.number())
 }
 
 fn corruption_from_code(code: i16) -> Option<CorruptionReason> {
-    CorruptionReason::ALL
-        .into_iter()
-        .find(|r| corruption_code(*r) == code)
+    u8::try_from(code)
+        .ok()
+        .and_then(CorruptionReason::from_number)
 }
 
 pub(crate) fn reading_value(

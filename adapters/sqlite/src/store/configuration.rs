@@ -13,7 +13,9 @@ use chamberlain_domain::ports::{
 };
 use chamberlain_domain::time::Timestamp;
 use sqlx::{AssertSqlSafe, SqliteConnection};
+use uuid::Uuid;
 
+use super::layouts::{self, Change};
 use super::rows::{
     batch, chamber, chamber_state_code, decode_all, detector, health_policy_json, key_kind, section,
 };
@@ -225,7 +227,8 @@ async fn create_chamber(
         }
         insert_detector(conn, d).await?;
     }
-    Ok(())
+    let ids: Vec<Uuid> = detectors.iter().map(|d| *d.id.as_uuid()).collect();
+    layouts::create(conn, *chamber.id.as_uuid(), &ids).await
 }
 
 async fn insert_detector(conn: &mut SqliteConnection, d: &Detector) -> Result<(), StoreError> {
@@ -433,7 +436,13 @@ impl DetectorRepository for SqliteStore {
         )
         .await
         {
-            Ok(true) => insert_detector(conn, detector).await,
+            Ok(true) => match insert_detector(conn, detector).await {
+                Ok(()) => {
+                    let added = Change::Added(*detector.id.as_uuid());
+                    layouts::change(conn, *detector.chamber_id.as_uuid(), added).await
+                }
+                Err(e) => Err(e),
+            },
             Ok(false) => Err(missing_parent("detector", "chamber")),
             Err(e) => Err(e),
         };
@@ -517,17 +526,29 @@ impl DetectorRepository for SqliteStore {
     }
 
     async fn delete(&self, org: OrganizationId, id: DetectorId) -> Result<(), StoreError> {
-        // Its readings go by ON DELETE CASCADE.
+        // Its values stay in the polls until retention, at a position of layouts that no
+        // longer name it (the next version leaves a hole there): never returned again.
         let mut w = self.begin_write().await?;
-        let result = sqlx::query("DELETE FROM detectors WHERE id = ?1 AND organization_id = ?2")
-            .bind(*id.as_uuid())
-            .bind(*org.as_uuid())
-            .execute(w.conn())
-            .await
-            .map_err(writing(Write::Plain))
-            .and_then(|done| touched(done, "detector"));
+        let result = delete_detector(w.conn(), org, id).await;
         w.finish(result).await
     }
+}
+
+async fn delete_detector(
+    conn: &mut SqliteConnection,
+    org: OrganizationId,
+    id: DetectorId,
+) -> Result<(), StoreError> {
+    let chamber: Option<Uuid> = sqlx::query_scalar(
+        "DELETE FROM detectors WHERE id = ?1 AND organization_id = ?2 RETURNING chamber_id",
+    )
+    .bind(*id.as_uuid())
+    .bind(*org.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(writing(Write::Plain))?;
+    let chamber = chamber.ok_or_else(|| not_found("detector"))?;
+    layouts::change(conn, chamber, Change::Removed(*id.as_uuid())).await
 }
 
 async fn start_batch(conn: &mut SqliteConnection, batch: &Batch) -> Result<(), StoreError> {

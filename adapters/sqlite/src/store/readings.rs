@@ -1,8 +1,9 @@
-//! [`ReadingRepository`] and [`PollLedgerRepository`] of [`SqliteStore`]: a poll's ledger
-//! entry and readings in one write, multi-row inserts on the hot path, range queries, latest,
-//! aggregates and tallies.
+//! [`ReadingRepository`] and [`PollLedgerRepository`] of [`SqliteStore`]: one row per poll in
+//! `polls` holding the ledger entry and the poll's values as blobs laid out by the chamber's
+//! detector layout ([`layouts`](super::layouts)), multi-row inserts on the hot path, the latest
+//! slot of each chamber in `chamber_latest`, range queries, aggregates and tallies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
@@ -10,7 +11,8 @@ use chamberlain_db_span::db_port;
 use chamberlain_domain::error::Rule;
 use chamberlain_domain::limits::MAX_READINGS_PER_WRITE;
 use chamberlain_domain::model::{
-    ChamberId, DetectorId, LedgerEntry, OrganizationId, Page, PollId, Reading, ReadingValue,
+    BatchId, ChamberId, DetectorId, LedgerEntry, OrganizationId, Page, PollId, Reading,
+    ReadingValue,
 };
 use chamberlain_domain::ports::{
     Aggregate, AggregateQuery, LatestReadings, LedgerQuery, LedgerTally, PollLedgerRepository,
@@ -18,20 +20,25 @@ use chamberlain_domain::ports::{
     TallyQuery, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
+use futures_util::TryStreamExt;
+use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, SqliteConnection};
 use uuid::Uuid;
 
-use super::rows::{Cols, decode_all, ledger_entry, reading};
+use super::layouts::{self, Layouts, Values};
+use super::rows::{Cols, decode_all, ledger_entry};
 use super::{
-    PRUNE_STEP, SqlQuery, SqliteStore, chamber_in, end_read, exists, finite, id_list, limit,
-    millis_of, missing_parent, not_found,
+    PRUNE_STEP, SqlQuery, SqliteStore, chamber_in, end_read, exists, id_list, limit, millis_of,
+    missing_parent, not_found,
 };
 use crate::errors::{Write, child, db, refused, writing};
+
+type Result<T> = std::result::Result<T, StoreError>;
 
 // ------------------------------------------------------------------------------------------
 // Multi-row inserts for the hot path: a batch is cut greedily into chunks of CHUNK_SIZES rows,
 // so that the writer prepares (and caches) at most three statements per table and a batch
-// of 10,000 readings is about forty statements.
+// of 1,000 polls is about ten statements.
 // ------------------------------------------------------------------------------------------
 
 const CHUNK_SIZES: [usize; 3] = [256, 16, 1];
@@ -60,24 +67,34 @@ impl MultiInsert {
     }
 }
 
-static INSERT_READINGS: LazyLock<MultiInsert> = LazyLock::new(|| {
-    MultiInsert::new(
-        concat!("INSERT INTO readings (", reading_columns!(), ") VALUES"),
-        8,
-        " ON CONFLICT DO NOTHING",
-    )
-});
+macro_rules! poll_columns {
+    () => {
+        concat!(
+            ledger_columns!(),
+            ", layout_version, batch_id, value, corruption"
+        )
+    };
+}
 
-static INSERT_LEDGER: LazyLock<MultiInsert> = LazyLock::new(|| {
+static INSERT_POLLS: LazyLock<MultiInsert> = LazyLock::new(|| {
     MultiInsert::new(
-        concat!("INSERT INTO poll_ledger (", ledger_columns!(), ") VALUES"),
-        9,
+        concat!("INSERT INTO polls (", poll_columns!(), ") VALUES"),
+        13,
         " ON CONFLICT DO NOTHING RETURNING chamber_id, slot",
     )
 });
 
-/// A ledger entry encoded for its row.
-struct LedgerRow {
+static MOVE_LATEST: LazyLock<MultiInsert> = LazyLock::new(|| {
+    MultiInsert::new(
+        "INSERT INTO chamber_latest (chamber_id, slot) VALUES",
+        2,
+        " ON CONFLICT (chamber_id) DO UPDATE SET slot = excluded.slot \
+          WHERE excluded.slot > chamber_latest.slot",
+    )
+});
+
+/// A poll encoded for its row.
+struct PollRow {
     chamber_id: Uuid,
     slot: i64,
     outcome: &'static str,
@@ -87,10 +104,17 @@ struct LedgerRow {
     recorded_at: i64,
     latency_ms: Option<i64>,
     lateness_ms: i64,
+    layout_version: Option<i64>,
+    batch_id: Option<Uuid>,
+    value: Option<Vec<u8>>,
+    corruption: Option<Vec<u8>>,
+    /// Readings placed in `value` (a detector's second reading in one poll is not).
+    readings: u64,
 }
 
-impl LedgerRow {
-    fn new(e: &LedgerEntry) -> Result<Self, StoreError> {
+impl PollRow {
+    /// A ledger entry alone: a poll without values.
+    fn bare(e: &LedgerEntry) -> Result<Self> {
         Ok(Self {
             chamber_id: *e.poll.chamber_id.as_uuid(),
             slot: e.poll.slot.as_unix_millis(),
@@ -109,19 +133,51 @@ impl LedgerRow {
                 .map(|d| millis_of("ledger.latency", d))
                 .transpose()?,
             lateness_ms: millis_of("ledger.lateness", e.lateness)?,
+            layout_version: None,
+            batch_id: None,
+            value: None,
+            corruption: None,
+            readings: 0,
         })
+    }
+
+    /// A poll with readings, laid out by its chamber's current layout; a reading of another
+    /// chamber or slot, or of a detector not in the layout, refuses it.
+    fn with_values(p: &PollRecord, layout: &layouts::Current) -> Result<Self> {
+        let mut row = Self::bare(&p.entry)?;
+        if p.readings.is_empty() {
+            return Ok(row);
+        }
+        let PollId { chamber_id, slot } = p.entry.poll;
+        let mut by_position: Vec<Option<&ReadingValue>> = vec![None; layout.width];
+        for r in &p.readings {
+            let position = layout.position.get(r.detector_id.as_uuid());
+            let (Some(&i), true) = (position, r.chamber_id == chamber_id && r.slot == slot) else {
+                return Err(missing_parent("reading", "detector"));
+            };
+            if by_position[i].is_none() {
+                by_position[i] = Some(&r.value);
+                row.readings += 1;
+            }
+        }
+        let (value, corruption) = Values::encode(&by_position);
+        row.layout_version = Some(layout.version);
+        row.batch_id = p.readings[0].batch_id.map(|b| *b.as_uuid());
+        row.value = Some(value);
+        row.corruption = corruption;
+        Ok(row)
     }
 }
 
-/// Inserts the entries not stored yet; returns the keys of those inserted.
-async fn insert_ledger(
+/// Inserts the polls not stored yet; returns the keys of those inserted.
+async fn insert_polls(
     conn: &mut SqliteConnection,
-    rows: &[LedgerRow],
-) -> Result<HashSet<(Uuid, i64)>, StoreError> {
+    rows: &[&PollRow],
+) -> Result<HashSet<(Uuid, i64)>> {
     let mut inserted = HashSet::with_capacity(rows.len());
     let mut rest = rows;
     while !rest.is_empty() {
-        let (mut query, n) = INSERT_LEDGER.next(rest.len());
+        let (mut query, n) = INSERT_POLLS.next(rest.len());
         let (chunk, tail) = rest.split_at(n);
         for r in chunk {
             query = query
@@ -133,14 +189,18 @@ async fn insert_ledger(
                 .bind(r.requested_at)
                 .bind(r.recorded_at)
                 .bind(r.latency_ms)
-                .bind(r.lateness_ms);
+                .bind(r.lateness_ms)
+                .bind(r.layout_version)
+                .bind(r.batch_id)
+                .bind(r.value.as_deref())
+                .bind(r.corruption.as_deref());
         }
         let returned = query
             .fetch_all(&mut *conn)
             .await
             .map_err(writing(child("poll", "chamber")))?;
         for row in &returned {
-            let c = Cols::new(row, "poll_ledger");
+            let c = Cols::new(row, "polls");
             inserted.insert((c.uuid("chamber_id")?, c.get::<i64>("slot")?));
         }
         rest = tail;
@@ -148,286 +208,461 @@ async fn insert_ledger(
     Ok(inserted)
 }
 
-/// Inserts the readings not stored yet; returns how many were inserted.
-async fn insert_readings(
-    conn: &mut SqliteConnection,
-    readings: &[&Reading],
-) -> Result<u64, StoreError> {
-    let mut inserted = 0;
-    let mut rest = readings;
+/// Moves each chamber's latest slot forward to `slots` (never backwards).
+async fn move_latest(conn: &mut SqliteConnection, slots: &BTreeMap<Uuid, i64>) -> Result<()> {
+    let slots: Vec<(&Uuid, &i64)> = slots.iter().collect();
+    let mut rest = slots.as_slice();
     while !rest.is_empty() {
-        let (mut query, n) = INSERT_READINGS.next(rest.len());
+        let (mut query, n) = MOVE_LATEST.next(rest.len());
         let (chunk, tail) = rest.split_at(n);
-        for r in chunk {
-            let (value, corruption) = match r.value {
-                ReadingValue::Measured(v) => (Some(finite("reading.value", v.get())?), None),
-                ReadingValue::Corrupted(reason) => (None, Some(reason.code())),
-            };
-            query = query
-                .bind(*r.detector_id.as_uuid())
-                .bind(*r.chamber_id.as_uuid())
-                .bind(r.slot.as_unix_millis())
-                .bind(value)
-                .bind(corruption)
-                .bind(r.requested_at.as_unix_millis())
-                .bind(r.received_at.as_unix_millis())
-                .bind(r.batch_id.map(|b| *b.as_uuid()));
+        for (chamber, slot) in chunk {
+            query = query.bind(**chamber).bind(**slot);
         }
-        inserted += query
+        query
             .execute(&mut *conn)
             .await
-            .map_err(writing(child("reading", "detector")))?
-            .rows_affected();
+            .map_err(writing(child("poll", "chamber")))?;
         rest = tail;
     }
-    Ok(inserted)
+    Ok(())
 }
 
-/// The detectors of each of `chambers` that exists (a chamber without detectors maps to an
-/// empty set; an unknown chamber is absent).
-async fn detectors_of(
+/// Writes the polls that are new (each key once: of a poll twice in one write, the first is new
+/// and the second existing) and moves the chambers' latest slots. The chambers' current layouts
+/// check that every chamber exists and every reading's detector is one of its chamber's; one
+/// bad poll refuses the whole write.
+pub(super) async fn write_polls(
     conn: &mut SqliteConnection,
-    chambers: &HashSet<ChamberId>,
-) -> Result<HashMap<ChamberId, HashSet<DetectorId>>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT c.id AS chamber_id, d.id AS detector_id FROM chambers AS c \
-         LEFT JOIN detectors AS d ON d.chamber_id = c.id \
-         WHERE c.id IN (SELECT unhex(value) FROM json_each(?1))",
-    )
-    .bind(id_list(chambers.iter().map(ChamberId::as_uuid)))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
-    let mut known: HashMap<ChamberId, HashSet<DetectorId>> = HashMap::new();
-    for row in &rows {
-        let c = Cols::new(row, "detectors");
-        let detectors = known
-            .entry(ChamberId::from_uuid(c.uuid("chamber_id")?))
-            .or_default();
-        if let Some(id) = c.get::<Option<Uuid>>("detector_id")? {
-            detectors.insert(DetectorId::from_uuid(id));
-        }
-    }
-    Ok(known)
-}
-
-async fn store_polls(
-    conn: &mut SqliteConnection,
-    polls: &[PollRecord],
-    ledger_rows: &[LedgerRow],
-) -> Result<WriteReport, StoreError> {
-    // Parents first, in the order of the input: one bad row refuses the whole batch.
-    let chambers: HashSet<ChamberId> = polls.iter().map(|p| p.entry.poll.chamber_id).collect();
-    let known = detectors_of(conn, &chambers).await?;
+    polls: &[&PollRecord],
+) -> Result<WriteReport> {
+    let chambers: HashSet<Uuid> = polls
+        .iter()
+        .map(|p| *p.entry.poll.chamber_id.as_uuid())
+        .collect();
+    let current = layouts::current(conn, &chambers).await?;
+    let mut rows = Vec::with_capacity(polls.len());
     for p in polls {
-        let PollId { chamber_id, slot } = p.entry.poll;
-        let Some(detectors) = known.get(&chamber_id) else {
+        let Some(layout) = current.get(p.entry.poll.chamber_id.as_uuid()) else {
             return Err(missing_parent("poll", "chamber"));
         };
-        let of_this_poll = |r: &Reading| {
-            r.chamber_id == chamber_id && r.slot == slot && detectors.contains(&r.detector_id)
-        };
-        if !p.readings.iter().all(of_this_poll) {
-            return Err(missing_parent("reading", "detector"));
-        }
+        rows.push(PollRow::with_values(p, layout)?);
     }
-
-    // The ledger entry decides: only the readings of polls whose entry is new are written.
+    // In key order, chamber by chamber: consecutive rows land on the same pages of the primary
+    // key (a stable sort: of two rows with one key, the first wins).
+    let mut ordered: Vec<&PollRow> = rows.iter().collect();
+    ordered.sort_by_key(|r| (r.chamber_id, r.slot));
+    let mut inserted = insert_polls(conn, &ordered).await?;
+    let mut latest: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut report = WriteReport::default();
-    let mut inserted = insert_ledger(conn, ledger_rows).await?;
-    let mut readings: Vec<&Reading> = Vec::new();
-    for p in polls {
-        let key = (
-            *p.entry.poll.chamber_id.as_uuid(),
-            p.entry.poll.slot.as_unix_millis(),
-        );
-        // A poll twice in one batch: the first is new, the second existing.
-        if inserted.remove(&key) {
+    let total: u64 = polls.iter().map(|p| p.readings.len() as u64).sum();
+    for (p, row) in polls.iter().zip(&rows) {
+        if inserted.remove(&(row.chamber_id, row.slot)) {
             report.ledger_new += 1;
-            readings.extend(&p.readings);
+            report.readings_new += row.readings;
+            if row.value.is_some() {
+                let newest = latest.entry(row.chamber_id).or_insert(row.slot);
+                *newest = (*newest).max(row.slot);
+            }
         } else {
             report.ledger_existing += 1;
-            report.readings_existing += p.readings.len() as u64;
             report.existing_polls.push(p.entry.poll);
         }
     }
-    // In key order, chamber by chamber: consecutive rows land on the same pages of the primary
-    // key and of the chamber index (a stable sort: of two rows with one key, the first wins).
-    readings.sort_by_key(|r| (r.chamber_id, r.detector_id, r.slot));
-    let new = insert_readings(conn, &readings).await?;
-    report.readings_new = new;
-    report.readings_existing += readings.len() as u64 - new;
+    report.readings_existing = total - report.readings_new;
+    move_latest(conn, &latest).await?;
     Ok(report)
 }
 
-/// The first page of readings after `cursor` within `[from, to)` of one scope.
-async fn query_readings(
-    conn: &mut SqliteConnection,
-    q: &ReadingQuery,
-) -> Result<Vec<Reading>, StoreError> {
-    let (from, to) = (q.from.as_unix_millis(), q.to.as_unix_millis());
-    let limit = limit(q.page.size);
-    // The cursor matters only when it lies inside the range; before it, every row of the range
-    // is after the cursor.
-    let cursor = q.page.after.filter(|c| c.slot >= q.from);
-    let query = match (q.scope, cursor) {
-        (ReadingScope::Detector(id), cursor) => {
-            // One detector: (slot, detector) order is slot order, and the cursor a lower bound.
-            let from = match cursor {
-                None => from,
-                Some(c) if id > c.detector_id => c.slot.as_unix_millis(),
-                Some(c) => c.slot.as_unix_millis().saturating_add(1),
-            };
-            sqlx::query(concat!(
-                "SELECT ",
-                reading_columns!(),
-                " FROM readings WHERE detector_id = ?1 AND slot >= ?2 AND slot < ?3 \
-                  ORDER BY slot LIMIT ?4"
-            ))
-            .bind(*id.as_uuid())
-            .bind(from)
-            .bind(to)
-            .bind(limit)
+// ------------------------------------------------------------------------------------------
+// Reading polls back.
+// ------------------------------------------------------------------------------------------
+
+macro_rules! stored_poll_columns {
+    () => {
+        "chamber_id, slot, layout_version, value, corruption, requested_at, recorded_at, batch_id"
+    };
+}
+
+/// A poll row with values, as reading queries see it.
+struct StoredPoll {
+    chamber: Uuid,
+    slot: Timestamp,
+    version: i64,
+    value: Vec<u8>,
+    corruption: Option<Vec<u8>>,
+    requested_at: Timestamp,
+    received_at: Timestamp,
+    batch: Option<BatchId>,
+}
+
+impl StoredPoll {
+    fn decode(row: &SqliteRow) -> Result<Self> {
+        let c = Cols::new(row, "polls");
+        Ok(Self {
+            chamber: c.uuid("chamber_id")?,
+            slot: c.at("slot")?,
+            version: c.get("layout_version")?,
+            value: c.get("value")?,
+            corruption: c.get("corruption")?,
+            requested_at: c.at("requested_at")?,
+            received_at: c.at("recorded_at")?,
+            batch: c.get::<Option<Uuid>>("batch_id")?.map(BatchId::from_uuid),
+        })
+    }
+
+    fn values(&self) -> Values<'_> {
+        Values {
+            value: &self.value,
+            corruption: self.corruption.as_deref(),
         }
-        (ReadingScope::Chamber(id), None) => sqlx::query(concat!(
-            "SELECT ",
-            reading_columns!(),
-            " FROM readings WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-              ORDER BY slot, detector_id LIMIT ?4"
-        ))
-        .bind(*id.as_uuid())
-        .bind(from)
-        .bind(to)
-        .bind(limit),
-        (ReadingScope::Chamber(id), Some(c)) => sqlx::query(concat!(
-            "SELECT ",
-            reading_columns!(),
-            " FROM readings WHERE chamber_id = ?1 AND (slot, detector_id) > (?2, ?3) \
-              AND slot < ?4 ORDER BY slot, detector_id LIMIT ?5"
-        ))
-        .bind(*id.as_uuid())
-        .bind(c.slot.as_unix_millis())
-        .bind(*c.detector_id.as_uuid())
-        .bind(to)
-        .bind(limit),
-        (ReadingScope::Batch(id), None) => sqlx::query(concat!(
-            "SELECT ",
-            reading_columns!(),
-            " FROM readings WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3 \
-              ORDER BY slot, detector_id LIMIT ?4"
-        ))
-        .bind(*id.as_uuid())
-        .bind(from)
-        .bind(to)
-        .bind(limit),
-        (ReadingScope::Batch(id), Some(c)) => sqlx::query(concat!(
-            "SELECT ",
-            reading_columns!(),
-            " FROM readings WHERE batch_id = ?1 AND (slot, detector_id) > (?2, ?3) \
-              AND slot < ?4 ORDER BY slot, detector_id LIMIT ?5"
-        ))
-        .bind(*id.as_uuid())
-        .bind(c.slot.as_unix_millis())
-        .bind(*c.detector_id.as_uuid())
-        .bind(to)
-        .bind(limit),
-    };
-    let rows = query.fetch_all(&mut *conn).await.map_err(db)?;
-    decode_all(&rows, reading)
-}
+    }
 
-async fn scoped_query(
-    conn: &mut SqliteConnection,
-    org: OrganizationId,
-    q: &ReadingQuery,
-) -> Result<Vec<Reading>, StoreError> {
-    check_scope(conn, org, q.scope).await?;
-    query_readings(conn, q).await
-}
+    fn reading(&self, detector: Uuid, value: ReadingValue) -> Reading {
+        Reading {
+            detector_id: DetectorId::from_uuid(detector),
+            chamber_id: ChamberId::from_uuid(self.chamber),
+            slot: self.slot,
+            value,
+            requested_at: self.requested_at,
+            received_at: self.received_at,
+            batch_id: self.batch,
+        }
+    }
 
-/// The scope is the organization's, or `NotFound` naming it.
-async fn check_scope(
-    conn: &mut SqliteConnection,
-    org: OrganizationId,
-    scope: ReadingScope,
-) -> Result<(), StoreError> {
-    let (check, entity) = match scope {
-        ReadingScope::Detector(id) => (
-            sqlx::query("SELECT 1 FROM detectors WHERE id = ?1 AND organization_id = ?2")
-                .bind(*id.as_uuid()),
-            "detector",
-        ),
-        ReadingScope::Chamber(id) => (
-            sqlx::query("SELECT 1 FROM chambers WHERE id = ?1 AND organization_id = ?2")
-                .bind(*id.as_uuid()),
-            "chamber",
-        ),
-        ReadingScope::Batch(id) => (
-            sqlx::query("SELECT 1 FROM batches WHERE id = ?1 AND organization_id = ?2")
-                .bind(*id.as_uuid()),
-            "batch",
-        ),
-    };
-    if exists(conn, check.bind(*org.as_uuid())).await? {
+    /// The poll's readings of live detectors (`live` unless every detector of the layout
+    /// counts), in position order.
+    fn expand(
+        &self,
+        layout: &[Option<Uuid>],
+        live: impl Fn(Uuid) -> bool,
+        out: &mut Vec<Reading>,
+    ) -> Result<()> {
+        let values = self.values();
+        for (i, detector) in layout.iter().enumerate().take(values.width()) {
+            let Some(detector) = detector.filter(|d| live(*d)) else {
+                continue;
+            };
+            if let Some(value) = values.get(i)? {
+                out.push(self.reading(detector, value));
+            }
+        }
         Ok(())
-    } else {
-        Err(not_found(entity))
     }
 }
 
-/// Measured values per detector and epoch-aligned bucket, summed up by SQLite. A chamber's
-/// detectors are read through the primary key (detector, slot), whose rows hold the values, so
-/// no row is looked up twice; `slot - slot % w` is the bucket (slots are after the epoch).
+/// Where a reading query's polls come from.
+#[derive(Clone, Copy)]
+enum Source {
+    Chamber(Uuid),
+    Batch(Uuid),
+}
+
+/// Resolves a reading scope within `org` (an unknown or foreign scope is `NotFound`): where its
+/// polls are, and for a detector scope the detector.
+async fn resolve(
+    conn: &mut SqliteConnection,
+    org: OrganizationId,
+    scope: ReadingScope,
+) -> Result<(Source, Option<Uuid>)> {
+    let (sql, entity, id) = match scope {
+        ReadingScope::Detector(id) => (
+            "SELECT chamber_id AS source FROM detectors WHERE id = ?1 AND organization_id = ?2",
+            "detector",
+            *id.as_uuid(),
+        ),
+        ReadingScope::Chamber(id) => (
+            "SELECT id AS source FROM chambers WHERE id = ?1 AND organization_id = ?2",
+            "chamber",
+            *id.as_uuid(),
+        ),
+        ReadingScope::Batch(id) => (
+            "SELECT id AS source FROM batches WHERE id = ?1 AND organization_id = ?2",
+            "batch",
+            *id.as_uuid(),
+        ),
+    };
+    let row = sqlx::query(sql)
+        .bind(id)
+        .bind(*org.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| not_found(entity))?;
+    let source: Uuid = Cols::new(&row, "scope").uuid("source")?;
+    Ok(match scope {
+        ReadingScope::Detector(_) => (Source::Chamber(source), Some(id)),
+        ReadingScope::Chamber(_) => (Source::Chamber(source), None),
+        ReadingScope::Batch(_) => (Source::Batch(source), None),
+    })
+}
+
+/// Up to `limit` polls with values of a source from `from` (inclusive) to `to`, in (slot,
+/// chamber) order.
+async fn read_polls(
+    conn: &mut SqliteConnection,
+    source: Source,
+    from: Timestamp,
+    to: Timestamp,
+    limit: i64,
+) -> Result<Vec<StoredPoll>> {
+    let (sql, id) = match source {
+        Source::Chamber(id) => (
+            concat!(
+                "SELECT ",
+                stored_poll_columns!(),
+                " FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+                  AND layout_version IS NOT NULL ORDER BY slot LIMIT ?4"
+            ),
+            id,
+        ),
+        Source::Batch(id) => (
+            concat!(
+                "SELECT ",
+                stored_poll_columns!(),
+                " FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3 \
+                  ORDER BY slot, chamber_id LIMIT ?4"
+            ),
+            id,
+        ),
+    };
+    let rows = sqlx::query(sql)
+        .bind(id)
+        .bind(from.as_unix_millis())
+        .bind(to.as_unix_millis())
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    rows.iter().map(StoredPoll::decode).collect()
+}
+
+/// The first page (and one more) of a detector's readings after the cursor: its position in
+/// each layout version picks one value of each of its chamber's polls.
+async fn query_detector(
+    conn: &mut SqliteConnection,
+    chamber: Uuid,
+    detector: Uuid,
+    q: &ReadingQuery,
+) -> Result<Vec<Reading>> {
+    let mut layouts = Layouts::default();
+    layouts.load(conn, [&chamber]).await?;
+    let positions = layouts.positions_of(chamber, detector);
+    let wanted = q.page.size.as_usize() + 1;
+    // After the cursor (slot, detector): the cursor's slot itself only if this detector sorts
+    // after the cursor's.
+    let mut from = match q.page.after {
+        Some(c) if *c.detector_id.as_uuid() < detector => q.from.max(c.slot),
+        Some(c) => q.from.max(Timestamp::from_unix_millis(
+            c.slot.as_unix_millis().saturating_add(1),
+        )),
+        None => q.from,
+    };
+    let mut out = Vec::with_capacity(wanted);
+    loop {
+        let polls = read_polls(
+            conn,
+            Source::Chamber(chamber),
+            from,
+            q.to,
+            limit(q.page.size),
+        )
+        .await?;
+        for p in &polls {
+            let Some(&i) = positions.get(&p.version) else {
+                continue;
+            };
+            if let Some(value) = p.values().get(i)? {
+                out.push(p.reading(detector, value));
+            }
+        }
+        match polls.last() {
+            Some(last) if polls.len() as i64 == limit(q.page.size) && out.len() < wanted => {
+                from = Timestamp::from_unix_millis(last.slot.as_unix_millis().saturating_add(1));
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The first page (and one more) of the readings of a chamber or a batch after the cursor, in
+/// (slot, detector) order: polls from the cursor's slot on, each expanded into its live
+/// detectors' readings; read on while deleted detectors or absent values leave the page short.
+async fn query_polls(
+    conn: &mut SqliteConnection,
+    source: Source,
+    q: &ReadingQuery,
+) -> Result<Vec<Reading>> {
+    let wanted = q.page.size.as_usize() + 1;
+    let mut layouts = Layouts::default();
+    if let Source::Chamber(chamber) = source {
+        layouts.load(conn, [&chamber]).await?;
+    }
+    // Enough whole slots for a page in one read, plus one: the last slot read may be cut short
+    // (a batch's other chambers) and is read again.
+    let mut polls_per_read = (wanted.div_ceil(layouts.narrowest()) + 1) as i64;
+    let mut from = q.page.after.map_or(q.from, |c| q.from.max(c.slot));
+    let mut out: Vec<Reading> = Vec::new();
+    loop {
+        let mut polls = read_polls(conn, source, from, q.to, polls_per_read).await?;
+        let complete = (polls.len() as i64) < polls_per_read;
+        if !complete {
+            let last = polls.last().map(|p| p.slot);
+            polls.retain(|p| Some(p.slot) != last);
+            if polls.is_empty() {
+                polls_per_read *= 2;
+                continue;
+            }
+        }
+        layouts.load(conn, polls.iter().map(|p| &p.chamber)).await?;
+        let mut readings = Vec::new();
+        for p in &polls {
+            p.expand(
+                layouts.version(p.chamber, p.version)?,
+                |d| layouts.is_live(d),
+                &mut readings,
+            )?;
+        }
+        readings.retain(|r| {
+            q.page
+                .after
+                .is_none_or(|c| (r.slot, r.detector_id) > (c.slot, c.detector_id))
+        });
+        readings.sort_by_key(|r| (r.slot, r.detector_id));
+        out.extend(readings);
+        if complete || out.len() >= wanted {
+            return Ok(out);
+        }
+        from = polls.last().map_or(from, |p| {
+            Timestamp::from_unix_millis(p.slot.as_unix_millis().saturating_add(1))
+        });
+    }
+}
+
+async fn query_readings(
+    conn: &mut SqliteConnection,
+    org: OrganizationId,
+    q: &ReadingQuery,
+) -> Result<Vec<Reading>> {
+    match resolve(conn, org, q.scope).await? {
+        (Source::Chamber(chamber), Some(detector)) => {
+            query_detector(conn, chamber, detector, q).await
+        }
+        (source, _) => query_polls(conn, source, q).await,
+    }
+}
+
+/// Measured values per detector and epoch-aligned bucket (`slot - slot % w`), folded here while
+/// the scope's polls stream by along the primary key (or the batch index), in constant memory
+/// per (detector, bucket).
 async fn aggregate_readings(
     conn: &mut SqliteConnection,
     org: OrganizationId,
     q: &AggregateQuery,
-) -> Result<Vec<Aggregate>, StoreError> {
-    check_scope(conn, org, q.scope).await?;
-    macro_rules! aggregate_sql {
-        ($scope:literal) => {
-            concat!(
-                "SELECT detector_id, slot - slot % ?4 AS bucket, min(value) AS low, \
-                   max(value) AS high, total(value) AS sum, count(value) AS n \
-                 FROM readings WHERE ",
-                $scope,
-                " AND slot >= ?2 AND slot < ?3 AND value IS NOT NULL \
-                 GROUP BY detector_id, bucket ORDER BY detector_id, bucket"
-            )
-        };
+) -> Result<Vec<Aggregate>> {
+    struct Sum {
+        min: f64,
+        max: f64,
+        total: f64,
+        count: u64,
     }
-    let (sql, id) = match q.scope {
-        ReadingScope::Detector(id) => (aggregate_sql!("detector_id = ?1"), *id.as_uuid()),
-        ReadingScope::Chamber(id) => (
-            aggregate_sql!("detector_id IN (SELECT id FROM detectors WHERE chamber_id = ?1)"),
-            *id.as_uuid(),
-        ),
-        ReadingScope::Batch(id) => (aggregate_sql!("batch_id = ?1"), *id.as_uuid()),
+    let (source, detector) = resolve(conn, org, q.scope).await?;
+    let mut layouts = Layouts::default();
+    let (sql, id) = match source {
+        Source::Chamber(id) => {
+            layouts.load(conn, [&id]).await?;
+            (
+                "SELECT chamber_id, layout_version, slot, value FROM polls \
+                 WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version IS NOT NULL",
+                id,
+            )
+        }
+        Source::Batch(id) => {
+            // The batch's chambers first (the batch index covers them), their layouts then.
+            let chambers: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT DISTINCT chamber_id FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3",
+            )
+            .bind(id)
+            .bind(q.from.as_unix_millis())
+            .bind(q.to.as_unix_millis())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+            layouts.load(conn, &chambers).await?;
+            (
+                "SELECT chamber_id, layout_version, slot, value FROM polls \
+                 WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3",
+                id,
+            )
+        }
     };
-    let rows = sqlx::query(sql)
+    let width = q.bucket_millis.max(1);
+    let mut sums: BTreeMap<(DetectorId, Timestamp), Sum> = BTreeMap::new();
+    // Per (chamber, version): the live detectors by position (for a detector scope, that one).
+    let mut laid_out: HashMap<(Uuid, i64), Vec<(usize, DetectorId)>> = HashMap::new();
+    let mut rows = sqlx::query(sql)
         .bind(id)
         .bind(q.from.as_unix_millis())
         .bind(q.to.as_unix_millis())
-        .bind(q.bucket_millis.max(1))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-    rows.iter()
-        .map(|row| {
-            let c = Cols::new(row, "readings");
-            let count: u64 = c.count("n")?;
-            let sum: f64 = c.get("sum")?;
-            #[allow(clippy::cast_precision_loss, reason = "a mean")]
-            Ok(Aggregate {
-                detector_id: DetectorId::from_uuid(c.uuid("detector_id")?),
-                bucket_start: c.at("bucket")?,
-                min: c.get("low")?,
-                max: c.get("high")?,
-                mean: sum / count as f64,
-                count,
-            })
+        .fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await.map_err(db)? {
+        let c = Cols::new(&row, "polls");
+        let chamber = c.uuid("chamber_id")?;
+        let version: i64 = c.get("layout_version")?;
+        let slot: i64 = c.get("slot")?;
+        let value: &[u8] = c.get("value")?;
+        let positions = match laid_out.entry((chamber, version)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let layout = layouts.version(chamber, version)?;
+                e.insert(
+                    layout
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, d)| {
+                            let d = (*d)?;
+                            let wanted = layouts.is_live(d) && detector.is_none_or(|x| x == d);
+                            wanted.then_some((i, DetectorId::from_uuid(d)))
+                        })
+                        .collect(),
+                )
+            }
+        };
+        let values = Values {
+            value,
+            corruption: None,
+        };
+        let bucket = Timestamp::from_unix_millis(slot - slot.rem_euclid(width));
+        for (i, detector_id) in positions.iter() {
+            let Some(v) = values.number(*i) else {
+                continue;
+            };
+            sums.entry((*detector_id, bucket))
+                .and_modify(|s| {
+                    s.min = s.min.min(v);
+                    s.max = s.max.max(v);
+                    s.total += v;
+                    s.count += 1;
+                })
+                .or_insert(Sum {
+                    min: v,
+                    max: v,
+                    total: v,
+                    count: 1,
+                });
+        }
+    }
+    #[allow(clippy::cast_precision_loss, reason = "a mean")]
+    Ok(sums
+        .into_iter()
+        .map(|((detector_id, bucket_start), s)| Aggregate {
+            detector_id,
+            bucket_start,
+            min: s.min,
+            max: s.max,
+            mean: s.total / s.count as f64,
+            count: s.count,
         })
-        .collect()
+        .collect())
 }
 
 /// A chamber's ledger counted per bucket from `from` by SQLite, along the primary key
@@ -436,14 +671,16 @@ async fn tally_ledger(
     conn: &mut SqliteConnection,
     org: OrganizationId,
     q: &TallyQuery,
-) -> Result<Vec<LedgerTally>, StoreError> {
-    check_scope(conn, org, ReadingScope::Chamber(q.chamber_id)).await?;
+) -> Result<Vec<LedgerTally>> {
+    if !exists(conn, chamber_in(org, q.chamber_id)).await? {
+        return Err(not_found("chamber"));
+    }
     let rows = sqlx::query(
         "SELECT ?2 + ((slot - ?2) / ?4) * ?4 AS bucket, \
            sum(outcome IN ('ok', 'corrupted_values')) AS read, \
            sum(outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
            count(*) AS n \
-         FROM poll_ledger WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+         FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
          GROUP BY bucket ORDER BY bucket",
     )
     .bind(*q.chamber_id.as_uuid())
@@ -455,7 +692,7 @@ async fn tally_ledger(
     .map_err(db)?;
     rows.iter()
         .map(|row| {
-            let c = Cols::new(row, "poll_ledger");
+            let c = Cols::new(row, "polls");
             let (read, missed, all): (u64, u64, u64) =
                 (c.count("read")?, c.count("missed")?, c.count("n")?);
             Ok(LedgerTally {
@@ -468,43 +705,72 @@ async fn tally_ledger(
         .collect()
 }
 
+/// The newest poll with values of each chamber: one lookup in `chamber_latest` and one in
+/// `polls` each, with the layout it was written in; the current layouts are read only for
+/// chambers whose detectors changed since.
 async fn latest_readings(
     conn: &mut SqliteConnection,
     org: OrganizationId,
     chambers: &[ChamberId],
-) -> Result<Vec<LatestReadings>, StoreError> {
-    let mut out = Vec::new();
-    for &id in chambers {
-        // max(slot) of one chamber is one seek at the end of its range of the chamber index.
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            reading_columns!(),
-            " FROM readings WHERE chamber_id = ?1 \
-              AND slot = (SELECT max(slot) FROM readings WHERE chamber_id = ?1) \
-              AND EXISTS (SELECT 1 FROM chambers WHERE id = ?1 AND organization_id = ?2) \
-              ORDER BY detector_id"
-        ))
-        .bind(*id.as_uuid())
-        .bind(*org.as_uuid())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-        let readings = decode_all(&rows, reading)?;
-        if let Some(slot) = readings.first().map(|r| r.slot) {
-            out.push(LatestReadings {
-                chamber_id: id,
-                slot,
-                readings,
-            });
-        }
+) -> Result<Vec<LatestReadings>> {
+    let rows = sqlx::query(
+        "SELECT p.chamber_id, p.slot, p.layout_version, p.value, p.corruption, p.requested_at, \
+                p.recorded_at, p.batch_id, c.layout_version AS current_version, v.detectors AS layout \
+         FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
+         JOIN polls p ON p.chamber_id = l.chamber_id AND p.slot = l.slot \
+         JOIN detector_layouts v ON v.chamber_id = p.chamber_id AND v.version = p.layout_version \
+         WHERE c.organization_id = ?1 AND l.chamber_id IN (SELECT unhex(value) FROM json_each(?2))",
+    )
+    .bind(*org.as_uuid())
+    .bind(id_list(chambers.iter().map(ChamberId::as_uuid)))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut latest = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let c = Cols::new(row, "chamber_latest");
+        let layout = layouts::decode(c.get("layout")?)?;
+        let current: i64 = c.get("current_version")?;
+        latest.push((StoredPoll::decode(row)?, layout, current));
     }
-    Ok(out)
+    // A row laid out before the chamber's current layout may name deleted detectors: the
+    // layouts of those chambers (rare) tell which are live.
+    let mut live = Layouts::default();
+    let outdated: Vec<Uuid> = latest
+        .iter()
+        .filter(|(poll, _, current)| poll.version != *current)
+        .map(|(poll, ..)| poll.chamber)
+        .collect();
+    live.load(conn, &outdated).await?;
+    let mut by_chamber = HashMap::with_capacity(latest.len());
+    for (poll, layout, current) in latest {
+        let mut readings = Vec::with_capacity(layout.len());
+        poll.expand(
+            &layout,
+            |d| poll.version == current || live.is_live(d),
+            &mut readings,
+        )?;
+        readings.sort_by_key(|r| r.detector_id);
+        let chamber_id = ChamberId::from_uuid(poll.chamber);
+        by_chamber.insert(
+            chamber_id,
+            LatestReadings {
+                chamber_id,
+                slot: poll.slot,
+                readings,
+            },
+        );
+    }
+    Ok(chambers
+        .iter()
+        .filter_map(|c| by_chamber.remove(c))
+        .collect())
 }
 
 #[db_port("sqlite")]
 #[async_trait]
 impl ReadingRepository for SqliteStore {
-    async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport, StoreError> {
+    async fn store_polls(&self, polls: &[PollRecord]) -> Result<WriteReport> {
         let total: usize = polls.iter().map(|p| p.readings.len()).sum();
         if total > MAX_READINGS_PER_WRITE {
             return Err(refused(
@@ -521,13 +787,9 @@ impl ReadingRepository for SqliteStore {
         for p in polls {
             p.check_readings_share_the_entry()?;
         }
-        // Encoded before the write turn is taken.
-        let ledger_rows = polls
-            .iter()
-            .map(|p| LedgerRow::new(&p.entry))
-            .collect::<Result<Vec<_>, _>>()?;
+        let polls: Vec<&PollRecord> = polls.iter().collect();
         let mut w = self.begin_write().await?;
-        let result = store_polls(w.conn(), polls, &ledger_rows).await;
+        let result = write_polls(w.conn(), &polls).await;
         w.finish(result).await
     }
 
@@ -535,9 +797,9 @@ impl ReadingRepository for SqliteStore {
         &self,
         org: OrganizationId,
         query: &ReadingQuery,
-    ) -> Result<Page<Reading, ReadingCursor>, StoreError> {
+    ) -> Result<Page<Reading, ReadingCursor>> {
         let mut tx = self.begin_read().await?;
-        let result = scoped_query(&mut tx, org, query).await;
+        let result = query_readings(&mut tx, org, query).await;
         let readings = end_read(tx, result).await?;
         Ok(Page::from_sorted(readings, query.page.size, |r| {
             ReadingCursor {
@@ -551,7 +813,7 @@ impl ReadingRepository for SqliteStore {
         &self,
         org: OrganizationId,
         chambers: &[ChamberId],
-    ) -> Result<Vec<LatestReadings>, StoreError> {
+    ) -> Result<Vec<LatestReadings>> {
         let mut tx = self.begin_read().await?;
         let result = latest_readings(&mut tx, org, chambers).await;
         end_read(tx, result).await
@@ -561,61 +823,49 @@ impl ReadingRepository for SqliteStore {
         &self,
         org: OrganizationId,
         query: &AggregateQuery,
-    ) -> Result<Vec<Aggregate>, StoreError> {
+    ) -> Result<Vec<Aggregate>> {
         let mut tx = self.begin_read().await?;
         let result = aggregate_readings(&mut tx, org, query).await;
         end_read(tx, result).await
     }
 
-    async fn prune_before(&self, cutoff: Timestamp) -> Result<(), StoreError> {
-        // Exactly the rows before `cutoff`, found through the primary keys (every detector's,
-        // every chamber's range), PRUNE_STEP rows per write transaction so that poll writes are
-        // never held up for long. A failure part-way leaves less pruned, never more; the next
-        // call finishes the job.
-        for sql in [
-            "DELETE FROM readings WHERE (detector_id, slot) IN (\
-               SELECT detector_id, slot FROM readings \
-               WHERE detector_id IN (SELECT id FROM detectors) AND slot < ?1 LIMIT ?2)",
-            "DELETE FROM poll_ledger WHERE (chamber_id, slot) IN (\
-               SELECT chamber_id, slot FROM poll_ledger \
-               WHERE chamber_id IN (SELECT id FROM chambers) AND slot < ?1 LIMIT ?2)",
-        ] {
-            loop {
-                let mut w = self.begin_write().await?;
-                let result = sqlx::query(sql)
-                    .bind(cutoff.as_unix_millis())
-                    .bind(PRUNE_STEP)
-                    .execute(w.conn())
-                    .await
-                    .map_err(writing(Write::Plain));
-                let removed = w.finish(result).await?.rows_affected();
-                if removed < PRUNE_STEP as u64 {
-                    break;
-                }
+    async fn prune_before(&self, cutoff: Timestamp) -> Result<()> {
+        // Exactly the polls before `cutoff`, found through the primary key (every chamber's
+        // range), PRUNE_STEP rows per write transaction so that poll writes are never held up
+        // for long; then the latest slots that pointed at them. A failure part-way leaves less
+        // pruned, never more; the next call finishes the job.
+        loop {
+            let mut w = self.begin_write().await?;
+            let result = sqlx::query(
+                "DELETE FROM polls WHERE (chamber_id, slot) IN (\
+                   SELECT chamber_id, slot FROM polls \
+                   WHERE chamber_id IN (SELECT id FROM chambers) AND slot < ?1 LIMIT ?2)",
+            )
+            .bind(cutoff.as_unix_millis())
+            .bind(PRUNE_STEP)
+            .execute(w.conn())
+            .await
+            .map_err(writing(Write::Plain));
+            let removed = w.finish(result).await?.rows_affected();
+            if removed < PRUNE_STEP as u64 {
+                break;
             }
         }
-        Ok(())
+        let mut w = self.begin_write().await?;
+        let result = sqlx::query("DELETE FROM chamber_latest WHERE slot < ?1")
+            .bind(cutoff.as_unix_millis())
+            .execute(w.conn())
+            .await
+            .map_err(writing(Write::Plain));
+        w.finish(result).await.map(|_| ())
     }
-}
-
-async fn record_ledger(
-    conn: &mut SqliteConnection,
-    entries: &[LedgerEntry],
-    rows: &[LedgerRow],
-) -> Result<u64, StoreError> {
-    let chambers: HashSet<ChamberId> = entries.iter().map(|e| e.poll.chamber_id).collect();
-    let known = detectors_of(conn, &chambers).await?;
-    if chambers.iter().any(|c| !known.contains_key(c)) {
-        return Err(missing_parent("poll", "chamber"));
-    }
-    Ok(insert_ledger(conn, rows).await?.len() as u64)
 }
 
 async fn list_ledger(
     conn: &mut SqliteConnection,
     org: OrganizationId,
     q: &LedgerQuery,
-) -> Result<Vec<LedgerEntry>, StoreError> {
+) -> Result<Vec<LedgerEntry>> {
     if !exists(conn, chamber_in(org, q.chamber_id)).await? {
         return Err(not_found("chamber"));
     }
@@ -628,7 +878,7 @@ async fn list_ledger(
     let rows = sqlx::query(concat!(
         "SELECT ",
         ledger_columns!(),
-        " FROM poll_ledger WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+        " FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
           AND (?4 = 0 OR outcome <> 'ok') ORDER BY slot LIMIT ?5"
     ))
     .bind(*q.chamber_id.as_uuid())
@@ -645,35 +895,35 @@ async fn list_ledger(
 #[db_port("sqlite")]
 #[async_trait]
 impl PollLedgerRepository for SqliteStore {
-    async fn record(&self, entries: &[LedgerEntry]) -> Result<u64, StoreError> {
+    async fn record(&self, entries: &[LedgerEntry]) -> Result<u64> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let rows = entries
+        let records: Vec<PollRecord> = entries
             .iter()
-            .map(LedgerRow::new)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|e| PollRecord {
+                entry: e.clone(),
+                readings: Vec::new(),
+            })
+            .collect();
+        let records: Vec<&PollRecord> = records.iter().collect();
         let mut w = self.begin_write().await?;
-        let result = record_ledger(w.conn(), entries, &rows).await;
-        w.finish(result).await
+        let result = write_polls(w.conn(), &records).await;
+        w.finish(result).await.map(|report| report.ledger_new)
     }
 
     async fn list(
         &self,
         org: OrganizationId,
         query: &LedgerQuery,
-    ) -> Result<Page<LedgerEntry, Timestamp>, StoreError> {
+    ) -> Result<Page<LedgerEntry, Timestamp>> {
         let mut tx = self.begin_read().await?;
         let result = list_ledger(&mut tx, org, query).await;
         let entries = end_read(tx, result).await?;
         Ok(Page::from_sorted(entries, query.page.size, |e| e.poll.slot))
     }
 
-    async fn tally(
-        &self,
-        org: OrganizationId,
-        query: &TallyQuery,
-    ) -> Result<Vec<LedgerTally>, StoreError> {
+    async fn tally(&self, org: OrganizationId, query: &TallyQuery) -> Result<Vec<LedgerTally>> {
         let mut tx = self.begin_read().await?;
         let result = tally_ledger(&mut tx, org, query).await;
         end_read(tx, result).await

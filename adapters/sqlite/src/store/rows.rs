@@ -332,12 +332,12 @@ macro_rules! ledger_columns {
 }
 
 pub(super) fn ledger_entry(row: &SqliteRow) -> Result<LedgerEntry, StoreError> {
-    let c = Cols::new(row, "poll_ledger");
+    let c = Cols::new(row, "polls");
     let outcome: PollOutcome = c.parse("detail", |json: &str| serde_json::from_str(json))?;
     let code: &str = c.get("outcome")?;
     if code != outcome.code() {
         return Err(corrupt(
-            "poll_ledger",
+            "polls",
             "outcome",
             format!("{code:?} does not match the detail ({})", outcome.code()),
         ));
