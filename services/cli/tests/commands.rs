@@ -469,3 +469,119 @@ async fn migrate_converts_readings_of_the_previous_layout_and_then_has_nothing_t
     assert!(!stdout.contains("converting"), "nothing left: {stdout}");
     conn.close().await.unwrap();
 }
+
+/// The embedded mode's database made before one row per poll: `chamberlain migrate` converts it
+/// in chunks, reports what it moved and dropped, and a second run has nothing to do.
+#[tokio::test]
+async fn migrate_converts_an_embedded_database_of_the_previous_layout() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+    let dir = std::env::temp_dir().join(format!("chamberlain-cli-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("chamberlain.db");
+    let before = sqlx::migrate::Migrator {
+        migrations: sqlx::migrate!("../../migrations/sqlite")
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20_261_207_000_000)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate!("../../migrations/sqlite")
+    };
+    let mut conn = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(&file)
+            .create_if_missing(true)
+            .foreign_keys(true),
+    )
+    .await
+    .unwrap();
+    before.run(&mut conn).await.unwrap();
+    // One chamber of two detectors, 30 polls at 1 s (values 10·slot + detector), a timeout
+    // without readings among them, and one reading without a ledger entry.
+    for sql in [
+        "INSERT INTO organizations VALUES (unhex('0000000000000000000000000000000a'), 'lab', 0)",
+        "INSERT INTO sections (id, organization_id, name, created_at) VALUES \
+         (unhex('0000000000000000000000000000000b'), unhex('0000000000000000000000000000000a'), 'room', 0)",
+        "INSERT INTO chambers (id, organization_id, section_id, name, endpoint, format, interval_ms, timeout_ms, \
+         state, health_policy, schedule_since, created_at, updated_at) VALUES \
+         (unhex('0000000000000000000000000000000c'), unhex('0000000000000000000000000000000a'), \
+          unhex('0000000000000000000000000000000b'), 'climate 1', 'http://127.0.0.1:1/', 'json', 1000, 500, 'active', \
+          '{\"degraded_after\": 3, \"down_after_failures\": 10, \"down_after_ms\": 60000}', 0, 0, 0)",
+        "INSERT INTO detectors (id, organization_id, chamber_id, name, unit, key_kind, key) \
+         SELECT unhex('0000000000000000000000000000001' || d), unhex('0000000000000000000000000000000a'), \
+                unhex('0000000000000000000000000000000c'), 'd' || d, '°C', 'json_pointer', '/d' || d \
+         FROM (SELECT 1 AS d UNION ALL SELECT 2)",
+        "WITH RECURSIVE s(s) AS (SELECT 0 UNION ALL SELECT s + 1 FROM s WHERE s < 29) \
+         INSERT INTO poll_ledger (chamber_id, slot, outcome, detail, attempt, requested_at, recorded_at, latency_ms, lateness_ms) \
+         SELECT unhex('0000000000000000000000000000000c'), 1767225600000 + s * 1000, \
+                CASE WHEN s = 7 THEN 'timeout' ELSE 'ok' END, \
+                CASE WHEN s = 7 THEN '{\"outcome\": \"timeout\"}' ELSE '{\"outcome\": \"ok\"}' END, 1, \
+                1767225600000 + s * 1000, 1767225600000 + s * 1000 + 5, \
+                CASE WHEN s = 7 THEN NULL ELSE 5 END, 2 \
+         FROM s",
+        "WITH RECURSIVE s(s) AS (SELECT 0 UNION ALL SELECT s + 1 FROM s WHERE s < 29) \
+         INSERT INTO readings (detector_id, chamber_id, slot, value, requested_at, received_at) \
+         SELECT unhex('0000000000000000000000000000001' || d), unhex('0000000000000000000000000000000c'), \
+                1767225600000 + s * 1000, 10.0 * s + d, 1767225600000 + s * 1000, 1767225600000 + s * 1000 + 5 \
+         FROM s, (SELECT 1 AS d UNION ALL SELECT 2) WHERE s <> 7",
+        "INSERT INTO readings (detector_id, chamber_id, slot, value, requested_at, received_at) VALUES \
+         (unhex('00000000000000000000000000000011'), unhex('0000000000000000000000000000000c'), \
+          1767225660000, 1, 1767225660000, 1767225660000)",
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    conn.close().await.unwrap();
+
+    let out = chamberlain()
+        .args(["migrate", "--chunk-polls", "7", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("converting readings to one row per poll, 7 polls a transaction"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("converted 30 polls (58 readings)")
+            && stdout.contains("1 readings without a ledger entry dropped"),
+        "{stdout}"
+    );
+    let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&file))
+        .await
+        .unwrap();
+    // 29 polls with two values (16 bytes), a timeout without; the old tables gone.
+    let (polls, with_values, bytes): (i64, i64, i64) =
+        sqlx::query_as("SELECT count(*), count(value), coalesce(sum(length(value)), 0) FROM polls")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((polls, with_values, bytes), (30, 29, 29 * 16));
+    let legacy: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('legacy_readings', 'legacy_poll_ledger')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(legacy, 0, "the old tables are dropped once converted");
+    conn.close().await.unwrap();
+
+    let again = chamberlain()
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}");
+    assert!(!stdout.contains("converting"), "nothing left: {stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

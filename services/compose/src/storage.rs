@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chamberlain_domain::ports::Repositories;
+use chamberlain_domain::ports::{ConversionProgress, Repositories, StoreError};
 use chamberlain_postgres::{PgConfig, PgStore};
 use chamberlain_sqlite::{SqliteConfig, SqliteLocation, SqliteStore};
 
@@ -78,6 +78,34 @@ impl OpenStore {
         match self {
             Self::Postgres(store) => store.close().await,
             Self::Sqlite(store) => store.close().await,
+        }
+    }
+
+    /// Whether readings of the previous layout wait to be converted.
+    ///
+    /// # Errors
+    /// When the store cannot be asked.
+    pub async fn has_legacy_layout(&self) -> Result<bool, StoreError> {
+        match self {
+            Self::Postgres(store) => store.has_legacy_layout().await,
+            Self::Sqlite(store) => store.has_legacy_layout().await,
+        }
+    }
+
+    /// Converts readings of the previous layout in chunks of `chunk_polls` polls (see
+    /// `PgStore::convert_legacy` and `SqliteStore::convert_legacy`).
+    ///
+    /// # Errors
+    /// When the store fails; the chunk under way rolls back and a new run goes on from there.
+    pub async fn convert_legacy(
+        &self,
+        chunk_polls: u32,
+        progress: impl FnMut(&ConversionProgress) + Send,
+        stop: impl Fn() -> bool + Send + Sync,
+    ) -> Result<ConversionProgress, StoreError> {
+        match self {
+            Self::Postgres(store) => store.convert_legacy(chunk_polls, progress, stop).await,
+            Self::Sqlite(store) => store.convert_legacy(chunk_polls, progress, stop).await,
         }
     }
 }

@@ -19,9 +19,9 @@ use crate::{chamber_client, shutdown::holder_name, shutdown::shutdown_signal};
 pub struct MigrateArgs {
     #[command(flatten)]
     database: DatabaseArgs,
-    /// Polls moved per transaction when converting readings of an earlier layout (PostgreSQL):
-    /// each chunk is one chamber's polls, all or nothing, so an interrupted conversion goes on
-    /// where it stopped.
+    /// Polls moved per transaction when converting readings of an earlier layout: each chunk is
+    /// one chamber's polls, all or nothing, so an interrupted conversion goes on where it
+    /// stopped.
     #[arg(long, env = "CHAMBERLAIN_MIGRATE_CHUNK_POLLS", default_value_t = chamberlain_postgres::DEFAULT_CHUNK_POLLS, value_parser = clap::value_parser!(u32).range(1..=50_000))]
     chunk_polls: u32,
 }
@@ -29,13 +29,10 @@ pub struct MigrateArgs {
 /// Converts the readings of the previous layout, printing progress every few seconds; stops
 /// between chunks on SIGINT or SIGTERM.
 #[allow(clippy::print_stdout, reason = "the command reports its progress")]
-async fn convert(
-    pg: &chamberlain_postgres::PgStore,
-    chunk_polls: u32,
-) -> Result<(), anyhow::Error> {
+async fn convert(store: &OpenStore, chunk_polls: u32) -> Result<(), anyhow::Error> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    if !pg.has_legacy_layout().await? {
+    if !store.has_legacy_layout().await? {
         return Ok(());
     }
     println!(
@@ -52,7 +49,7 @@ async fn convert(
     });
     let started = std::time::Instant::now();
     let mut shown = started;
-    let done = pg
+    let done = store
         .convert_legacy(
             chunk_polls,
             |p| {
@@ -103,9 +100,9 @@ async fn convert(
 pub async fn migrate(args: MigrateArgs) -> Result<(), anyhow::Error> {
     let storage = args.database.storage()?;
     let store = storage.open().await?;
+    convert(&store, args.chunk_polls).await?;
     match &store {
         OpenStore::Postgres(pg) => {
-            convert(pg, args.chunk_polls).await?;
             let days = chamberlain_postgres::partitions::existing_days(pg.pool()).await?;
             let database = match &storage {
                 crate::Storage::Postgres(config) => config.database().unwrap_or("(default)"),

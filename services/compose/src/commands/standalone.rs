@@ -224,7 +224,8 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
 
     let path = args.data_dir.database_file();
     let store = Arc::new(SqliteStore::connect(&SqliteConfig::file(path.clone())).await?);
-    let embedded = Embedded::new(store);
+    let legacy = store.has_legacy_layout().await?;
+    let embedded = Embedded::new(store.clone());
     let use_cases = embedded.use_cases(ApiSettings::default());
     let actor = administrator(&embedded, &use_cases).await?;
     // The in-process layer and the API share one authenticator, so revoking a token through
@@ -278,6 +279,7 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
         chamberlain_alerter::AlerterConfig::new(holder_name("standalone-alerter")),
     );
     let alerter = tokio::spawn(alerter.run(until_stopped()));
+    let conversion = legacy.then(|| tokio::spawn(convert_in_background(store, stop.subscribe())));
 
     // A random key: the identity never leaves this process.
     let key_bytes: Vec<u8> = (0..4)
@@ -347,11 +349,57 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
     let report = worker.await.unwrap_or_default();
     let _ = scheduler.await;
     let _ = alerter.await;
+    if let Some(conversion) = conversion {
+        let _ = conversion.await;
+    }
     if let Some(sim) = simulator {
         drop(sim);
     }
     tracing::info!(?report, "chamberlain standalone stopped");
     Ok(())
+}
+
+/// Converts readings of the previous layout while the embedded mode runs, a chunk of one
+/// chamber's polls per turn of the store's writer (live writes take their turns between
+/// chunks), logging progress; stops between chunks when the process stops, and goes on at the
+/// next start.
+async fn convert_in_background(store: Arc<SqliteStore>, stopped: watch::Receiver<bool>) {
+    tracing::info!("converting readings of the previous layout in the background");
+    let started = std::time::Instant::now();
+    let mut logged = started;
+    let result = store
+        .convert_legacy(
+            chamberlain_sqlite::DEFAULT_CHUNK_POLLS,
+            |p| {
+                if logged.elapsed() >= Duration::from_secs(30) {
+                    logged = std::time::Instant::now();
+                    tracing::info!(
+                        moved = p.polls_moved,
+                        of = p.polls_estimated,
+                        "converting readings of the previous layout"
+                    );
+                }
+            },
+            || *stopped.borrow(),
+        )
+        .await;
+    match result {
+        Ok(done) if done.finished => tracing::info!(
+            polls = done.polls_moved,
+            readings = done.readings_moved,
+            orphan_readings = done.orphan_readings,
+            seconds = started.elapsed().as_secs(),
+            "readings of the previous layout converted"
+        ),
+        Ok(done) => tracing::info!(
+            polls = done.polls_moved,
+            "conversion stopped; it goes on at the next start"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "converting readings of the previous layout failed; it goes on at the next start"
+        ),
+    }
 }
 
 /// The address to dial for a listener: an unspecified IP (`0.0.0.0`, `::`) becomes loopback.
