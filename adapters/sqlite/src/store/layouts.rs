@@ -303,11 +303,4 @@ impl Values<'_> {
                 .ok_or_else(|| corrupt("polls", "corruption", n)),
         }
     }
-
-    /// The measured number at `position` (for aggregates), if any.
-    pub fn number(&self, position: usize) -> Option<f64> {
-        let bytes = self.value.get(position * 8..position * 8 + 8)?;
-        let number = f64::from_le_bytes(bytes.try_into().ok()?);
-        (!number.is_nan()).then_some(number)
-    }
 }

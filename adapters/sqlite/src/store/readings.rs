@@ -20,7 +20,6 @@ use chamberlain_domain::ports::{
     TallyQuery, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
-use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, SqliteConnection};
 use uuid::Uuid;
@@ -457,21 +456,45 @@ async fn query_detector(
         )),
         None => q.from,
     };
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Only the detector's 8 bytes of value (and byte of corruption) of each poll, at its
+    // position in the poll's layout version: integers of our own, written into the statement.
+    let position = positions
+        .iter()
+        .map(|(version, i)| format!("WHEN {version} THEN {i}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let versions = positions
+        .keys()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT chamber_id, slot, layout_version, \
+           substr(value, 1 + 8 * (CASE layout_version {position} END), 8) AS value, \
+           substr(corruption, 1 + (CASE layout_version {position} END), 1) AS corruption, \
+           requested_at, recorded_at, batch_id \
+         FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version IN ({versions}) \
+         ORDER BY slot LIMIT ?4"
+    );
     let mut out = Vec::with_capacity(wanted);
     loop {
-        let polls = read_polls(
-            conn,
-            Source::Chamber(chamber),
-            from,
-            q.to,
-            limit(q.page.size),
-        )
-        .await?;
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(chamber)
+            .bind(from.as_unix_millis())
+            .bind(q.to.as_unix_millis())
+            .bind(limit(q.page.size))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+        let polls = rows
+            .iter()
+            .map(StoredPoll::decode)
+            .collect::<Result<Vec<_>>>()?;
         for p in &polls {
-            let Some(&i) = positions.get(&p.version) else {
-                continue;
-            };
-            if let Some(value) = p.values().get(i)? {
+            if let Some(value) = p.values().get(0)? {
                 out.push(p.reading(detector, value));
             }
         }
@@ -551,104 +574,121 @@ async fn query_readings(
     }
 }
 
-/// Measured values per detector and epoch-aligned bucket (`slot - slot % w`), folded here while
-/// the scope's polls stream by along the primary key (or the batch index), in constant memory
-/// per (detector, bucket).
+/// How many milliseconds of polls SQLite packs into one row of an aggregate's input: a row per
+/// (chamber, layout version, bucket, minute), so that a day at 1 s is 1,440 rows (each row
+/// crossing to this process costs more than folding its values) and a row of a wide chamber
+/// stays small.
+const AGGREGATE_PACK_MILLIS: i64 = 60_000;
+
+/// Measured values per detector and epoch-aligned bucket (`slot - slot % w`): SQLite reads the
+/// scope's polls along the primary key (or the batch index) and packs the value blobs of each
+/// (chamber, layout version, bucket, minute) into one row — for a detector scope only its 8
+/// bytes of each poll — and they are folded here (SQLite cannot read a double out of a blob).
 async fn aggregate_readings(
     conn: &mut SqliteConnection,
     org: OrganizationId,
     q: &AggregateQuery,
 ) -> Result<Vec<Aggregate>> {
-    struct Sum {
-        min: f64,
-        max: f64,
-        total: f64,
-        count: u64,
-    }
     let (source, detector) = resolve(conn, org, q.scope).await?;
     let mut layouts = Layouts::default();
-    let (sql, id) = match source {
-        Source::Chamber(id) => {
-            layouts.load(conn, [&id]).await?;
-            (
-                "SELECT chamber_id, layout_version, slot, value FROM polls \
-                 WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version IS NOT NULL",
-                id,
-            )
-        }
-        Source::Batch(id) => {
-            // The batch's chambers first (the batch index covers them), their layouts then.
-            let chambers: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT DISTINCT chamber_id FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3",
-            )
+    let mut packed = Vec::new();
+    let bind = |sql: &'static str, id: Uuid| {
+        sqlx::query(sql)
             .bind(id)
             .bind(q.from.as_unix_millis())
             .bind(q.to.as_unix_millis())
+            .bind(q.bucket_millis.max(1))
+            .bind(AGGREGATE_PACK_MILLIS)
+    };
+    match (source, detector) {
+        (Source::Chamber(chamber), Some(detector)) => {
+            layouts.load(conn, [&chamber]).await?;
+            // Its position in each layout version that holds it (usually one).
+            for (version, position) in layouts.positions_of(chamber, detector) {
+                let rows = bind(
+                    "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
+                       group_concat(hex(substr(value, ?7, 8)), '') AS packed \
+                     FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version = ?6 \
+                     GROUP BY bucket, slot / ?5",
+                    chamber,
+                )
+                .bind(version)
+                .bind(i64::try_from(position * 8 + 1).unwrap_or(i64::MAX))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?;
+                packed.push((Some((detector, position)), rows));
+            }
+        }
+        (Source::Chamber(chamber), None) => {
+            layouts.load(conn, [&chamber]).await?;
+            let rows = bind(
+                "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
+                   group_concat(hex(value), '') AS packed \
+                 FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version IS NOT NULL \
+                 GROUP BY layout_version, bucket, slot / ?5",
+                chamber,
+            )
             .fetch_all(&mut *conn)
             .await
             .map_err(db)?;
-            layouts.load(conn, &chambers).await?;
-            (
-                "SELECT chamber_id, layout_version, slot, value FROM polls \
-                 WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3",
-                id,
-            )
+            packed.push((None, rows));
         }
-    };
-    let width = q.bucket_millis.max(1);
-    let mut sums: BTreeMap<(DetectorId, Timestamp), Sum> = BTreeMap::new();
-    // Per (chamber, version): the live detectors by position (for a detector scope, that one).
-    let mut laid_out: HashMap<(Uuid, i64), Vec<(usize, DetectorId)>> = HashMap::new();
-    let mut rows = sqlx::query(sql)
-        .bind(id)
-        .bind(q.from.as_unix_millis())
-        .bind(q.to.as_unix_millis())
-        .fetch(&mut *conn);
-    while let Some(row) = rows.try_next().await.map_err(db)? {
-        let c = Cols::new(&row, "polls");
-        let chamber = c.uuid("chamber_id")?;
-        let version: i64 = c.get("layout_version")?;
-        let slot: i64 = c.get("slot")?;
-        let value: &[u8] = c.get("value")?;
-        let positions = match laid_out.entry((chamber, version)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let layout = layouts.version(chamber, version)?;
-                e.insert(
-                    layout
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, d)| {
-                            let d = (*d)?;
-                            let wanted = layouts.is_live(d) && detector.is_none_or(|x| x == d);
-                            wanted.then_some((i, DetectorId::from_uuid(d)))
-                        })
-                        .collect(),
-                )
+        (Source::Batch(batch), _) => {
+            let rows = bind(
+                "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
+                   group_concat(hex(value), '') AS packed \
+                 FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3 \
+                 GROUP BY chamber_id, layout_version, bucket, slot / ?5",
+                batch,
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+            let mut chambers = HashSet::new();
+            for row in &rows {
+                chambers.insert(Cols::new(row, "polls").uuid("chamber_id")?);
             }
-        };
-        let values = Values {
-            value,
-            corruption: None,
-        };
-        let bucket = Timestamp::from_unix_millis(slot - slot.rem_euclid(width));
-        for (i, detector_id) in positions.iter() {
-            let Some(v) = values.number(*i) else {
-                continue;
+            layouts.load(conn, &chambers).await?;
+            packed.push((None, rows));
+        }
+    }
+    let mut sums: BTreeMap<(DetectorId, Timestamp), Sum> = BTreeMap::new();
+    for (one, rows) in &packed {
+        for row in rows {
+            let c = Cols::new(row, "polls");
+            let chamber = c.uuid("chamber_id")?;
+            let version: i64 = c.get("layout_version")?;
+            // The detectors of the packed positions: the one asked for, or the version's live ones.
+            let columns: Vec<Option<DetectorId>> = match one {
+                Some((detector, _)) => vec![Some(DetectorId::from_uuid(*detector))],
+                None => layouts
+                    .version(chamber, version)?
+                    .iter()
+                    .map(|d| d.filter(|d| layouts.is_live(*d)).map(DetectorId::from_uuid))
+                    .collect(),
             };
-            sums.entry((*detector_id, bucket))
-                .and_modify(|s| {
-                    s.min = s.min.min(v);
-                    s.max = s.max.max(v);
-                    s.total += v;
-                    s.count += 1;
-                })
-                .or_insert(Sum {
-                    min: v,
-                    max: v,
-                    total: v,
-                    count: 1,
-                });
+            let mut row_sums: Vec<Sum> = columns.iter().map(|_| Sum::default()).collect();
+            let values = decode_hex(c.get("packed")?)?;
+            if columns.is_empty() || values.len() % (columns.len() * 8) != 0 {
+                return Err(crate::errors::corrupt(
+                    "polls",
+                    "value",
+                    format!("{} bytes for {} positions", values.len(), columns.len()),
+                ));
+            }
+            for (i, bytes) in values.chunks_exact(8).enumerate() {
+                let v = f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+                if !v.is_nan() {
+                    row_sums[i % columns.len()].add(v);
+                }
+            }
+            let bucket = c.at("bucket")?;
+            for (detector, sum) in columns.iter().zip(row_sums) {
+                if let (Some(detector), true) = (detector, sum.count > 0) {
+                    sums.entry((*detector, bucket)).or_default().merge(&sum);
+                }
+            }
         }
     }
     #[allow(clippy::cast_precision_loss, reason = "a mean")]
@@ -663,6 +703,62 @@ async fn aggregate_readings(
             count: s.count,
         })
         .collect())
+}
+
+/// A running minimum, maximum, total and count.
+struct Sum {
+    min: f64,
+    max: f64,
+    total: f64,
+    count: u64,
+}
+
+impl Default for Sum {
+    fn default() -> Self {
+        Self {
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            total: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Sum {
+    fn add(&mut self, v: f64) {
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.total += v;
+        self.count += 1;
+    }
+
+    fn merge(&mut self, other: &Self) {
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.total += other.total;
+        self.count += other.count;
+    }
+}
+
+/// The bytes of SQLite's `hex()` (upper-case digits, two a byte).
+fn decode_hex(text: &str) -> Result<Vec<u8>> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(crate::errors::corrupt("polls", "value", "not hexadecimal")),
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Ok(digit(*hi)? << 4 | digit(*lo)?),
+            _ => Err(crate::errors::corrupt(
+                "polls",
+                "value",
+                "an odd number of hex digits",
+            )),
+        })
+        .collect()
 }
 
 /// A chamber's ledger counted per bucket from `from` by SQLite, along the primary key
