@@ -73,6 +73,8 @@ pub struct SqliteStore {
     /// For an in-memory database: a connection outside the pools, so that the database lives as
     /// long as the store even when a pool closes its connection.
     _memory_anchor: Option<std::sync::Mutex<SqliteConnection>>,
+    /// Whether the previous layout's tables are still there (until the conversion ends).
+    legacy: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -133,6 +135,7 @@ impl SqliteStore {
                         .await
                         .map_err(|e| opening(path, e))?,
                     _memory_anchor: None,
+                    legacy: std::sync::atomic::AtomicBool::new(false),
                 }
             }
             SqliteLocation::Memory => {
@@ -150,6 +153,7 @@ impl SqliteStore {
                     writer: pool.clone(),
                     readers: pool,
                     _memory_anchor: Some(std::sync::Mutex::new(anchor)),
+                    legacy: std::sync::atomic::AtomicBool::new(false),
                 }
             }
         };
@@ -167,7 +171,10 @@ impl SqliteStore {
             .run(&self.writer)
             .await
             .map_err(|e| StoreError::unavailable(format!("migration failed: {e}")))?;
-        if !self.drop_empty_legacy_layout().await? {
+        let legacy = !self.drop_empty_legacy_layout().await?;
+        self.legacy
+            .store(legacy, std::sync::atomic::Ordering::SeqCst);
+        if legacy {
             tracing::warn!(
                 "readings stored in the previous layout are not returned by queries until \
                  they are converted (`chamberlain migrate`, or the embedded mode in the background)"
@@ -188,6 +195,15 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.readers.close().await;
+    }
+
+    /// How a live write treats the previous layout: consulted while it is there.
+    fn legacy(&self) -> readings::Legacy {
+        if self.legacy.load(std::sync::atomic::Ordering::SeqCst) {
+            readings::Legacy::Consult
+        } else {
+            readings::Legacy::Ignore
+        }
     }
 
     /// Waits for the writer connection and opens a `BEGIN IMMEDIATE` transaction on it.

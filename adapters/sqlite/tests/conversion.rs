@@ -258,14 +258,32 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
     let pool = store.pool().clone();
     assert!(store.has_legacy_layout().await.unwrap());
     assert_eq!(counts(&pool).await, (0, 120));
-    // A poll written in the new layout before the conversion (a redelivery): it stays (first
-    // wins), the legacy copy is dropped.
+    // A live write of a poll the previous layout already holds (a slot decided again after the
+    // restart, a redelivery): it is existing — the first stored wins, wherever it is — so the
+    // conversion later moves the original, not a copy in its place.
     let (c1, ds1, _) = &seeded[1];
     let redelivered = fixtures::poll_record(c1, ds1, slot(5), 999.0, None);
-    store
+    let report = store
         .store_polls(std::slice::from_ref(&redelivered))
         .await
         .unwrap();
+    assert_eq!(
+        (
+            report.ledger_new,
+            report.ledger_existing,
+            report.readings_new
+        ),
+        (0, 1, 0),
+        "found in the previous layout"
+    );
+    assert_eq!(report.existing_polls, vec![redelivered.entry.poll]);
+    // A poll that is nowhere yet is new.
+    let fresh = fixtures::poll_record(c1, ds1, slot(1000), 7.0, None);
+    let report = store
+        .store_polls(std::slice::from_ref(&fresh))
+        .await
+        .unwrap();
+    assert_eq!((report.ledger_new, report.readings_new), (1, 3));
 
     // Stopped between chunks after three of them.
     let chunks = AtomicU32::new(0);
@@ -283,7 +301,7 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
     assert_eq!(stopped.polls_moved, 21);
     assert_eq!(stopped.polls_estimated, 120);
     assert_eq!(counts(&pool).await.1, 99, "moved, not copied");
-    assert_eq!(distinct_polls(&pool).await, 120);
+    assert_eq!(distinct_polls(&pool).await, 121);
     let before_the_cut = counts(&pool).await;
 
     // Failing in the middle of a chunk: its polls are read and written to the new layout, then
@@ -302,7 +320,7 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
         before_the_cut,
         "the failed chunk left nothing behind"
     );
-    assert_eq!(distinct_polls(&pool).await, 120, "nothing lost");
+    assert_eq!(distinct_polls(&pool).await, 121, "nothing lost");
     sqlx::query("DROP TRIGGER cut_the_chunk")
         .execute(&pool)
         .await
@@ -312,22 +330,21 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
     let end = store.convert_legacy(7, |_| {}, || false).await.unwrap();
     assert!(end.finished);
     assert!(!store.has_legacy_layout().await.unwrap());
-    assert_eq!(counts(&pool).await, (120, 0));
-    assert_eq!(end.orphan_readings, 1);
     assert_eq!(
-        stopped.polls_already_there + end.polls_already_there,
-        1,
-        "the redelivered poll"
+        counts(&pool).await,
+        (121, 0),
+        "the 120 seeded and the fresh one"
     );
+    assert_eq!(end.orphan_readings, 1);
+    assert_eq!(stopped.polls_already_there + end.polls_already_there, 0);
 
-    // Every poll and reading as seeded (the redelivered one as first stored).
+    // Every poll and reading as seeded (and the fresh one).
     for (c, _, polls) in &seeded {
         let mut expected: Vec<Reading> = polls
             .iter()
-            .filter(|p| p.entry.poll != redelivered.entry.poll)
             .flat_map(|p| p.readings.clone())
             .chain(if c.id == c1.id {
-                redelivered.readings.clone()
+                fresh.readings.clone()
             } else {
                 Vec::new()
             })
@@ -350,18 +367,17 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
             .items;
         let mut entries: Vec<LedgerEntry> = polls
             .iter()
-            .map(|p| {
-                if p.entry.poll == redelivered.entry.poll {
-                    redelivered.entry.clone()
-                } else {
-                    p.entry.clone()
-                }
-            })
+            .map(|p| p.entry.clone())
+            .chain((c.id == c1.id).then(|| fresh.entry.clone()))
             .collect();
         entries.sort_by_key(|e| e.poll.slot);
         assert_eq!(ledger, entries, "ledger of {}", c.name);
         let latest = store.latest(org.id, &[c.id]).await.unwrap();
-        let newest = polls.iter().rev().find(|p| !p.readings.is_empty()).unwrap();
+        let newest = if c.id == c1.id {
+            &fresh
+        } else {
+            polls.iter().rev().find(|p| !p.readings.is_empty()).unwrap()
+        };
         assert_eq!(latest[0].slot, newest.entry.poll.slot);
         assert_eq!(latest[0].readings, newest.readings);
     }
@@ -389,5 +405,5 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
         .await
         .unwrap();
     assert!(!reopened.has_legacy_layout().await.unwrap());
-    assert_eq!(counts(reopened.pool()).await, (120, 0));
+    assert_eq!(counts(reopened.pool()).await, (121, 0));
 }

@@ -18,7 +18,7 @@ use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use super::readings::write_polls;
+use super::readings::{Legacy, write_polls};
 use super::rows::{decode_all, ledger_entry, reading};
 use crate::errors::db;
 
@@ -96,26 +96,49 @@ impl SqliteStore {
         let mut w = self.begin_write().await?;
         let result = drop_if_empty(w.conn(), &mut done).await;
         done.finished = w.finish(result).await?;
+        if done.finished {
+            self.legacy
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         progress(&done);
         Ok(done)
     }
 }
 
-/// Moves up to `chunk_polls` polls of the first chamber left; returns whether there was one.
+/// Readings moved per chunk at most: a chunk of a wide chamber holds fewer polls, so that one
+/// turn of the store's writer stays short (live writes wait for it).
+const CHUNK_READINGS: i64 = 20_000;
+
+/// Moves up to `chunk_polls` polls (and about [`CHUNK_READINGS`] readings) of the first chamber
+/// left; returns whether there was one.
 async fn convert_chunk(
     conn: &mut SqliteConnection,
     chunk_polls: u32,
     done: &mut ConversionProgress,
 ) -> Result<bool> {
     // Moved rows are deleted, so the first chamber left is at the head of the key.
+    let Some(chamber) = sqlx::query_scalar::<_, Uuid>(
+        "SELECT chamber_id FROM legacy_poll_ledger ORDER BY chamber_id, slot LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?
+    else {
+        return Ok(false);
+    };
+    let width: i64 = sqlx::query_scalar("SELECT count(*) FROM detectors WHERE chamber_id = ?1")
+        .bind(chamber)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+    let polls = i64::from(chunk_polls).min((CHUNK_READINGS / width.max(1)).max(1));
     let ledger = sqlx::query(concat!(
         "SELECT ",
         ledger_columns!(),
-        " FROM legacy_poll_ledger WHERE chamber_id = \
-           (SELECT chamber_id FROM legacy_poll_ledger ORDER BY chamber_id, slot LIMIT 1) \
-         ORDER BY slot LIMIT ?1"
+        " FROM legacy_poll_ledger WHERE chamber_id = ?2 ORDER BY slot LIMIT ?1"
     ))
-    .bind(i64::from(chunk_polls))
+    .bind(polls)
+    .bind(chamber)
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
@@ -123,7 +146,6 @@ async fn convert_chunk(
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(false);
     };
-    let chamber = *first.poll.chamber_id.as_uuid();
     let (lo, hi) = (
         first.poll.slot.as_unix_millis(),
         last.poll.slot.as_unix_millis(),
@@ -161,7 +183,7 @@ async fn convert_chunk(
     }
     let orphans: u64 = by_slot.values().map(|r| r.len() as u64).sum();
     let moved: Vec<&PollRecord> = records.iter().collect();
-    let report = write_polls(conn, &moved).await?;
+    let report = write_polls(conn, &moved, Legacy::Ignore).await?;
     for sql in [
         "DELETE FROM legacy_poll_ledger WHERE chamber_id = ?1 AND slot >= ?2 AND slot <= ?3",
         "DELETE FROM legacy_readings WHERE chamber_id = ?1 AND slot >= ?2 AND slot <= ?3",
@@ -176,7 +198,7 @@ async fn convert_chunk(
     }
     done.polls_moved += records.len() as u64;
     done.polls_already_there += report.ledger_existing;
-    done.readings_moved += records.iter().map(|p| p.readings.len() as u64).sum::<u64>();
+    done.readings_moved += report.readings_new;
     done.orphan_readings += orphans;
     Ok(true)
 }

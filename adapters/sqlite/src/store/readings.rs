@@ -20,6 +20,7 @@ use chamberlain_domain::ports::{
     TallyQuery, WriteReport,
 };
 use chamberlain_domain::time::Timestamp;
+use futures_util::TryStreamExt;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, SqliteConnection};
 use uuid::Uuid;
@@ -226,6 +227,41 @@ async fn move_latest(conn: &mut SqliteConnection, slots: &BTreeMap<Uuid, i64>) -
     Ok(())
 }
 
+/// Whether a write also looks for its polls in the previous layout's ledger.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Legacy {
+    /// A live write while the previous layout is not converted yet: a poll found there is
+    /// existing (first wins), so the conversion never finds a later copy in its place.
+    Consult,
+    /// No previous layout, or the conversion's own write (its polls are there by definition).
+    Ignore,
+}
+
+/// The keys of `rows` that the previous layout's ledger holds.
+async fn in_legacy_ledger(
+    conn: &mut SqliteConnection,
+    rows: &[PollRow],
+) -> Result<HashSet<(Uuid, i64)>> {
+    let keys: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!([r.chamber_id.simple().to_string(), r.slot]))
+        .collect();
+    let found = sqlx::query(
+        "SELECT l.chamber_id, l.slot FROM json_each(?1) AS k JOIN legacy_poll_ledger AS l \
+         ON l.chamber_id = unhex(k.value ->> 0) AND l.slot = k.value ->> 1",
+    )
+    .bind(serde_json::Value::from(keys).to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    let mut out = HashSet::with_capacity(found.len());
+    for row in &found {
+        let c = Cols::new(row, "legacy_poll_ledger");
+        out.insert((c.uuid("chamber_id")?, c.get::<i64>("slot")?));
+    }
+    Ok(out)
+}
+
 /// Writes the polls that are new (each key once: of a poll twice in one write, the first is new
 /// and the second existing) and moves the chambers' latest slots. The chambers' current layouts
 /// check that every chamber exists and every reading's detector is one of its chamber's; one
@@ -233,6 +269,7 @@ async fn move_latest(conn: &mut SqliteConnection, slots: &BTreeMap<Uuid, i64>) -
 pub(super) async fn write_polls(
     conn: &mut SqliteConnection,
     polls: &[&PollRecord],
+    legacy: Legacy,
 ) -> Result<WriteReport> {
     let chambers: HashSet<Uuid> = polls
         .iter()
@@ -248,7 +285,14 @@ pub(super) async fn write_polls(
     }
     // In key order, chamber by chamber: consecutive rows land on the same pages of the primary
     // key (a stable sort: of two rows with one key, the first wins).
-    let mut ordered: Vec<&PollRow> = rows.iter().collect();
+    let stored_before = match legacy {
+        Legacy::Consult => in_legacy_ledger(conn, &rows).await?,
+        Legacy::Ignore => HashSet::new(),
+    };
+    let mut ordered: Vec<&PollRow> = rows
+        .iter()
+        .filter(|r| !stored_before.contains(&(r.chamber_id, r.slot)))
+        .collect();
     ordered.sort_by_key(|r| (r.chamber_id, r.slot));
     let mut inserted = insert_polls(conn, &ordered).await?;
     let mut latest: BTreeMap<Uuid, i64> = BTreeMap::new();
@@ -591,7 +635,6 @@ async fn aggregate_readings(
 ) -> Result<Vec<Aggregate>> {
     let (source, detector) = resolve(conn, org, q.scope).await?;
     let mut layouts = Layouts::default();
-    let mut packed = Vec::new();
     let bind = |sql: &'static str, id: Uuid| {
         sqlx::query(sql)
             .bind(id)
@@ -600,12 +643,14 @@ async fn aggregate_readings(
             .bind(q.bucket_millis.max(1))
             .bind(AGGREGATE_PACK_MILLIS)
     };
+    let mut sums: BTreeMap<(DetectorId, Timestamp), Sum> = BTreeMap::new();
+    // Each packed row is folded as it arrives: memory is one row and the result.
     match (source, detector) {
         (Source::Chamber(chamber), Some(detector)) => {
             layouts.load(conn, [&chamber]).await?;
             // Its position in each layout version that holds it (usually one).
             for (version, position) in layouts.positions_of(chamber, detector) {
-                let rows = bind(
+                let mut rows = bind(
                     "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
                        group_concat(hex(substr(value, ?7, 8)), '') AS packed \
                      FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version = ?6 \
@@ -614,80 +659,48 @@ async fn aggregate_readings(
                 )
                 .bind(version)
                 .bind(i64::try_from(position * 8 + 1).unwrap_or(i64::MAX))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db)?;
-                packed.push((Some((detector, position)), rows));
+                .fetch(&mut *conn);
+                while let Some(row) = rows.try_next().await.map_err(db)? {
+                    fold_packed(&row, Some(detector), &layouts, &mut sums)?;
+                }
             }
         }
         (Source::Chamber(chamber), None) => {
             layouts.load(conn, [&chamber]).await?;
-            let rows = bind(
+            let mut rows = bind(
                 "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
                    group_concat(hex(value), '') AS packed \
                  FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version IS NOT NULL \
                  GROUP BY layout_version, bucket, slot / ?5",
                 chamber,
             )
+            .fetch(&mut *conn);
+            while let Some(row) = rows.try_next().await.map_err(db)? {
+                fold_packed(&row, None, &layouts, &mut sums)?;
+            }
+        }
+        (Source::Batch(batch), _) => {
+            // The batch's chambers first (the batch index covers them), for their layouts.
+            let chambers: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT DISTINCT chamber_id FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3",
+            )
+            .bind(batch)
+            .bind(q.from.as_unix_millis())
+            .bind(q.to.as_unix_millis())
             .fetch_all(&mut *conn)
             .await
             .map_err(db)?;
-            packed.push((None, rows));
-        }
-        (Source::Batch(batch), _) => {
-            let rows = bind(
+            layouts.load(conn, &chambers).await?;
+            let mut rows = bind(
                 "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
                    group_concat(hex(value), '') AS packed \
                  FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3 \
                  GROUP BY chamber_id, layout_version, bucket, slot / ?5",
                 batch,
             )
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
-            let mut chambers = HashSet::new();
-            for row in &rows {
-                chambers.insert(Cols::new(row, "polls").uuid("chamber_id")?);
-            }
-            layouts.load(conn, &chambers).await?;
-            packed.push((None, rows));
-        }
-    }
-    let mut sums: BTreeMap<(DetectorId, Timestamp), Sum> = BTreeMap::new();
-    for (one, rows) in &packed {
-        for row in rows {
-            let c = Cols::new(row, "polls");
-            let chamber = c.uuid("chamber_id")?;
-            let version: i64 = c.get("layout_version")?;
-            // The detectors of the packed positions: the one asked for, or the version's live ones.
-            let columns: Vec<Option<DetectorId>> = match one {
-                Some((detector, _)) => vec![Some(DetectorId::from_uuid(*detector))],
-                None => layouts
-                    .version(chamber, version)?
-                    .iter()
-                    .map(|d| d.filter(|d| layouts.is_live(*d)).map(DetectorId::from_uuid))
-                    .collect(),
-            };
-            let mut row_sums: Vec<Sum> = columns.iter().map(|_| Sum::default()).collect();
-            let values = decode_hex(c.get("packed")?)?;
-            if columns.is_empty() || values.len() % (columns.len() * 8) != 0 {
-                return Err(crate::errors::corrupt(
-                    "polls",
-                    "value",
-                    format!("{} bytes for {} positions", values.len(), columns.len()),
-                ));
-            }
-            for (i, bytes) in values.chunks_exact(8).enumerate() {
-                let v = f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
-                if !v.is_nan() {
-                    row_sums[i % columns.len()].add(v);
-                }
-            }
-            let bucket = c.at("bucket")?;
-            for (detector, sum) in columns.iter().zip(row_sums) {
-                if let (Some(detector), true) = (detector, sum.count > 0) {
-                    sums.entry((*detector, bucket)).or_default().merge(&sum);
-                }
+            .fetch(&mut *conn);
+            while let Some(row) = rows.try_next().await.map_err(db)? {
+                fold_packed(&row, None, &layouts, &mut sums)?;
             }
         }
     }
@@ -703,6 +716,50 @@ async fn aggregate_readings(
             count: s.count,
         })
         .collect())
+}
+
+/// Folds one packed row of an aggregate's input (the values of a chamber's polls of one layout
+/// version, bucket and minute, hex-encoded) into `sums`: for `one` detector its values alone,
+/// else every live detector's by position.
+fn fold_packed(
+    row: &SqliteRow,
+    one: Option<Uuid>,
+    layouts: &Layouts,
+    sums: &mut BTreeMap<(DetectorId, Timestamp), Sum>,
+) -> Result<()> {
+    let c = Cols::new(row, "polls");
+    let chamber = c.uuid("chamber_id")?;
+    let version: i64 = c.get("layout_version")?;
+    let columns: Vec<Option<DetectorId>> = match one {
+        Some(detector) => vec![Some(DetectorId::from_uuid(detector))],
+        None => layouts
+            .version(chamber, version)?
+            .iter()
+            .map(|d| d.filter(|d| layouts.is_live(*d)).map(DetectorId::from_uuid))
+            .collect(),
+    };
+    let values = decode_hex(c.get("packed")?)?;
+    if columns.is_empty() || values.len() % (columns.len() * 8) != 0 {
+        return Err(crate::errors::corrupt(
+            "polls",
+            "value",
+            format!("{} bytes for {} positions", values.len(), columns.len()),
+        ));
+    }
+    let mut row_sums: Vec<Sum> = columns.iter().map(|_| Sum::default()).collect();
+    for (i, bytes) in values.chunks_exact(8).enumerate() {
+        let v = f64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
+        if !v.is_nan() {
+            row_sums[i % columns.len()].add(v);
+        }
+    }
+    let bucket = c.at("bucket")?;
+    for (detector, sum) in columns.iter().zip(row_sums) {
+        if let (Some(detector), true) = (detector, sum.count > 0) {
+            sums.entry((*detector, bucket)).or_default().merge(&sum);
+        }
+    }
+    Ok(())
 }
 
 /// A running minimum, maximum, total and count.
@@ -884,8 +941,9 @@ impl ReadingRepository for SqliteStore {
             p.check_readings_share_the_entry()?;
         }
         let polls: Vec<&PollRecord> = polls.iter().collect();
+        let legacy = self.legacy();
         let mut w = self.begin_write().await?;
-        let result = write_polls(w.conn(), &polls).await;
+        let result = write_polls(w.conn(), &polls, legacy).await;
         w.finish(result).await
     }
 
@@ -1003,8 +1061,9 @@ impl PollLedgerRepository for SqliteStore {
             })
             .collect();
         let records: Vec<&PollRecord> = records.iter().collect();
+        let legacy = self.legacy();
         let mut w = self.begin_write().await?;
-        let result = write_polls(w.conn(), &records).await;
+        let result = write_polls(w.conn(), &records, legacy).await;
         w.finish(result).await.map(|report| report.ledger_new)
     }
 

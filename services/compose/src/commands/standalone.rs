@@ -361,46 +361,65 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
 
 /// Converts readings of the previous layout while the embedded mode runs, a chunk of one
 /// chamber's polls per turn of the store's writer (live writes take their turns between
-/// chunks), logging progress; stops between chunks when the process stops, and goes on at the
-/// next start.
-async fn convert_in_background(store: Arc<SqliteStore>, stopped: watch::Receiver<bool>) {
+/// chunks), logging progress; a failed chunk (a busy database) is tried again after
+/// [`CONVERSION_RETRY`]. Stops between chunks when the process stops, and goes on at the next
+/// start.
+async fn convert_in_background(store: Arc<SqliteStore>, mut stopped: watch::Receiver<bool>) {
     tracing::info!("converting readings of the previous layout in the background");
     let started = std::time::Instant::now();
     let mut logged = started;
-    let result = store
-        .convert_legacy(
-            chamberlain_sqlite::DEFAULT_CHUNK_POLLS,
-            |p| {
-                if logged.elapsed() >= Duration::from_secs(30) {
-                    logged = std::time::Instant::now();
-                    tracing::info!(
-                        moved = p.polls_moved,
-                        of = p.polls_estimated,
-                        "converting readings of the previous layout"
-                    );
-                }
-            },
-            || *stopped.borrow(),
-        )
-        .await;
-    match result {
-        Ok(done) if done.finished => tracing::info!(
-            polls = done.polls_moved,
-            readings = done.readings_moved,
-            orphan_readings = done.orphan_readings,
-            seconds = started.elapsed().as_secs(),
-            "readings of the previous layout converted"
-        ),
-        Ok(done) => tracing::info!(
-            polls = done.polls_moved,
-            "conversion stopped; it goes on at the next start"
-        ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "converting readings of the previous layout failed; it goes on at the next start"
-        ),
+    loop {
+        let result = store
+            .convert_legacy(
+                chamberlain_sqlite::DEFAULT_CHUNK_POLLS,
+                |p| {
+                    if logged.elapsed() >= Duration::from_secs(30) {
+                        logged = std::time::Instant::now();
+                        tracing::info!(
+                            moved = p.polls_moved,
+                            of = p.polls_estimated,
+                            "converting readings of the previous layout"
+                        );
+                    }
+                },
+                || *stopped.borrow(),
+            )
+            .await;
+        match result {
+            Ok(done) if done.finished => {
+                tracing::info!(
+                    polls = done.polls_moved,
+                    readings = done.readings_moved,
+                    orphan_readings = done.orphan_readings,
+                    seconds = started.elapsed().as_secs(),
+                    "readings of the previous layout converted"
+                );
+                return;
+            }
+            Ok(done) => {
+                tracing::info!(
+                    polls = done.polls_moved,
+                    "conversion stopped; it goes on at the next start"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                retry_in_s = CONVERSION_RETRY.as_secs(),
+                "converting readings of the previous layout failed; trying again"
+            ),
+        }
+        if tokio::time::timeout(CONVERSION_RETRY, stopped.wait_for(|s| *s))
+            .await
+            .is_ok()
+        {
+            return;
+        }
     }
 }
+
+/// How long the background conversion waits after a failed chunk.
+const CONVERSION_RETRY: Duration = Duration::from_secs(30);
 
 /// The address to dial for a listener: an unspecified IP (`0.0.0.0`, `::`) becomes loopback.
 fn loopback(address: SocketAddr) -> SocketAddr {
