@@ -1,7 +1,8 @@
 -- One row per poll (issue 25), as on PostgreSQL: a poll's ledger entry and its values in one
 -- row keyed by (chamber, slot), instead of one ledger row plus one row per detector. Per poll the
--- embedded mode writes one primary-key entry (and one in the batch index when a batch is open)
--- instead of a ledger row and, per detector, a row in the readings key and two indexes.
+-- embedded mode writes one primary-key entry (and one in the batch index when a batch is open,
+-- and each write moves its chambers' latest pointers) instead of a ledger row and, per
+-- detector, a row in the readings key and two indexes.
 --
 -- A poll's values are positions in the chamber's detector layout of the version the row names:
 -- `value` holds 8 bytes a position (a little-endian IEEE 754 double; NaN where the detector has

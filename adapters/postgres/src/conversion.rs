@@ -27,6 +27,10 @@ type Result<T> = std::result::Result<T, StoreError>;
 /// Polls per chunk unless told otherwise.
 pub const DEFAULT_CHUNK_POLLS: u32 = 2_000;
 
+/// Readings moved per chunk at most: a chunk of a wide chamber holds fewer polls, so that each
+/// transaction stays short and small.
+const CHUNK_READINGS: i64 = 20_000;
+
 impl PgStore {
     /// Whether tables of the previous layout are still there.
     ///
@@ -118,13 +122,22 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
+        let detectors: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM detectors WHERE chamber_id = $1")
+                .bind(chamber)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        // About CHUNK_READINGS readings at most: fewer polls of a wide chamber.
+        let polls =
+            i64::from(chunk_polls).min((CHUNK_READINGS / detectors.len().max(1) as i64).max(1));
         let ledger = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM legacy_poll_ledger WHERE chamber_id = $1 AND slot >= $2 ORDER BY slot LIMIT $3",
             rows::LEDGER_COLUMNS
         )))
         .bind(chamber)
         .bind(from)
-        .bind(i64::from(chunk_polls))
+        .bind(polls)
         .fetch_all(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -137,12 +150,6 @@ impl PgStore {
             return Ok((chamber, from + time::Duration::MILLISECOND));
         };
         let (lo, hi) = (first.poll.slot, last.poll.slot);
-        let detectors: Vec<Uuid> =
-            sqlx::query_scalar("SELECT id FROM detectors WHERE chamber_id = $1")
-                .bind(chamber)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?;
         let readings = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM legacy_readings WHERE detector_id = ANY($1) AND slot >= $2 AND slot <= $3",
             rows::READING_COLUMNS
@@ -193,11 +200,13 @@ impl PgStore {
                 .collect();
             partitions::ensure_days(&self.pool, &days).await?;
             let ordered: Vec<&PollRecord> = records.iter().collect();
-            let (new, _) = self
+            let (new, readings_new) = self
                 .write_polls(&mut tx, &ordered)
                 .await
                 .map_err(crate::store::into_store_error)?;
             done.polls_already_there += (records.len() - new.len()) as u64;
+            // Readings of a poll already there are dropped with its legacy copy, not moved.
+            moved_readings = readings_new;
         }
         for sql in [
             "DELETE FROM legacy_poll_ledger WHERE chamber_id = $1 AND slot >= $3 AND slot <= $4",
@@ -256,6 +265,8 @@ impl PgStore {
                 .map_err(store_error)?;
         }
         tx.commit().await.map_err(store_error)?;
+        self.legacy
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         done.finished = true;
         Ok(())
     }

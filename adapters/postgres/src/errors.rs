@@ -41,6 +41,11 @@ fn constraint_error(constraint: &str) -> Option<StoreError> {
 }
 
 /// Whether the error is PostgreSQL's "no partition of relation ... found for row".
+/// Whether a statement named a table that does not exist (any more).
+pub(crate) fn is_undefined_table(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"))
+}
+
 pub(crate) fn is_missing_partition(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db)
         if db.code().as_deref() == Some("23514") && db.constraint().is_none()

@@ -28,6 +28,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 pub struct PgStore {
     pool: PgPool,
     partitions_ahead_days: u32,
+    /// Whether the previous layout's tables may still be there: live writes then look their
+    /// polls up in its ledger (cleared once they are gone).
+    legacy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PgStore {
@@ -52,10 +55,15 @@ impl PgStore {
         let store = Self {
             pool,
             partitions_ahead_days: config.partitions_ahead_days,
+            legacy: std::sync::Arc::default(),
         };
         if config.migrate_on_connect {
             store.migrate().await?;
         }
+        let legacy = store.has_legacy_layout().await?;
+        store
+            .legacy
+            .store(legacy, std::sync::atomic::Ordering::SeqCst);
         Ok(store)
     }
 

@@ -210,14 +210,25 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
     let pool = store.pool().clone();
     assert!(store.has_legacy_layout().await.unwrap());
     assert_eq!(counts(&pool).await, (0, 120));
-    // A worker of the new version redelivered a poll before the conversion: it stays (first
-    // wins), the legacy copy is dropped.
+    // A worker of the new version writes a poll the previous layout already holds (a slot
+    // decided again after the restart, a redelivery): it is existing — the first stored wins,
+    // wherever it is — so the conversion later moves the original, not a copy in its place.
     let (c1, ds1, polls1) = &seeded[1];
     let redelivered = fixtures::poll_record(c1, ds1, slot(5), 999.0, None);
-    store
+    let report = store
         .store_polls(std::slice::from_ref(&redelivered))
         .await
         .unwrap();
+    assert_eq!(
+        (
+            report.ledger_new,
+            report.ledger_existing,
+            report.readings_new
+        ),
+        (0, 1, 0),
+        "found in the previous layout"
+    );
+    assert_eq!(report.existing_polls, vec![redelivered.entry.poll]);
 
     // Stopped between chunks after three of them.
     let mut chunks = 0;
@@ -275,18 +286,9 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
     assert_eq!(counts(&pool).await, (120, 0));
     assert_eq!(end.orphan_readings, 1);
 
-    // Every poll and reading as seeded (the redelivered one as first stored).
+    // Every poll and reading as seeded (the redelivered one as first stored: the original).
     for (c, _, polls) in &seeded {
-        let mut expected: Vec<Reading> = polls
-            .iter()
-            .filter(|p| p.entry.poll != redelivered.entry.poll)
-            .flat_map(|p| p.readings.clone())
-            .chain(if c.id == c1.id {
-                redelivered.readings.clone()
-            } else {
-                Vec::new()
-            })
-            .collect();
+        let mut expected: Vec<Reading> = polls.iter().flat_map(|p| p.readings.clone()).collect();
         expected.sort_by_key(|r| (r.slot, r.detector_id));
         let got = every_page(PageSize::new(11).unwrap(), |page| {
             let q = ReadingQuery {
@@ -303,16 +305,7 @@ async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
             .await
             .unwrap()
             .items;
-        let mut entries: Vec<LedgerEntry> = polls
-            .iter()
-            .map(|p| {
-                if p.entry.poll == redelivered.entry.poll {
-                    redelivered.entry.clone()
-                } else {
-                    p.entry.clone()
-                }
-            })
-            .collect();
+        let mut entries: Vec<LedgerEntry> = polls.iter().map(|p| p.entry.clone()).collect();
         entries.sort_by_key(|e| e.poll.slot);
         assert_eq!(ledger, entries, "ledger of {}", c.name);
         let latest = store.latest(org.id, &[c.id]).await.unwrap();

@@ -348,6 +348,53 @@ impl PgStore {
         Ok((new, readings_new))
     }
 
+    /// Splits polls into those to write and those the previous layout's ledger already holds
+    /// (while it is there): a live write of such a poll is existing — the first stored wins,
+    /// wherever it is — so the conversion never drops an original for a later copy. A poll moved
+    /// by the conversion between this look and the write is found by the write's own key.
+    async fn not_in_legacy_ledger<'p>(
+        &self,
+        polls: Vec<&'p PollRecord>,
+    ) -> Result<(Vec<&'p PollRecord>, Vec<&'p PollRecord>)> {
+        use std::sync::atomic::Ordering;
+        if polls.is_empty() || !self.legacy.load(Ordering::SeqCst) {
+            return Ok((polls, Vec::new()));
+        }
+        let chambers: Vec<Uuid> = polls
+            .iter()
+            .map(|p| *p.entry.poll.chamber_id.as_uuid())
+            .collect();
+        let slots: Vec<OffsetDateTime> = polls.iter().map(|p| ts(p.entry.poll.slot)).collect();
+        let found = sqlx::query(
+            "SELECT l.chamber_id, l.slot FROM UNNEST($1::uuid[], $2::timestamptz[]) AS k(chamber_id, slot) \
+             JOIN legacy_poll_ledger l ON l.chamber_id = k.chamber_id AND l.slot = k.slot",
+        )
+        .bind(&chambers)
+        .bind(&slots)
+        .fetch_all(&self.pool)
+        .await;
+        let rows = match found {
+            Ok(rows) => rows,
+            // Converted and dropped meanwhile (by `chamberlain migrate` elsewhere).
+            Err(e) if crate::errors::is_undefined_table(&e) => {
+                self.legacy.store(false, Ordering::SeqCst);
+                return Ok((polls, Vec::new()));
+            }
+            Err(e) => return Err(store_error(e)),
+        };
+        let mut there = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let c = rows::Cols {
+                row,
+                table: "legacy_poll_ledger",
+            };
+            there.insert((c.uuid("chamber_id")?, ts(c.ts("slot")?)));
+        }
+        Ok(polls.into_iter().partition(|p| {
+            !there.contains(&(*p.entry.poll.chamber_id.as_uuid(), ts(p.entry.poll.slot)))
+        }))
+    }
+
     async fn try_store(
         &self,
         ordered: &[&PollRecord],
@@ -613,7 +660,9 @@ impl ReadingRepository for PgStore {
             }
             p.check_readings_share_the_entry()?;
         }
-        let (ordered, repeats) = distinct_polls(polls);
+        let (ordered, mut repeats) = distinct_polls(polls);
+        let (ordered, stored_before) = self.not_in_legacy_ledger(ordered).await?;
+        repeats.extend(stored_before);
         self.with_partitions(polls.iter().map(|p| p.entry.poll.slot), || {
             self.try_store(&ordered, &repeats, total)
         })
@@ -876,6 +925,7 @@ impl PollLedgerRepository for PgStore {
             })
             .collect();
         let (ordered, _) = distinct_polls(&records);
+        let (ordered, _) = self.not_in_legacy_ledger(ordered).await?;
         let write = || async {
             let mut tx = self.pool.begin().await.map_err(store_error)?;
             let (new, _) = self.write_polls(&mut tx, &ordered).await?;
