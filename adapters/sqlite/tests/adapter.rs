@@ -100,10 +100,14 @@ async fn every_connection_has_the_pragmas() {
             .fetch_one(&mut **conn)
             .await
             .unwrap();
+        let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
         assert_eq!(
-            (journal.as_str(), synchronous, foreign_keys, busy),
-            ("wal", 1, 1, 1234),
-            "journal_mode, synchronous (1 = NORMAL), foreign_keys, busy_timeout"
+            (journal.as_str(), synchronous, foreign_keys, busy, page),
+            ("wal", 1, 1, 1234, 8192),
+            "journal_mode, synchronous (1 = NORMAL), foreign_keys, busy_timeout, page_size of a new file"
         );
     }
 }
