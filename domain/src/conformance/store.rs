@@ -923,9 +923,46 @@ pub async fn health_writes_use_optimistic_concurrency(p: &StorePorts) {
             ..stored
         }
     );
-    // Counted by state, a chamber without health as unknown (of every organization).
+    // Read for a batch: only the chambers with health stored, each once; none for none.
     let other = world(p, "health 2").await;
-    let _ = other;
+    let many = p
+        .health
+        .get_many(&[
+            other.chamber.id,
+            w.chamber.id,
+            crate::model::ChamberId::random(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(many, vec![again.clone()]);
+    assert_eq!(p.health.get_many(&[]).await.unwrap(), vec![]);
+    let mut second = ChamberHealth::unknown(other.chamber.id, T0);
+    second.state = HealthState::Up;
+    p.health.save(&second).await.unwrap();
+    let mut many = p
+        .health
+        .get_many(&[w.chamber.id, other.chamber.id])
+        .await
+        .unwrap();
+    many.sort_by_key(|h| h.state.as_str());
+    assert_eq!(
+        many.iter()
+            .map(|h| (h.chamber_id, h.state))
+            .collect::<Vec<_>>(),
+        vec![
+            (w.chamber.id, HealthState::Down),
+            (other.chamber.id, HealthState::Up)
+        ]
+    );
+    p.health
+        .save(&ChamberHealth {
+            state: HealthState::Unknown,
+            version: 1,
+            ..second
+        })
+        .await
+        .unwrap();
+    // Counted by state, a chamber without health as unknown (of every organization).
     let mut counts = p.health.count_by_state().await.unwrap();
     counts.retain(|(_, n)| *n > 0);
     counts.sort_by_key(|(s, _)| s.as_str());

@@ -623,6 +623,8 @@ impl ChamberAdmin {
         detector.key = key;
         detector.range = range;
         self.detectors.update(&detector).await?;
+        self.publish_detectors_changed(actor, detector.chamber_id)
+            .await;
         Ok(detector)
     }
 
@@ -642,7 +644,22 @@ impl ChamberAdmin {
                 "a chamber needs at least one detector; delete the chamber instead".into(),
             ));
         }
-        Ok(self.detectors.delete(actor.organization_id, id).await?)
+        self.detectors.delete(actor.organization_id, id).await?;
+        self.publish_detectors_changed(actor, detector.chamber_id)
+            .await;
+        Ok(())
+    }
+
+    /// Tells the workers (through the change feed) that a chamber's detectors changed, so a
+    /// cached definition is read afresh at its next poll.
+    async fn publish_detectors_changed(&self, actor: &Actor, chamber: ChamberId) {
+        match self.chambers.get(actor.organization_id, chamber).await {
+            Ok(c) => self.publish_upsert(&c).await,
+            Err(e) => tracing::warn!(
+                chamber.id = %chamber, error = %e,
+                "chamber change not published; workers read the detectors within their cache time"
+            ),
+        }
     }
 
     // ----- batches -----

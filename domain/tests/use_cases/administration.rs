@@ -338,6 +338,33 @@ async fn chamber_writes_are_published_on_the_change_feed() {
     }
 }
 
+/// A detector added, changed or removed is a change of its chamber for the workers that cache
+/// chamber definitions: each is published as the chamber upserted.
+#[tokio::test]
+async fn detector_writes_are_published_as_their_chamber_changed() {
+    use chamberlain_domain::ports::ChamberChanges as _;
+    let h = Harness::new();
+    let op = h.tenant("detectorfeed", Role::Operator).await;
+    let c = h.json_chamber(&op, "c1").await;
+    let mut feed = h.changes.subscribe().await.unwrap();
+    let added = h
+        .admin
+        .add_detector(&op, c.chamber.id, detector("co2", "/co2"))
+        .await
+        .unwrap();
+    h.admin
+        .update_detector(&op, added.id, detector("co2", "/sensors/co2"))
+        .await
+        .unwrap();
+    h.admin.remove_detector(&op, added.id).await.unwrap();
+    for step in ["added", "updated", "removed"] {
+        match feed.next().await.expect("feed open") {
+            ChamberChange::Upserted { chamber } => assert_eq!(chamber, c.chamber, "{step}"),
+            other => panic!("{step}: unexpected change {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_shorter_interval_restarts_the_schedule_and_shortens_the_timeout() {
     let h = Harness::new();

@@ -17,8 +17,12 @@ use chamberlain_redis::{
 pub const CHANGE_FEED_CAPACITY: usize = 4096;
 /// Events a process's shared subscription holds for its streams before the slowest lags.
 pub const EVENT_HUB_CAPACITY: usize = 65_536;
-/// How long a worker reuses a chamber's configuration before reading it again.
+/// How long a worker reuses a chamber's configuration before reading it again while it cannot
+/// follow the change feed, and a section's open batch always.
 pub const WORKER_CHAMBER_CACHE: Duration = Duration::from_secs(10);
+/// How long a worker reuses a chamber's configuration while it follows the change feed (every
+/// chamber and detector write reaches it there): a safety net, not the way changes arrive.
+pub const WORKER_CHAMBER_CACHE_FOLLOWING: Duration = Duration::from_secs(300);
 
 /// Redis for every coordination port, on the system clock.
 #[derive(Clone)]
@@ -69,8 +73,9 @@ impl Distributed {
         ))
     }
 
-    /// A worker leasing from Redis, reading chambers through a short cache, publishing events
-    /// for every gateway's live streams (nothing is sent while nobody watches).
+    /// A worker leasing from Redis, reading chambers through a cache that follows the change
+    /// feed (a chamber written through any gateway is read afresh at its next poll), publishing
+    /// events for every gateway's live streams (nothing is sent while nobody watches).
     ///
     /// # Errors
     /// When Redis cannot be reached.
@@ -81,10 +86,15 @@ impl Distributed {
         config: chamberlain_worker::WorkerConfig,
         chamber_cache: Duration,
     ) -> Result<chamberlain_worker::Worker, anyhow::Error> {
-        let cached = Arc::new(chamberlain_worker::CachedChambers::new(
-            Arc::new(RepositoryPollReads::of(repositories)),
-            chamber_cache,
-        ));
+        let changes = RedisChamberChanges::connect(&self.redis, CHANGE_FEED_CAPACITY).await?;
+        let cached = Arc::new(
+            chamberlain_worker::CachedChambers::new(
+                Arc::new(RepositoryPollReads::of(repositories)),
+                chamber_cache,
+            )
+            .following(&changes, WORKER_CHAMBER_CACHE_FOLLOWING)
+            .await,
+        );
         let handler = PollHandler::new(
             repositories,
             Arc::new(HttpChamberClient::new(http)),

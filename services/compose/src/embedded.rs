@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use chamberlain_domain::model::UserId;
-use chamberlain_domain::ports::{
-    ChamberChange, ChamberChanges, Clock, PollReads, Repositories, RepositoryPollReads,
-};
+use chamberlain_domain::ports::{Clock, Repositories, RepositoryPollReads};
 use chamberlain_domain::usecases::{ApiPorts, ApiSettings, ApiUseCases, PollHandler};
 use chamberlain_http::{HttpChamberClient, HttpClientConfig};
 use chamberlain_memory::{
@@ -99,35 +97,28 @@ impl Embedded {
         ))
     }
 
-    /// A worker on the in-process queue (no chamber cache: SQLite reads are local).
+    /// A worker on the in-process queue.
     ///
     /// A poll reads its chamber through a cache (a read of SQLite per poll was a fifth of the
-    /// process's CPU at 5,000 chambers), as the distributed workers do: a chamber created,
-    /// changed or deleted through the API is read afresh at its next poll (the in-process change
-    /// feed marks it outdated), any other change (a detector's key or range) within
-    /// [`WORKER_CHAMBER_CACHE`](crate::distributed::WORKER_CHAMBER_CACHE).
-    pub fn worker(
+    /// process's CPU at 5,000 chambers), as the distributed workers do: the cache follows the
+    /// in-process change feed, so a chamber or detector written through the API is read afresh
+    /// at its next poll.
+    pub async fn worker(
         &self,
         http: &HttpClientConfig,
         config: chamberlain_worker::WorkerConfig,
     ) -> chamberlain_worker::Worker {
-        let cached = Arc::new(chamberlain_worker::CachedChambers::new(
-            Arc::new(RepositoryPollReads::of(&self.repositories)),
-            crate::distributed::WORKER_CHAMBER_CACHE,
-        ));
-        let (changes, outdated) = (self.changes.clone(), cached.clone());
-        tokio::spawn(async move {
-            let Ok(mut feed) = changes.subscribe().await else {
-                return;
-            };
-            while let Some(change) = feed.next().await {
-                match change {
-                    ChamberChange::Upserted { chamber } => outdated.outdated(chamber.id),
-                    ChamberChange::Removed { chamber_id, .. } => outdated.outdated(chamber_id),
-                    ChamberChange::Resync => {}
-                }
-            }
-        });
+        let cached = Arc::new(
+            chamberlain_worker::CachedChambers::new(
+                Arc::new(RepositoryPollReads::of(&self.repositories)),
+                crate::distributed::WORKER_CHAMBER_CACHE,
+            )
+            .following(
+                &*self.changes,
+                crate::distributed::WORKER_CHAMBER_CACHE_FOLLOWING,
+            )
+            .await,
+        );
         let handler = PollHandler::new(
             &self.repositories,
             Arc::new(HttpChamberClient::new(http)),

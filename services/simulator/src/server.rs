@@ -121,7 +121,8 @@ impl SimulatorHandle {
         }
     }
 
-    /// `http://ADDR/report`, which answers the JSON [`SimulatorReport`].
+    /// `http://ADDR/report`, which answers the JSON [`SimulatorReport`] to `GET`; `DELETE`
+    /// [resets](Self::reset) it (answered `204`), starting a new measurement window.
     pub fn report_url(&self) -> String {
         format!("http://{}/report", self.addr)
     }
@@ -276,10 +277,22 @@ async fn handle(
         at: Instant::now(),
         wall_ms: shared.config.clock.now().as_unix_millis(),
     };
-    if request.method() != Method::GET {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"));
+    let path_route = route(request.uri().path());
+    if request.method() == Method::DELETE && path_route == Route::Report {
+        // A new measurement window: what was recorded so far is forgotten.
+        shared.recorder.reset();
+        shared.corruptions.store(0, Ordering::Relaxed);
+        let mut response = plain(StatusCode::NO_CONTENT, "");
+        response.headers_mut().remove(CONTENT_TYPE);
+        return Ok(response);
     }
-    Ok(match route(request.uri().path()) {
+    if request.method() != Method::GET {
+        return Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET (and DELETE /report)\n",
+        ));
+    }
+    Ok(match path_route {
         Route::Report => report_response(&shared),
         Route::NotFound => plain(StatusCode::NOT_FOUND, "not found\n"),
         Route::Chamber(chamber, format) => {

@@ -9,7 +9,7 @@ use chamberlain_domain::time::Timestamp;
 use sqlx::SqliteConnection;
 
 use super::rows::{Cols, health};
-use super::{SqliteStore, count_of, missing_parent};
+use super::{SqliteStore, count_of, id_list, missing_parent};
 use crate::errors::{child, db, writing};
 
 async fn save_health(conn: &mut SqliteConnection, h: &ChamberHealth) -> Result<u64, StoreError> {
@@ -90,6 +90,23 @@ impl ChamberHealthRepository for SqliteStore {
         .await
         .map_err(db)?;
         row.as_ref().map(health).transpose()
+    }
+
+    async fn get_many(&self, chambers: &[ChamberId]) -> Result<Vec<ChamberHealth>, StoreError> {
+        if chambers.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement for the batch: each statement is a round trip to sqlx's SQLite thread.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            health_columns!(),
+            " FROM chamber_health WHERE chamber_id IN (SELECT unhex(value) FROM json_each(?1))"
+        ))
+        .bind(id_list(chambers.iter().map(ChamberId::as_uuid)))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        rows.iter().map(health).collect()
     }
 
     async fn save(&self, health: &ChamberHealth) -> Result<u64, StoreError> {

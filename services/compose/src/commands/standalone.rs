@@ -272,7 +272,12 @@ pub async fn standalone(args: StandaloneArgs, telemetry: &Telemetry) -> Result<(
         trace_polls: telemetry.tracing_exported(),
         ..WorkerConfig::default()
     });
-    let worker = tokio::spawn(embedded.worker(&http, worker_config).run(until_stopped()));
+    let worker = tokio::spawn(
+        embedded
+            .worker(&http, worker_config)
+            .await
+            .run(until_stopped()),
+    );
 
     let alerter = embedded.alerter(
         &http,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chamberlain_simulator::{Duplicates, SLOT_WINDOW};
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 
 use crate::support::{Client, T0, fleet, start};
 
@@ -217,4 +217,32 @@ async fn report_is_served_as_json_and_printed_as_a_table() {
     );
     assert!(table.contains("missed slots    1"), "{table}");
     assert!(table.contains("#0: 1 missed"), "{table}");
+}
+
+#[tokio::test]
+async fn delete_on_the_report_starts_a_new_window_over_http() {
+    let (config, _clock) = fleet(2, 1);
+    let simulator = start(config.interval(Duration::from_secs(1))).await;
+    let mut client = Client::connect(simulator.addr()).await;
+    client.get("/chambers/0", Some(T0 - 30), Some(1)).await;
+    client.get("/chambers/1", Some(T0), Some(1)).await;
+    assert_eq!(simulator.report().requests, 2);
+    let answer = client
+        .request(Method::DELETE, "/report", None, None)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    let report = simulator.report();
+    assert_eq!(report.requests, 0);
+    assert_eq!(report.lateness_ms.max, None);
+    // Only the report can be deleted; a chamber stays GET only.
+    let answer = client
+        .request(Method::DELETE, "/chambers/0", None, None)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    client.get("/chambers/0", Some(T0 - 4), Some(1)).await;
+    let report = simulator.report();
+    assert_eq!(report.requests, 1);
+    assert_eq!(report.lateness_ms.max, Some(4));
 }
