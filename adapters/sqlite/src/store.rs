@@ -81,6 +81,8 @@ pub struct SqliteStore {
     _memory_anchor: Option<std::sync::Mutex<SqliteConnection>>,
     /// Whether the previous layout's tables are still there (until the conversion ends).
     legacy: std::sync::atomic::AtomicBool,
+    /// Detector layout versions read so far (a version never changes).
+    layouts: layouts::Known,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -131,7 +133,11 @@ impl SqliteStore {
                 let writer_options = options
                     .clone()
                     .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-                    .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string());
+                    .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
+                    // A multi-row insert keeps a statement journal of every page it changes (to
+                    // undo only itself on a constraint failure): in memory, not a temporary file
+                    // written and read back per batch.
+                    .pragma("temp_store", "MEMORY");
                 Self {
                     writer: writer
                         .connect_with(writer_options)
@@ -143,6 +149,7 @@ impl SqliteStore {
                         .map_err(|e| opening(path, e))?,
                     _memory_anchor: None,
                     legacy: std::sync::atomic::AtomicBool::new(false),
+                    layouts: layouts::Known::default(),
                 }
             }
             SqliteLocation::Memory => {
@@ -161,6 +168,7 @@ impl SqliteStore {
                     readers: pool,
                     _memory_anchor: Some(std::sync::Mutex::new(anchor)),
                     legacy: std::sync::atomic::AtomicBool::new(false),
+                    layouts: layouts::Known::default(),
                 }
             }
         };

@@ -39,7 +39,7 @@ pub async fn reads_a_polls_chamber_and_batch(reads: &dyn PollReads, p: &StorePor
         .unwrap()
         .expect("the chamber is found");
     assert_eq!(loaded.chamber, chamber);
-    let mut found = loaded.detectors;
+    let mut found = loaded.detectors.clone();
     found.sort_by_key(|d| d.id);
     detectors.sort_by_key(|d| d.id);
     assert_eq!(found, detectors);

@@ -13,7 +13,8 @@ use crate::time::Timestamp;
 /// reaches polls within the cache's lifetime). Not tenant-scoped: poll jobs carry no caller.
 #[async_trait]
 pub trait PollReads: Send + Sync {
-    /// The chamber and its detectors, or `None` if it was deleted.
+    /// The chamber and its detectors, or `None` if it was deleted (shared: a cache hands out
+    /// the one it holds without copying it per poll).
     ///
     /// # Errors
     /// `Unavailable`: the poll is not handled, and its job is delivered again after its
@@ -21,7 +22,7 @@ pub trait PollReads: Send + Sync {
     async fn load_for_poll(
         &self,
         id: ChamberId,
-    ) -> Result<Option<ChamberWithDetectors>, StoreError>;
+    ) -> Result<Option<Arc<ChamberWithDetectors>>, StoreError>;
 
     /// The batch of `section` covering `at`, if any.
     ///
@@ -69,8 +70,8 @@ impl PollReads for RepositoryPollReads {
     async fn load_for_poll(
         &self,
         id: ChamberId,
-    ) -> Result<Option<ChamberWithDetectors>, StoreError> {
-        self.chambers.load_for_poll(id).await
+    ) -> Result<Option<Arc<ChamberWithDetectors>>, StoreError> {
+        Ok(self.chambers.load_for_poll(id).await?.map(Arc::new))
     }
 
     async fn covering(

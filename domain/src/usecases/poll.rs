@@ -73,17 +73,13 @@ pub enum JobOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollAttempt {
     pub job: PollJob,
-    pub chamber: ChamberWithDetectors,
+    pub chamber: Arc<ChamberWithDetectors>,
     pub request: FetchRequest,
 }
 
 /// What [`PollHandler::prepare`] decided: a request to send, or an outcome without one
 /// (chamber deleted, paused, or the poll already expired).
 #[derive(Debug, Clone, PartialEq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "lives for one poll on the stack and is matched at once; boxing would allocate per poll"
-)]
 pub enum Prepared {
     Send(PollAttempt),
     Decided(JobOutcome),

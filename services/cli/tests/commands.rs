@@ -585,3 +585,33 @@ async fn migrate_converts_an_embedded_database_of_the_previous_layout() {
     assert!(!stdout.contains("converting"), "nothing left: {stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The process runs without transparent huge pages (mimalloc asks for them on its arenas, and
+/// a huge page is resident whole): the kernel reports `THP_enabled: 0` for it.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_process_runs_without_transparent_huge_pages() {
+    use std::io::{BufRead, BufReader};
+    let mut child = chamberlain()
+        .args(["simulate", "--chambers", "1", "--duration", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its first line says where it listens: main has run by then.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let thp = status
+        .lines()
+        .find(|l| l.starts_with("THP_enabled:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned());
+    // Kernels before 5.0 do not report it; there is nothing to check then.
+    if let Some(thp) = thp {
+        assert_eq!(thp, "0", "first line {first:?}");
+    }
+}

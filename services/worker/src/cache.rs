@@ -15,6 +15,9 @@ use tokio::time::Instant;
 
 type Entry<T> = (Instant, T);
 
+/// Each chamber read, `None` if it was not found, with when it was read.
+type Loaded = HashMap<ChamberId, Entry<Option<Arc<ChamberWithDetectors>>>>;
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -32,7 +35,7 @@ pub struct CachedChambers {
     ttl: Duration,
     /// How long a chamber's entry lives, ms: `ttl`, or longer while the change feed is followed.
     chamber_ttl_ms: Arc<AtomicU64>,
-    loaded: Arc<Mutex<HashMap<ChamberId, Entry<Option<ChamberWithDetectors>>>>>,
+    loaded: Arc<Mutex<Loaded>>,
     /// Chambers whose entry is being reloaded in the background.
     refreshing: Arc<Mutex<HashSet<ChamberId>>>,
     open: Arc<Mutex<HashMap<SectionId, Entry<Option<Batch>>>>>,
@@ -123,7 +126,7 @@ impl CachedChambers {
 
 /// What marks cached chambers outdated, shared with the task following the change feed.
 struct Invalidate {
-    loaded: Arc<Mutex<HashMap<ChamberId, Entry<Option<ChamberWithDetectors>>>>>,
+    loaded: Arc<Mutex<Loaded>>,
     invalidations: Arc<AtomicU64>,
     stale_before: Arc<Mutex<Option<Instant>>>,
 }
@@ -151,7 +154,7 @@ impl PollReads for CachedChambers {
     async fn load_for_poll(
         &self,
         id: ChamberId,
-    ) -> Result<Option<ChamberWithDetectors>, StoreError> {
+    ) -> Result<Option<Arc<ChamberWithDetectors>>, StoreError> {
         let generation = self.invalidations.load(Ordering::SeqCst);
         let cached = lock(&self.loaded).get(&id).cloned();
         let Some((at, value)) = cached else {

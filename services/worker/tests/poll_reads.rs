@@ -143,7 +143,7 @@ impl PollReads for GatedReads {
     async fn load_for_poll(
         &self,
         id: ChamberId,
-    ) -> Result<Option<ChamberWithDetectors>, StoreError> {
+    ) -> Result<Option<Arc<ChamberWithDetectors>>, StoreError> {
         let loaded = self.inner.load_for_poll(id).await;
         self.read.notify_one();
         self.gate.acquire().await.expect("gate open").forget();

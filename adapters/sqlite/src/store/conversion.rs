@@ -87,7 +87,7 @@ impl SqliteStore {
                 return Ok(done);
             }
             let mut w = self.begin_write().await?;
-            let result = convert_chunk(w.conn(), chunk_polls, &mut done).await;
+            let result = convert_chunk(w.conn(), chunk_polls, &mut done, &self.layouts).await;
             if !w.finish(result).await? {
                 break;
             }
@@ -115,6 +115,7 @@ async fn convert_chunk(
     conn: &mut SqliteConnection,
     chunk_polls: u32,
     done: &mut ConversionProgress,
+    known: &super::layouts::Known,
 ) -> Result<bool> {
     // Moved rows are deleted, so the first chamber left is at the head of the key.
     let Some(chamber) = sqlx::query_scalar::<_, Uuid>(
@@ -183,7 +184,7 @@ async fn convert_chunk(
     }
     let orphans: u64 = by_slot.values().map(|r| r.len() as u64).sum();
     let moved: Vec<&PollRecord> = records.iter().collect();
-    let report = write_polls(conn, &moved, Legacy::Ignore).await?;
+    let report = write_polls(conn, &moved, Legacy::Ignore, known).await?;
     for sql in [
         "DELETE FROM legacy_poll_ledger WHERE chamber_id = ?1 AND slot >= ?2 AND slot <= ?3",
         "DELETE FROM legacy_readings WHERE chamber_id = ?1 AND slot >= ?2 AND slot <= ?3",

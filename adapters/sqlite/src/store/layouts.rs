@@ -11,6 +11,7 @@
 //! as packed blobs: [`Values`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use chamberlain_domain::model::{CorruptionReason, Finite, ReadingValue};
 use chamberlain_domain::ports::StoreError;
@@ -138,37 +139,109 @@ pub(super) struct Current {
     pub position: HashMap<Uuid, usize>,
 }
 
-/// The current layouts of `chambers`; a chamber not found is missing from the map.
+/// Layout versions already read, by (chamber, version): a version never changes once written,
+/// so an entry is never stale, and a write reads only which version is current.
+#[derive(Default)]
+pub(super) struct Known(Mutex<HashMap<(Uuid, i64), Arc<Current>>>);
+
+/// Versions kept at most; past it the map starts over (versions of deleted chambers, and old
+/// versions, would otherwise stay).
+const KNOWN_MAX: usize = 100_000;
+
+impl Known {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i64), Arc<Current>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// `"HEX:N,HEX:N"` (SQLite's `group_concat` of `hex(id) || ':' || n`), as pairs.
+pub(super) fn id_numbers(text: Option<&str>, table: &'static str) -> Result<Vec<(Uuid, i64)>> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(|pair| {
+            let (id, n) = pair
+                .split_once(':')
+                .ok_or_else(|| corrupt(table, "id", format!("{pair:?} is not id:number")))?;
+            let id = Uuid::try_parse(id).map_err(|e| corrupt(table, "id", e))?;
+            let n = n.parse().map_err(|e| corrupt(table, "id", e))?;
+            Ok((id, n))
+        })
+        .collect()
+}
+
+/// The current layouts of `chambers`; a chamber not found is missing from the map. One row
+/// comes back for the current versions (each row is a message from sqlx's SQLite thread), and
+/// the layouts of versions not known yet are read once.
 pub(super) async fn current<'a>(
     conn: &mut SqliteConnection,
     chambers: impl IntoIterator<Item = &'a Uuid>,
-) -> Result<HashMap<Uuid, Current>> {
-    let rows = sqlx::query(
-        "SELECT c.id, c.layout_version, l.detectors FROM chambers c \
-         JOIN detector_layouts l ON l.chamber_id = c.id AND l.version = c.layout_version \
-         WHERE c.id IN (SELECT unhex(value) FROM json_each(?1))",
+    known: &Known,
+) -> Result<HashMap<Uuid, Arc<Current>>> {
+    let versions: Option<String> = sqlx::query_scalar(
+        "SELECT group_concat(hex(id) || ':' || layout_version) FROM chambers \
+         WHERE id IN (SELECT unhex(value) FROM json_each(?1))",
     )
     .bind(id_list(chambers))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    let versions = id_numbers(versions.as_deref(), "chambers")?;
+    let mut out = HashMap::with_capacity(versions.len());
+    let mut missing = Vec::new();
+    {
+        let known = known.lock();
+        for (chamber, version) in versions {
+            match known.get(&(chamber, version)) {
+                Some(layout) => {
+                    out.insert(chamber, layout.clone());
+                }
+                None => missing.push((chamber, version)),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let mut keys = String::from("[");
+    for (i, (chamber, version)) in missing.iter().enumerate() {
+        if i > 0 {
+            keys.push(',');
+        }
+        keys.push_str(&format!("[\"{}\",{version}]", chamber.simple()));
+    }
+    keys.push(']');
+    let rows = sqlx::query(
+        "SELECT l.chamber_id, l.version, l.detectors FROM json_each(?1) AS k \
+         JOIN detector_layouts l ON l.chamber_id = unhex(k.value ->> 0) AND l.version = k.value ->> 1",
+    )
+    .bind(keys)
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let mut known = known.lock();
+    if known.len() + rows.len() > KNOWN_MAX {
+        known.clear();
+    }
     for row in &rows {
-        let chamber: Uuid = row.try_get("id").map_err(db)?;
+        let chamber: Uuid = row.try_get("chamber_id").map_err(db)?;
+        let version: i64 = row.try_get("version").map_err(db)?;
         let detectors = decode(row.try_get("detectors").map_err(db)?)?;
         let position = detectors
             .iter()
             .enumerate()
             .filter_map(|(i, d)| d.map(|d| (d, i)))
             .collect();
-        out.insert(
-            chamber,
-            Current {
-                version: row.try_get("layout_version").map_err(db)?,
-                width: detectors.len(),
-                position,
-            },
-        );
+        let layout = Arc::new(Current {
+            version,
+            width: detectors.len(),
+            position,
+        });
+        known.insert((chamber, version), layout.clone());
+        out.insert(chamber, layout);
     }
     Ok(out)
 }

@@ -80,7 +80,7 @@ static INSERT_POLLS: LazyLock<MultiInsert> = LazyLock::new(|| {
     MultiInsert::new(
         concat!("INSERT INTO polls (", poll_columns!(), ") VALUES"),
         13,
-        " ON CONFLICT DO NOTHING RETURNING chamber_id, slot",
+        " ON CONFLICT DO NOTHING",
     )
 });
 
@@ -170,11 +170,7 @@ impl PollRow {
 }
 
 /// Inserts the polls not stored yet; returns the keys of those inserted.
-async fn insert_polls(
-    conn: &mut SqliteConnection,
-    rows: &[&PollRow],
-) -> Result<HashSet<(Uuid, i64)>> {
-    let mut inserted = HashSet::with_capacity(rows.len());
+async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow]) -> Result<()> {
     let mut rest = rows;
     while !rest.is_empty() {
         let (mut query, n) = INSERT_POLLS.next(rest.len());
@@ -195,17 +191,58 @@ async fn insert_polls(
                 .bind(r.value.as_deref())
                 .bind(r.corruption.as_deref());
         }
-        let returned = query
-            .fetch_all(&mut *conn)
+        let written = query
+            .execute(&mut *conn)
             .await
-            .map_err(writing(child("poll", "chamber")))?;
-        for row in &returned {
-            let c = Cols::new(row, "polls");
-            inserted.insert((c.uuid("chamber_id")?, c.get::<i64>("slot")?));
+            .map_err(writing(child("poll", "chamber")))?
+            .rows_affected();
+        // The rows were looked up in this write transaction (SQLite's one writer): none can
+        // have been stored meanwhile.
+        if written != n as u64 {
+            return Err(StoreError::unavailable(format!(
+                "{} of {n} polls found stored while being written; the write is retried",
+                n as u64 - written.min(n as u64)
+            )));
         }
         rest = tail;
     }
-    Ok(inserted)
+    Ok(())
+}
+
+/// The keys of `rows` that `polls` holds already. One row comes back whatever the number of
+/// keys (each row is a message from sqlx's SQLite thread).
+async fn stored_already(
+    conn: &mut SqliteConnection,
+    rows: &[&PollRow],
+) -> Result<HashSet<(Uuid, i64)>> {
+    let mut keys = String::with_capacity(rows.len() * 50 + 2);
+    keys.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            keys.push(',');
+        }
+        keys.push_str("[\"");
+        keys.push_str(
+            r.chamber_id
+                .simple()
+                .encode_lower(&mut Uuid::encode_buffer()),
+        );
+        keys.push_str("\",");
+        keys.push_str(&r.slot.to_string());
+        keys.push(']');
+    }
+    keys.push(']');
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT group_concat(hex(p.chamber_id) || ':' || p.slot) FROM json_each(?1) AS k \
+         JOIN polls AS p ON p.chamber_id = unhex(k.value ->> 0) AND p.slot = k.value ->> 1",
+    )
+    .bind(keys)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(layouts::id_numbers(found.as_deref(), "polls")?
+        .into_iter()
+        .collect())
 }
 
 /// Moves each chamber's latest slot forward to `slots` (never backwards).
@@ -270,12 +307,13 @@ pub(super) async fn write_polls(
     conn: &mut SqliteConnection,
     polls: &[&PollRecord],
     legacy: Legacy,
+    known: &layouts::Known,
 ) -> Result<WriteReport> {
     let chambers: HashSet<Uuid> = polls
         .iter()
         .map(|p| *p.entry.poll.chamber_id.as_uuid())
         .collect();
-    let current = layouts::current(conn, &chambers).await?;
+    let current = layouts::current(conn, &chambers, known).await?;
     let mut rows = Vec::with_capacity(polls.len());
     for p in polls {
         let Some(layout) = current.get(p.entry.poll.chamber_id.as_uuid()) else {
@@ -294,7 +332,12 @@ pub(super) async fn write_polls(
         .filter(|r| !stored_before.contains(&(r.chamber_id, r.slot)))
         .collect();
     ordered.sort_by_key(|r| (r.chamber_id, r.slot));
-    let mut inserted = insert_polls(conn, &ordered).await?;
+    ordered.dedup_by_key(|r| (r.chamber_id, r.slot));
+    let stored = stored_already(conn, &ordered).await?;
+    ordered.retain(|r| !stored.contains(&(r.chamber_id, r.slot)));
+    insert_polls(conn, &ordered).await?;
+    let mut inserted: HashSet<(Uuid, i64)> =
+        ordered.iter().map(|r| (r.chamber_id, r.slot)).collect();
     let mut latest: BTreeMap<Uuid, i64> = BTreeMap::new();
     let mut report = WriteReport::default();
     let total: u64 = polls.iter().map(|p| p.readings.len() as u64).sum();
@@ -943,7 +986,7 @@ impl ReadingRepository for SqliteStore {
         let polls: Vec<&PollRecord> = polls.iter().collect();
         let legacy = self.legacy();
         let mut w = self.begin_write().await?;
-        let result = write_polls(w.conn(), &polls, legacy).await;
+        let result = write_polls(w.conn(), &polls, legacy, &self.layouts).await;
         w.finish(result).await
     }
 
@@ -1063,7 +1106,7 @@ impl PollLedgerRepository for SqliteStore {
         let records: Vec<&PollRecord> = records.iter().collect();
         let legacy = self.legacy();
         let mut w = self.begin_write().await?;
-        let result = write_polls(w.conn(), &records, legacy).await;
+        let result = write_polls(w.conn(), &records, legacy, &self.layouts).await;
         w.finish(result).await.map(|report| report.ledger_new)
     }
 
