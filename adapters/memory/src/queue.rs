@@ -57,10 +57,18 @@ impl State {
         }
     }
 
+    /// Drops expired dedup keys once the map grew by an eighth since the last purge: it then
+    /// holds at most an eighth more than the live keys (60 s of polls: 300,000 at 5,000 a
+    /// second), where letting it double first left it, and its table, twice as large. A table
+    /// left far larger than its keys (the load fell) is shrunk.
     fn purge_dedup(&mut self, now: Timestamp) {
         if self.dedup.len() >= self.dedup_purge_at {
             self.dedup.retain(|_, until| *until > now);
-            self.dedup_purge_at = (self.dedup.len() * 2).max(1024);
+            let live = self.dedup.len();
+            self.dedup_purge_at = (live + live / 8).max(1024);
+            if self.dedup.capacity() > 4 * live.max(1024) {
+                self.dedup.shrink_to(2 * live);
+            }
         }
     }
 
@@ -369,5 +377,43 @@ impl QueueInspector for MemoryPollQueue {
         let mut s = self.lock();
         s.expire_leases(now);
         Ok(id.parse().ok().and_then(|id| s.queued(id, now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chamberlain_domain::model::ChamberId;
+
+    /// Keys live 60 s and arrive one every 5 ms: the map never holds much more than the live
+    /// keys (12,000), nor does its table grow past what they need.
+    #[test]
+    fn dedup_keys_stay_within_an_eighth_of_the_live_ones() {
+        let mut state = State::default();
+        let chamber = ChamberId::random();
+        let ttl = 60_000;
+        let mut largest = 0;
+        for ms in (0..240_000_i64).step_by(5) {
+            let now = Timestamp::from_unix_millis(ms);
+            state.purge_dedup(now);
+            state.dedup.insert(
+                PollId {
+                    chamber_id: chamber,
+                    slot: now,
+                },
+                Timestamp::from_unix_millis(ms + ttl),
+            );
+            largest = largest.max(state.dedup.len());
+        }
+        let live = 60_000 / 5;
+        assert!(
+            largest <= live + live / 8 + 1,
+            "{largest} keys held for {live} live"
+        );
+        assert!(
+            state.dedup.capacity() <= 4 * live,
+            "table of {} for {live} live keys",
+            state.dedup.capacity()
+        );
     }
 }

@@ -106,7 +106,7 @@ async fn every_connection_has_the_pragmas() {
             .unwrap();
         assert_eq!(
             (journal.as_str(), synchronous, foreign_keys, busy, page),
-            ("wal", 1, 1, 1234, 8192),
+            ("wal", 1, 1, 1234, 4096),
             "journal_mode, synchronous (1 = NORMAL), foreign_keys, busy_timeout, page_size of a new file"
         );
     }

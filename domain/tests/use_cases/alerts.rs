@@ -61,13 +61,13 @@ async fn poll(h: &Harness, actor: &Actor, label: &str, chamber: ChamberId, s: i6
 /// Feeds every event published so far to the evaluator, then lets the clock tick; returns
 /// the alert events that came out.
 async fn evaluate(
-    events: &mut broadcast::Receiver<DomainEvent>,
+    events: &mut broadcast::Receiver<std::sync::Arc<DomainEvent>>,
     evaluator: &mut AlertEvaluator,
 ) -> Vec<DomainEvent> {
     let mut out = Vec::new();
     while let Ok(event) = events.try_recv() {
         if matches!(
-            event,
+            *event,
             DomainEvent::AlertOpened { .. } | DomainEvent::AlertResolved { .. }
         ) {
             continue;
@@ -288,7 +288,7 @@ async fn a_chamber_without_readings_longer_than_its_rule_opens_one_alert_that_re
     // The bus heard the opening and the resolution, once each.
     let mut heard = Vec::new();
     while let Ok(e) = bus.try_recv() {
-        match e {
+        match std::sync::Arc::unwrap_or_clone(e) {
             DomainEvent::AlertOpened { alert, .. } => heard.push(("opened", alert.id)),
             DomainEvent::AlertResolved { alert, .. } => heard.push(("resolved", alert.id)),
             _ => {}

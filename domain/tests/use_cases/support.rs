@@ -243,10 +243,10 @@ impl Harness {
 }
 
 /// Everything published so far (without waiting).
-pub fn drain(rx: &mut broadcast::Receiver<DomainEvent>) -> Vec<DomainEvent> {
+pub fn drain(rx: &mut broadcast::Receiver<Arc<DomainEvent>>) -> Vec<DomainEvent> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
-        out.push(e);
+        out.push(Arc::unwrap_or_clone(e));
     }
     out
 }

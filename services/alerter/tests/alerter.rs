@@ -477,7 +477,7 @@ async fn the_leader_opens_an_alert_stores_it_publishes_it_and_forwards_it() {
     // Published on the bus for live watchers.
     let mut heard_open = false;
     while let Ok(e) = watcher.try_recv() {
-        heard_open |= matches!(e, DomainEvent::AlertOpened { .. });
+        heard_open |= matches!(*e, DomainEvent::AlertOpened { .. });
     }
     assert!(heard_open);
 

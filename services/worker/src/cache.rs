@@ -108,7 +108,7 @@ impl CachedChambers {
                     ChamberChange::Resync => invalidate.all(),
                 }
             }
-            tracing::warn!("chamber change feed closed; chambers are read again on a timer");
+            tracing::info!("chamber change feed closed; chambers are read again on a timer");
             chamber_ttl_ms.store(fallback, Ordering::Relaxed);
             invalidate.all();
         });
