@@ -63,7 +63,7 @@ const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 /// own). Every poll dirties its chamber's newest leaf, written whole to the WAL at each commit
 /// and again at the checkpoint: 8 KiB pages doubled those bytes and the cache a fleet keeps hot
 /// (5,000 chambers in the embedded default: 129 → 116 µs per poll and 211 → 173 MiB peak over
-/// 90 s, with the cache halved too). A row longer than about a quarter of a page spills into
+/// 90 s, one run each, with the cache halved too). A row longer than about a quarter of a page spills into
 /// overflow pages, read whole to take one detector's value: chambers of more than ~100
 /// detectors pay that on detector reads (one detector of a 200-detector chamber: 10 → 12 ms).
 const PAGE_SIZE: u32 = 4096;

@@ -676,3 +676,42 @@ async fn the_per_organization_email_migration_keeps_users_and_tokens() {
         .unwrap();
     assert_eq!(tokens, 0);
 }
+
+/// The store keeps the layout versions it read in memory: a chamber deleted and created again
+/// with the same id (its version 1 now lists other detectors) is written with its new layout,
+/// not the one remembered.
+#[tokio::test]
+async fn a_chamber_created_again_with_its_id_is_written_with_its_new_layout() {
+    let dir = TempDir::new();
+    let store = open(&dir.db()).await;
+    let ports = StorePorts::from_adapter(store.clone());
+    let w = world(&ports, "again").await;
+    let first = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 21.5, None);
+    ports
+        .readings
+        .store_polls(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    ports.chambers.delete(w.org.id, w.chamber.id).await.unwrap();
+    let detectors = vec![
+        fixtures::detector(&w.chamber, "co2"),
+        fixtures::detector(&w.chamber, "o2"),
+    ];
+    ports.chambers.create(&w.chamber, &detectors).await.unwrap();
+    let second = fixtures::poll_record(&w.chamber, &detectors, slot(2), 7.25, None);
+    ports
+        .readings
+        .store_polls(std::slice::from_ref(&second))
+        .await
+        .unwrap();
+    let mut stored = ports
+        .readings
+        .query(w.org.id, &all(ReadingScope::Chamber(w.chamber.id)))
+        .await
+        .unwrap()
+        .items;
+    let mut expected = second.readings.clone();
+    stored.sort_by_key(|r| r.detector_id);
+    expected.sort_by_key(|r| r.detector_id);
+    assert_eq!(stored, expected);
+}

@@ -44,7 +44,7 @@ enum Command {
 fn main() -> ExitCode {
     // mimalloc asks the kernel for transparent huge pages on its arenas (MADV_HUGEPAGE), and a
     // 2 MiB page is resident whole however little of it is used: the embedded default at 5,000
-    // chambers peaked at 177 MiB with them and 147 MiB without, at the same CPU per poll.
+    // chambers peaked at 177 MiB with them and 147 MiB without (one 20-30 s run each).
     // Best effort: a kernel without the setting keeps its default.
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);

@@ -75,26 +75,38 @@ async fn until_detectors(cached: &CachedChambers, chamber: ChamberId, n: usize) 
     }
 }
 
-#[tokio::test]
-async fn a_cache_following_the_change_feed_keeps_chambers_until_a_change_is_published() {
-    let ports = StorePorts::from_adapter(Arc::new(MemoryStore::new()));
-    let changes = MemoryChamberChanges::new(16);
+/// A cache following `changes` (its chambers kept an hour; a TTL of zero otherwise), with a
+/// chamber of two detectors cached, one of them then removed from the store without a word on
+/// the feed.
+async fn following_with_a_detector_removed(
+    ports: &StorePorts,
+    changes: &MemoryChamberChanges,
+    label: &str,
+) -> (CachedChambers, chamberlain_domain::model::Chamber) {
     let cached = CachedChambers::new(
         Arc::new(RepositoryPollReads::of(&ports.repositories)),
         Duration::ZERO,
     )
-    .following(&changes, Duration::from_secs(3600))
+    .following(changes, Duration::from_secs(3600))
     .await;
-    let (chamber, removed) = chamber_of_two(&ports, "cache-follows").await;
+    let (chamber, removed) = chamber_of_two(ports, label).await;
     assert_eq!(detectors_of(&cached, chamber.id).await, 2);
-
-    // Changed in the store without a word on the feed: the cached definition stays (with the
-    // constructor's TTL of zero it would be reloaded at once).
     ports
         .detectors
         .delete(chamber.organization_id, removed.id)
         .await
         .unwrap();
+    (cached, chamber)
+}
+
+#[tokio::test]
+async fn a_cache_following_the_change_feed_keeps_chambers_until_a_change_is_published() {
+    let ports = StorePorts::from_adapter(Arc::new(MemoryStore::new()));
+    let changes = MemoryChamberChanges::new(16);
+    let (cached, chamber) =
+        following_with_a_detector_removed(&ports, &changes, "cache-follows").await;
+    // Nothing published: the cached definition stays (with the constructor's TTL of zero it
+    // would be reloaded at once).
     for _ in 0..3 {
         assert_eq!(detectors_of(&cached, chamber.id).await, 2);
         tokio::task::yield_now().await;
@@ -113,19 +125,8 @@ async fn a_cache_following_the_change_feed_keeps_chambers_until_a_change_is_publ
 async fn a_resync_of_the_change_feed_reloads_every_chamber() {
     let ports = StorePorts::from_adapter(Arc::new(MemoryStore::new()));
     let changes = MemoryChamberChanges::new(16);
-    let cached = CachedChambers::new(
-        Arc::new(RepositoryPollReads::of(&ports.repositories)),
-        Duration::ZERO,
-    )
-    .following(&changes, Duration::from_secs(3600))
-    .await;
-    let (chamber, removed) = chamber_of_two(&ports, "cache-resync").await;
-    assert_eq!(detectors_of(&cached, chamber.id).await, 2);
-    ports
-        .detectors
-        .delete(chamber.organization_id, removed.id)
-        .await
-        .unwrap();
+    let (cached, chamber) =
+        following_with_a_detector_removed(&ports, &changes, "cache-resync").await;
     changes.publish(&ChamberChange::Resync).await.unwrap();
     until_detectors(&cached, chamber.id, 1).await;
 }

@@ -392,7 +392,9 @@ impl ChamberRepository for SqliteStore {
             .await
             .map_err(writing(Write::Plain))
             .and_then(|done| touched(done, "chamber"));
-        w.finish(result).await
+        let result = w.finish(result).await;
+        self.layouts.forget(*id.as_uuid());
+        result
     }
 
     async fn load_for_poll(

@@ -149,6 +149,12 @@ pub(super) struct Known(Mutex<HashMap<(Uuid, i64), Arc<Current>>>);
 const KNOWN_MAX: usize = 100_000;
 
 impl Known {
+    /// Drops what is known of a deleted chamber's layouts (its versions go with it, and a
+    /// chamber created again with its id starts again at version 1).
+    pub(super) fn forget(&self, chamber: Uuid) {
+        self.lock().retain(|(c, _), _| *c != chamber);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i64), Arc<Current>>> {
         self.0
             .lock()

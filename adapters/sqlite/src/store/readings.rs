@@ -169,7 +169,8 @@ impl PollRow {
     }
 }
 
-/// Inserts the polls not stored yet; returns the keys of those inserted.
+/// Inserts `rows`, which [`stored_already`] found not stored in this write transaction; a row
+/// found stored after all fails the write as unavailable (to be written again), never silently.
 async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow]) -> Result<()> {
     let mut rest = rows;
     while !rest.is_empty() {
