@@ -255,6 +255,13 @@ impl WriteTx {
         &mut self.tx
     }
 
+    /// Rolls back (a write to be done again, or a failed one).
+    async fn rollback(self) {
+        if let Err(e) = self.tx.rollback().await {
+            tracing::warn!(error = %e, "sqlite rollback failed");
+        }
+    }
+
     /// Commits after a successful body, rolls back after a failed one.
     async fn finish<T>(self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match result {
@@ -263,9 +270,7 @@ impl WriteTx {
                 Ok(value)
             }
             Err(e) => {
-                if let Err(rollback) = self.tx.rollback().await {
-                    tracing::warn!(error = %rollback, "sqlite rollback failed");
-                }
+                self.rollback().await;
                 Err(e)
             }
         }

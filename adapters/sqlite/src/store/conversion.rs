@@ -18,7 +18,7 @@ use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use super::readings::{Legacy, write_polls};
+use super::readings::{Keys, Legacy, Written, write_polls};
 use super::rows::{decode_all, ledger_entry, reading};
 use crate::errors::db;
 
@@ -184,7 +184,14 @@ async fn convert_chunk(
     }
     let orphans: u64 = by_slot.values().map(|r| r.len() as u64).sum();
     let moved: Vec<&PollRecord> = records.iter().collect();
-    let report = write_polls(conn, &moved, Legacy::Ignore, known).await?;
+    let Written::Done(report) =
+        write_polls(conn, &moved, Legacy::Ignore, known, Keys::LookedUp).await?
+    else {
+        // Only a write that assumes its polls new asks to be done again.
+        return Err(StoreError::unavailable(
+            "the conversion's write asked to be done again",
+        ));
+    };
     for sql in [
         "DELETE FROM legacy_poll_ledger WHERE chamber_id = ?1 AND slot >= ?2 AND slot <= ?3",
         "DELETE FROM legacy_readings WHERE chamber_id = ?1 AND slot >= ?2 AND slot <= ?3",

@@ -37,14 +37,15 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 // ------------------------------------------------------------------------------------------
 // Multi-row inserts for the hot path: a batch is cut greedily into chunks of CHUNK_SIZES rows,
-// so that the writer prepares (and caches) at most three statements per table and a batch
-// of 1,000 polls is about ten statements.
+// so that the writer prepares (and caches) at most five statements per table and a batch of
+// fewer than 256 rows (the worker's usual write) is at most about a dozen statements (each a
+// round trip to sqlx's SQLite thread): 250 rows are 3 × 64 + 3 × 16 + 2 × 4 + 2 × 1.
 // ------------------------------------------------------------------------------------------
 
-const CHUNK_SIZES: [usize; 3] = [256, 16, 1];
+const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
 struct MultiInsert {
-    sql: [Arc<str>; 3],
+    sql: [Arc<str>; CHUNK_SIZES.len()],
 }
 
 impl MultiInsert {
@@ -169,9 +170,29 @@ impl PollRow {
     }
 }
 
-/// Inserts `rows`, which [`stored_already`] found not stored in this write transaction; a row
-/// found stored after all fails the write as unavailable (to be written again), never silently.
-async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow]) -> Result<()> {
+/// How a write learns which of its polls are stored already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keys {
+    /// Looked up before inserting (one query): those found are reported as existing.
+    LookedUp,
+    /// Assumed new, as nearly every poll is (no lookup, one B-tree search less per poll): a
+    /// chunk that inserts fewer rows than it holds ends the write with [`Written::Again`].
+    AssumedNew,
+}
+
+/// What [`write_polls`] did.
+pub(super) enum Written {
+    Done(WriteReport),
+    /// A poll assumed new was stored already: roll the transaction back and write again with
+    /// [`Keys::LookedUp`].
+    Again,
+}
+
+/// Inserts `rows` (each key once). With [`Keys::LookedUp`], [`stored_already`] found none of
+/// them stored in this write transaction, so a row found stored after all fails the write as
+/// unavailable (to be written again), never silently; with [`Keys::AssumedNew`], `false` says
+/// that some were, and the write must be rolled back.
+async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow], keys: Keys) -> Result<bool> {
     let mut rest = rows;
     while !rest.is_empty() {
         let (mut query, n) = INSERT_POLLS.next(rest.len());
@@ -197,9 +218,12 @@ async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow]) -> Result<
             .await
             .map_err(writing(child("poll", "chamber")))?
             .rows_affected();
-        // The rows were looked up in this write transaction (SQLite's one writer): none can
-        // have been stored meanwhile.
         if written != n as u64 {
+            if keys == Keys::AssumedNew {
+                return Ok(false);
+            }
+            // The rows were looked up in this write transaction (SQLite's one writer): none can
+            // have been stored meanwhile.
             return Err(StoreError::unavailable(format!(
                 "{} of {n} polls found stored while being written; the write is retried",
                 n as u64 - written.min(n as u64)
@@ -207,7 +231,7 @@ async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow]) -> Result<
         }
         rest = tail;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The keys of `rows` that `polls` holds already. One row comes back whatever the number of
@@ -303,13 +327,14 @@ async fn in_legacy_ledger(
 /// Writes the polls that are new (each key once: of a poll twice in one write, the first is new
 /// and the second existing) and moves the chambers' latest slots. The chambers' current layouts
 /// check that every chamber exists and every reading's detector is one of its chamber's; one
-/// bad poll refuses the whole write.
+/// bad poll refuses the whole write. [`write_polls_once`] is the usual way in.
 pub(super) async fn write_polls(
     conn: &mut SqliteConnection,
     polls: &[&PollRecord],
     legacy: Legacy,
     known: &layouts::Known,
-) -> Result<WriteReport> {
+    keys: Keys,
+) -> Result<Written> {
     let chambers: HashSet<Uuid> = polls
         .iter()
         .map(|p| *p.entry.poll.chamber_id.as_uuid())
@@ -334,9 +359,13 @@ pub(super) async fn write_polls(
         .collect();
     ordered.sort_by_key(|r| (r.chamber_id, r.slot));
     ordered.dedup_by_key(|r| (r.chamber_id, r.slot));
-    let stored = stored_already(conn, &ordered).await?;
-    ordered.retain(|r| !stored.contains(&(r.chamber_id, r.slot)));
-    insert_polls(conn, &ordered).await?;
+    if keys == Keys::LookedUp {
+        let stored = stored_already(conn, &ordered).await?;
+        ordered.retain(|r| !stored.contains(&(r.chamber_id, r.slot)));
+    }
+    if !insert_polls(conn, &ordered, keys).await? {
+        return Ok(Written::Again);
+    }
     let mut inserted: HashSet<(Uuid, i64)> =
         ordered.iter().map(|r| (r.chamber_id, r.slot)).collect();
     let mut latest: BTreeMap<Uuid, i64> = BTreeMap::new();
@@ -357,7 +386,33 @@ pub(super) async fn write_polls(
     }
     report.readings_existing = total - report.readings_new;
     move_latest(conn, &latest).await?;
-    Ok(report)
+    Ok(Written::Done(report))
+}
+
+impl SqliteStore {
+    /// [`write_polls`] in a write transaction of its own, assuming the polls new; if one was
+    /// stored already (a redelivered poll, rare), that transaction is rolled back and the write
+    /// done again, looking them up.
+    async fn write_polls_once(&self, polls: &[&PollRecord]) -> Result<WriteReport> {
+        let legacy = self.legacy();
+        let mut w = self.begin_write().await?;
+        let first = write_polls(w.conn(), polls, legacy, &self.layouts, Keys::AssumedNew).await;
+        match first {
+            Ok(Written::Done(report)) => return w.finish(Ok(report)).await,
+            Ok(Written::Again) => w.rollback().await,
+            Err(e) => return w.finish(Err(e)).await,
+        }
+        let mut w = self.begin_write().await?;
+        let again = write_polls(w.conn(), polls, legacy, &self.layouts, Keys::LookedUp)
+            .await
+            .and_then(|written| match written {
+                Written::Done(report) => Ok(report),
+                Written::Again => Err(StoreError::unavailable(
+                    "polls looked up as new were found stored; the write is retried",
+                )),
+            });
+        w.finish(again).await
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -985,10 +1040,7 @@ impl ReadingRepository for SqliteStore {
             p.check_readings_share_the_entry()?;
         }
         let polls: Vec<&PollRecord> = polls.iter().collect();
-        let legacy = self.legacy();
-        let mut w = self.begin_write().await?;
-        let result = write_polls(w.conn(), &polls, legacy, &self.layouts).await;
-        w.finish(result).await
+        self.write_polls_once(&polls).await
     }
 
     async fn query(
@@ -1105,10 +1157,9 @@ impl PollLedgerRepository for SqliteStore {
             })
             .collect();
         let records: Vec<&PollRecord> = records.iter().collect();
-        let legacy = self.legacy();
-        let mut w = self.begin_write().await?;
-        let result = write_polls(w.conn(), &records, legacy, &self.layouts).await;
-        w.finish(result).await.map(|report| report.ledger_new)
+        self.write_polls_once(&records)
+            .await
+            .map(|report| report.ledger_new)
     }
 
     async fn list(
