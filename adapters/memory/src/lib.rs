@@ -2,6 +2,7 @@
 
 mod access;
 mod coordination;
+mod dedup;
 mod events;
 mod queue;
 

@@ -5,13 +5,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chamberlain_domain::model::{PollId, PollJob};
+use chamberlain_domain::model::PollJob;
 use chamberlain_domain::ports::{
     Clock, EnqueueReport, LeaseReceipt, LeasedJob, PollQueue, QueueConsumer, QueueDepth,
     QueueError, QueueInspector, QueuedJob, QueuedJobState,
 };
 use chamberlain_domain::time::Timestamp;
 use tokio::sync::Notify;
+
+use crate::dedup::SeenPolls;
 
 #[derive(Debug)]
 struct Stored {
@@ -32,8 +34,7 @@ struct State {
     /// Leased jobs by (deadline, id).
     leased: BTreeSet<(Timestamp, u64)>,
     /// Poll identities seen, until when they refuse duplicates.
-    dedup: HashMap<PollId, Timestamp>,
-    dedup_purge_at: usize,
+    seen: SeenPolls,
     next_id: u64,
     next_lease: u64,
     /// When a worker last asked for jobs.
@@ -57,18 +58,12 @@ impl State {
         }
     }
 
-    /// Drops expired dedup keys once the map grew by an eighth since the last purge: it then
-    /// holds at most an eighth more than the live keys (60 s of polls: 300,000 at 5,000 a
-    /// second), where letting it double first left it, and its table, twice as large. A table
-    /// left far larger than its keys (the load fell) is shrunk.
-    fn purge_dedup(&mut self, now: Timestamp) {
-        if self.dedup.len() >= self.dedup_purge_at {
-            self.dedup.retain(|_, until| *until > now);
-            let live = self.dedup.len();
-            self.dedup_purge_at = (live + live / 8).max(1024);
-            if self.dedup.capacity() > 4 * live.max(1024) {
-                self.dedup.shrink_to(2 * live);
-            }
+    /// Shrinks the jobs' table when it is far larger than the jobs (left so by a burst: the
+    /// start-up's first polls, a worker away).
+    fn shrink_jobs(&mut self) {
+        let held = self.jobs.len().max(1024);
+        if self.jobs.capacity() > 4 * held {
+            self.jobs.shrink_to(2 * held);
         }
     }
 
@@ -147,13 +142,14 @@ impl PollQueue for MemoryPollQueue {
         let mut report = EnqueueReport::default();
         {
             let mut s = self.lock();
-            s.purge_dedup(now);
+            s.seen.purge(now);
+            s.shrink_jobs();
             for job in jobs {
-                if s.dedup.get(&job.poll).is_some_and(|until| *until > now) {
+                if s.seen.refuses(&job.poll, now) {
                     report.duplicates += 1;
                     continue;
                 }
-                s.dedup.insert(job.poll, now + job.dedup_ttl());
+                s.seen.remember(&job.poll, now + job.dedup_ttl());
                 s.next_id += 1;
                 let id = s.next_id;
                 s.jobs.insert(
@@ -377,43 +373,5 @@ impl QueueInspector for MemoryPollQueue {
         let mut s = self.lock();
         s.expire_leases(now);
         Ok(id.parse().ok().and_then(|id| s.queued(id, now)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chamberlain_domain::model::ChamberId;
-
-    /// Keys live 60 s and arrive one every 5 ms: the map never holds much more than the live
-    /// keys (12,000), nor does its table grow past what they need.
-    #[test]
-    fn dedup_keys_stay_within_an_eighth_of_the_live_ones() {
-        let mut state = State::default();
-        let chamber = ChamberId::random();
-        let ttl = 60_000;
-        let mut largest = 0;
-        for ms in (0..240_000_i64).step_by(5) {
-            let now = Timestamp::from_unix_millis(ms);
-            state.purge_dedup(now);
-            state.dedup.insert(
-                PollId {
-                    chamber_id: chamber,
-                    slot: now,
-                },
-                Timestamp::from_unix_millis(ms + ttl),
-            );
-            largest = largest.max(state.dedup.len());
-        }
-        let live = 60_000 / 5;
-        assert!(
-            largest <= live + live / 8 + 1,
-            "{largest} keys held for {live} live"
-        );
-        assert!(
-            state.dedup.capacity() <= 4 * live,
-            "table of {} for {live} live keys",
-            state.dedup.capacity()
-        );
     }
 }
