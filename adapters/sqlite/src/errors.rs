@@ -86,6 +86,10 @@ pub(crate) const UNIQUE_INDEXES: &[(&str, Unique)] = &[
         Unique::Duplicate("poll", "slot"),
     ),
     (
+        "polls_recent.slot, polls_recent.chamber_id",
+        Unique::Duplicate("poll", "slot"),
+    ),
+    (
         "chamber_latest.chamber_id",
         Unique::Conflict("poll", "another writer moved the latest slot first"),
     ),

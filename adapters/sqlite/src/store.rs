@@ -37,6 +37,7 @@ mod conversion;
 mod health;
 mod layouts;
 mod readings;
+mod recent;
 mod tenancy;
 
 pub use conversion::DEFAULT_CHUNK_POLLS;

@@ -446,6 +446,19 @@ async fn corrupt_rows_are_unavailable_naming_table_and_column() {
     let corrupt = |sql: &'static str| async move {
         sqlx::query(sql).execute(pool).await.expect("corrupt a row");
     };
+    // The poll is in `polls` or `polls_recent`, whichever holds its slot: changed in both.
+    let corrupt_poll = |sql: &'static str| async move {
+        let mut changed = 0;
+        for table in ["polls", "polls_recent"] {
+            let sql = sql.replace("UPDATE polls ", &format!("UPDATE {table} "));
+            changed += sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .expect("corrupt a poll")
+                .rows_affected();
+        }
+        assert_eq!(changed, 1, "{sql}");
+    };
 
     corrupt("UPDATE chambers SET endpoint = 'ftp://chambers.test/x'").await;
     unavailable_naming(
@@ -484,7 +497,8 @@ async fn corrupt_rows_are_unavailable_naming_table_and_column() {
     );
 
     // An infinity at the first position, and a reason number no reason has.
-    corrupt("UPDATE polls SET value = unhex('000000000000f07f' || substr(hex(value), 17))").await;
+    corrupt_poll("UPDATE polls SET value = unhex('000000000000f07f' || substr(hex(value), 17))")
+        .await;
     unavailable_naming(
         ports
             .readings
@@ -496,7 +510,7 @@ async fn corrupt_rows_are_unavailable_naming_table_and_column() {
         ports.readings.latest(w.org.id, &[w.chamber.id]).await,
         "polls.value",
     );
-    corrupt(
+    corrupt_poll(
         "UPDATE polls SET value = unhex('000000000000f87f' || substr(hex(value), 17)), \
          corruption = unhex('09' || substr('000000000000000000000000', 1, 2 * (length(value) / 8 - 1)))",
     )
@@ -509,7 +523,7 @@ async fn corrupt_rows_are_unavailable_naming_table_and_column() {
         "polls.corruption",
     );
 
-    corrupt("UPDATE polls SET outcome = 'timeout'").await;
+    corrupt_poll("UPDATE polls SET outcome = 'timeout'").await;
     unavailable_naming(
         ports
             .ledger

@@ -126,10 +126,13 @@ async fn old_reading(pool: &SqlitePool, r: &Reading) {
 
 /// Polls in the new layout, and in the old one (0 once it is gone).
 async fn counts(pool: &SqlitePool) -> (i64, i64) {
-    let polls: i64 = sqlx::query_scalar("SELECT count(*) FROM polls")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    // New polls are in `polls` or `polls_recent`, by slot.
+    let polls: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM polls) + (SELECT count(*) FROM polls_recent)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     let legacy: i64 = sqlx::query_scalar("SELECT count(*) FROM legacy_poll_ledger")
         .fetch_one(pool)
         .await
@@ -141,6 +144,7 @@ async fn counts(pool: &SqlitePool) -> (i64, i64) {
 async fn distinct_polls(pool: &SqlitePool) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT chamber_id, slot FROM polls \
+         UNION SELECT chamber_id, slot FROM polls_recent \
          UNION SELECT chamber_id, slot FROM legacy_poll_ledger)",
     )
     .fetch_one(pool)

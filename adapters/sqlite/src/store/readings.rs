@@ -26,6 +26,7 @@ use sqlx::{AssertSqlSafe, SqliteConnection};
 use uuid::Uuid;
 
 use super::layouts::{self, Layouts, Values};
+use super::recent;
 use super::rows::{Cols, decode_all, ledger_entry};
 use super::{
     PRUNE_STEP, SqlQuery, SqliteStore, chamber_in, end_read, exists, id_list, limit, millis_of,
@@ -68,18 +69,26 @@ impl MultiInsert {
     }
 }
 
-macro_rules! poll_columns {
-    () => {
-        concat!(
-            ledger_columns!(),
-            ", layout_version, batch_id, value, corruption"
-        )
-    };
+/// The two tables of polls, split at the boundary slot ([`recent`]).
+#[derive(Clone, Copy)]
+enum Table {
+    /// `polls`, by (chamber, slot): the slots before the boundary.
+    Polls,
+    /// `polls_recent`, by (slot, chamber): the slots from the boundary on.
+    Recent,
 }
 
 static INSERT_POLLS: LazyLock<MultiInsert> = LazyLock::new(|| {
     MultiInsert::new(
         concat!("INSERT INTO polls (", poll_columns!(), ") VALUES"),
+        13,
+        " ON CONFLICT DO NOTHING",
+    )
+});
+
+static INSERT_RECENT_POLLS: LazyLock<MultiInsert> = LazyLock::new(|| {
+    MultiInsert::new(
+        concat!("INSERT INTO polls_recent (", poll_columns!(), ") VALUES"),
         13,
         " ON CONFLICT DO NOTHING",
     )
@@ -188,14 +197,23 @@ pub(super) enum Written {
     Again,
 }
 
-/// Inserts `rows` (each key once). With [`Keys::LookedUp`], [`stored_already`] found none of
+/// Inserts `rows` (each key once) into `table`. With [`Keys::LookedUp`], [`stored_already`] found none of
 /// them stored in this write transaction, so a row found stored after all fails the write as
 /// unavailable (to be written again), never silently; with [`Keys::AssumedNew`], `false` says
 /// that some were, and the write must be rolled back.
-async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow], keys: Keys) -> Result<bool> {
+async fn insert_polls(
+    conn: &mut SqliteConnection,
+    table: Table,
+    rows: &[&PollRow],
+    keys: Keys,
+) -> Result<bool> {
+    let statements = match table {
+        Table::Polls => &*INSERT_POLLS,
+        Table::Recent => &*INSERT_RECENT_POLLS,
+    };
     let mut rest = rows;
     while !rest.is_empty() {
-        let (mut query, n) = INSERT_POLLS.next(rest.len());
+        let (mut query, n) = statements.next(rest.len());
         let (chunk, tail) = rest.split_at(n);
         for r in chunk {
             query = query
@@ -234,8 +252,8 @@ async fn insert_polls(conn: &mut SqliteConnection, rows: &[&PollRow], keys: Keys
     Ok(true)
 }
 
-/// The keys of `rows` that `polls` holds already. One row comes back whatever the number of
-/// keys (each row is a message from sqlx's SQLite thread).
+/// The keys of `rows` that `polls` or `polls_recent` hold already. One row comes back whatever
+/// the number of keys (each row is a message from sqlx's SQLite thread).
 async fn stored_already(
     conn: &mut SqliteConnection,
     rows: &[&PollRow],
@@ -258,8 +276,11 @@ async fn stored_already(
     }
     keys.push(']');
     let found: Option<String> = sqlx::query_scalar(
-        "SELECT group_concat(hex(p.chamber_id) || ':' || p.slot) FROM json_each(?1) AS k \
-         JOIN polls AS p ON p.chamber_id = unhex(k.value ->> 0) AND p.slot = k.value ->> 1",
+        "SELECT group_concat(hex(chamber_id) || ':' || slot) FROM (\
+           SELECT p.chamber_id, p.slot FROM json_each(?1) AS k \
+           JOIN polls AS p ON p.chamber_id = unhex(k.value ->> 0) AND p.slot = k.value ->> 1 \
+           UNION ALL SELECT p.chamber_id, p.slot FROM json_each(?1) AS k \
+           JOIN polls_recent AS p ON p.chamber_id = unhex(k.value ->> 0) AND p.slot = k.value ->> 1)",
     )
     .bind(keys)
     .fetch_one(&mut *conn)
@@ -363,7 +384,14 @@ pub(super) async fn write_polls(
         let stored = stored_already(conn, &ordered).await?;
         ordered.retain(|r| !stored.contains(&(r.chamber_id, r.slot)));
     }
-    if !insert_polls(conn, &ordered, keys).await? {
+    // Each poll into the table of its slot; the recent ones in their key order, (slot, chamber).
+    let since = recent::since(conn).await?;
+    let (mut newer, older): (Vec<&PollRow>, Vec<&PollRow>) =
+        ordered.iter().copied().partition(|r| r.slot >= since);
+    newer.sort_by_key(|r| (r.slot, r.chamber_id));
+    if !insert_polls(conn, Table::Polls, &older, keys).await?
+        || !insert_polls(conn, Table::Recent, &newer, keys).await?
+    {
         return Ok(Written::Again);
     }
     let mut inserted: HashSet<(Uuid, i64)> =
@@ -386,6 +414,9 @@ pub(super) async fn write_polls(
     }
     report.readings_existing = total - report.readings_new;
     move_latest(conn, &latest).await?;
+    if let Some(to) = newer.last().and_then(|r| recent::due(since, r.slot)) {
+        recent::move_before(conn, to).await?;
+    }
     Ok(Written::Done(report))
 }
 
@@ -418,6 +449,22 @@ impl SqliteStore {
 // ------------------------------------------------------------------------------------------
 // Reading polls back.
 // ------------------------------------------------------------------------------------------
+
+/// `head` polls `tail` UNION ALL `head` polls_recent `tail`: a query's rows from both tables of
+/// polls (an ORDER BY after it merges the two, each read in its index's order).
+macro_rules! in_both_tables {
+    ($head:expr, $tail:expr) => {
+        concat!(
+            $head,
+            " polls",
+            $tail,
+            " UNION ALL ",
+            $head,
+            " polls_recent",
+            $tail
+        )
+    };
+}
 
 macro_rules! stored_poll_columns {
     () => {
@@ -550,19 +597,22 @@ async fn read_polls(
     let (sql, id) = match source {
         Source::Chamber(id) => (
             concat!(
-                "SELECT ",
-                stored_poll_columns!(),
-                " FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-                  AND layout_version IS NOT NULL ORDER BY slot LIMIT ?4"
+                in_both_tables!(
+                    concat!("SELECT ", stored_poll_columns!(), " FROM"),
+                    " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+                      AND layout_version IS NOT NULL"
+                ),
+                " ORDER BY slot LIMIT ?4"
             ),
             id,
         ),
         Source::Batch(id) => (
             concat!(
-                "SELECT ",
-                stored_poll_columns!(),
-                " FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3 \
-                  ORDER BY slot, chamber_id LIMIT ?4"
+                in_both_tables!(
+                    concat!("SELECT ", stored_poll_columns!(), " FROM"),
+                    " WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3"
+                ),
+                " ORDER BY slot, chamber_id LIMIT ?4"
             ),
             id,
         ),
@@ -614,13 +664,20 @@ async fn query_detector(
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let select = |table: &str| {
+        format!(
+            "SELECT chamber_id, slot, layout_version, \
+               substr(value, 1 + 8 * (CASE layout_version {position} END), 8) AS value, \
+               substr(corruption, 1 + (CASE layout_version {position} END), 1) AS corruption, \
+               requested_at, recorded_at, batch_id \
+             FROM {table} WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+               AND layout_version IN ({versions})"
+        )
+    };
     let sql = format!(
-        "SELECT chamber_id, slot, layout_version, \
-           substr(value, 1 + 8 * (CASE layout_version {position} END), 8) AS value, \
-           substr(corruption, 1 + (CASE layout_version {position} END), 1) AS corruption, \
-           requested_at, recorded_at, batch_id \
-         FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version IN ({versions}) \
-         ORDER BY slot LIMIT ?4"
+        "{} UNION ALL {} ORDER BY slot LIMIT ?4",
+        select("polls"),
+        select("polls_recent")
     );
     let mut out = Vec::with_capacity(wanted);
     loop {
@@ -750,10 +807,16 @@ async fn aggregate_readings(
             // Its position in each layout version that holds it (usually one).
             for (version, position) in layouts.positions_of(chamber, detector) {
                 let mut rows = bind(
-                    "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
-                       group_concat(hex(substr(value, ?7, 8)), '') AS packed \
-                     FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version = ?6 \
-                     GROUP BY bucket, slot / ?5",
+                    concat!(
+                        "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
+                           group_concat(hex(substr(value, ?7, 8)), '') AS packed FROM (",
+                        in_both_tables!(
+                            "SELECT chamber_id, layout_version, slot, value FROM",
+                            " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+                              AND layout_version = ?6"
+                        ),
+                        ") GROUP BY bucket, slot / ?5"
+                    ),
                     chamber,
                 )
                 .bind(version)
@@ -767,10 +830,16 @@ async fn aggregate_readings(
         (Source::Chamber(chamber), None) => {
             layouts.load(conn, [&chamber]).await?;
             let mut rows = bind(
-                "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
-                   group_concat(hex(value), '') AS packed \
-                 FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 AND layout_version IS NOT NULL \
-                 GROUP BY layout_version, bucket, slot / ?5",
+                concat!(
+                    "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
+                       group_concat(hex(value), '') AS packed FROM (",
+                    in_both_tables!(
+                        "SELECT chamber_id, layout_version, slot, value FROM",
+                        " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+                          AND layout_version IS NOT NULL"
+                    ),
+                    ") GROUP BY layout_version, bucket, slot / ?5"
+                ),
                 chamber,
             )
             .fetch(&mut *conn);
@@ -781,7 +850,9 @@ async fn aggregate_readings(
         (Source::Batch(batch), _) => {
             // The batch's chambers first (the batch index covers them), for their layouts.
             let chambers: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT DISTINCT chamber_id FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3",
+                "SELECT chamber_id FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3 \
+                 UNION SELECT chamber_id FROM polls_recent \
+                   WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3",
             )
             .bind(batch)
             .bind(q.from.as_unix_millis())
@@ -791,10 +862,15 @@ async fn aggregate_readings(
             .map_err(db)?;
             layouts.load(conn, &chambers).await?;
             let mut rows = bind(
-                "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
-                   group_concat(hex(value), '') AS packed \
-                 FROM polls WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3 \
-                 GROUP BY chamber_id, layout_version, bucket, slot / ?5",
+                concat!(
+                    "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
+                       group_concat(hex(value), '') AS packed FROM (",
+                    in_both_tables!(
+                        "SELECT chamber_id, layout_version, slot, value FROM",
+                        " WHERE batch_id = ?1 AND slot >= ?2 AND slot < ?3"
+                    ),
+                    ") GROUP BY chamber_id, layout_version, bucket, slot / ?5"
+                ),
                 batch,
             )
             .fetch(&mut *conn);
@@ -927,14 +1003,17 @@ async fn tally_ledger(
     if !exists(conn, chamber_in(org, q.chamber_id)).await? {
         return Err(not_found("chamber"));
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "SELECT ?2 + ((slot - ?2) / ?4) * ?4 AS bucket, \
-           sum(outcome IN ('ok', 'corrupted_values')) AS read, \
-           sum(outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
-           count(*) AS n \
-         FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-         GROUP BY bucket ORDER BY bucket",
-    )
+               sum(outcome IN ('ok', 'corrupted_values')) AS read, \
+               sum(outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
+               count(*) AS n FROM (",
+        in_both_tables!(
+            "SELECT slot, outcome FROM",
+            " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3"
+        ),
+        ") GROUP BY bucket ORDER BY bucket"
+    ))
     .bind(*q.chamber_id.as_uuid())
     .bind(q.from.as_unix_millis())
     .bind(q.to.as_unix_millis())
@@ -965,14 +1044,15 @@ async fn latest_readings(
     org: OrganizationId,
     chambers: &[ChamberId],
 ) -> Result<Vec<LatestReadings>> {
-    let rows = sqlx::query(
+    // The poll is in one of the two tables.
+    let rows = sqlx::query(in_both_tables!(
         "SELECT p.chamber_id, p.slot, p.layout_version, p.value, p.corruption, p.requested_at, \
                 p.recorded_at, p.batch_id, c.layout_version AS current_version, v.detectors AS layout \
-         FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id \
-         JOIN polls p ON p.chamber_id = l.chamber_id AND p.slot = l.slot \
+         FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id JOIN",
+        " p ON p.chamber_id = l.chamber_id AND p.slot = l.slot \
          JOIN detector_layouts v ON v.chamber_id = p.chamber_id AND v.version = p.layout_version \
-         WHERE c.organization_id = ?1 AND l.chamber_id IN (SELECT unhex(value) FROM json_each(?2))",
-    )
+         WHERE c.organization_id = ?1 AND l.chamber_id IN (SELECT unhex(value) FROM json_each(?2))"
+    ))
     .bind(*org.as_uuid())
     .bind(id_list(chambers.iter().map(ChamberId::as_uuid)))
     .fetch_all(&mut *conn)
@@ -1084,21 +1164,27 @@ impl ReadingRepository for SqliteStore {
         // range), PRUNE_STEP rows per write transaction so that poll writes are never held up
         // for long; then the latest slots that pointed at them. A failure part-way leaves less
         // pruned, never more; the next call finishes the job.
-        loop {
-            let mut w = self.begin_write().await?;
-            let result = sqlx::query(
-                "DELETE FROM polls WHERE (chamber_id, slot) IN (\
-                   SELECT chamber_id, slot FROM polls \
-                   WHERE chamber_id IN (SELECT id FROM chambers) AND slot < ?1 LIMIT ?2)",
-            )
-            .bind(cutoff.as_unix_millis())
-            .bind(PRUNE_STEP)
-            .execute(w.conn())
-            .await
-            .map_err(writing(Write::Plain));
-            let removed = w.finish(result).await?.rows_affected();
-            if removed < PRUNE_STEP as u64 {
-                break;
+        // `polls_recent` holds the newest slots: rarely any before a retention cutoff, found
+        // along its key.
+        for sql in [
+            "DELETE FROM polls WHERE (chamber_id, slot) IN (\
+               SELECT chamber_id, slot FROM polls \
+               WHERE chamber_id IN (SELECT id FROM chambers) AND slot < ?1 LIMIT ?2)",
+            "DELETE FROM polls_recent WHERE (slot, chamber_id) IN (\
+               SELECT slot, chamber_id FROM polls_recent WHERE slot < ?1 LIMIT ?2)",
+        ] {
+            loop {
+                let mut w = self.begin_write().await?;
+                let result = sqlx::query(sql)
+                    .bind(cutoff.as_unix_millis())
+                    .bind(PRUNE_STEP)
+                    .execute(w.conn())
+                    .await
+                    .map_err(writing(Write::Plain));
+                let removed = w.finish(result).await?.rows_affected();
+                if removed < PRUNE_STEP as u64 {
+                    break;
+                }
             }
         }
         let mut w = self.begin_write().await?;
@@ -1126,10 +1212,12 @@ async fn list_ledger(
         None => q.from,
     };
     let rows = sqlx::query(concat!(
-        "SELECT ",
-        ledger_columns!(),
-        " FROM polls WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-          AND (?4 = 0 OR outcome <> 'ok') ORDER BY slot LIMIT ?5"
+        in_both_tables!(
+            concat!("SELECT ", ledger_columns!(), " FROM"),
+            " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+              AND (?4 = 0 OR outcome <> 'ok')"
+        ),
+        " ORDER BY slot LIMIT ?5"
     ))
     .bind(*q.chamber_id.as_uuid())
     .bind(from.as_unix_millis())

@@ -331,6 +331,16 @@ macro_rules! ledger_columns {
     };
 }
 
+/// Every column of a row of `polls` (and of `polls_recent`).
+macro_rules! poll_columns {
+    () => {
+        concat!(
+            ledger_columns!(),
+            ", layout_version, batch_id, value, corruption"
+        )
+    };
+}
+
 pub(super) fn ledger_entry(row: &SqliteRow) -> Result<LedgerEntry, StoreError> {
     let c = Cols::new(row, "polls");
     let outcome: PollOutcome = c.parse("detail", |json: &str| serde_json::from_str(json))?;
