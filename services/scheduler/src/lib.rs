@@ -157,6 +157,10 @@ struct Term<'s> {
     next_checkpoint: Timestamp,
     next_sample: Timestamp,
     sampling: Option<Sampling>,
+    /// The last watermark save, in the background: a store slow to answer (SQLite's one writer
+    /// busy with a large write) never holds up the next decision. One at a time; a save that
+    /// falls due while one is running is skipped (the next carries a later watermark).
+    saving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Scheduler {
@@ -274,18 +278,17 @@ impl Scheduler {
     }
 
     /// Records missed slots (and earlier ones that could not be recorded), enqueues due polls
-    /// (and earlier ones that could not be sent), then saves the watermark, unless missed slots
-    /// are still unrecorded: a scheduler that dies then leaves them to the next leader, which
-    /// decides them again. Returns what is still owed. A crash between the steps re-decides
-    /// the same slots next time, and dedup (queue and ledger) makes that harmless.
+    /// (and earlier ones that could not be sent), then returns what is still owed and the
+    /// watermark to save, unless missed slots are still unrecorded: a scheduler that dies then
+    /// leaves them to the next leader, which decides them again. A crash between the steps
+    /// re-decides the same slots next time, and dedup (queue and ledger) makes that harmless.
     async fn carry_out(
         &self,
         decision: Decision,
         owed: Owed,
         now: Timestamp,
-        fencing_token: u64,
         watermark: Option<Timestamp>,
-    ) -> Owed {
+    ) -> (Owed, Option<Timestamp>) {
         // Unsent polls whose next slot is already due will never be fetched: missed.
         let (retry, stale): (Vec<PollJob>, Vec<PollJob>) =
             owed.unsent.into_iter().partition(|j| !j.is_expired_at(now));
@@ -374,15 +377,14 @@ impl Scheduler {
             }
         }
         drop(spans);
-        if let Some(watermark) = watermark.filter(|_| unrecorded.is_empty())
-            && let Err(e) = self.checkpoint.save(fencing_token, watermark).await
-        {
-            tracing::warn!(error = %e, "watermark not saved");
-        }
-        Owed {
-            unsent: failed,
-            unrecorded,
-        }
+        let save = watermark.filter(|_| unrecorded.is_empty());
+        (
+            Owed {
+                unsent: failed,
+                unrecorded,
+            },
+            save,
+        )
     }
 }
 
@@ -423,6 +425,7 @@ impl<'s> Term<'s> {
             next_checkpoint: now,
             next_sample: now,
             sampling: None,
+            saving: None,
         };
         let snapshot = load_active(scheduler.chambers.clone()).await;
         term.on_loaded(snapshot);
@@ -564,7 +567,7 @@ impl<'s> Term<'s> {
             self.next_checkpoint = now + config.checkpoint_every;
             self.planner.watermark()
         });
-        let left = self
+        let (left, save) = self
             .scheduler
             .carry_out(
                 decision,
@@ -573,12 +576,35 @@ impl<'s> Term<'s> {
                     unrecorded: std::mem::take(&mut self.unrecorded),
                 },
                 now,
-                self.fencing_token,
                 watermark,
             )
             .await;
         self.unsent = left.unsent;
         self.unrecorded = left.unrecorded;
+        if let Some(watermark) = save {
+            self.save_in_background(watermark);
+        }
+    }
+
+    /// Saves `watermark` in a task of its own, unless the previous save is still running. A
+    /// save that outlives the term is harmless: the fencing token refuses it once another
+    /// leader saved, and the watermark never moves back.
+    fn save_in_background(&mut self, watermark: Timestamp) {
+        if self
+            .saving
+            .as_ref()
+            .is_some_and(|running| !running.is_finished())
+        {
+            tracing::debug!("the previous watermark save is still running; this one is skipped");
+            return;
+        }
+        let checkpoint = self.scheduler.checkpoint.clone();
+        let fencing_token = self.fencing_token;
+        self.saving = Some(tokio::spawn(async move {
+            if let Err(e) = checkpoint.save(fencing_token, watermark).await {
+                tracing::warn!(error = %e, "watermark not saved");
+            }
+        }));
     }
 }
 

@@ -309,6 +309,71 @@ async fn an_hour_of_a_hundred_chambers_enqueues_every_slot_once_and_ahead_of_it(
     assert!(jobs.len() > 35_000, "{} polls", jobs.len());
 }
 
+/// A checkpoint whose every save takes `takes` (a store whose one writer is busy): saves are
+/// counted, and stored.
+struct SlowCheckpoint {
+    inner: MemoryScheduleCheckpoint,
+    takes: Duration,
+    saves: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl ScheduleCheckpoint for SlowCheckpoint {
+    async fn load(&self) -> Result<Option<Timestamp>, LeaseError> {
+        self.inner.load().await
+    }
+
+    async fn save(&self, fencing_token: u64, watermark: Timestamp) -> Result<bool, LeaseError> {
+        tokio::time::sleep(self.takes).await;
+        self.saves.fetch_add(1, Ordering::SeqCst);
+        self.inner.save(fencing_token, watermark).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_watermark_save_never_holds_up_the_next_polls() {
+    let lab = lab(20, |_| 1).await;
+    let checkpoint = Arc::new(SlowCheckpoint {
+        inner: MemoryScheduleCheckpoint::new(),
+        takes: secs(3),
+        saves: std::sync::atomic::AtomicU64::new(0),
+    });
+    let config = SchedulerConfig::new("s1");
+    let scheduler = Scheduler::new(
+        &Repositories::of(lab.store.clone()),
+        lab.queue.clone(),
+        Arc::new(MemoryLeaderLease::new(lab.clock.clone())),
+        checkpoint.clone(),
+        lab.changes.clone(),
+        lab.clock.clone(),
+        config.clone(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scheduler.run(async {
+        let _ = stopped.await;
+    }));
+    let mut jobs = Vec::new();
+    lab.consume_until(T0 + secs(30), &mut jobs).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    // Every poll enqueued ahead of its slot, as with a quick store: none waited for a save.
+    assert!(jobs.len() >= 20 * 29, "{} polls", jobs.len());
+    for job in &jobs {
+        assert!(
+            job.meta.enqueued_at <= job.poll.slot,
+            "slot {} enqueued at {}",
+            job.poll.slot,
+            job.meta.enqueued_at
+        );
+    }
+    // Saves went on, one at a time: about one each 3 s.
+    let saves = checkpoint.saves.load(Ordering::SeqCst);
+    assert!((8..=11).contains(&saves), "{saves} saves in 30 s");
+    let watermark = checkpoint.inner.load().await.unwrap().expect("saved");
+    assert!(watermark >= T0 + secs(20), "watermark {watermark}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lost_lease_stops_enqueuing_at_once() {
     let lab = lab(10, |_| 1).await;
