@@ -1,16 +1,16 @@
 -- The newest polls in slot order (issue 26), SQLite only. Keyed by (chamber, slot), every poll
 -- of a fleet lands on its own chamber's newest leaf of `polls`: each write dirties one page per
 -- chamber, written whole to the WAL at each commit and copied back to its own place in the
--- file at each checkpoint, so with a few thousand chambers the disk's random writes bound the
--- store. New polls go to `polls_recent` instead, keyed by (slot, chamber): a write appends to
+-- file at each checkpoint (with a few thousand chambers, thousands of random page writes a
+-- second), and the writer keeps every chamber's leaf in its cache. New polls go to `polls_recent` instead, keyed by (slot, chamber): a write appends to
 -- its last pages. The store moves them into `polls` in chamber order every few seconds of
 -- slots, so each chamber's leaf is written once per move rather than once per write.
 --
--- The two tables split the slots at `polls_recent_since.since`: `polls` holds the slots before
--- it, `polls_recent` the slots from it on. A write puts each poll in the table of its slot;
--- a move copies the polls before a later boundary into `polls`, deletes them from
--- `polls_recent` and raises the boundary, in one transaction. So a (chamber, slot) is in one
--- table at most, and each query reads both (UNION ALL).
+-- The two tables split each chamber's slots at its bucket's `polls_recent_since.since`:
+-- `polls` holds the slots before it, `polls_recent` the slots from it on. A write puts each
+-- poll in the table of its slot; a move copies a bucket's polls before a later boundary into
+-- `polls`, deletes them from `polls_recent` and raises the boundary, in one transaction. So a
+-- (chamber, slot) is in one table at most, and each query reads both (UNION ALL).
 
 CREATE TABLE polls_recent (
     chamber_id      BLOB NOT NULL REFERENCES chambers (id) ON DELETE CASCADE,
@@ -37,11 +37,14 @@ CREATE TABLE polls_recent (
 CREATE INDEX polls_recent_chamber_slot_idx ON polls_recent (chamber_id, slot);
 CREATE INDEX polls_recent_batch_slot_idx ON polls_recent (batch_id, slot) WHERE batch_id IS NOT NULL;
 
--- The boundary between the two tables, a slot in unix milliseconds. It starts after the newest
--- poll stored (0 on a new database), so that no poll already in `polls` can be written again
--- to `polls_recent`; the store's first move raises it.
+-- The boundaries between the two tables, a slot in unix milliseconds for each of 16 buckets
+-- of chambers (by the first four bits of the id: each bucket is moved on its own, so that a
+-- move's work is spread over several writes). They start after the newest poll stored (0 on a
+-- new database), so that no poll already in `polls` can be written again to `polls_recent`.
 CREATE TABLE polls_recent_since (
-    id     INTEGER PRIMARY KEY CHECK (id = 1),
-    since  INTEGER NOT NULL
+    bucket  INTEGER PRIMARY KEY CHECK (bucket BETWEEN 0 AND 15),
+    since   INTEGER NOT NULL
 ) STRICT;
-INSERT INTO polls_recent_since (id, since) SELECT 1, coalesce(max(slot) + 1, 0) FROM polls;
+WITH RECURSIVE buckets (bucket) AS (SELECT 0 UNION ALL SELECT bucket + 1 FROM buckets WHERE bucket < 15)
+INSERT INTO polls_recent_since (bucket, since)
+SELECT bucket, (SELECT coalesce(max(slot) + 1, 0) FROM polls) FROM buckets;

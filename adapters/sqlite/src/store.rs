@@ -49,11 +49,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 const MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The writer's page cache, in KiB (readers keep SQLite's default of 2 MiB). A batch of polls
-/// touches the newest leaf page of every chamber in the primary key of `polls` and its row of
-/// `chamber_latest`: 32 MiB keeps them cached for ~7,000 chambers of 4 KiB pages (5,000 chambers
-/// use ~20 MiB). Pages are allocated only as they are used, and the cache fills up as the file
-/// grows: it is part of the process's memory at steady state.
-const WRITER_CACHE_KIB: u32 = 32 * 1024;
+/// touches the last pages of `polls_recent`, its chamber index (~30 bytes a poll: ~3 MiB for
+/// 5,000 chambers) and `chamber_latest`; a move reads one bucket's newest leaves of `polls`
+/// once. 8 MiB holds that; when every poll went to its chamber's own leaf of `polls`, the
+/// writer needed 32 MiB (5,000 chambers kept ~20 MiB hot). Pages are allocated only as they are
+/// used, and the cache fills up as the file grows: it is part of the process's memory at steady
+/// state (8 against 32 MiB: 149.8 against 159.4 MiB peak at 5,000 chambers, BENCHMARKS.md).
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
 /// Pages of WAL after which a commit copies the log back into the database file (SQLite's
 /// default is 1,000). Fewer, larger checkpoints copy a page that several batches rewrote once
@@ -61,8 +63,9 @@ const WRITER_CACHE_KIB: u32 = 32 * 1024;
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 /// The page size of a new database file, in bytes (SQLite's default; an existing file keeps its
-/// own). Every poll dirties its chamber's newest leaf, written whole to the WAL at each commit
-/// and again at the checkpoint: 8 KiB pages doubled those bytes and the cache a fleet keeps hot
+/// own). When every poll dirtied its chamber's newest leaf of `polls` (before `polls_recent`),
+/// written whole to the WAL at each commit and again at the checkpoint, 8 KiB pages doubled
+/// those bytes and the cache a fleet keeps hot
 /// (5,000 chambers in the embedded default: 129 → 116 µs per poll and 211 → 173 MiB peak over
 /// 90 s, one run each, with the cache halved too). A row longer than about a quarter of a page spills into
 /// overflow pages, read whole to take one detector's value: chambers of more than ~100

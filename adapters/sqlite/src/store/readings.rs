@@ -385,9 +385,11 @@ pub(super) async fn write_polls(
         ordered.retain(|r| !stored.contains(&(r.chamber_id, r.slot)));
     }
     // Each poll into the table of its slot; the recent ones in their key order, (slot, chamber).
-    let since = recent::since(conn).await?;
-    let (mut newer, older): (Vec<&PollRow>, Vec<&PollRow>) =
-        ordered.iter().copied().partition(|r| r.slot >= since);
+    let since = recent::boundaries(conn).await?;
+    let (mut newer, older): (Vec<&PollRow>, Vec<&PollRow>) = ordered
+        .iter()
+        .copied()
+        .partition(|r| r.slot >= since[recent::bucket_of(&r.chamber_id)]);
     newer.sort_by_key(|r| (r.slot, r.chamber_id));
     if !insert_polls(conn, Table::Polls, &older, keys).await?
         || !insert_polls(conn, Table::Recent, &newer, keys).await?
@@ -414,8 +416,8 @@ pub(super) async fn write_polls(
     }
     report.readings_existing = total - report.readings_new;
     move_latest(conn, &latest).await?;
-    if let Some(to) = newer.last().and_then(|r| recent::due(since, r.slot)) {
-        recent::move_before(conn, to).await?;
+    if let Some((bucket, to)) = newer.last().and_then(|r| recent::due(&since, r.slot)) {
+        recent::move_before(conn, bucket, to).await?;
     }
     Ok(Written::Done(report))
 }
