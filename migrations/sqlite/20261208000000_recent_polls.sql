@@ -2,9 +2,11 @@
 -- of a fleet lands on its own chamber's newest leaf of `polls`: each write dirties one page per
 -- chamber, written whole to the WAL at each commit and copied back to its own place in the
 -- file at each checkpoint (with a few thousand chambers, thousands of random page writes a
--- second), and the writer keeps every chamber's leaf in its cache. New polls go to `polls_recent` instead, keyed by (slot, chamber): a write appends to
--- its last pages. The store moves them into `polls` in chamber order every few seconds of
--- slots, so each chamber's leaf is written once per move rather than once per write.
+-- second), and the writer keeps every chamber's leaf in its cache. New polls go to
+-- `polls_recent` instead, keyed by (slot, chamber): a write appends to its last pages. The
+-- store moves them into `polls` in chamber order every few seconds of slots, so each chamber's
+-- leaf is written once per move rather than once per write. The columns and checks are those
+-- of `polls` (SQLite cannot create a table like another with its constraints).
 --
 -- The two tables split each chamber's slots at its bucket's `polls_recent_since.since`:
 -- `polls` holds the slots before it, `polls_recent` the slots from it on. A write puts each

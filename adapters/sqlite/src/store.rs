@@ -54,7 +54,8 @@ const MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// once. 8 MiB holds that; when every poll went to its chamber's own leaf of `polls`, the
 /// writer needed 32 MiB (5,000 chambers kept ~20 MiB hot). Pages are allocated only as they are
 /// used, and the cache fills up as the file grows: it is part of the process's memory at steady
-/// state (8 against 32 MiB: 149.8 against 159.4 MiB peak at 5,000 chambers, BENCHMARKS.md).
+/// state (8 against 32 MiB: 149.8 against 159.4 MiB peak at 5,000 chambers over 30 s, one
+/// pair; over 90 s the process still peaked at 158.7 MiB with 8 MiB, BENCHMARKS.md).
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
 
 /// Pages of WAL after which a commit copies the log back into the database file (SQLite's
