@@ -86,7 +86,7 @@ pub(crate) const UNIQUE_INDEXES: &[(&str, Unique)] = &[
         Unique::Duplicate("poll", "slot"),
     ),
     (
-        "polls_recent.slot, polls_recent.chamber_id",
+        "polls_recent.bucket, polls_recent.slot, polls_recent.chamber_id",
         Unique::Duplicate("poll", "slot"),
     ),
     (

@@ -22,6 +22,8 @@ use chamberlain_sqlite::{SqliteConfig, SqliteStore};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor};
 
+mod common;
+
 /// A temporary directory removed when dropped.
 #[derive(Debug)]
 struct TempDir(PathBuf);
@@ -601,32 +603,9 @@ async fn retention_leaves_other_chambers_and_later_slots_alone() {
 /// to `api_tokens`), and the keys still hold afterwards.
 #[tokio::test]
 async fn the_per_organization_email_migration_keeps_users_and_tokens() {
-    use sqlx::sqlite::SqlitePoolOptions;
-
     const PER_ORGANIZATION: i64 = 20_261_204_000_000;
     let dir = TempDir::new();
-    let all = sqlx::migrate!("../../migrations/sqlite");
-    let before = sqlx::migrate::Migrator {
-        migrations: all
-            .migrations
-            .iter()
-            .filter(|m| m.version < PER_ORGANIZATION)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into(),
-        ..sqlx::migrate!("../../migrations/sqlite")
-    };
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(dir.db())
-                .create_if_missing(true)
-                .foreign_keys(true),
-        )
-        .await
-        .unwrap();
-    before.run(&pool).await.unwrap();
+    let pool = common::database_before(&dir.db(), PER_ORGANIZATION).await;
     let (org, user, token) = (
         uuid::Uuid::new_v4(),
         uuid::Uuid::new_v4(),

@@ -16,8 +16,9 @@ use chamberlain_domain::ports::{
 use chamberlain_domain::time::Timestamp;
 use chamberlain_sqlite::{SqliteConfig, SqliteStore};
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use uuid::Uuid;
+
+mod common;
 
 const ONE_ROW_PER_POLL: i64 = 20_261_207_000_000;
 
@@ -169,27 +170,7 @@ async fn a_new_database_has_no_previous_layout() {
 async fn an_interrupted_conversion_resumes_and_loses_or_doubles_nothing() {
     let dir = TempDir::new();
     let path = dir.0.join("chamberlain.db");
-    let before = sqlx::migrate::Migrator {
-        migrations: sqlx::migrate!("../../migrations/sqlite")
-            .migrations
-            .iter()
-            .filter(|m| m.version < ONE_ROW_PER_POLL)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into(),
-        ..sqlx::migrate!("../../migrations/sqlite")
-    };
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&path)
-                .create_if_missing(true)
-                .foreign_keys(true),
-        )
-        .await
-        .unwrap();
-    before.run(&pool).await.unwrap();
+    let pool = common::database_before(&path, ONE_ROW_PER_POLL).await;
     let org = fixtures::organization("conversion");
     let section = fixtures::section(org.id, "room");
     let batch = fixtures::batch(org.id, section.id, "run", slot(0));

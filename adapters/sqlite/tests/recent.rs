@@ -13,6 +13,8 @@ use chamberlain_domain::ports::{
 use chamberlain_domain::time::Timestamp;
 use chamberlain_sqlite::{SqliteConfig, SqliteStore};
 
+mod common;
+
 fn slot(seconds: i64) -> Timestamp {
     Timestamp::from_unix_millis(T0.as_unix_millis() + seconds * 1000)
 }
@@ -348,4 +350,105 @@ async fn retention_and_a_deleted_chamber_remove_polls_from_both_tables() {
         .list(b.org.id, &LedgerQuery::all(b.chamber.id))
         .await;
     assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
+}
+
+/// A database whose `polls_recent` was keyed by (slot, chamber): the migration that keys it by
+/// (bucket, slot, chamber) keeps every row, each in its chamber's bucket, every query finds
+/// them, and deleting a chamber still deletes its recent polls (a trigger now, not a cascade).
+#[tokio::test]
+async fn recent_polls_keyed_by_slot_are_rekeyed_by_bucket_and_still_found() {
+    const BY_BUCKET: i64 = 20_261_209_000_000;
+    let dir = std::env::temp_dir().join(format!("chamberlain-recent-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("chamberlain.db");
+    let pool = common::database_before(&file, BY_BUCKET).await;
+    let (org, section) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    // Two chambers in buckets 1 and 10.
+    let mut low = *uuid::Uuid::new_v4().as_bytes();
+    low[0] = 0x1c;
+    let mut high = low;
+    high[0] = 0xa3;
+    let chambers = [uuid::Uuid::from_bytes(low), uuid::Uuid::from_bytes(high)];
+    sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES (?1, 'Lab', 0)")
+        .bind(org)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sections (id, organization_id, name, created_at) VALUES (?2, ?1, 'S', 0)",
+    )
+    .bind(org)
+    .bind(section)
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (i, chamber) in chambers.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO chambers (id, organization_id, section_id, name, endpoint, format, \
+             interval_ms, timeout_ms, state, health_policy, schedule_since, created_at, \
+             updated_at) VALUES (?3, ?1, ?2, ?4, 'http://127.0.0.1:9/', 'json', 1000, 500, \
+             'active', '{\"degraded_after\": 3, \"down_after_failures\": 10, \
+             \"down_after_ms\": 60000}', 0, 0, 0)",
+        )
+        .bind(org)
+        .bind(section)
+        .bind(chamber)
+        .bind(format!("c{i}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+        // Ten seconds of timeouts, in the table of the newest polls.
+        for s in 0..10 {
+            sqlx::query(
+                "INSERT INTO polls_recent (chamber_id, slot, outcome, detail, attempt, \
+                 recorded_at, lateness_ms) VALUES (?1, ?2, 'timeout', '{\"outcome\": \"timeout\"}', 1, ?2, 0)",
+            )
+            .bind(chamber)
+            .bind(slot(s).as_unix_millis())
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+    pool.close().await;
+
+    let store = SqliteStore::connect(&SqliteConfig::file(&file))
+        .await
+        .unwrap();
+    let buckets: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT chamber_id, bucket, count(*) FROM polls_recent GROUP BY 1, 2 ORDER BY 2",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(buckets, [(chambers[0], 1, 10), (chambers[1], 10, 10)]);
+    let store = Arc::new(store);
+    let ports = StorePorts::from_adapter(store.clone());
+    let org = chamberlain_domain::model::OrganizationId::from_uuid(org);
+    for chamber in chambers {
+        let chamber = chamberlain_domain::model::ChamberId::from_uuid(chamber);
+        let entries = ports
+            .ledger
+            .list(org, &LedgerQuery::all(chamber))
+            .await
+            .unwrap();
+        let slots: Vec<Timestamp> = entries.items.iter().map(|e| e.poll.slot).collect();
+        assert_eq!(slots, (0..10).map(slot).collect::<Vec<_>>());
+    }
+    ports
+        .chambers
+        .delete(
+            org,
+            chamberlain_domain::model::ChamberId::from_uuid(chambers[1]),
+        )
+        .await
+        .unwrap();
+    let left: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT DISTINCT chamber_id FROM polls_recent")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, [chambers[0]]);
+    drop(ports);
+    store.pool().close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -74,7 +74,7 @@ impl MultiInsert {
 enum Table {
     /// `polls`, by (chamber, slot): the slots before the boundary.
     Polls,
-    /// `polls_recent`, by (slot, chamber): the slots from the boundary on.
+    /// `polls_recent`, by (bucket, slot, chamber): the slots from the boundary on.
     Recent,
 }
 
@@ -88,8 +88,12 @@ static INSERT_POLLS: LazyLock<MultiInsert> = LazyLock::new(|| {
 
 static INSERT_RECENT_POLLS: LazyLock<MultiInsert> = LazyLock::new(|| {
     MultiInsert::new(
-        concat!("INSERT INTO polls_recent (", poll_columns!(), ") VALUES"),
-        13,
+        concat!(
+            "INSERT INTO polls_recent (bucket, ",
+            poll_columns!(),
+            ") VALUES"
+        ),
+        14,
         " ON CONFLICT DO NOTHING",
     )
 });
@@ -216,6 +220,9 @@ async fn insert_polls(
         let (mut query, n) = statements.next(rest.len());
         let (chunk, tail) = rest.split_at(n);
         for r in chunk {
+            if let Table::Recent = table {
+                query = query.bind(i64::from(recent::bucket_of(&r.chamber_id)));
+            }
             query = query
                 .bind(r.chamber_id)
                 .bind(r.slot)
@@ -272,6 +279,8 @@ async fn stored_already(
         );
         keys.push_str("\",");
         keys.push_str(&r.slot.to_string());
+        keys.push(',');
+        keys.push_str(&recent::bucket_of(&r.chamber_id).to_string());
         keys.push(']');
     }
     keys.push(']');
@@ -280,7 +289,8 @@ async fn stored_already(
            SELECT p.chamber_id, p.slot FROM json_each(?1) AS k \
            JOIN polls AS p ON p.chamber_id = unhex(k.value ->> 0) AND p.slot = k.value ->> 1 \
            UNION ALL SELECT p.chamber_id, p.slot FROM json_each(?1) AS k \
-           JOIN polls_recent AS p ON p.chamber_id = unhex(k.value ->> 0) AND p.slot = k.value ->> 1)",
+           JOIN polls_recent AS p ON p.bucket = k.value ->> 2 AND p.slot = k.value ->> 1 \
+             AND p.chamber_id = unhex(k.value ->> 0))",
     )
     .bind(keys)
     .fetch_one(&mut *conn)
@@ -384,13 +394,14 @@ pub(super) async fn write_polls(
         let stored = stored_already(conn, &ordered).await?;
         ordered.retain(|r| !stored.contains(&(r.chamber_id, r.slot)));
     }
-    // Each poll into the table of its slot; the recent ones in their key order, (slot, chamber).
+    // Each poll into the table of its slot; the recent ones in their key order, (bucket, slot,
+    // chamber).
     let since = recent::boundaries(conn).await?;
     let (mut newer, older): (Vec<&PollRow>, Vec<&PollRow>) = ordered
         .iter()
         .copied()
-        .partition(|r| r.slot >= since[recent::bucket_of(&r.chamber_id)]);
-    newer.sort_by_key(|r| (r.slot, r.chamber_id));
+        .partition(|r| r.slot >= since[usize::from(recent::bucket_of(&r.chamber_id))]);
+    newer.sort_by_key(|r| (recent::bucket_of(&r.chamber_id), r.slot, r.chamber_id));
     if !insert_polls(conn, Table::Polls, &older, keys).await?
         || !insert_polls(conn, Table::Recent, &newer, keys).await?
     {
@@ -416,7 +427,8 @@ pub(super) async fn write_polls(
     }
     report.readings_existing = total - report.readings_new;
     move_latest(conn, &latest).await?;
-    if let Some((bucket, to)) = newer.last().and_then(|r| recent::due(&since, r.slot)) {
+    let newest = newer.iter().map(|r| r.slot).max();
+    if let Some((bucket, to)) = newest.and_then(|slot| recent::due(&since, slot)) {
         recent::move_before(conn, bucket, to).await?;
     }
     Ok(Written::Done(report))
@@ -464,6 +476,24 @@ macro_rules! in_both_tables {
             $head,
             " polls_recent",
             $tail
+        )
+    };
+}
+
+/// [`in_both_tables`] for one chamber's rows, `?1` its id: `head` polls WHERE chamber_id = ?1
+/// `rest` UNION ALL the same of polls_recent, read along its key within the chamber's bucket.
+macro_rules! of_chamber_in_both_tables {
+    ($head:expr, $rest:expr) => {
+        concat!(
+            $head,
+            " polls WHERE chamber_id = ?1",
+            $rest,
+            " UNION ALL ",
+            $head,
+            " polls_recent WHERE bucket = ",
+            recent_bucket_of!("?1"),
+            " AND chamber_id = ?1",
+            $rest
         )
     };
 }
@@ -587,6 +617,15 @@ async fn resolve(
     })
 }
 
+/// Up to `?4` polls with values of chamber `?1` from slot `?2` (inclusive) to `?3`.
+const POLLS_OF_A_CHAMBER: &str = concat!(
+    of_chamber_in_both_tables!(
+        concat!("SELECT ", stored_poll_columns!(), " FROM"),
+        " AND slot >= ?2 AND slot < ?3 AND layout_version IS NOT NULL"
+    ),
+    " ORDER BY slot LIMIT ?4"
+);
+
 /// Up to `limit` polls with values of a source from `from` (inclusive) to `to`, in (slot,
 /// chamber) order.
 async fn read_polls(
@@ -597,17 +636,7 @@ async fn read_polls(
     limit: i64,
 ) -> Result<Vec<StoredPoll>> {
     let (sql, id) = match source {
-        Source::Chamber(id) => (
-            concat!(
-                in_both_tables!(
-                    concat!("SELECT ", stored_poll_columns!(), " FROM"),
-                    " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-                      AND layout_version IS NOT NULL"
-                ),
-                " ORDER BY slot LIMIT ?4"
-            ),
-            id,
-        ),
+        Source::Chamber(id) => (POLLS_OF_A_CHAMBER, id),
         Source::Batch(id) => (
             concat!(
                 in_both_tables!(
@@ -666,20 +695,23 @@ async fn query_detector(
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let select = |table: &str| {
+    let select = |table: &str, bucket: &str| {
         format!(
             "SELECT chamber_id, slot, layout_version, \
                substr(value, 1 + 8 * (CASE layout_version {position} END), 8) AS value, \
                substr(corruption, 1 + (CASE layout_version {position} END), 1) AS corruption, \
                requested_at, recorded_at, batch_id \
-             FROM {table} WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
+             FROM {table} WHERE {bucket}chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
                AND layout_version IN ({versions})"
         )
     };
     let sql = format!(
         "{} UNION ALL {} ORDER BY slot LIMIT ?4",
-        select("polls"),
-        select("polls_recent")
+        select("polls", ""),
+        select(
+            "polls_recent",
+            concat!("bucket = ", recent_bucket_of!("?1"), " AND ")
+        )
     );
     let mut out = Vec::with_capacity(wanted);
     loop {
@@ -812,10 +844,9 @@ async fn aggregate_readings(
                     concat!(
                         "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
                            group_concat(hex(substr(value, ?7, 8)), '') AS packed FROM (",
-                        in_both_tables!(
+                        of_chamber_in_both_tables!(
                             "SELECT chamber_id, layout_version, slot, value FROM",
-                            " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-                              AND layout_version = ?6"
+                            " AND slot >= ?2 AND slot < ?3 AND layout_version = ?6"
                         ),
                         ") GROUP BY bucket, slot / ?5"
                     ),
@@ -835,10 +866,9 @@ async fn aggregate_readings(
                 concat!(
                     "SELECT chamber_id, layout_version, slot - slot % ?4 AS bucket, \
                        group_concat(hex(value), '') AS packed FROM (",
-                    in_both_tables!(
+                    of_chamber_in_both_tables!(
                         "SELECT chamber_id, layout_version, slot, value FROM",
-                        " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-                          AND layout_version IS NOT NULL"
+                        " AND slot >= ?2 AND slot < ?3 AND layout_version IS NOT NULL"
                     ),
                     ") GROUP BY layout_version, bucket, slot / ?5"
                 ),
@@ -997,6 +1027,16 @@ fn decode_hex(text: &str) -> Result<Vec<u8>> {
 
 /// A chamber's ledger counted per bucket from `from` by SQLite, along the primary key
 /// (chamber, slot).
+/// Chamber `?1`'s ledger from slot `?2` (inclusive) to `?3` counted in buckets of `?4` ms.
+const TALLY_OF_A_CHAMBER: &str = concat!(
+    "SELECT ?2 + ((slot - ?2) / ?4) * ?4 AS bucket, \
+           sum(outcome IN ('ok', 'corrupted_values')) AS read, \
+           sum(outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
+           count(*) AS n FROM (",
+    of_chamber_in_both_tables!("SELECT slot, outcome FROM", " AND slot >= ?2 AND slot < ?3"),
+    ") GROUP BY bucket ORDER BY bucket"
+);
+
 async fn tally_ledger(
     conn: &mut SqliteConnection,
     org: OrganizationId,
@@ -1005,24 +1045,14 @@ async fn tally_ledger(
     if !exists(conn, chamber_in(org, q.chamber_id)).await? {
         return Err(not_found("chamber"));
     }
-    let rows = sqlx::query(concat!(
-        "SELECT ?2 + ((slot - ?2) / ?4) * ?4 AS bucket, \
-               sum(outcome IN ('ok', 'corrupted_values')) AS read, \
-               sum(outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
-               count(*) AS n FROM (",
-        in_both_tables!(
-            "SELECT slot, outcome FROM",
-            " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3"
-        ),
-        ") GROUP BY bucket ORDER BY bucket"
-    ))
-    .bind(*q.chamber_id.as_uuid())
-    .bind(q.from.as_unix_millis())
-    .bind(q.to.as_unix_millis())
-    .bind(q.bucket_millis.max(1))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+    let rows = sqlx::query(TALLY_OF_A_CHAMBER)
+        .bind(*q.chamber_id.as_uuid())
+        .bind(q.from.as_unix_millis())
+        .bind(q.to.as_unix_millis())
+        .bind(q.bucket_millis.max(1))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
     rows.iter()
         .map(|row| {
             let c = Cols::new(row, "polls");
@@ -1038,6 +1068,38 @@ async fn tally_ledger(
         .collect()
 }
 
+/// [`LATEST_OF_CHAMBERS`] in one of the two tables (`bucket`: the join's condition on
+/// `polls_recent`'s bucket).
+macro_rules! from_latest {
+    ($table:expr, $bucket:expr) => {
+        concat!(
+            "SELECT p.chamber_id, p.slot, p.layout_version, p.value, p.corruption, \
+               p.requested_at, p.recorded_at, p.batch_id, c.layout_version AS current_version, \
+               v.detectors AS layout \
+             FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id JOIN ",
+            $table,
+            " p ON ",
+            $bucket,
+            "p.chamber_id = l.chamber_id AND p.slot = l.slot \
+             JOIN detector_layouts v ON v.chamber_id = p.chamber_id \
+               AND v.version = p.layout_version \
+             WHERE c.organization_id = ?1 \
+               AND l.chamber_id IN (SELECT unhex(value) FROM json_each(?2))"
+        )
+    };
+}
+/// The newest poll with values of each chamber of organization `?1` among `?2` (a JSON list of
+/// hex ids), with the layout it was written in: the poll is in one of the two tables (in
+/// `polls_recent`, found along its key from the chamber's bucket).
+const LATEST_OF_CHAMBERS: &str = concat!(
+    from_latest!("polls", ""),
+    " UNION ALL ",
+    from_latest!(
+        "polls_recent",
+        concat!("p.bucket = ", recent_bucket_of!("l.chamber_id"), " AND ")
+    )
+);
+
 /// The newest poll with values of each chamber: one lookup in `chamber_latest` and one in
 /// `polls` each, with the layout it was written in; the current layouts are read only for
 /// chambers whose detectors changed since.
@@ -1046,20 +1108,12 @@ async fn latest_readings(
     org: OrganizationId,
     chambers: &[ChamberId],
 ) -> Result<Vec<LatestReadings>> {
-    // The poll is in one of the two tables.
-    let rows = sqlx::query(in_both_tables!(
-        "SELECT p.chamber_id, p.slot, p.layout_version, p.value, p.corruption, p.requested_at, \
-                p.recorded_at, p.batch_id, c.layout_version AS current_version, v.detectors AS layout \
-         FROM chamber_latest l JOIN chambers c ON c.id = l.chamber_id JOIN",
-        " p ON p.chamber_id = l.chamber_id AND p.slot = l.slot \
-         JOIN detector_layouts v ON v.chamber_id = p.chamber_id AND v.version = p.layout_version \
-         WHERE c.organization_id = ?1 AND l.chamber_id IN (SELECT unhex(value) FROM json_each(?2))"
-    ))
-    .bind(*org.as_uuid())
-    .bind(id_list(chambers.iter().map(ChamberId::as_uuid)))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+    let rows = sqlx::query(LATEST_OF_CHAMBERS)
+        .bind(*org.as_uuid())
+        .bind(id_list(chambers.iter().map(ChamberId::as_uuid)))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
     let mut latest = Vec::with_capacity(rows.len());
     for row in &rows {
         let c = Cols::new(row, "chamber_latest");
@@ -1166,14 +1220,14 @@ impl ReadingRepository for SqliteStore {
         // range), PRUNE_STEP rows per write transaction so that poll writes are never held up
         // for long; then the latest slots that pointed at them. A failure part-way leaves less
         // pruned, never more; the next call finishes the job.
-        // `polls_recent` holds the newest slots: rarely any before a retention cutoff, found
-        // along its key.
+        // `polls_recent` holds the newest slots (seconds of them): rarely any before a retention
+        // cutoff, found by reading it whole.
         for sql in [
             "DELETE FROM polls WHERE (chamber_id, slot) IN (\
                SELECT chamber_id, slot FROM polls \
                WHERE chamber_id IN (SELECT id FROM chambers) AND slot < ?1 LIMIT ?2)",
-            "DELETE FROM polls_recent WHERE (slot, chamber_id) IN (\
-               SELECT slot, chamber_id FROM polls_recent WHERE slot < ?1 LIMIT ?2)",
+            "DELETE FROM polls_recent WHERE (bucket, slot, chamber_id) IN (\
+               SELECT bucket, slot, chamber_id FROM polls_recent WHERE slot < ?1 LIMIT ?2)",
         ] {
             loop {
                 let mut w = self.begin_write().await?;
@@ -1199,6 +1253,16 @@ impl ReadingRepository for SqliteStore {
     }
 }
 
+/// Up to `?5` of chamber `?1`'s ledger entries from slot `?2` (inclusive) to `?3` (failures
+/// only unless `?4` is 0).
+const LEDGER_OF_A_CHAMBER: &str = concat!(
+    of_chamber_in_both_tables!(
+        concat!("SELECT ", ledger_columns!(), " FROM"),
+        " AND slot >= ?2 AND slot < ?3 AND (?4 = 0 OR outcome <> 'ok')"
+    ),
+    " ORDER BY slot LIMIT ?5"
+);
+
 async fn list_ledger(
     conn: &mut SqliteConnection,
     org: OrganizationId,
@@ -1213,22 +1277,15 @@ async fn list_ledger(
         )),
         None => q.from,
     };
-    let rows = sqlx::query(concat!(
-        in_both_tables!(
-            concat!("SELECT ", ledger_columns!(), " FROM"),
-            " WHERE chamber_id = ?1 AND slot >= ?2 AND slot < ?3 \
-              AND (?4 = 0 OR outcome <> 'ok')"
-        ),
-        " ORDER BY slot LIMIT ?5"
-    ))
-    .bind(*q.chamber_id.as_uuid())
-    .bind(from.as_unix_millis())
-    .bind(q.to.as_unix_millis())
-    .bind(q.failures_only)
-    .bind(limit(q.page.size))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db)?;
+    let rows = sqlx::query(LEDGER_OF_A_CHAMBER)
+        .bind(*q.chamber_id.as_uuid())
+        .bind(from.as_unix_millis())
+        .bind(q.to.as_unix_millis())
+        .bind(q.failures_only)
+        .bind(limit(q.page.size))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
     decode_all(&rows, ledger_entry)
 }
 
@@ -1267,5 +1324,46 @@ impl PollLedgerRepository for SqliteStore {
         let mut tx = self.begin_read().await?;
         let result = tally_ledger(&mut tx, org, query).await;
         end_read(tx, result).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SqliteConfig;
+
+    /// What SQLite plans for `sql`, one step per line.
+    async fn plan(store: &SqliteStore, sql: &str) -> String {
+        use sqlx::Row as _;
+        let steps = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .fetch_all(&store.readers)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {sql}"));
+        steps
+            .iter()
+            .map(|step| step.get::<String, _>("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn queries_of_a_chamber_read_its_bucket_of_recent_polls_along_the_key() {
+        let store = SqliteStore::connect(&SqliteConfig::memory()).await.unwrap();
+        for sql in [
+            POLLS_OF_A_CHAMBER,
+            TALLY_OF_A_CHAMBER,
+            LEDGER_OF_A_CHAMBER,
+            LATEST_OF_CHAMBERS,
+        ] {
+            let plan = plan(&store, sql).await;
+            assert!(
+                plan.contains("SEARCH p USING PRIMARY KEY (bucket=? AND slot=? AND chamber_id=?)")
+                    || plan.contains(
+                        "SEARCH polls_recent USING PRIMARY KEY (bucket=? AND slot>? AND slot<?)"
+                    ),
+                "{plan}\n{sql}"
+            );
+            assert!(!plan.contains("SCAN polls_recent"), "{plan}\n{sql}");
+        }
     }
 }

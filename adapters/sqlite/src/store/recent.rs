@@ -1,12 +1,15 @@
 //! The newest polls, kept in slot order in `polls_recent` and moved into `polls` in chamber
-//! order every few seconds of slots (migration `20261208000000_recent_polls.sql`).
+//! order every few seconds of slots (migrations `20261208000000_recent_polls.sql` and
+//! `20261209000000_recent_polls_by_bucket.sql`).
 //!
 //! Written by chamber, a fleet's polls dirty one page per chamber at every write: with 5,000
 //! chambers that is ~1,250 pages of WAL per write of 1,250 polls, ~5,000 pages copied to
 //! random places of the file at each checkpoint, and every chamber's leaf kept in the writer's
-//! cache. Written by slot, a write appends to a few
-//! last pages (and the small chamber index); a move writes each chamber's newest leaf of
-//! `polls` once per [`MOVE_SPAN_MILLIS`] of slots.
+//! cache. Written by (bucket, slot), a write appends to the last pages of each bucket's run of
+//! rows; a move deletes a run of whole pages of one bucket, and writes each of its chambers'
+//! newest leaf of `polls` once per [`MOVE_SPAN_MILLIS`] of slots. There is no chamber index: a
+//! query of one chamber reads its bucket's rows (at most some 25 s of a sixteenth of the fleet)
+//! along the key, and a trigger deletes a deleted chamber's rows the same way.
 //!
 //! Chambers fall in [`BUCKETS`] buckets by the first four bits of their id, and each bucket has
 //! its boundary in `polls_recent_since`: `polls` holds a chamber's slots before its bucket's
@@ -39,9 +42,9 @@ pub(super) const MOVE_SPAN_MILLIS: i64 = 20_000;
 /// before.
 pub(super) const KEEP_MILLIS: i64 = 5_000;
 
-/// The bucket of a chamber.
-pub(super) fn bucket_of(chamber: &Uuid) -> usize {
-    usize::from(chamber.as_bytes()[0] >> 4)
+/// The bucket of a chamber (in SQL: `recent_bucket_of!`).
+pub(super) fn bucket_of(chamber: &Uuid) -> u8 {
+    chamber.as_bytes()[0] >> 4
 }
 
 /// Each bucket's boundary: polls of its chambers' slots before it are in `polls`, from it on
@@ -84,23 +87,12 @@ pub(super) fn due(since: &[i64; BUCKETS], newest: i64) -> Option<(usize, i64)> {
     (to > oldest).then_some((bucket, to))
 }
 
-/// The chamber ids of `bucket`: from its first id (inclusive) to the next bucket's (exclusive);
-/// the last bucket ends past every 16-byte id.
-fn id_range(bucket: usize) -> (Vec<u8>, Vec<u8>) {
-    let first = u8::try_from(bucket << 4).unwrap_or(u8::MAX);
-    let end = match u8::try_from((bucket + 1) << 4) {
-        Ok(next) => vec![next],
-        Err(_) => vec![u8::MAX; 17],
-    };
-    (vec![first], end)
-}
-
 /// Moves `bucket`'s polls before `to` from `polls_recent` into `polls` (in key order, so each
 /// chamber's rows land together) and raises its boundary to `to`, in the caller's write
 /// transaction.
 pub(super) async fn move_before(conn: &mut SqliteConnection, bucket: usize, to: i64) -> Result<()> {
     let started = std::time::Instant::now();
-    let (first, end) = id_range(bucket);
+    let bucket = i64::try_from(bucket).unwrap_or(i64::MAX);
     // No poll of these slots is in `polls` (the boundary was below them): a conflict cannot
     // happen, and if the file was edited by hand, the copy already in `polls` is kept (first
     // wins) rather than every later write failing.
@@ -109,29 +101,25 @@ pub(super) async fn move_before(conn: &mut SqliteConnection, bucket: usize, to: 
         poll_columns!(),
         ") SELECT ",
         poll_columns!(),
-        " FROM polls_recent WHERE chamber_id >= ?2 AND chamber_id < ?3 AND slot < ?1 \
+        " FROM polls_recent WHERE bucket = ?2 AND slot < ?1 \
           ORDER BY chamber_id, slot ON CONFLICT DO NOTHING"
     ))
     .bind(to)
-    .bind(first.as_slice())
-    .bind(end.as_slice())
+    .bind(bucket)
     .execute(&mut *conn)
     .await
     .map_err(writing(Write::Plain))?
     .rows_affected();
     let copied = started.elapsed();
-    sqlx::query(
-        "DELETE FROM polls_recent WHERE chamber_id >= ?2 AND chamber_id < ?3 AND slot < ?1",
-    )
-    .bind(to)
-    .bind(first.as_slice())
-    .bind(end.as_slice())
-    .execute(&mut *conn)
-    .await
-    .map_err(writing(Write::Plain))?;
+    sqlx::query("DELETE FROM polls_recent WHERE bucket = ?2 AND slot < ?1")
+        .bind(to)
+        .bind(bucket)
+        .execute(&mut *conn)
+        .await
+        .map_err(writing(Write::Plain))?;
     sqlx::query("UPDATE polls_recent_since SET since = ?1 WHERE bucket = ?2 AND since < ?1")
         .bind(to)
-        .bind(i64::try_from(bucket).unwrap_or(i64::MAX))
+        .bind(bucket)
         .execute(&mut *conn)
         .await
         .map_err(writing(Write::Plain))?;
@@ -178,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn the_buckets_cover_every_id_once_in_order() {
+    fn the_bucket_of_an_id_is_its_first_four_bits() {
         for (id, bucket) in [
             (Uuid::nil(), 0),
             (Uuid::from_bytes([0x0f; 16]), 0),
@@ -187,12 +175,24 @@ mod tests {
             (Uuid::max(), 15),
         ] {
             assert_eq!(bucket_of(&id), bucket, "{id}");
-            let (first, end) = id_range(bucket);
-            assert!(first.as_slice() <= id.as_bytes().as_slice(), "{id}");
-            assert!(id.as_bytes().as_slice() < end.as_slice(), "{id}");
         }
-        for b in 0..BUCKETS - 1 {
-            assert_eq!(id_range(b).1, id_range(b + 1).0);
+    }
+
+    #[tokio::test]
+    async fn sql_finds_the_same_bucket_of_an_id() {
+        use sqlx::Connection as _;
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let mut ids = vec![Uuid::nil(), Uuid::max()];
+        for b in 0..=255u8 {
+            ids.push(Uuid::from_bytes([b; 16]));
+        }
+        for id in ids {
+            let in_sql: i64 = sqlx::query_scalar(concat!("SELECT ", recent_bucket_of!("?1")))
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(in_sql, i64::from(bucket_of(&id)), "{id}");
         }
     }
 }

@@ -341,6 +341,19 @@ macro_rules! poll_columns {
     };
 }
 
+/// The bucket of `polls_recent` (the first four bits of the id, as `recent::bucket_of`) of a
+/// chamber id given as SQL: `polls_recent`'s key starts with it, and a query of one chamber
+/// names it to read only its bucket's rows.
+macro_rules! recent_bucket_of {
+    ($id:expr) => {
+        concat!(
+            "(instr('0123456789ABCDEF', substr(hex(",
+            $id,
+            "), 1, 1)) - 1)"
+        )
+    };
+}
+
 pub(super) fn ledger_entry(row: &SqliteRow) -> Result<LedgerEntry, StoreError> {
     let c = Cols::new(row, "polls");
     let outcome: PollOutcome = c.parse("detail", |json: &str| serde_json::from_str(json))?;
