@@ -335,7 +335,8 @@ async fn retention_and_a_deleted_chamber_remove_polls_from_both_tables() {
     assert!(t.polls.is_empty(), "{:?}", t.polls);
     assert_eq!(t.recent.len() as i64, 2 * (60 - cutoff));
 
-    // Deleting a chamber deletes its polls (the foreign key's cascade).
+    // Deleting a chamber deletes its polls (in `polls_recent` by a trigger on `chambers`: it has
+    // no foreign key).
     ports.chambers.delete(b.org.id, b.chamber.id).await.unwrap();
     let t = tables(&store).await;
     assert!(
