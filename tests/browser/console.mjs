@@ -104,9 +104,23 @@ try {
   url.port = "9";
   await page.fill("input[name=url]", url.toString());
   await submit(page, "text=Save URL and timeout");
+  // The overview's live stream is held back until the chamber is down: the change falls
+  // between the page's rendering and the stream's start, and still reaches the page.
+  let release;
+  const held = new Promise((resolve) => (release = resolve));
+  const live = (url) => url.pathname === "/console/live";
+  await page.route(live, async (route) => {
+    await held;
+    await route.continue();
+  });
   await page.goto(`${base}/console/`);
   const failingRow = page.locator(`tr[data-chamber="${env("FAILING_CHAMBER")}"] [data-health]`);
+  await waitFor("the failing chamber down in the store", async () =>
+    (await (await page.request.get(failing)).text()).includes('class="health health-down"'),
+  );
+  release();
   await waitFor("the failing chamber down on the overview", async () => (await failingRow.textContent()) === "down");
+  await page.unroute(live);
   await page.screenshot({ path: `${shots}/overview-down.png`, fullPage: true });
   await waitFor("its alert open", async () => {
     await page.goto(`${base}/console/alerts`);

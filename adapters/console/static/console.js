@@ -37,11 +37,31 @@ function followOverview(table) {
   });
   // Events were missed: the page shows the current state again.
   source.addEventListener("gap", () => window.location.reload());
+  // Once the stream is open (and on each reconnection), a change made between this page's
+  // rendering and the stream's start would never come as an event: the rows' health is read
+  // again from a fresh copy of the page, except where an event came meanwhile.
+  source.addEventListener("open", () => resyncHealth(rows));
   setInterval(() => {
     for (const cell of table.querySelectorAll("[data-slot]")) {
       cell.textContent = ageText(Number(cell.dataset.slot));
     }
   }, 1000);
+}
+
+async function resyncHealth(rows) {
+  const asked = Date.now();
+  const response = await fetch(window.location.href, { credentials: "same-origin" });
+  if (!response.ok) return;
+  const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+  for (const [id, row] of rows) {
+    if (Number(row.dataset.updated || 0) >= asked) continue;
+    const now = fresh.querySelector(`tr[data-chamber="${id}"] [data-health]`);
+    const health = row.querySelector("[data-health]");
+    if (now && health.textContent !== now.textContent) {
+      health.textContent = now.textContent;
+      health.className = now.className;
+    }
+  }
 }
 
 // A chamber's charts: one uPlot chart per detector from the server's aggregated series; over
