@@ -49,9 +49,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 const MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The writer's page cache, in KiB (readers keep SQLite's default of 2 MiB). A batch of polls
-/// touches the last pages of each bucket of `polls_recent` and `chamber_latest`; a move reads one bucket's newest leaves of `polls`
-/// once. 8 MiB holds that; when every poll went to its chamber's own leaf of `polls`, the
-/// writer needed 32 MiB (5,000 chambers kept ~20 MiB hot). Pages are allocated only as they are
+/// touches the last pages of each bucket of `polls_recent` and `chamber_latest`; a move reads
+/// one bucket's newest leaves of `polls` once. 8 MiB holds that; when every poll went to its
+/// chamber's own leaf of `polls`, the writer needed 32 MiB (5,000 chambers kept ~20 MiB hot). Pages are allocated only as they are
 /// used, and the cache fills up as the file grows: it is part of the process's memory at steady
 /// state (8 against 32 MiB: 149.8 against 159.4 MiB peak at 5,000 chambers over 30 s, one
 /// pair; over 90 s the process still peaked at 158.7 MiB with 8 MiB, BENCHMARKS.md).

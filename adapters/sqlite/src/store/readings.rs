@@ -1025,8 +1025,6 @@ fn decode_hex(text: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
-/// A chamber's ledger counted per bucket from `from` by SQLite, along the primary key
-/// (chamber, slot).
 /// Chamber `?1`'s ledger from slot `?2` (inclusive) to `?3` counted in buckets of `?4` ms.
 const TALLY_OF_A_CHAMBER: &str = concat!(
     "SELECT ?2 + ((slot - ?2) / ?4) * ?4 AS bucket, \
@@ -1037,6 +1035,8 @@ const TALLY_OF_A_CHAMBER: &str = concat!(
     ") GROUP BY bucket ORDER BY bucket"
 );
 
+/// A chamber's ledger counted per bucket from `from` by SQLite, along the keys of both tables of
+/// polls.
 async fn tally_ledger(
     conn: &mut SqliteConnection,
     org: OrganizationId,
@@ -1088,6 +1088,7 @@ macro_rules! from_latest {
         )
     };
 }
+
 /// The newest poll with values of each chamber of organization `?1` among `?2` (a JSON list of
 /// hex ids), with the layout it was written in: the poll is in one of the two tables (in
 /// `polls_recent`, found along its key from the chamber's bucket).
