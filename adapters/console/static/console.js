@@ -50,9 +50,16 @@ function followOverview(table) {
 
 async function resyncHealth(rows) {
   const asked = Date.now();
-  const response = await fetch(window.location.href, { credentials: "same-origin" });
-  if (!response.ok) return;
-  const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+  let fresh;
+  try {
+    const response = await fetch(window.location.href, { credentials: "same-origin" });
+    if (!response.ok) return;
+    fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+  } catch {
+    // The server out of reach: the rows keep what they show, and the stream's next opening
+    // (it reconnects on its own) reads them again.
+    return;
+  }
   for (const [id, row] of rows) {
     if (Number(row.dataset.updated || 0) >= asked) continue;
     const now = fresh.querySelector(`tr[data-chamber="${id}"] [data-health]`);
