@@ -1804,6 +1804,65 @@ pub async fn a_wide_chamber_pages_across_one_slot(p: &StorePorts) {
     );
 }
 
+pub async fn a_wide_chamber_is_aggregated_for_every_detector(p: &StorePorts) {
+    let w = world(p, "wide aggregate").await;
+    let wide = fixtures::chamber(w.org.id, w.section.id, "wide", 1);
+    // Wider than one scan of a store that aggregates a few dozen positions at a time.
+    let mut ds: Vec<Detector> = (0..70)
+        .map(|i| fixtures::detector(&wide, &format!("d{i:02}")))
+        .collect();
+    p.chambers.create(&wide, &ds).await.unwrap();
+    let mut polls = Vec::new();
+    for s in 1..=3 {
+        let mut poll = fixtures::poll_record(&wide, &ds, slot(s), 10.0 * s as f64, None);
+        // Some corrupted, some absent.
+        for r in poll.readings.iter_mut().skip(s as usize).step_by(5) {
+            r.value = crate::model::ReadingValue::Corrupted(CorruptionReason::Implausible);
+        }
+        poll.readings
+            .retain(|r| r.detector_id != ds[(20 * s) as usize].id);
+        polls.push(poll);
+    }
+    p.readings.store_polls(&polls).await.unwrap();
+    // One detector deleted past the first few dozen: the others keep their values.
+    let gone = ds.remove(45);
+    p.detectors.delete(w.org.id, gone.id).await.unwrap();
+    let mut expected: Vec<(crate::model::DetectorId, u64, f64)> = ds
+        .iter()
+        .filter_map(|d| {
+            let values: Vec<f64> = polls
+                .iter()
+                .flat_map(|p| &p.readings)
+                .filter(|r| r.detector_id == d.id)
+                .filter_map(|r| match r.value {
+                    crate::model::ReadingValue::Measured(v) => Some(v.get()),
+                    crate::model::ReadingValue::Corrupted(_) => None,
+                })
+                .collect();
+            (!values.is_empty()).then(|| (d.id, values.len() as u64, values.iter().sum()))
+        })
+        .collect();
+    expected.sort_by_key(|e| e.0);
+    let w = World {
+        chamber: wide.clone(),
+        detectors: ds,
+        ..w
+    };
+    let mut got = aggregated(p, &w, ReadingScope::Chamber(wide.id)).await;
+    got.sort_by_key(|g| g.0);
+    assert_eq!(got.len(), expected.len(), "{got:?}");
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!((g.0, g.1), (e.0, e.1), "{got:?}");
+        assert!((g.2 - e.2).abs() < 1e-6, "{g:?} against {e:?}");
+    }
+    let last = w.detectors[68].id;
+    let one = aggregated(p, &w, ReadingScope::Detector(last)).await;
+    let e = expected.iter().find(|e| e.0 == last).unwrap();
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!((one[0].0, one[0].1), (e.0, e.1));
+    assert!((one[0].2 - e.2).abs() < 1e-6, "{one:?} against {e:?}");
+}
+
 pub async fn latest_moves_only_with_readings(p: &StorePorts) {
     let w = world(p, "latest").await;
     let good = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 20.0, None);
@@ -1852,6 +1911,7 @@ macro_rules! store_conformance_tests {
             a_poll_twice_in_one_batch_is_stored_once,
             a_polls_readings_share_its_times_and_batch,
             a_wide_chamber_pages_across_one_slot,
+            a_wide_chamber_is_aggregated_for_every_detector,
             latest_moves_only_with_readings
         );
     };

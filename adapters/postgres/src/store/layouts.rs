@@ -192,6 +192,11 @@ impl Layouts {
         self.live_width.values().copied().min().unwrap_or(1).max(1)
     }
 
+    /// The most positions of any version of the chambers (0 with no layout).
+    pub fn widest(&self) -> usize {
+        self.versions.values().map(Vec::len).max().unwrap_or(0)
+    }
+
     /// For one detector: the versions of its chamber that hold it, and its position (1-based,
     /// as SQL arrays count) in each.
     pub fn positions_of(&self, chamber: Uuid, detector: Uuid) -> (Vec<i32>, Vec<i32>) {

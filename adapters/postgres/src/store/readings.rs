@@ -578,6 +578,84 @@ impl PgStore {
     }
 }
 
+/// Positions aggregated per scan of a chamber aggregate: four aggregate columns each, well
+/// within PostgreSQL's 1,664 columns of a row.
+const POSITIONS_PER_SCAN: usize = 32;
+
+/// An aggregate's groups, by (detector, bucket), merged across chambers' layout versions.
+#[derive(Default)]
+struct Sums(BTreeMap<(DetectorId, Timestamp), Sum>);
+
+struct Sum {
+    min: f64,
+    max: f64,
+    total: f64,
+    count: u64,
+}
+
+impl Sums {
+    /// Adds one group of `row`: its bucket in the column `bucket`, its minimum, maximum, sum
+    /// and count in the four columns from `first`. A group of no detector (a position
+    /// deleted, or beyond its version's width) or of no value is skipped.
+    fn add(&mut self, detector: Option<Uuid>, row: &PgRow, first: usize) -> Result<()> {
+        let Some(detector) = detector else {
+            return Ok(());
+        };
+        let count: i64 = row
+            .try_get(first + 3)
+            .map_err(|e| corrupt("polls", "count", e))?;
+        let count = u64::try_from(count).map_err(|e| corrupt("polls", "count", e))?;
+        if count == 0 {
+            return Ok(());
+        }
+        let value = |i: usize, name: &'static str| {
+            row.try_get::<Option<f64>, _>(i)
+                .map_err(|e| corrupt("polls", name, e))?
+                .ok_or_else(|| corrupt("polls", name, "no value in a group of values"))
+        };
+        let (low, high, total) = (
+            value(first, "min")?,
+            value(first + 1, "max")?,
+            value(first + 2, "sum")?,
+        );
+        let bucket = rows::Cols {
+            row,
+            table: "polls",
+        }
+        .ts("bucket")?;
+        self.0
+            .entry((DetectorId::from_uuid(detector), bucket))
+            .and_modify(|s| {
+                s.min = s.min.min(low);
+                s.max = s.max.max(high);
+                s.total += total;
+                s.count += count;
+            })
+            .or_insert(Sum {
+                min: low,
+                max: high,
+                total,
+                count,
+            });
+        Ok(())
+    }
+
+    #[allow(clippy::cast_precision_loss, reason = "a mean")]
+    fn into_aggregates(self) -> Vec<Aggregate> {
+        self.0
+            .into_iter()
+            .map(|((detector_id, bucket_start), s)| Aggregate {
+                detector_id,
+                bucket_start,
+                min: s.min,
+                max: s.max,
+                mean: s.total / s.count as f64,
+                count: s.count,
+            })
+            .collect()
+    }
+}
+
 /// A poll row as reading queries see it.
 struct PollRow {
     chamber: Uuid,
@@ -692,119 +770,90 @@ impl ReadingRepository for PgStore {
     async fn aggregate(&self, org: OrganizationId, q: &AggregateQuery) -> Result<Vec<Aggregate>> {
         let scope = self.scope(org, q.scope).await?;
         let layouts = Layouts::of(&self.pool, &scope.chambers).await?;
-        // Per (chamber, layout version, position, bucket) in SQL, along the key; positions
-        // become detectors here, and a detector's groups of several versions are merged.
-        let (versions, positions) = match (scope.detector, scope.chambers.first()) {
-            (Some(d), Some(&c)) => layouts.positions_of(c, d),
-            _ => (Vec::new(), Vec::new()),
-        };
-        let bucket = "date_bin(make_interval(secs => $4::float8 / 1000), p.slot, timestamptz '1970-01-01 00:00:00+00') AS bucket, \
-                      min(p.v) AS low, max(p.v) AS high, sum(p.v) AS total, count(p.v) AS n";
-        let mut rows = Vec::new();
-        if let (Some(_), Some(&chamber)) = (scope.detector, scope.chambers.first()) {
+        // Per (chamber, layout version, bucket) in SQL, along the key; positions become
+        // detectors here, and a detector's groups of several versions are merged. The rows are
+        // read in a subquery that SQL may not flatten (`OFFSET 0`), so only the bucket and the
+        // values wanted reach the grouping: grouped by the bucket alone, the planner hashes a
+        // few groups instead of sorting every row (with the whole array) on disk.
+        let bucket = "date_bin(make_interval(secs => $4::float8 / 1000), slot, timestamptz '1970-01-01 00:00:00+00') AS bucket";
+        let mut sums = Sums::default();
+        if let (Some(detector), Some(&chamber)) = (scope.detector, scope.chambers.first()) {
             // A detector: its one position in each layout version (usually one), read along
             // the chamber's key.
-            for (version, position) in versions.iter().zip(&positions) {
-                rows.extend(
-                    sqlx::query(AssertSqlSafe(format!(
-                        "SELECT p.chamber_id, p.layout_version, $7::int8 AS i, {bucket} \
-                         FROM (SELECT chamber_id, layout_version, slot, value[$7] AS v FROM polls \
-                               WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 AND layout_version = $6 \
-                               AND ($5::uuid IS NULL OR batch_id = $5)) p \
-                         WHERE p.v IS NOT NULL GROUP BY 1, 2, 3, 4"
-                    )))
-                    .bind(chamber)
-                    .bind(ts(q.from))
-                    .bind(ts(q.to))
-                    .bind(q.bucket_millis.max(1))
-                    .bind(scope.batch)
-                    .bind(version)
-                    .bind(position)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(store_error)?,
-                );
+            let (versions, positions) = layouts.positions_of(chamber, detector);
+            for (&version, &position) in versions.iter().zip(&positions) {
+                let rows = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT bucket, min(v) AS low, max(v) AS high, sum(v) AS total, count(v) AS n \
+                     FROM (SELECT {bucket}, value[$7] AS v FROM polls \
+                           WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 AND layout_version = $6 \
+                           AND ($5::uuid IS NULL OR batch_id = $5) OFFSET 0) p \
+                     WHERE v IS NOT NULL GROUP BY bucket"
+                )))
+                .bind(chamber)
+                .bind(ts(q.from))
+                .bind(ts(q.to))
+                .bind(q.bucket_millis.max(1))
+                .bind(scope.batch)
+                .bind(version)
+                .bind(position)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+                for row in &rows {
+                    sums.add(Some(detector), row, 1)?;
+                }
             }
         } else {
-            // Chambers: every position of every poll.
-            rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT p.chamber_id, p.layout_version, p.i, {bucket} \
-                 FROM UNNEST($1::uuid[]) AS c(id) CROSS JOIN LATERAL ( \
-                    SELECT chamber_id, slot, layout_version, a.v, a.i FROM polls \
-                    CROSS JOIN LATERAL unnest(value) WITH ORDINALITY AS a(v, i) \
-                    WHERE chamber_id = c.id AND slot >= $2 AND slot < $3 AND layout_version IS NOT NULL \
-                    AND ($5::uuid IS NULL OR batch_id = $5)) p \
-                 WHERE p.v IS NOT NULL \
-                 GROUP BY 1, 2, 3, 4"
-            )))
-            .bind(&scope.chambers)
-            .bind(ts(q.from))
-            .bind(ts(q.to))
-            .bind(q.bucket_millis.max(1))
-            .bind(scope.batch)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
-        }
-        struct Sum {
-            min: f64,
-            max: f64,
-            total: f64,
-            count: u64,
-        }
-        let mut sums: BTreeMap<(DetectorId, Timestamp), Sum> = BTreeMap::new();
-        for row in &rows {
-            let c = rows::Cols {
-                row,
-                table: "polls",
-            };
-            let chamber = c.uuid("chamber_id")?;
-            let version: i32 = c.get("layout_version")?;
-            let position: i64 = c.get("i")?;
-            let detector = usize::try_from(position - 1).ok().and_then(|i| {
-                layouts
-                    .version(chamber, version)
-                    .ok()?
-                    .get(i)
-                    .copied()
-                    .flatten()
-            });
-            let Some(detector) = detector.filter(|d| layouts.is_live(*d)) else {
-                continue;
-            };
-            if scope.detector.is_some_and(|d| d != detector) {
-                continue;
+            // Chambers: every position of every poll, a few dozen positions per scan, each
+            // position four aggregate columns (unnesting the arrays instead made a row per
+            // value to group: 2 to 3 times slower).
+            let widest = layouts.widest();
+            for first in (1..=widest).step_by(POSITIONS_PER_SCAN) {
+                let last = (first + POSITIONS_PER_SCAN - 1).min(widest);
+                let values = (first..=last)
+                    .map(|i| format!("value[{i}] AS v{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let aggregates = (first..=last)
+                    .map(|i| format!("min(v{i}), max(v{i}), sum(v{i}), count(v{i})"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let rows = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT p.chamber_id, p.layout_version, p.bucket, {aggregates} \
+                     FROM UNNEST($1::uuid[]) AS c(id) CROSS JOIN LATERAL ( \
+                        SELECT chamber_id, layout_version, {bucket}, {values} FROM polls \
+                        WHERE chamber_id = c.id AND slot >= $2 AND slot < $3 AND layout_version IS NOT NULL \
+                        AND ($5::uuid IS NULL OR batch_id = $5) OFFSET 0) p \
+                     GROUP BY 1, 2, 3"
+                )))
+                .bind(&scope.chambers)
+                .bind(ts(q.from))
+                .bind(ts(q.to))
+                .bind(q.bucket_millis.max(1))
+                .bind(scope.batch)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+                for row in &rows {
+                    let c = rows::Cols {
+                        row,
+                        table: "polls",
+                    };
+                    let (chamber, version) =
+                        (c.uuid("chamber_id")?, c.get::<i32>("layout_version")?);
+                    let detectors = layouts.version(chamber, version)?;
+                    for (k, position) in (first..=last).enumerate() {
+                        let detector = detectors
+                            .get(position - 1)
+                            .copied()
+                            .flatten()
+                            .filter(|d| layouts.is_live(*d));
+                        sums.add(detector, row, 3 + 4 * k)?;
+                    }
+                }
             }
-            let count = u64::try_from(c.get::<i64>("n")?).map_err(|e| corrupt("polls", "n", e))?;
-            let (low, high, total): (f64, f64, f64) =
-                (c.get("low")?, c.get("high")?, c.get("total")?);
-            let key = (DetectorId::from_uuid(detector), c.ts("bucket")?);
-            sums.entry(key)
-                .and_modify(|s| {
-                    s.min = s.min.min(low);
-                    s.max = s.max.max(high);
-                    s.total += total;
-                    s.count += count;
-                })
-                .or_insert(Sum {
-                    min: low,
-                    max: high,
-                    total,
-                    count,
-                });
         }
-        #[allow(clippy::cast_precision_loss, reason = "a mean")]
-        Ok(sums
-            .into_iter()
-            .map(|((detector_id, bucket_start), s)| Aggregate {
-                detector_id,
-                bucket_start,
-                min: s.min,
-                max: s.max,
-                mean: s.total / s.count as f64,
-                count: s.count,
-            })
-            .collect())
+        Ok(sums.into_aggregates())
     }
 
     async fn latest(
@@ -815,7 +864,9 @@ impl ReadingRepository for PgStore {
         let ids: Vec<Uuid> = chambers.iter().map(|c| *c.as_uuid()).collect();
         // Plain joins (hash joins over 10,000 chambers): forcing key lookups per row made the
         // estimated cost high enough to set off PostgreSQL's JIT compilation, which alone took
-        // longer than the query.
+        // longer than the query. Not a prepared statement: planned for the ids it is given
+        // (hash joins for thousands, key lookups for a few), where the plan cached for a
+        // prepared statement assumed ten ids and looked 10,000 up one by one, three times.
         let rows = sqlx::query(
             "SELECT l.chamber_id, l.slot, l.layout_version, l.value, l.corruption, l.requested_at, \
                     l.received_at AS recorded_at, l.batch_id, c.layout_version AS current_version, \
@@ -824,6 +875,7 @@ impl ReadingRepository for PgStore {
              JOIN detector_layouts v ON v.chamber_id = l.chamber_id AND v.version = l.layout_version \
              WHERE c.organization_id = $1 AND l.chamber_id = ANY($2)",
         )
+        .persistent(false)
         .bind(org.as_uuid())
         .bind(&ids)
         .fetch_all(&self.pool)
@@ -981,14 +1033,13 @@ q.page.size,
         {
             return Err(not_found("chamber"));
         }
-        // Along the key (chamber, slot), in buckets starting at `from`.
+        // Along the key (chamber, slot), in buckets starting at `from`, counted by outcome: a
+        // few groups hashed (the outcome's category decided here, not per row in SQL).
         let rows = sqlx::query(
-            "SELECT date_bin(make_interval(secs => $4::float8 / 1000), slot, $2) AS bucket, \
-               count(*) FILTER (WHERE outcome IN ('ok', 'corrupted_values')) AS read, \
-               count(*) FILTER (WHERE outcome IN ('missed', 'expired', 'cancelled')) AS missed, \
-               count(*) AS n \
-             FROM polls WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 \
-             GROUP BY 1 ORDER BY 1",
+            "SELECT bucket, outcome, count(*) AS n \
+             FROM (SELECT date_bin(make_interval(secs => $4::float8 / 1000), slot, $2) AS bucket, outcome \
+                   FROM polls WHERE chamber_id = $1 AND slot >= $2 AND slot < $3 OFFSET 0) p \
+             GROUP BY 1, 2",
         )
         .bind(q.chamber_id.as_uuid())
         .bind(ts(q.from))
@@ -997,23 +1048,26 @@ q.page.size,
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;
-        rows.iter()
-            .map(|row| {
-                let c = rows::Cols {
-                    row,
-                    table: "polls",
-                };
-                let count = |column| {
-                    u64::try_from(c.get::<i64>(column)?).map_err(|e| corrupt("polls", column, e))
-                };
-                let (read, missed, all) = (count("read")?, count("missed")?, count("n")?);
-                Ok(LedgerTally {
-                    bucket_start: c.ts("bucket")?,
-                    read,
-                    failed: all - read - missed,
-                    missed,
-                })
-            })
-            .collect()
+        let mut tallies: BTreeMap<Timestamp, LedgerTally> = BTreeMap::new();
+        for row in &rows {
+            let c = rows::Cols {
+                row,
+                table: "polls",
+            };
+            let bucket_start = c.ts("bucket")?;
+            let n = u64::try_from(c.get::<i64>("n")?).map_err(|e| corrupt("polls", "n", e))?;
+            let tally = tallies.entry(bucket_start).or_insert(LedgerTally {
+                bucket_start,
+                read: 0,
+                failed: 0,
+                missed: 0,
+            });
+            match c.get::<&str>("outcome")? {
+                "ok" | "corrupted_values" => tally.read += n,
+                "missed" | "expired" | "cancelled" => tally.missed += n,
+                _ => tally.failed += n,
+            }
+        }
+        Ok(tallies.into_values().collect())
     }
 }
