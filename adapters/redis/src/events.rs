@@ -262,12 +262,17 @@ impl EventPublisher for RedisEventBus {
     }
 }
 
-struct RedisEventSubscription(broadcast::Receiver<Incoming<DomainEvent>>);
+/// A subscription keeps its channel (and so the channel's connection to Redis) open: the bus
+/// it was made from may be dropped while other processes go on publishing.
+struct RedisEventSubscription {
+    incoming: broadcast::Receiver<Incoming<DomainEvent>>,
+    _channel: Arc<Channel<DomainEvent>>,
+}
 
 #[async_trait]
 impl EventSubscription for RedisEventSubscription {
     async fn next(&mut self) -> Option<EventDelivery> {
-        match self.0.recv().await {
+        match self.incoming.recv().await {
             Ok(Incoming::Message(event)) => Some(EventDelivery::Event(event)),
             Ok(Incoming::Reconnected) => Some(EventDelivery::Interrupted),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -281,9 +286,10 @@ impl EventSubscription for RedisEventSubscription {
 #[async_trait]
 impl EventFeed for RedisEventBus {
     async fn subscribe(&self) -> Result<Box<dyn EventSubscription>, PublishError> {
-        Ok(Box::new(RedisEventSubscription(
-            self.channel.subscribe().await?,
-        )))
+        Ok(Box::new(RedisEventSubscription {
+            incoming: self.channel.subscribe().await?,
+            _channel: self.channel.clone(),
+        }))
     }
 }
 
@@ -312,12 +318,17 @@ impl RedisChamberChanges {
     }
 }
 
-struct RedisChangeSubscription(broadcast::Receiver<Incoming<ChamberChange>>);
+/// A subscription keeps its channel open, as [`RedisEventSubscription`] does: a worker
+/// subscribes through a handle it does not keep.
+struct RedisChangeSubscription {
+    incoming: broadcast::Receiver<Incoming<ChamberChange>>,
+    _channel: Arc<Channel<ChamberChange>>,
+}
 
 #[async_trait]
 impl ChangeSubscription for RedisChangeSubscription {
     async fn next(&mut self) -> Option<ChamberChange> {
-        match self.0.recv().await {
+        match self.incoming.recv().await {
             Ok(Incoming::Message(change)) => Some(change),
             // Missed changes (fell behind, or reconnected): the subscriber resyncs.
             Ok(Incoming::Reconnected) | Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -335,8 +346,9 @@ impl ChamberChanges for RedisChamberChanges {
     }
 
     async fn subscribe(&self) -> Result<Box<dyn ChangeSubscription>, PublishError> {
-        Ok(Box::new(RedisChangeSubscription(
-            self.channel.subscribe().await?,
-        )))
+        Ok(Box::new(RedisChangeSubscription {
+            incoming: self.channel.subscribe().await?,
+            _channel: self.channel.clone(),
+        }))
     }
 }
