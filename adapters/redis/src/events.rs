@@ -181,8 +181,8 @@ async fn run_subscriber<T>(
         {
             let mut messages = pubsub.on_message();
             loop {
-                // A quiet channel still notices, within a few seconds, that its bus was dropped,
-                // and closes its connection.
+                // A quiet channel still notices, within a few seconds, that its bus and every
+                // subscription (each holds the channel) were dropped, and closes its connection.
                 let message = match tokio::time::timeout(LIVENESS_CHECK, messages.next()).await {
                     Ok(Some(message)) => message,
                     Ok(None) => break,
