@@ -183,7 +183,18 @@ try {
   await page.goto(
     `${base}/console/chambers/${chamber}?from=${encodeURIComponent(from.toISOString())}&to=${encodeURIComponent(to.toISOString())}`,
   );
-  const [download] = await Promise.all([page.waitForEvent("download"), page.click("a.download")]);
+  // The link sits above the charts, so their drawing cannot move it under the click. Should no
+  // download come, say what the link answers.
+  const href = await page.getAttribute("a.download", "href");
+  const [download] = await Promise.all([
+    page.waitForEvent("download").catch(async (e) => {
+      const answer = await page.request.get(new URL(href, page.url()).toString());
+      throw new Error(
+        `no download after clicking ${href} (page at ${page.url()}; the link answers ${answer.status()} ${answer.headers()["content-type"]}): ${e.message}`,
+      );
+    }),
+    page.click("a.download"),
+  ]);
   const csv = readFileSync(await download.path(), "utf8").trim().split("\n");
   check(csv[0] === "slot,chamber_id,detector_id,value,corrupted,batch_id", `CSV header: ${csv[0]}`);
   const fromCsv = new Map(

@@ -224,13 +224,15 @@ async fn misbehaving_chambers_get_the_right_outcomes_and_health_while_others_sta
         }
     };
     wait_for(HealthState::Down).await;
-    // The operator points it at a working chamber: it comes back up.
+    // The operator points it at a working chamber (through a gateway, whose change reaches the
+    // worker on the change feed): it comes back up.
     let patch = ChamberPatch {
         url: Some(sim.chamber_url(11, Format::Json)),
         ..Default::default()
     };
     fleet
-        .admin
+        .admin_on(&prefix)
+        .await
         .update_chamber(&fleet.actor, failing.id, patch)
         .await
         .unwrap();

@@ -137,6 +137,22 @@ pub async fn fleet_on(
 }
 
 impl Fleet {
+    /// An admin publishing its changes on the prefix's Redis change feed, as a gateway does, so
+    /// that the workers and schedulers of that prefix hear of them (the fleet's own `admin`
+    /// publishes to nobody).
+    pub async fn admin_on(&self, prefix: &TestPrefix) -> ChamberAdmin {
+        ChamberAdmin::new(
+            &Repositories::of(self.store.clone()),
+            Arc::new(
+                chamberlain_redis::RedisChamberChanges::connect(&prefix.config, 64)
+                    .await
+                    .unwrap(),
+            ),
+            Arc::new(MemoryEventBus::default()),
+            Arc::new(SystemClock),
+        )
+    }
+
     /// The database URL for processes.
     pub fn url(&self) -> String {
         self.url.clone()
@@ -190,7 +206,8 @@ pub fn scheduler(
 }
 
 /// A worker wired as `chamberlain worker` is, polling the simulator's address, with a 3 s
-/// visibility timeout and a 500 ms chamber cache.
+/// visibility timeout; its chamber cache follows the prefix's change feed (see
+/// [`Fleet::admin_on`]), and reads chambers every 500 ms should it lose the feed.
 pub async fn worker(fleet: &Fleet, prefix: &TestPrefix) -> chamberlain_worker::Worker {
     let http = chamberlain_http::HttpClientConfig::default()
         .with_egress_allow("127.0.0.2/32")
