@@ -34,7 +34,6 @@ pub struct Fleet {
     _db: Option<Arc<TestDatabase>>,
     pub actor: Actor,
     pub chambers: Vec<Chamber>,
-    pub admin: ChamberAdmin,
 }
 
 /// A fresh database with the simulator's first `n` chambers registered (JSON, 2 detectors, 1 s).
@@ -132,14 +131,12 @@ pub async fn fleet_on(
         _db: db,
         actor,
         chambers,
-        admin,
     }
 }
 
 impl Fleet {
     /// An admin publishing its changes on the prefix's Redis change feed, as a gateway does, so
-    /// that the workers and schedulers of that prefix hear of them (the fleet's own `admin`
-    /// publishes to nobody).
+    /// that the workers and schedulers of that prefix hear of them.
     pub async fn admin_on(&self, prefix: &TestPrefix) -> ChamberAdmin {
         ChamberAdmin::new(
             &Repositories::of(self.store.clone()),
