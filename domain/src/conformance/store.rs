@@ -1760,6 +1760,35 @@ pub async fn a_polls_readings_share_its_times_and_batch(p: &StorePorts) {
     );
 }
 
+/// Polls of slots 1 to 3 of a wide chamber (values `scale · slot + position`): in slot `s`,
+/// every `corrupt_every`-th reading from position `s` corrupted, and the reading of detector
+/// `absent · s` absent.
+fn wide_polls(
+    chamber: &Chamber,
+    detectors: &[Detector],
+    scale: f64,
+    corrupt_every: usize,
+    absent: usize,
+) -> Vec<crate::ports::PollRecord> {
+    (1..=3)
+        .map(|s| {
+            let mut poll =
+                fixtures::poll_record(chamber, detectors, slot(s), scale * s as f64, None);
+            for r in poll
+                .readings
+                .iter_mut()
+                .skip(s as usize)
+                .step_by(corrupt_every)
+            {
+                r.value = crate::model::ReadingValue::Corrupted(CorruptionReason::Implausible);
+            }
+            let gone = detectors[absent * s as usize].id;
+            poll.readings.retain(|r| r.detector_id != gone);
+            poll
+        })
+        .collect()
+}
+
 pub async fn a_wide_chamber_pages_across_one_slot(p: &StorePorts) {
     let w = world(p, "wide").await;
     let wide = fixtures::chamber(w.org.id, w.section.id, "wide", 1);
@@ -1767,17 +1796,7 @@ pub async fn a_wide_chamber_pages_across_one_slot(p: &StorePorts) {
         .map(|i| fixtures::detector(&wide, &format!("d{i:02}")))
         .collect();
     p.chambers.create(&wide, &ds).await.unwrap();
-    let mut polls = Vec::new();
-    for s in 1..=3 {
-        let mut poll = fixtures::poll_record(&wide, &ds, slot(s), s as f64, None);
-        // Some corrupted, some absent.
-        for r in poll.readings.iter_mut().skip(s as usize).step_by(4) {
-            r.value = crate::model::ReadingValue::Corrupted(CorruptionReason::Implausible);
-        }
-        poll.readings
-            .retain(|r| r.detector_id != ds[(7 * s) as usize].id);
-        polls.push(poll);
-    }
+    let polls = wide_polls(&wide, &ds, 1.0, 4, 7);
     p.readings.store_polls(&polls).await.unwrap();
     let expected = sorted(polls.iter().flat_map(|p| p.readings.clone()).collect());
     let w = World {
@@ -1812,17 +1831,7 @@ pub async fn a_wide_chamber_is_aggregated_for_every_detector(p: &StorePorts) {
         .map(|i| fixtures::detector(&wide, &format!("d{i:02}")))
         .collect();
     p.chambers.create(&wide, &ds).await.unwrap();
-    let mut polls = Vec::new();
-    for s in 1..=3 {
-        let mut poll = fixtures::poll_record(&wide, &ds, slot(s), 10.0 * s as f64, None);
-        // Some corrupted, some absent.
-        for r in poll.readings.iter_mut().skip(s as usize).step_by(5) {
-            r.value = crate::model::ReadingValue::Corrupted(CorruptionReason::Implausible);
-        }
-        poll.readings
-            .retain(|r| r.detector_id != ds[(20 * s) as usize].id);
-        polls.push(poll);
-    }
+    let polls = wide_polls(&wide, &ds, 10.0, 5, 20);
     p.readings.store_polls(&polls).await.unwrap();
     // One detector deleted past the first few dozen: the others keep their values.
     let gone = ds.remove(45);

@@ -435,6 +435,31 @@ pub struct LedgerTally {
     pub missed: u64,
 }
 
+impl LedgerTally {
+    /// A bucket with nothing counted yet.
+    pub fn empty(bucket_start: Timestamp) -> Self {
+        Self {
+            bucket_start,
+            read: 0,
+            failed: 0,
+            missed: 0,
+        }
+    }
+
+    /// Counts `n` entries of the outcome whose [`code`](crate::model::PollOutcome::code) is
+    /// `code` (as a store keeps it) where [`PollOutcome::chamber_succeeded`] puts them; a code
+    /// no outcome has counts as failed.
+    ///
+    /// [`PollOutcome::chamber_succeeded`]: crate::model::PollOutcome::chamber_succeeded
+    pub fn count(&mut self, code: &str, n: u64) {
+        match code {
+            "ok" | "corrupted_values" => self.read += n,
+            "missed" | "expired" | "cancelled" => self.missed += n,
+            _ => self.failed += n,
+        }
+    }
+}
+
 /// A chamber's ledger with `from <= slot < to`, counted per bucket of `bucket_millis` starting
 /// at `from` (bucket `i` is `from + i·width ..`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -792,4 +817,65 @@ pub trait ApiTokenRepository: Send + Sync {
     /// # Errors
     /// `NotFound`; `Unavailable`.
     async fn touch(&self, id: ApiTokenId, at: Timestamp) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ExpiryReason, PollOutcome};
+
+    /// One outcome of each kind; the match fails to compile when a kind is added, so its code
+    /// gets a place in the tally.
+    fn every_outcome() -> Vec<PollOutcome> {
+        let all = vec![
+            PollOutcome::Ok,
+            PollOutcome::CorruptedValues { corrupted: 1 },
+            PollOutcome::Timeout,
+            PollOutcome::ConnectionFailed { reason: "x".into() },
+            PollOutcome::Blocked { reason: "x".into() },
+            PollOutcome::HttpStatus { status: 500 },
+            PollOutcome::TooLarge { limit_bytes: 1 },
+            PollOutcome::Malformed { reason: "x".into() },
+            PollOutcome::Missed,
+            PollOutcome::Expired {
+                reason: ExpiryReason::StoreBehind,
+            },
+            PollOutcome::Cancelled,
+        ];
+        for outcome in &all {
+            match outcome {
+                PollOutcome::Ok
+                | PollOutcome::CorruptedValues { .. }
+                | PollOutcome::Timeout
+                | PollOutcome::ConnectionFailed { .. }
+                | PollOutcome::Blocked { .. }
+                | PollOutcome::HttpStatus { .. }
+                | PollOutcome::TooLarge { .. }
+                | PollOutcome::Malformed { .. }
+                | PollOutcome::Missed
+                | PollOutcome::Expired { .. }
+                | PollOutcome::Cancelled => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_tally_counts_each_outcome_code_where_chamber_succeeded_puts_it() {
+        for outcome in every_outcome() {
+            let mut tally = LedgerTally::empty(Timestamp::from_unix_millis(0));
+            tally.count(outcome.code(), 3);
+            let expected = match outcome.chamber_succeeded() {
+                Some(true) => (3, 0, 0),
+                Some(false) => (0, 3, 0),
+                None => (0, 0, 3),
+            };
+            assert_eq!(
+                (tally.read, tally.failed, tally.missed),
+                expected,
+                "{}",
+                outcome.code()
+            );
+        }
+    }
 }

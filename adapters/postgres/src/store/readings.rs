@@ -1034,7 +1034,7 @@ q.page.size,
             return Err(not_found("chamber"));
         }
         // Along the key (chamber, slot), in buckets starting at `from`, counted by outcome: a
-        // few groups hashed (the outcome's category decided here, not per row in SQL).
+        // few groups hashed (the outcome's category decided by the domain, not per row in SQL).
         let rows = sqlx::query(
             "SELECT bucket, outcome, count(*) AS n \
              FROM (SELECT date_bin(make_interval(secs => $4::float8 / 1000), slot, $2) AS bucket, outcome \
@@ -1056,17 +1056,10 @@ q.page.size,
             };
             let bucket_start = c.ts("bucket")?;
             let n = u64::try_from(c.get::<i64>("n")?).map_err(|e| corrupt("polls", "n", e))?;
-            let tally = tallies.entry(bucket_start).or_insert(LedgerTally {
-                bucket_start,
-                read: 0,
-                failed: 0,
-                missed: 0,
-            });
-            match c.get::<&str>("outcome")? {
-                "ok" | "corrupted_values" => tally.read += n,
-                "missed" | "expired" | "cancelled" => tally.missed += n,
-                _ => tally.failed += n,
-            }
+            tallies
+                .entry(bucket_start)
+                .or_insert_with(|| LedgerTally::empty(bucket_start))
+                .count(c.get::<&str>("outcome")?, n);
         }
         Ok(tallies.into_values().collect())
     }
