@@ -221,6 +221,66 @@ async fn a_killed_workers_jobs_are_taken_over_within_ten_seconds() {
     assert_eq!(survivor.ack(&receipts).await.unwrap(), 10);
 }
 
+/// A dead worker's jobs are found however many older leases, held and extended by a live
+/// worker, come before them in the pending list. (`XAUTOCLAIM` from the start of the list, as
+/// the lease did before, looks at ten times the lease size at most, all of them held here, and
+/// never reached the orphans while those leases were kept.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_jobs_behind_thousands_of_held_leases_are_taken_over() {
+    let prefix = TestPrefix::new();
+    let visibility = Duration::from_secs(1);
+    let live = RedisPollQueue::connect(&prefix.config).await.unwrap();
+    live.enqueue(&jobs(3000)).await.unwrap();
+    let mut held = Vec::new();
+    while held.len() < 3000 {
+        let more = live
+            .lease(3000 - held.len(), visibility, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(!more.is_empty(), "the 3,000 jobs enqueued are leased");
+        held.extend(more);
+    }
+    let receipts: Vec<_> = held.iter().map(|l| l.receipt.clone()).collect();
+    let dead = RedisPollQueue::connect(&prefix.config).await.unwrap();
+    dead.enqueue(&jobs(5)).await.unwrap();
+    let orphaned = dead
+        .lease(5, visibility, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(orphaned.len(), 5);
+    drop(dead); // it never acks: its leases expire
+    let survivor = RedisPollQueue::connect(&prefix.config).await.unwrap();
+    let started = Instant::now();
+    let mut taken = Vec::new();
+    while taken.len() < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "only {} of the 5 orphaned jobs taken over within 10 s",
+            taken.len()
+        );
+        // The live worker keeps every one of its leases.
+        assert_eq!(live.extend(&receipts, visibility).await.unwrap(), 3000);
+        taken.extend(
+            survivor
+                .lease(100, visibility, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
+    }
+    let polls = |leased: &[chamberlain_domain::ports::LeasedJob]| {
+        let mut polls: Vec<_> = leased.iter().map(|l| l.job.poll).collect();
+        polls.sort();
+        polls
+    };
+    assert_eq!(
+        polls(&taken),
+        polls(&orphaned),
+        "the orphans, and only them"
+    );
+    assert!(taken.iter().all(|l| l.job.meta.attempt == 2));
+    assert_eq!(live.ack(&receipts).await.unwrap(), 3000);
+}
+
 #[tokio::test]
 async fn a_worker_restarted_at_once_starts_cleanly() {
     let prefix = TestPrefix::new();
