@@ -31,6 +31,8 @@ pub struct PgStore {
     /// Whether the previous layout's tables may still be there: live writes then look their
     /// polls up in its ledger (cleared once they are gone).
     legacy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The detector layouts read so far (a write then reads only each chamber's version).
+    layouts: std::sync::Arc<store::layouts::LayoutCache>,
 }
 
 impl PgStore {
@@ -56,6 +58,7 @@ impl PgStore {
             pool,
             partitions_ahead_days: config.partitions_ahead_days,
             legacy: std::sync::Arc::default(),
+            layouts: std::sync::Arc::default(),
         };
         if config.migrate_on_connect {
             store.migrate().await?;

@@ -3,7 +3,7 @@
 mod alerts;
 mod configuration;
 mod health;
-mod layouts;
+pub(crate) mod layouts;
 mod readings;
 pub(crate) use readings::into_store_error;
 pub(crate) mod rows;

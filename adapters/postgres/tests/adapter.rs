@@ -121,3 +121,54 @@ async fn the_latest_rows_are_rewritten_in_place() {
         "chamber_latest grew to {pages} pages for 200 rows"
     );
 }
+
+/// A store keeps the detector layouts it has read; a layout changed by another process (a
+/// gateway adding or deleting a detector) is seen at this store's next write of the chamber.
+#[tokio::test]
+async fn a_layout_changed_by_another_process_is_seen_at_the_next_write() {
+    use chamberlain_domain::conformance::fixtures;
+    use chamberlain_domain::conformance::store::world;
+    use chamberlain_domain::ports::DetectorRepository;
+
+    let (worker, db) = fresh_store().await;
+    let config = PgConfig::from_url(&server_url())
+        .unwrap()
+        .with_database(&db.name);
+    let gateway = PgStore::connect(&config).await.unwrap();
+    let ports = fixtures::StorePorts::from_adapter(std::sync::Arc::new(gateway.clone()));
+    let w = world(&ports, "layout elsewhere").await;
+    let slot = |s: u64| fixtures::T0 + Duration::from_secs(s);
+    let first = fixtures::poll_record(&w.chamber, &w.detectors, slot(1), 1.0, None);
+    let report = worker.store_polls(&[first]).await.unwrap();
+    assert_eq!(report.readings_new, 2);
+
+    // Added elsewhere: the worker stores its readings.
+    let added = fixtures::detector(&w.chamber, "co2");
+    DetectorRepository::add(&gateway, &added).await.unwrap();
+    let mut three = w.detectors.clone();
+    three.push(added.clone());
+    let second = fixtures::poll_record(&w.chamber, &three, slot(2), 2.0, None);
+    let report = worker.store_polls(&[second]).await.unwrap();
+    assert_eq!(report.readings_new, 3);
+    let latest = worker.latest(w.org.id, &[w.chamber.id]).await.unwrap();
+    assert_eq!(latest[0].readings.len(), 3);
+
+    // Deleted elsewhere: a poll still carrying its reading is refused, as from any store.
+    DetectorRepository::delete(&gateway, w.org.id, added.id)
+        .await
+        .unwrap();
+    let third = fixtures::poll_record(&w.chamber, &three, slot(3), 3.0, None);
+    let refused = worker.store_polls(&[third]).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::MissingParent {
+                parent: "detector",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    let fourth = fixtures::poll_record(&w.chamber, &w.detectors, slot(4), 4.0, None);
+    assert_eq!(worker.store_polls(&[fourth]).await.unwrap().readings_new, 2);
+}

@@ -8,6 +8,7 @@
 //! only in the transactions that change the chamber's detectors, under the chamber's row lock.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chamberlain_domain::ports::StoreError;
 use sqlx::{Postgres, Row, Transaction};
@@ -100,37 +101,95 @@ pub(crate) struct Current {
     pub position: HashMap<Uuid, usize>,
 }
 
-/// The current layouts of `chambers` (each once); a chamber not found is missing from the map.
+/// The layout versions a store has read, the newest per chamber. A version is written once and
+/// never changed, so a write asks the database only for each chamber's current version number,
+/// and reads a layout only for a version it has not seen (a chamber's first write, or its first
+/// after a detector was added or removed).
+#[derive(Default)]
+pub(crate) struct LayoutCache(std::sync::Mutex<HashMap<Uuid, Arc<Current>>>);
+
+impl std::fmt::Debug for LayoutCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayoutCache").finish_non_exhaustive()
+    }
+}
+
+impl LayoutCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Current>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The current layouts of `chambers` (each once), as of this transaction; a chamber not found
+/// is missing from the map.
 pub(crate) async fn current(
     tx: &mut Transaction<'_, Postgres>,
     chambers: &[Uuid],
-) -> Result<HashMap<Uuid, Current>> {
+    cache: &LayoutCache,
+) -> Result<HashMap<Uuid, Arc<Current>>> {
+    let rows = sqlx::query("SELECT id, layout_version FROM chambers WHERE id = ANY($1)")
+        .bind(chambers)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    let mut out = HashMap::with_capacity(rows.len());
+    let (mut unseen, mut versions) = (Vec::new(), Vec::new());
+    {
+        let mut cached = cache.lock();
+        for row in &rows {
+            let chamber: Uuid = row.try_get("id").map_err(store_error)?;
+            let version: i32 = row.try_get("layout_version").map_err(store_error)?;
+            match cached.get(&chamber) {
+                Some(layout) if layout.version == version => {
+                    out.insert(chamber, layout.clone());
+                }
+                _ => {
+                    unseen.push(chamber);
+                    versions.push(version);
+                }
+            }
+        }
+        // Chambers asked for and not found were deleted: their layouts are not needed again.
+        if rows.len() < chambers.len() {
+            let unseen: HashSet<&Uuid> = unseen.iter().collect();
+            for chamber in chambers {
+                if !out.contains_key(chamber) && !unseen.contains(chamber) {
+                    cached.remove(chamber);
+                }
+            }
+        }
+    }
+    if unseen.is_empty() {
+        return Ok(out);
+    }
     let rows = sqlx::query(
-        "SELECT c.id, c.layout_version, l.detectors FROM chambers c \
-         JOIN detector_layouts l ON l.chamber_id = c.id AND l.version = c.layout_version \
-         WHERE c.id = ANY($1)",
+        "SELECT l.chamber_id, l.version, l.detectors \
+         FROM UNNEST($1::uuid[], $2::int4[]) AS k(chamber_id, version) \
+         JOIN detector_layouts l ON l.chamber_id = k.chamber_id AND l.version = k.version",
     )
-    .bind(chambers)
+    .bind(&unseen)
+    .bind(&versions)
     .fetch_all(&mut **tx)
     .await
     .map_err(store_error)?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let mut cached = cache.lock();
     for row in &rows {
-        let chamber: Uuid = row.try_get("id").map_err(store_error)?;
+        let chamber: Uuid = row.try_get("chamber_id").map_err(store_error)?;
         let detectors: Vec<Option<Uuid>> = row.try_get("detectors").map_err(store_error)?;
         let position = detectors
             .iter()
             .enumerate()
             .filter_map(|(i, d)| d.map(|d| (d, i)))
             .collect();
-        out.insert(
-            chamber,
-            Current {
-                version: row.try_get("layout_version").map_err(store_error)?,
-                width: detectors.len(),
-                position,
-            },
-        );
+        let layout = Arc::new(Current {
+            version: row.try_get("version").map_err(store_error)?,
+            width: detectors.len(),
+            position,
+        });
+        cached.insert(chamber, layout.clone());
+        out.insert(chamber, layout);
     }
     Ok(out)
 }

@@ -315,7 +315,7 @@ impl PgStore {
             .map(|p| *p.entry.poll.chamber_id.as_uuid())
             .collect();
         let all: Vec<Uuid> = all.into_iter().collect();
-        let current = layouts::current(tx, &all).await?;
+        let current = layouts::current(tx, &all, &self.layouts).await?;
         if current.len() != all.len() {
             return Err(WriteFailure::Store(StoreError::MissingParent {
                 entity: "poll",
