@@ -898,6 +898,63 @@ pub async fn the_ledger_keeps_one_entry_per_poll(p: &StorePorts) {
     );
 }
 
+/// Many healths saved at once: each new or still current one is saved; a stale one (another
+/// writer got there first) and one of a chamber that is gone are returned, and change nothing.
+pub async fn many_healths_are_saved_at_once_and_the_stale_returned(p: &StorePorts) {
+    let worlds = [
+        world(p, "many health 1").await,
+        world(p, "many health 2").await,
+        world(p, "many health 3").await,
+        world(p, "many health 4").await,
+    ];
+    let [new, current, stale_new, stale] = worlds.map(|w| w.chamber.id);
+    for id in [current, stale_new, stale] {
+        p.health
+            .save(&ChamberHealth::unknown(id, T0))
+            .await
+            .unwrap();
+    }
+    let down = |id, version| ChamberHealth {
+        state: HealthState::Down,
+        consecutive_failures: 3,
+        failing_since: Some(slot(1)),
+        last_slot: Some(slot(3)),
+        changed_at: slot(3),
+        version,
+        ..ChamberHealth::unknown(id, T0)
+    };
+    let gone = crate::model::ChamberId::random();
+    let mut not_saved = p
+        .health
+        .save_many(&[
+            down(new, 0),
+            down(current, 1),
+            down(stale_new, 0),
+            down(stale, 7),
+            down(gone, 0),
+        ])
+        .await
+        .unwrap();
+    not_saved.sort();
+    let mut expected = vec![stale_new, stale, gone];
+    expected.sort();
+    assert_eq!(not_saved, expected);
+    assert_eq!(p.health.get(new).await.unwrap(), Some(down(new, 1)));
+    assert_eq!(p.health.get(current).await.unwrap(), Some(down(current, 2)));
+    for id in [stale_new, stale] {
+        assert_eq!(
+            p.health.get(id).await.unwrap(),
+            Some(ChamberHealth {
+                version: 1,
+                ..ChamberHealth::unknown(id, T0)
+            }),
+            "a stale health changes nothing"
+        );
+    }
+    assert_eq!(p.health.get(gone).await.unwrap(), None);
+    assert_eq!(p.health.save_many(&[]).await.unwrap(), vec![]);
+}
+
 pub async fn health_writes_use_optimistic_concurrency(p: &StorePorts) {
     let w = world(p, "health").await;
     assert_eq!(p.health.get(w.chamber.id).await.unwrap(), None);
@@ -1907,6 +1964,7 @@ macro_rules! store_conformance_tests {
             readings_are_aggregated_per_detector_and_epoch_aligned_bucket,
             the_ledger_is_tallied_per_bucket_from_the_start,
             health_writes_use_optimistic_concurrency,
+            many_healths_are_saved_at_once_and_the_stale_returned,
             a_section_has_at_most_one_open_batch,
             users_and_tokens,
             retention_removes_whole_days_before_the_cutoff,

@@ -539,39 +539,44 @@ impl PollHandler {
                 || a.consecutive_failures != b.consecutive_failures
                 || a.failing_since != b.failing_since
         };
-        for (id, before) in original {
-            let Some(after) = current.get(&id) else {
-                continue;
-            };
-            if !material(&before, after) {
-                continue;
-            }
-            match self
-                .health
-                .save(&ChamberHealth {
+        let changed: Vec<ChamberHealth> = original
+            .into_iter()
+            .filter_map(|(id, before)| {
+                let after = current.get(&id)?;
+                material(&before, after).then(|| ChamberHealth {
                     version: before.version,
                     ..after.clone()
                 })
+            })
+            .collect();
+        if changed.is_empty() {
+            return transitions;
+        }
+        // One save for the batch; a chamber it could not save (another worker wrote its health
+        // meanwhile, or it is gone), or every chamber if the save failed, is redone poll by poll.
+        let redo: HashSet<ChamberId> = match self.health.save_many(&changed).await {
+            Ok(not_saved) => not_saved.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, chambers = changed.len(), "health not saved at once; saving it chamber by chamber");
+                changed.iter().map(|h| h.chamber_id).collect()
+            }
+        };
+        for h in &changed {
+            if !redo.contains(&h.chamber_id) {
+                transitions.extend(pending.remove(&h.chamber_id).unwrap_or_default());
+            }
+        }
+        for p in observed
+            .iter()
+            .filter(|p| redo.contains(&p.record.entry.poll.chamber_id))
+        {
+            let entry = &p.record.entry;
+            let succeeded = entry.outcome.chamber_succeeded().unwrap_or(true);
+            if let Some(t) = self
+                .observe_health(entry, succeeded, &p.health_policy)
                 .await
             {
-                Ok(_) => transitions.extend(pending.remove(&id).unwrap_or_default()),
-                Err(StoreError::Conflict { .. }) => {
-                    // Another worker wrote this chamber's health meanwhile: redo it poll by poll.
-                    for p in observed
-                        .iter()
-                        .filter(|p| p.record.entry.poll.chamber_id == id)
-                    {
-                        let entry = &p.record.entry;
-                        let succeeded = entry.outcome.chamber_succeeded().unwrap_or(true);
-                        if let Some(t) = self
-                            .observe_health(entry, succeeded, &p.health_policy)
-                            .await
-                        {
-                            transitions.insert(entry.poll, t);
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(chamber.id = %id, error = %e, "health not saved"),
+                transitions.insert(entry.poll, t);
             }
         }
         transitions

@@ -111,18 +111,12 @@ async fn a_health_write_conflict_is_retried() {
         .times(1)
         .returning(|_| Ok(Vec::new()));
     health.expect_get().times(1).returning(|_| Ok(None));
-    let mut attempts = 0;
-    health.expect_save().times(2).returning(move |_| {
-        attempts += 1;
-        if attempts == 1 {
-            Err(StoreError::Conflict {
-                entity: "health",
-                reason: "stale".into(),
-            })
-        } else {
-            Ok(1)
-        }
-    });
+    // The batch's save loses the race for the chamber; the poll's own save wins.
+    health
+        .expect_save_many()
+        .times(1)
+        .returning(|healths| Ok(healths.iter().map(|h| h.chamber_id).collect()));
+    health.expect_save().times(1).returning(|_| Ok(1));
     let handler = PollHandler {
         health: Arc::new(health),
         ..h.handler.clone()

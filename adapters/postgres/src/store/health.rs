@@ -84,4 +84,75 @@ impl ChamberHealthRepository for PgStore {
         }
         Ok(h.version + 1)
     }
+
+    /// Two statements at most, whatever the number: the first saves (an insert where a chamber
+    /// that still exists has no row) and the updates whose version still holds; a chamber
+    /// neither saved is returned.
+    async fn save_many(&self, healths: &[ChamberHealth]) -> Result<Vec<ChamberId>> {
+        let mut saved = std::collections::HashSet::new();
+        for first in [true, false] {
+            let part: Vec<&ChamberHealth> = healths
+                .iter()
+                .filter(|h| (h.version == 0) == first)
+                .collect();
+            if part.is_empty() {
+                continue;
+            }
+            let sql = if first {
+                "INSERT INTO chamber_health (chamber_id, state, consecutive_failures, failing_since, last_slot, changed_at, version) \
+                 SELECT k.chamber_id, k.state, k.failures, k.failing_since, k.last_slot, k.changed_at, 1 \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[], $7::int8[]) \
+                      AS k(chamber_id, state, failures, failing_since, last_slot, changed_at, version) \
+                 WHERE EXISTS (SELECT 1 FROM chambers c WHERE c.id = k.chamber_id) \
+                 ON CONFLICT (chamber_id) DO NOTHING RETURNING chamber_id"
+            } else {
+                "UPDATE chamber_health h SET state = k.state, consecutive_failures = k.failures, \
+                     failing_since = k.failing_since, last_slot = k.last_slot, changed_at = k.changed_at, \
+                     version = h.version + 1 \
+                 FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[], $7::int8[]) \
+                      AS k(chamber_id, state, failures, failing_since, last_slot, changed_at, version) \
+                 WHERE h.chamber_id = k.chamber_id AND h.version = k.version RETURNING h.chamber_id"
+            };
+            let rows = sqlx::query(sql)
+                .bind(
+                    part.iter()
+                        .map(|h| *h.chamber_id.as_uuid())
+                        .collect::<Vec<Uuid>>(),
+                )
+                .bind(
+                    part.iter()
+                        .map(|h| rows::health_state_str(h.state))
+                        .collect::<Vec<&str>>(),
+                )
+                .bind(
+                    part.iter()
+                        .map(|h| i32::try_from(h.consecutive_failures).unwrap_or(i32::MAX))
+                        .collect::<Vec<i32>>(),
+                )
+                .bind(
+                    part.iter()
+                        .map(|h| h.failing_since.map(ts))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(part.iter().map(|h| h.last_slot.map(ts)).collect::<Vec<_>>())
+                .bind(part.iter().map(|h| ts(h.changed_at)).collect::<Vec<_>>())
+                .bind(
+                    part.iter()
+                        .map(|h| i64::try_from(h.version).unwrap_or(i64::MAX))
+                        .collect::<Vec<i64>>(),
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+            for row in &rows {
+                let id: Uuid = row.try_get("chamber_id").map_err(store_error)?;
+                saved.insert(id);
+            }
+        }
+        Ok(healths
+            .iter()
+            .map(|h| h.chamber_id)
+            .filter(|id| !saved.contains(id.as_uuid()))
+            .collect())
+    }
 }
