@@ -737,22 +737,17 @@ pub trait ChamberHealthRepository: Send + Sync {
     async fn save(&self, health: &ChamberHealth) -> Result<u64, StoreError>;
 
     /// Saves each of `healths` (each chamber at most once) as [`save`](Self::save) would, in as
-    /// few round trips as the store allows, and returns the chambers whose health was not saved
-    /// because its stored version was no longer the one given or the chamber is gone. Every
-    /// other health is saved.
+    /// few round trips as the store allows, and returns the chambers whose health was not saved:
+    /// its stored version was no longer the one given, the chamber is gone, or (for a store that
+    /// saves one at a time) the store failed on it. Every other health is saved.
     ///
     /// # Errors
-    /// `Unavailable`, or any other error of `save`: some of the healths may have been saved
-    /// (saving one of those again then conflicts, as its version moved on).
+    /// `Unavailable`: then none was saved.
     async fn save_many(&self, healths: &[ChamberHealth]) -> Result<Vec<ChamberId>, StoreError> {
         let mut not_saved = Vec::new();
         for health in healths {
-            match self.save(health).await {
-                Ok(_) => {}
-                Err(StoreError::Conflict { .. } | StoreError::MissingParent { .. }) => {
-                    not_saved.push(health.chamber_id);
-                }
-                Err(e) => return Err(e),
+            if self.save(health).await.is_err() {
+                not_saved.push(health.chamber_id);
             }
         }
         Ok(not_saved)

@@ -552,8 +552,9 @@ impl PollHandler {
         if changed.is_empty() {
             return transitions;
         }
-        // One save for the batch; a chamber it could not save (another worker wrote its health
-        // meanwhile, or it is gone), or every chamber if the save failed, is redone poll by poll.
+        // One save for the batch; a chamber it did not save (another worker wrote its health
+        // meanwhile, or it is gone), or every chamber if the save failed (then none was saved),
+        // is redone poll by poll.
         let redo: HashSet<ChamberId> = match self.health.save_many(&changed).await {
             Ok(not_saved) => not_saved.into_iter().collect(),
             Err(e) => {

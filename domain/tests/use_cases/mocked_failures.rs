@@ -130,6 +130,30 @@ async fn a_health_write_conflict_is_retried() {
 }
 
 #[tokio::test]
+async fn a_failed_batch_health_save_is_redone_poll_by_poll() {
+    let (h, _, processed) = fetched_poll().await;
+    let mut health = MockChamberHealthRepository::new();
+    health
+        .expect_get_many()
+        .times(1)
+        .returning(|_| Ok(Vec::new()));
+    // The batch's save fails (and saved nothing): the poll's transition is not lost.
+    health.expect_save_many().times(1).returning(|_| {
+        Err(StoreError::Unavailable {
+            message: "connection reset".into(),
+        })
+    });
+    health.expect_get().times(1).returning(|_| Ok(None));
+    health.expect_save().times(1).returning(|_| Ok(1));
+    let handler = PollHandler {
+        health: Arc::new(health),
+        ..h.handler.clone()
+    };
+    let done = handler.complete(vec![processed]).await.unwrap();
+    assert_eq!(done.transitions.len(), 1, "the transition, once");
+}
+
+#[tokio::test]
 async fn a_failing_event_bus_does_not_fail_the_poll() {
     let (h, leased, _) = fetched_poll().await;
     let mut events = MockEventPublisher::new();

@@ -85,11 +85,15 @@ impl ChamberHealthRepository for PgStore {
         Ok(h.version + 1)
     }
 
-    /// Two statements at most, whatever the number: the first saves (an insert where a chamber
-    /// that still exists has no row) and the updates whose version still holds; a chamber
-    /// neither saved is returned.
+    /// One transaction of two statements at most, whatever the number: the first saves (an
+    /// insert where a chamber that still exists has no row) and the updates whose version still
+    /// holds; a chamber neither saved is returned. On an error nothing is saved.
     async fn save_many(&self, healths: &[ChamberHealth]) -> Result<Vec<ChamberId>> {
+        if healths.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut saved = std::collections::HashSet::new();
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
         for first in [true, false] {
             let part: Vec<&ChamberHealth> = healths
                 .iter()
@@ -141,7 +145,7 @@ impl ChamberHealthRepository for PgStore {
                         .map(|h| i64::try_from(h.version).unwrap_or(i64::MAX))
                         .collect::<Vec<i64>>(),
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(store_error)?;
             for row in &rows {
@@ -149,6 +153,7 @@ impl ChamberHealthRepository for PgStore {
                 saved.insert(id);
             }
         }
+        tx.commit().await.map_err(store_error)?;
         Ok(healths
             .iter()
             .map(|h| h.chamber_id)
