@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chamberlain_domain::Timestamp;
 use chamberlain_domain::conformance::fixtures::T0;
-use chamberlain_domain::model::{PollKind, Role};
+use chamberlain_domain::model::{ChamberHealth, ChamberId, PollKind, Role};
 use chamberlain_domain::ports::{
     LeasedJob, MockChamberHealthRepository, MockEventPublisher, MockPollQueue,
     MockReadingRepository, PollQueue, PublishError, StoreError, WriteReport,
@@ -101,56 +101,48 @@ async fn only_polls_stored_for_the_first_time_move_health_and_are_announced() {
     );
 }
 
-#[tokio::test]
-async fn a_health_write_conflict_is_retried() {
+/// A first-time poll whose batch health save answers `batch`: the chamber is redone poll by
+/// poll (one re-read, one save that wins); returns how many transitions came out.
+async fn transitions_when_the_batch_save_answers(
+    batch: fn(&[ChamberHealth]) -> Result<Vec<ChamberId>, StoreError>,
+) -> usize {
     let (h, _, processed) = fetched_poll().await;
     let mut health = MockChamberHealthRepository::new();
-    // One read for the batch; after the lost race, a re-read for the poll.
     health
         .expect_get_many()
         .times(1)
         .returning(|_| Ok(Vec::new()));
+    health.expect_save_many().times(1).returning(batch);
     health.expect_get().times(1).returning(|_| Ok(None));
-    // The batch's save loses the race for the chamber; the poll's own save wins.
-    health
-        .expect_save_many()
-        .times(1)
-        .returning(|healths| Ok(healths.iter().map(|h| h.chamber_id).collect()));
     health.expect_save().times(1).returning(|_| Ok(1));
     let handler = PollHandler {
         health: Arc::new(health),
         ..h.handler.clone()
     };
     let done = handler.complete(vec![processed]).await.unwrap();
-    assert_eq!(
-        done.transitions.len(),
-        1,
-        "the retried write produced the transition once"
-    );
+    done.transitions.len()
+}
+
+#[tokio::test]
+async fn a_health_write_conflict_is_retried() {
+    // The batch's save loses the race for the chamber; the poll's own save wins.
+    let n = transitions_when_the_batch_save_answers(|healths| {
+        Ok(healths.iter().map(|h| h.chamber_id).collect())
+    })
+    .await;
+    assert_eq!(n, 1, "the retried write produced the transition once");
 }
 
 #[tokio::test]
 async fn a_failed_batch_health_save_is_redone_poll_by_poll() {
-    let (h, _, processed) = fetched_poll().await;
-    let mut health = MockChamberHealthRepository::new();
-    health
-        .expect_get_many()
-        .times(1)
-        .returning(|_| Ok(Vec::new()));
     // The batch's save fails (and saved nothing): the poll's transition is not lost.
-    health.expect_save_many().times(1).returning(|_| {
+    let n = transitions_when_the_batch_save_answers(|_| {
         Err(StoreError::Unavailable {
             message: "connection reset".into(),
         })
-    });
-    health.expect_get().times(1).returning(|_| Ok(None));
-    health.expect_save().times(1).returning(|_| Ok(1));
-    let handler = PollHandler {
-        health: Arc::new(health),
-        ..h.handler.clone()
-    };
-    let done = handler.complete(vec![processed]).await.unwrap();
-    assert_eq!(done.transitions.len(), 1, "the transition, once");
+    })
+    .await;
+    assert_eq!(n, 1, "the transition, once");
 }
 
 #[tokio::test]
@@ -179,10 +171,10 @@ async fn a_healthy_chambers_success_reads_health_once_and_writes_nothing() {
     let chamber = processed.record.entry.poll.chamber_id;
     let mut health = MockChamberHealthRepository::new();
     health.expect_get_many().times(1).returning(move |_| {
-        Ok(vec![chamberlain_domain::model::ChamberHealth {
+        Ok(vec![ChamberHealth {
             state: chamberlain_domain::model::HealthState::Up,
             version: 7,
-            ..chamberlain_domain::model::ChamberHealth::unknown(chamber, slot(0))
+            ..ChamberHealth::unknown(chamber, slot(0))
         }])
     });
     health.expect_get().never();
