@@ -35,6 +35,7 @@ pub struct Instruments {
     pub in_flight: UpDownCounter<i64>,
     pub readings_written: Counter<u64>,
     pub write_batch: Histogram<u64>,
+    pub write_duration: Histogram<f64>,
     pub write_failures: Counter<u64>,
     pub results_waiting: Gauge<u64>,
     pub results_waiting_bytes: Gauge<u64>,
@@ -143,6 +144,14 @@ fn build(meter: &Meter) -> Instruments {
             .u64_histogram("chamberlain.write.batch_size")
             .with_description("Polls per write transaction")
             .with_boundaries(vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0])
+            .build(),
+        write_duration: meter
+            .f64_histogram("chamberlain.write.duration")
+            .with_unit("s")
+            .with_description(
+                "A write's stages, one after the other: `store` (the transaction), `derive` (health and events), `ack` (the queue told)",
+            )
+            .with_boundaries(SECONDS_BUCKETS.to_vec())
             .build(),
         write_failures: meter
             .u64_counter("chamberlain.write.failures")

@@ -5,6 +5,14 @@
 //! - **Jobs held until their slot.** The scheduler enqueues polls ahead of their slot; the
 //!   backend leases them early, holds them (at most [`LeaseSettings::max_waiting`]), and hands
 //!   a job to the worker only when its slot has come, so no request goes out early.
+//! - **What is fetched is on time, even past capacity.** Due jobs go out oldest first while
+//!   the worker keeps up; once the oldest due job has waited half its window (the time to its
+//!   chamber's next slot), newest first: the polls fetched are those that can still be on
+//!   time, and the oldest expire, recorded without a request, ahead of the rest. First in,
+//!   first out past capacity would have every poll fetched nearly a window late, and a
+//!   worker that fell a window behind would never fetch on time again. A lease that comes back
+//!   full doubles the next one (up to `max_waiting`), so a queue that is behind is emptied
+//!   into the worker, where the newest can be chosen.
 //! - **Nothing fetched that could not be kept.** While the results waiting to be stored are
 //!   at their bound (the [`Backlog`](crate::backlog)), the backend neither leases nor hands out
 //!   jobs: due jobs wait here, the rest in the queue.
@@ -23,8 +31,7 @@
 //! On shutdown, jobs still waiting for their slot are released at once, so another worker
 //! takes them without waiting out their visibility timeout.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +56,21 @@ use crate::settle::{SettleLayer, Settler};
 /// A pause after a failed lease before the next one.
 const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// How much of its window (the time to the chamber's next slot) the oldest due job may have
+/// waited before the worker serves the newest due jobs first.
+const BEHIND_SHARE_OF_WINDOW: f64 = 0.5;
+
+/// What the backend hands out next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// This held job, due now.
+    Due(HeldKey),
+    /// Nothing before this slot.
+    At(Timestamp),
+    /// Nothing held.
+    Nothing,
+}
+
 /// Releases sent at once on shutdown.
 const RELEASES_IN_FLIGHT: usize = 64;
 
@@ -67,31 +89,15 @@ pub struct LeaseSettings {
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// A leased job waiting for its slot; the heap's order is the slot's, then the lease's.
+/// A leased job waiting for its slot.
 #[derive(Debug)]
 struct Held {
-    slot: Timestamp,
-    seq: u64,
     job: LeasedJob,
     leased_at: tokio::time::Instant,
 }
 
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        (self.slot, self.seq) == (other.slot, other.seq)
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.slot, self.seq).cmp(&(other.slot, other.seq))
-    }
-}
+/// Held jobs in slot order, then lease order.
+type HeldKey = (Timestamp, u64);
 
 /// The poll queue as an apalis backend: yields each leased job as a `Task<PollJob>` when its
 /// slot comes, with its [`LeaseReceipt`] as the task's id.
@@ -100,8 +106,14 @@ pub struct PollQueueBackend {
     clock: Arc<dyn Clock>,
     settings: LeaseSettings,
     settler: Settler,
-    waiting: BinaryHeap<Reverse<Held>>,
+    waiting: BTreeMap<HeldKey, Held>,
     seq: u64,
+    /// Jobs asked for by the next lease: [`LeaseSettings::batch`], doubled after each lease
+    /// that came back full (a queue that is behind is emptied in fewer, larger calls), up to
+    /// [`LeaseSettings::max_waiting`]; back to `batch` after one that did not.
+    lease_size: usize,
+    /// Jobs asked for by the lease in flight.
+    asked: usize,
     leasing: Option<Boxed<Result<Vec<LeasedJob>, QueueError>>>,
     pause: Option<Pin<Box<Sleep>>>,
     due: Option<Pin<Box<Sleep>>>,
@@ -132,8 +144,10 @@ impl PollQueueBackend {
             clock,
             settings,
             settler,
-            waiting: BinaryHeap::new(),
+            waiting: BTreeMap::new(),
             seq: 0,
+            lease_size: settings.batch.max(1),
+            asked: 0,
             leasing: None,
             pause: None,
             due: None,
@@ -148,12 +162,8 @@ impl PollQueueBackend {
         let leased_at = tokio::time::Instant::now();
         for job in jobs {
             self.seq += 1;
-            self.waiting.push(Reverse(Held {
-                slot: job.job.poll.slot,
-                seq: self.seq,
-                job,
-                leased_at,
-            }));
+            self.waiting
+                .insert((job.job.poll.slot, self.seq), Held { job, leased_at });
         }
     }
 
@@ -182,9 +192,9 @@ impl PollQueueBackend {
         };
         let receipts: Vec<LeaseReceipt> = self
             .waiting
-            .iter()
-            .filter(|Reverse(held)| held.leased_at <= cutoff)
-            .map(|Reverse(held)| held.job.receipt.clone())
+            .values()
+            .filter(|held| held.leased_at <= cutoff)
+            .map(|held| held.job.receipt.clone())
             .collect();
         if receipts.is_empty() {
             return;
@@ -219,7 +229,15 @@ impl PollQueueBackend {
                 };
                 self.leasing = None;
                 match result {
-                    Ok(jobs) => self.hold(jobs),
+                    Ok(jobs) => {
+                        let batch = self.settings.batch.max(1);
+                        self.lease_size = if jobs.len() >= self.asked {
+                            (self.lease_size * 2).min(self.settings.max_waiting.max(batch))
+                        } else {
+                            batch
+                        };
+                        self.hold(jobs);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "lease failed; retrying");
                         self.pause = Some(Box::pin(tokio::time::sleep(LEASE_RETRY_PAUSE)));
@@ -232,18 +250,51 @@ impl PollQueueBackend {
                 }
                 self.pause = None;
             }
-            let room = self.settings.max_waiting.max(1)
-                - self.waiting.len().min(self.settings.max_waiting.max(1));
-            // While the backlog is full, `cx` is woken when it has room again.
-            if room == 0 || worker.is_shutting_down() || !self.settler.backlog.has_room(cx) {
+            let max_waiting = self.settings.max_waiting.max(1);
+            let room = max_waiting - self.waiting.len().min(max_waiting);
+            // A lease for a few places only once the held jobs run low (not one call per job
+            // handed out while they are plenty).
+            let worth_a_call = (self.settings.batch.min(max_waiting) / 4).max(1);
+            if room < worth_a_call
+                || worker.is_shutting_down()
+                // While the backlog is full, `cx` is woken when it has room again.
+                || !self.settler.backlog.has_room(cx)
+            {
                 return;
             }
-            let (queue, n) = (self.queue.clone(), room.min(self.settings.batch.max(1)));
+            let (queue, n) = (self.queue.clone(), room.min(self.lease_size));
+            self.asked = n;
             let (visibility, wait) = (self.settings.visibility, self.settings.wait);
             self.leasing = Some(Box::pin(
                 async move { queue.lease(n, visibility, wait).await },
             ));
         }
+    }
+
+    /// The held job to hand out next, if one is due: an expired job first (it is recorded
+    /// without a request, and frees its place at once); then, while the oldest due job has used
+    /// less than [`BEHIND_SHARE_OF_WINDOW`] of its window, the oldest due (first in, first out);
+    /// once it has used more (the worker is behind), the newest due, so the polls fetched are
+    /// the ones that can still be on time, and the oldest expire.
+    fn next_due(&self, now: Timestamp) -> Next {
+        let Some((&(slot, seq), oldest)) = self.waiting.first_key_value() else {
+            return Next::Nothing;
+        };
+        if slot > now {
+            return Next::At(slot);
+        }
+        let job = &oldest.job.job;
+        if job.is_expired_at(now) {
+            return Next::Due((slot, seq));
+        }
+        let window = job.interval.as_duration();
+        if now.saturating_since(slot) < window.mul_f64(BEHIND_SHARE_OF_WINDOW) {
+            return Next::Due((slot, seq));
+        }
+        self.waiting
+            .range(..=(now, u64::MAX))
+            .next_back()
+            .map_or(Next::Nothing, |(&key, _)| Next::Due(key))
     }
 
     fn task(held: Held) -> Task<PollJob> {
@@ -275,20 +326,21 @@ impl Backend for PollQueueBackend {
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
         loop {
             self.lease(cx, worker);
-            let Some(Reverse(first)) = self.waiting.peek() else {
-                return Poll::Pending;
-            };
-            let wait = first.slot.saturating_since(self.clock.now());
-            if wait.is_zero() {
-                if !self.settler.backlog.has_room(cx) {
-                    return Poll::Pending;
+            let now = self.clock.now();
+            let first = match self.next_due(now) {
+                Next::Due(key) => {
+                    if !self.settler.backlog.has_room(cx) {
+                        return Poll::Pending;
+                    }
+                    let Some(held) = self.waiting.remove(&key) else {
+                        return Poll::Pending;
+                    };
+                    return Poll::Ready(Some(Ok(Self::task(held))));
                 }
-                let Some(Reverse(held)) = self.waiting.pop() else {
-                    return Poll::Pending;
-                };
-                return Poll::Ready(Some(Ok(Self::task(held))));
-            }
-            let deadline = tokio::time::Instant::now() + wait;
+                Next::At(first) => first,
+                Next::Nothing => return Poll::Pending,
+            };
+            let deadline = tokio::time::Instant::now() + first.saturating_since(now);
             let due = self
                 .due
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -316,8 +368,8 @@ impl Backend for PollQueueBackend {
         }
         if self.closing.is_none() {
             let receipts: Vec<LeaseReceipt> = std::mem::take(&mut self.waiting)
-                .into_iter()
-                .map(|Reverse(held)| held.job.receipt)
+                .into_values()
+                .map(|held| held.job.receipt)
                 .collect();
             if receipts.is_empty() {
                 return Poll::Ready(Ok(()));

@@ -28,9 +28,11 @@ pub use settle::{Polled, SettleLayer, Settled};
 /// Fetches in flight per worker unless configured otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 512;
 
-/// Leased polls waiting for their slot per worker unless configured otherwise: 10,000 chambers
-/// at 1 s with the scheduler's 200 ms lead hold about 2,000.
-pub const DEFAULT_MAX_WAITING: usize = 4096;
+/// Leased polls held per worker (waiting for their slot, or due and not fetched yet) unless
+/// configured otherwise: 10,000 chambers at 1 s with the scheduler's 200 ms lead hold about
+/// 2,000; a worker that is behind holds up to this many to fetch the newest first, so this
+/// covers a second of 30,000 chambers at 1 s (a few MiB).
+pub const DEFAULT_MAX_WAITING: usize = 32_768;
 
 /// Results waiting to be stored per worker, at most, unless configured otherwise: five seconds
 /// of 10,000 chambers polled every second, ten of 5,000 (a store's usual stalls: a checkpoint,
@@ -50,7 +52,8 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Leased polls held until their slot comes, beyond those being fetched. Polls are leased up
     /// to the scheduler's lead (`enqueue_ahead`) before their slot, so this must cover the polls
-    /// due within that lead.
+    /// due within that lead; a worker that is behind holds up to this many due polls, to fetch
+    /// the newest first.
     pub max_waiting: usize,
     /// Jobs asked for per lease call.
     pub lease_batch: usize,

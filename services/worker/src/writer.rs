@@ -1,5 +1,7 @@
 //! The batched writer: stores fetched polls many at a time, then acknowledges their jobs in one
-//! call (coalesced acks).
+//! call (coalesced acks). Two stages, overlapping: one stores batch after batch; the other
+//! moves health, publishes events and acknowledges each stored batch, in order, while the next
+//! is being stored (a batch's jobs are acknowledged only once it is stored).
 //!
 //! A write that fails (the store restarting) or does not finish within `write_timeout` (a
 //! stopped server) keeps its polls waiting, in order, and is tried again after a pause that
@@ -16,7 +18,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chamberlain_domain::ports::{LeaseReceipt, PollQueue, StoreError};
+use chamberlain_domain::ports::{LeaseReceipt, PollQueue, StoreError, WriteReport};
 use chamberlain_domain::usecases::{PollHandler, ProcessedPoll};
 use chamberlain_telemetry::instruments;
 use opentelemetry::KeyValue;
@@ -99,6 +101,9 @@ struct Writer {
     batch_limit: usize,
     next_extension: Instant,
     report: WorkerReport,
+    /// The second stage's inbox ([`Stored`]), and the stage itself.
+    finishing: Option<mpsc::Sender<Stored>>,
+    finisher: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Buffers fetched polls and stores them in batches until every sender is gone, then stores
@@ -110,6 +115,9 @@ pub(crate) async fn write_results(
     backlog: Arc<Backlog>,
     mut inbox: mpsc::UnboundedReceiver<Fetched>,
 ) -> WorkerReport {
+    // One batch waits for the second stage while it finishes another.
+    let (finishing, stored) = mpsc::channel(1);
+    let finisher = tokio::spawn(finish_stored(handler.clone(), queue.clone(), stored));
     let mut writer = Writer {
         handler,
         queue,
@@ -123,6 +131,8 @@ pub(crate) async fn write_results(
         batch_limit: settings.max_polls.max(1) * CATCH_UP_FACTOR,
         next_extension: Instant::now() + settings.visibility / 3,
         report: WorkerReport::default(),
+        finishing: Some(finishing),
+        finisher: Some(finisher),
     };
     let mut tick = tokio::time::interval(settings.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -148,6 +158,94 @@ pub(crate) async fn write_results(
     writer.flush_on_shutdown().await;
     writer.backlog.record_gauges();
     writer.report
+}
+
+/// A batch stored, on its way through the writer's second stage: health and events derived
+/// from it, then its jobs acknowledged. The stage takes one batch at a time, in order, while the
+/// writer stores the next: a write's time is the longer of the two stages, not their sum.
+struct Stored {
+    polls: Vec<ProcessedPoll>,
+    write: WriteReport,
+    /// Each poll's receipt, trace span, place in the backlog (given back once acknowledged) and
+    /// when it was fetched.
+    rest: Vec<(LeaseReceipt, tracing::Span, Place, Instant)>,
+    timeout: Duration,
+}
+
+impl Stored {
+    /// Moves health, publishes events, then acknowledges the batch's jobs and gives back their
+    /// places.
+    async fn finish(self, handler: &PollHandler, queue: &dyn PollQueue) {
+        let Self {
+            polls,
+            write,
+            rest,
+            timeout,
+        } = self;
+        let n = rest.len();
+        let metrics = instruments();
+        // Health and events are derived: a store that stops answering here costs them for this
+        // batch (logged), never the stored results.
+        let deriving = Instant::now();
+        let derived = tokio::time::timeout(timeout, handler.after_store(polls, write)).await;
+        metrics.write_duration.record(
+            deriving.elapsed().as_secs_f64(),
+            &[KeyValue::new("stage", "derive")],
+        );
+        let done = match derived {
+            Ok(done) => Some(done),
+            Err(_) => {
+                tracing::warn!(
+                    polls = n,
+                    "stored, but health and events not done in time; skipped for this batch"
+                );
+                None
+            }
+        };
+        let receipts: Vec<LeaseReceipt> = rest.iter().map(|(r, ..)| r.clone()).collect();
+        let acking: Vec<_> = rest
+            .iter()
+            .filter(|(_, span, ..)| !span.is_none())
+            .map(|(_, span, ..)| tracing::info_span!(parent: span, "poll.ack"))
+            .collect();
+        let acked = Instant::now();
+        if let Err(e) = queue.ack(&receipts).await {
+            tracing::warn!(
+                error = %e, polls = n,
+                "acknowledgement failed; the stored polls will be redelivered and found stored"
+            );
+        }
+        drop(acking);
+        metrics.write_duration.record(
+            acked.elapsed().as_secs_f64(),
+            &[KeyValue::new("stage", "ack")],
+        );
+        // The batch's places go back to the backlog here.
+        drop(rest);
+        for entry in done.iter().flat_map(|d| &d.stored) {
+            metrics
+                .polls_completed
+                .add(1, &[KeyValue::new("outcome", entry.outcome.code())]);
+            if entry.requested_at.is_some() {
+                metrics.lateness.record(entry.lateness.as_secs_f64(), &[]);
+            }
+            if let Some(latency) = entry.latency {
+                metrics.duration.record(latency.as_secs_f64(), &[]);
+            }
+        }
+    }
+}
+
+/// The writer's second stage: finishes stored batches one at a time, in order, until the
+/// writer drops its sender.
+async fn finish_stored(
+    handler: PollHandler,
+    queue: Arc<dyn PollQueue>,
+    mut stored: mpsc::Receiver<Stored>,
+) {
+    while let Some(batch) = stored.recv().await {
+        batch.finish(&handler, queue.as_ref()).await;
+    }
 }
 
 impl Writer {
@@ -214,10 +312,22 @@ impl Writer {
             self.buffer.clear();
             self.backlog.set_oldest(None);
         }
+        // The batches stored last are acknowledged by the second stage, within the same bound.
+        self.finishing = None;
+        if let Some(mut finisher) = self.finisher.take()
+            && tokio::time::timeout_at(deadline, &mut finisher)
+                .await
+                .is_err()
+        {
+            finisher.abort();
+            tracing::warn!(
+                "shutdown: stored results not acknowledged in time; their jobs will be delivered again and found stored"
+            );
+        }
     }
 
-    /// Stores the oldest batch in one write, moves health and publishes events, then
-    /// acknowledges its jobs. A write that fails or takes longer than `timeout` puts the batch
+    /// Stores the oldest batch in one write, and hands it to the second stage ([`Stored`]),
+    /// which moves health, publishes events and acknowledges its jobs. A write that fails or takes longer than `timeout` puts the batch
     /// back in front, to be written again after a pause; one the store refuses for good is put
     /// back to be written in halves at once, and a single poll it refuses is given back to the
     /// queue ([`Writer::refused`]). Returns whether the buffer moved on (stored or refused).
@@ -240,8 +350,13 @@ impl Writer {
             .filter(|(_, span, ..)| !span.is_none())
             .map(|(_, span, ..)| tracing::info_span!(parent: span, "poll.write"))
             .collect();
+        let started = Instant::now();
         let stored = tokio::time::timeout(timeout, self.handler.store(&polls)).await;
         drop(writing);
+        metrics.write_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[KeyValue::new("stage", "store")],
+        );
         let write = match stored {
             Ok(Ok(write)) => write,
             Ok(Err(e)) if !e.is_transient() && n == 1 => {
@@ -302,49 +417,23 @@ impl Writer {
         self.batch_limit = (self.batch_limit * 2).min(self.settings.max_polls * CATCH_UP_FACTOR);
         self.backlog
             .set_oldest(self.buffer.front().map(|f| f.fetched_at));
-        let readings_new = write.readings_new;
-        // Health and events are derived: a store that stops answering here costs them for this
-        // batch (logged), never the stored results.
-        let done = match tokio::time::timeout(timeout, self.handler.after_store(polls, write)).await
-        {
-            Ok(done) => Some(done),
-            Err(_) => {
-                tracing::warn!(
-                    polls = n,
-                    "stored, but health and events not done in time; skipped for this batch"
-                );
-                None
-            }
-        };
-        let receipts: Vec<LeaseReceipt> = rest.iter().map(|(r, ..)| r.clone()).collect();
-        let acking: Vec<_> = rest
-            .iter()
-            .filter(|(_, span, ..)| !span.is_none())
-            .map(|(_, span, ..)| tracing::info_span!(parent: span, "poll.ack"))
-            .collect();
-        if let Err(e) = self.queue.ack(&receipts).await {
-            tracing::warn!(
-                error = %e, polls = n,
-                "acknowledgement failed; the stored polls will be redelivered and found stored"
-            );
-        }
-        drop(acking);
-        // The batch's places go back to the backlog here.
-        drop(rest);
         self.report.polls_completed += n as u64;
-        self.report.readings_written += readings_new;
-        metrics.readings_written.add(readings_new, &[]);
+        self.report.readings_written += write.readings_new;
+        metrics.readings_written.add(write.readings_new, &[]);
         metrics.write_batch.record(n as u64, &[]);
-        for entry in done.iter().flat_map(|d| &d.stored) {
-            metrics
-                .polls_completed
-                .add(1, &[KeyValue::new("outcome", entry.outcome.code())]);
-            if entry.requested_at.is_some() {
-                metrics.lateness.record(entry.lateness.as_secs_f64(), &[]);
-            }
-            if let Some(latency) = entry.latency {
-                metrics.duration.record(latency.as_secs_f64(), &[]);
-            }
+        // Health, events and the acknowledgement overlap the next write (they wait here only
+        // while the stage has a batch queued already).
+        let stored = Stored {
+            polls,
+            write,
+            rest,
+            timeout,
+        };
+        if let Some(finishing) = &self.finishing
+            && let Err(mpsc::error::SendError(stored)) = finishing.send(stored).await
+        {
+            // The stage is gone (it panicked): finished here instead.
+            stored.finish(&self.handler, self.queue.as_ref()).await;
         }
         true
     }
