@@ -11,7 +11,7 @@
 //!   time, and the oldest expire, recorded without a request, ahead of the rest. First in,
 //!   first out past capacity would have every poll fetched nearly a window late, and a
 //!   worker that fell a window behind would never fetch on time again. A lease that comes back
-//!   full doubles the next one (up to `max_waiting`), so a queue that is behind is emptied
+//!   full doubles the next one (up to 4,096 and `max_waiting`), so a queue that is behind is emptied
 //!   into the worker, where the newest can be chosen.
 //! - **Nothing fetched that could not be kept.** While the results waiting to be stored are
 //!   at their bound (the [`Backlog`](crate::backlog)), the backend neither leases nor hands out
@@ -59,6 +59,10 @@ const LEASE_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How much of its window (the time to the chamber's next slot) the oldest due job may have
 /// waited before the worker serves the newest due jobs first.
 const BEHIND_SHARE_OF_WINDOW: f64 = 0.5;
+
+/// The most jobs a lease grows to: a reply of this many is a few MiB while it is read (a
+/// lease of 32,768 took the worker's peak memory 50 MiB higher).
+const LARGEST_LEASE: usize = 4096;
 
 /// What the backend hands out next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +114,8 @@ pub struct PollQueueBackend {
     seq: u64,
     /// Jobs asked for by the next lease: [`LeaseSettings::batch`], doubled after each lease
     /// that came back full (a queue that is behind is emptied in fewer, larger calls), up to
-    /// [`LeaseSettings::max_waiting`]; back to `batch` after one that did not.
+    /// [`LeaseSettings::max_waiting`] and [`LARGEST_LEASE`]; back to `batch` after one that did
+    /// not.
     lease_size: usize,
     /// Jobs asked for by the lease in flight.
     asked: usize,
@@ -232,7 +237,9 @@ impl PollQueueBackend {
                     Ok(jobs) => {
                         let batch = self.settings.batch.max(1);
                         self.lease_size = if jobs.len() >= self.asked {
-                            (self.lease_size * 2).min(self.settings.max_waiting.max(batch))
+                            (self.lease_size * 2)
+                                .min(self.settings.max_waiting.max(batch))
+                                .min(LARGEST_LEASE.max(batch))
                         } else {
                             batch
                         };
