@@ -474,31 +474,52 @@ fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
         assert!(types.contains_key(family), "{name} has no # TYPE before it");
         samples.insert(series.to_owned(), value);
     }
-    // Histograms: cumulative buckets ending at +Inf == count.
+    // Histograms, per series (its labels other than `le`): cumulative buckets ending at +Inf ==
+    // count.
+    let series_of = |key: &str, family: &str, suffix: &str| -> Option<String> {
+        let labels = key.strip_prefix(family)?.strip_prefix(suffix)?;
+        let inner = labels
+            .strip_prefix('{')
+            .and_then(|l| l.strip_suffix('}'))
+            .unwrap_or("");
+        let mut kept: Vec<&str> = inner
+            .split("\",")
+            .map(|pair| pair.trim_end_matches('"'))
+            .filter(|pair| !pair.is_empty() && !pair.starts_with("le=\""))
+            .collect();
+        kept.sort_unstable();
+        Some(kept.join(","))
+    };
     for (family, kind) in &types {
         if kind != "histogram" {
             continue;
         }
-        let buckets: Vec<f64> = samples
-            .iter()
-            .filter(|(k, _)| k.starts_with(&format!("{family}_bucket")))
-            .map(|(_, v)| *v)
-            .collect();
-        if buckets.is_empty() {
-            continue;
+        let mut buckets: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+        for (key, value) in &samples {
+            if let Some(series) = series_of(key, family, "_bucket") {
+                buckets
+                    .entry(series)
+                    .or_default()
+                    .push((key.clone(), *value));
+            }
         }
-        let inf = samples
-            .iter()
-            .find(|(k, _)| k.starts_with(&format!("{family}_bucket")) && k.contains("le=\"+Inf\""))
-            .map(|(_, v)| *v)
-            .expect("a +Inf bucket");
-        let count = samples
-            .iter()
-            .find(|(k, _)| k.starts_with(&format!("{family}_count")))
-            .map(|(_, v)| *v)
-            .expect("a _count");
-        assert_eq!(inf, count, "{family}: +Inf bucket is the count");
-        assert!(buckets.iter().all(|b| *b <= count), "{family}: cumulative");
+        for (series, in_series) in &buckets {
+            let inf = in_series
+                .iter()
+                .find(|(k, _)| k.contains("le=\"+Inf\""))
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("{family}{{{series}}}: a +Inf bucket"));
+            let count = samples
+                .iter()
+                .find(|(k, _)| series_of(k, family, "_count").as_ref() == Some(series))
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("{family}{{{series}}}: a _count"));
+            assert_eq!(inf, count, "{family}{{{series}}}: +Inf bucket is the count");
+            assert!(
+                in_series.iter().all(|(_, b)| *b <= count),
+                "{family}{{{series}}}: cumulative"
+            );
+        }
     }
     samples
 }
