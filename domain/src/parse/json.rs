@@ -1,12 +1,13 @@
 //! JSON responses and the JSON pointers that find a detector's value in them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
-use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::{KeyError, MAX_KEY_LEN, ParseError, ValueProblem, finite, utf8_text};
@@ -96,25 +97,28 @@ impl From<JsonPointer> for String {
 /// A key that appears twice in one object (`{"t": 1, "t": 999}`) is remembered as ambiguous
 /// rather than resolved to either value: a detector whose pointer passes through it gets
 /// [`ValueProblem::Ambiguous`], and the other detectors of the body are unaffected.
+///
+/// Keys and strings without escapes borrow from the body: a body of eight detectors allocates
+/// its objects, not each key.
 #[derive(Debug, Clone, PartialEq)]
-pub struct JsonDocument {
-    root: Node,
+pub struct JsonDocument<'a> {
+    root: Node<'a>,
 }
 
 /// A JSON value as the lookups need it, with duplicated object keys kept as [`Node::Ambiguous`].
 #[derive(Debug, Clone, PartialEq)]
-enum Node {
+enum Node<'a> {
     Null,
     Bool(bool),
     Number(f64),
-    String(String),
-    Array(Vec<Node>),
-    Object(BTreeMap<String, Node>),
+    String(Cow<'a, str>),
+    Array(Vec<Node<'a>>),
+    Object(BTreeMap<Cow<'a, str>, Node<'a>>),
     /// What an object holds under a key it has more than once.
     Ambiguous,
 }
 
-impl<'de> Deserialize<'de> for Node {
+impl<'de> Deserialize<'de> for Node<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(NodeVisitor)
     }
@@ -123,43 +127,47 @@ impl<'de> Deserialize<'de> for Node {
 struct NodeVisitor;
 
 impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
+    type Value = Node<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_unit<E>(self) -> Result<Node, E> {
+    fn visit_unit<E>(self) -> Result<Node<'de>, E> {
         Ok(Node::Null)
     }
 
-    fn visit_bool<E>(self, value: bool) -> Result<Node, E> {
+    fn visit_bool<E>(self, value: bool) -> Result<Node<'de>, E> {
         Ok(Node::Bool(value))
     }
 
     #[allow(clippy::cast_precision_loss, reason = "JSON numbers are read as f64")]
-    fn visit_i64<E>(self, value: i64) -> Result<Node, E> {
+    fn visit_i64<E>(self, value: i64) -> Result<Node<'de>, E> {
         Ok(Node::Number(value as f64))
     }
 
     #[allow(clippy::cast_precision_loss, reason = "JSON numbers are read as f64")]
-    fn visit_u64<E>(self, value: u64) -> Result<Node, E> {
+    fn visit_u64<E>(self, value: u64) -> Result<Node<'de>, E> {
         Ok(Node::Number(value as f64))
     }
 
-    fn visit_f64<E>(self, value: f64) -> Result<Node, E> {
+    fn visit_f64<E>(self, value: f64) -> Result<Node<'de>, E> {
         Ok(Node::Number(value))
     }
 
-    fn visit_str<E>(self, value: &str) -> Result<Node, E> {
-        Ok(Node::String(value.to_owned()))
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Borrowed(value)))
     }
 
-    fn visit_string<E>(self, value: String) -> Result<Node, E> {
-        Ok(Node::String(value))
+    fn visit_str<E>(self, value: &str) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(value.to_owned())))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+    fn visit_string<E>(self, value: String) -> Result<Node<'de>, E> {
+        Ok(Node::String(Cow::Owned(value)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
         while let Some(item) = seq.next_element()? {
             items.push(item);
@@ -167,9 +175,10 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::Array(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
         let mut entries = BTreeMap::new();
-        while let Some((key, value)) = map.next_entry::<String, Node>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
+            let value: Node<'de> = map.next_value()?;
             match entries.entry(key) {
                 Entry::Vacant(vacant) => {
                     vacant.insert(value);
@@ -183,10 +192,62 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
 }
 
-impl Node {
+/// An object's key, borrowed from the body unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(value))
+    }
+}
+
+impl Node<'_> {
+    /// The same value, owning its keys and strings.
+    fn into_owned(self) -> Node<'static> {
+        match self {
+            Node::Null => Node::Null,
+            Node::Bool(b) => Node::Bool(b),
+            Node::Number(n) => Node::Number(n),
+            Node::String(text) => Node::String(Cow::Owned(text.into_owned())),
+            Node::Array(items) => Node::Array(items.into_iter().map(Node::into_owned).collect()),
+            Node::Object(entries) => Node::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (Cow::Owned(key.into_owned()), value.into_owned()))
+                    .collect(),
+            ),
+            Node::Ambiguous => Node::Ambiguous,
+        }
+    }
+
     /// What `pointer` (RFC 6901, as `serde_json::Value::pointer` reads it) reaches: `None` when
     /// nothing is there, [`Node::Ambiguous`] as soon as the path crosses a duplicated key.
-    fn at(&self, pointer: &str) -> Option<&Node> {
+    fn at(&self, pointer: &str) -> Option<&Self> {
         let mut here = self;
         for token in pointer.split('/').skip(1) {
             let token = unescape(token);
@@ -202,7 +263,7 @@ impl Node {
 }
 
 /// A pointer token with `~1` read as `/` and `~0` as `~`.
-fn unescape(token: &str) -> std::borrow::Cow<'_, str> {
+fn unescape(token: &str) -> Cow<'_, str> {
     if token.contains('~') {
         token.replace("~1", "/").replace("~0", "~").into()
     } else {
@@ -218,18 +279,22 @@ fn array_index(token: &str) -> Option<usize> {
     token.parse().ok()
 }
 
-impl JsonDocument {
+impl<'a> JsonDocument<'a> {
     /// Parses a response body.
     ///
     /// Fails with [`ParseError::NotUtf8`] if `body` is not UTF-8, and with
     /// [`ParseError::Malformed`] (serde_json's message, with line and column) if it is not a
     /// JSON document.
-    pub fn parse(body: &[u8]) -> Result<Self, ParseError> {
+    pub fn parse(body: &'a [u8]) -> Result<Self, ParseError> {
         let text = utf8_text(body)?;
         match serde_json::from_str(text) {
             Ok(root) => Ok(Self { root }),
             Err(error) => quote_non_finite_literals(text)
-                .and_then(|quoted| serde_json::from_str(&quoted).ok())
+                .and_then(|quoted| {
+                    serde_json::from_str::<Node<'_>>(&quoted)
+                        .ok()
+                        .map(Node::into_owned)
+                })
                 .map(|root| Self { root })
                 .ok_or_else(|| ParseError::malformed(error)),
         }
@@ -338,7 +403,7 @@ mod tests {
         }
     }
 
-    fn document(body: &str) -> JsonDocument {
+    fn document(body: &str) -> JsonDocument<'_> {
         match JsonDocument::parse(body.as_bytes()) {
             Ok(document) => document,
             Err(error) => panic!("{body:?}: {error}"),
@@ -616,6 +681,22 @@ mod tests {
         );
         assert_eq!(value(body, "/detectors/x"), Err(ValueProblem::Missing));
         assert_eq!(value("[10, 20]", "/1"), Ok(20.0));
+    }
+
+    #[test]
+    fn keys_and_strings_with_escapes_are_read_unescaped() {
+        // Escaped keys and strings are the ones not borrowed from the body; the second body
+        // goes through the NaN leniency, whose document owns everything.
+        for body in [
+            r#"{"a\"b": 1, "c\/d": "2.5", "\u00e9t\u00e9": {"v": "\u0033"}, "plain": 4}"#,
+            r#"{"a\"b": 1, "c\/d": "2.5", "\u00e9t\u00e9": {"v": "\u0033"}, "plain": 4, "n": NaN}"#,
+        ] {
+            assert_eq!(value(body, "/a\"b"), Ok(1.0), "{body}");
+            assert_eq!(value(body, "/c~1d"), Ok(2.5), "{body}");
+            assert_eq!(value(body, "/été/v"), Ok(3.0), "{body}");
+            assert_eq!(value(body, "/plain"), Ok(4.0), "{body}");
+            assert_eq!(value(body, "/a\\\"b"), Err(ValueProblem::Missing), "{body}");
+        }
     }
 
     #[test]

@@ -175,12 +175,12 @@ pub fn interpret_response(
 }
 
 /// A response body read in its chamber's format.
-enum Parsed {
-    Json(JsonDocument),
+enum Parsed<'a> {
+    Json(JsonDocument<'a>),
     Prometheus(PrometheusDocument),
 }
 
-impl Parsed {
+impl Parsed<'_> {
     fn value(&self, key: &DetectorKey) -> Result<f64, ValueProblem> {
         match (self, key) {
             (Self::Json(doc), DetectorKey::JsonPointer(p)) => doc.value(p),
