@@ -11,8 +11,10 @@
 //!   time, and the oldest expire, recorded without a request, ahead of the rest. First in,
 //!   first out past capacity would have every poll fetched nearly a window late, and a
 //!   worker that fell a window behind would never fetch on time again. A lease that comes back
-//!   full doubles the next one (up to 4,096 and `max_waiting`), so a queue that is behind is emptied
-//!   into the worker, where the newest can be chosen.
+//!   full doubles the next one (up to 4,096 and `max_waiting`), so a queue that is behind is
+//!   emptied into the worker, where the newest can be chosen; no lease is made for fewer than
+//!   a quarter of `batch` places (not one call per job handed out while the held jobs are
+//!   plenty).
 //! - **Nothing fetched that could not be kept.** While the results waiting to be stored are
 //!   at their bound (the [`Backlog`](crate::backlog)), the backend neither leases nor hands out
 //!   jobs: due jobs wait here, the rest in the queue.

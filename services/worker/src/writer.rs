@@ -327,10 +327,11 @@ impl Writer {
     }
 
     /// Stores the oldest batch in one write, and hands it to the second stage ([`Stored`]),
-    /// which moves health, publishes events and acknowledges its jobs. A write that fails or takes longer than `timeout` puts the batch
-    /// back in front, to be written again after a pause; one the store refuses for good is put
-    /// back to be written in halves at once, and a single poll it refuses is given back to the
-    /// queue ([`Writer::refused`]). Returns whether the buffer moved on (stored or refused).
+    /// which moves health, publishes events and acknowledges its jobs. A write that fails or
+    /// takes longer than `timeout` puts the batch back in front, to be written again after a
+    /// pause; one the store refuses for good is put back to be written in halves at once, and a
+    /// single poll it refuses is given back to the queue ([`Writer::refused`]). Returns whether
+    /// the buffer moved on (stored or refused).
     async fn write_batch(&mut self, timeout: Duration) -> bool {
         let n = self.buffer.len().min(self.batch_limit);
         let mut polls = Vec::with_capacity(n);
@@ -429,10 +430,16 @@ impl Writer {
             rest,
             timeout,
         };
-        if let Some(finishing) = &self.finishing
-            && let Err(mpsc::error::SendError(stored)) = finishing.send(stored).await
-        {
-            // The stage is gone (it panicked): finished here instead.
+        let unsent = match &self.finishing {
+            Some(finishing) => finishing
+                .send(stored)
+                .await
+                .err()
+                .map(|mpsc::error::SendError(stored)| stored),
+            None => Some(stored),
+        };
+        // The stage is gone (it panicked, or the writer is stopping): finished here instead.
+        if let Some(stored) = unsent {
             stored.finish(&self.handler, self.queue.as_ref()).await;
         }
         true

@@ -1,8 +1,8 @@
 //! A worker with more polls due than it can fetch, on paused time against the memory adapters:
 //! it fetches the newest due polls, so what it fetches is on time, and lets the oldest expire
 //! (first in, first out would have every poll it fetches nearly a window late); a queue that is
-//! behind is leased in growing batches; and a stored batch is acknowledged while the next one
-//! is being stored.
+//! behind is leased in growing batches, and a full worker does not lease one job at a time; and
+//! a stored batch is acknowledged while the next one is being stored.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -323,6 +323,33 @@ async fn a_queue_that_is_behind_is_leased_in_growing_batches() {
     assert!(
         asked.iter().take_while(|n| **n >= 64).count() <= 12,
         "the 5,000 jobs leased in a dozen calls at most: {asked:?}"
+    );
+    assert_eq!(lab.entries().await.len(), CHAMBERS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_worker_leases_again_only_for_a_quarter_batch_of_places() {
+    // 2,000 polls due at once and room to hold 256: as the held jobs are handed out one by one,
+    // the worker waits for 16 free places (a quarter of its batch of 64) before it leases again.
+    const CHAMBERS: usize = 2_000;
+    let lab = lab(CHAMBERS, 60, Duration::ZERO, false).await;
+    lab.enqueue_one_poll_each_due_at_t0().await;
+    let config = WorkerConfig {
+        lease_batch: 64,
+        max_waiting: 256,
+        ..WorkerConfig::default()
+    };
+    lab.run_while(config, lab.until_recorded(CHAMBERS)).await;
+
+    let asked = lab.queue.asked.lock().unwrap().clone();
+    assert!(
+        asked.iter().all(|n| *n >= 16),
+        "no lease for fewer than 16 places: {asked:?}"
+    );
+    assert!(
+        asked.len() <= CHAMBERS / 16 + 8,
+        "{} leases for {CHAMBERS} jobs",
+        asked.len()
     );
     assert_eq!(lab.entries().await.len(), CHAMBERS);
 }
